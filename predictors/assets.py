@@ -1,0 +1,111 @@
+"""Reference assets (predictor weights, lookup tables, checkpoints, benchmark data).
+
+Files are identified by their path below the official base URL
+``https://raw.githubusercontent.com/han-cai/files/master/`` (e.g. ``ofa/acc_predictor.pth``).
+:func:`fetch` looks, in order, in
+
+1. a mirror directory with the same layout (``assets.mirror=...`` in configs, ``mirror=`` here, or
+   the ``HWNAS_ASSETS_MIRROR`` environment variable) — tests use ``../shared/data``;
+2. the user cache (``$HWNAS_CACHE`` or ``~/.cache/hwnas``);
+3. the base URL, downloaded into the cache (atomically: temp file, checksum, rename).
+
+Known files carry a SHA-256 that is checked wherever the file comes from.
+Offline with no mirror, one error says which file to put where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BASE_URL = "https://raw.githubusercontent.com/han-cai/files/master/"
+
+#: SHA-256 of the known official files (path below BASE_URL -> digest)
+CHECKSUMS: dict[str, str] = {
+    "ofa/acc_predictor.pth": "48685122a3540636b06699af66cd816456b25f29b69563e2fda9bed4018eeba0",
+    "ofa/ofa_resnet50_acc_predictor.pth": "68912b4b4be38feb504c5b773dc847af23a637984d5eaabf548de72cd0f79529",
+    "ofa/note10/160_lookup_table.yaml": "a2671a45e9400542679ed03de946b45d6a35010f9ab21834af3e7ba8341d36d1",
+    "ofa/note10/176_lookup_table.yaml": "34223ae037d5719a5f33261bdfd9341f590a2999edf520f174309605dc06307c",
+    "ofa/note10/192_lookup_table.yaml": "0ff5ca0649e56ad34a42d6a8a6f20adb5121c8d12d135299397b310472db79e2",
+    "ofa/note10/208_lookup_table.yaml": "41aa63af766a8298354e6aa5ae69d512ac68656a6e7d0a4fa5dc725c8d438633",
+    "ofa/note10/224_lookup_table.yaml": "c13a9bcb3f4becae844bce4897129c4e42975984c1029cbd5acb48c970136530",
+    "proxylessnas/mobile_trim.yaml": "087e855ea77f9b257e72f3637333a3e0938f6df77f579520f16d057ac45380aa",
+    "proxylessnas/proxyless_cpu.config": "ba47cbd51bcd85ef5963e9098c44bf14b5a606e9dd15e5a3dba7cf4915ddded0",
+    "proxylessnas/proxyless_gpu.config": "e0bb0cd9166c4e713464b0373ac06af422d3e10560c9797286418f5f6fe6f3af",
+    "proxylessnas/proxyless_mobile.config": "eacb4259c46d97e8d47cd7920efe95b99e3004f3e97902c9b3ba80b2a414d8a6",
+}
+
+#: files that have no public URL in that layout (derived benchmark data): mirror or cache only
+NO_URL_PREFIXES = ("latency/", "accuracy/")
+
+
+class AssetError(FileNotFoundError):
+    """An asset could not be found, downloaded or verified; the message says what to do."""
+
+
+_DEFAULT_MIRROR: str | None = None
+
+
+def set_default_mirror(path: str | os.PathLike | None) -> None:
+    """Set the mirror used when ``fetch`` gets none (hydra configs call this from ``assets.mirror``)."""
+    global _DEFAULT_MIRROR
+    _DEFAULT_MIRROR = None if path in (None, "") else str(path)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check(path: Path, rel: str, sha256: str | None) -> Path:
+    want = sha256 or CHECKSUMS.get(rel)
+    if want and _sha256(path) != want:
+        raise AssetError(
+            f"{path} does not match the checksum of {rel} (expected sha256 {want[:12]}…); "
+            f"delete it and fetch the file again from {BASE_URL}{rel}"
+        )
+    return path
+
+
+def fetch(rel: str, mirror: str | os.PathLike | None = None, sha256: str | None = None, url: str | None = None) -> Path:
+    """Local path of asset ``rel`` (see the module doc for the search order)."""
+    rel = rel.lstrip("/")
+    mirror = mirror if mirror not in (None, "") else (_DEFAULT_MIRROR or os.environ.get("HWNAS_ASSETS_MIRROR"))
+    if mirror:
+        p = Path(mirror).expanduser() / rel
+        if p.is_file():
+            return _check(p, rel, sha256)
+    cached = cache_dir() / rel
+    if cached.is_file():
+        return _check(cached, rel, sha256)
+    if url is None and rel.startswith(NO_URL_PREFIXES):
+        where = f"{Path(mirror) / rel}" if mirror else f"{cached} (or <mirror>/{rel} with assets.mirror=<dir>)"
+        raise AssetError(f"asset {rel} has no public download URL; put the file at {where}")
+    src = url or BASE_URL + rel
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=cached.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(src, timeout=60) as resp:
+            shutil.copyfileobj(resp, out)
+        _check(Path(tmp), rel, sha256)
+        os.replace(tmp, cached)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        hint = f"{Path(mirror) / rel}" if mirror else f"{cached}, or into <dir>/{rel} and pass assets.mirror=<dir>"
+        raise AssetError(f"could not download {src} ({exc}); put the file at {hint}") from None
+    except AssetError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return cached

@@ -1,0 +1,34 @@
+"""Search spaces: architecture types, validation, genomes, encodings and layer descriptions."""
+
+from .base import ArchBatch, SearchSpace, SpaceError, create_space, list_spaces, register_space
+from .mbconv import (
+    LayerSpec,
+    MBConvArch,
+    MBConvSpace,
+    OFAMobileNetV3Arch,
+    OFAMobileNetV3Space,
+    OFAProxylessSpace,
+    ProxylessArch,
+    ProxylessMobileSpace,
+    make_divisible,
+    ofa_predictor_features,
+)
+
+__all__ = [
+    "ArchBatch",
+    "SearchSpace",
+    "SpaceError",
+    "create_space",
+    "list_spaces",
+    "register_space",
+    "LayerSpec",
+    "MBConvArch",
+    "MBConvSpace",
+    "OFAMobileNetV3Arch",
+    "OFAMobileNetV3Space",
+    "OFAProxylessSpace",
+    "ProxylessArch",
+    "ProxylessMobileSpace",
+    "make_divisible",
+    "ofa_predictor_features",
+]

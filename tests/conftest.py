@@ -1,0 +1,21 @@
+import os
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The reference data mirror (../shared/data beside the project)."""
+    if not DATA.is_dir():
+        pytest.skip(f"reference data not found at {DATA}")
+    return DATA
+
+
+@pytest.fixture(autouse=True)
+def _mirror(monkeypatch, tmp_path_factory):
+    """Every test reads assets from the shared mirror and never touches the user's cache."""
+    monkeypatch.setenv("HWNAS_ASSETS_MIRROR", str(DATA))
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
