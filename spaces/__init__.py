@@ -32,3 +32,6 @@ __all__ = [
     "make_divisible",
     "ofa_predictor_features",
 ]
+
+from .fbnet import FBNetArch, FBNetSpace  # noqa: E402  (registers "fbnet")
+from .nasbench201 import NASBench201Arch, NASBench201Space  # noqa: E402  (registers "nasbench201")
