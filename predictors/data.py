@@ -1,0 +1,235 @@
+"""Multi-device latency datasets: the same architectures measured on several devices.
+
+File format (CSV, one row per arch): an arch column, then one numeric column per device
+(milliseconds). hwnas writes the arch column as ``arch``: JSON for the MobileNet spaces, the usual
+string for NAS-Bench-201 (``|op~0|+...``) and the ``op_idx`` string for FBNet. The reference files
+(``latency/{ofa_mbv3,fbnet,nasbench201}.csv`` of the assets mirror) name it ``arch``, ``op_idx`` or
+``arch_str``; all three are read. Non-numeric extra columns (``ops``) are ignored, integer metadata
+columns such as NAS-Bench-201's ``index`` are kept in ``dataset.meta``. Missing values are NaN.
+
+    ds = load_dataset("nasbench201")               # from the assets mirror / cache
+    ds = LatencyDataset.from_csv("my.csv", space)  # a file written by hwnas (or by hand)
+    y = ds["pixel3"]                                # np.ndarray (n,)
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .assets import fetch
+
+#: builtin datasets: name -> (asset path, space name)
+BUILTIN = {
+    "nasbench201": ("latency/nasbench201.csv", "nasbench201"),
+    "fbnet": ("latency/fbnet.csv", "fbnet"),
+    "ofa_mbv3": ("latency/ofa_mbv3.csv", "ofa_mbv3_w12"),
+}
+ARCH_COLUMNS = ("arch", "arch_str", "op_idx")
+META_COLUMNS = ("index",)
+IGNORED_COLUMNS = ("ops",)
+
+
+class DatasetError(ValueError):
+    """A latency dataset file or request is invalid; the message says what to fix."""
+
+
+def _space(space: Any):
+    from hwnas.spaces import create_space
+
+    return create_space(space) if isinstance(space, str) else space
+
+
+def arch_text(space: Any, arch: Any) -> str:
+    """The text hwnas writes in the ``arch`` column for ``arch``."""
+    a = space.validate(arch)
+    if hasattr(a, "ks"):  # MobileNet spaces: OFA's JSON convention, as in the reference files
+        return a.to_json()
+    return a.to_str()
+
+
+def guess_space(header: Sequence[str], first_arch: str) -> str:
+    """Space name for a file from its arch column and first value."""
+    if "arch_str" in header:
+        return "nasbench201"
+    if "op_idx" in header:
+        return "fbnet"
+    t = first_arch.strip()
+    if t.startswith("|"):
+        return "nasbench201"
+    if t.startswith("{") and '"ks"' in t:
+        import json
+
+        n = len(json.loads(t)["ks"])
+        return "ofa_mbv3_w12" if n == 20 else "ofa_proxyless_w13"
+    if t.startswith("r") and ":" in t:
+        return "ofa_mbv3_w12" if t.count("/") == 4 else "ofa_proxyless_w13"
+    if len(t.split()) == 22:
+        return "fbnet"
+    raise DatasetError(f"cannot tell the space of arch {t[:60]!r}; pass space= explicitly")
+
+
+@dataclass
+class LatencyDataset:
+    """Archs of one space with their latency on several devices (``table[device]`` aligned with ``archs``)."""
+
+    space: Any
+    archs: list
+    table: dict[str, np.ndarray]
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.archs = list(self.archs)
+        n = len(self.archs)
+        tab = {}
+        for dev, v in self.table.items():
+            v = np.asarray(v, dtype=float).reshape(-1)
+            if v.shape[0] != n:
+                raise DatasetError(f"device {dev!r} has {v.shape[0]} values for {n} archs; give one per arch")
+            tab[str(dev)] = v
+        self.table = tab
+        for k, v in self.meta.items():
+            if len(v) != n:
+                raise DatasetError(f"meta column {k!r} has {len(v)} values for {n} archs")
+        self._pos: dict | None = None
+
+    # ------------------------------------------------------------------ access
+    @property
+    def devices(self) -> list[str]:
+        return list(self.table)
+
+    def __len__(self) -> int:
+        return len(self.archs)
+
+    def __getitem__(self, device: str) -> np.ndarray:
+        return self.latency(device)
+
+    def latency(self, device: str) -> np.ndarray:
+        if device not in self.table:
+            raise DatasetError(f"device={device!r} is not in dataset {self.name or ''}; devices: {self.devices}")
+        return self.table[device]
+
+    def matrix(self, devices: Sequence[str] | None = None) -> np.ndarray:
+        """``(n, n_devices)`` latency matrix."""
+        devs = list(devices) if devices is not None else self.devices
+        return np.stack([self.latency(d) for d in devs], axis=1)
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "LatencyDataset":
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        return LatencyDataset(
+            self.space,
+            [self.archs[i] for i in idx],
+            {d: v[idx] for d, v in self.table.items()},
+            {k: np.asarray(v)[idx] for k, v in self.meta.items()},
+            name=self.name,
+        )
+
+    def select_devices(self, devices: Sequence[str]) -> "LatencyDataset":
+        return LatencyDataset(self.space, self.archs, {d: self.latency(d) for d in devices}, dict(self.meta), self.name)
+
+    def position(self, arch: Any) -> int:
+        """Row of ``arch`` (validated against the space)."""
+        if self._pos is None:
+            self._pos = {a: i for i, a in enumerate(self.archs)}
+        a = self.space.validate(arch)
+        if a not in self._pos:
+            raise DatasetError(f"arch {a} is not in dataset {self.name or ''}")
+        return self._pos[a]
+
+    def lookup(self, archs: Sequence[Any], device: str) -> np.ndarray:
+        """Latencies of ``archs`` on ``device`` (each arch must be in the dataset)."""
+        y = self.latency(device)
+        return np.array([y[self.position(a)] for a in archs], dtype=float)
+
+    # ------------------------------------------------------------------ io
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write ``arch`` + one column per device (+ meta columns first), atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", newline="") as f:
+                w = csv.writer(f)
+                metas = list(self.meta)
+                w.writerow(metas + ["arch"] + self.devices)
+                cols = [self.table[d] for d in self.devices]
+                for i, a in enumerate(self.archs):
+                    row = [str(self.meta[m][i]) for m in metas] + [arch_text(self.space, a)]
+                    row += ["" if not np.isfinite(c[i]) else repr(float(c[i])) for c in cols]
+                    w.writerow(row)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike, space: Any = None, name: str = "") -> "LatencyDataset":
+        """Read a dataset file (hwnas format or a reference file); ``space`` (name or object) is guessed
+        from the arch column when omitted."""
+        path = Path(path)
+        if not path.is_file():
+            raise DatasetError(f"latency dataset {path} does not exist")
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if len(rows) < 2:
+            raise DatasetError(f"{path} has no data rows; expected a header 'arch,<device>,...' and one row per arch")
+        header = [h.strip() for h in rows[0]]
+        acols = [c for c in ARCH_COLUMNS if c in header]
+        if not acols:
+            raise DatasetError(f"{path} has no arch column; name one of {list(ARCH_COLUMNS)} (columns: {header[:6]}...)")
+        ai = header.index(acols[0])
+        if space is None:
+            space = guess_space(header, rows[1][ai])
+        space = _space(space)
+        archs, devs, metas = [], {}, {}
+        dev_cols = [(j, h) for j, h in enumerate(header) if j != ai and h not in ARCH_COLUMNS + IGNORED_COLUMNS + META_COLUMNS]
+        meta_cols = [(j, h) for j, h in enumerate(header) if h in META_COLUMNS]
+        vals = np.full((len(rows) - 1, len(dev_cols)), np.nan)
+        for r, row in enumerate(rows[1:]):
+            if len(row) != len(header):
+                raise DatasetError(f"{path} line {r + 2} has {len(row)} fields; the header has {len(header)}")
+            try:
+                archs.append(space.validate(row[ai]))
+            except ValueError as exc:
+                raise DatasetError(f"{path} line {r + 2}: {exc}") from None
+            for c, (j, h) in enumerate(dev_cols):
+                t = row[j].strip()
+                if t:
+                    try:
+                        vals[r, c] = float(t)
+                    except ValueError:
+                        raise DatasetError(f"{path} line {r + 2}: column {h!r} value {t!r} is not a number") from None
+        for j, h in meta_cols:
+            metas[h] = np.array([int(row[j]) for row in rows[1:]])
+        devs = {h: vals[:, c] for c, (j, h) in enumerate(dev_cols)}
+        return cls(space, archs, devs, metas, name=name or path.stem)
+
+
+_CACHE: dict[tuple[str, str], LatencyDataset] = {}
+
+
+def load_dataset(name_or_path: str | os.PathLike, space: Any = None, mirror: str | None = None) -> LatencyDataset:
+    """A builtin dataset by name (``nasbench201``, ``fbnet``, ``ofa_mbv3``; fetched through the assets
+    mirror/cache) or any dataset file by path. Builtins are cached in memory (treat them as read-only)."""
+    key = str(name_or_path)
+    if key in BUILTIN:
+        rel, sp = BUILTIN[key]
+        path = fetch(rel, mirror=mirror)
+        ck = (key, str(path))
+        if ck not in _CACHE:
+            _CACHE[ck] = LatencyDataset.from_csv(path, space or sp, name=key)
+        return _CACHE[ck]
+    p = Path(key).expanduser()
+    if not p.is_file():
+        raise DatasetError(f"dataset={key!r} is neither a builtin ({sorted(BUILTIN)}) nor an existing CSV file")
+    return LatencyDataset.from_csv(p, space)
