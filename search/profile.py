@@ -1,0 +1,434 @@
+"""Block-friendliness profiling of an elastic MobileNet space (after Mills et al. 2021, "Profiling
+Neural Blocks and Design Spaces for Mobile Neural Architecture Search").
+
+For every position (unit ``u``, layer ``j``) and every block choice ``(k, e)`` allowed there, the layer
+is fixed to that choice and ``n_samples`` architectures are drawn for everything else, with the depth of
+unit ``u`` conditioned on ``d[u] >= j + 1`` so that the fixed layer is active. The latency (any
+predictor, or a measured device behind the predictor protocol) and accuracy (any accuracy source) of
+these samples give the *response* of the block at that position: mean, std and quantiles.
+
+Common random numbers: one background sample ``G0`` is drawn once; every (position, choice) cell uses
+the same rows of ``G0`` (only the fixed gene, and the depth of the unit where it is too shallow,
+change). Differences between choices are therefore paired per sample and have far lower variance than
+independent draws, which is what makes a few hundred samples per cell enough to rank choices.
+
+Depth profiles fix ``d[u]`` to each allowed value (rest from ``G0``); the random baseline is ``G0``.
+
+Everything is evaluated in a few large batches through ``space.batch(genomes)``, so vectorised
+predictors (the OFA MLP, lookup tables, linear models) take their fast path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from hwnas.predictors.base import as_predictor, predict_array
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+KINDS = ("latency", "accuracy")
+
+
+def block_name(k: int, e: int) -> str:
+    return f"k{k}e{e}"
+
+
+def _check_space(space: Any) -> None:
+    for attr in ("block_choices", "depth_choices", "all_block_choices", "slot_unit", "slot_pos", "n_slots"):
+        if not hasattr(space, attr):
+            raise TypeError(
+                f"space: {type(space).__name__} has no {attr!r}; profiling needs an elastic MBConv space "
+                "(e.g. create_space('ofa_mbv3_w12'))"
+            )
+
+
+@dataclass
+class MetricSpec:
+    """One profiled quantity: ``name`` (device or accuracy source), ``kind`` latency|accuracy."""
+
+    name: str
+    kind: str
+    predictor: Any
+
+    @property
+    def sign(self) -> float:
+        """+1 when larger is better (accuracy), -1 when smaller is better (latency)."""
+        return 1.0 if self.kind == "accuracy" else -1.0
+
+
+@dataclass
+class SpaceProfile:
+    """Raw responses of a profiled space (see :func:`profile_space`).
+
+    ``blocks[m]``: array ``(n_units, max_layers, n_pairs, N)`` of metric ``m`` with the layer fixed to
+    ``space.all_block_choices[c]``; NaN where the choice is not allowed or the position never active.
+    ``depths[m]``: ``(n_units, max_layers, N)`` with ``d[u] = index + 1``; NaN for depths not allowed.
+    ``baseline[m]``: ``(N,)`` unconstrained random samples. Row ``i`` of every cell shares the background
+    draw ``i`` (common random numbers), so paired differences are meaningful.
+    """
+
+    space: Any
+    metrics: list[MetricSpec]
+    n_samples: int
+    seed: int
+    blocks: dict[str, np.ndarray]
+    depths: dict[str, np.ndarray]
+    baseline: dict[str, np.ndarray]
+    n_evaluations: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(self.space.all_block_choices)
+
+    @property
+    def pair_names(self) -> list[str]:
+        return [block_name(k, e) for k, e in self.pairs]
+
+    def metric(self, name: str) -> MetricSpec:
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        raise KeyError(f"metric {name!r} was not profiled; profiled metrics: {[m.name for m in self.metrics]}")
+
+    def names(self, kind: str) -> list[str]:
+        return [m.name for m in self.metrics if m.kind == kind]
+
+    @property
+    def layout(self) -> tuple[int, ...]:
+        return tuple(self.space.arch_type.LAYOUT)
+
+    def positions(self) -> list[tuple[int, int]]:
+        """(unit, layer) positions that can be active (some allowed depth of the unit reaches them)."""
+        out = []
+        for u, m in enumerate(self.layout):
+            for j in range(m):
+                if max(self.space.depth_choices[u]) >= j + 1:
+                    out.append((u, j))
+        return out
+
+    def paired_deltas(self, name: str) -> np.ndarray:
+        """``(n_units, max_layers, n_pairs, N)``: each sample's value minus the mean over the allowed
+        choices at that position for the same background sample (NaN where not allowed)."""
+        v = self.blocks[name]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN positions (never active)
+            ref = np.nanmean(v, axis=2, keepdims=True)
+        return v - ref
+
+    # ------------------------------------------------------------------ statistics
+    def stats(self) -> "Any":
+        """Long-format ``pandas.DataFrame`` of every statistic (one row per metric and cell)."""
+        import pandas as pd
+
+        rows: list[dict] = []
+        qn = [f"q{int(round(q * 100)):02d}" for q in QUANTILES]
+        space = self.space
+
+        def describe(x: np.ndarray) -> dict:
+            qs = np.quantile(x, QUANTILES)
+            out = {"n": int(x.size), "mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else 0.0}
+            out.update({k: float(v) for k, v in zip(qn, qs)})
+            return out
+
+        for m in self.metrics:
+            base = self.baseline[m.name]
+            base_mean = float(base.mean())
+            rows.append(dict(metric=m.name, kind=m.kind, level="baseline", unit=-1, layer=-1, slot=-1, choice="random",
+                             **describe(base), delta=0.0, delta_se=0.0, rel_delta=0.0, friendliness=0.0))
+            # ---- blocks
+            v = self.blocks[m.name]
+            dev = self.paired_deltas(m.name)
+            block_rows = []
+            for u, j in self.positions():
+                slot = int(space.unit_starts[u] + j)
+                ref_mean = float(np.nanmean(v[u, j]))
+                for c, (k, e) in enumerate(self.pairs):
+                    x = v[u, j, c]
+                    if np.isnan(x).all():
+                        continue
+                    dx = dev[u, j, c]
+                    row = dict(metric=m.name, kind=m.kind, level="block", unit=u, layer=j, slot=slot,
+                               choice=block_name(k, e), **describe(x))
+                    row["delta"] = float(dx.mean())
+                    row["delta_se"] = float(dx.std(ddof=1) / math.sqrt(dx.size)) if dx.size > 1 else 0.0
+                    row["rel_delta"] = row["delta"] / ref_mean if ref_mean else 0.0
+                    block_rows.append(row)
+            scale = max([abs(r["delta"]) for r in block_rows] + [1e-12])
+            for r in block_rows:
+                r["friendliness"] = m.sign * r["delta"] / scale
+            rows.extend(block_rows)
+            # ---- depths
+            dv = self.depths[m.name]
+            depth_rows = []
+            for u in range(len(self.layout)):
+                allowed = [d for d in space.depth_choices[u]]
+                if len(allowed) == 0:
+                    continue
+                ref = np.mean([dv[u, d - 1] for d in allowed], axis=0)
+                ref_mean = float(ref.mean())
+                for d in allowed:
+                    x = dv[u, d - 1]
+                    dx = x - ref
+                    row = dict(metric=m.name, kind=m.kind, level="depth", unit=u, layer=-1, slot=-1,
+                               choice=f"d{d}", **describe(x))
+                    row["delta"] = float(dx.mean())
+                    row["delta_se"] = float(dx.std(ddof=1) / math.sqrt(dx.size)) if dx.size > 1 else 0.0
+                    row["rel_delta"] = row["delta"] / ref_mean if ref_mean else 0.0
+                    depth_rows.append(row)
+            dscale = max([abs(r["delta"]) for r in depth_rows] + [1e-12])
+            for r in depth_rows:
+                r["friendliness"] = m.sign * r["delta"] / dscale
+            rows.extend(depth_rows)
+        cols = ["metric", "kind", "level", "unit", "layer", "slot", "choice", "n", "mean", "std", *qn,
+                "delta", "delta_se", "rel_delta", "friendliness"]
+        df = pd.DataFrame(rows, columns=cols)
+        df.attrs["baseline_mean"] = {m.name: float(self.baseline[m.name].mean()) for m in self.metrics}
+        return df
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`stats` atomically; returns the path."""
+        df = self.stats()
+        return write_text_atomic(path, df.to_csv(index=False, float_format="%.6g"))
+
+    def summary(self) -> dict:
+        return {
+            "space": getattr(self.space, "name", type(self.space).__name__),
+            "n_samples": self.n_samples,
+            "seed": self.seed,
+            "metrics": {m.name: m.kind for m in self.metrics},
+            "n_evaluations": self.n_evaluations,
+            "seconds": dict(self.seconds),
+        }
+
+    # ------------------------------------------------------------------ plots
+    def heatmap(self, latency: str, accuracy: str | None = None, path: str | os.PathLike | None = None,
+                title: str | None = None):
+        """Block-response heatmaps (choice x position) like Mills et al.: latency change in % of the
+        position's mean (green = faster) and, if given, accuracy change in points (green = better),
+        plus per-unit depth responses. Saves a PNG atomically when ``path`` is given; returns the figure."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        df = self.stats()
+        panels = [(latency, "latency")] + ([(accuracy, "accuracy")] if accuracy else [])
+        pos = self.positions()
+        xlabels = [f"u{u}.{j}" for u, j in pos]
+        names = self.pair_names
+        fig, axes = plt.subplots(len(panels), 2, figsize=(15, 3.4 * len(panels) + 0.6),
+                                 gridspec_kw={"width_ratios": [5, 1]}, squeeze=False)
+        for row, (name, kind) in enumerate(panels):
+            m = self.metric(name)
+            sub = df[(df.metric == name) & (df.level == "block")]
+            M = np.full((len(names), len(pos)), np.nan)
+            pidx = {p: i for i, p in enumerate(pos)}
+            cidx = {c: i for i, c in enumerate(names)}
+            if kind == "latency":
+                vals, unit_label = sub.rel_delta * 100.0, "% of position mean"
+            else:
+                vals, unit_label = sub.delta * 100.0, "top-1 points"
+            for (u, j, c), val in zip(zip(sub.unit, sub.layer, sub.choice), vals):
+                M[cidx[c], pidx[(u, j)]] = val
+            lim = np.nanmax(np.abs(M)) if np.isfinite(M).any() else 1.0
+            cmap = "RdYlGn_r" if m.sign < 0 else "RdYlGn"
+            ax = axes[row, 0]
+            im = ax.imshow(M, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
+            ax.set_xticks(range(len(pos)), xlabels, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(names)), names, fontsize=8)
+            for i in range(M.shape[0]):
+                for jx in range(M.shape[1]):
+                    if np.isfinite(M[i, jx]):
+                        ax.text(jx, i, f"{M[i, jx]:.1f}", ha="center", va="center", fontsize=5.5)
+            ax.set_title(f"{kind} response: {name} (delta vs position mean, {unit_label})", fontsize=9)
+            fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
+            # depth panel
+            dsub = df[(df.metric == name) & (df.level == "depth")]
+            nu = len(self.layout)
+            maxd = max(self.layout)
+            D = np.full((maxd, nu), np.nan)
+            for u, c, rd, dd in zip(dsub.unit, dsub.choice, dsub.rel_delta, dsub.delta):
+                D[int(c[1:]) - 1, u] = rd * 100.0 if kind == "latency" else dd * 100.0
+            dl = np.nanmax(np.abs(D)) if np.isfinite(D).any() else 1.0
+            ax2 = axes[row, 1]
+            ax2.imshow(D, cmap=cmap, vmin=-dl, vmax=dl, aspect="auto")
+            ax2.set_xticks(range(nu), [f"u{u}" for u in range(nu)], fontsize=7)
+            ax2.set_yticks(range(maxd), [f"d{d + 1}" for d in range(maxd)], fontsize=7)
+            for i in range(maxd):
+                for jx in range(nu):
+                    if np.isfinite(D[i, jx]):
+                        ax2.text(jx, i, f"{D[i, jx]:.1f}", ha="center", va="center", fontsize=6)
+            ax2.set_title("unit depth", fontsize=9)
+        fig.suptitle(title or f"Block friendliness of {getattr(self.space, 'name', '')}", fontsize=10)
+        fig.tight_layout()
+        if path is not None:
+            save_figure_atomic(fig, path)
+        return fig
+
+
+# ============================================================================ profiling
+def _metric_specs(latency: Mapping[str, Any] | None, accuracy: Mapping[str, Any] | None) -> list[MetricSpec]:
+    specs: list[MetricSpec] = []
+    for kind, group in (("latency", latency), ("accuracy", accuracy)):
+        if group is None:
+            continue
+        if not isinstance(group, Mapping):
+            raise TypeError(f"{kind}: expected a mapping name -> predictor (e.g. {{'note10': lut}}); got {type(group).__name__}")
+        for name, pred in group.items():
+            as_predictor(pred, f"{kind}[{name!r}]")
+            if any(s.name == name for s in specs):
+                raise ValueError(f"metric name {name!r} is used twice; give latency and accuracy sources distinct names")
+            specs.append(MetricSpec(str(name), kind, pred))
+    if not specs:
+        raise ValueError("nothing to profile: pass latency={'device': predictor} and/or accuracy={'source': predictor}")
+    return specs
+
+
+def profile_genomes(space: Any, n_samples: int, seed: int | np.random.Generator | None = 0,
+                    depth_profiles: bool = True) -> tuple[np.ndarray, list[tuple]]:
+    """All genomes of a profile, stacked, and their cells ``(level, u, j_or_d, pair_index, row_slice)``.
+
+    Rows ``[0, N)`` are the baseline ``G0``; block cell ``(u, j, c)`` is ``G0`` with slot gene set to
+    choice ``c`` and, where ``d[u] < j + 1``, the depth gene redrawn uniformly among the allowed depths
+    ``>= j + 1`` (keeping depths that already qualify keeps it uniform over that set)."""
+    _check_space(space)
+    n = int(n_samples)
+    if n < 2:
+        raise ValueError(f"n_samples={n_samples} must be >= 2 (statistics need at least two samples)")
+    rng = np.random.default_rng(seed)
+    ns, nu = int(space.n_slots), int(space.n_units)
+    G0 = space.sample_genomes(n, rng)
+    U = rng.random((n, nu))
+    pairs = list(space.all_block_choices)
+    pidx = {p: i for i, p in enumerate(pairs)}
+    layout = space.arch_type.LAYOUT
+    blocks = [G0]
+    cells: list[tuple] = [("baseline", -1, -1, -1, slice(0, n))]
+    row = n
+    for u, m in enumerate(layout):
+        dch = list(space.depth_choices[u])
+        gd = G0[:, ns + u]
+        for j in range(m):
+            ok = [i for i, d in enumerate(dch) if d >= j + 1]
+            if not ok:
+                continue
+            ok_arr = np.asarray(ok)
+            keep = np.isin(gd, ok_arr)
+            new_d = np.where(keep, gd, ok_arr[np.minimum((U[:, u] * len(ok)).astype(int), len(ok) - 1)])
+            base = G0.copy()
+            base[:, ns + u] = new_d
+            slot = int(space.unit_starts[u] + j)
+            for ci, b in enumerate(space.block_choices[u]):
+                G = base.copy()
+                G[:, slot] = ci
+                blocks.append(G)
+                cells.append(("block", u, j, pidx[tuple(b)], slice(row, row + n)))
+                row += n
+    if depth_profiles:
+        for u in range(nu):
+            for di, d in enumerate(space.depth_choices[u]):
+                G = G0.copy()
+                G[:, ns + u] = di
+                blocks.append(G)
+                cells.append(("depth", u, int(d), -1, slice(row, row + n)))
+                row += n
+    return np.concatenate(blocks, axis=0), cells
+
+
+def evaluate(space: Any, predictor: Any, genomes: np.ndarray, batch_size: int = 16384, field: str = "predictor",
+             progress: bool = False) -> np.ndarray:
+    """Predict every genome row in batches of ``space.batch`` (vectorised fast paths apply)."""
+    out = np.empty(len(genomes), dtype=float)
+    starts = range(0, len(genomes), batch_size)
+    it = starts
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(starts, desc=field, unit="batch")
+    for s in it:
+        batch = space.batch(genomes[s : s + batch_size])
+        out[s : s + len(batch)] = predict_array(predictor, batch, field)
+    if not np.isfinite(out).all():
+        bad = int(np.argmax(~np.isfinite(out)))
+        raise ValueError(f"{field}: predicted a non-finite value for genome row {bad}")
+    return out
+
+
+def profile_space(
+    space: Any,
+    latency: Mapping[str, Any] | None = None,
+    accuracy: Mapping[str, Any] | None = None,
+    n_samples: int = 256,
+    seed: int = 0,
+    depth_profiles: bool = True,
+    batch_size: int = 16384,
+    progress: bool = False,
+) -> SpaceProfile:
+    """Profile every (unit, layer, block choice) and every unit depth of ``space``.
+
+    ``latency``/``accuracy``: mappings name -> predictor (``predict(archs) -> (n,)``); e.g.
+    ``latency={"note10": LookupTableLatency(space)}, accuracy={"ofa": OFAAccuracyPredictor()}``.
+    Costs ``n_samples * (1 + sum_positions n_choices + sum_units n_depths)`` evaluations per metric
+    (reported in ``profile.n_evaluations``).
+    """
+    specs = _metric_specs(latency, accuracy)
+    G, cells = profile_genomes(space, n_samples, seed, depth_profiles)
+    n = int(n_samples)
+    layout = space.arch_type.LAYOUT
+    nu, ml, npairs = len(layout), max(layout), len(space.all_block_choices)
+    blocks, depths, baseline, seconds = {}, {}, {}, {}
+    for m in specs:
+        t0 = time.perf_counter()
+        vals = evaluate(space, m.predictor, G, batch_size, f"{m.kind}[{m.name!r}]", progress)
+        seconds[m.name] = time.perf_counter() - t0
+        B = np.full((nu, ml, npairs, n), np.nan)
+        D = np.full((nu, ml, n), np.nan)
+        for level, u, j, c, sl in cells:
+            if level == "baseline":
+                baseline[m.name] = vals[sl]
+            elif level == "block":
+                B[u, j, c] = vals[sl]
+            else:
+                D[u, j - 1] = vals[sl]
+        blocks[m.name], depths[m.name] = B, D
+    return SpaceProfile(space=space, metrics=specs, n_samples=n, seed=int(seed), blocks=blocks, depths=depths,
+                        baseline=baseline, n_evaluations=int(len(G)), seconds=seconds)
+
+
+# ============================================================================ io helpers
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_figure_atomic(fig: Any, path: str | os.PathLike, dpi: int = 130) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=path.suffix or ".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format=(path.suffix.lstrip(".") or "png"))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,325 @@
+"""Hardware-specific search-space reduction from a block-friendliness profile.
+
+Two rules, both configurable through :class:`ReductionRules`:
+
+**Block choices** (per scope: the whole space, or each unit). For every allowed choice ``c`` the
+profile gives, per background sample, the latency and accuracy change of putting ``c`` at a position
+instead of the position's average choice; averaged over the scope's positions this is ``(L_c, A_c)``
+with a paired standard error. Choice ``c`` is dropped when another choice ``c'`` dominates it:
+
+* ``c'`` is not slower: ``L_c' - L_c <= tau_L``  (``tau_L = latency_tol x mean network latency``),
+* ``c'`` is not less accurate: ``A_c' - A_c >= -tau_A``  (``tau_A = accuracy_tol``, top-1 fraction),
+* and ``c'`` is clearly better in one of them: faster by more than ``max(tau_L, z*se)`` or more
+  accurate by more than ``max(tau_A, z*se)``.
+
+That is "latency cost without a matching accuracy gain": a choice that costs time and buys no accuracy
+that a cheaper choice would not also buy. At least ``min_blocks`` choices per unit are kept (the least
+dominated come back first).
+
+**Unit depths.** For unit ``u`` the depth profile gives the latency/accuracy of each allowed depth.
+The *exchange rate* ``rho`` of the space is the accuracy bought per unit of latency by adding layers,
+pooled over all units (``sum dA / sum dL`` over all depth steps). The top depth of a unit is removed
+while its last step buys less than ``depth_efficiency x rho`` (or costs latency and buys no accuracy),
+keeping at least ``min_depths`` depths.
+
+The result is a new space of the same class (``space.to_config()`` with reduced ``block_choices`` /
+``depth_choices``), written as a hydra space config so ``hwnas-search space=reduced_<device>`` loads it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .profile import SpaceProfile, block_name, write_text_atomic
+
+SCOPES = ("global", "unit")
+
+
+@dataclass
+class ReductionRules:
+    """Thresholds of :func:`reduce_space` (see the module doc)."""
+
+    #: "global": one set of choices for every unit (aggregated over all positions); "unit": per unit
+    scope: str = "global"
+    #: latency tolerance as a fraction of the mean network latency of the random baseline
+    latency_tol: float = 0.002
+    #: accuracy tolerance in top-1 fraction (0.0005 = 0.05 points)
+    accuracy_tol: float = 0.0005
+    #: paired standard errors a strict improvement must exceed (noise guard)
+    z: float = 2.0
+    #: keep at least this many block choices per unit
+    min_blocks: int = 3
+    #: drop block choices at all
+    drop_blocks: bool = True
+    #: cap unit depths at all
+    cap_depth: bool = True
+    #: a unit's top layer is removed if it buys less than this fraction of the space's exchange rate
+    depth_efficiency: float = 0.5
+    #: keep at least this many depth choices per unit
+    min_depths: int = 1
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"rules.scope={self.scope!r} is unknown; use one of {list(SCOPES)}")
+        for name in ("latency_tol", "accuracy_tol", "z", "depth_efficiency"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"rules.{name}={v!r} must be a finite number >= 0")
+        for name in ("min_blocks", "min_depths"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"rules.{name}={v!r} must be an integer >= 1")
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> "ReductionRules":
+        if isinstance(obj, ReductionRules):
+            return obj
+        obj = dict(obj or {})
+        known = set(cls.__dataclass_fields__)
+        extra = sorted(set(obj) - known)
+        if extra:
+            raise ValueError(f"reduction rules have unknown key(s) {extra}; allowed keys: {sorted(known)}")
+        return cls(**obj)
+
+
+@dataclass
+class Reduction:
+    """Outcome of :func:`reduce_space`."""
+
+    space: Any
+    device: str
+    accuracy: str
+    block_choices: list[list[tuple[int, int]]]
+    depth_choices: list[list[int]]
+    dropped: list[list[str]]
+    decisions: Any  # pandas.DataFrame: one row per (scope, choice) and per depth step
+    rules: ReductionRules
+    exchange_rate: float
+    config: dict = field(default_factory=dict)
+
+    @property
+    def dropped_global(self) -> list[str]:
+        """Choices dropped in every unit."""
+        sets = [set(d) for d in self.dropped]
+        common = set.intersection(*sets) if sets else set()
+        return [b for b in (block_name(k, e) for k, e in self.space_full_pairs) if b in common]
+
+    @property
+    def space_full_pairs(self) -> list[tuple[int, int]]:
+        return list(self.space.all_block_choices)
+
+    @property
+    def max_depths(self) -> list[int]:
+        return [max(d) for d in self.depth_choices]
+
+    def describe(self) -> str:
+        drops = self.dropped_global
+        per_unit = "; ".join(f"u{u}: {','.join(d) or '-'}" for u, d in enumerate(self.dropped))
+        return (
+            f"{self.device}: drop {','.join(drops) or 'nothing'} (per unit {per_unit}); "
+            f"max depths {tuple(self.max_depths)}"
+        )
+
+
+# ============================================================================ rules
+def _scope_deltas(profile: SpaceProfile, name: str, positions: list[tuple[int, int]]) -> np.ndarray:
+    """``(n_pairs, N)`` per-sample deltas averaged over ``positions`` (NaN rows for unavailable)."""
+    dev = profile.paired_deltas(name)
+    rows = np.stack([dev[u, j] for u, j in positions], axis=0)  # (P, n_pairs, N)
+    avail = ~np.isnan(rows).any(axis=2)  # (P, n_pairs)
+    out = np.full(rows.shape[1:], np.nan)
+    for c in range(rows.shape[1]):
+        if avail[:, c].any():
+            out[c] = rows[avail[:, c], c].mean(axis=0)
+    return out
+
+
+def _dominance(L: np.ndarray, A: np.ndarray, tau_L: float, tau_A: float, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """``dom[i, j]``: choice ``j`` dominates choice ``i``; ``margin[i, j]`` how clearly (>0)."""
+    n = L.shape[0]
+    dom = np.zeros((n, n), dtype=bool)
+    margin = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i == j or np.isnan(L[i]).any() or np.isnan(L[j]).any():
+                continue
+            dl = L[j] - L[i]  # per sample, <0: j faster
+            da = A[j] - A[i]  # >0: j more accurate
+            ml, ma = float(dl.mean()), float(da.mean())
+            sl = float(dl.std(ddof=1) / math.sqrt(dl.size))
+            sa = float(da.std(ddof=1) / math.sqrt(da.size))
+            if ml > tau_L or ma < -tau_A:
+                continue
+            faster = -ml - max(tau_L, z * sl)
+            better = ma - max(tau_A, z * sa)
+            if faster > 0 or better > 0:
+                dom[i, j] = True
+                margin[i, j] = max(faster / max(tau_L, 1e-12), better / max(tau_A, 1e-12))
+    return dom, margin
+
+
+def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None,
+                 rules: ReductionRules | dict | None = None, name: str | None = None) -> Reduction:
+    """Derive a reduced space for latency metric ``device`` of ``profile`` (see the module doc)."""
+    import pandas as pd
+
+    rules = ReductionRules.from_dict(rules)
+    lat_spec = profile.metric(device)
+    if lat_spec.kind != "latency":
+        raise ValueError(f"device={device!r} is an {lat_spec.kind} metric; pass a latency metric: {profile.names('latency')}")
+    accs = profile.names("accuracy")
+    if accuracy is None:
+        if not accs:
+            raise ValueError("the profile has no accuracy metric; profile with accuracy={'name': predictor}")
+        accuracy = accs[0]
+    if profile.metric(accuracy).kind != "accuracy":
+        raise ValueError(f"accuracy={accuracy!r} is not an accuracy metric; profiled accuracy metrics: {accs}")
+    space = profile.space
+    pairs = profile.pairs
+    names = profile.pair_names
+    nu = len(profile.layout)
+    net_lat = float(profile.baseline[device].mean())
+    tau_L = rules.latency_tol * net_lat
+    tau_A = rules.accuracy_tol
+    positions = profile.positions()
+    rows: list[dict] = []
+
+    # ------------------------------------------------------------------ block choices
+    keep = [list(bc) for bc in space.block_choices]
+    dropped: list[list[str]] = [[] for _ in range(nu)]
+    if rules.drop_blocks:
+        scopes = [("all", list(range(nu)))] if rules.scope == "global" else [(f"u{u}", [u]) for u in range(nu)]
+        for scope_name, units in scopes:
+            pos = [p for p in positions if p[0] in units]
+            if not pos:
+                continue
+            L = _scope_deltas(profile, device, pos)
+            A = _scope_deltas(profile, accuracy, pos)
+            dom, margin = _dominance(L, A, tau_L, tau_A, rules.z)
+            allowed = [c for c in range(len(pairs)) if not np.isnan(L[c]).any()]
+            is_dom = {c: bool(dom[c, allowed].any()) for c in allowed}
+            # enforce min_blocks per unit: bring back the least clearly dominated
+            strength = {c: float(margin[c, allowed].max()) if is_dom[c] else 0.0 for c in allowed}
+            for u in units:
+                in_unit = [c for c in allowed if pairs[c] in space.block_choices[u]]
+                drop_u = [c for c in in_unit if is_dom[c]]
+                n_keep = len(in_unit) - len(drop_u)
+                if n_keep < rules.min_blocks:
+                    drop_u = sorted(drop_u, key=lambda c: -strength[c])[: max(0, len(in_unit) - rules.min_blocks)]
+                keep[u] = [b for b in space.block_choices[u] if pairs.index(tuple(b)) not in drop_u]
+                dropped[u] = [names[c] for c in sorted(drop_u)]
+            for c in allowed:
+                doms = [names[j] for j in allowed if dom[c, j]]
+                rows.append(dict(
+                    rule="block", scope=scope_name, choice=names[c],
+                    latency_delta=float(L[c].mean()), accuracy_delta=float(A[c].mean()),
+                    latency_se=float(L[c].std(ddof=1) / math.sqrt(L.shape[1])),
+                    accuracy_se=float(A[c].std(ddof=1) / math.sqrt(A.shape[1])),
+                    efficiency=float("nan"),
+                    dominated_by=",".join(doms),
+                    dropped=any(names[c] in dropped[u] for u in units),
+                ))
+
+    # ------------------------------------------------------------------ depths
+    depth_keep = [list(d) for d in space.depth_choices]
+    Ld, Ad = profile.depths[device], profile.depths[accuracy]
+    steps = []  # (u, d_from, d_to, dL, dA)
+    for u in range(nu):
+        ds = sorted(space.depth_choices[u])
+        for a, b in zip(ds[:-1], ds[1:]):
+            dl = float((Ld[u, b - 1] - Ld[u, a - 1]).mean())
+            da = float((Ad[u, b - 1] - Ad[u, a - 1]).mean())
+            steps.append((u, a, b, dl, da))
+    pos_steps = [(dl, da) for *_, dl, da in steps if dl > 0]
+    rho = (sum(da for _, da in pos_steps) / sum(dl for dl, _ in pos_steps)) if pos_steps else float("nan")
+    for u in range(nu):
+        us = [s for s in steps if s[0] == u]
+        for _, a, b, dl, da in us:
+            eff = da / dl if dl > 0 else float("inf") if da >= 0 else float("-inf")
+            rows.append(dict(rule="depth", scope=f"u{u}", choice=f"d{a}->d{b}", latency_delta=dl, accuracy_delta=da,
+                             latency_se=float("nan"), accuracy_se=float("nan"),
+                             efficiency=eff / rho if rho and math.isfinite(rho) and rho > 0 else float("nan"),
+                             dominated_by="", dropped=False))
+        if not rules.cap_depth or not math.isfinite(rho) or rho <= 0:
+            continue
+        for _, a, b, dl, da in sorted(us, key=lambda s: -s[2]):
+            if len(depth_keep[u]) <= rules.min_depths or b != max(depth_keep[u]):
+                break
+            wasteful = (dl > 0 and da <= 0) or (dl > 0 and da / dl < rules.depth_efficiency * rho)
+            if not wasteful:
+                break
+            depth_keep[u].remove(b)
+            for r in rows:
+                if r["rule"] == "depth" and r["scope"] == f"u{u}" and r["choice"] == f"d{a}->d{b}":
+                    r["dropped"] = True
+
+    # ------------------------------------------------------------------ new space
+    cfg = space.to_config()
+    cfg["name"] = name or f"reduced_{_slug(device)}"
+    cfg["depth_choices"] = [list(d) for d in depth_keep]
+    cfg["block_choices"] = [[block_name(k, e) for k, e in bc] for bc in keep]
+    new_space = instantiate_space(cfg)
+    decisions = pd.DataFrame(rows, columns=["rule", "scope", "choice", "latency_delta", "accuracy_delta",
+                                            "latency_se", "accuracy_se", "efficiency", "dominated_by", "dropped"])
+    return Reduction(space=new_space, device=device, accuracy=accuracy, block_choices=[list(map(tuple, b)) for b in keep],
+                     depth_choices=depth_keep, dropped=dropped, decisions=decisions, rules=rules,
+                     exchange_rate=float(rho), config=new_space.to_config())
+
+
+# ============================================================================ config io
+def _slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_]+", "_", str(text)).strip("_").lower()
+    return s or "device"
+
+
+def instantiate_space(cfg: dict) -> Any:
+    """Build a space from a ``to_config()`` dict through hydra (as ``hwnas-search`` does)."""
+    from hydra.utils import instantiate
+
+    cfg = dict(cfg)
+    cfg.setdefault("_convert_", "all")
+    return instantiate(cfg)
+
+
+def space_yaml(reduction: Reduction, extra_comment: str = "") -> str:
+    """The YAML text of the reduced space (a hydra ``space`` config) with a provenance header."""
+    import yaml
+
+    cfg = dict(reduction.config)
+    cfg["_convert_"] = "all"
+    header = [
+        f"# Reduced space for device '{reduction.device}' (accuracy source '{reduction.accuracy}'),",
+        "# derived by hwnas-profile from a block-friendliness profile. Dropped block choices per unit:",
+    ]
+    header += [f"#   unit {u}: {', '.join(d) or '-'}" for u, d in enumerate(reduction.dropped)]
+    header.append(f"# max unit depths: {tuple(reduction.max_depths)}")
+    header.append("# rules: " + ", ".join(f"{k}={v}" for k, v in asdict(reduction.rules).items()))
+    if extra_comment:
+        header += [f"# {line}" for line in extra_comment.splitlines()]
+    body = yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=120)
+    return "\n".join(header) + "\n" + body
+
+
+def write_space_config(reduction: Reduction, conf_dir: str | os.PathLike, filename: str | None = None,
+                       extra_comment: str = "") -> Path:
+    """Write the reduced space atomically to ``<conf_dir>/space/<name>.yaml`` (``conf_dir`` is a hydra
+    config root such as ``hwnas/conf``; pass ``.../space`` itself and it is used as is)."""
+    conf_dir = Path(conf_dir)
+    target = conf_dir if conf_dir.name == "space" else conf_dir / "space"
+    fname = filename or f"{reduction.config['name']}.yaml"
+    return write_text_atomic(target / fname, space_yaml(reduction, extra_comment))
+
+
+def load_space_config(path: str | os.PathLike) -> Any:
+    """Load a space YAML (reduced or not) back into a space through hydra instantiate."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True)
+    return instantiate_space(cfg)
