@@ -40,18 +40,23 @@ import numpy as np
 from .profile import SpaceProfile, block_name, write_text_atomic
 
 SCOPES = ("global", "unit")
+RULES = ("hull", "dominance")
 
 
 @dataclass
 class ReductionRules:
     """Thresholds of :func:`reduce_space` (see the module doc)."""
 
+    #: "hull": drop choices below the efficient (concave) latency-accuracy frontier of the choices;
+    #: "dominance": drop only choices epsilon-Pareto-dominated by another choice
+    rule: str = "hull"
     #: "global": one set of choices for every unit (aggregated over all positions); "unit": per unit
     scope: str = "global"
-    #: latency tolerance as a fraction of the mean network latency of the random baseline
+    #: latency tolerance of "dominance", as a fraction of the mean network latency of the random baseline
     latency_tol: float = 0.002
-    #: accuracy tolerance in top-1 fraction (0.0005 = 0.05 points)
-    accuracy_tol: float = 0.0005
+    #: accuracy tolerance in top-1 fraction per layer (0.0001 = 0.01 points): "hull" keeps choices
+    #: at most this far below the frontier, "dominance" treats smaller accuracy differences as ties
+    accuracy_tol: float = 0.0001
     #: paired standard errors a strict improvement must exceed (noise guard)
     z: float = 2.0
     #: keep at least this many block choices per unit
@@ -61,11 +66,13 @@ class ReductionRules:
     #: cap unit depths at all
     cap_depth: bool = True
     #: a unit's top layer is removed if it buys less than this fraction of the space's exchange rate
-    depth_efficiency: float = 0.5
+    depth_efficiency: float = 0.4
     #: keep at least this many depth choices per unit
     min_depths: int = 1
 
     def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"rules.rule={self.rule!r} is unknown; use one of {list(RULES)}")
         if self.scope not in SCOPES:
             raise ValueError(f"rules.scope={self.scope!r} is unknown; use one of {list(SCOPES)}")
         for name in ("latency_tol", "accuracy_tol", "z", "depth_efficiency"):
@@ -165,6 +172,52 @@ def _dominance(L: np.ndarray, A: np.ndarray, tau_L: float, tau_A: float, z: floa
     return dom, margin
 
 
+def _hull_gaps(L: np.ndarray, A: np.ndarray, allowed: list[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Vertical gap of every choice below the efficient frontier (upper-left concave hull of the mean
+    (latency, accuracy) points) and its paired standard error; returns ``(gap, se, hull_members)``.
+
+    Beyond the rightmost hull vertex the frontier is flat (more latency buys nothing)."""
+    n = L.shape[0]
+    gap = np.full(n, np.nan)
+    se = np.full(n, np.nan)
+    if not allowed:
+        return gap, se, []
+    mL = {c: float(L[c].mean()) for c in allowed}
+    mA = {c: float(A[c].mean()) for c in allowed}
+    order = sorted(allowed, key=lambda c: (mL[c], -mA[c]))
+    pareto, best = [], -np.inf
+    for c in order:  # cheaper first; keep strictly better accuracy
+        if mA[c] > best:
+            pareto.append(c)
+            best = mA[c]
+    hull: list[int] = []
+    for c in pareto:  # upper concave hull (monotone chain)
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            cross = (mL[b] - mL[a]) * (mA[c] - mA[a]) - (mA[b] - mA[a]) * (mL[c] - mL[a])
+            if cross >= 0:  # b lies on or below the chord a-c
+                hull.pop()
+            else:
+                break
+        hull.append(c)
+    for c in allowed:
+        x = mL[c]
+        if c in hull:
+            gap[c], se[c] = 0.0, 0.0
+            continue
+        right = [h for h in hull if mL[h] >= x]
+        left = [h for h in hull if mL[h] <= x]
+        if not right:  # beyond the last vertex: flat frontier
+            per = A[hull[-1]] - A[c]
+        else:
+            a, b = left[-1], right[0]
+            w = 0.0 if mL[b] == mL[a] else (x - mL[a]) / (mL[b] - mL[a])
+            per = (1 - w) * A[a] + w * A[b] - A[c]
+        gap[c] = float(per.mean())
+        se[c] = float(per.std(ddof=1) / math.sqrt(per.size))
+    return gap, se, hull
+
+
 def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None,
                  rules: ReductionRules | dict | None = None, name: str | None = None) -> Reduction:
     """Derive a reduced space for latency metric ``device`` of ``profile`` (see the module doc)."""
@@ -202,11 +255,20 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
                 continue
             L = _scope_deltas(profile, device, pos)
             A = _scope_deltas(profile, accuracy, pos)
-            dom, margin = _dominance(L, A, tau_L, tau_A, rules.z)
             allowed = [c for c in range(len(pairs)) if not np.isnan(L[c]).any()]
-            is_dom = {c: bool(dom[c, allowed].any()) for c in allowed}
+            if rules.rule == "dominance":
+                dom, margin = _dominance(L, A, tau_L, tau_A, rules.z)
+                is_dom = {c: bool(dom[c, allowed].any()) for c in allowed}
+                strength = {c: float(margin[c, allowed].max()) if is_dom[c] else 0.0 for c in allowed}
+                why = {c: ",".join(names[j] for j in allowed if dom[c, j]) for c in allowed}
+                gap = np.full(len(pairs), np.nan)
+            else:
+                gap, gse, hull = _hull_gaps(L, A, allowed)
+                thr = {c: max(tau_A, rules.z * gse[c]) for c in allowed}
+                is_dom = {c: bool(gap[c] > thr[c]) for c in allowed}
+                strength = {c: float(gap[c] - thr[c]) for c in allowed}
+                why = {c: ("frontier" if c in hull else f"{100 * gap[c]:.3f} pts below frontier") for c in allowed}
             # enforce min_blocks per unit: bring back the least clearly dominated
-            strength = {c: float(margin[c, allowed].max()) if is_dom[c] else 0.0 for c in allowed}
             for u in units:
                 in_unit = [c for c in allowed if pairs[c] in space.block_choices[u]]
                 drop_u = [c for c in in_unit if is_dom[c]]
@@ -216,14 +278,13 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
                 keep[u] = [b for b in space.block_choices[u] if pairs.index(tuple(b)) not in drop_u]
                 dropped[u] = [names[c] for c in sorted(drop_u)]
             for c in allowed:
-                doms = [names[j] for j in allowed if dom[c, j]]
                 rows.append(dict(
                     rule="block", scope=scope_name, choice=names[c],
                     latency_delta=float(L[c].mean()), accuracy_delta=float(A[c].mean()),
                     latency_se=float(L[c].std(ddof=1) / math.sqrt(L.shape[1])),
                     accuracy_se=float(A[c].std(ddof=1) / math.sqrt(A.shape[1])),
-                    efficiency=float("nan"),
-                    dominated_by=",".join(doms),
+                    efficiency=float("nan"), gap=float(gap[c]),
+                    dominated_by=why[c],
                     dropped=any(names[c] in dropped[u] for u in units),
                 ))
 
@@ -245,7 +306,7 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
             eff = da / dl if dl > 0 else float("inf") if da >= 0 else float("-inf")
             rows.append(dict(rule="depth", scope=f"u{u}", choice=f"d{a}->d{b}", latency_delta=dl, accuracy_delta=da,
                              latency_se=float("nan"), accuracy_se=float("nan"),
-                             efficiency=eff / rho if rho and math.isfinite(rho) and rho > 0 else float("nan"),
+                             efficiency=eff / rho if rho and math.isfinite(rho) and rho > 0 else float("nan"), gap=float("nan"),
                              dominated_by="", dropped=False))
         if not rules.cap_depth or not math.isfinite(rho) or rho <= 0:
             continue
@@ -267,7 +328,7 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
     cfg["block_choices"] = [[block_name(k, e) for k, e in bc] for bc in keep]
     new_space = instantiate_space(cfg)
     decisions = pd.DataFrame(rows, columns=["rule", "scope", "choice", "latency_delta", "accuracy_delta",
-                                            "latency_se", "accuracy_se", "efficiency", "dominated_by", "dropped"])
+                                            "latency_se", "accuracy_se", "efficiency", "gap", "dominated_by", "dropped"])
     return Reduction(space=new_space, device=device, accuracy=accuracy, block_choices=[list(map(tuple, b)) for b in keep],
                      depth_choices=depth_keep, dropped=dropped, decisions=decisions, rules=rules,
                      exchange_rate=float(rho), config=new_space.to_config())
