@@ -52,7 +52,8 @@ class ReductionRules:
     rule: str = "hull"
     #: "global": one set of choices for every unit (aggregated over all positions); "unit": per unit
     scope: str = "global"
-    #: latency tolerance of "dominance", as a fraction of the mean network latency of the random baseline
+    #: latency tolerance, as a fraction of the mean network latency of the random baseline ("dominance";
+    #: "hull" uses it for choices slower than the most accurate one)
     latency_tol: float = 0.002
     #: accuracy tolerance in top-1 fraction per layer (0.0001 = 0.01 points): "hull" keeps choices
     #: at most this far below the frontier, "dominance" treats smaller accuracy differences as ties
@@ -172,16 +173,17 @@ def _dominance(L: np.ndarray, A: np.ndarray, tau_L: float, tau_A: float, z: floa
     return dom, margin
 
 
-def _hull_gaps(L: np.ndarray, A: np.ndarray, allowed: list[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def _hull_gaps(L: np.ndarray, A: np.ndarray, allowed: list[int]) -> tuple[np.ndarray, np.ndarray, list[int], dict]:
     """Vertical gap of every choice below the efficient frontier (upper-left concave hull of the mean
-    (latency, accuracy) points) and its paired standard error; returns ``(gap, se, hull_members)``.
-
-    Beyond the rightmost hull vertex the frontier is flat (more latency buys nothing)."""
+    (latency, accuracy) points) and its paired standard error; returns ``(gap, se, hull_members,
+    beyond)``. Beyond the rightmost (most accurate) hull vertex the frontier is flat: more latency buys
+    nothing; ``beyond[c] = (extra latency, its se)`` for those choices."""
     n = L.shape[0]
     gap = np.full(n, np.nan)
     se = np.full(n, np.nan)
+    beyond: dict[int, tuple[float, float]] = {}
     if not allowed:
-        return gap, se, []
+        return gap, se, [], beyond
     mL = {c: float(L[c].mean()) for c in allowed}
     mA = {c: float(A[c].mean()) for c in allowed}
     order = sorted(allowed, key=lambda c: (mL[c], -mA[c]))
@@ -209,13 +211,15 @@ def _hull_gaps(L: np.ndarray, A: np.ndarray, allowed: list[int]) -> tuple[np.nda
         left = [h for h in hull if mL[h] <= x]
         if not right:  # beyond the last vertex: flat frontier
             per = A[hull[-1]] - A[c]
+            dl = L[c] - L[hull[-1]]
+            beyond[c] = (float(dl.mean()), float(dl.std(ddof=1) / math.sqrt(dl.size)))
         else:
             a, b = left[-1], right[0]
             w = 0.0 if mL[b] == mL[a] else (x - mL[a]) / (mL[b] - mL[a])
             per = (1 - w) * A[a] + w * A[b] - A[c]
         gap[c] = float(per.mean())
         se[c] = float(per.std(ddof=1) / math.sqrt(per.size))
-    return gap, se, hull
+    return gap, se, hull, beyond
 
 
 def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None,
@@ -263,11 +267,17 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
                 why = {c: ",".join(names[j] for j in allowed if dom[c, j]) for c in allowed}
                 gap = np.full(len(pairs), np.nan)
             else:
-                gap, gse, hull = _hull_gaps(L, A, allowed)
+                gap, gse, hull, beyond = _hull_gaps(L, A, allowed)
                 thr = {c: max(tau_A, rules.z * gse[c]) for c in allowed}
                 is_dom = {c: bool(gap[c] > thr[c]) for c in allowed}
                 strength = {c: float(gap[c] - thr[c]) for c in allowed}
                 why = {c: ("frontier" if c in hull else f"{100 * gap[c]:.3f} pts below frontier") for c in allowed}
+                for c, (dl, sl) in beyond.items():  # slower than the most accurate choice, not better
+                    excess = dl - max(tau_L, rules.z * sl)
+                    if excess > 0 and not is_dom[c]:
+                        is_dom[c] = True
+                        strength[c] = excess / max(tau_L, 1e-12)
+                        why[c] = f"slower than {names[hull[-1]]}, no more accurate"
             # enforce min_blocks per unit: bring back the least clearly dominated
             for u in units:
                 in_unit = [c for c in allowed if pairs[c] in space.block_choices[u]]

@@ -1,0 +1,248 @@
+"""Block-friendliness profiling and space reduction (hwnas.search.profile / reduce / profile_cli)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hwnas.spaces import create_space
+from hwnas.search.profile import QUANTILES, profile_genomes, profile_space
+from hwnas.search.reduce import (
+    ReductionRules,
+    load_space_config,
+    reduce_space,
+    space_yaml,
+    write_space_config,
+)
+
+N = 48
+
+
+def _arrays(space, archs):
+    if hasattr(archs, "arrays"):
+        return archs.arrays
+    return space.decode_arrays(space.encode(list(archs)))
+
+
+class SynLatency:
+    """k7 is 3x as expensive as k3 (k5: 1.3x); cost grows with the expand ratio; unit 0 layers are
+    the most expensive (high resolution)."""
+
+    def __init__(self, space=None, k7=3.0):
+        self.space = space
+        self.k7 = k7
+
+    def predict(self, archs):
+        sp = self.space
+        ks, e, d, r = _arrays(sp, archs)
+        active = sp.slot_pos[None, :] < d[:, sp.slot_unit]
+        kf = np.where(ks == 7, self.k7, np.where(ks == 5, 1.3, 1.0))
+        unit_w = np.array([4.0, 1.0, 1.0, 1.0, 1.0])[sp.slot_unit]
+        cost = kf * (e / 3.0) * unit_w
+        return 1.0 + (cost * active).sum(1) * (r / 224.0) ** 2
+
+
+class SynAccuracy:
+    """Accuracy grows with expand ratio and with k5 (not k7: no gain from the expensive kernel); unit 0
+    layers add nothing."""
+
+    def __init__(self, space=None):
+        self.space = space
+
+    def predict(self, archs):
+        sp = self.space
+        ks, e, d, r = _arrays(sp, archs)
+        active = sp.slot_pos[None, :] < d[:, sp.slot_unit]
+        gain = 0.002 * (e - 3) / 3.0 + 0.0015 * (ks == 5)
+        gain = np.where(sp.slot_unit[None, :] == 0, 0.0, gain + 0.002)
+        return 0.7 + (gain * active).sum(1) + 0.0001 * (r - 160) / 64.0
+
+
+@pytest.fixture(scope="module")
+def space():
+    return create_space("ofa_mbv3_w12", resolutions=[160, 224])
+
+
+@pytest.fixture(scope="module")
+def prof(space):
+    return profile_space(space, latency={"syn": SynLatency(space)}, accuracy={"acc": SynAccuracy(space)},
+                         n_samples=N, seed=3)
+
+
+def test_k7_is_least_friendly_for_latency_and_dropped(prof, space):
+    df = prof.stats()
+    blk = df[(df.metric == "syn") & (df.level == "block")]
+    assert len(blk) == 20 * 9
+    for (u, j), g in blk.groupby(["unit", "layer"]):
+        worst3 = set(g.sort_values("friendliness").choice.iloc[:3])
+        # k7e6 and k7e4 are always among the three slowest; no k3 block is
+        assert {"k7e6", "k7e4"} <= worst3 and not any(c.startswith("k3") for c in worst3)
+        f = dict(zip(g.choice, g.friendliness))
+        for e in (3, 4, 6):
+            assert f[f"k7e{e}"] < f[f"k5e{e}"] < f[f"k3e{e}"]
+    acc = df[(df.metric == "acc") & (df.level == "block") & (df.unit > 0)]
+    mean_acc = acc.groupby("choice").delta.mean()
+    assert mean_acc["k5e6"] > mean_acc["k7e6"] and abs(mean_acc["k7e6"] - mean_acc["k3e6"]) < 1e-9
+    for rule in ("hull", "dominance"):
+        red = reduce_space(prof, "syn", rules={"rule": rule, "cap_depth": False})
+        assert {"k7e3", "k7e4", "k7e6"} <= set(red.dropped_global), (rule, red.describe())
+        for bc in red.space.block_choices:
+            assert all(k != 7 for k, _ in bc)
+            assert (3, 6) in bc or (5, 6) in bc  # the accurate end survives
+        assert red.space.depth_choices == space.depth_choices
+
+
+def test_unit_scope_and_min_blocks(prof):
+    red = reduce_space(prof, "syn", rules={"scope": "unit", "min_blocks": 4, "cap_depth": False})
+    for u, bc in enumerate(red.space.block_choices):
+        assert len(bc) >= 4
+        assert (7, 6) not in bc
+    # unit 0 layers buy no accuracy: only the cheapest choices are worth keeping there
+    assert (3, 3) in red.space.block_choices[0]
+
+
+def test_depth_cap_where_layers_cost_without_gain(prof):
+    red = reduce_space(prof, "syn", rules={"drop_blocks": False})
+    assert red.max_depths[0] == 2  # unit 0: 4x cost, zero accuracy
+    assert red.max_depths[1:] == [4, 4, 4, 4]
+    steps = red.decisions[red.decisions.rule == "depth"]
+    assert steps[steps.scope == "u0"].dropped.all()
+    assert not steps[steps.scope != "u0"].dropped.any()
+
+
+def test_fixed_layer_active_in_every_sample_and_common_random_numbers(space):
+    G, cells = profile_genomes(space, 40, seed=1)
+    ks, e, d, r = space.decode_arrays(G)
+    ns = space.n_slots
+    by_pos: dict = {}
+    n_block = 0
+    for level, u, j, c, sl in cells:
+        if level != "block":
+            continue
+        n_block += 1
+        k_c, e_c = space.all_block_choices[c]
+        slot = int(space.unit_starts[u] + j)
+        assert (d[sl, u] >= j + 1).all(), (u, j)
+        assert (ks[sl, slot] == k_c).all() and (e[sl, slot] == e_c).all()
+        by_pos.setdefault((u, j), []).append(G[sl])
+    assert n_block == 20 * 9
+    for (u, j), gs in by_pos.items():
+        slot = int(space.unit_starts[u] + j)
+        others = [np.delete(g, slot, axis=1) for g in gs]
+        for o in others[1:]:
+            np.testing.assert_array_equal(o, others[0])  # same background for every choice
+    # depth conditioning stays uniform over the allowed depths (here d>=3 -> {3,4})
+    sl = next(c[4] for c in cells if c[0] == "block" and c[1] == 2 and c[2] == 2)
+    G2, cells2 = profile_genomes(space, 4000, seed=2)
+    sl2 = next(c[4] for c in cells2 if c[0] == "block" and c[1] == 2 and c[2] == 2)
+    dd = space.decode_arrays(G2[sl2])[2][:, 2]
+    assert set(np.unique(dd)) == {3, 4} and abs((dd == 3).mean() - 0.5) < 0.04
+    assert G[:40, ns:].shape[1] == space.n_var - ns
+
+
+def test_stats_match_raw_samples_and_csv(prof, space, tmp_path):
+    df = prof.stats()
+    row = df[(df.metric == "syn") & (df.level == "block") & (df.unit == 2) & (df.layer == 1) & (df.choice == "k5e4")].iloc[0]
+    G, cells = profile_genomes(space, N, seed=3)
+    c = space.all_block_choices.index((5, 4))
+    sl = next(x[4] for x in cells if x[:4] == ("block", 2, 1, c))
+    vals = SynLatency(space).predict(space.batch(G[sl]))
+    assert row["mean"] == pytest.approx(vals.mean())
+    assert row["std"] == pytest.approx(vals.std(ddof=1))
+    assert row["q90"] == pytest.approx(np.quantile(vals, 0.9))
+    base = df[(df.metric == "syn") & (df.level == "baseline")].iloc[0]
+    assert base["mean"] == pytest.approx(SynLatency(space).predict(space.batch(G[:N])).mean())
+    # deltas at a position sum to zero (paired vs the position mean)
+    g = df[(df.metric == "acc") & (df.level == "block") & (df.unit == 3) & (df.layer == 0)]
+    assert abs(g.delta.sum()) < 1e-9
+    path = prof.to_csv(tmp_path / "p.csv")
+    back = pd.read_csv(path)
+    assert list(back.columns[:7]) == ["metric", "kind", "level", "unit", "layer", "slot", "choice"]
+    assert {f"q{int(q * 100):02d}" for q in QUANTILES} <= set(back.columns)
+    assert len(back) == len(df) == 2 * (1 + 180 + 15)
+    assert set(back.level) == {"baseline", "block", "depth"}
+
+
+def test_reduced_yaml_loads_back_through_hydra(prof, tmp_path):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    red = reduce_space(prof, "syn", rules={"cap_depth": True}, name="reduced_syn")
+    path = write_space_config(red, tmp_path / "conf")
+    assert path == tmp_path / "conf" / "space" / "reduced_syn.yaml"
+    cfg = OmegaConf.load(path)
+    sp = instantiate(cfg)
+    assert sp.block_choices == red.space.block_choices
+    assert sp.depth_choices == red.space.depth_choices
+    for bc in sp.block_choices:
+        assert not ({(7, 3), (7, 4), (7, 6)} & set(bc))
+    sp2 = load_space_config(path)
+    assert sp2.to_config() == red.space.to_config()
+    # the reduced space samples only allowed choices
+    for a in sp.sample(50, 0):
+        assert all(k != 7 for k, _ in sum(a.blocks(), []))
+    assert not list(tmp_path.glob("conf/space/*.tmp"))
+
+
+def test_determinism_with_seed(space):
+    kw = dict(latency={"syn": SynLatency(space)}, accuracy={"acc": SynAccuracy(space)}, n_samples=16)
+    a, b, c = profile_space(space, seed=7, **kw), profile_space(space, seed=7, **kw), profile_space(space, seed=8, **kw)
+    pd.testing.assert_frame_equal(a.stats(), b.stats())
+    assert not np.allclose(a.stats()["mean"], c.stats()["mean"])
+    assert space_yaml(reduce_space(a, "syn")) == space_yaml(reduce_space(b, "syn"))
+
+
+def test_clear_errors(prof, space):
+    with pytest.raises(ValueError, match="scope"):
+        ReductionRules(scope="layer")
+    with pytest.raises(ValueError, match="unknown key"):
+        ReductionRules.from_dict({"treshold": 1})
+    with pytest.raises(KeyError, match="not profiled"):
+        reduce_space(prof, "pixel")
+    with pytest.raises(ValueError, match="latency metric"):
+        reduce_space(prof, "acc")
+    with pytest.raises(ValueError, match="n_samples"):
+        profile_space(space, latency={"syn": SynLatency(space)}, n_samples=1)
+    with pytest.raises(TypeError, match="predict"):
+        profile_space(space, latency={"syn": object()})
+    with pytest.raises(ValueError, match="nothing to profile"):
+        profile_space(space)
+
+
+def test_cli_run_profile_writes_everything(tmp_path):
+    from hydra import compose, initialize_config_module
+
+    from hwnas.search.profile_cli import run_profile
+
+    with initialize_config_module(config_module="hwnas.conf", version_base=None):
+        cfg = compose(config_name="profile/default", overrides=[
+            "space.resolutions=[160,224]",
+            "~latency.note10", "+latency.syn._target_=test_profile.SynLatency",
+            "~accuracy.ofa", "+accuracy.acc._target_=test_profile.SynAccuracy",
+            "profile.n_samples=16", "profile.progress=false",
+            f"reduce.conf_dir={tmp_path / 'conf'}", "reduce.rules.scope=unit",
+        ])
+    summary = run_profile(cfg, output_dir=tmp_path / "out", log=lambda s: None)
+    out = tmp_path / "out"
+    for f in ("profile.csv", "summary.json", "heatmap_syn.png", "decisions_syn.csv", "reduced_syn.yaml"):
+        assert (out / f).is_file(), f
+    sp = load_space_config(tmp_path / "conf" / "space" / "reduced_syn.yaml")
+    assert all((7, 6) not in bc for bc in sp.block_choices)
+    assert summary["devices"]["syn"]["max_depths"][0] == 2
+    assert summary["n_evaluations"] == 16 * (1 + 180 + 15)
+
+
+def test_note10_tables_reproduce_mills_reduction(data_dir):
+    """With the official Note10 tables and OFA predictor the default rules drop e3k7 and e4k7 and cap
+    unit 0 at 3 layers, like Mills et al.'s published Note10 space."""
+    from hwnas.predictors.lut import LookupTableLatency
+    from hwnas.predictors.ofa_accuracy import OFAAccuracyPredictor
+
+    sp = create_space("ofa_mbv3_w12", resolutions=[160, 176, 192, 208, 224])
+    prof = profile_space(sp, latency={"note10": LookupTableLatency(sp)}, accuracy={"ofa": OFAAccuracyPredictor()},
+                         n_samples=64, seed=0)
+    red = reduce_space(prof, "note10")
+    assert {"k7e3", "k7e4"} <= set(red.dropped_global)
+    assert "k3e3" not in red.dropped_global and "k7e6" not in red.dropped_global
+    assert red.max_depths == [3, 4, 4, 4, 4]
