@@ -1,0 +1,379 @@
+"""NSGA-II search over a space with an accuracy and a latency predictor, plus local refinement of the
+front. Entry point: :func:`run_search`.
+
+The search
+
+1. runs pymoo's NSGA-II on :class:`~hwnas.search.problem.ArchProblem` with the genome-aware operators
+   of :mod:`hwnas.search.operators` (structured + uniform sampling, unit-wise crossover, effective-gene
+   mutation, canonical repair, hashed duplicate elimination), budgets as one constraint
+   ``latency <= max(budgets)``;
+2. refines the front by Pareto local search: every front member's single-gene neighbours (one block,
+   one depth step, one resolution step) are evaluated in one batch, the front is recomputed, and the
+   new members are expanded in turn, until the front stops changing or ``refine.iterations`` passes;
+3. returns the non-dominated set of every arch evaluated (within the constraint) as a
+   :class:`SearchResult`, with a per-generation history (evaluations, hypervolume w.r.t. a fixed
+   reference point, best accuracy under each budget).
+
+Same seed, same predictors -> the same front.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager, nullcontext
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.termination import get_termination
+
+from hwnas.spaces import SearchSpace
+
+from .operators import (
+    ArchCrossover,
+    ArchMutation,
+    ArchSampling,
+    CanonicalDuplicateElimination,
+    CanonicalRepair,
+    GenomeLayout,
+)
+from .problem import ArchProblem, as_budgets, best_under, hypervolume, pareto_mask
+
+
+# ============================================================================ result
+@dataclass
+class SearchResult:
+    """The front (sorted by latency) and the run's record."""
+
+    space: SearchSpace
+    genomes: np.ndarray
+    accuracy: np.ndarray
+    latency: np.ndarray
+    budgets: list[float]
+    history: list[dict] = field(default_factory=list)
+    wall_time: float = 0.0
+    n_evals: int = 0
+    seed: int | None = None
+    hv_ref: tuple[float, float] = (0.0, 0.0)
+    timings: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def archs(self) -> list:
+        return self.space.decode(self.genomes)
+
+    def __len__(self) -> int:
+        return len(self.genomes)
+
+    def best_under(self, budget: float) -> tuple[Any, float, float] | None:
+        """(arch, accuracy, latency) of the most accurate front member within ``budget``, or None."""
+        i = best_under(self.accuracy, self.latency, budget)
+        if i < 0:
+            return None
+        return self.space.decode(self.genomes[i : i + 1])[0], float(self.accuracy[i]), float(self.latency[i])
+
+    def best_at_budgets(self) -> dict[float, tuple[Any, float, float] | None]:
+        return {b: self.best_under(b) for b in self.budgets}
+
+    @property
+    def hypervolume(self) -> float:
+        return hypervolume(self.accuracy, self.latency, *self.hv_ref)
+
+    def rows(self) -> list[dict]:
+        """One dict per front member: arch (dict), compact string, objectives."""
+        out = []
+        for a, acc, lat in zip(self.archs, self.accuracy, self.latency):
+            out.append({"arch": a.to_dict() if hasattr(a, "to_dict") else a, "arch_str": str(a), "accuracy": float(acc), "latency": float(lat)})
+        return out
+
+    def summary(self) -> str:
+        parts = [f"front {len(self)} archs", f"{self.n_evals} evals", f"{self.wall_time:.2f} s", f"hv {self.hypervolume:.4f}"]
+        for b, best in self.best_at_budgets().items():
+            parts.append(f"@{b:g}: " + ("-" if best is None else f"{_fmt_acc(best[1])} ({best[2]:.2f})"))
+        return " | ".join(parts)
+
+
+def _fmt_acc(a: float) -> str:
+    return f"{100 * a:.2f}%" if abs(a) <= 1.0 else f"{a:.3f}"
+
+
+# ============================================================================ refinement
+def neighbour_matrix(layout: GenomeLayout, M: np.ndarray) -> np.ndarray:
+    """All canonical genomes one effective gene change away from any row of ``M`` (may repeat)."""
+    M = layout.canonical(M)
+    if not len(M):
+        return M
+    act = layout.active(M)
+    sizes = layout.sizes
+    blocks = []
+    for g in range(layout.n_var):
+        rows = np.flatnonzero(act[:, g])
+        if not len(rows):
+            continue
+        for v in range(int(sizes[g])):
+            r = rows[M[rows, g] != v]
+            if len(r):
+                Y = M[r].copy()
+                Y[:, g] = v
+                blocks.append(Y)
+    if not blocks:
+        return np.zeros((0, M.shape[1]), dtype=int)
+    return layout.canonical(np.concatenate(blocks))
+
+
+def refine_front(
+    problem: ArchProblem,
+    iterations: int = 10,
+    max_latency: float | None = None,
+    window: tuple[float, float] | None = None,
+    max_members: int | None = None,
+    on_pass: Callable[[int, int], None] | None = None,
+) -> int:
+    """Pareto local search on the problem's archive front (single-gene moves). Each pass evaluates the
+    neighbours of the front members not expanded yet, in one batch. ``window``: only expand members
+    with latency in ``[lo, hi]``. Returns the number of passes run."""
+    layout = problem.layout
+    expanded: set[bytes] = set()
+    from .operators import row_keys
+
+    passes = 0
+    for it in range(int(iterations)):
+        X, acc, lat = problem.archive()
+        ok = np.ones(len(lat), dtype=bool) if max_latency is None else lat <= max_latency
+        if window is not None:
+            ok &= (lat >= window[0]) & (lat <= window[1])
+        idx = np.flatnonzero(ok)
+        front = idx[pareto_mask(acc[idx], lat[idx])]
+        keys = [k for k in _keys(X[front])]
+        todo = [i for i, k in zip(front, keys) if k not in expanded]
+        if not todo:
+            break
+        if max_members is not None and len(todo) > max_members:
+            # spread the expanded members evenly over the latency range of the candidates
+            order = np.array(todo)[np.argsort(lat[todo], kind="stable")]
+            pick = np.unique(np.linspace(0, len(order) - 1, int(max_members)).round().astype(int))
+            todo = list(order[pick])
+        expanded.update(_keys(X[todo]))
+        N = neighbour_matrix(layout, X[todo])
+        before = problem.n_evals
+        problem.predict(N)
+        passes += 1
+        if on_pass is not None:
+            on_pass(passes, len(todo))
+    return passes
+
+
+def _keys(X: np.ndarray) -> list[bytes]:
+    from .operators import row_keys
+
+    return row_keys(X)
+
+
+# ============================================================================ threads
+@contextmanager
+def limit_threads(n: int | None):
+    """Run with at most ``n`` intra-op threads in torch and the BLAS libraries (restored afterwards).
+    The search evaluates small batches (one population) many times; on a small or shared machine
+    thread start-up and contention cost more than they save (measured: 1 thread is 20x faster than
+    2 on a loaded 2-core box for batches of 100 through the OFA MLP)."""
+    if not n:
+        yield
+        return
+    n = int(n)
+    restore = None
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        restore = torch.get_num_threads()
+        torch.set_num_threads(n)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            ctx = threadpool_limits(limits=n)
+        except Exception:  # threadpoolctl missing or failing: torch alone
+            ctx = nullcontext()
+        with ctx:
+            yield
+    finally:
+        if torch is not None and restore is not None:
+            torch.set_num_threads(restore)
+
+
+# ============================================================================ search
+def run_search(
+    space: SearchSpace,
+    accuracy: Any,
+    latency: Any,
+    *,
+    pop_size: int = 100,
+    n_gen: int = 30,
+    seed: int | None = 0,
+    budgets: Sequence[float] | float | None = None,
+    constraint: bool = True,
+    max_latency: float | None = None,
+    hv_ref: dict | Sequence[float | None] | None = None,
+    structured: float = 0.25,
+    crossover: str = "unit",
+    crossover_prob: float = 0.9,
+    mutation_rate: float | None = None,
+    neighbour: float = 0.5,
+    refine: int = 10,
+    refine_members: int | None = None,
+    threads: int | None = 1,
+    verbose: bool = True,
+    log: Callable[[str], None] | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> SearchResult:
+    """Bi-objective NSGA-II (max accuracy, min latency) over ``space``.
+
+    ``budgets``: latency budgets the front is judged at (history and summary report the best accuracy
+    under each); with ``constraint`` the search is constrained to ``latency <= max(budgets)``
+    (or ``max_latency`` when given). ``hv_ref``: hypervolume reference point ``(accuracy, latency)``
+    (``None`` entries: accuracy = worst accuracy of the initial population, latency = max budget or
+    the initial population's worst latency). ``refine``: passes of Pareto local search after NSGA-II
+    (0 = plain NSGA-II). ``threads``: intra-op threads for the predictors during the search (None:
+    leave as is). ``verbose``: one line per generation through ``log`` (default: stderr).
+    """
+    with limit_threads(threads):
+        return _run_search(**{k: v for k, v in locals().items() if k != "threads"})
+
+
+def _run_search(
+    space: SearchSpace,
+    accuracy: Any,
+    latency: Any,
+    *,
+    pop_size: int,
+    n_gen: int,
+    seed: int | None,
+    budgets: Any,
+    constraint: bool,
+    max_latency: float | None,
+    hv_ref: Any,
+    structured: float,
+    crossover: str,
+    crossover_prob: float,
+    mutation_rate: float | None,
+    neighbour: float,
+    refine: int,
+    refine_members: int | None,
+    verbose: bool,
+    log: Callable[[str], None] | None,
+    callback: Callable[[dict], None] | None,
+) -> SearchResult:
+    if pop_size < 4:
+        raise ValueError(f"search.pop_size={pop_size} is too small; use at least 4 (e.g. 100)")
+    if n_gen < 1:
+        raise ValueError(f"search.n_gen={n_gen} must be >= 1")
+    budgets = as_budgets(budgets)
+    if max_latency is None and constraint and budgets:
+        max_latency = max(budgets)
+    if not constraint:
+        max_latency = None
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    ref_acc, ref_lat = _parse_ref(hv_ref)
+
+    t0 = time.perf_counter()
+    problem = ArchProblem(space, accuracy, latency, max_latency=max_latency)
+    algo = NSGA2(
+        pop_size=int(pop_size),
+        sampling=ArchSampling(space, structured=structured),
+        crossover=ArchCrossover(space, mode=crossover, prob=crossover_prob),
+        mutation=ArchMutation(space, prob_var=mutation_rate, neighbour=neighbour),
+        repair=CanonicalRepair(space),
+        eliminate_duplicates=CanonicalDuplicateElimination(space),
+    )
+    algo.setup(problem, termination=get_termination("n_gen", int(n_gen)), seed=seed, verbose=False)
+
+    history: list[dict] = []
+    t_pred = 0.0
+
+    def record(gen: int, phase: str) -> None:
+        nonlocal ref_acc, ref_lat
+        X, acc, lat = problem.archive()
+        ok = np.ones(len(lat), dtype=bool) if max_latency is None else lat <= max_latency
+        if ref_acc is None:
+            ref_acc = float(acc.min()) if len(acc) else 0.0
+        if ref_lat is None:
+            ref_lat = float(max_latency if max_latency is not None else (lat.max() if len(lat) else 1.0))
+        a, l = acc[ok], lat[ok]
+        m = pareto_mask(a, l)
+        row: dict[str, Any] = {
+            "gen": gen,
+            "phase": phase,
+            "n_evals": problem.n_evals,
+            "front_size": int(m.sum()),
+            "hypervolume": hypervolume(a[m], l[m], ref_acc, ref_lat),
+            "time_s": time.perf_counter() - t0,
+        }
+        for b in budgets:
+            i = best_under(a, l, b)
+            row[f"best_acc@{b:g}"] = float(a[i]) if i >= 0 else float("nan")
+        history.append(row)
+        if callback is not None:
+            callback(row)
+        if verbose:
+            bits = [f"{phase} {gen:3d}", f"evals {row['n_evals']:6d}", f"front {row['front_size']:3d}", f"hv {row['hypervolume']:.4f}"]
+            for b in budgets:
+                v = row[f"best_acc@{b:g}"]
+                bits.append(f"@{b:g} " + ("-" if math.isnan(v) else _fmt_acc(v)))
+            bits.append(f"{row['time_s']:.2f}s")
+            log(" | ".join(bits))
+
+    gen = 0
+    while algo.has_next():
+        algo.next()
+        gen += 1
+        record(gen, "gen")
+    t_nsga = time.perf_counter() - t0
+
+    passes = 0
+    if refine and refine > 0:
+        passes = refine_front(
+            problem, iterations=int(refine), max_latency=max_latency, max_members=refine_members,
+            on_pass=lambda p, n: record(p, "refine"),
+        )
+    t_total = time.perf_counter() - t0
+
+    X, acc, lat = problem.archive()
+    ok = np.ones(len(lat), dtype=bool) if max_latency is None else lat <= max_latency
+    idx = np.flatnonzero(ok)
+    idx = idx[pareto_mask(acc[idx], lat[idx])]
+    idx = idx[np.argsort(lat[idx], kind="stable")]
+    res = SearchResult(
+        space=space,
+        genomes=X[idx].copy(),
+        accuracy=acc[idx].copy(),
+        latency=lat[idx].copy(),
+        budgets=budgets,
+        history=history,
+        wall_time=t_total,
+        n_evals=problem.n_evals,
+        seed=seed,
+        hv_ref=(float(ref_acc), float(ref_lat)),
+        timings={"nsga2_s": t_nsga, "refine_s": t_total - t_nsga, "refine_passes": passes},
+        settings={
+            "pop_size": pop_size, "n_gen": n_gen, "seed": seed, "budgets": budgets, "max_latency": max_latency,
+            "structured": structured, "crossover": crossover, "mutation_rate": mutation_rate,
+            "neighbour": neighbour, "refine": refine, "refine_members": refine_members,
+        },
+    )
+    if verbose:
+        log(res.summary())
+    return res
+
+
+def _parse_ref(hv_ref: Any) -> tuple[float | None, float | None]:
+    if hv_ref is None:
+        return None, None
+    if hasattr(hv_ref, "get") and not isinstance(hv_ref, (list, tuple)):
+        a, l = hv_ref.get("accuracy"), hv_ref.get("latency")
+    else:
+        vals = list(hv_ref)
+        if len(vals) != 2:
+            raise ValueError(f"search.hv_ref={hv_ref!r} must be (accuracy, latency) or {{accuracy: .., latency: ..}}")
+        a, l = vals
+    return (None if a is None else float(a)), (None if l is None else float(l))
