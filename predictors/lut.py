@@ -352,6 +352,8 @@ class LookupTableLatency(Predictor):
                     continue
                 self._tables[r] = read_lut(path)
                 self._sources[r] = str(path)
+            if failed and not self._tables:
+                raise AssetError(f"no lookup table {spec!r} for any resolution of space {self.space.name}: {failed[0][1]}")
             if failed:
                 ok = sorted(self._tables)
                 raise LatencyTableError(
@@ -575,6 +577,11 @@ class LookupTableLatency(Predictor):
         elif isinstance(archs, ArchBatch) and _same_macro(archs.space, self.space):
             arrays = archs.arrays
             out, r = self.predict_arrays(*arrays), arrays[3]
+        elif isinstance(archs, ArchBatch):
+            raise SpaceError(
+                f"the archs come from space {archs.space.name!r}, whose layers differ from space "
+                f"{self.space.name!r} that these lookup tables price; build LookupTableLatency for that space"
+            )
         else:
             archs = [self.space.validate(a) for a in archs]
             if not archs:
