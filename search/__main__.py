@@ -1,0 +1,6 @@
+"""``python -m hwnas.search ...`` = ``hwnas-search ...``."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()
