@@ -1,0 +1,206 @@
+"""Build a per-layer latency lookup table of this machine, in Once-for-All's yaml format.
+
+Every distinct layer of a space (at each requested input resolution) is timed in isolation, as a
+one-layer network, with the same protocol as whole networks (:mod:`hwnas.predictors.measure`), and
+written as ``{out_dir}/{r}_lookup_table.yaml`` (one file per resolution, like
+``ofa/note10/{r}_lookup_table.yaml``). :class:`~hwnas.predictors.lut.LookupTableLatency` then reads
+them back::
+
+    paths = build_lut(space, "luts/local", resolutions=[160, 224], store="measurements.sqlite")
+    lut = LookupTableLatency(space, tables="luts/local/{r}_lookup_table.yaml")
+
+Per-layer timings go through a :class:`~hwnas.predictors.store.MeasurementStore` (space key
+``"<space>:layers"``, arch key = the table key), so an interrupted build resumes where it stopped.
+
+The distinct layers are found from the space's own layer description: for each block choice, the
+network whose every unit has its maximum depth and uses that block in every slot; together these
+cover every (unit, first-or-not, kernel, expand) layer and the fixed layers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .measure import MeasureConfig, ModelSpec, measure_specs
+from .store import MeasurementStore
+
+#: protocol defaults for single layers: short calls, so more of them
+LAYER_DEFAULTS = dict(warmup=10, repeats=30, min_time_s=0.02, chunk=64)
+
+
+def _space(space: Any):
+    if isinstance(space, str):
+        from hwnas.spaces import create_space
+
+        return create_space(space)
+    return space
+
+
+def cover_archs(space: Any, resolution: int) -> list:
+    """Archs of ``space`` at ``resolution`` that together contain every distinct layer."""
+    sp = _space(space)
+    layout = sp.arch_type.LAYOUT
+    n_blocks = max(len(b) for b in sp.block_choices)
+    d = [max(ch) for ch in sp.depth_choices]
+    out = []
+    for b in range(n_blocks):
+        ks, e = [], []
+        for u, m in enumerate(layout):
+            k, x = sp.block_choices[u][min(b, len(sp.block_choices[u]) - 1)]
+            ks += [k] * m
+            e += [x] * m
+        out.append(sp.validate({"ks": ks, "e": e, "d": d, "r": int(resolution)}))
+    return out
+
+
+def distinct_layers(space: Any, resolutions: Sequence[int] | None = None, format: str = "ofa") -> dict[int, dict[str, dict]]:
+    """``{r: {key: layer_kwargs}}``: every distinct layer of the space per resolution, keyed by its
+    lookup-table key; ``layer_kwargs`` feed :func:`layer_model`."""
+    from dataclasses import asdict
+
+    from .lut import lut_keys
+
+    sp = _space(space)
+    res = list(resolutions) if resolutions else list(sp.resolutions)
+    out: dict[int, dict[str, dict]] = {}
+    for r in res:
+        table: dict[str, dict] = {}
+        for a in cover_archs(sp, r):
+            layers = sp.layers(a)
+            pool_in = None
+            for key, L in lut_keys(layers, format):
+                if L.kind == "pool":
+                    pool_in = L.in_shape
+                if key is None or key in table:
+                    continue
+                kw = {"layer": asdict(L), "pool_first": bool(format == "proxyless" and L.kind == "linear"),
+                      "pool_in": list(pool_in) if pool_in is not None else None}
+                table[key] = kw
+        out[int(r)] = table
+    return out
+
+
+def layer_model(layer: dict, pool_first: bool = False, pool_in: Sequence[int] | None = None,
+                batch_size: int = 1, seed: int = 0):
+    """Factory of a one-layer network for a :class:`~hwnas.spaces.mbconv.LayerSpec` (as a dict);
+    built exactly as :func:`hwnas.supernet.static.build_static` builds that layer."""
+    import torch
+    from torch import nn
+
+    from hwnas.spaces.mbconv import LayerSpec
+    from hwnas.supernet.layers import LinearLayer
+    from hwnas.supernet.static import _conv_from_spec, _mbconv_from_spec
+
+    L = LayerSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in layer.items()})
+    torch.manual_seed(seed)
+    h, w, c = L.in_shape
+    b = int(batch_size)
+
+    class Pool(nn.Module):
+        def forward(self, x):
+            return x.mean((2, 3), keepdim=True)
+
+    class PoolLinear(nn.Module):
+        def __init__(self, lin: nn.Module) -> None:
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, x):
+            return self.lin(torch.flatten(x.mean((2, 3)), 1))
+
+    if L.kind == "conv":
+        return _conv_from_spec(L).eval(), (b, c, h, w)
+    if L.kind == "mbconv":
+        return _mbconv_from_spec(L).eval(), (b, c, h, w)
+    if L.kind == "pool":
+        return Pool().eval(), (b, c, h, w)
+    if L.kind == "linear":
+        lin = LinearLayer(c, int(L.out_shape[-1]))
+        if pool_first:
+            ph, pw, pc = pool_in if pool_in is not None else L.in_shape
+            return PoolLinear(lin).eval(), (b, int(pc), int(ph), int(pw))
+        return lin.eval(), (b, c)
+    raise ValueError(f"layer {L.name!r} has kind {L.kind!r}; a lookup table prices conv, mbconv, pool and linear layers")
+
+
+def build_lut(
+    space: Any,
+    out_dir: str | os.PathLike,
+    resolutions: Sequence[int] | None = None,
+    config: MeasureConfig | None = None,
+    store: Any = None,
+    device: str = "local",
+    format: str = "ofa",
+    progress: bool = False,
+) -> dict[int, Path]:
+    """Time every distinct layer and write ``{out_dir}/{r}_lookup_table.yaml`` per resolution.
+
+    ``config`` defaults to :data:`LAYER_DEFAULTS` on top of :class:`MeasureConfig`'s defaults.
+    Already stored layers (same ``store`` and ``device``) are not timed again. Returns ``{r: path}``.
+    """
+    from .lut import write_ofa_yaml
+
+    sp = _space(space)
+    cfg = config or MeasureConfig(**LAYER_DEFAULTS)
+    st = store if isinstance(store, MeasurementStore) else MeasurementStore(store if store is not None else ":memory:")
+    st.register_device(device, cfg)
+    skey = f"{sp.name}:layers"
+    layers = distinct_layers(sp, resolutions, format)
+    todo: list[tuple[str, dict]] = []
+    seen: set[str] = set()
+    for r, table in layers.items():
+        have = st.get_many(device, skey, list(table))
+        for key, kw in table.items():
+            if key not in have and key not in seen:
+                seen.add(key)
+                todo.append((key, kw))
+    if todo:
+        specs = [ModelSpec("hwnas.predictors.lut_build:layer_model", dict(kw, batch_size=cfg.batch_size), key=key)
+                 for key, kw in todo]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(specs), desc=f"timing {sp.name} layers", unit="layer")
+        try:
+            measure_specs(specs, cfg, on_result=lambda i, m: st.put(device, skey, todo[i][0], m, cfg), progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+    out_dir = Path(out_dir)
+    paths = {}
+    for r, table in layers.items():
+        got = st.get_many(device, skey, list(table))
+        entries = {}
+        for key in table:
+            rec = got[key]
+            samples = rec.samples or [rec.value]
+            std = float(np.std(samples, ddof=1)) if len(samples) > 1 else 0.0
+            entries[key] = {"count": int(rec.n or 1), "mean": rec.value, "std": std}
+        paths[r] = write_ofa_yaml(entries, out_dir / f"{r}_lookup_table.yaml")
+    return paths
+
+
+def lut_vs_end_to_end(space: Any, lut_dir: str | os.PathLike, archs: Sequence[Any], measured: Sequence[float]) -> dict:
+    """Spearman/Pearson agreement and ratio of LUT sums to measured end-to-end latency."""
+    from scipy.stats import pearsonr, spearmanr
+
+    from .lut import LookupTableLatency
+
+    sp = _space(space)
+    res = sorted({int(sp.validate(a).r) for a in archs})
+    lut = LookupTableLatency(sp.__class__(**{k: v for k, v in sp.to_config().items() if k != "_target_"} | {"resolutions": res}),
+                             tables={r: Path(lut_dir) / f"{r}_lookup_table.yaml" for r in res})
+    pred = lut.predict(archs)
+    y = np.asarray(measured, dtype=float)
+    return {
+        "n": len(y),
+        "srcc": float(spearmanr(pred, y).correlation),
+        "pearson": float(pearsonr(pred, y)[0]),
+        "sum_over_e2e": float(np.median(pred / y)),
+        "pred": pred,
+    }
