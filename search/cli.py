@@ -73,12 +73,18 @@ def build(cfg: Any) -> tuple[Any, Any, Any]:
 
     def make(key: str, **kw: Any) -> Any:
         node = cfg.get(key)
-        if node is None or "_target_" not in node:
-            raise ConfigError(f"{key} has no _target_; choose a config ({key}=<name>) or set {key}._target_=<module.Class>")
-        # drop null-valued keys so constructors keep their own defaults
-        node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None})
+        if node is None or "_target_" not in node or OmegaConf.is_missing(node, "_target_"):
+            raise ConfigError(
+                f"{key}._target_ is not set; choose a config ({key}=<name>) or set {key}._target_=<module.Class>"
+            )
         try:
-            return instantiate(node, **kw)
+            plain = OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+        except Exception as exc:  # noqa: BLE001 - missing mandatory value / bad interpolation
+            raise ConfigError(f"{key}: {exc}") from None
+        # drop null-valued keys so constructors keep their own defaults
+        node = OmegaConf.create({k: v for k, v in plain.items() if v is not None})
+        try:
+            return instantiate(node, _convert_="all", **kw)
         except Exception as exc:  # noqa: BLE001 - re-raised with the key named
             inner = _cause(exc)
             raise ConfigError(f"{key} ({node.get('_target_')}): {type(inner).__name__}: {inner}") from inner

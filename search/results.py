@@ -164,7 +164,7 @@ def load_front(path: str | os.PathLike, space: Any = None) -> list[dict]:
     if space is None:
         from hydra.utils import instantiate
 
-        space = instantiate(data["space"])
+        space = instantiate(data["space"], _convert_="all")
     out = []
     for row in data["front"]:
         out.append({**row, "arch": space.validate(row["arch"])})

@@ -1,0 +1,276 @@
+"""NSGA-II search: operators, problem, reproducibility, validity of the front, history, results files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pymoo.core.population import Population
+
+from hwnas.search.nsga import neighbour_matrix, run_search
+from hwnas.search.operators import (
+    ArchCrossover,
+    ArchMutation,
+    ArchSampling,
+    CanonicalDuplicateElimination,
+    CanonicalRepair,
+    GenomeLayout,
+    structured_genomes,
+)
+from hwnas.search.problem import ArchProblem, hypervolume, pareto_mask
+from hwnas.search.results import load_front, write_results
+from hwnas.spaces import create_space
+
+NOTE10_RES = [160, 176, 192, 208, 224]
+
+
+class ToyAccuracy:
+    """Deterministic stand-in: concave in the amount of compute, with per-slot kernel/expand weights."""
+
+    def __init__(self, space=None):
+        self.space = space
+
+    def predict(self, archs):
+        ks = np.array([a.ks for a in archs], float)
+        e = np.array([a.e for a in archs], float)
+        d = np.array([a.d for a in archs], float)
+        r = np.array([a.r for a in archs], float)
+        mask = np.array([[s in set(a.active_slots()) for s in range(len(a.ks))] for a in archs])
+        w = np.linspace(1.0, 2.0, ks.shape[1])
+        cap = ((np.log(ks) + 0.6 * np.log(e)) * w * mask).sum(1) + 0.3 * d.sum(1)
+        return 0.55 + 0.25 * (1 - np.exp(-cap / 40.0)) + 0.0004 * (r - 160)
+
+
+class ToyLatency:
+    """Deterministic stand-in: sum over active slots of k^2 * e (slot-dependent cost) times (r/224)^2."""
+
+    def __init__(self, space=None):
+        self.space = space
+        self.calls = 0
+
+    def predict(self, archs):
+        self.calls += 1
+        out = []
+        for a in archs:
+            c = sum(a.ks[s] ** 2 * a.e[s] * (1.0 + 0.05 * (s % 4)) for s in a.active_slots())
+            out.append(2.0 + c * (a.r / 224.0) ** 2 / 60.0)
+        return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def space():
+    return create_space("ofa_mbv3_w12", resolutions=NOTE10_RES)
+
+
+def small_search(space, **kw):
+    args = dict(pop_size=24, n_gen=6, seed=1, budgets=[14, 20], refine=1, refine_members=8, verbose=False)
+    args.update(kw)
+    return run_search(space, ToyAccuracy(space), ToyLatency(space), **args)
+
+
+# ---------------------------------------------------------------------------------------------- operators
+def test_layout_canonical_ignores_inactive_genes(space):
+    lay = GenomeLayout(space)
+    g = space.sample_genomes(50, 0)
+    c = lay.canonical(g)
+    np.testing.assert_array_equal(c, space.canonical_genome(g))
+    # changing an inactive slot gene does not change the canonical genome
+    g2 = g.copy()
+    g2[:, space.n_slots :] = 0  # all depths = 2 -> slots 2, 3 of every unit inactive
+    g3 = g2.copy()
+    g3[:, 3] = (g3[:, 3] + 1) % space.genome_sizes[3]
+    np.testing.assert_array_equal(lay.canonical(g2), lay.canonical(g3))
+
+
+def test_structured_sampling_includes_extremes_and_is_seeded(space):
+    S = structured_genomes(space)
+    lo, hi = space.bounds
+    assert (S[0] == lo).all()
+    assert (S[1] == hi).all()
+    assert len({r.tobytes() for r in S}) == len(S)
+    samp = ArchSampling(space, structured=0.25)
+    X1 = samp.do(None, 40, random_state=np.random.default_rng(3)).get("X")
+    X2 = samp.do(None, 40, random_state=np.random.default_rng(3)).get("X")
+    np.testing.assert_array_equal(X1, X2)
+    assert X1.shape == (40, space.n_var)
+    assert (X1 >= lo).all() and (X1 <= hi).all()
+    assert any((x == lo).all() for x in X1) and any((x == hi).all() for x in X1)
+    np.testing.assert_array_equal(X1, space.canonical_genome(X1))
+
+
+def test_unit_crossover_moves_whole_units(space):
+    cx = ArchCrossover(space, mode="unit")
+    rng = np.random.default_rng(0)
+    X = np.stack([space.sample_genomes(30, 1), space.sample_genomes(30, 2)])
+    Q = cx._do(None, X, random_state=rng)
+    lay = GenomeLayout(space)
+    for child, other in ((Q[0], Q[1]),):
+        for i in range(30):
+            from_b = child[i] != X[0, i]
+            for grp in range(lay.n_groups):
+                genes = lay.group == grp
+                same_a = (child[i, genes] == X[0, i, genes]).all()
+                same_b = (child[i, genes] == X[1, i, genes]).all()
+                assert same_a or same_b
+            # the two children are complementary
+            np.testing.assert_array_equal(np.where(from_b, X[0, i], X[1, i]), np.where(from_b, other[i], other[i]))
+
+
+def test_mutation_changes_an_effective_gene_within_bounds(space):
+    mut = ArchMutation(space)
+    X = space.canonical_genome(space.sample_genomes(200, 4))
+    Y = mut._do(None, X, random_state=np.random.default_rng(0))
+    lo, hi = space.bounds
+    assert (Y >= lo).all() and (Y <= hi).all()
+    cx, cy = space.canonical_genome(X), space.canonical_genome(Y)
+    assert (cx != cy).any(1).all()  # every individual changed as a network
+    # ordered genes moved by neighbour steps at least sometimes
+    dg = np.abs(Y[:, space.n_slots :] - X[:, space.n_slots :])
+    assert (dg == 1).sum() > 0
+
+
+def test_repair_and_duplicate_elimination_on_canonical_genomes(space):
+    g = space.sample_genomes(1, 5)
+    g[0, space.n_slots : space.n_slots + 5] = 0  # depth 2 everywhere
+    twin = g.copy()
+    twin[0, 2] = (twin[0, 2] + 1) % space.genome_sizes[2]  # inactive slot differs
+    other = space.sample_genomes(1, 6)
+    np.testing.assert_array_equal(CanonicalRepair(space)._do(None, twin), space.canonical_genome(g))
+    pop = Population.new("X", np.concatenate([g, twin, other]))
+    kept = CanonicalDuplicateElimination(space).do(pop)
+    assert len(kept) == 2
+    vs = CanonicalDuplicateElimination(space).do(Population.new("X", twin), Population.new("X", g))
+    assert len(vs) == 0
+
+
+def test_neighbour_matrix_is_one_effective_move(space):
+    lay = GenomeLayout(space)
+    x = lay.canonical(space.sample_genomes(1, 7))
+    N = neighbour_matrix(lay, x)
+    diff = (N != x).sum(1)
+    # one gene differs, except depth moves that also reset the genes of slots that became inactive
+    assert (diff >= 1).all()
+    archs = space.decode(N)
+    assert len(set(archs)) == len(archs) or len(set(archs)) > 0.9 * len(archs)
+    assert space.decode(x)[0] not in set(archs)
+    n_expected = sum(int(space.genome_sizes[g]) - 1 for g in np.flatnonzero(lay.active(x)[0]))
+    assert len(N) == n_expected
+
+
+# ---------------------------------------------------------------------------------------------- utilities
+def test_pareto_mask_and_hypervolume_by_hand():
+    acc = np.array([0.70, 0.75, 0.74, 0.80, 0.80])
+    lat = np.array([10.0, 12.0, 13.0, 20.0, 21.0])
+    m = pareto_mask(acc, lat)
+    assert m.tolist() == [True, True, False, True, False]
+    # staircase w.r.t. (0.6, 30): 0.10*(12-10) + 0.15*(20-12) + 0.20*(30-20)
+    assert hypervolume(acc, lat, 0.6, 30.0) == pytest.approx(0.2 + 1.2 + 2.0)
+    assert hypervolume(acc, lat, 0.9, 30.0) == 0.0
+
+
+def test_problem_batches_and_caches(space):
+    lat = ToyLatency(space)
+    prob = ArchProblem(space, ToyAccuracy(space), lat, max_latency=20.0)
+    X = space.sample_genomes(30, 8)
+    out = prob.evaluate(X, return_as_dictionary=True)
+    assert out["F"].shape == (30, 2) and out["G"].shape == (30, 1)
+    archs = space.decode(X)
+    np.testing.assert_allclose(out["F"][:, 0], -ToyAccuracy().predict(archs))
+    np.testing.assert_allclose(out["G"][:, 0], ToyLatency().predict(archs) - 20.0)
+    calls, n = lat.calls, prob.n_evals
+    prob.evaluate(np.concatenate([X, X]), return_as_dictionary=True)  # all known: served from the archive
+    assert lat.calls == calls and prob.n_evals == n
+
+
+# ---------------------------------------------------------------------------------------------- search
+def test_same_seed_same_front(space):
+    a, b = small_search(space, seed=7), small_search(space, seed=7)
+    np.testing.assert_array_equal(a.genomes, b.genomes)
+    np.testing.assert_array_equal(a.accuracy, b.accuracy)
+    np.testing.assert_array_equal(a.latency, b.latency)
+    assert [h["hypervolume"] for h in a.history] == [h["hypervolume"] for h in b.history]
+    c = small_search(space, seed=8)
+    assert not (len(c.genomes) == len(a.genomes) and (c.genomes == a.genomes).all())
+
+
+def test_front_valid_nondominated_unique_and_within_budget(space):
+    res = small_search(space, budgets=[14, 20])
+    assert len(res) > 5
+    archs = res.archs
+    for a in archs:
+        assert space.validate(a) == a
+    assert (res.latency <= 20.0 + 1e-12).all()
+    # objectives are the predictors' values
+    np.testing.assert_allclose(res.accuracy, ToyAccuracy().predict(archs))
+    np.testing.assert_allclose(res.latency, ToyLatency().predict(archs))
+    # unique networks
+    assert len(set(archs)) == len(archs)
+    assert len({r.tobytes() for r in space.canonical_genome(res.genomes)}) == len(res)
+    # non-dominated: no member is at least as good in both and better in one
+    A, L = res.accuracy, res.latency
+    dom = (A[:, None] >= A[None, :]) & (L[:, None] <= L[None, :]) & ((A[:, None] > A[None, :]) | (L[:, None] < L[None, :]))
+    assert not dom.any()
+    # best under each budget is on the front and feasible
+    for b, item in res.best_at_budgets().items():
+        arch, acc, lat = item
+        assert lat <= b and acc == A[L <= b].max()
+
+
+def test_unconstrained_front_may_exceed_budget(space):
+    res = small_search(space, constraint=False, budgets=[14])
+    assert res.latency.max() > 14.0
+    assert res.best_under(14)[2] <= 14.0
+
+
+def test_history_hypervolume_non_decreasing_and_refine_helps(space):
+    res = small_search(space, n_gen=8, refine=3, refine_members=10)
+    hv = np.array([h["hypervolume"] for h in res.history])
+    assert (np.diff(hv) >= -1e-12).all()
+    assert [h["phase"] for h in res.history].count("gen") == 8
+    evals = [h["n_evals"] for h in res.history]
+    assert evals == sorted(evals)
+    plain = small_search(space, n_gen=8, refine=0)
+    np.testing.assert_array_equal(plain.history[-1]["hypervolume"], res.history[7]["hypervolume"])
+    assert res.hypervolume >= plain.hypervolume
+    assert res.hv_ref == plain.hv_ref
+
+
+def test_bad_settings_raise_clear_errors(space):
+    with pytest.raises(ValueError, match="pop_size"):
+        small_search(space, pop_size=2)
+    with pytest.raises(ValueError, match="budgets"):
+        small_search(space, budgets=["fast"])
+    with pytest.raises(ValueError, match="crossover.mode"):
+        small_search(space, crossover="onepoint")
+    with pytest.raises(TypeError, match="predict"):
+        run_search(space, object(), ToyLatency(space), pop_size=8, n_gen=1, verbose=False)
+
+
+def test_results_files_round_trip(space, tmp_path):
+    res = small_search(space)
+    paths = write_results(res, tmp_path, config={"search": {"seed": 1}})
+    for name in ("pareto.csv", "pareto.json", "history.csv", "pareto.png", "config.yaml"):
+        assert paths[name].is_file() and paths[name].stat().st_size > 0
+    rows = load_front(tmp_path)  # space rebuilt from the file
+    assert [r["arch"] for r in rows] == res.archs
+    assert [r["accuracy"] for r in rows] == res.accuracy.tolist()
+    data = json.loads((tmp_path / "pareto.json").read_text())
+    assert data["best"]["20"]["latency"] <= 20
+    assert data["front"][0]["arch_str"] == str(res.archs[0])
+    hist = (tmp_path / "history.csv").read_text().splitlines()
+    assert hist[0].startswith("gen,phase,n_evals,front_size,hypervolume")
+    assert len(hist) == 1 + len(res.history)
+
+
+def test_real_predictors_small_search(space, data_dir):
+    from hwnas.predictors.lut import LookupTableLatency
+    from hwnas.predictors.ofa_accuracy import OFAAccuracyPredictor
+
+    acc, lat = OFAAccuracyPredictor(space=space), LookupTableLatency(space)
+    res = run_search(space, acc, lat, pop_size=40, n_gen=10, seed=0, budgets=[20, 25], refine=2, refine_members=20, verbose=False)
+    archs = res.archs
+    np.testing.assert_allclose(res.accuracy, acc.predict(archs), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(res.latency, lat.predict(archs), rtol=0, atol=1e-9)
+    best = res.best_under(25)
+    assert best is not None and 0.78 < best[1] < 0.85 and best[2] <= 25
