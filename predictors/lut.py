@@ -302,13 +302,12 @@ class LookupTableLatency(Predictor):
             if m:
                 roots.append(Path(m).expanduser())
         roots.append(_assets.cache_dir())
-        globbed = pattern.replace("{r}", "*")
-        for root in roots:
-            base = Path(os.path.expanduser(globbed))
-            pat = str(base if base.is_absolute() else root / base)
-            for f in glob.glob(pat):
-                rel = os.path.relpath(f, root) if not base.is_absolute() else f
-                m = rx.match(rel.replace(os.sep, "/")) or rx.match(f)
+        expanded = os.path.expanduser(pattern)
+        rx_abs = re.compile("^" + re.escape(expanded).replace(re.escape("{r}"), r"(\d+)") + "$")
+        base = Path(expanded.replace("{r}", "*"))
+        for root in [Path("/")] if base.is_absolute() else roots:
+            for f in glob.glob(str(root / base)):
+                m = rx_abs.match(f) if base.is_absolute() else rx.match(Path(os.path.relpath(f, root)).as_posix())
                 if m:
                     found.add(int(m.group(1)))
         return sorted(found)
@@ -484,6 +483,18 @@ class LookupTableLatency(Predictor):
                 raise LatencyTableError("the final layers differ between resolutions")
             self._suffix_arr[ri, : len(s)] = s
         self._finish_tables()
+
+    @property
+    def block_costs(self) -> np.ndarray:
+        """``(n_resolutions, n_slots, n_kernels, n_expands)`` latency (ms) of every slot for every
+        (kernel, expand) of the space, in the order of ``space.resolutions``, ``space.kernel_choices``,
+        ``space.expand_choices``; NaN where the table has no entry. A copy."""
+        return self._cost.copy()
+
+    @property
+    def fixed_costs(self) -> np.ndarray:
+        """``(n_resolutions,)`` latency (ms) of the layers every subnet has (stem, head) per resolution."""
+        return self._prefix_total + self._suffix_arr.sum(axis=1)
 
     def missing_keys(self) -> list[tuple[int, str]]:
         """``(resolution, key)`` of every layer some arch of the space needs but the tables lack."""

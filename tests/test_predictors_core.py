@@ -356,3 +356,29 @@ def test_format_detection_and_bad_tables(tmp_path, data_dir):
         read_lut(bad)
     with pytest.raises(LatencyTableError, match="format='tflite'"):
         LookupTableLatency(create_space("proxyless_mobile"), "proxylessnas/mobile_trim.yaml", format="tflite")
+
+
+def test_cost_tables_decompose_latency(note10):
+    """latency = fixed_costs[r] + sum of block_costs over the active slots (up to rounding)."""
+    sp = note10.space
+    C, F = note10.block_costs, note10.fixed_costs
+    assert C.shape == (5, 20, 3, 3) and F.shape == (5,) and np.isfinite(C).all()
+    for a in sp.sample(20, rng=9):
+        ri = sp.resolutions.index(a.r)
+        tot = F[ri] + sum(C[ri, s, sp.kernel_choices.index(a.ks[s]), sp.expand_choices.index(a.e[s])] for s in a.active_slots())
+        assert tot == pytest.approx(note10.latency(a), rel=1e-12)
+    # later layers of a unit share one input shape, hence one key: equal costs; the first layer differs
+    for u in range(5):
+        s0 = 4 * u
+        assert np.array_equal(C[:, s0 + 1], C[:, s0 + 2]) and np.array_equal(C[:, s0 + 1], C[:, s0 + 3])
+        assert not np.array_equal(C[:, s0], C[:, s0 + 1])
+
+
+def test_local_pattern_and_absolute_paths(tmp_path, data_dir):
+    sp = create_space("ofa_mbv3_w12", resolutions=[160, 224])
+    for r in (160, 224):
+        write_ofa_yaml(read_lut(data_dir / "ofa" / "note10" / f"{r}_lookup_table.yaml"), tmp_path / f"t{r}.yaml")
+    lut = LookupTableLatency(sp, str(tmp_path / "t{r}.yaml"))
+    assert lut.resolutions() == [160, 224]
+    with pytest.raises(LatencyTableError, match=r"available resolutions: \[160, 224\]"):
+        LookupTableLatency(create_space("ofa_mbv3_w12", resolutions=[160, 192, 224]), str(tmp_path / "t{r}.yaml"))
