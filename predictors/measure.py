@@ -7,7 +7,9 @@ The protocol (see :class:`MeasureConfig`):
   the **median** call time;
 * the result is the median over the processes; the relative spread across processes,
   ``(max - min) / median``, flags outliers: a model whose spread exceeds ``max_spread`` gets more
-  processes (at most ``max_extra``), and the median is taken over all of them;
+  processes (at most ``max_extra``) until ``processes`` of them agree within ``max_spread``; the
+  result is the median of the ``processes`` process medians closest to the overall median (so an
+  outlier process is out-voted, not averaged in);
 * processes can be pinned to CPUs (``pin=[1]``, or ``pin="auto"``: the least busy CPU right now);
 * each process times a chunk of models in a shuffled order, so a burst of load from another
   program does not hit the same model in every process, and the start-up cost is shared.
@@ -299,10 +301,10 @@ def export_onnx(module: Any, input_shape: Sequence[int], path: str | os.PathLike
 class Measurement:
     """Result of the protocol for one model (milliseconds)."""
 
-    ms: float
-    spread: float  # (max - min) / median over the per-process medians
+    ms: float  # median over the agreeing processes (see :func:`core`)
+    spread: float  # (max - min) / median over those processes
     n: int  # timed calls in total
-    per_process: list[float]  # median of each process
+    per_process: list[float]  # median call time of every process, outliers included
     stable: bool  # spread <= max_spread at the end
 
     def to_dict(self) -> dict:
@@ -310,6 +312,7 @@ class Measurement:
 
 
 def relative_spread(values: Sequence[float]) -> float:
+    """``(max - min) / median`` (0 for fewer than two values)."""
     v = np.asarray(values, dtype=float)
     if v.size < 2:
         return 0.0
@@ -317,14 +320,26 @@ def relative_spread(values: Sequence[float]) -> float:
     return float((v.max() - v.min()) / med) if med > 0 else float("inf")
 
 
-def summarise(per_process: Sequence[Sequence[float]], max_spread: float) -> Measurement:
-    """Median of each process's call times, then median over processes (+ spread)."""
+def core(values: Sequence[float], k: int | None = None) -> list[float]:
+    """The ``k`` values closest to the median (all of them when ``k`` is None or too large): the
+    processes that agree, once an outlier process has been out-voted by re-measurement."""
+    v = [float(x) for x in values]
+    if k is None or k >= len(v):
+        return v
+    med = float(np.median(v))
+    return sorted(sorted(v, key=lambda x: (abs(x - med), x))[:k])
+
+
+def summarise(per_process: Sequence[Sequence[float]], max_spread: float, k: int | None = None) -> Measurement:
+    """Median of each process's call times; the result is the median over the ``k`` process medians
+    closest to the median of all (all of them by default), their relative spread flags instability."""
     meds = [float(np.median(t)) for t in per_process if len(t)]
     if not meds:
         raise MeasureError("no timings were returned")
-    spread = relative_spread(meds)
+    c = core(meds, k)
+    spread = relative_spread(c)
     return Measurement(
-        ms=float(np.median(meds)),
+        ms=float(np.median(c)),
         spread=spread,
         n=int(sum(len(t) for t in per_process)),
         per_process=meds,
@@ -339,7 +354,9 @@ GroupRunner = Callable[[Sequence[dict], MeasureConfig, int], list[list[float]]]
 def run_protocol(models: Sequence[dict], cfg: MeasureConfig, runner: GroupRunner) -> list[Measurement]:
     """The protocol's control logic on already prepared models (see the module doc).
 
-    ``runner`` times a group of models in one process; tests inject a fake one.
+    ``cfg.processes`` groups time every model; then, while some model's ``cfg.processes`` most
+    central process medians spread more than ``cfg.max_spread``, one more group times those models
+    (at most ``cfg.max_extra`` more). ``runner`` times a group in one process; tests inject a fake one.
     """
     times: list[list[list[float]]] = [[] for _ in models]
     group = 0
@@ -347,13 +364,18 @@ def run_protocol(models: Sequence[dict], cfg: MeasureConfig, runner: GroupRunner
     for _ in range(cfg.processes):
         _run_group(models, todo, cfg, runner, group, times)
         group += 1
+    k = cfg.processes
+
+    def unsettled(i: int) -> bool:
+        return relative_spread(core([float(np.median(t)) for t in times[i]], k)) > cfg.max_spread
+
     for _ in range(cfg.max_extra):
-        todo = [i for i in range(len(models)) if relative_spread([np.median(t) for t in times[i]]) > cfg.max_spread]
+        todo = [i for i in range(len(models)) if unsettled(i)]
         if not todo:
             break
         _run_group(models, todo, cfg, runner, group, times)
         group += 1
-    return [summarise(t, cfg.max_spread) for t in times]
+    return [summarise(t, cfg.max_spread, k) for t in times]
 
 
 def _run_group(models, idx, cfg, runner, group, times) -> None:
@@ -570,7 +592,8 @@ class MeasuredLatency(Predictor):
 
     def __init__(self, space: Any, device: str = "local", store: Any = None, backend: str = "onnxruntime",
                  threads: int = 1, processes: int = 3, repeats: int = 20, warmup: int = 5, batch_size: int = 1,
-                 pin: Any = None, progress: bool = False, config: MeasureConfig | None = None, **protocol: Any) -> None:
+                 pin: Any = None, progress: bool = False, config: MeasureConfig | None = None,
+                 runner: GroupRunner | None = None, **protocol: Any) -> None:
         from .store import MeasurementStore
 
         if isinstance(space, str):
@@ -586,6 +609,7 @@ class MeasuredLatency(Predictor):
         self.store = store if isinstance(store, MeasurementStore) else MeasurementStore(store)
         self.store.register_device(self.device, self.config)
         self.progress = progress
+        self.runner = runner
         self.n_measured = 0
 
     def predict(self, archs: Sequence[Any]) -> np.ndarray:
@@ -613,7 +637,7 @@ class MeasuredLatency(Predictor):
                     out[i] = m.ms
 
             try:
-                measure_archs(self.space, uniq, self.config, on_result=commit, progress=bar)
+                measure_archs(self.space, uniq, self.config, runner=self.runner, on_result=commit, progress=bar)
             finally:
                 if bar is not None:
                     bar.close()

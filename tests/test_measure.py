@@ -1,0 +1,291 @@
+"""Local latency measurement: protocol logic, SQLite store, hwnas-measure CLI, per-layer LUT build.
+
+Real timings use tiny networks (resolution 64 or a small conv net) and few repeats; the protocol's
+control logic is tested with injected fake group runners.
+"""
+
+import json
+import math
+import sqlite3
+
+import numpy as np
+import pytest
+
+from hwnas.predictors.measure import (
+    MeasureConfig,
+    MeasuredLatency,
+    MeasureError,
+    Measurement,
+    ModelSpec,
+    measure_module,
+    measure_specs,
+    relative_spread,
+    run_protocol,
+    summarise,
+    tiny_cnn,
+)
+from hwnas.predictors.store import MeasurementStore, StoreCorruptedError, StoreError
+from hwnas.spaces import create_space
+
+
+@pytest.fixture(scope="module")
+def tiny_space():
+    return create_space("ofa_mbv3_w12", resolutions=[64])
+
+
+# ============================================================================ protocol logic
+def test_summarise_is_median_of_process_medians():
+    m = summarise([[1.0, 2.0, 3.0], [2.0, 3.0, 100.0], [3.0, 4.0, 5.0, 6.0, 7.0]], max_spread=0.5)
+    assert m.per_process == [2.0, 3.0, 5.0]
+    assert m.ms == 3.0
+    assert m.n == 11
+    assert m.spread == pytest.approx((5.0 - 2.0) / 3.0)
+    assert not m.stable
+    assert relative_spread([10.0]) == 0.0
+
+
+class FakeRunner:
+    """Per model key, a list of per-process medians to hand out in order (each process returns
+    ``repeats`` copies of its value); records every call."""
+
+    def __init__(self, plan):
+        self.plan = {k: list(v) for k, v in plan.items()}
+        self.calls = []
+
+    def __call__(self, models, cfg, group):
+        self.calls.append(sorted(m["key"] for m in models))
+        return [[self.plan[m["key"]].pop(0)] * cfg.repeats for m in models]
+
+
+def test_outlier_is_remeasured_only_where_needed():
+    cfg = MeasureConfig(backend="torch", processes=3, repeats=4, max_spread=0.1, max_extra=3)
+    runner = FakeRunner({
+        "steady": [10.0, 10.2, 9.9],
+        # one process hit by load (30): spread 0.49 > 0.1 -> one more process, then 3 agree
+        "noisy": [20.0, 30.0, 20.4, 20.2, 99.0],
+    })
+    out = run_protocol([{"key": "steady"}, {"key": "noisy"}], cfg, runner)
+    assert runner.calls == [["noisy", "steady"]] * 3 + [["noisy"]]
+    assert out[0].ms == pytest.approx(10.0) and out[0].stable and len(out[0].per_process) == 3 and out[0].n == 12
+    # the outlier is out-voted: median of the 3 agreeing processes (20, 20.2, 20.4)
+    assert out[1].ms == pytest.approx(20.2) and out[1].stable
+    assert out[1].per_process == [20.0, 30.0, 20.4, 20.2] and out[1].n == 16
+    assert out[1].spread == pytest.approx(0.4 / 20.2)
+
+
+def test_remeasure_is_capped_by_max_extra():
+    cfg = MeasureConfig(backend="torch", processes=2, repeats=3, max_spread=0.1, max_extra=2)
+    r = FakeRunner({"a": [10.0, 14.0, 18.0, 22.0, 26.0]})  # processes never agree
+    m = run_protocol([{"key": "a"}], cfg, r)[0]
+    assert len(r.calls) == 4  # 2 + max_extra
+    assert m.per_process == [10.0, 14.0, 18.0, 22.0]
+    assert m.ms == pytest.approx(16.0) and m.spread == pytest.approx(0.25)
+    assert not m.stable and m.n == 12
+    # agreeing processes: no extra group at all
+    r2 = FakeRunner({"a": [10.0, 10.5]})
+    m2 = run_protocol([{"key": "a"}], cfg, r2)[0]
+    assert len(r2.calls) == 2 and m2.stable and m2.ms == pytest.approx(10.25)
+
+
+def test_invalid_worker_times_are_rejected():
+    cfg = MeasureConfig(backend="torch", processes=1, repeats=2)
+    with pytest.raises(MeasureError, match="invalid call times"):
+        run_protocol([{"key": "x"}], cfg, lambda models, c, g: [[1.0, float("nan")]])
+    with pytest.raises(MeasureError, match="returned 2 timings for 1"):
+        run_protocol([{"key": "x"}], cfg, lambda models, c, g: [[1.0], [1.0]])
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="backend='tflite'"):
+        MeasureConfig(backend="tflite")
+    with pytest.raises(ValueError, match="processes=0"):
+        MeasureConfig(processes=0)
+    with pytest.raises(ValueError, match="clock='cpu'.*threads=1"):
+        MeasureConfig(threads=2, clock="cpu")
+    with pytest.raises(ValueError, match="pin="):
+        MeasureConfig(pin="zero")
+    assert MeasureConfig(backend="ort").backend == "onnxruntime"
+    assert MeasureConfig(threads=1).clock == "cpu" and MeasureConfig(threads=2).clock == "wall"
+    assert MeasureConfig(pin="0").pin == (0,)
+
+
+# ============================================================================ real timings
+def test_onnxruntime_protocol_times_a_tiny_net():
+    small = ModelSpec("hwnas.predictors.measure:tiny_cnn", {"width": 8, "depth": 1, "resolution": 32}, key="small")
+    big = ModelSpec("hwnas.predictors.measure:tiny_cnn", {"width": 48, "depth": 4, "resolution": 64}, key="big")
+    cfg = MeasureConfig(processes=2, repeats=8, warmup=2, max_extra=0)
+    got = []
+    out = measure_specs([small, big], cfg, on_result=lambda i, m: got.append(i))
+    assert sorted(got) == [0, 1]
+    for m in out:
+        assert math.isfinite(m.ms) and m.ms > 0
+        assert len(m.per_process) == 2 and m.n == 16
+        assert m.ms == pytest.approx(float(np.median(m.per_process)))
+    # 48 channels x 4 layers at 64x64 is ~100x the MACs of 8 channels x 1 layer at 32x32
+    assert out[1].ms > 3 * out[0].ms
+
+
+def test_measure_module_and_wall_clock():
+    module, shape = tiny_cnn(width=8, depth=1, resolution=32)
+    m = measure_module(module, shape, MeasureConfig(processes=1, repeats=5, warmup=1, clock="wall", pin="auto"))
+    assert m.ms > 0 and math.isfinite(m.ms) and len(m.per_process) == 1
+    with pytest.raises(MeasureError, match="ModelSpec"):
+        measure_module(module, shape, MeasureConfig(backend="torch"))
+
+
+def test_torch_eager_backend():
+    spec = ModelSpec("hwnas.predictors.measure:tiny_cnn", {"width": 8, "depth": 1, "resolution": 32}, key="t")
+    m = measure_specs([spec], MeasureConfig(backend="torch", processes=1, repeats=5, warmup=1))[0]
+    assert m.ms > 0 and math.isfinite(m.ms) and m.n == 5
+
+
+def test_bad_factory_is_reported():
+    with pytest.raises(MeasureError, match="cannot be imported"):
+        measure_specs([ModelSpec("no_such_pkg.mod:f", {})], MeasureConfig(processes=1, repeats=1))
+
+
+# ============================================================================ store
+def test_store_round_trip_and_canonical_keys(tmp_path, tiny_space):
+    path = tmp_path / "m.sqlite"
+    a, b = tiny_space.sample(2, 0)
+    cfg = MeasureConfig()
+    with MeasurementStore(path) as st:
+        st.register_device("dev", cfg)
+        st.put("dev", tiny_space.name, a, Measurement(1.5, 0.02, 60, [1.49, 1.5, 1.52], True), cfg)
+        st.put("dev", tiny_space.name, b.to_json(), 2.5)  # same arch as JSON text
+    with MeasurementStore(path) as st:  # reopened from disk
+        assert len(st) == 2
+        rec = st.get("dev", tiny_space.name, a.to_dict())  # dict form finds the same row
+        assert rec.value == 1.5 and rec.spread == 0.02 and rec.n == 60 and rec.samples == [1.49, 1.5, 1.52]
+        assert rec.protocol["backend"] == "onnxruntime" and rec.protocol["processes"] == 3
+        assert st.get("dev", tiny_space.name, b).value == 2.5
+        assert st.get("other", tiny_space.name, a) is None
+        got = st.get_many("dev", tiny_space.name, [b, a, b])
+        assert got[a].value == 1.5 and got[b].value == 2.5
+        ds = st.dataset(tiny_space, ["dev"], archs=[b, a])
+        assert list(ds["dev"]) == [2.5, 1.5]
+        with pytest.raises(StoreError, match="device='dev'.*another device name"):
+            st.register_device("dev", MeasureConfig(threads=2))
+        with pytest.raises(StoreError, match="positive and finite"):
+            st.put("dev", tiny_space.name, a, float("nan"))
+
+
+def test_corrupted_store_is_reported_and_left_untouched(tmp_path):
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not a database, just some bytes " * 200)
+    before = bad.read_bytes()
+    with pytest.raises(StoreCorruptedError, match="bad.sqlite is not a readable measurement store"):
+        MeasurementStore(bad)
+    assert bad.read_bytes() == before
+    # a real store whose pages were damaged
+    good = tmp_path / "good.sqlite"
+    with MeasurementStore(good) as st:
+        for i in range(300):
+            st.put("dev", "space", json.dumps({"i": i}), 1.0 + i)
+    con = sqlite3.connect(good)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    data = bytearray(good.read_bytes())
+    for off in range(4096 + 100, len(data), 4096):  # scribble over every page but the header page
+        data[off:off + 64] = b"\xff" * 64
+    good.write_bytes(bytes(data))
+    with pytest.raises(StoreCorruptedError, match="good.sqlite"):
+        MeasurementStore(good)
+    # another application's SQLite file
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE users (name TEXT)")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreCorruptedError, match="other tables"):
+        MeasurementStore(other)
+
+
+def test_measured_latency_caches_and_never_remeasures(tmp_path, tiny_space):
+    calls = []
+
+    def runner(models, cfg, group):  # fake timer: latency = resolution-free function of the arch
+        calls.append(len(models))
+        return [[float(sum(json.loads(json.dumps(m["kwargs"]["arch"]))["ks"]))] * cfg.repeats for m in models]
+
+    archs = tiny_space.sample(4, 1)
+    store = tmp_path / "m.sqlite"
+    pred = MeasuredLatency(tiny_space, device="fake", store=store, backend="torch", processes=2, repeats=2, runner=runner)
+    y = pred.predict(archs + archs[:1])
+    assert pred.n_measured == 4 and sum(calls) == 2 * 4  # 2 processes x 4 distinct archs
+    assert y[-1] == y[0] and np.allclose(y[:4], [sum(a.ks) for a in archs])
+    # a fresh predictor on the same file: everything comes from the store
+    calls.clear()
+    pred2 = MeasuredLatency("ofa_mbv3_w12", device="fake", store=store, backend="torch", runner=runner)
+    pred2.space = tiny_space
+    y2 = pred2.predict(archs)
+    assert calls == [] and pred2.n_measured == 0 and np.array_equal(y2, y[:4])
+    # one new arch -> only it is measured
+    new = tiny_space.sample(1, 99)
+    pred2.predict(archs + new)
+    assert pred2.n_measured == 1
+
+
+# ============================================================================ CLI
+def test_cli_end_to_end_three_tiny_archs(tmp_path, tiny_space, capsys):
+    from hwnas.predictors.data import LatencyDataset
+    from hwnas.predictors.measure_cli import main
+
+    store, out = tmp_path / "m.sqlite", tmp_path / "lat.csv"
+    argv = ["--space", "ofa_mbv3_w12", "--resolutions", "64", "-n", "3", "--seed", "3", "--processes", "2",
+            "--repeats", "3", "--warmup", "1", "--store", str(store), "--out", str(out), "--device", "here",
+            "--no-progress"]
+    assert main(argv) == 0
+    ds = LatencyDataset.from_csv(out, tiny_space)
+    assert ds.devices == ["here"] and len(ds) == 3
+    assert ds.archs == tiny_space.sample(3, 3)
+    assert np.all(np.isfinite(ds["here"])) and np.all(ds["here"] > 0)
+    stamps = {r.arch: r.timestamp for r in MeasurementStore(store).records()}
+    capsys.readouterr()
+    assert main(argv) == 0  # rerun: nothing measured again
+    assert "0 to measure" in capsys.readouterr().err
+    assert {r.arch: r.timestamp for r in MeasurementStore(store).records()} == stamps
+    # the same device name with another protocol is refused
+    assert main(argv[:-1] + ["--threads", "2"]) == 2
+
+
+def test_cli_reads_pareto_json_and_json_lines(tmp_path, tiny_space):
+    from hwnas.predictors.measure_cli import read_archs
+
+    archs = tiny_space.sample(3, 5)
+    p = tmp_path / "pareto.json"
+    p.write_text(json.dumps({"space": {}, "front": [{"arch": a.to_dict(), "latency": 1.0} for a in archs]}))
+    assert read_archs(p, tiny_space) == archs
+    jl = tmp_path / "archs.jsonl"
+    jl.write_text("\n".join([archs[0].to_json(), archs[1].to_str(), json.dumps({"arch": archs[2].to_dict()})]))
+    assert read_archs(jl, tiny_space) == archs
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": 999}))
+    with pytest.raises(SystemExit, match="entry 0"):
+        read_archs(bad, tiny_space)
+
+
+# ============================================================================ lookup table
+def test_lut_build_writes_a_table_lookuptable_reads(tmp_path):
+    from hwnas.predictors.lut import LookupTableLatency, lut_keys, read_lut
+    from hwnas.predictors.lut_build import build_lut, distinct_layers
+
+    space = create_space("ofa_mbv3_w12", resolutions=[64], block_choices=["k3e3", "k5e4"], depth_choices=[2])
+    layers = distinct_layers(space, [64])[64]
+    # first conv + first block + 5 units x (first, other) x 2 blocks + 4 fixed layers
+    assert len(layers) == 2 + 5 * 2 * 2 + 4
+    store = MeasurementStore(tmp_path / "m.sqlite")
+    cfg = MeasureConfig(processes=1, repeats=3, warmup=1, chunk=64)
+    paths = build_lut(space, tmp_path / "lut", config=cfg, store=store, device="here")
+    assert set(paths) == {64} and paths[64].name == "64_lookup_table.yaml"
+    table = read_lut(paths[64])
+    assert set(table) == set(layers)
+    assert all(v["mean"] > 0 and v["count"] == 3 for v in table.values())
+    lut = LookupTableLatency(space, tables=str(tmp_path / "lut" / "{r}_lookup_table.yaml"))
+    archs = space.sample(5, 0)
+    want = [sum(table[k]["mean"] for k, _ in lut_keys(space.layers(a), "ofa")) for a in archs]
+    assert np.allclose(lut.predict(archs), want)
+    # a second build measures nothing (all layers are in the store) and writes the same table
+    n = len(store)
+    paths2 = build_lut(space, tmp_path / "lut2", config=cfg, store=store, device="here")
+    assert len(store) == n and read_lut(paths2[64]) == table
