@@ -51,3 +51,154 @@ def test_build_static_structure_matches_layers(name):
     # MobileNetV3 mixes features after pooling without BN; ProxylessNAS before pooling with BN
     assert ("feature_mix_layer.bn.weight" in sd) == (not name.startswith("ofa_mbv3"))
     assert ("final_expand_layer.conv.weight" in sd) == name.startswith("ofa_mbv3")
+
+
+# ----------------------------------------------------------------------------- elastic supernets
+import numpy as np  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from hwnas.spaces import SpaceError  # noqa: E402
+from hwnas.supernet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from hwnas.supernet.elastic import OFA_CHECKPOINTS, ElasticMBConvNet, supernet_for_checkpoint  # noqa: E402
+from hwnas.supernet.layers import ElasticDepthwiseConv2d  # noqa: E402
+from hwnas.supernet.ofa_keys import official_spec  # noqa: E402
+
+_NETS: dict = {}
+
+
+def _randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights everywhere, incl. BN statistics and kernel matrices (identity would hide bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith("_matrix"):
+                t.copy_(torch.eye(t.shape[0]) + 0.2 * torch.randn(t.shape, generator=g))
+            elif name.endswith("bn.weight") or name.endswith("bn.bn.weight"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            else:
+                t.copy_(0.1 * torch.randn(t.shape, generator=g) + (0.0 if t.dim() > 1 else 0.05))
+    return net
+
+
+def _supernet(name: str) -> ElasticMBConvNet:
+    if name not in _NETS:
+        _NETS[name] = _randomize(ElasticMBConvNet(create_space(name, n_classes=10)), seed=1).eval()
+    return _NETS[name]
+
+
+@pytest.mark.parametrize("ckpt", sorted(OFA_CHECKPOINTS))
+def test_state_dict_equals_official_ofa_layout(ckpt):
+    spec = official_spec(ckpt)
+    net = supernet_for_checkpoint(ckpt)
+    got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert set(got) == set(spec), (sorted(set(got) - set(spec))[:5], sorted(set(spec) - set(got))[:5])
+    assert got == dict(spec)
+
+
+def test_kernel_transform_matches_ofa_definition():
+    conv = ElasticDepthwiseConv2d(4, [3, 5, 7])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        conv.conv.weight.copy_(torch.randn(4, 1, 7, 7, generator=g))
+        getattr(conv, "7to5_matrix").copy_(torch.randn(25, 25, generator=g))
+        getattr(conv, "5to3_matrix").copy_(torch.randn(9, 9, generator=g))
+    w = conv.conv.weight.detach()
+    m75, m53 = getattr(conv, "7to5_matrix").detach(), getattr(conv, "5to3_matrix").detach()
+    # by hand: centre 5x5 of the 7x7 times M(7->5)^T, then centre 3x3 of that times M(5->3)^T
+    w5 = (w[:, 0, 1:6, 1:6].reshape(4, 25) @ m75.T).reshape(4, 5, 5)
+    w3 = (w5[:, 1:4, 1:4].reshape(4, 9) @ m53.T).reshape(4, 3, 3)
+    assert torch.allclose(conv.active_weight(4, 7), w)
+    assert torch.allclose(conv.active_weight(4, 5)[:, 0], w5, atol=1e-5)
+    assert torch.allclose(conv.active_weight(2, 3)[:, 0], w3[:2], atol=1e-5)
+    x = torch.randn(1, 4, 9, 9, generator=g)
+    y = conv(x, kernel=3)
+    assert torch.allclose(y, F.conv2d(x, w3[:, None], padding=1, groups=4), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ofa_mbv3_w12", "ofa_proxyless_w13"])
+def test_extracted_subnet_equals_supernet(name):
+    space = create_space(name, n_classes=10)
+    net = _supernet(name)
+    rng = np.random.default_rng(5)
+    archs = space.sample(2, rng) + [net.max_arch(), net.min_arch()]
+    for a in archs:
+        x = torch.randn(2, 3, 40, 40)
+        net.set_active(a)
+        with torch.no_grad():
+            y_super = net(x)
+            sub = net.get_active_subnet()
+            y_sub = sub.eval()(x)
+        assert sub.arch == a
+        torch.testing.assert_close(y_sub, y_super, atol=1e-5, rtol=1e-5)
+        # the extracted subnet has exactly the layout (names + shapes) of build_static's network
+        ref = build_static(space, a, n_classes=10) if a in (archs[0], archs[1]) else None
+        if ref is not None:
+            assert {k: v.shape for k, v in ref.state_dict().items()} == {k: v.shape for k, v in sub.state_dict().items()}
+    # different subnets give different functions, and the active subnet is restored after extraction
+    net.set_active(archs[0])
+    net.get_active_subnet(archs[1])
+    assert net.active_arch == archs[0]
+
+
+def test_reorganize_middle_weights_keeps_largest_network():
+    net = _randomize(ElasticMBConvNet(create_space("ofa_mbv3_w10", n_classes=10)), seed=3).eval()
+    net.set_max()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = net(x)
+        net.re_organize_middle_weights(expand_ratio_stage=0)
+        after = net(x)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    ib = net.blocks[3].conv
+    imp = ib.point_linear.conv.conv.weight.abs().sum(dim=(0, 2, 3))
+    assert (imp[:-1] >= imp[1:] - 1e-6).all()  # sorted by importance
+
+
+def test_set_active_validates_through_space():
+    net = _supernet("ofa_mbv3_w12")
+    with pytest.raises(SpaceError, match="r=100"):
+        net.set_active({"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": 100})
+    with pytest.raises(SpaceError, match="ks"):
+        net.set_active({"ks": [9] * 20, "e": [3] * 20, "d": [2] * 5, "r": 160})
+    a = net.set_active("r160:k3e3.k5e4/k7e6.k3e3/k3e3.k3e3/k5e6.k5e6/k7e4.k3e3")
+    assert net.runtime_depth == [2, 2, 2, 2, 2] and net.blocks[5].conv.active_kernel == 7 and a.r == 160
+
+
+def test_checkpoint_roundtrip_legacy_names_and_refusals(tmp_path, monkeypatch):
+    src = _supernet("ofa_proxyless_w13")
+    # OFA's file format with legacy block names, served as an official name from a mirror
+    legacy = {k.replace("blocks.1.conv.", "blocks.1.mobile_inverted_conv."): v for k, v in src.state_dict().items()}
+    mirror = tmp_path / "mirror"
+    f = mirror / "ofa" / "ofa_nets" / "ofa_proxyless_d234_e346_k357_w1.3"
+    save_checkpoint(f, {"state_dict": legacy})
+    monkeypatch.setenv("HWNAS_ASSETS_MIRROR", str(mirror))
+    dst = ElasticMBConvNet(create_space("ofa_proxyless_w13", n_classes=10)).eval()
+    assert load_checkpoint(dst, "ofa_proxyless_d234_e346_k357_w1.3") == f
+    dst.set_active(src.active_arch)
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x))
+    # raw state dict from a path works too
+    raw = tmp_path / "raw.pth"
+    save_checkpoint(raw, src.state_dict())
+    load_checkpoint(dst, raw)
+    # truncated file
+    bad = tmp_path / "trunc.pth"
+    bad.write_bytes(f.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_checkpoint(dst, bad)
+    # missing tensor is named
+    part = dict(src.state_dict())
+    del part["blocks.3.conv.point_linear.conv.conv.weight"]
+    save_checkpoint(tmp_path / "part.pth", part)
+    with pytest.raises(CheckpointError, match=r"missing tensors: blocks\.3\.conv\.point_linear\.conv\.conv\.weight"):
+        load_checkpoint(dst, tmp_path / "part.pth")
+    # wrong network: a MobileNetV3 file into the ProxylessNAS supernet
+    save_checkpoint(tmp_path / "mbv3.pth", {"state_dict": _supernet("ofa_mbv3_w12").state_dict()})
+    with pytest.raises(CheckpointError, match="wrong shapes") as ei:
+        load_checkpoint(dst, tmp_path / "mbv3.pth")
+    assert "unexpected tensors" in str(ei.value) and "first_conv.conv.weight" in str(ei.value)

@@ -1,0 +1,133 @@
+"""Loading and saving supernet / subnet weights.
+
+``load_checkpoint(net, src)`` takes a local file, an official OFA checkpoint name
+(``ofa_mbv3_d234_e346_k357_w1.2`` … fetched as asset ``ofa/ofa_nets/<name>`` from the mirror, the cache or
+https://raw.githubusercontent.com/han-cai/files/master/ofa/ofa_nets/<name>), or an asset path. Files
+may hold the state dict itself or ``{"state_dict": ...}`` (OFA's format and ours); they are read with
+``torch.load(weights_only=True)``. Legacy names (``mobile_inverted_conv``, a ``module.`` prefix) are
+mapped. Any missing, unexpected or mis-shaped tensor refuses the whole file with the tensors named —
+except ``num_batches_tracked`` counters, and the kernel-transformation matrices when a checkpoint has
+none of them (a supernet trained without kernel transformation: identity matrices = plain centre crop).
+
+``save_checkpoint(path, obj)`` writes atomically (temporary file in the same folder, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwnas.predictors.assets import fetch
+
+from .ofa_keys import canonical_key
+
+OFA_NETS_PREFIX = "ofa/ofa_nets/"
+_MAX_LISTED = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not match the network; the message names the tensors."""
+
+
+def resolve_checkpoint(src: str | os.PathLike, mirror: str | os.PathLike | None = None) -> Path:
+    """Local path of ``src``: an existing file, an official OFA net name, or an asset path."""
+    p = Path(src).expanduser()
+    if p.is_file():
+        return p
+    s = str(src)
+    if "/" not in s and s.startswith("ofa_"):
+        return fetch(OFA_NETS_PREFIX + s, mirror=mirror)
+    if not p.is_absolute() and not s.startswith("."):
+        return fetch(s, mirror=mirror)
+    raise CheckpointError(f"checkpoint={s!r}: no such file; give a path, an official name such as "
+                          "'ofa_mbv3_d234_e346_k357_w1.2', or an asset path like 'ofa/ofa_nets/<name>'")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (``{"state_dict": ...}`` or a raw state dict), names canonical."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated / not a torch file / pickled code
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
+                              "is the file complete and a torch state dict?") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state dict (expected a dict of tensors or "
+                              "{'state_dict': {...}})")
+    return {canonical_key(k): v for k, v in obj.items()}
+
+
+def _listing(title: str, items: list[str]) -> str:
+    head = ", ".join(items[:_MAX_LISTED])
+    more = f" … (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+    return f"{len(items)} {title}: {head}{more}"
+
+
+def match_state_dict(net: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Check ``state`` against ``net``; return the complete dict to load or raise :class:`CheckpointError`."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    tolerated = [k for k in missing if k.endswith("num_batches_tracked")]
+    matrices = [k for k in own if k.endswith("_matrix")]
+    if matrices and not any(k in state for k in matrices):
+        tolerated += matrices  # no kernel transformation in the file: keep the identity matrices
+    missing = [k for k in missing if k not in set(tolerated)]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(_listing("missing tensors", missing))
+        if unexpected:
+            parts.append(_listing("unexpected tensors", unexpected))
+        if mismatched:
+            parts.append(_listing("tensors with wrong shapes (file vs network)", mismatched))
+        raise CheckpointError(
+            f"{source} does not match {type(net).__name__}"
+            f"{' of space ' + net.space.name if hasattr(net, 'space') else ''}: " + "; ".join(parts)
+            + ". Use the checkpoint made for this network (e.g. ofa_mbv3_d234_e346_k357_w1.2 for space ofa_mbv3_w12)."
+        )
+    full = dict(own)
+    for k, v in state.items():
+        full[k] = v.to(own[k].dtype)
+    for k in tolerated:
+        if k.endswith("_matrix"):
+            full[k] = torch.eye(own[k].shape[0], dtype=own[k].dtype)
+    return full
+
+
+def load_checkpoint(net: nn.Module, src: str | os.PathLike, mirror: str | os.PathLike | None = None) -> Path:
+    """Load ``src`` (path, official name or asset path) into ``net``; returns the file used."""
+    path = resolve_checkpoint(src, mirror)
+    state = read_state_dict(path)
+    full = match_state_dict(net, state, source=f"checkpoint {path}")
+    net.load_state_dict(full, strict=True)
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save(obj)`` atomically: a temporary file beside ``path``, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "read_state_dict", "match_state_dict", "resolve_checkpoint"]
