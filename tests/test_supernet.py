@@ -202,3 +202,95 @@ def test_checkpoint_roundtrip_legacy_names_and_refusals(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="wrong shapes") as ei:
         load_checkpoint(dst, tmp_path / "mbv3.pth")
     assert "unexpected tensors" in str(ei.value) and "first_conv.conv.weight" in str(ei.value)
+
+
+# ----------------------------------------------------------------------------- data, BN calibration, accuracy
+from hwnas.supernet.data import (  # noqa: E402
+    ImageFolderSource,
+    TensorCache,
+    calibrate_and_evaluate,
+    eval_transform,
+    evaluate,
+    materialize,
+    normalize,
+    set_running_statistics,
+)
+
+COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40), "yellow": (230, 220, 40)}
+
+
+def make_image_folder(root, n_per_class: int = 6, size: int = 44, seed: int = 0):
+    """A tiny ImageFolder of noisy single-colour PNGs (one class per colour)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name, rgb in COLOURS.items():
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img = np.clip(np.array(rgb)[None, None] + rng.normal(0, 25, (size, size + 4, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    make_image_folder(root / "train", n_per_class=6, seed=0)
+    make_image_folder(root / "val", n_per_class=3, seed=1)
+    return root
+
+
+def test_bn_recalibration_is_the_average_of_batch_statistics(tiny_folder):
+    src = ImageFolderSource(tiny_folder / "train")
+    assert src.n_classes == 4 and len(src) == 24 and src.classes == sorted(COLOURS)
+    tb = materialize(src.view(eval_transform(32)), batch_size=8)
+    assert tb.images.dtype == torch.uint8 and tb.images.shape == (24, 3, 32, 32)
+    space = create_space("ofa_mbv3_w10", resolutions=[32], n_classes=4)
+    net = _randomize(build_static(space, space.sample(1, 0)[0], n_classes=4), seed=2)
+    n = set_running_statistics(net, tb)
+    assert n == 24 and not net.training
+    with torch.no_grad():
+        z = [net.first_conv.conv(normalize(x)) for x, _ in tb]
+    batch_means = torch.stack([t.mean((0, 2, 3)) for t in z])
+    batch_vars = torch.stack([t.transpose(0, 1).reshape(t.shape[1], -1).var(1, unbiased=True) for t in z])
+    torch.testing.assert_close(net.first_conv.bn.running_mean, batch_means.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(net.first_conv.bn.running_var, batch_vars.mean(0), atol=1e-3, rtol=1e-3)
+    assert net.first_conv.bn.momentum == 0.1  # restored
+
+
+def test_evaluate_counts_top1_top5(tiny_folder):
+    space = create_space("ofa_proxyless_w13", resolutions=[32], n_classes=4)
+    net = build_static(space, space.sample(1, 1)[0], n_classes=4).eval()
+    tb = materialize(ImageFolderSource(tiny_folder / "val").view(eval_transform(32)), batch_size=5)
+    res = evaluate(net, tb, progress=True)
+    with torch.no_grad():
+        pred = net(normalize(tb.images)).argmax(1)
+    assert res["n"] == 12
+    assert res["top1"] == pytest.approx(float((pred == tb.labels).float().mean()))
+    assert res["top5"] == 1.0  # 4 classes
+
+
+def test_supernet_accuracy_is_cached_by_arch(tiny_folder, tmp_path):
+    from hwnas.supernet.accuracy import SupernetAccuracy
+
+    space = create_space("ofa_mbv3_w10", resolutions=[32, 40])
+    db = tmp_path / "acc.sqlite"
+    kw = dict(data=tiny_folder, n_calib=16, n_val=None, batch_size=8, device="cpu", cache=db)
+    torch.manual_seed(0)
+    acc = SupernetAccuracy(space, **kw)
+    archs = space.sample(2, 4)
+    same = space.validate(archs[0].to_dict())  # equal arch, different object
+    p = acc.predict([archs[0], archs[1], same])
+    assert acc.n_evaluated == 2 and p.shape == (3,) and p[0] == p[2]
+    assert all(0.0 <= v <= 1.0 for v in p)
+    # the value is the calibrated subnet's accuracy on the validation images
+    sub = acc.supernet.get_active_subnet(archs[1])
+    ref = calibrate_and_evaluate(sub, acc.data.calib(archs[1].r), acc.data.val(archs[1].r))
+    assert p[1] == pytest.approx(ref["top1"]) and ref["n"] == 12
+    # cache hit: nothing recomputed, also from a new instance reading the SQLite file
+    acc.predict(space.batch(space.encode(archs)))
+    assert acc.n_evaluated == 2
+    acc2 = SupernetAccuracy(space, supernet=acc.supernet, **kw)
+    p2 = acc2.predict(archs)
+    assert acc2.n_evaluated == 0 and np.allclose(p2, p[:2])

@@ -1,0 +1,293 @@
+"""ImageFolder data, BN re-calibration and top-1/top-5 evaluation of subnets.
+
+Images travel as ``uint8`` tensors (``PILToTensor``) and are normalised on the device
+(:func:`normalize`), which keeps loaders light and lets :class:`TensorCache` hold decoded subsets in
+memory (the search evaluates many subnets on the same calibration/validation images).
+
+Protocol (Once-for-All): a subnet's BN statistics are re-computed on ``n_calib`` training images
+(OFA: 2000; random-resized-crop + flip at the subnet's resolution, fixed seed) by resetting the running
+statistics and forwarding in training mode without gradients with a cumulative average
+(``momentum=None``); the subnet is then evaluated on validation images resized to ``ceil(r / 0.875)``
+and centre-cropped to ``r``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ._compat import ensure_torchvision
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """A dataset folder is missing or malformed; the message says what to provide."""
+
+
+# ============================================================================ transforms
+def eval_transform(r: int, crop_ratio: float = 0.875) -> Callable:
+    """Resize the short side to ``ceil(r / crop_ratio)``, centre-crop ``r`` → uint8 CHW tensor."""
+    T = ensure_torchvision().transforms
+    return T.Compose([T.Resize(int(math.ceil(r / crop_ratio))), T.CenterCrop(r), T.PILToTensor()])
+
+
+def train_transform(r: int, scale: tuple[float, float] = (0.08, 1.0)) -> Callable:
+    """Random-resized-crop ``r`` + horizontal flip → uint8 CHW tensor (training / BN calibration)."""
+    T = ensure_torchvision().transforms
+    return T.Compose([T.RandomResizedCrop(r, scale=scale), T.RandomHorizontalFlip(), T.PILToTensor()])
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 (or [0, 1] float) NCHW images → normalised float32."""
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+# ============================================================================ datasets
+class ImageFolderSource:
+    """An ImageFolder (``root/<class>/<image>``) scanned once; views with any transform / subset.
+
+    ``n_classes`` / ``classes`` come from the folder names (sorted, as torchvision does)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise DataError(f"data folder {root} does not exist; expected an ImageFolder root/<class>/<image>")
+        tv = ensure_torchvision()
+        try:
+            base = tv.datasets.ImageFolder(str(root))
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise DataError(f"data folder {root} is not an ImageFolder ({exc}); expected root/<class>/<image>") from None
+        self.root = root
+        self.classes: list[str] = list(base.classes)
+        self.samples: list[tuple[str, int]] = list(base.samples)
+        self.loader = base.loader
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def subset_indices(self, n: int | None, seed: int = 0) -> np.ndarray:
+        """``n`` distinct image indices drawn with ``seed`` (all images, in order, when ``n`` is None or too big)."""
+        if n is None or n >= len(self.samples):
+            return np.arange(len(self.samples))
+        return np.sort(np.random.default_rng(seed).choice(len(self.samples), size=int(n), replace=False))
+
+    def view(self, transform: Callable, indices: Iterable[int] | None = None) -> "FolderView":
+        return FolderView(self, transform, None if indices is None else list(indices))
+
+
+class FolderView(Dataset):
+    def __init__(self, source: ImageFolderSource, transform: Callable, indices: list[int] | None) -> None:
+        self.source, self.transform = source, transform
+        self.indices = list(range(len(source))) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        path, label = self.source.samples[self.indices[i]]
+        return self.transform(self.source.loader(path)), label
+
+
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0, seed: int = 0, drop_last: bool = False) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=g,
+                      drop_last=drop_last, persistent_workers=False, pin_memory=False)
+
+
+@dataclass
+class TensorBatches:
+    """Decoded images (uint8 NCHW) and labels held in memory, iterated in batches."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    batch_size: int
+
+    def __iter__(self):
+        for s in range(0, len(self.labels), self.batch_size):
+            yield self.images[s : s + self.batch_size], self.labels[s : s + self.batch_size]
+
+    def __len__(self) -> int:
+        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+
+def materialize(ds: Dataset, batch_size: int, num_workers: int = 0, seed: int = 0) -> TensorBatches:
+    """Decode a dataset once (random transforms drawn with ``seed``) into :class:`TensorBatches`."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        xs, ys = [], []
+        for x, y in make_loader(ds, batch_size=max(batch_size, 32), num_workers=num_workers, seed=seed):
+            xs.append(x)
+            ys.append(y)
+    finally:
+        torch.random.set_rng_state(state)
+    if not xs:
+        raise DataError("the dataset subset is empty; give at least one image")
+    return TensorBatches(torch.cat(xs), torch.cat(ys), batch_size)
+
+
+class TensorCache:
+    """Calibration and validation subsets of an ImageFolder, decoded once per resolution.
+
+    ``calib(r)`` / ``val(r)`` return :class:`TensorBatches` (kept for the ``max_resolutions`` most recently
+    used resolutions)."""
+
+    def __init__(
+        self,
+        train: ImageFolderSource | str | os.PathLike,
+        val: ImageFolderSource | str | os.PathLike,
+        n_calib: int = 2000,
+        n_val: int | None = 10000,
+        batch_size: int = 100,
+        seed: int = 0,
+        num_workers: int = 0,
+        max_resolutions: int = 4,
+    ) -> None:
+        self.train = train if isinstance(train, ImageFolderSource) else ImageFolderSource(train)
+        self.val_src = val if isinstance(val, ImageFolderSource) else ImageFolderSource(val)
+        if self.train.classes != self.val_src.classes:
+            raise DataError(f"train ({self.train.root}) and val ({self.val_src.root}) folders have different classes")
+        self.n_calib, self.n_val, self.batch_size, self.seed = int(n_calib), n_val, int(batch_size), int(seed)
+        self.num_workers, self.max_resolutions = int(num_workers), int(max_resolutions)
+        self.calib_idx = self.train.subset_indices(self.n_calib, seed)
+        self.val_idx = self.val_src.subset_indices(n_val, seed + 1)
+        self._store: dict[tuple[str, int], TensorBatches] = {}
+
+    def _get(self, kind: str, r: int) -> TensorBatches:
+        key = (kind, int(r))
+        if key in self._store:
+            self._store[key] = self._store.pop(key)  # most recent last
+            return self._store[key]
+        if kind == "calib":
+            ds = self.train.view(train_transform(r), self.calib_idx)
+        else:
+            ds = self.val_src.view(eval_transform(r), self.val_idx)
+        tb = materialize(ds, self.batch_size, self.num_workers, seed=self.seed + int(r))
+        self._store[key] = tb
+        while len(self._store) > 2 * self.max_resolutions:
+            self._store.pop(next(iter(self._store)))
+        return tb
+
+    def calib(self, r: int) -> TensorBatches:
+        return self._get("calib", r)
+
+    def val(self, r: int) -> TensorBatches:
+        return self._get("val", r)
+
+
+# ============================================================================ BN calibration / evaluation
+def _progress(it, total: int | None, desc: str, progress: bool):
+    if not progress:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, desc=desc, leave=False)
+
+
+@torch.no_grad()
+def set_running_statistics(
+    net: nn.Module, batches: Iterable, device: str | torch.device = "cpu", progress: bool = False
+) -> int:
+    """Re-compute every BN layer's running mean/var of ``net`` on ``batches`` (cumulative average over
+    the batches, training-mode forward, no gradients). Returns the number of images used; ``net`` is left
+    in eval mode."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    n = 0
+    try:
+        total = len(batches) if hasattr(batches, "__len__") else None
+        for x, _ in _progress(batches, total, "BN calibration", progress):
+            net(normalize(x.to(device, non_blocking=True)))
+            n += len(x)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        net.eval()
+    if n == 0:
+        raise DataError("BN calibration got no images")
+    return n
+
+
+@torch.no_grad()
+def evaluate(
+    net: nn.Module, batches: Iterable, device: str | torch.device = "cpu", progress: bool = False
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (fractions), mean cross-entropy, image count and throughput of ``net``."""
+    net.eval()
+    correct1 = correct5 = 0
+    loss_sum = 0.0
+    n = 0
+    t0 = time.perf_counter()
+    total = len(batches) if hasattr(batches, "__len__") else None
+    for x, y in _progress(batches, total, "evaluate", progress):
+        x = normalize(x.to(device, non_blocking=True))
+        y = y.to(device)
+        logits = net(x)
+        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top == y[:, None]
+        correct1 += int(hit[:, 0].sum())
+        correct5 += int(hit.any(dim=1).sum())
+        n += len(y)
+    dt = time.perf_counter() - t0
+    if n == 0:
+        raise DataError("evaluation got no images")
+    return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "n": n, "images_per_s": n / max(dt, 1e-9)}
+
+
+def calibrate_and_evaluate(
+    subnet: nn.Module,
+    calib: Iterable,
+    val: Iterable,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> dict[str, float]:
+    """BN re-calibration on ``calib`` followed by :func:`evaluate` on ``val``."""
+    subnet.to(device)
+    set_running_statistics(subnet, calib, device, progress)
+    return evaluate(subnet, val, device, progress)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+__all__ = [
+    "DataError",
+    "ImageFolderSource",
+    "TensorBatches",
+    "TensorCache",
+    "calibrate_and_evaluate",
+    "default_device",
+    "eval_transform",
+    "evaluate",
+    "make_loader",
+    "materialize",
+    "normalize",
+    "set_running_statistics",
+    "train_transform",
+]
