@@ -25,6 +25,17 @@ INACTIVE_K = 3
 INACTIVE_E = 3
 
 
+def _plain(x: Any) -> Any:
+    """Nested sequences (lists, tuples, omegaconf ListConfig) -> nested lists; strings stay strings."""
+    from collections.abc import Sequence as _Seq
+
+    if isinstance(x, (str, bytes)):
+        return x
+    if isinstance(x, _Seq) or type(x).__name__ == "ListConfig":
+        return [_plain(v) for v in x]
+    return x
+
+
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
     """Round ``v`` to a multiple of ``divisor``, never going down by more than 10% (MobileNet rule)."""
     min_value = min_value or divisor
@@ -264,6 +275,9 @@ class MBConvSpace(SearchSpace):
     ) -> None:
         self.name = name or self.name
         self.n_classes = int(n_classes)
+        kernel_choices, expand_choices, depth_choices, resolutions, block_choices = (
+            _plain(x) for x in (kernel_choices, expand_choices, depth_choices, resolutions, block_choices)
+        )
         layout = self.arch_type.LAYOUT
         n_units = len(layout)
         self.kernel_choices = self._int_list("kernel_choices", kernel_choices or self.default_kernels, allowed=(3, 5, 7))

@@ -194,13 +194,7 @@ def test_hydra_config_recreates_space(name):
     _roundtrip_config(name, _convert_="all")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MBConvSpace.__init__ rejects omegaconf ListConfig for nested depth_choices/block_choices "
-    "(isinstance(x, (list, tuple))); plain instantiate(space.to_config()) fails until it accepts any Sequence "
-    "or to_config() adds _convert_: all. Remove this marker when fixed.",
-)
-@pytest.mark.parametrize("name", ["ofa_mbv3_w12"])
+@pytest.mark.parametrize("name", ALL_SPACES)
 def test_hydra_config_recreates_space_without_convert(name):
     _roundtrip_config(name)
 
