@@ -52,15 +52,17 @@ def _wants_space(target: str) -> bool:
     return "space" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
-def build_predictor(cfg: Any, space: Any, field: str) -> Any:
-    """Instantiate one predictor config (``_target_`` + kwargs), passing ``space=`` when it takes one."""
+def build_predictor(cfg: Any, space: Any, field: str, pass_space: bool = True) -> Any:
+    """Instantiate one config (``_target_`` + kwargs; null values dropped so constructors keep their
+    defaults), passing ``space=`` when the target takes it (as ``hwnas-search`` does)."""
     from hydra.utils import instantiate
 
     cfg = _plain(cfg)
-    if not isinstance(cfg, dict) or "_target_" not in cfg:
-        raise ValueError(f"{field}: expected a predictor config with _target_ (e.g. hwnas.predictors.lut.LookupTableLatency); got {cfg!r}")
+    if not isinstance(cfg, dict) or not cfg.get("_target_") or cfg.get("_target_") == "???":
+        raise ValueError(f"{field}._target_ is not set; choose a config or set {field}._target_=<module.Class> (got {cfg!r})")
+    cfg = {k: v for k, v in cfg.items() if v is not None}
     kwargs = {}
-    if "space" not in cfg and _wants_space(cfg["_target_"]):
+    if pass_space and "space" not in cfg and _wants_space(cfg["_target_"]):
         kwargs["space"] = space
     cfg = {"_convert_": "all", **cfg}
     try:
@@ -69,29 +71,47 @@ def build_predictor(cfg: Any, space: Any, field: str) -> Any:
         raise type(exc)(f"{field}: could not build {cfg['_target_']}: {exc}") from exc
 
 
-def run_profile(cfg: Any, output_dir: str | Path | None = None, log=None) -> dict:
-    """Run profile + reduce + plots + YAML from a config (the structure of ``conf/profile/default.yaml``).
-    Returns the summary dict (also written to ``summary.json``)."""
-    from hydra.utils import instantiate
+def device_name_from_choice(choice: str | None) -> str:
+    """``note10_lut`` -> ``note10`` (the latency config's name, without a ``_lut`` suffix)."""
+    if not choice:
+        return "device"
+    return choice[:-4] if choice.endswith("_lut") else choice
 
+
+def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | None = None,
+                accuracy_name: str | None = None, log=None) -> dict:
+    """Run profile + reduce + plots + YAML from a config (the structure of ``conf/profile/default.yaml``:
+    ``space``, ``accuracy``, ``latency`` predictor configs, optional extra ``devices``).
+    Returns the summary dict (also written to ``summary.json``)."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     cfg = _plain(cfg)
     out = Path(output_dir or cfg.get("output_dir") or ".")
     out.mkdir(parents=True, exist_ok=True)
-    mirror = (cfg.get("assets") or {}).get("mirror")
-    if mirror:
+    assets = cfg.get("assets") or {}
+    if assets.get("mirror"):
         from hwnas.predictors.assets import set_default_mirror
 
-        set_default_mirror(mirror)
+        set_default_mirror(str(Path(assets["mirror"]).expanduser().resolve()))
+    if assets.get("cache"):
+        import os
+
+        os.environ["HWNAS_CACHE"] = str(Path(assets["cache"]).expanduser().resolve())
     if not cfg.get("space"):
-        raise ValueError("space: missing; give a space config (_target_ + kwargs), e.g. space._target_=hwnas.spaces.mbconv.OFAMobileNetV3Space")
-    space = instantiate({"_convert_": "all", **cfg["space"]})
-    lat_cfg = cfg.get("latency") or {}
-    acc_cfg = cfg.get("accuracy") or {}
-    if not lat_cfg:
-        raise ValueError("latency: no device given; add latency.<device>=<predictor config> (e.g. the Note10 lookup tables)")
-    latency = {str(k): build_predictor(v, space, f"latency.{k}") for k, v in lat_cfg.items()}
-    accuracy = {str(k): build_predictor(v, space, f"accuracy.{k}") for k, v in acc_cfg.items()}
+        raise ValueError("space: missing; choose one (space=ofa_mbv3_w12) or give space._target_")
+    space = build_predictor(cfg["space"], None, "space", pass_space=False)
+    lat_cfgs: dict[str, Any] = {}
+    if cfg.get("latency"):
+        lat_cfgs[str(cfg.get("device") or device or "device")] = cfg["latency"]
+    for k, v in (cfg.get("devices") or {}).items():
+        if str(k) in lat_cfgs:
+            raise ValueError(f"devices.{k}: the name is already used by `latency` (device={k!r}); pick another name")
+        lat_cfgs[str(k)] = v
+    if not lat_cfgs:
+        raise ValueError("latency: no device given; choose latency=<config> (e.g. note10_lut) or add devices.<name>=<predictor config>")
+    latency = {k: build_predictor(v, space, f"latency[{k}]") for k, v in lat_cfgs.items()}
+    accuracy = {}
+    if cfg.get("accuracy"):
+        accuracy[accuracy_name or "accuracy"] = build_predictor(cfg["accuracy"], space, "accuracy")
     pc = cfg.get("profile") or {}
     t0 = time.perf_counter()
     prof = profile_space(
@@ -104,12 +124,9 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, log=None) -> dic
     log(f"profiled {space.name}: {prof.n_evaluations} evaluations per metric in {t_prof:.1f} s -> {out / 'profile.csv'}")
     summary: dict[str, Any] = {**prof.summary(), "profile_seconds": t_prof, "output_dir": str(out), "devices": {}}
     rc = cfg.get("reduce") or {}
-    devices = rc.get("devices") or list(latency)
-    acc_name = rc.get("accuracy") or (next(iter(accuracy)) if accuracy else None)
+    acc_name = next(iter(accuracy)) if accuracy else None
     rules = ReductionRules.from_dict(rc.get("rules") or {})
-    for dev in devices:
-        if dev not in latency:
-            raise ValueError(f"reduce.devices: {dev!r} is not a latency entry; entries: {list(latency)}")
+    for dev in latency:
         entry: dict[str, Any] = {}
         if cfg.get("plots", True):
             import matplotlib.pyplot as plt
@@ -128,8 +145,10 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, log=None) -> dic
             entry.update(dropped=red.dropped, dropped_all_units=red.dropped_global, max_depths=red.max_depths,
                          exchange_rate=red.exchange_rate, config=str(path), space=name)
             log(f"{red.describe()} -> {path}  (use: hwnas-search space={name})")
+        elif acc_name is None:
+            log(f"{dev}: no accuracy source, so no reduction (profile and heatmap only)")
         summary["devices"][dev] = entry
-    summary["rules"] = rules.__dict__
+    summary["rules"] = dict(rules.__dict__)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -144,8 +163,11 @@ def main(argv: list[str] | None = None) -> None:
 
     @hydra.main(version_base=None, config_path="pkg://" + CONF_MODULE, config_name=CONFIG_NAME)
     def _app(cfg) -> None:
-        out = cfg.get("output_dir") or HydraConfig.get().runtime.output_dir
-        run_profile(cfg, output_dir=out)
+        hc = HydraConfig.get()
+        out = cfg.get("output_dir") or hc.runtime.output_dir
+        choices = hc.runtime.choices
+        run_profile(cfg, output_dir=out, device=device_name_from_choice(choices.get("/latency") or choices.get("latency")),
+                    accuracy_name=choices.get("/accuracy") or choices.get("accuracy") or "accuracy")
 
     _app()
 

@@ -210,7 +210,7 @@ def test_clear_errors(prof, space):
         profile_space(space)
 
 
-def test_cli_run_profile_writes_everything(tmp_path):
+def test_cli_run_profile_writes_everything_and_search_loads_it(tmp_path):
     from hydra import compose, initialize_config_module
 
     from hwnas.search.profile_cli import run_profile
@@ -218,19 +218,37 @@ def test_cli_run_profile_writes_everything(tmp_path):
     with initialize_config_module(config_module="hwnas.conf", version_base=None):
         cfg = compose(config_name="profile/default", overrides=[
             "space.resolutions=[160,224]",
-            "~latency.note10", "+latency.syn._target_=test_profile.SynLatency",
-            "~accuracy.ofa", "+accuracy.acc._target_=test_profile.SynAccuracy",
+            "latency=custom", "+latency._target_=test_profile.SynLatency", "device=syn",
+            "accuracy=custom", "accuracy._target_=test_profile.SynAccuracy",
+            "+devices.cheapk7._target_=test_profile.SynLatency", "+devices.cheapk7.k7=0.5",
             "profile.n_samples=16", "profile.progress=false",
             f"reduce.conf_dir={tmp_path / 'conf'}", "reduce.rules.scope=unit",
         ])
     summary = run_profile(cfg, output_dir=tmp_path / "out", log=lambda s: None)
     out = tmp_path / "out"
-    for f in ("profile.csv", "summary.json", "heatmap_syn.png", "decisions_syn.csv", "reduced_syn.yaml"):
+    for f in ("profile.csv", "summary.json", "heatmap_syn.png", "decisions_syn.csv", "reduced_syn.yaml",
+              "heatmap_cheapk7.png", "reduced_cheapk7.yaml"):
         assert (out / f).is_file(), f
     sp = load_space_config(tmp_path / "conf" / "space" / "reduced_syn.yaml")
     assert all((7, 6) not in bc for bc in sp.block_choices)
     assert summary["devices"]["syn"]["max_depths"][0] == 2
     assert summary["n_evaluations"] == 16 * (1 + 180 + 15)
+    # on the second device k7 is cheaper than k3 at equal accuracy: there k3e3 goes and k7e3 stays
+    sp2 = load_space_config(tmp_path / "conf" / "space" / "reduced_cheapk7.yaml")
+    assert all((7, 3) in bc and (3, 3) not in bc for bc in sp2.block_choices)
+
+    # hwnas-search takes the written space like any other: space=reduced_syn
+    from hwnas.search.cli import build
+
+    with initialize_config_module(config_module="hwnas.conf", version_base=None):
+        scfg = compose(config_name="config", overrides=[
+            "space=reduced_syn", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+            "latency=custom", "latency._target_=test_profile.SynLatency",
+            "accuracy=custom", "accuracy._target_=test_profile.SynAccuracy",
+        ])
+    space, acc, lat = build(scfg)
+    assert space.block_choices == sp.block_choices and space.depth_choices == sp.depth_choices
+    assert space.name == "reduced_syn"
 
 
 def test_note10_tables_reproduce_mills_reduction(data_dir):
