@@ -109,7 +109,7 @@ def search_kwargs(s: Any) -> dict:
     samp, cx, mut, ref = (s.get(k) or {} for k in ("sampling", "crossover", "mutation", "refine"))
     return dict(
         pop_size=int(s.get("pop_size", 100)),
-        n_gen=int(s.get("n_gen", 60)),
+        n_gen=int(s.get("n_gen", 40)),
         seed=s.get("seed", 0),
         budgets=s.get("budgets") or [],
         constraint=bool(s.get("constraint", True)),
@@ -122,6 +122,7 @@ def search_kwargs(s: Any) -> dict:
         neighbour=float(mut.get("neighbour", 0.5)),
         refine=int(ref.get("passes", 0) or 0),
         refine_members=ref.get("members"),
+        refine_moves=ref.get("moves", "grid"),
         threads=s.get("threads", 1),
         verbose=bool(s.get("verbose", True)),
     )

@@ -60,6 +60,24 @@ class GenomeLayout:
             ordered[self.res_gene] = True
             self.ordered = ordered
             self.depth_values = [np.asarray(c) for c in space.depth_choices]
+            # block-gene "grid" neighbours: same kernel with the next/previous expand, or same expand
+            # with the next/previous kernel (within the slot's allowed block choices)
+            self.block_grid = []
+            kc, ec = list(space.kernel_choices), list(space.expand_choices)
+            for s in range(ns):
+                choices = list(space.block_choices[int(self.slot_unit[s])])
+                pos = {b: i for i, b in enumerate(choices)}
+                nb = []
+                for k, e in choices:
+                    ki, ei = kc.index(k), ec.index(e)
+                    cand = []
+                    for dk, de in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                        if 0 <= ki + dk < len(kc) and 0 <= ei + de < len(ec):
+                            b = (kc[ki + dk], ec[ei + de])
+                            if b in pos:
+                                cand.append(pos[b])
+                    nb.append(cand)
+                self.block_grid.append(nb)
         else:
             self.group = np.arange(self.n_var)
             self.n_groups = self.n_var

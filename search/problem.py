@@ -122,13 +122,13 @@ class ArchProblem(Problem):
 def pareto_mask(acc: np.ndarray, lat: np.ndarray) -> np.ndarray:
     """Mask of the non-dominated points (max ``acc``, min ``lat``); of exact ties one is kept."""
     acc, lat = np.asarray(acc, float), np.asarray(lat, float)
-    order = np.lexsort((-acc, lat))  # by latency, then best accuracy first
     keep = np.zeros(len(acc), dtype=bool)
-    best = -np.inf
-    for i in order:
-        if acc[i] > best:
-            keep[i] = True
-            best = acc[i]
+    if not len(acc):
+        return keep
+    order = np.lexsort((-acc, lat))  # by latency, then best accuracy first
+    a = acc[order]
+    prev_best = np.concatenate([[-np.inf], np.maximum.accumulate(a)[:-1]])
+    keep[order[a > prev_best]] = True
     return keep
 
 
