@@ -1,0 +1,405 @@
+"""Proxy adaptation: a latency predictor fitted on one proxy device, adapted to a target device from a
+few (K) measured target samples; and the choice of which K archs to measure.
+
+Methods (``adapt(proxy, archs, latencies, method=...)``):
+
+``adaproxy`` (Lu et al. 2021, with shrinkage). The proxy predictor is operator-level linear,
+    ``l_p = w_p . x``. On the target, ``y = x . (w_p * (a + b)) + c`` (global scale ``a``, per-operator
+    correction ``b``, bias ``c``), penalty ``lam * |b|^2``. ``lam`` is chosen by the leave-one-out
+    SRCC of the K samples over a grid that includes ``lam = inf`` (pure scale + bias, i.e. the proxy's
+    ranking); a finite ``lam`` is kept only if it beats ``inf`` by a margin, otherwise the proxy ranking
+    is kept, so few samples cannot pull the predictor far from the proxy.
+``adaproxy_plain``: the same model with ``lam`` picked on a held-out third of the K samples, no
+    ``inf`` option and no fallback: the straightforward version (kept to show why shrinkage matters).
+``bayes`` (default): empirical-Bayes hierarchical correction. ``y = c + a * l_p(x) + delta(x)`` where
+    ``delta`` is a zero-mean Gaussian correction with a sum of linear kernels (per-operator-type
+    counts, e.g. "number of 3x3 convolutions", and optionally per-operator AdaProxy terms
+    ``x * w_p``). Kernel variances are chosen by the restricted marginal likelihood of the K samples
+    (with a weak prior toward 0, i.e. toward the proxy); with zero variance the model is the proxy's
+    ranking. If the proxy scale comes out negative the proxy ranking is returned.
+``multiproxy``: several source devices (``sources={name: predictor}``); target = a nonnegative
+    combination of their standardised predictions + bias (ridge-NNLS), kept only when its
+    leave-one-out SRCC beats the main proxy's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import nnls
+from scipy.stats import spearmanr
+
+from .base import Predictor
+from .linear import LinearLatencyPredictor, feature_groups, latency_features
+
+METHODS = ("bayes", "adaproxy", "adaproxy_plain", "multiproxy", "proxy")
+
+
+def _srcc(a: np.ndarray, b: np.ndarray) -> float:
+    if np.std(a) == 0 or np.std(b) == 0:
+        return -1.0
+    return float(spearmanr(a, b)[0])
+
+
+def _as_linear(proxy: Any) -> LinearLatencyPredictor:
+    if not isinstance(proxy, LinearLatencyPredictor) or proxy.weights is None:
+        raise TypeError(
+            "proxy: adaptation needs a fitted LinearLatencyPredictor (fit it on the proxy device's "
+            f"measurements first); got {type(proxy).__name__}"
+        )
+    return proxy
+
+
+# ============================================================================ adapted predictors
+class AdaptedPredictor(Predictor):
+    """``predict(archs) = c + a * proxy(archs) + sum_j coef_j * Z_j(archs)`` (Z: correction features)."""
+
+    metric = "latency_ms"
+
+    def __init__(self, proxy: LinearLatencyPredictor, method: str, info: dict | None = None) -> None:
+        self.proxy = proxy
+        self.space = proxy.space
+        self.method = method
+        self.info = info or {}
+        self.a = 1.0
+        self.c = 0.0
+        self.coef: np.ndarray | None = None  # on correction features
+        self._corr = None  # callable archs -> Z (n, m), or None
+
+    def predict(self, archs: Sequence[Any]) -> np.ndarray:
+        X = latency_features(self.space, archs)
+        p = X @ self.proxy.weights + self.proxy.bias
+        out = self.c + self.a * p
+        if self.coef is not None and self._corr is not None:
+            out = out + self._corr(X) @ self.coef
+        return out
+
+
+class MultiProxyPredictor(Predictor):
+    metric = "latency_ms"
+
+    def __init__(self, sources: Sequence[Any], coef: np.ndarray, bias: float, mu: np.ndarray, sd: np.ndarray, info: dict) -> None:
+        self.sources = list(sources)
+        self.coef, self.bias, self.mu, self.sd, self.info = coef, bias, mu, sd, info
+        self.space = getattr(self.sources[0], "space", None)
+        self.method = "multiproxy"
+
+    def predict(self, archs: Sequence[Any]) -> np.ndarray:
+        P = np.stack([np.asarray(s.predict(archs), dtype=float) for s in self.sources], axis=1)
+        return self.bias + ((P - self.mu) / self.sd) @ self.coef
+
+
+# ============================================================================ linear algebra helpers
+def _ridge_loo(Z: np.ndarray, y: np.ndarray, pen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge with per-column penalties (0 = free): coefficients and exact leave-one-out predictions."""
+    A = Z.T @ Z + np.diag(pen) + 1e-10 * np.eye(Z.shape[1])
+    Ai = np.linalg.pinv(A)
+    coef = Ai @ Z.T @ y
+    h = np.einsum("ij,jk,ik->i", Z, Ai, Z)
+    r = y - Z @ coef
+    loo = y - r / np.clip(1.0 - h, 1e-6, None)
+    return coef, loo
+
+
+def _check_samples(archs: Sequence[Any], y: Sequence[float]) -> np.ndarray:
+    y = np.asarray(y, dtype=float).reshape(-1)
+    if len(y) != len(archs):
+        raise ValueError(f"target samples: {len(archs)} archs but {len(y)} latencies; give one per arch")
+    if len(y) < 3:
+        raise ValueError(f"target samples: got {len(y)}; adaptation needs at least 3 measured target archs")
+    if not np.isfinite(y).all():
+        raise ValueError("target samples: latencies contain NaN/inf")
+    return y
+
+
+# ============================================================================ methods
+def _adaproxy(proxy: LinearLatencyPredictor, archs, y, plain: bool = False, margin: float = 0.05,
+              lams: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0), rng=None) -> AdaptedPredictor:
+    X = latency_features(proxy.space, archs)
+    w = proxy.weights
+    p = X @ w + proxy.bias
+    K = len(y)
+    ym, ysd = y.mean(), y.std() + 1e-12
+    ys = (y - ym) / ysd
+    pm, psd = p.mean(), p.std() + 1e-12
+    # columns: 1, proxy (standardised), x_j * w_j (per-operator corrections, scaled like the proxy)
+    M = (X * w) / psd
+    used = np.flatnonzero(np.abs(M).sum(0) > 0)
+    Z = np.c_[np.ones(K), (p - pm) / psd, M[:, used]]
+    free = np.zeros(2)
+    res = {}
+    if plain:
+        rng = np.random.default_rng(rng)
+        perm = rng.permutation(K)
+        n_val = max(2, K // 3)
+        val, tr = perm[:n_val], perm[n_val:]
+        best = None
+        for lam in lams:
+            pen = np.r_[free, np.full(len(used), lam)]
+            coef, _ = _ridge_loo(Z[tr], ys[tr], pen)
+            s = _srcc(Z[val] @ coef, ys[val])
+            if best is None or s > best[0]:
+                best = (s, lam)
+        lam = best[1]
+    else:
+        _, loo_inf = _ridge_loo(Z[:, :2], ys, free)
+        base = _srcc(loo_inf, ys)
+        lam, best = np.inf, base + margin
+        for l_ in lams:
+            _, loo = _ridge_loo(Z, ys, np.r_[free, np.full(len(used), l_)])
+            s = _srcc(loo, ys)
+            res[l_] = s
+            if s > best:
+                lam, best = l_, s
+        res["inf"] = base
+    out = AdaptedPredictor(proxy, "adaproxy_plain" if plain else "adaproxy", {"lam": lam, "loo_srcc": res})
+    if np.isinf(lam):
+        coef, _ = _ridge_loo(Z[:, :2], ys, free)
+        coef = np.r_[coef, np.zeros(len(used))]
+    else:
+        coef, _ = _ridge_loo(Z, ys, np.r_[free, np.full(len(used), lam)])
+    if coef[1] <= 0 and not plain:  # negative proxy scale: the samples are too few/noisy to trust
+        coef = np.r_[0.0, 1.0, np.zeros(len(used))]
+        out.info["fallback"] = "negative scale"
+    # back to latency units: y = ym + ysd * (c0 + c1 (p - pm)/psd + M b)
+    out.a = ysd * coef[1] / psd
+    out.c = ym + ysd * coef[0] - out.a * pm
+    b = coef[2:] * ysd
+    out.coef = b
+    out._corr = lambda Xn, used=used, w=w, psd=psd: ((Xn * w) / psd)[:, used]
+    return out
+
+
+def _bayes(proxy: LinearLatencyPredictor, archs, y, kernels: Sequence[str] = ("counts",),
+           grid: Sequence[float] = (0.0, 0.01, 0.1, 1.0, 10.0), prior: float = 1.0) -> AdaptedPredictor:
+    space = proxy.space
+    X = latency_features(space, archs)
+    w = proxy.weights
+    p = X @ w + proxy.bias
+    K = len(y)
+    ym, ysd = y.mean(), y.std() + 1e-12
+    ys = (y - ym) / ysd
+    pm, psd = p.mean(), p.std() + 1e-12
+    H = np.c_[np.ones(K), (p - pm) / psd]
+    groups, _ = feature_groups(space)
+    G = np.zeros((X.shape[1], groups.max() + 1))
+    G[np.arange(X.shape[1]), groups] = 1.0
+    makers = {
+        "counts": lambda Xn: Xn @ G,  # per operator type: how many positions use it
+        "operators": lambda Xn: Xn * w,  # AdaProxy's per-(position, operator) multiplicative terms
+        "onehot": lambda Xn: Xn,  # free per-(position, operator) additive terms
+    }
+    for k in kernels:
+        if k not in makers:
+            raise ValueError(f"kernels entry {k!r} is unknown; choose from {sorted(makers)}")
+    blocks, centers, scales = [], [], []
+    for k in kernels:
+        Zk = makers[k](X)
+        mu = Zk.mean(0)
+        Zc = Zk - mu
+        s = np.sqrt(np.sum(Zc * Zc) / K) + 1e-12  # kernel trace normalised to K
+        blocks.append(Zc / s)
+        centers.append(mu)
+        scales.append(s)
+    Kmats = [B @ B.T for B in blocks]
+    best = None
+    for th in itertools.product(grid, repeat=len(blocks)):
+        V = np.eye(K) + sum(t * Km for t, Km in zip(th, Kmats))
+        Vi = np.linalg.inv(V)
+        A = H.T @ Vi @ H
+        beta = np.linalg.solve(A, H.T @ Vi @ ys)
+        r = ys - H @ beta
+        q = H.shape[1]
+        s2 = max(float(r @ Vi @ r) / max(K - q, 1), 1e-12)
+        ll = -0.5 * ((K - q) * np.log(s2) + np.linalg.slogdet(V)[1] + np.linalg.slogdet(A)[1])
+        ll -= prior * sum(np.log1p(t) for t in th)
+        if beta[1] <= 0:
+            continue
+        if best is None or ll > best[0]:
+            best = (ll, th, beta, Vi @ r)
+    out = AdaptedPredictor(proxy, "bayes", {"kernels": list(kernels)})
+    if best is None:
+        out.a, out.c = ysd / psd, ym - ysd * pm / psd  # proxy ranking, affine to the samples
+        out.info["fallback"] = "negative scale"
+        return out
+    ll, th, beta, alpha = best
+    out.info.update({"theta": dict(zip(kernels, th)), "log_evidence": float(ll)})
+    out.a = ysd * beta[1] / psd
+    out.c = ym + ysd * beta[0] - out.a * pm
+    # posterior mean of the correction: sum_k th_k * B_k(x) B_k(train)^T alpha  -> linear in B_k(x)
+    coefs = [t * (B.T @ alpha) * ysd for t, B in zip(th, blocks)]
+    if any(np.any(c != 0) for c in coefs):
+        mk = [makers[k] for k in kernels]
+
+        def corr(Xn, mk=mk, centers=centers, scales=scales):
+            return np.concatenate([(m(Xn) - c) / s for m, c, s in zip(mk, centers, scales)], axis=1)
+
+        out.coef = np.concatenate(coefs)
+        out._corr = corr
+    return out
+
+
+def _multiproxy(proxy: Any, sources: Mapping[str, Any] | Sequence[Any], archs, y, ridge: float = 1.0) -> Predictor:
+    srcs = list(sources.values()) if isinstance(sources, Mapping) else list(sources)
+    names = list(sources.keys()) if isinstance(sources, Mapping) else [str(i) for i in range(len(srcs))]
+    if proxy is not None and all(s is not proxy for s in srcs):
+        srcs, names = [proxy] + srcs, ["proxy"] + names
+    if not srcs:
+        raise ValueError("multiproxy: give sources={device: fitted predictor, ...}")
+    P = np.stack([np.asarray(s.predict(archs), dtype=float) for s in srcs], axis=1)
+    K = len(y)
+    mu, sd = P.mean(0), P.std(0) + 1e-12
+    Pz = (P - mu) / sd
+    ym, ysd = y.mean(), y.std() + 1e-12
+    ys = (y - ym) / ysd
+    # ridge-NNLS via augmentation: min |Pz c - ys|^2 + ridge |c|^2, c >= 0
+    def fit(idx):
+        A = np.r_[Pz[idx] - Pz[idx].mean(0), np.sqrt(ridge) * np.eye(P.shape[1])]
+        b = np.r_[ys[idx] - ys[idx].mean(), np.zeros(P.shape[1])]
+        c, _ = nnls(A, b)
+        return c, ys[idx].mean() - Pz[idx].mean(0) @ c
+
+    loo = np.empty(K)
+    for i in range(K):
+        idx = np.r_[0:i, i + 1 : K]
+        c, b0 = fit(idx)
+        loo[i] = b0 + Pz[i] @ c
+    c, b0 = fit(np.arange(K))
+    s_multi, s_proxy = _srcc(loo, ys), _srcc(Pz[:, 0], ys)
+    info = {"weights": dict(zip(names, (c * ysd).tolist())), "loo_srcc": s_multi, "proxy_srcc": s_proxy}
+    if s_multi < s_proxy or not np.any(c > 0):
+        c = np.zeros(P.shape[1])
+        c[0] = 1.0 * ysd  # proxy ranking
+        info["fallback"] = "proxy"
+        return MultiProxyPredictor(srcs, c, ym, mu, sd * 1.0, info)
+    return MultiProxyPredictor(srcs, c * ysd, ym + ysd * b0, mu, sd, info)
+
+
+def adapt(proxy: Any, target_archs: Sequence[Any], target_latencies: Sequence[float], method: str = "bayes",
+          sources: Mapping[str, Any] | None = None, **kwargs: Any) -> Predictor:
+    """Adapt a proxy predictor to a target device from K measured target samples.
+
+    ``proxy``: a fitted :class:`LinearLatencyPredictor` (for ``multiproxy``: any predictor, plus
+    ``sources={device: predictor}``). Returns a predictor of target latency (ms).
+    """
+    y = _check_samples(target_archs, target_latencies)
+    if method == "bayes":
+        return _bayes(_as_linear(proxy), target_archs, y, **kwargs)
+    if method == "adaproxy":
+        return _adaproxy(_as_linear(proxy), target_archs, y, **kwargs)
+    if method == "adaproxy_plain":
+        return _adaproxy(_as_linear(proxy), target_archs, y, plain=True, **kwargs)
+    if method == "multiproxy":
+        return _multiproxy(proxy, sources or {}, target_archs, y, **kwargs)
+    if method == "proxy":
+        return _bayes(_as_linear(proxy), target_archs, y, kernels=(), **kwargs)
+    raise ValueError(f"method={method!r} is unknown; choose from {list(METHODS)}")
+
+
+# ============================================================================ sample selection
+def select_samples(space: Any, archs: Sequence[Any], k: int, method: str = "kmeans",
+                   rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """Indices of ``k`` distinct archs of ``archs`` to measure on the target.
+
+    ``random``: uniform without replacement. ``kmeans``: k-means (k clusters) on the latency features,
+    then for each cluster the arch nearest its centroid (diverse, representative samples).
+    """
+    n = len(archs)
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} target samples requested from {n} candidate archs; need 1 <= k <= {n}")
+    rng = np.random.default_rng(rng)
+    if method == "random":
+        return np.sort(rng.choice(n, k, replace=False))
+    if method != "kmeans":
+        raise ValueError(f"selection={method!r} is unknown; choose 'random' or 'kmeans'")
+    from sklearn.cluster import KMeans
+
+    X = latency_features(space, archs)
+    km = KMeans(n_clusters=k, n_init=3, random_state=int(rng.integers(2**31 - 1))).fit(X)
+    d = ((X[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1) if n * k * X.shape[1] < 5e7 else None
+    chosen: list[int] = []
+    taken = np.zeros(n, dtype=bool)
+    for c in range(k):
+        dc = d[:, c] if d is not None else ((X - km.cluster_centers_[c]) ** 2).sum(1)
+        dc = np.where(taken, np.inf, dc)
+        j = int(np.argmin(dc))
+        taken[j] = True
+        chosen.append(j)
+    return np.array(sorted(chosen))
+
+
+# ============================================================================ config-driven predictor
+class AdaptedLatency(Predictor):
+    """Latency on a target device from a proxy predictor adapted with K target samples (``latency=adapted``).
+
+    proxy: a latency dataset (builtin name or CSV) with ``proxy_device``; the proxy predictor is the
+        linear predictor fitted on all its rows (or pass a fitted ``LinearLatencyPredictor``).
+    target_samples: a CSV/dataset with the target measurements in column ``target_device``. Rows with
+        a value are the K samples; if ``k`` is set and more rows are available, ``k`` of them are picked by
+        ``selection`` (``kmeans``/``random``) — that is how the benchmarks simulate measuring K archs.
+    """
+
+    metric = "latency_ms"
+
+    def __init__(
+        self,
+        space: Any,
+        proxy: Any = "nasbench201",
+        proxy_device: str = "pixel3",
+        target_samples: Any = None,
+        target_device: str | None = None,
+        k: int | None = 10,
+        selection: str = "kmeans",
+        method: str = "bayes",
+        sources: Sequence[str] | None = None,
+        seed: int = 0,
+        mirror: str | None = None,
+        **method_kwargs: Any,
+    ) -> None:
+        from hwnas.spaces import create_space
+
+        from .data import load_dataset
+
+        self.space = create_space(space) if isinstance(space, str) else space
+        if isinstance(proxy, LinearLatencyPredictor):
+            self.proxy = proxy
+            pdata = None
+        else:
+            pdata = load_dataset(str(proxy), space=self.space, mirror=mirror)
+            self._check_space(pdata, "proxy")
+            y = pdata[proxy_device]
+            ok = np.isfinite(y)
+            self.proxy = LinearLatencyPredictor(self.space).fit([a for a, o in zip(pdata.archs, ok) if o], y[ok])
+        if target_samples is None:
+            raise ValueError("target_samples: give a CSV (or dataset name) with the measured target latencies")
+        if not target_device:
+            raise ValueError("target_device: name the column of target_samples that holds the target latencies")
+        tdata = load_dataset(os.fspath(target_samples), space=self.space, mirror=mirror)
+        self._check_space(tdata, "target_samples")
+        yt = tdata[target_device]
+        rows = np.flatnonzero(np.isfinite(yt))
+        if k is not None and len(rows) > int(k):
+            pick = select_samples(self.space, [tdata.archs[i] for i in rows], int(k), selection, seed)
+            rows = rows[pick]
+        self.sample_archs = [tdata.archs[i] for i in rows]
+        self.sample_latencies = yt[rows]
+        srcs = None
+        if method == "multiproxy":
+            if pdata is None or not sources:
+                raise ValueError("method=multiproxy needs proxy=<dataset> and sources=[device, ...] in it")
+            srcs = {}
+            for dev in sources:
+                ys = pdata[dev]
+                ok = np.isfinite(ys)
+                srcs[dev] = LinearLatencyPredictor(self.space).fit([a for a, o in zip(pdata.archs, ok) if o], ys[ok])
+        self.model = adapt(self.proxy, self.sample_archs, self.sample_latencies, method=method, sources=srcs, **method_kwargs)
+
+    def _check_space(self, ds: Any, field: str) -> None:
+        if getattr(ds.space, "name", None) != getattr(self.space, "name", None):
+            raise ValueError(f"{field}: dataset space {ds.space.name!r} differs from the search space {self.space.name!r}")
+
+    def predict(self, archs: Sequence[Any]) -> np.ndarray:
+        return self.model.predict(archs)
