@@ -1,20 +1,27 @@
 """Hardware-specific search-space reduction from a block-friendliness profile.
 
-Two rules, both configurable through :class:`ReductionRules`:
+Rules for block choices and for unit depths, configurable through :class:`ReductionRules`:
 
 **Block choices** (per scope: the whole space, or each unit). For every allowed choice ``c`` the
 profile gives, per background sample, the latency and accuracy change of putting ``c`` at a position
 instead of the position's average choice; averaged over the scope's positions this is ``(L_c, A_c)``
-with a paired standard error. Choice ``c`` is dropped when another choice ``c'`` dominates it:
+with a paired standard error (common random numbers make these differences precise).
 
-* ``c'`` is not slower: ``L_c' - L_c <= tau_L``  (``tau_L = latency_tol x mean network latency``),
-* ``c'`` is not less accurate: ``A_c' - A_c >= -tau_A``  (``tau_A = accuracy_tol``, top-1 fraction),
-* and ``c'`` is clearly better in one of them: faster by more than ``max(tau_L, z*se)`` or more
-  accurate by more than ``max(tau_A, z*se)``.
+*epsilon-dominance* (``rule="dominance"``): ``c`` is dropped when another choice ``c'``
 
-That is "latency cost without a matching accuracy gain": a choice that costs time and buys no accuracy
-that a cheaper choice would not also buy. At least ``min_blocks`` choices per unit are kept (the least
-dominated come back first).
+* is not slower: ``L_c' - L_c <= tau_L``  (``tau_L = latency_tol x mean network latency``),
+* is not less accurate: ``A_c' - A_c >= -tau_A``  (``tau_A = accuracy_tol``, top-1 fraction per layer),
+* and is clearly better in one of them: faster by more than ``max(tau_L, z*se)`` or more accurate by
+  more than ``max(tau_A, z*se)``.
+
+*efficient frontier* (``rule="hull"``, default): additionally drops choices lying more than
+``max(tau_A, z*se)`` below the upper-left concave hull of the ``(L_c, A_c)`` points. For an additive
+cost/benefit model this is the multiple-choice-knapsack LP-dominance: for any latency price, a position
+is best served by a hull choice, so choices under the hull are only ever picked to fill leftover
+budget. Choices slower than the most accurate choice (flat end of the frontier) go too.
+
+Both are "latency cost without a matching accuracy gain". At least ``min_blocks`` choices per unit are
+kept (the least clearly dominated come back first).
 
 **Unit depths.** For unit ``u`` the depth profile gives the latency/accuracy of each allowed depth.
 The *exchange rate* ``rho`` of the space is the accuracy bought per unit of latency by adding layers,
@@ -55,9 +62,9 @@ class ReductionRules:
     #: latency tolerance, as a fraction of the mean network latency of the random baseline ("dominance";
     #: "hull" uses it for choices slower than the most accurate one)
     latency_tol: float = 0.002
-    #: accuracy tolerance in top-1 fraction per layer (0.0001 = 0.01 points): "hull" keeps choices
+    #: accuracy tolerance in top-1 fraction per layer (0.0002 = 0.02 points): "hull" keeps choices
     #: at most this far below the frontier, "dominance" treats smaller accuracy differences as ties
-    accuracy_tol: float = 0.0001
+    accuracy_tol: float = 0.0002
     #: paired standard errors a strict improvement must exceed (noise guard)
     z: float = 2.0
     #: keep at least this many block choices per unit
@@ -272,6 +279,14 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
                 is_dom = {c: bool(gap[c] > thr[c]) for c in allowed}
                 strength = {c: float(gap[c] - thr[c]) for c in allowed}
                 why = {c: ("frontier" if c in hull else f"{100 * gap[c]:.3f} pts below frontier") for c in allowed}
+                # plus epsilon-dominance: a frontier choice that costs latency for an accuracy gain
+                # within the tolerance of a cheaper choice does not pay for itself either
+                dom, margin = _dominance(L, A, tau_L, tau_A, rules.z)
+                for c in allowed:
+                    if not is_dom[c] and dom[c, allowed].any():
+                        is_dom[c] = True
+                        strength[c] = float(margin[c, allowed].max())
+                        why[c] = "dominated by " + ",".join(names[j] for j in allowed if dom[c, j])
                 for c, (dl, sl) in beyond.items():  # slower than the most accurate choice, not better
                     excess = dl - max(tau_L, rules.z * sl)
                     if excess > 0 and not is_dom[c]:
