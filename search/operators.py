@@ -78,6 +78,14 @@ class GenomeLayout:
                                 cand.append(pos[b])
                     nb.append(cand)
                 self.block_grid.append(nb)
+            # is_grid_nbr[s][v, u]: value v is a grid neighbour of value u at slot s
+            self.is_grid_nbr = []
+            for s in range(ns):
+                n = int(self.sizes[s])
+                m = np.zeros((n, n), dtype=bool)
+                for u, cand in enumerate(self.block_grid[s]):
+                    m[cand, u] = True
+                self.is_grid_nbr.append(m)
         else:
             self.group = np.arange(self.n_var)
             self.n_groups = self.n_var

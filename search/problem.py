@@ -13,6 +13,7 @@ non-dominated set is never worse than the last population's).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -52,10 +53,12 @@ class ArchProblem(Problem):
             vtype=int,
         )
         self.n_evals = 0  # predictor calls per arch (distinct archs evaluated)
+        self.predict_s = 0.0  # wall time spent inside the predictors
         self._index: dict[bytes, int] = {}
         self._X: list[np.ndarray] = []
         self._acc: list[np.ndarray] = []
         self._lat: list[np.ndarray] = []
+        self._front = np.zeros(0, dtype=np.int64)  # archive indices of the feasible front
 
     # ------------------------------------------------------------------ evaluation
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,9 +77,11 @@ class ArchProblem(Problem):
                     first[keys[i]] = len(uniq)
                     uniq.append(i)
             U = X[uniq]
+            t = time.perf_counter()
             batch = self.space.batch(U)
             acc = predict_array(self.accuracy, batch, "accuracy")
             lat = predict_array(self.latency, batch, "latency")
+            self.predict_s += time.perf_counter() - t
             if not (np.isfinite(acc).all() and np.isfinite(lat).all()):
                 bad = U[~(np.isfinite(acc) & np.isfinite(lat))][0]
                 raise ValueError(f"a predictor returned a non-finite value for arch {self.space.decode(bad[None])[0]}")
@@ -87,6 +92,11 @@ class ArchProblem(Problem):
             self._acc.append(acc)
             self._lat.append(lat)
             self.n_evals += len(uniq)
+            # update the feasible front incrementally: old front + new feasible points
+            ok = np.ones(len(lat), dtype=bool) if self.max_latency is None else lat <= self.max_latency
+            cand = np.concatenate([self._front, base + np.flatnonzero(ok)])
+            a_all, l_all = self.archive_objectives()
+            self._front = cand[pareto_mask(a_all[cand], l_all[cand])]
             for i in new:
                 idx[i] = self._index[keys[i]]
         acc_all, lat_all = self.archive_objectives()
@@ -108,6 +118,12 @@ class ArchProblem(Problem):
             self._acc = [np.concatenate(self._acc)]
             self._lat = [np.concatenate(self._lat)]
         return self._X[0], self._acc[0], self._lat[0]
+
+    def front_indices(self) -> np.ndarray:
+        """Archive indices of the non-dominated feasible archs (``latency <= max_latency``), sorted by
+        latency."""
+        _, _, lat = self.archive()
+        return self._front[np.argsort(lat[self._front], kind="stable")]
 
     def archive_objectives(self) -> tuple[np.ndarray, np.ndarray]:
         _, a, l = self.archive()
