@@ -252,6 +252,7 @@ def run_search(
     verbose: bool = True,
     log: Callable[[str], None] | None = None,
     callback: Callable[[dict], None] | None = None,
+    checkpoint: Any = None,
 ) -> SearchResult:
     """Bi-objective NSGA-II (max accuracy, min latency) over ``space``.
 
@@ -263,6 +264,10 @@ def run_search(
     (0 = plain NSGA-II), each expanding at most ``refine_members`` front members (spread over the
     latency range) with ``refine_moves`` ("grid" or "all", see :func:`neighbour_matrix`).
     ``threads``: intra-op threads for the predictors during the search (None: leave as is). ``verbose``: one line per generation through ``log`` (default: stderr).
+    ``checkpoint``: optional object with ``restore(algo, problem) -> dict | None`` (called once before the
+    first generation; a dict ``{"gen", "history", "hv_ref"}`` resumes from it) and
+    ``save(algo, problem, gen, history, hv_ref)`` (called after every generation), e.g.
+    :class:`hwnas.search.checkpoint.SearchCheckpoint`.
     """
     with limit_threads(threads):
         return _run_search(**{k: v for k, v in locals().items() if k != "threads"})
@@ -291,6 +296,7 @@ def _run_search(
     verbose: bool,
     log: Callable[[str], None] | None,
     callback: Callable[[dict], None] | None,
+    checkpoint: Any = None,
 ) -> SearchResult:
     if pop_size < 4:
         raise ValueError(f"search.pop_size={pop_size} is too small; use at least 4 (e.g. 100)")
@@ -351,10 +357,18 @@ def _run_search(
             log(" | ".join(bits))
 
     gen = 0
+    if checkpoint is not None:
+        restored = checkpoint.restore(algo, problem)
+        if restored is not None:
+            gen = int(restored["gen"])
+            history.extend(restored.get("history", []))
+            ref_acc, ref_lat = restored.get("hv_ref", (ref_acc, ref_lat))
     while algo.has_next():
         algo.next()
         gen += 1
         record(gen, "gen")
+        if checkpoint is not None:
+            checkpoint.save(algo, problem, gen, history, (ref_acc, ref_lat))
     t_nsga = time.perf_counter() - t0
     predict_nsga = problem.predict_s
 
