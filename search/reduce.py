@@ -277,7 +277,7 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
                 gap, gse, hull, beyond = _hull_gaps(L, A, allowed)
                 thr = {c: max(tau_A, rules.z * gse[c]) for c in allowed}
                 is_dom = {c: bool(gap[c] > thr[c]) for c in allowed}
-                strength = {c: float(gap[c] - thr[c]) for c in allowed}
+                strength = {c: float(gap[c] - thr[c]) / max(tau_A, 1e-12) for c in allowed}
                 why = {c: ("frontier" if c in hull else f"{100 * gap[c]:.3f} pts below frontier") for c in allowed}
                 # plus epsilon-dominance: a frontier choice that costs latency for an accuracy gain
                 # within the tolerance of a cheaper choice does not pay for itself either
@@ -287,19 +287,25 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
                         is_dom[c] = True
                         strength[c] = float(margin[c, allowed].max())
                         why[c] = "dominated by " + ",".join(names[j] for j in allowed if dom[c, j])
+                    elif is_dom[c] and dom[c, allowed].any():
+                        strength[c] = max(strength[c], float(margin[c, allowed].max()))
                 for c, (dl, sl) in beyond.items():  # slower than the most accurate choice, not better
                     excess = dl - max(tau_L, rules.z * sl)
                     if excess > 0 and not is_dom[c]:
                         is_dom[c] = True
                         strength[c] = excess / max(tau_L, 1e-12)
                         why[c] = f"slower than {names[hull[-1]]}, no more accurate"
+                    elif excess > 0:
+                        strength[c] = max(strength[c], excess / max(tau_L, 1e-12))
             # enforce min_blocks per unit: bring back the least clearly dominated
             for u in units:
                 in_unit = [c for c in allowed if pairs[c] in space.block_choices[u]]
                 drop_u = [c for c in in_unit if is_dom[c]]
                 n_keep = len(in_unit) - len(drop_u)
                 if n_keep < rules.min_blocks:
-                    drop_u = sorted(drop_u, key=lambda c: -strength[c])[: max(0, len(in_unit) - rules.min_blocks)]
+                    # keep the most clearly dominated dropped; ties: the slower one goes
+                    drop_u = sorted(drop_u, key=lambda c: (-strength[c], -float(L[c].mean())))
+                    drop_u = drop_u[: max(0, len(in_unit) - rules.min_blocks)]
                 keep[u] = [b for b in space.block_choices[u] if pairs.index(tuple(b)) not in drop_u]
                 dropped[u] = [names[c] for c in sorted(drop_u)]
             for c in allowed:
