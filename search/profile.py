@@ -127,8 +127,16 @@ class SpaceProfile:
 
     # ------------------------------------------------------------------ statistics
     def stats(self) -> "Any":
-        """Long-format ``pandas.DataFrame`` of every statistic (one row per metric and cell)."""
+        """Long-format ``pandas.DataFrame`` of every statistic (one row per metric and cell): level
+        ``baseline``/``block``/``depth``, n, mean, std, quantiles, ``delta`` (paired change vs the
+        position's mean over choices, or the unit's mean over depths), its standard error, ``rel_delta``
+        (delta / that mean) and ``friendliness`` (delta signed so that higher = friendlier, scaled by the
+        metric's largest |delta| to [-1, 1]). Computed once and cached."""
         import pandas as pd
+
+        cached = self.__dict__.get("_stats_df")
+        if cached is not None:
+            return cached.copy()
 
         rows: list[dict] = []
         qn = [f"q{int(round(q * 100)):02d}" for q in QUANTILES]
@@ -193,7 +201,8 @@ class SpaceProfile:
                 "delta", "delta_se", "rel_delta", "friendliness"]
         df = pd.DataFrame(rows, columns=cols)
         df.attrs["baseline_mean"] = {m.name: float(self.baseline[m.name].mean()) for m in self.metrics}
-        return df
+        self.__dict__["_stats_df"] = df
+        return df.copy()
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write :meth:`stats` atomically; returns the path."""
