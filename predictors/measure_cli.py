@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or torch")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--processes", type=int, default=3, help="worker processes per model (default 3)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed calls per process (default 20; 30 for layers)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls per process (default 10; 30 for layers)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls per process (default 5; 10 for layers)")
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--pin", default=None, help="CPU ids to pin workers to ('1', '0,1'), 'auto' (least busy) or none")
