@@ -1,0 +1,169 @@
+"""Where population evaluations run: locally, or spread over a Dask cluster.
+
+The search hands every population to the predictors as one batch. Cheap predictors (lookup tables,
+linear models, the OFA MLP) should stay batched and local. Expensive ones (supernet accuracy with BN
+re-calibration, on-device measurement) are per-arch work that parallelises: :class:`DistributedPredictor`
+wraps such a predictor and evaluates a batch *element-wise* through a pymoo parallelization runner,
+``runner(f, archs) -> [f(arch) ...]`` (pymoo's elementwise-runner protocol), in input order, so results
+are the same as a local run.
+
+Runners:
+
+* :class:`LocalRunner` -- a plain loop (pymoo's ``LoopedElementwiseEvaluation`` equivalent);
+* :class:`DaskRunner` -- pymoo's :class:`pymoo.parallelization.dask.DaskParallelization` on a
+  ``distributed.Client``: ``address`` of a running scheduler (``tcp://host:8786``), or ``None`` for a
+  ``LocalCluster`` (``n_workers``, ``threads_per_worker``, ``processes``). The predictor is scattered
+  to every worker once (broadcast), then one small task per arch.
+
+Config (``conf/evaluator/{local,dask}.yaml``)::
+
+    evaluator: {kind: dask, address: null, n_workers: 4, threads_per_worker: 1, processes: true,
+                objectives: [accuracy]}
+
+``objectives`` names which predictors go through the runner (``accuracy``, ``latency``, or both).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from hwnas.predictors.base import Predictor
+
+
+class EvaluatorError(ValueError):
+    """Bad evaluator configuration; the message names the key and the fix."""
+
+
+class LocalRunner:
+    """Element-wise evaluation in this process (a loop)."""
+
+    def __call__(self, f: Callable[[Any], Any], X: Sequence[Any]) -> list:
+        return [f(x) for x in X]
+
+    def close(self) -> None:
+        pass
+
+
+def _call_remote(pred: Any, arch: Any) -> float:
+    return float(np.asarray(pred.predict([arch]), dtype=float).reshape(-1)[0])
+
+
+class _Elementwise:
+    """``f(arch) = predictor.predict([arch])[0]``; the predictor may be a Dask future (scattered)."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor = predictor
+
+    def __call__(self, arch: Any) -> float:
+        return _call_remote(self.predictor, arch)
+
+
+class DaskRunner:
+    """pymoo's Dask parallelization on a client (``address`` or a new ``LocalCluster``)."""
+
+    def __init__(self, address: str | None = None, n_workers: int = 2, threads_per_worker: int = 1,
+                 processes: bool = True, client: Any = None, **cluster_kwargs: Any) -> None:
+        try:
+            from distributed import Client, LocalCluster
+            from pymoo.parallelization.dask import DaskParallelization
+        except ImportError as exc:  # pragma: no cover - dask is a dependency
+            raise EvaluatorError(f"evaluator=dask needs dask[distributed] ({exc}); pip install 'dask[distributed]'") from None
+        self._own = client is None
+        self.cluster = None
+        if client is None:
+            if address:
+                try:
+                    client = Client(str(address), timeout=30)
+                except Exception as exc:  # noqa: BLE001
+                    raise EvaluatorError(f"evaluator.address={address!r}: cannot connect to the Dask scheduler ({exc})") from None
+            else:
+                if int(n_workers) < 1:
+                    raise EvaluatorError(f"evaluator.n_workers={n_workers} must be >= 1")
+                self.cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=int(threads_per_worker),
+                                            processes=bool(processes), dashboard_address=None, **cluster_kwargs)
+                client = Client(self.cluster)
+        self.client = client
+        self.parallel = DaskParallelization(client)
+        self._scattered: dict[int, Any] = {}
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.client.scheduler_info().get("workers", {}))
+
+    def scatter(self, predictor: Any) -> Any:
+        """The predictor as a Dask future on every worker (sent once)."""
+        k = id(predictor)
+        if k not in self._scattered:
+            self._scattered[k] = self.client.scatter(predictor, broadcast=True, hash=False)
+        return self._scattered[k]
+
+    def __call__(self, f: Callable[[Any], Any], X: Sequence[Any]) -> list:
+        return self.parallel(f, X)
+
+    def map_predict(self, predictor: Any, archs: Sequence[Any]) -> list:
+        fut = self.scatter(predictor)
+        jobs = [self.client.submit(_call_remote, fut, a, pure=False) for a in archs]
+        return [j.result() for j in jobs]
+
+    def close(self) -> None:
+        if self._own:
+            self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+
+    def __enter__(self) -> "DaskRunner":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class DistributedPredictor(Predictor):
+    """A predictor whose batches are evaluated element-wise by ``runner`` (same values, same order)."""
+
+    def __init__(self, predictor: Any, runner: Any) -> None:
+        self.predictor = predictor
+        self.runner = runner
+        self.metric = getattr(predictor, "metric", None)
+        self.n_calls = 0
+
+    def predict(self, archs: Sequence[Any]) -> np.ndarray:
+        archs = list(archs)  # ArchBatch -> arch objects (picklable, small)
+        if not archs:
+            return np.zeros(0)
+        self.n_calls += len(archs)
+        if isinstance(self.runner, DaskRunner):
+            vals = self.runner.map_predict(self.predictor, archs)
+        else:
+            vals = self.runner(_Elementwise(self.predictor), archs)
+        return np.asarray(vals, dtype=float)
+
+
+def make_runner(cfg: Any) -> Any:
+    """``evaluator`` config -> runner (``kind``: local | dask)."""
+    cfg = dict(cfg or {})
+    kind = cfg.pop("kind", "local")
+    cfg.pop("objectives", None)
+    if kind == "local":
+        return LocalRunner()
+    if kind == "dask":
+        known = {"address", "n_workers", "threads_per_worker", "processes"}
+        extra = set(cfg) - known
+        if extra:
+            raise EvaluatorError(f"evaluator has unknown key(s) {sorted(extra)}; known: {sorted(known | {'kind', 'objectives'})}")
+        return DaskRunner(**cfg)
+    raise EvaluatorError(f"evaluator.kind={kind!r} is unknown; allowed values: ['local', 'dask']")
+
+
+def wrap_predictors(cfg: Any, runner: Any, **predictors: Any) -> dict:
+    """Wrap the predictors named in ``evaluator.objectives`` with :class:`DistributedPredictor`."""
+    cfg = dict(cfg or {})
+    names = list(cfg.get("objectives") or [])
+    bad = [n for n in names if n not in predictors]
+    if bad:
+        raise EvaluatorError(f"evaluator.objectives={names}: unknown {bad}; allowed values: {sorted(predictors)}")
+    if isinstance(runner, LocalRunner):
+        return dict(predictors)  # local: keep batched evaluation
+    return {k: (DistributedPredictor(p, runner) if k in names else p) for k, p in predictors.items()}

@@ -1,0 +1,164 @@
+"""Per-run report of ``hwnas-pipeline``: ``report.md`` + PNGs in the run dir.
+
+* ``fronts.png`` -- the searched front at its predicted target latency and at its measured target
+  latency (kept members = Pareto-optimal on the target), and the true front of the full target data
+  when the dataset has it;
+* ``srcc.png`` -- SRCC of the proxy on the K samples, and over the full data before/after adaptation
+  (evaluation only, when the target's full column is known);
+* ``reduced_space.png`` -- mean target latency of each (position, choice) from the profile, dropped
+  choices crossed out (categorical spaces) -- MBConv spaces list the dropped blocks per unit.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .results import atomic_write
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write(path, buf.getvalue())
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _f(x: Any, nd: int = 3) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if v != v else f"{v:.{nd}f}"
+
+
+def plot_fronts(run_dir: Path, summary: dict) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = _rows(run_dir / "06_remeasure" / "front.csv")
+    if not rows:
+        return None
+    acc = np.array([float(r["accuracy"]) for r in rows])
+    pred = np.array([float(r["predicted_latency"]) for r in rows])
+    meas = np.array([float(r["measured_latency"]) for r in rows])
+    keep = np.array([int(r["pareto_on_target"]) for r in rows], dtype=bool)
+    fig, ax = plt.subplots(figsize=(6.6, 4.4))
+    tf = (summary.get("evaluation") or {}).get("true_front")
+    if tf:
+        ax.step([r["latency"] for r in tf], [r["accuracy"] for r in tf], where="post", color="0.5", lw=1.2,
+                label=f"true front, full target data ({len(tf)})")
+    ax.plot(pred, acc, "o", mfc="none", color="tab:blue", ms=5, label="searched front, predicted latency")
+    ax.plot(meas[keep], acc[keep], "o", color="tab:red", ms=5, label=f"final front, measured ({keep.sum()})")
+    if (~keep).any():
+        ax.plot(meas[~keep], acc[~keep], "x", color="tab:red", ms=6, label="dropped after re-measuring")
+    ax.set_xlabel(f"latency on {summary.get('target_device')} (ms)")
+    ax.set_ylabel("accuracy" if summary.get("space", "").startswith("ofa") else "accuracy source (see report)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{summary.get('proxy_device')} -> {summary.get('target_device')}")
+    fig.tight_layout()
+    return _save(fig, run_dir / "fronts.png")
+
+
+def plot_srcc(run_dir: Path, summary: dict) -> Path:
+    import matplotlib.pyplot as plt
+
+    a = summary.get("adapt") or {}
+    names = ["proxy, K samples", "proxy, full data", "adapted, full data"]
+    vals = [a.get("srcc_proxy_on_samples"), a.get("eval_srcc_proxy_full"), a.get("eval_srcc_adapted_full")]
+    vals = [np.nan if v is None else float(v) for v in vals]
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    ax.bar(names, vals, color=["tab:gray", "tab:blue", "tab:green"])
+    ax.axhline(float(a.get("threshold", 0.9)), color="tab:red", ls="--", lw=1, label="reuse threshold")
+    for i, v in enumerate(vals):
+        if v == v:
+            ax.text(i, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
+    ax.set_ylim(min(0.0, np.nanmin(vals) if np.isfinite(vals).any() else 0.0), 1.05)
+    ax.set_ylabel("SRCC vs target")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, run_dir / "srcc.png")
+
+
+def plot_reduced(run_dir: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    rows = _rows(run_dir / "04_reduce" / "profile.csv")
+    if not rows or "position" not in rows[0] or "op" not in rows[0]:
+        return None
+    pos = sorted({int(r["position"]) for r in rows})
+    ops = list(dict.fromkeys(r["op"] for r in rows))
+    M = np.full((len(ops), len(pos)), np.nan)
+    K = np.zeros_like(M, dtype=bool)
+    for r in rows:
+        i, j = ops.index(r["op"]), pos.index(int(r["position"]))
+        M[i, j] = float(r["latency_mean"])
+        K[i, j] = bool(int(r["kept"]))
+    fig, ax = plt.subplots(figsize=(0.5 * len(pos) + 3, 0.4 * len(ops) + 1.6))
+    im = ax.imshow(M, aspect="auto", cmap="viridis")
+    for i in range(len(ops)):
+        for j in range(len(pos)):
+            if not K[i, j]:
+                ax.text(j, i, "x", ha="center", va="center", color="white", fontsize=10)
+    ax.set_yticks(range(len(ops)), ops, fontsize=7)
+    ax.set_xticks(range(len(pos)), pos, fontsize=7)
+    ax.set_xlabel("position (x = dropped)")
+    fig.colorbar(im, ax=ax, label="mean target latency (ms)")
+    fig.tight_layout()
+    return _save(fig, run_dir / "reduced_space.png")
+
+
+def write_report(run_dir: str | Path, summary: dict) -> Path:
+    run_dir = Path(run_dir)
+    pngs = [p for p in (plot_fronts(run_dir, summary), plot_srcc(run_dir, summary), plot_reduced(run_dir)) if p]
+    a = summary.get("adapt") or {}
+    ev = summary.get("evaluation") or {}
+    L = [f"# hwnas pipeline: {summary.get('proxy_device')} -> {summary.get('target_device')} ({summary.get('space')})", ""]
+    L += ["| | |", "|---|---|",
+          f"| target measurements (total) | {summary.get('target_measurements')} (K = {summary.get('k')} samples + re-measured front) |",
+          f"| new measurements this run | {summary.get('new_measurements_this_run')} |",
+          f"| SRCC proxy vs target, K samples | {_f(a.get('srcc_proxy_on_samples'))} (threshold {a.get('threshold')}) |",
+          f"| decision | {a.get('decision')} |"]
+    if "eval_srcc_proxy_full" in a:
+        L.append(f"| SRCC over all target data (evaluation only): proxy -> adapted | {_f(a.get('eval_srcc_proxy_full'))} -> {_f(a.get('eval_srcc_adapted_full'))} |")
+    L += [f"| searched front / kept after re-measuring | {summary.get('front_size')} / {summary.get('final_size')} |"]
+    if ev:
+        L.append(f"| hypervolume: final front (true latency) / true front of full data | {_f(ev['hv_final'], 4)} / {_f(ev['hv_true_front'], 4)} = **{_f(ev['hv_ratio'], 4)}** (ref {ev['hv_ref']}) |")
+    L += [f"| stages run / skipped | {', '.join(summary.get('stages_ran') or []) or '-'} / {', '.join(summary.get('stages_skipped') or []) or '-'} |", ""]
+    if not str(summary.get("space", "")).startswith(("ofa", "proxyless")):
+        L += ["Accuracy source: unless `accuracy._target_` was set, `CapacityAccuracy` (log of the relative parameter "
+              "count), a capacity proxy and **not** an accuracy estimate; the benchmark data have no accuracy for this space.", ""]
+    dropped = summary.get("dropped") or []
+    L += ["## Reduced space", ""]
+    if dropped and isinstance(dropped[0], dict):
+        by: dict[int, list[str]] = {}
+        for d in dropped:
+            by.setdefault(int(d["position"]), []).append(d["op"])
+        L += ["| position | dropped |", "|---|---|"] + [f"| {p} | {', '.join(v)} |" for p, v in sorted(by.items())]
+    elif dropped:
+        L += ["| unit | dropped |", "|---|---|"] + [f"| {u} | {', '.join(map(str, v)) or '-'} |" for u, v in enumerate(dropped)]
+    else:
+        L.append("nothing dropped")
+    L += ["", "## Final front (measured on the target)", "", "| arch | accuracy | predicted ms | measured ms |", "|---|---|---|---|"]
+    for r in _rows(run_dir / "06_remeasure" / "front.csv"):
+        if int(r["pareto_on_target"]):
+            L.append(f"| `{r['arch']}` | {_f(r['accuracy'], 4)} | {_f(r['predicted_latency'])} | {_f(r['measured_latency'])} |")
+    L += [""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
+    return atomic_write(run_dir / "report.md", "\n".join(L))
