@@ -274,7 +274,10 @@ class MLPAccuracyPredictor(Predictor):
             raise ValueError(f"{path} is not an MLPAccuracyPredictor file (format {_FORMAT!r} expected)")
         if space is None:
             space = _space_from_config(blob["space"], blob["space_config"])
-        pred = cls(space, device=device, **blob["settings"])
+        try:
+            pred = cls(space, device=device, **blob["settings"])
+        except SpaceError as exc:
+            raise SpaceError(f"{path} was trained on space {blob['space']} and cannot price space {space.name}: {exc}") from None
         if pred.in_features != blob["in_features"]:
             raise SpaceError(
                 f"{path} was trained on {blob['in_features']} features but space {space.name} gives {pred.in_features}; "
