@@ -88,6 +88,7 @@ class MeasurementStore:
 
     def __init__(self, path: str | os.PathLike = "measurements.sqlite", timeout: float = 60.0) -> None:
         self.path = os.fspath(path)
+        self._timeout = float(timeout)
         self._lock = threading.Lock()
         if self.path != ":memory:":
             parent = os.path.dirname(os.path.abspath(self.path))
@@ -127,6 +128,15 @@ class MeasurementStore:
         if not need <= cols:
             raise sqlite3.DatabaseError(f"table 'measurements' lacks columns {sorted(need - cols)}")
         con.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def __getstate__(self) -> dict:
+        # a connection cannot travel to another process (dask workers, multiprocessing): reopen the file
+        if self.path == ":memory:":
+            raise StoreError("an in-memory MeasurementStore cannot be sent to another process; give a file path")
+        return {"path": self.path, "timeout": self._timeout}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["timeout"])
 
     def close(self) -> None:
         with self._lock:

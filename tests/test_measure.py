@@ -289,3 +289,16 @@ def test_lut_build_writes_a_table_lookuptable_reads(tmp_path):
     n = len(store)
     paths2 = build_lut(space, tmp_path / "lut2", config=cfg, store=store, device="here")
     assert len(store) == n and read_lut(paths2[64]) == table
+
+
+def test_store_and_predictor_pickle_by_path(tmp_path, tiny_space):
+    import pickle
+
+    st = MeasurementStore(tmp_path / "m.sqlite")
+    a = tiny_space.sample(1, 0)[0]
+    st.put("dev", tiny_space.name, a, 3.0)
+    pred = MeasuredLatency(tiny_space, device="dev2", store=st, backend="torch")
+    pred2 = pickle.loads(pickle.dumps(pred))  # e.g. sent to a dask worker: the store reopens the file
+    assert pred2.store.get("dev", tiny_space.name, a).value == 3.0
+    with pytest.raises(StoreError, match="in-memory"):
+        pickle.dumps(MeasurementStore(":memory:"))
