@@ -157,6 +157,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n-samples", type=int, default=64)
     ap.add_argument("--gpu", default="titan_rtx_64", help="GPU column of latency/ofa_mbv3.csv for the search")
     ap.add_argument("--mirror", default=os.environ.get("HWNAS_ASSETS_MIRROR") or str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--search", default="note10,gpu", help="devices to run the search comparison on ('gpu' = --gpu)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     if a.quick:
@@ -222,7 +223,9 @@ def main(argv=None) -> None:
     pop, gens = a.pop, a.gens
     total = pop * gens
     eval_budgets = sorted({total // 8, total // 4, total // 2, total})
-    for name in ["note10", a.gpu]:
+    for name in [a.gpu if x.strip() == "gpu" else x.strip() for x in a.search.split(",") if x.strip()]:
+        if name not in devices:
+            raise SystemExit(f"--search: unknown device {name!r}; profiled devices: {list(devices)}")
         sp, lat, _ = devices[name]
         red = reductions[name]
         rsp = red.space
