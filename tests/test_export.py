@@ -214,3 +214,27 @@ def test_bad_inputs(tmp_path, capsys):
     assert main([str(run), "--select", "5"]) == 2
     assert "out of range" in capsys.readouterr().err
     assert main([str(run), "--checkpoint", str(tmp_path / "nope.pth")]) == 2
+
+
+def test_cli_with_supernet_checkpoint(tmp_path):
+    """Weights come from the supernet checkpoint: the exported state dict is get_active_subnet's."""
+    from hwnas.supernet.checkpoint import save_checkpoint
+    from hwnas.supernet.elastic import ElasticMBConvNet
+
+    space = create_space("ofa_mbv3_w12", resolutions=[R])
+    supernet = randomize(ElasticMBConvNet(space), 9)
+    ckpt = save_checkpoint(tmp_path / "supernet.pth", {"state_dict": supernet.state_dict()})
+    arch = space.sample(1, 2)[0]
+    out = tmp_path / "out"
+    assert main([arch.to_json(), "--space", "ofa_mbv3_w12", "--checkpoint", str(ckpt), "--out", str(out),
+                 "--formats", "torch"]) == 2  # r=64 is not in the default space
+    rc = main([str(_pareto(tmp_path, space, [arch])), "--checkpoint", str(ckpt), "--out", str(out), "--formats", "torch"])
+    assert rc == 0
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["weights"]["trained"] is True and meta["weights"]["checkpoint"].endswith("supernet.pth")
+    sd = torch.load(folder / "model_state_dict.pth", weights_only=True)
+    want = supernet.get_active_subnet(arch).state_dict()
+    assert sd.keys() == want.keys()
+    for k in sd:
+        torch.testing.assert_close(sd[k], want[k])
