@@ -1,0 +1,77 @@
+"""Shared helpers of the pipeline / resume / Dask tests (toy predictors importable by subprocesses and
+Dask workers)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from hwnas.spaces import create_space
+
+
+class ToyAccuracy:
+    """Deterministic linear score over the one-hot features of a categorical space."""
+
+    def __init__(self, space="nasbench201"):
+        self.space = create_space(space) if isinstance(space, str) else space
+        n = self.space.features(self.space.sample(1, 0)).shape[1]
+        self.w = np.linspace(0.0, 1.0, n)
+
+    def predict(self, archs):
+        return self.space.features(list(archs)) @ self.w
+
+
+class ToyLatency(ToyAccuracy):
+    def __init__(self, space="nasbench201"):
+        super().__init__(space)
+        self.w = 0.2 + np.cos(np.arange(len(self.w))) ** 2
+
+    def predict(self, archs):
+        return 1.0 + super().predict(archs)
+
+
+def search_front(out_dir, ckpt, seed=1, n_gen=8):
+    """One checkpointed search on NAS-Bench-201 with the toy predictors; writes pareto.json."""
+    from hwnas.search.checkpoint import SearchCheckpoint
+    from hwnas.search.nsga import run_search
+    from hwnas.search.results import write_results
+
+    space = create_space("nasbench201")
+    ck = SearchCheckpoint(ckpt, settings={"seed": seed, "n_gen": n_gen})
+    res = run_search(space, ToyAccuracy(space), ToyLatency(space), pop_size=20, n_gen=n_gen, seed=seed, refine=2,
+                     verbose=False, checkpoint=ck)
+    write_results(res, out_dir, plot=False)
+    return ck, res
+
+
+def comparable(pareto_json_path):
+    """pareto.json without its wall time."""
+    d = json.loads(open(pareto_json_path).read())
+    d.pop("wall_time_s", None)
+    return d
+
+
+if __name__ == "__main__":  # python _pipeline_helpers.py OUT_DIR CKPT
+    ck, res = search_front(sys.argv[1], sys.argv[2])
+    print(json.dumps({"resumed_from": ck.resumed_from, "saved": ck.saved, "n_evals": res.n_evals}))
+
+
+# --------------------------------------------------------------------------- pytest fixture
+import pytest  # noqa: E402
+
+SMALL = ["target_device=titan_rtx_1", "measure.pool=400", "measure.k=10", "reduce.n_samples=32", "search.n_gen=6",
+         "search.pop_size=16", "search.refine.passes=1", "search.verbose=false", "search.plot=false", "report=false"]
+
+
+def compose_pipeline(overrides):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("hwnas.conf", version_base="1.3"):
+        return compose("pipeline", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def small_pipeline_cfg(data_dir):
+    return compose_pipeline(SMALL + [f"assets.mirror={data_dir}"])

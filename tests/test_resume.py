@@ -1,0 +1,125 @@
+"""Survive: per-generation search checkpoints (kill -9 and resume = same result), pipeline stages
+resumed without repeating measurements, corrupted caches reported and left alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hwnas.search.checkpoint import KILL_ENV, CheckpointError, SearchCheckpoint
+
+from _pipeline_helpers import small_pipeline_cfg  # noqa: F401 - fixture
+
+HERE = Path(__file__).resolve().parent
+HELPER = HERE / "_pipeline_helpers.py"
+
+
+def _run(out, ckpt, kill=None):
+    env = dict(os.environ)
+    env.pop(KILL_ENV, None)
+    if kill is not None:
+        env[KILL_ENV] = str(kill)
+    return subprocess.run([sys.executable, str(HELPER), str(out), str(ckpt)], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_kill9_then_resume_gives_the_uninterrupted_result(tmp_path):
+    from _pipeline_helpers import comparable
+
+    # uninterrupted run
+    p = _run(tmp_path / "a", tmp_path / "a.pkl")
+    assert p.returncode == 0, p.stderr
+    full = json.loads(p.stdout.strip().splitlines()[-1])
+    assert full["resumed_from"] is None and full["saved"] == list(range(1, 9))
+    # killed (os._exit, like kill -9) right after the checkpoint of generation 3
+    p = _run(tmp_path / "b", tmp_path / "b.pkl", kill=3)
+    assert p.returncode == 137
+    assert not (tmp_path / "b" / "pareto.json").exists()
+    state = pickle.loads((tmp_path / "b.pkl").read_bytes())
+    assert state["gen"] == 3
+    # the same command again resumes from generation 3 and ends with the same front
+    p = _run(tmp_path / "b", tmp_path / "b.pkl")
+    assert p.returncode == 0, p.stderr
+    resumed = json.loads(p.stdout.strip().splitlines()[-1])
+    assert resumed["resumed_from"] == 3 and resumed["saved"] == list(range(4, 9))
+    assert resumed["n_evals"] == full["n_evals"]
+    assert comparable(tmp_path / "b" / "pareto.json") == comparable(tmp_path / "a" / "pareto.json")
+
+
+def test_checkpoint_from_other_settings_or_corrupted_is_refused(tmp_path):
+    from _pipeline_helpers import search_front
+
+    ck = tmp_path / "c.pkl"
+    search_front(tmp_path / "o", ck, n_gen=2)
+    with pytest.raises(CheckpointError, match="other settings"):
+        search_front(tmp_path / "o", ck, seed=2, n_gen=2)
+    ck.write_bytes(b"garbage, not a pickle")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        search_front(tmp_path / "o", ck, n_gen=2)
+    assert ck.read_bytes() == b"garbage, not a pickle"  # reported, never overwritten
+
+
+def test_corrupted_measurement_store_is_reported_not_overwritten(tmp_path):
+    from hwnas.predictors.store import MeasurementStore, StoreError
+
+    bad = tmp_path / "measurements.sqlite"
+    junk = b"this is not an sqlite file" * 100
+    bad.write_bytes(junk)
+    with pytest.raises(StoreError):
+        MeasurementStore(bad)
+    assert bad.read_bytes() == junk
+
+
+def test_corrupted_supernet_cache_is_reported_not_overwritten(tmp_path):
+    # SupernetAccuracy opens its cache with sqlite3 + CREATE TABLE IF NOT EXISTS: on a corrupted file
+    # that raises (sqlite3.DatabaseError) instead of replacing the file. Checked at the sqlite level
+    # the predictor uses, without building a supernet.
+    bad = tmp_path / "acc.sqlite"
+    junk = b"\x00garbage" * 500
+    bad.write_bytes(junk)
+    con = sqlite3.connect(str(bad))
+    with pytest.raises(sqlite3.DatabaseError):
+        con.execute("CREATE TABLE IF NOT EXISTS supernet_accuracy (fingerprint TEXT, arch TEXT, top1 REAL, top5 REAL, "
+                    "loss REAL, n INTEGER, PRIMARY KEY (fingerprint, arch))")
+    con.close()
+    assert bad.read_bytes() == junk
+
+
+def test_pipeline_resumes_search_after_crash_without_new_measurements(tmp_path, monkeypatch, small_pipeline_cfg):
+    from _pipeline_helpers import comparable
+
+    from hwnas.search.pipeline import run_pipeline
+
+    ref = run_pipeline(small_pipeline_cfg, tmp_path / "ref")
+
+    class Crash(Exception):
+        pass
+
+    orig = SearchCheckpoint.save
+
+    def save_then_crash(self, algo, problem, gen, history, hv_ref):
+        orig(self, algo, problem, gen, history, hv_ref)
+        if gen == 3:
+            raise Crash()
+
+    monkeypatch.setattr(SearchCheckpoint, "save", save_then_crash)
+    with pytest.raises(Crash):
+        run_pipeline(small_pipeline_cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "05_search" / "stage.json").exists()
+    monkeypatch.setattr(SearchCheckpoint, "save", orig)
+    s = run_pipeline(small_pipeline_cfg, tmp_path / "run")
+    assert s["stages_skipped"] == ["01_proxy", "02_samples", "03_adapt", "04_reduce"]
+    meta = json.loads((tmp_path / "run" / "05_search" / "stage.json").read_text())
+    assert meta["resumed_from_gen"] == 3
+    # the K samples were measured before the crash and not again; only the front was new
+    assert s["new_measurements_this_run"] == s["target_measurements"] - s["k"]
+    assert s["target_measurements"] == ref["target_measurements"]
+    assert comparable(tmp_path / "run" / "05_search" / "pareto.json") == comparable(tmp_path / "ref" / "05_search" / "pareto.json")
+    assert s["evaluation"]["hv_ratio"] == ref["evaluation"]["hv_ratio"]
