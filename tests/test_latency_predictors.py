@@ -1,0 +1,73 @@
+"""Linear and MLP latency predictors, and the monotonicity matrix / CLI."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from hwnas.predictors.data import load_dataset
+from hwnas.predictors.linear import LinearLatencyPredictor, latency_features
+from hwnas.predictors.mlp import MLPLatencyPredictor
+from hwnas.predictors.monotonicity import main as mono_main
+from hwnas.predictors.monotonicity import srcc_matrix
+
+
+def _split(ds, n_train):
+    a = ds.archs
+    return a[:n_train], a[n_train:]
+
+
+@pytest.mark.parametrize("name, device, n_train, bound", [("fbnet", "pixel3", 2000, 0.99), ("nasbench201", "pixel3", 3000, 0.90),
+                                                          ("ofa_mbv3", "2080ti_64", 3000, 0.94)])
+def test_linear_predictor_srcc(data_dir, name, device, n_train, bound):
+    ds = load_dataset(name)
+    tr, te = _split(ds, n_train)
+    y = ds[device]
+    p = LinearLatencyPredictor(ds.space).fit(tr, y[:n_train])
+    pred = p.predict(te)
+    assert pred.shape == (len(te),)
+    assert spearmanr(pred, y[n_train:])[0] > bound
+    # batched fast path (ArchBatch) gives the same numbers as a plain list
+    if name == "ofa_mbv3":
+        g = ds.space.encode(te[:50])
+        np.testing.assert_allclose(p.predict(ds.space.batch(g)), pred[:50])
+        assert len(p.feature_names) == latency_features(ds.space, te[:1]).shape[1]
+
+
+def test_linear_predictor_errors(data_dir):
+    ds = load_dataset("fbnet")
+    with pytest.raises(RuntimeError, match="before fit"):
+        LinearLatencyPredictor("fbnet").predict(ds.archs[:2])
+    with pytest.raises(ValueError, match="one latency per arch"):
+        LinearLatencyPredictor("fbnet").fit(ds.archs[:3], [1.0, 2.0])
+
+
+def test_mlp_predictor(data_dir):
+    import torch
+
+    torch.set_num_threads(1)
+    ds = load_dataset("fbnet")
+    y = ds["raspi4"]
+    p = MLPLatencyPredictor(ds.space, hidden=(64,), epochs=40, lr=1e-2).fit(ds.archs[:800], y[:800])
+    pred = p.predict(ds.archs[1000:2000])
+    assert (pred > 0).all() and spearmanr(pred, y[1000:2000])[0] > 0.9
+
+
+def test_srcc_matrix_symmetric(data_dir):
+    ds = load_dataset("fbnet").subset(np.arange(500))
+    S = srcc_matrix(ds.table)
+    v = S.values
+    assert v.shape == (23, 23)
+    np.testing.assert_allclose(v, v.T)
+    np.testing.assert_allclose(np.diag(v), 1.0)
+    assert abs(S.loc["pixel3", "fpga"] - spearmanr(ds["pixel3"], ds["fpga"])[0]) < 1e-9
+
+
+def test_monotonicity_cli(tmp_path, data_dir):
+    ds = load_dataset("nasbench201").subset(np.arange(300)).select_devices(["pixel3", "raspi4", "titan_rtx_1"])
+    src = ds.to_csv(tmp_path / "mini.csv")
+    assert mono_main(["--dataset", str(src), "--out", str(tmp_path / "out")]) == 0
+    S = pd.read_csv(tmp_path / "out" / "mini_srcc.csv", index_col=0)
+    assert list(S.columns) == ["pixel3", "raspi4", "titan_rtx_1"]
+    assert (tmp_path / "out" / "mini_srcc.png").stat().st_size > 1000
+    assert mono_main(["--dataset", str(src), "--devices", "nope", "--out", str(tmp_path)]) == 2
