@@ -142,10 +142,24 @@ def create_timm_model(cfg: dict | str, drop_rate: float = 0.0, drop_path_rate: f
     )
     if cfg["model_class"] == "MobileNetV3":
         se = partial(SqueezeExcite, gate_layer="hard_sigmoid", force_act_layer=nn.ReLU, rd_round_fn=round_channels)
-        return MobileNetV3(se_layer=se, head_bias=bool(cfg.get("head_bias", False)), **common)
-    if cfg["model_class"] == "EfficientNet":
-        return EfficientNet(**common)
-    raise TimmExportError(f"model_class={cfg['model_class']!r} is unknown; allowed: ['MobileNetV3', 'EfficientNet']")
+        model = MobileNetV3(se_layer=se, head_bias=bool(cfg.get("head_bias", False)), **common)
+    elif cfg["model_class"] == "EfficientNet":
+        model = EfficientNet(**common)
+    else:
+        raise TimmExportError(f"model_class={cfg['model_class']!r} is unknown; allowed: ['MobileNetV3', 'EfficientNet']")
+    # what timm.data.resolve_data_config(model=...) reads (input size, normalisation, crop)
+    size = tuple(cfg.get("input_size", (3, 224, 224)))
+    model.pretrained_cfg = model.default_cfg = {
+        "input_size": size,
+        "interpolation": "bilinear",
+        "crop_pct": 0.875,
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "num_classes": common["num_classes"],
+        "first_conv": "conv_stem",
+        "classifier": "classifier",
+    }
+    return model
 
 
 def _param_layers(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
