@@ -1,0 +1,85 @@
+"""Proxy adaptation on real multi-device data (NAS-Bench-201, proxy pixel3) and sample selection."""
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from hwnas.predictors.adapt import AdaptedLatency, adapt, select_samples
+from hwnas.predictors.data import load_dataset
+from hwnas.predictors.linear import LinearLatencyPredictor
+
+
+def _setup():
+    ds = load_dataset("nasbench201")
+    P = LinearLatencyPredictor(ds.space).fit(ds.archs, ds["pixel3"])
+    return ds, P, P.predict(ds.archs)
+
+
+# titan_rtx_1: the lowest proxy SRCC (0.58) of the file; pixel2: whole-ms ties, the hardest at K=10.
+# Measured K=10 (random, seeds 0-4): titan_rtx_1 mean 0.89 (worst 0.69), pixel2 mean 0.85 (worst 0.81).
+@pytest.mark.parametrize("target, mean_bound", [("titan_rtx_1", 0.80), ("pixel2", 0.82)])
+def test_bayes_k10_never_below_proxy(data_dir, target, mean_bound):
+    ds, P, pp = _setup()
+    y = ds[target]
+    base = spearmanr(pp, y)[0]
+    scores = []
+    for seed in range(5):
+        idx = np.random.default_rng(seed).choice(len(ds), 10, replace=False)
+        m = adapt(P, [ds.archs[i] for i in idx], y[idx], method="bayes")
+        s = spearmanr(m.predict(ds.archs), y)[0]
+        assert s >= base - 1e-6, f"seed {seed}: adapted {s:.3f} below the unadapted proxy {base:.3f}"
+        scores.append(s)
+    assert np.mean(scores) > mean_bound
+
+
+def test_plain_adaproxy_is_worse_and_shrinkage_recovers(data_dir):
+    ds, P, pp = _setup()
+    y = ds["titan_rtx_1"]
+    out = {}
+    for method in ("adaproxy_plain", "bayes"):
+        v = []
+        for seed in range(3):
+            idx = np.random.default_rng(seed).choice(len(ds), 10, replace=False)
+            m = adapt(P, [ds.archs[i] for i in idx], y[idx], method=method, **({"rng": seed} if method == "adaproxy_plain" else {}))
+            v.append(spearmanr(m.predict(ds.archs), y)[0])
+        out[method] = np.mean(v)
+    assert out["bayes"] > out["adaproxy_plain"] + 0.1
+
+
+def test_adapt_input_errors(data_dir):
+    ds, P, _ = _setup()
+    with pytest.raises(ValueError, match="at least 3"):
+        adapt(P, ds.archs[:2], [1.0, 2.0])
+    with pytest.raises(ValueError, match="method='nope'"):
+        adapt(P, ds.archs[:5], np.arange(5.0) + 1, method="nope")
+    with pytest.raises(TypeError, match="fitted LinearLatencyPredictor"):
+        adapt(object(), ds.archs[:5], np.arange(5.0) + 1)
+
+
+def test_kmeans_selection_distinct(data_dir):
+    ds = load_dataset("fbnet")
+    pool = ds.archs[:1000]
+    idx = select_samples(ds.space, pool, 20, "kmeans", rng=0)
+    assert len(idx) == 20 and len(set(idx.tolist())) == 20 and len({pool[i] for i in idx}) == 20
+    assert idx.min() >= 0 and idx.max() < 1000
+    r = select_samples(ds.space, pool, 20, "random", rng=0)
+    assert len(set(r.tolist())) == 20
+    with pytest.raises(ValueError, match="k=2000"):
+        select_samples(ds.space, pool, 2000)
+
+
+def test_adapted_latency_from_csv(tmp_path, data_dir):
+    ds = load_dataset("nasbench201")
+    rng = np.random.default_rng(1)
+    idx = rng.choice(len(ds), 10, replace=False)
+    target = ds.subset(idx).select_devices(["titanx_32"])
+    path = target.to_csv(tmp_path / "target.csv")
+    m = AdaptedLatency("nasbench201", proxy="nasbench201", proxy_device="pixel3", target_samples=str(path),
+                       target_device="titanx_32", k=None)
+    assert len(m.sample_archs) == 10
+    s = spearmanr(m.predict(ds.archs), ds["titanx_32"])[0]
+    assert s > 0.9
+    g = ds.space.sample_genomes(7, 0)
+    assert m.predict(ds.space.batch(g)).shape == (7,)
+    with pytest.raises(ValueError, match="target_device"):
+        AdaptedLatency("nasbench201", target_samples=str(path), target_device=None)
