@@ -139,9 +139,11 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
             name = str(rc.get("name", "reduced_{device}")).format(device=_slug(dev))
             red = reduce_space(prof, dev, acc_name, rules, name=name)
             write_text_atomic(out / f"decisions_{_slug(dev)}.csv", red.decisions.to_csv(index=False, float_format="%.6g"))
-            write_text_atomic(out / f"{name}.yaml", space_yaml(red))
+            note = (f"profile: space {space.name}, N={prof.n_samples} samples per cell, seed {prof.seed}, "
+                    f"{prof.n_evaluations} evaluations per metric")
+            write_text_atomic(out / f"{name}.yaml", space_yaml(red, note))
             conf_dir = rc.get("conf_dir") or package_conf_dir()
-            path = write_space_config(red, conf_dir)
+            path = write_space_config(red, conf_dir, extra_comment=note)
             entry.update(dropped=red.dropped, dropped_all_units=red.dropped_global, max_depths=red.max_depths,
                          exchange_rate=red.exchange_rate, config=str(path), space=name)
             log(f"{red.describe()} -> {path}  (use: hwnas-search space={name})")
