@@ -12,7 +12,7 @@ Hydra::
     accuracy:
       _target_: hwnas.supernet.accuracy.SupernetAccuracy
       space: ofa_mbv3_w12
-      checkpoint: ofa_mbv3_d234_e346_k357_w1.2
+      checkpoint: auto
       data: /datasets/imagenet        # with train/ and val/ ImageFolders
       n_calib: 2000
       n_val: 10000
@@ -38,7 +38,7 @@ from hwnas.spaces.mbconv import MBConvSpace
 
 from .checkpoint import load_checkpoint
 from .data import DataError, ImageFolderSource, TensorCache, calibrate_and_evaluate, default_device
-from .elastic import ElasticMBConvNet
+from .elastic import OFA_CHECKPOINTS, ElasticMBConvNet
 
 
 def split_data_root(data: Any) -> tuple[Path, Path]:
@@ -60,14 +60,19 @@ def split_data_root(data: Any) -> tuple[Path, Path]:
 
 
 class SupernetAccuracy(Predictor):
-    """Predictor protocol over supernet evaluation: ``predict(archs)`` → top-1 fractions."""
+    """Predictor protocol over supernet evaluation: ``predict(archs)`` → top-1 fractions.
+
+    ``checkpoint="auto"`` picks the official OFA supernet of the space (``ofa_mbv3_w12`` →
+    ``ofa_mbv3_d234_e346_k357_w1.2`` …); ``checkpoint=None`` keeps a randomly initialised supernet
+    (tests) with as many classes as the data; ``supernet=`` passes a ready network.
+    """
 
     metric = "top1"
 
     def __init__(
         self,
         space: MBConvSpace | str,
-        checkpoint: str | os.PathLike | None = None,
+        checkpoint: str | os.PathLike | None = "auto",
         data: Any = None,
         n_calib: int = 2000,
         n_val: int | None = 10000,
@@ -82,6 +87,17 @@ class SupernetAccuracy(Predictor):
     ) -> None:
         self.space = create_space(space) if isinstance(space, str) else space
         self.device = device or default_device()
+        if checkpoint == "auto":
+            if supernet is not None:
+                checkpoint = None
+            else:
+                names = [k for k, v in OFA_CHECKPOINTS.items() if v == self.space.name]
+                if not names:
+                    raise DataError(
+                        f"checkpoint='auto': space {self.space.name} has no official OFA supernet; "
+                        f"give checkpoint=<file> (official ones: {sorted(OFA_CHECKPOINTS)})"
+                    )
+                checkpoint = names[0]
         train_dir, val_dir = split_data_root(data)
         train_src = ImageFolderSource(train_dir)
         val_src = train_src if val_dir == train_dir else ImageFolderSource(val_dir)

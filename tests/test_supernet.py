@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hwnas.supernet._compat import ensure_torchvision, import_timm
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # small convolutions run much faster single-threaded on a busy shared CPU
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_compat_timm_builds_a_model():
@@ -276,7 +286,7 @@ def test_supernet_accuracy_is_cached_by_arch(tiny_folder, tmp_path):
 
     space = create_space("ofa_mbv3_w10", resolutions=[32, 40])
     db = tmp_path / "acc.sqlite"
-    kw = dict(data=tiny_folder, n_calib=16, n_val=None, batch_size=8, device="cpu", cache=db)
+    kw = dict(checkpoint=None, data=tiny_folder, n_calib=16, n_val=None, batch_size=8, device="cpu", cache=db)
     torch.manual_seed(0)
     acc = SupernetAccuracy(space, **kw)
     archs = space.sample(2, 4)

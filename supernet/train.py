@@ -1,0 +1,371 @@
+"""Progressive-shrinking training of an OFA supernet (``hwnas-train``, hydra-configured).
+
+Phases (Once-for-All): the full network, then elastic **kernel**, then elastic **depth**, then elastic
+**expand** (the middle channels are sorted by importance at the start of each expand phase). Every step
+uses *sandwich sampling* — the largest subnet of the phase, the smallest, and ``n_random`` random ones
+— with *in-place distillation*: the largest subnet learns from the labels and every other subnet also
+from the largest subnet's soft predictions of the same batch. Each batch runs at one resolution drawn
+from the space's resolutions (images are loaded at the largest and resized on the device).
+
+Checkpoints (``<out>/last.pth``: weights, optimizer, step, RNG states) are written atomically every
+``checkpoint.every`` steps; a run started in the same ``out`` directory resumes from the saved step.
+The final weights are also written as ``<out>/supernet.pth`` (``{"state_dict": ...}``, OFA's format).
+
+    hwnas-train space=ofa_mbv3_w10 data.train=/datasets/imagenet/train train.batch_size=256
+    hwnas-train data.kind=synthetic space=ofa_proxyless_w13 space.width_mult=0.25 space.resolutions=[32]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from hwnas.spaces import create_space
+from hwnas.spaces.base import SpaceError
+from hwnas.spaces.mbconv import MBConvArch, MBConvSpace
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import ImageFolderSource, default_device, normalize, train_transform
+from .elastic import ElasticMBConvNet
+
+log = logging.getLogger("hwnas.train")
+
+CONFIG_PATH = str(Path(__file__).resolve().parents[1] / "conf" / "train")
+CONFIG_NAME = "default"
+
+
+class TrainConfigError(ValueError):
+    """A training setting is invalid; the message names the key and the fix."""
+
+
+# ============================================================================ data
+class SyntheticColours(Dataset):
+    """A learnable toy task: each class is a noisy image of one fixed random colour (uint8 CHW)."""
+
+    def __init__(self, n: int = 512, n_classes: int = 4, size: int = 32, noise: float = 40.0, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.colours = torch.randint(0, 256, (n_classes, 3, 1, 1), generator=g).float()
+        self.labels = torch.randint(0, n_classes, (n,), generator=g)
+        self.noise = torch.randn(n, 3, size, size, generator=g) * noise
+        self.n_classes = n_classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        y = int(self.labels[i])
+        x = (self.colours[y] + self.noise[i]).clamp(0, 255).to(torch.uint8)
+        return x, y
+
+
+def build_data(cfg: dict, r_max: int, seed: int) -> tuple[Dataset, int]:
+    """The training dataset (uint8 images at ``r_max``) and its number of classes."""
+    kind = cfg.get("kind", "imagefolder")
+    if kind == "synthetic":
+        ds = SyntheticColours(n=int(cfg.get("n", 512)), n_classes=int(cfg.get("n_classes", 4)), size=r_max, seed=seed)
+        return ds, ds.n_classes
+    if kind == "imagefolder":
+        if cfg.get("train") in (None, "", "???"):
+            raise TrainConfigError("data.train is not set; give an ImageFolder root (data.train=/path/to/imagenet/train) or data.kind=synthetic")
+        src = ImageFolderSource(cfg["train"])
+        return src.view(train_transform(r_max)), src.n_classes
+    raise TrainConfigError(f"data.kind={kind!r} is not allowed; allowed values: ['imagefolder', 'synthetic']")
+
+
+def batches_from(ds: Dataset, batch_size: int, seed: int, start_step: int, num_workers: int = 0) -> Iterator:
+    """Endless shuffled batches; epoch ``k`` uses permutation ``seed + k``, so a run resumed at
+    ``start_step`` sees exactly the batches an uninterrupted run would."""
+    n = len(ds)
+    per_epoch = max(1, n // batch_size) if n >= batch_size else 1
+    epoch, offset = divmod(start_step, per_epoch)
+    while True:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+        if n >= batch_size:
+            chunks = [perm[i * batch_size : (i + 1) * batch_size] for i in range(per_epoch)]
+        else:
+            chunks = [perm]
+        loader = DataLoader(ds, batch_sampler=chunks[offset:], num_workers=num_workers,
+                            generator=torch.Generator().manual_seed(seed + epoch))
+        yield from loader
+        epoch, offset = epoch + 1, 0
+
+
+# ============================================================================ phases / sampling
+@dataclass
+class Phase:
+    name: str
+    steps: int
+    kernel: list[int]
+    expand: list[int]
+    depth: list[int]
+    lr: float
+    reorganize: int | None = None  # expand_ratio_stage for re_organize_middle_weights at phase start
+
+
+def parse_phases(cfg_phases: Sequence[dict], net: ElasticMBConvNet) -> list[Phase]:
+    phases = []
+    for i, p in enumerate(cfg_phases):
+        p = dict(p)
+        try:
+            ph = Phase(
+                name=str(p.get("name", f"phase{i}")),
+                steps=int(p["steps"]),
+                kernel=sorted(int(k) for k in p.get("kernel", net.kernel_choices)),
+                expand=sorted(int(e) for e in p.get("expand", net.expand_choices)),
+                depth=sorted(int(d) for d in p.get("depth", [max(net.layout)])),
+                lr=float(p.get("lr", 0.0)),
+                reorganize=None if p.get("reorganize") is None else int(p["reorganize"]),
+            )
+        except KeyError as exc:
+            raise TrainConfigError(f"train.phases[{i}] has no {exc.args[0]!r}; each phase needs steps (and kernel/expand/depth lists)") from None
+        for k in ph.kernel:
+            if k not in net.kernel_choices:
+                raise TrainConfigError(f"train.phases[{i}].kernel contains {k}; allowed: {net.kernel_choices}")
+        for e in ph.expand:
+            if e not in net.expand_choices:
+                raise TrainConfigError(f"train.phases[{i}].expand contains {e}; allowed: {net.expand_choices}")
+        if ph.steps < 0:
+            raise TrainConfigError(f"train.phases[{i}].steps={ph.steps} must be >= 0")
+        phases.append(ph)
+    if not phases or sum(p.steps for p in phases) == 0:
+        raise TrainConfigError("train.phases is empty; give at least one phase with steps > 0")
+    return phases
+
+
+class PhaseSampler:
+    """Sample subnets allowed in a phase (kernel/expand/depth lists intersected with the space)."""
+
+    def __init__(self, net: ElasticMBConvNet, phase: Phase, rng: random.Random) -> None:
+        self.net, self.phase, self.rng = net, phase, rng
+        space = net.space
+        self.depths = []
+        for u, ch in enumerate(space.depth_choices):
+            allowed = [d for d in phase.depth if d in ch and d <= net.layout[u]]
+            self.depths.append(allowed or [min(max(phase.depth), max(ch))])
+        self.n = sum(net.layout)
+        self.resolutions = list(space.resolutions)
+
+    def _arch(self, ks, es, ds, r) -> MBConvArch:
+        return self.net.arch_type(ks=tuple(ks), e=tuple(es), d=tuple(ds), r=int(r))
+
+    def largest(self, r: int) -> MBConvArch:
+        p = self.phase
+        return self._arch([max(p.kernel)] * self.n, [max(p.expand)] * self.n, [max(d) for d in self.depths], r)
+
+    def smallest(self, r: int) -> MBConvArch:
+        p = self.phase
+        return self._arch([min(p.kernel)] * self.n, [min(p.expand)] * self.n, [min(d) for d in self.depths], r)
+
+    def random(self, r: int) -> MBConvArch:
+        p, c = self.phase, self.rng.choice
+        return self._arch([c(p.kernel) for _ in range(self.n)], [c(p.expand) for _ in range(self.n)],
+                          [c(d) for d in self.depths], r)
+
+    def resolution(self) -> int:
+        return self.rng.choice(self.resolutions)
+
+
+def lr_at(phase: Phase, step_in_phase: int, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 0 within the phase."""
+    if warmup > 0 and step_in_phase < warmup:
+        return phase.lr * (step_in_phase + 1) / warmup
+    t = (step_in_phase - warmup) / max(1, phase.steps - warmup)
+    return 0.5 * phase.lr * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) on softened predictions (soft cross-entropy up to a constant)."""
+    t = temperature
+    p = F.softmax(teacher.detach() / t, dim=1)
+    return F.kl_div(F.log_softmax(student / t, dim=1), p, reduction="batchmean") * (t * t)
+
+
+# ============================================================================ training
+def _resolve_cfg(cfg: Any) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def build_space(space_cfg: Any) -> MBConvSpace:
+    if isinstance(space_cfg, str):
+        return create_space(space_cfg)
+    sc = dict(space_cfg)
+    if "_target_" in sc:
+        from hydra.utils import instantiate
+
+        return instantiate(sc, _convert_="all")
+    name = sc.pop("name", None)
+    if name is None:
+        raise TrainConfigError("space has no name; write space=ofa_mbv3_w10 or space: {name: ..., resolutions: [...]}")
+    return create_space(name, **sc)
+
+
+def train(cfg: Any) -> dict:
+    """Run (or resume) progressive shrinking as configured; returns a summary with the loss history."""
+    cfg = _resolve_cfg(cfg)
+    tcfg = dict(cfg.get("train", {}))
+    seed = int(cfg.get("seed", 0))
+    device = cfg.get("device") or default_device()
+    out = Path(cfg.get("out") or "outputs/train").expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+
+    space = build_space(cfg["space"])
+    r_max = max(space.resolutions)
+    batch_size = int(tcfg.get("batch_size", 64))
+    dcfg = dict(cfg.get("data", {}))
+    dataset, n_classes_data = build_data(dcfg, r_max, seed)
+    n_classes = int(cfg.get("n_classes") or n_classes_data)
+    net = ElasticMBConvNet(space, n_classes=n_classes, dropout=float(tcfg.get("dropout", 0.1)))
+    if cfg.get("init_from"):
+        load_checkpoint(net, cfg["init_from"])
+    net.to(device)
+
+    phases = parse_phases(tcfg.get("phases") or [], net)
+    total = sum(p.steps for p in phases)
+    wd = float(tcfg.get("weight_decay", 3e-5))
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        (no_decay if (p.dim() <= 1 or name.endswith("_matrix")) else decay).append(p)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=phases[0].lr, momentum=float(tcfg.get("momentum", 0.9)), nesterov=True,
+    )
+    sandwich = bool(tcfg.get("sandwich", True))
+    n_random = int(tcfg.get("n_random", 2))
+    kd_w = float(tcfg.get("distill_weight", 1.0))
+    kd_t = float(tcfg.get("distill_temperature", 1.0))
+    smoothing = float(tcfg.get("label_smoothing", 0.1))
+    warmup = int(tcfg.get("warmup_steps", 0))
+    grad_clip = tcfg.get("grad_clip")
+    ck = dict(cfg.get("checkpoint", {}))
+    every = int(ck.get("every", 500))
+    last_path = out / "last.pth"
+    rng = random.Random(seed)
+    step, history = 0, []
+
+    if ck.get("resume", True) and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        history = [float(v) for v in state.get("history", [])]
+        rng.setstate(_rng_from_list(state["py_rng"]))
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed from %s at step %d", last_path, step)
+
+    def save(path: Path) -> None:
+        save_checkpoint(path, {
+            "state_dict": net.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "history": torch.tensor(history, dtype=torch.float64),
+            "py_rng": _rng_to_list(rng.getstate()),
+            "torch_rng": torch.get_rng_state(),
+            "space": space.name,
+        })
+
+    # the channel ordering of finished phases is part of the saved weights; the phase-start hook below
+    # runs only when a phase starts, so a resumed run does not repeat it
+    bounds = np.cumsum([0] + [p.steps for p in phases])
+    batches = batches_from(dataset, batch_size, seed, step, int(dcfg.get("num_workers", 0) or 0))
+    t0 = time.perf_counter()
+    while step < total:
+        pi = int(np.searchsorted(bounds, step, side="right") - 1)
+        phase = phases[pi]
+        sp = step - int(bounds[pi])
+        if sp == 0 and phase.reorganize is not None:
+            net.re_organize_middle_weights(phase.reorganize)
+        lr = lr_at(phase, sp, warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        sampler = PhaseSampler(net, phase, rng)
+        x, y = next(batches)
+        r = sampler.resolution()
+        x = normalize(x.to(device, non_blocking=True))
+        if x.shape[-1] != r or x.shape[-2] != r:
+            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
+        y = y.to(device)
+        net.train()
+        opt.zero_grad(set_to_none=True)
+        archs = [sampler.largest(r)] + ([sampler.smallest(r)] if sandwich else []) + [sampler.random(r) for _ in range(n_random)]
+        archs = list(dict.fromkeys(archs))  # e.g. the full-network phase has one subnet only
+        teacher = None
+        step_loss = 0.0
+        for j, a in enumerate(archs):
+            net.set_active(a)
+            logits = net(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+            if j == 0:
+                teacher = logits.detach()
+            elif kd_w > 0:
+                loss = loss + kd_w * distill_loss(logits, teacher, kd_t)
+            loss.backward()
+            step_loss += float(loss.detach())
+        if grad_clip:
+            nn.utils.clip_grad_norm_(net.parameters(), float(grad_clip))
+        opt.step()
+        history.append(step_loss / len(archs))
+        step += 1
+        if step % int(tcfg.get("log_every", 20)) == 0 or step == total:
+            log.info("step %d/%d phase %s r=%d lr=%.4g loss=%.4f (%.2f s/step)", step, total, phase.name, r, lr,
+                     history[-1], (time.perf_counter() - t0) / max(1, step))
+        if every > 0 and step % every == 0:
+            save(last_path)
+        if cfg.get("stop_after") and step >= int(cfg["stop_after"]):
+            break  # for interrupted-run tests / time-boxed jobs
+    save(last_path)
+    if step >= total:
+        net.set_max()
+        save_checkpoint(out / "supernet.pth", {"state_dict": net.state_dict()})
+    return {"step": step, "total": total, "history": history, "out": str(out), "supernet": net}
+
+
+def _rng_to_list(state: tuple) -> list:
+    version, internal, gauss = state
+    return [int(version), torch.tensor(internal, dtype=torch.int64), -1.0 if gauss is None else float(gauss)]
+
+
+def _rng_from_list(lst: list) -> tuple:
+    version, internal, gauss = lst
+    return (int(version), tuple(int(v) for v in internal.tolist()), None if gauss == -1.0 else gauss)
+
+
+def main() -> None:
+    """``hwnas-train`` console entry (hydra)."""
+    import hydra
+    from omegaconf import DictConfig
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
+    def _main(cfg: DictConfig) -> float:
+        try:
+            res = train(cfg)
+        except (TrainConfigError, SpaceError) as exc:
+            log.error("%s", exc)
+            raise SystemExit(2) from None
+        h = res["history"]
+        return float(np.mean(h[-10:])) if h else float("nan")
+
+    _main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
