@@ -5,7 +5,9 @@ linear models, the OFA MLP) should stay batched and local. Expensive ones (super
 re-calibration, on-device measurement) are per-arch work that parallelises: :class:`DistributedPredictor`
 wraps such a predictor and evaluates a batch *element-wise* through a pymoo parallelization runner,
 ``runner(f, archs) -> [f(arch) ...]`` (pymoo's elementwise-runner protocol), in input order, so results
-are the same as a local run.
+are the same as a local element-wise run (and as a batched run for predictors whose value for an arch
+does not depend on the batch -- true of per-arch evaluations; a batched BLAS product may differ from a
+one-row product in the last bit, which can change tie-breaks).
 
 Runners:
 

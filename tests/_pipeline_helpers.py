@@ -12,12 +12,13 @@ from hwnas.spaces import create_space
 
 
 class ToyAccuracy:
-    """Deterministic linear score over the one-hot features of a categorical space."""
+    """Deterministic linear score over the one-hot features of a categorical space. Integer weights:
+    sums are exact, so a batch and one-at-a-time evaluation give bit-identical values."""
 
     def __init__(self, space="nasbench201"):
         self.space = create_space(space) if isinstance(space, str) else space
         n = self.space.features(self.space.sample(1, 0)).shape[1]
-        self.w = np.linspace(0.0, 1.0, n)
+        self.w = np.arange(n, dtype=float) % 7
 
     def predict(self, archs):
         return self.space.features(list(archs)) @ self.w
@@ -26,7 +27,7 @@ class ToyAccuracy:
 class ToyLatency(ToyAccuracy):
     def __init__(self, space="nasbench201"):
         super().__init__(space)
-        self.w = 0.2 + np.cos(np.arange(len(self.w))) ** 2
+        self.w = 1.0 + (np.arange(len(self.w)) * 5) % 11
 
     def predict(self, archs):
         return 1.0 + super().predict(archs)
