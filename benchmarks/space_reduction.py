@@ -4,9 +4,9 @@
     python benchmarks/space_reduction.py --quick          # smoke run
 
 Devices: the official Note10 lookup tables (OFA-MBv3 w1.2 at r in {160,...,224}), and GPU devices of
-``latency/ofa_mbv3.csv`` through a latency predictor fitted on that file (the latency engineer's
-linear predictor when ``hwnas.predictors.linear`` provides one, else a ridge least-squares model on
-per-slot one-hot block features x {1, (r/224)^2}, fitted here). Accuracy: the official OFA predictor.
+``latency/ofa_mbv3.csv`` through a latency predictor fitted on that file
+(``hwnas.predictors.linear.LinearLatencyPredictor``; without it, a ridge least-squares model on
+per-slot one-hot block features x {1, (r/224)^2} defined here). Accuracy: the official OFA predictor.
 
 Prints
 1. what the profiling derives for each device, beside Mills et al.'s published reductions;
@@ -103,19 +103,17 @@ def gpu_predictor(space, device: str):
     tr, te = idx[:4000], idx[4000:]
     archs = ds.archs
     pred, source = None, "ridge one-hot (fallback, fitted here)"
-    try:  # the latency engineer's linear predictor, if it has landed with a fit(archs, y) API
-        from hwnas.predictors import linear as _lin  # type: ignore
+    try:  # the latency engineer's operator-level linear predictor (hwnas.predictors.linear)
+        from hwnas.predictors.linear import LinearLatencyPredictor
 
-        cls = getattr(_lin, "LinearLatency", None) or getattr(_lin, "LinearPredictor", None)
-        if cls is not None:
-            pred = cls(space).fit([archs[i] for i in tr], y[tr])
-            source = f"hwnas.predictors.linear.{cls.__name__}"
-    except Exception:
+        pred = LinearLatencyPredictor(space).fit([archs[i] for i in tr], y[tr])
+        source = "hwnas.predictors.linear.LinearLatencyPredictor"
+    except ImportError:
         pred = None
     if pred is None:
         pred = OneHotRidgeLatency(space).fit([archs[i] for i in tr], y[tr])
     srcc = float(spearmanr(pred.predict([archs[i] for i in te]), y[te])[0])
-    full = OneHotRidgeLatency(space).fit(archs, y) if isinstance(pred, OneHotRidgeLatency) else pred
+    full = type(pred)(space).fit(archs, y)  # refit on all 5000 for profiling and search
     return full, srcc, source
 
 
