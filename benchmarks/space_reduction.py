@@ -36,9 +36,9 @@ from hwnas.search.reduce import ReductionRules, instantiate_space, reduce_space
 from hwnas.spaces import create_space
 
 MILLS = {
-    "mobile NPU": ("k7e3,k7e4,k7e6", "(4, 4, 4, 4, 4)"),
+    "mobile NPU": ("k7e3,k7e4,k7e6", "not stated"),
     "Note10 (CPU)": ("k7e3,k7e4", "(3, 4, 4, 4, 4)"),
-    "GPU": ("k3e3,k3e4,k7e3", "(4, 4, 4, 4, 4)"),
+    "GPU": ("k3e3,k3e4,k7e3", "not stated"),
 }
 NOTE10_RES = [160, 176, 192, 208, 224]
 
