@@ -118,5 +118,22 @@ class SearchCheckpoint:
         if kill and int(kill) == int(gen):
             os._exit(137)  # simulated kill -9 (no clean-up, no flush)
 
+    def archive_if_stale(self) -> Path | None:
+        """If the file holds a checkpoint of *other* settings, move it aside (``<name>.<key>.stale``) so
+        this run starts fresh; returns the new path. Unreadable files are left for :meth:`restore` to
+        report."""
+        if not self.path.exists():
+            return None
+        try:
+            with open(self.path, "rb") as f:
+                key = pickle.load(f).get("key")
+        except Exception:  # noqa: BLE001
+            return None
+        if key == self.key:
+            return None
+        dest = self.path.with_name(f"{self.path.name}.{key}.stale")
+        os.replace(self.path, dest)
+        return dest
+
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -14,8 +14,9 @@ repeated and a killed run continues where it stopped):
                 ``target_device`` (simulated measurement, each lookup counted); ``measure.mode=predictor``
                 calls ``measure.device`` (any latency predictor by ``_target_``, e.g.
                 :class:`hwnas.predictors.measure.MeasuredLatency` for real on-device timing).
-3. ``adapt``    monotonicity check: SRCC(proxy, target) on the K samples. SRCC >= ``adapt.threshold``:
-                the proxy is reused as is (scale + bias only); else it is adapted
+3. ``adapt``    monotonicity check: SRCC(proxy, target) on the K samples; when its lower confidence
+                bound (``adapt.confidence``) is >= ``adapt.threshold`` the proxy is reused as is
+                (scale + bias only); else it is adapted
                 (:func:`hwnas.predictors.adapt.adapt`, ``adapt.method``).
 4. ``reduce``   the space is profiled with the adapted latency and the accuracy source and reduced:
                 MBConv spaces through :mod:`hwnas.search.profile` / :mod:`hwnas.search.reduce`;
@@ -336,6 +337,22 @@ def _srcc(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b)[0])
 
 
+def srcc_lower_bound(r: float, n: int, confidence: float | None = 0.95) -> float:
+    """One-sided lower confidence bound of a Spearman correlation from ``n`` samples (Fisher z with the
+    Bonett-Wright standard error ``sqrt((1 + r^2 / 2) / (n - 3))``). ``confidence=None``: ``r`` itself.
+    K diverse samples span the latency range, where ranking is easy, so the point estimate is
+    optimistic; the bound keeps the proxy only when the evidence is strong."""
+    if confidence in (None, 0) or math.isnan(r):
+        return r
+    if n <= 3:
+        return -1.0
+    from scipy.stats import norm
+
+    r = max(min(r, 0.999999), -0.999999)
+    se = math.sqrt((1 + r * r / 2) / (n - 3))
+    return float(math.tanh(math.atanh(r) - norm.ppf(float(confidence)) * se))
+
+
 def _plain(cfg: Any) -> dict:
     try:
         from omegaconf import OmegaConf
@@ -474,10 +491,12 @@ def run_pipeline(cfg: Any, run_dir: str | os.PathLike) -> dict:
     p_s = proxy.predict(s_archs)
     srcc_samples = _srcc(p_s, s_y)
     thr = float(acfg.get("threshold", 0.9))
-    method = "proxy" if (not math.isnan(srcc_samples) and srcc_samples >= thr) else acfg.get("method", "bayes")
+    srcc_low = srcc_lower_bound(srcc_samples, len(s_y), acfg.get("confidence", 0.95))
+    method = "proxy" if (not math.isnan(srcc_low) and srcc_low >= thr) else acfg.get("method", "bayes")
     adapted = adapt(proxy, s_archs, s_y, method=method, **(acfg.get("kwargs") or {}))
     if not st.done("03_adapt", k3):
-        info: dict[str, Any] = {"srcc_proxy_on_samples": srcc_samples, "threshold": thr, "method": method,
+        info: dict[str, Any] = {"srcc_proxy_on_samples": srcc_samples, "srcc_lower_bound": srcc_low,
+                                "confidence": acfg.get("confidence", 0.95), "threshold": thr, "method": method,
                                 "decision": "reuse proxy (scaled)" if method == "proxy" else f"adapt ({method})"}
         if c["target_device"] in ds.devices:  # evaluation only: never used by the pipeline's decisions
             yt = ds[c["target_device"]]
@@ -536,6 +555,9 @@ def run_pipeline(cfg: Any, run_dir: str | os.PathLike) -> dict:
         try:
             preds = wrap_predictors(c.get("evaluator"), runner, accuracy=accuracy, latency=adapted)
             ck = SearchCheckpoint(st.dir("05_search") / "checkpoint.pkl", settings=k5)
+            old = ck.archive_if_stale()  # the search settings changed since that checkpoint
+            if old is not None:
+                log.warning(f"search checkpoint of other settings moved to {old}; searching from scratch")
             res = run_search(search_space, preds["accuracy"], preds["latency"], log=log.info, checkpoint=ck, **skw)
         finally:
             runner.close()

@@ -134,7 +134,7 @@ def write_report(run_dir: str | Path, summary: dict) -> Path:
     L += ["| | |", "|---|---|",
           f"| target measurements (total) | {summary.get('target_measurements')} (K = {summary.get('k')} samples + re-measured front) |",
           f"| new measurements this run | {summary.get('new_measurements_this_run')} |",
-          f"| SRCC proxy vs target, K samples | {_f(a.get('srcc_proxy_on_samples'))} (threshold {a.get('threshold')}) |",
+          f"| SRCC proxy vs target, K samples | {_f(a.get('srcc_proxy_on_samples'))} (lower {a.get('confidence')} bound {_f(a.get('srcc_lower_bound'))}; threshold {a.get('threshold')}) |",
           f"| decision | {a.get('decision')} |"]
     if "eval_srcc_proxy_full" in a:
         L.append(f"| SRCC over all target data (evaluation only): proxy -> adapted | {_f(a.get('eval_srcc_proxy_full'))} -> {_f(a.get('eval_srcc_adapted_full'))} |")

@@ -63,7 +63,7 @@ if __name__ == "__main__":  # python _pipeline_helpers.py OUT_DIR CKPT
 import pytest  # noqa: E402
 
 SMALL = ["target_device=titan_rtx_1", "measure.pool=400", "measure.k=10", "reduce.n_samples=32", "search.n_gen=6",
-         "search.pop_size=16", "search.refine.passes=1", "search.verbose=false", "search.plot=false", "report=false"]
+         "search.pop_size=16", "search.refine.passes=1", "search.verbose=false", "search.plot=false"]
 
 
 def compose_pipeline(overrides):
@@ -76,3 +76,12 @@ def compose_pipeline(overrides):
 @pytest.fixture(scope="session")
 def small_pipeline_cfg(data_dir):
     return compose_pipeline(SMALL + [f"assets.mirror={data_dir}"])
+
+
+@pytest.fixture(scope="session")
+def small_pipeline_run(small_pipeline_cfg, tmp_path_factory):
+    """One small pipeline run (NAS-Bench-201, pixel3 -> titan_rtx_1): (run_dir, summary)."""
+    from hwnas.search.pipeline import run_pipeline
+
+    d = tmp_path_factory.mktemp("pipeline") / "run"
+    return d, run_pipeline(small_pipeline_cfg, d)

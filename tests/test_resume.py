@@ -15,7 +15,7 @@ import pytest
 
 from hwnas.search.checkpoint import KILL_ENV, CheckpointError, SearchCheckpoint
 
-from _pipeline_helpers import small_pipeline_cfg  # noqa: F401 - fixture
+from _pipeline_helpers import small_pipeline_cfg, small_pipeline_run  # noqa: F401 - fixtures
 
 HERE = Path(__file__).resolve().parent
 HELPER = HERE / "_pipeline_helpers.py"
@@ -92,12 +92,12 @@ def test_corrupted_supernet_cache_is_reported_not_overwritten(tmp_path):
     assert bad.read_bytes() == junk
 
 
-def test_pipeline_resumes_search_after_crash_without_new_measurements(tmp_path, monkeypatch, small_pipeline_cfg):
+def test_pipeline_resumes_search_after_crash_without_new_measurements(tmp_path, monkeypatch, small_pipeline_cfg, small_pipeline_run):
     from _pipeline_helpers import comparable
 
     from hwnas.search.pipeline import run_pipeline
 
-    ref = run_pipeline(small_pipeline_cfg, tmp_path / "ref")
+    ref_dir, ref = small_pipeline_run
 
     class Crash(Exception):
         pass
@@ -121,5 +121,5 @@ def test_pipeline_resumes_search_after_crash_without_new_measurements(tmp_path, 
     # the K samples were measured before the crash and not again; only the front was new
     assert s["new_measurements_this_run"] == s["target_measurements"] - s["k"]
     assert s["target_measurements"] == ref["target_measurements"]
-    assert comparable(tmp_path / "run" / "05_search" / "pareto.json") == comparable(tmp_path / "ref" / "05_search" / "pareto.json")
+    assert comparable(tmp_path / "run" / "05_search" / "pareto.json") == comparable(ref_dir / "05_search" / "pareto.json")
     assert s["evaluation"]["hv_ratio"] == ref["evaluation"]["hv_ratio"]
