@@ -33,7 +33,7 @@ from scipy.optimize import nnls
 from scipy.stats import spearmanr
 
 from .base import Predictor
-from .linear import LinearLatencyPredictor, feature_groups, latency_features
+from .linear import LinearLatencyPredictor, feature_groups, feature_stages, latency_features
 
 METHODS = ("bayes", "adaproxy", "adaproxy_plain", "multiproxy", "proxy")
 
@@ -187,8 +187,13 @@ def _bayes(proxy: LinearLatencyPredictor, archs, y, kernels: Sequence[str] = ("c
     groups, _ = feature_groups(space)
     G = np.zeros((X.shape[1], groups.max() + 1))
     G[np.arange(X.shape[1]), groups] = 1.0
+    stages = feature_stages(space)
+    ng = groups.max() + 1
+    GS = np.zeros((X.shape[1], ng * (stages.max() + 1)))
+    GS[np.arange(X.shape[1]), stages * ng + groups] = 1.0
     makers = {
         "counts": lambda Xn: Xn @ G,  # per operator type: how many positions use it
+        "stage_counts": lambda Xn: Xn @ GS,  # per (stage, operator type)
         "operators": lambda Xn: Xn * w,  # AdaProxy's per-(position, operator) multiplicative terms
         "onehot": lambda Xn: Xn,  # free per-(position, operator) additive terms
     }

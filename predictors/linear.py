@@ -71,6 +71,18 @@ def feature_groups(space: Any) -> tuple[np.ndarray, list[str]]:
     return np.tile(np.arange(m), space.n_positions), list(space.choices)
 
 
+def feature_stages(space: Any) -> np.ndarray:
+    """Stage id of every feature column (positions of one stage share resolution and width):
+    the unit of a slot for MobileNet spaces, ``space.stages`` for categorical spaces (one stage if absent)."""
+    if _is_mbconv(space):
+        npairs = len(space.all_block_choices)
+        per_slot = np.repeat(space.slot_unit, npairs)
+        return np.concatenate([per_slot, per_slot, np.full(len(space.resolutions), space.n_units)])
+    sizes = getattr(space, "stages", None) or (space.n_positions,)
+    pos_stage = np.repeat(np.arange(len(sizes)), sizes)
+    return np.repeat(pos_stage, len(space.choices))
+
+
 def ridge_fit(X: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> tuple[np.ndarray, float]:
     """Least squares with a small ridge on the weights (not on the intercept); returns (w, b)."""
     X = np.asarray(X, dtype=float)

@@ -83,6 +83,8 @@ class FBNetSpace(CategoricalSpace):
     choices = FBNET_BLOCKS
     n_positions = FBNET_LAYERS
     position_name = "layer"
+    #: layers per stage (same resolution and width), FBNet's macro structure
+    stages = (1, 4, 4, 4, 4, 4, 1)
 
     def __init__(self, name: str | None = None) -> None:
         if name:
