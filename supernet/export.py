@@ -219,8 +219,16 @@ def _model_card(meta: dict, files: dict[str, str]) -> str:
         "## Files",
         "",
     ]
+    labels = {
+        "torch": "PyTorch state dict of the static subnet (Once-for-All tensor names)",
+        "torchscript": "TorchScript (traced; outputs checked against eager PyTorch)",
+        "timm": "timm model weights (outputs checked against the static subnet)",
+        "timm_config": "timm model definition (class, block strings, widths, BN eps)",
+        "onnx": "ONNX (dynamic batch; checked with ONNX Runtime; arch/accuracy/latency in metadata_props)",
+    }
     for k, v in files.items():
-        lines.append(f"- `{v}`: {k}")
+        lines.append(f"- `{v}`: {labels.get(k, k)}")
+    lines.append("- `metadata.json`: arch, resolution, accuracy, latency, weights source, output checks")
     lines += ["", "## Load", ""]
     if "timm" in files:
         lines += [
