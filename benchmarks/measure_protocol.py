@@ -64,6 +64,15 @@ def run_twice(space, archs, cfg, label):
     }
 
 
+def row_text(r: dict) -> str:
+    return (f"| {r['label']} | {r['n']} | {r['srcc']:.4f} | {100 * r['med_rel']:.1f} % | {100 * r['p90_rel']:.1f} % | "
+            f"{100 * r['unstable']:.0f} % | {r['median_ms']:.2f} | {r['s_arch']:.2f} | {r['load']:.1f} |")
+
+
+def print_row(r: dict) -> None:
+    print("  " + row_text(r), flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--space", default="ofa_mbv3_w12")
@@ -87,6 +96,7 @@ def main(argv=None) -> int:
     archs = space.sample(args.n, args.seed)
     print(f"1. default protocol on {len(archs)} subnets (r {min(a.r for a in archs)}..{max(a.r for a in archs)})", flush=True)
     rows.append(run_twice(space, archs, base, "ORT 1t, CPU clock, 3 proc (default)"))
+    print_row(rows[-1])
 
     if args.variants_n > 0:
         sub = archs[: args.variants_n]
@@ -99,6 +109,7 @@ def main(argv=None) -> int:
         ]
         for label, cfg in variants:
             rows.append(run_twice(space, sub, cfg, label))
+            print_row(rows[-1])
         # ORT vs eager: do the two backends rank subnets alike?
         ort, eager = rows[0]["vals"][0][: len(sub)], rows[3]["vals"][0]
         ort_vs_eager = float(spearmanr(ort, eager).correlation)
@@ -109,8 +120,7 @@ def main(argv=None) -> int:
     print("| protocol | archs | test-retest SRCC | median rel. diff | p90 rel. diff | unstable | median ms | s/arch | max load |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['label']} | {r['n']} | {r['srcc']:.4f} | {100 * r['med_rel']:.1f} % | {100 * r['p90_rel']:.1f} % | "
-              f"{100 * r['unstable']:.0f} % | {r['median_ms']:.2f} | {r['s_arch']:.2f} | {r['load']:.1f} |")
+        print(row_text(r))
     print("| anchor: torch eager on this machine | | | 20-40 % | | | | | |")
     print("| anchor: ORT 1 thread pinned, median of processes | | | ~5 % | | | | | |")
     if args.variants_n > 0:
