@@ -671,5 +671,7 @@ def main() -> None:
     _hydra_main_factory()()
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m: run the package module, so pickled classes resolve by their package path
+    from hwnas.search.pipeline import main as _main
+
+    _main()
