@@ -33,7 +33,7 @@ from hwnas.spaces.mbconv import OFAMobileNetV3Space, ofa_predictor_features, ofa
 
 from .base import Predictor
 
-__all__ = ["MLPAccuracyPredictor", "build_mlp"]
+__all__ = ["MLPAccuracyPredictor", "build_mlp", "evaluations_from_cache"]
 
 _FORMAT = "hwnas.acc_mlp/1"
 
@@ -296,6 +296,37 @@ class MLPAccuracyPredictor(Predictor):
     def __repr__(self) -> str:
         state = f"trained on {self.n_train}" if self.model is not None else "untrained"
         return f"MLPAccuracyPredictor(space={self.space.name!r}, encoding={self.encoding!r}, hidden={self.hidden}, {state})"
+
+
+def evaluations_from_cache(
+    path: str | os.PathLike, space: SearchSpace, fingerprint: str | None = None, metric: str = "top1"
+) -> tuple[list, np.ndarray]:
+    """``(archs, values)`` of the supernet evaluations stored in a ``SupernetAccuracy`` SQLite cache
+    (table ``supernet_accuracy``), to train :class:`MLPAccuracyPredictor` on them. ``fingerprint``
+    selects one evaluation protocol (checkpoint, data, calibration); required when the cache holds several."""
+    import sqlite3
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation cache {path} does not exist; run a search with accuracy=supernet and a cache first")
+    if metric not in ("top1", "top5"):
+        raise ValueError(f"metric={metric!r} is unknown; allowed: ['top1', 'top5']")
+    con = sqlite3.connect(str(path))
+    try:
+        fps = [r[0] for r in con.execute("SELECT DISTINCT fingerprint FROM supernet_accuracy")]
+        if fingerprint is None:
+            if len(fps) > 1:
+                raise ValueError(f"{path} holds evaluations of {len(fps)} protocols {fps}; pass fingerprint=")
+            fingerprint = fps[0] if fps else ""
+        rows = con.execute(f"SELECT arch, {metric} FROM supernet_accuracy WHERE fingerprint=? ORDER BY rowid", (fingerprint,)).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{path} is not a SupernetAccuracy cache ({exc})") from None
+    finally:
+        con.close()
+    if not rows:
+        raise ValueError(f"{path} has no evaluations for fingerprint {fingerprint!r}")
+    archs = [space.validate(a) for a, _ in rows]
+    return archs, np.array([v for _, v in rows], dtype=float)
 
 
 class _threads:

@@ -92,3 +92,29 @@ def test_bad_inputs(tmp_path, imagenet_w10):
         MLPAccuracyPredictor(create_space("ofa_proxyless_w13"), encoding="ofa")
     with pytest.raises(ValueError, match="encoding"):
         MLPAccuracyPredictor(space, encoding="bag")
+
+
+def test_fit_on_supernet_evaluation_cache(tmp_path):
+    """Evaluations stored by SupernetAccuracy's SQLite cache train the MLP."""
+    import sqlite3
+
+    from hwnas.predictors.acc_mlp import evaluations_from_cache
+
+    space = create_space("ofa_mbv3_w12")
+    archs = space.sample(40, 1)
+    top1 = [0.5 + 1e-9 * space.macs(a) for a in archs]
+    db = sqlite3.connect(str(tmp_path / "cache.sqlite"))
+    db.execute("CREATE TABLE supernet_accuracy (fingerprint TEXT, arch TEXT, top1 REAL, top5 REAL, loss REAL, n INTEGER, "
+               "PRIMARY KEY (fingerprint, arch))")
+    db.executemany("INSERT INTO supernet_accuracy VALUES (?, ?, ?, ?, ?, ?)",
+                   [("fp1", a.to_json(), t, t + 0.1, 1.0, 100) for a, t in zip(archs, top1)])
+    db.commit()
+    db.close()
+    got_archs, values = evaluations_from_cache(tmp_path / "cache.sqlite", space)
+    assert got_archs == archs and np.allclose(values, top1)
+    pred = MLPAccuracyPredictor(space, hidden=32, min_steps=50).fit(got_archs, values)
+    assert pred.predict(archs[:3]).shape == (3,)
+    with pytest.raises(ValueError, match="no evaluations"):
+        evaluations_from_cache(tmp_path / "cache.sqlite", space, fingerprint="other")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluations_from_cache(tmp_path / "none.sqlite", space)
