@@ -33,20 +33,17 @@ def timeit(fn, repeats: int, warmup: int = 2) -> float:
 
 
 def timm_model(space, subnet):
-    """The export engineer's timm model of the subnet, if available (None otherwise)."""
+    """The timm model of the subnet from the export module (None when it is not available)."""
     try:
-        from hwnas.supernet import export  # type: ignore[attr-defined]
+        from hwnas.supernet.timm_export import to_timm
     except Exception:
         return None
-    for name in ("to_timm", "build_timm", "export_timm", "timm_model"):
-        fn = getattr(export, name, None)
-        if callable(fn):
-            try:
-                return fn(space, subnet) if fn.__code__.co_argcount >= 2 else fn(subnet)
-            except Exception as exc:  # pragma: no cover - optional
-                print(f"  (timm export failed: {exc})")
-                return None
-    return None
+    try:
+        model, _cfg, _diff = to_timm(subnet, space, subnet.arch, check=False)
+        return model.eval()
+    except Exception as exc:  # pragma: no cover - optional
+        print(f"  (timm export failed: {exc})")
+        return None
 
 
 def main() -> None:

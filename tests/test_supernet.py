@@ -304,3 +304,20 @@ def test_supernet_accuracy_is_cached_by_arch(tiny_folder, tmp_path):
     acc2 = SupernetAccuracy(space, supernet=acc.supernet, **kw)
     p2 = acc2.predict(archs)
     assert acc2.n_evaluated == 0 and np.allclose(p2, p[:2])
+
+
+def test_evaluate_cli_writes_csv_and_refuses_bad_arch(tiny_folder, tmp_path, capsys):
+    import csv
+
+    from hwnas.supernet.evaluate import main as eval_main
+
+    arch = "r128:k3e3.k3e3/k3e3.k3e3/k3e3.k3e3/k3e3.k3e3/k3e3.k3e3"
+    out = tmp_path / "acc.csv"
+    common = ["--space", "ofa_mbv3_w10", "--checkpoint", "none", "--data", str(tiny_folder), "--n-calib", "8",
+              "--batch-size", "8", "--workers", "0", "--device", "cpu"]
+    assert eval_main(common + ["--arch", arch, "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 1 and rows[0]["arch_str"] == arch and rows[0]["n"] == "12"
+    assert 0.0 <= float(rows[0]["top1"]) <= 1.0
+    assert eval_main(common + ["--arch", "r100:k3e3.k3e3/k3e3.k3e3/k3e3.k3e3/k3e3.k3e3/k3e3.k3e3"]) == 2
+    assert "r=100" in capsys.readouterr().err
