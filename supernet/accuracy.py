@@ -127,16 +127,33 @@ class SupernetAccuracy(Predictor):
         self.fingerprint = hashlib.sha1(json.dumps(proto, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self._mem: dict[str, dict] = {}
         self._lock = threading.Lock()
+        self.cache_path = None if cache in (None, "") else str(Path(cache).expanduser())
         self._db: sqlite3.Connection | None = None
-        if cache not in (None, ""):
-            p = Path(cache).expanduser()
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(p), check_same_thread=False, timeout=60)
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS supernet_accuracy (fingerprint TEXT, arch TEXT, top1 REAL, top5 REAL, "
-                "loss REAL, n INTEGER, PRIMARY KEY (fingerprint, arch))"
-            )
-            self._db.commit()
+        self._open_db()
+
+    def _open_db(self) -> None:
+        if self.cache_path is None:
+            return
+        p = Path(self.cache_path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(p), check_same_thread=False, timeout=60)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS supernet_accuracy (fingerprint TEXT, arch TEXT, top1 REAL, top5 REAL, "
+            "loss REAL, n INTEGER, PRIMARY KEY (fingerprint, arch))"
+        )
+        self._db.commit()
+
+    # pickling (e.g. to Dask workers): the connection and the lock are re-created on the other side
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_db"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._open_db()
 
     # ------------------------------------------------------------------ cache
     def _key(self, arch: Any) -> str:

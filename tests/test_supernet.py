@@ -304,6 +304,11 @@ def test_supernet_accuracy_is_cached_by_arch(tiny_folder, tmp_path):
     acc2 = SupernetAccuracy(space, supernet=acc.supernet, **kw)
     p2 = acc2.predict(archs)
     assert acc2.n_evaluated == 0 and np.allclose(p2, p[:2])
+    # picklable (Dask workers): the copy reopens the SQLite cache
+    import pickle
+
+    acc3 = pickle.loads(pickle.dumps(acc2))
+    assert np.allclose(acc3.predict(archs), p[:2]) and acc3.n_evaluated == 0
 
 
 def test_evaluate_cli_writes_csv_and_refuses_bad_arch(tiny_folder, tmp_path, capsys):
