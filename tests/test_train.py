@@ -95,3 +95,18 @@ def test_hydra_configs_compose():
         assert [p["name"] for p in cfg.train.phases] == ["full", "kernel", "depth_34", "depth_234", "expand_46", "expand_346"]
         smoke = compose("smoke")
         assert smoke.data.kind == "synthetic" and smoke.space.width_mult == 0.25
+
+
+def test_hwnas_train_entry_point_runs_smoke_config(tmp_path, monkeypatch):
+    import sys
+
+    from hwnas.supernet.train import main
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", [
+        "hwnas-train", "--config-name", "smoke", f"out={out}", "stop_after=2", "train.batch_size=8",
+        "data.n=32", f"hydra.run.dir={tmp_path / 'hydra'}",
+    ])
+    main()
+    state = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert int(state["step"]) == 2 and len(state["history"]) == 2
