@@ -1,7 +1,7 @@
 """``hwnas-pipeline``: one resumable run from a proxy device to a new target device.
 
     hwnas-pipeline target_device=titan_rtx_1                     # NAS-Bench-201, proxy pixel3, K=20
-    hwnas-pipeline space=fbnet dataset=fbnet target_device=raspi4 measure.mode=predictor ...
+    hwnas-pipeline space_name=fbnet dataset=fbnet target_device=raspi4 measure.mode=predictor ...
     hwnas-pipeline --multirun target_device=titan_rtx_1,eyeriss measure.k=10,20
 
 Stages (each writes into ``<run_dir>/<NN_stage>/`` and a ``stage.json`` with the hash of the config
@@ -414,11 +414,11 @@ def run_pipeline(cfg: Any, run_dir: str | os.PathLike) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     st = Stages(run_dir)
     apply_assets(cfg)
-    for key in ("space", "dataset", "proxy_device", "target_device"):
+    for key in ("space_name", "dataset", "proxy_device", "target_device"):
         if c.get(key) in (None, "", "???"):
-            raise PipelineError(f"{key} is not set; e.g. {key}=" + {"space": "nasbench201", "dataset": "nasbench201",
+            raise PipelineError(f"{key} is not set; e.g. {key}=" + {"space_name": "nasbench201", "dataset": "nasbench201",
                                                                      "proxy_device": "pixel3", "target_device": "titan_rtx_1"}[key])
-    space = create_space(c["space"])
+    space = create_space(c["space_name"])
     ds = load_dataset(c["dataset"], space=space)
     for dev in (c["proxy_device"], c["target_device"]):
         if dev not in ds.devices and not (dev == c["target_device"] and c["measure"].get("mode") == "predictor"):
@@ -426,7 +426,7 @@ def run_pipeline(cfg: Any, run_dir: str | os.PathLike) -> dict:
     mcfg, acfg, rcfg = c["measure"], c["adapt"], c.get("reduce") or {}
     seed = int(c.get("seed", 0))
     t0 = time.perf_counter()
-    summary: dict[str, Any] = {"space": c["space"], "dataset": c["dataset"], "proxy_device": c["proxy_device"],
+    summary: dict[str, Any] = {"space": c["space_name"], "dataset": c["dataset"], "proxy_device": c["proxy_device"],
                                "target_device": c["target_device"]}
 
     # measurement ledger: every target measurement of the run (kept across reruns)
@@ -456,7 +456,7 @@ def run_pipeline(cfg: Any, run_dir: str | os.PathLike) -> dict:
         return np.array([ledger[str(a)] for a in archs], dtype=float)
 
     # ---------------------------------------------------------------- 1 proxy
-    k1 = fingerprint([c["space"], c["dataset"], c["proxy_device"]])
+    k1 = fingerprint([c["space_name"], c["dataset"], c["proxy_device"]])
     y_proxy = ds[c["proxy_device"]]
     ok = np.isfinite(y_proxy)
     proxy = LinearLatencyPredictor(space).fit([a for a, o in zip(ds.archs, ok) if o], y_proxy[ok])  # cheap, deterministic
