@@ -136,12 +136,24 @@ class SupernetAccuracy(Predictor):
             return
         p = Path(self.cache_path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(p), check_same_thread=False, timeout=60)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS supernet_accuracy (fingerprint TEXT, arch TEXT, top1 REAL, top5 REAL, "
-            "loss REAL, n INTEGER, PRIMARY KEY (fingerprint, arch))"
-        )
-        self._db.commit()
+        try:
+            self._db = sqlite3.connect(str(p), check_same_thread=False, timeout=60)
+            row = self._db.execute("PRAGMA quick_check").fetchone()
+            if row is None or row[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else 'no answer'}")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS supernet_accuracy (fingerprint TEXT, arch TEXT, top1 REAL, top5 REAL, "
+                "loss REAL, n INTEGER, PRIMARY KEY (fingerprint, arch))"
+            )
+            self._db.commit()
+        except sqlite3.DatabaseError as exc:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            raise sqlite3.DatabaseError(
+                f"accuracy cache {p} is corrupted or not an hwnas cache ({exc}); it was left untouched: "
+                "move or delete it, or set accuracy.cache to another file"
+            ) from None
 
     # pickling (e.g. to Dask workers): the connection and the lock are re-created on the other side
     def __getstate__(self) -> dict:

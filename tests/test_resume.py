@@ -78,17 +78,16 @@ def test_corrupted_measurement_store_is_reported_not_overwritten(tmp_path):
 
 
 def test_corrupted_supernet_cache_is_reported_not_overwritten(tmp_path):
-    # SupernetAccuracy opens its cache with sqlite3 + CREATE TABLE IF NOT EXISTS: on a corrupted file
-    # that raises (sqlite3.DatabaseError) instead of replacing the file. Checked at the sqlite level
-    # the predictor uses, without building a supernet.
+    # The cache opening of SupernetAccuracy, exercised without building a supernet.
+    from hwnas.supernet.accuracy import SupernetAccuracy
+
     bad = tmp_path / "acc.sqlite"
     junk = b"\x00garbage" * 500
     bad.write_bytes(junk)
-    con = sqlite3.connect(str(bad))
-    with pytest.raises(sqlite3.DatabaseError):
-        con.execute("CREATE TABLE IF NOT EXISTS supernet_accuracy (fingerprint TEXT, arch TEXT, top1 REAL, top5 REAL, "
-                    "loss REAL, n INTEGER, PRIMARY KEY (fingerprint, arch))")
-    con.close()
+    acc = SupernetAccuracy.__new__(SupernetAccuracy)
+    acc.cache_path, acc._db = str(bad), None
+    with pytest.raises(sqlite3.DatabaseError, match=r"acc\.sqlite is corrupted.*move or delete it"):
+        acc._open_db()
     assert bad.read_bytes() == junk
 
 
