@@ -19,7 +19,10 @@ Methods (``adapt(proxy, archs, latencies, method=...)``):
     counts, e.g. "number of 3x3 convolutions", and optionally per-operator AdaProxy terms
     ``x * w_p``). Kernel variances are chosen by the restricted marginal likelihood of the K samples
     (with a weak prior toward 0, i.e. toward the proxy); with zero variance the model is the proxy's
-    ranking. If the proxy scale comes out negative the proxy ranking is returned.
+    ranking. A negative proxy scale is not allowed; with K >= 10 samples the proxy term may be dropped
+    (at an evidence penalty) when the correction alone explains the samples (e.g. a batch-1 GPU proxy
+    for a batch-64 target, where cost follows input size, not layer count). MobileNet spaces add a
+    ``macro`` kernel: (r/224)^2, number of layers, and their product.
 ``multiproxy``: several source devices (``sources={name: predictor}``); target = a nonnegative
     combination of their standardised predictions + bias (ridge-NNLS), kept only when its
     leave-one-out SRCC beats the main proxy's.
@@ -176,8 +179,26 @@ def _adaproxy(proxy: LinearLatencyPredictor, archs, y, plain: bool = False, marg
     return out
 
 
+def _mbconv_macro(space: Any):
+    """For MobileNet spaces: features ``[(r/224)^2, n_layers, n_layers * (r/224)^2]`` read back from
+    the latency features (scaled block columns sum to ``n_layers * (r/224)^2``)."""
+    if not (hasattr(space, "all_block_choices") and hasattr(space, "n_slots")):
+        return None
+    nb = space.n_slots * len(space.all_block_choices)
+    r2 = (np.asarray(space.resolutions, dtype=float) / 224.0) ** 2
+
+    def macro(Xn: np.ndarray) -> np.ndarray:
+        scaled = Xn[:, :nb].sum(1)
+        layers = Xn[:, nb : 2 * nb].sum(1)
+        rr = Xn[:, 2 * nb :] @ r2
+        return np.stack([rr, layers, scaled], axis=1)
+
+    return macro
+
+
 def _bayes(proxy: LinearLatencyPredictor, archs, y, kernels: Sequence[str] = ("counts",),
-           grid: Sequence[float] = (0.0, 0.01, 0.1, 1.0, 10.0), prior: float = 1.0) -> AdaptedPredictor:
+           grid: Sequence[float] = (0.0, 0.01, 0.1, 1.0, 10.0), prior: float = 1.0,
+           drop_penalty: float = 3.0) -> AdaptedPredictor:
     space = proxy.space
     X = latency_features(space, archs)
     w = proxy.weights
@@ -200,6 +221,10 @@ def _bayes(proxy: LinearLatencyPredictor, archs, y, kernels: Sequence[str] = ("c
         "operators": lambda Xn: Xn * w,  # AdaProxy's per-(position, operator) multiplicative terms
         "onehot": lambda Xn: Xn,  # free per-(position, operator) additive terms
     }
+    if _mbconv_macro(space) is not None:
+        makers["macro"] = _mbconv_macro(space)  # input size / depth terms of MobileNet spaces
+        if kernels == ("counts",):
+            kernels = ("counts", "macro")
     for k in kernels:
         if k not in makers:
             raise ValueError(f"kernels entry {k!r} is unknown; choose from {sorted(makers)}")
@@ -217,14 +242,23 @@ def _bayes(proxy: LinearLatencyPredictor, archs, y, kernels: Sequence[str] = ("c
     for th in itertools.product(grid, repeat=len(blocks)):
         V = np.eye(K) + sum(t * Km for t, Km in zip(th, Kmats))
         Vi = np.linalg.inv(V)
-        A = H.T @ Vi @ H
-        beta = np.linalg.solve(A, H.T @ Vi @ ys)
-        r = ys - H @ beta
-        q = H.shape[1]
-        s2 = max(float(r @ Vi @ r) / max(K - q, 1), 1e-12)
-        ll = -0.5 * ((K - q) * np.log(s2) + np.linalg.slogdet(V)[1] + np.linalg.slogdet(A)[1])
-        ll -= prior * sum(np.log1p(t) for t in th)
-        if beta[1] <= 0:
+        for Hq in (H, H[:, :1]):
+            A = Hq.T @ Vi @ Hq
+            beta = np.linalg.solve(A, Hq.T @ Vi @ ys)
+            r = ys - Hq @ beta
+            q = Hq.shape[1]
+            s2 = max(float(r @ Vi @ r) / max(K - q, 1), 1e-12)
+            ll = -0.5 * ((K - q) * np.log(s2) + np.linalg.slogdet(V)[1] + np.linalg.slogdet(A)[1])
+            ll -= prior * sum(np.log1p(t) for t in th)
+            if q == 2 and beta[1] > 0:
+                break
+            if q == 1 and any(t > 0 for t in th) and K >= 10:
+                # the samples contradict the proxy's ranking: drop it, keep the correction alone
+                # (at a cost in evidence: the proxy is the prior we trust by default)
+                beta = np.r_[beta, 0.0]
+                ll -= drop_penalty
+                break
+        else:
             continue
         if best is None or ll > best[0]:
             best = (ll, th, beta, Vi @ r)

@@ -63,9 +63,10 @@ def feature_groups(space: Any) -> tuple[np.ndarray, list[str]]:
     """Group id of every feature column and the group names (operator types)."""
     if _is_mbconv(space):
         pairs = space.all_block_choices
-        names = [f"k{k}e{e}" for k, e in pairs] + ["resolution"]
-        per_slot = np.tile(np.arange(len(pairs)), space.n_slots)
-        g = np.concatenate([per_slot, per_slot, np.full(len(space.resolutions), len(pairs))])
+        npairs = len(pairs)
+        names = [f"k{k}e{e}*(r/224)^2" for k, e in pairs] + [f"k{k}e{e}" for k, e in pairs] + [f"r{r}" for r in space.resolutions]
+        per_slot = np.tile(np.arange(npairs), space.n_slots)
+        g = np.concatenate([per_slot, npairs + per_slot, 2 * npairs + np.arange(len(space.resolutions))])
         return g, names
     m = len(space.choices)
     return np.tile(np.arange(m), space.n_positions), list(space.choices)
