@@ -17,5 +17,10 @@ def data_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _mirror(monkeypatch, tmp_path_factory):
     """Every test reads assets from the shared mirror and never touches the user's cache."""
+    from hwnas.predictors.assets import set_default_mirror
+
     monkeypatch.setenv("HWNAS_ASSETS_MIRROR", str(DATA))
     monkeypatch.setenv("HWNAS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    set_default_mirror(None)  # a search run in-process sets the config's mirror globally
+    yield
+    set_default_mirror(None)
