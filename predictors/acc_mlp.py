@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from torch import nn
 from hwnas.spaces.base import ArchBatch, SearchSpace, SpaceError, create_space
 from hwnas.spaces.mbconv import OFAMobileNetV3Space, ofa_predictor_features, ofa_predictor_features_arrays
 
+from .assets import atomic_path
 from .base import Predictor
 
 __all__ = ["MLPAccuracyPredictor", "build_mlp", "evaluations_from_cache"]
@@ -249,14 +249,8 @@ class MLPAccuracyPredictor(Predictor):
             "n_train": self.n_train,
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save(blob, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     @classmethod

@@ -21,7 +21,9 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 BASE_URL = "https://raw.githubusercontent.com/han-cai/files/master/"
 
@@ -55,6 +57,36 @@ def set_default_mirror(path: str | os.PathLike | None) -> None:
     """Set the mirror used when ``fetch`` gets none (hydra configs call this from ``assets.mirror``)."""
     global _DEFAULT_MIRROR
     _DEFAULT_MIRROR = None if path in (None, "") else str(path)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same extension) to write to; when the block ends
+    without error it atomically replaces ``path``, otherwise it is removed. Readers never see a
+    half-written file, and a crash leaves the old file (if any) as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp" + path.suffix)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give them the usual permissions
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write text or bytes to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+    return Path(path)
 
 
 def cache_dir() -> Path:

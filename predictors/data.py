@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .assets import fetch
+from .assets import atomic_path, fetch
 
 #: builtin datasets: name -> (asset path, space name)
 BUILTIN = {
@@ -154,22 +153,15 @@ class LatencyDataset:
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write ``arch`` + one column per device (+ meta columns first), atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                w = csv.writer(f)
-                metas = list(self.meta)
-                w.writerow(metas + ["arch"] + self.devices)
-                cols = [self.table[d] for d in self.devices]
-                for i, a in enumerate(self.archs):
-                    row = [str(self.meta[m][i]) for m in metas] + [arch_text(self.space, a)]
-                    row += ["" if not np.isfinite(c[i]) else repr(float(c[i])) for c in cols]
-                    w.writerow(row)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            metas = list(self.meta)
+            w.writerow(metas + ["arch"] + self.devices)
+            cols = [self.table[d] for d in self.devices]
+            for i, a in enumerate(self.archs):
+                row = [str(self.meta[m][i]) for m in metas] + [arch_text(self.space, a)]
+                row += ["" if not np.isfinite(c[i]) else repr(float(c[i])) for c in cols]
+                w.writerow(row)
         return path
 
     @classmethod

@@ -36,7 +36,6 @@ import glob
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ import yaml
 from hwnas.spaces.base import ArchBatch, SpaceError
 from hwnas.spaces.mbconv import LayerSpec, MBConvSpace
 
-from .assets import CHECKSUMS, AssetError, fetch
+from .assets import CHECKSUMS, AssetError, atomic_write, fetch
 from .base import Predictor
 
 __all__ = [
@@ -218,16 +217,7 @@ def write_ofa_yaml(entries: Mapping[str, Mapping[str, float]], path: str | os.Pa
         if not (math.isfinite(mean) and math.isfinite(std)) or mean < 0:
             raise LatencyTableError(f"entry {key!r} has mean={mean}, std={std}; both must be finite, mean >= 0")
         lines.append(f"{key}:\n  count: {count}\n  mean: {mean!r}\n  std: {std!r}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(lines))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, "".join(lines))
 
 
 # ============================================================================ predictor

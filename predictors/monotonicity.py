@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
+
+from .assets import atomic_path
 
 
 def srcc_matrix(table: dict[str, np.ndarray] | np.ndarray, devices: Sequence[str] | None = None) -> pd.DataFrame:
@@ -44,15 +45,8 @@ def srcc_matrix(table: dict[str, np.ndarray] | np.ndarray, devices: Sequence[str
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp" + path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plot_heatmap(S: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:

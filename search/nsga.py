@@ -40,7 +40,7 @@ from .operators import (
     CanonicalRepair,
     GenomeLayout,
 )
-from .problem import ArchProblem, as_budgets, best_under, hypervolume, pareto_mask
+from .problem import ArchProblem, as_budgets, best_under, hypervolume
 
 
 # ============================================================================ result
@@ -164,7 +164,6 @@ def refine_front(
     with latency in ``[lo, hi]``. Returns the number of passes run."""
     layout = problem.layout
     expanded: set[bytes] = set()
-    from .operators import row_keys
 
     passes = 0
     for it in range(int(iterations)):
@@ -183,7 +182,6 @@ def refine_front(
             todo = list(order[pick])
         expanded.update(_keys(X[todo]))
         N = neighbour_matrix(layout, X[todo], moves)
-        before = problem.n_evals
         problem.predict(N)
         passes += 1
         if on_pass is not None:

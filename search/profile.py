@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
+from hwnas.predictors.assets import atomic_path, atomic_write
 from hwnas.predictors.base import as_predictor, predict_array
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -150,7 +150,6 @@ class SpaceProfile:
 
         for m in self.metrics:
             base = self.baseline[m.name]
-            base_mean = float(base.mean())
             rows.append(dict(metric=m.name, kind=m.kind, level="baseline", unit=-1, layer=-1, slot=-1, choice="random",
                              **describe(base), delta=0.0, delta_se=0.0, rel_delta=0.0, friendliness=0.0))
             # ---- blocks
@@ -416,28 +415,10 @@ def profile_space(
 
 # ============================================================================ io helpers
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, text)
 
 
 def save_figure_atomic(fig: Any, path: str | os.PathLike, dpi: int = 130) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=path.suffix or ".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format=(path.suffix.lstrip(".") or "png"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=(Path(path).suffix.lstrip(".") or "png"))
+    return Path(path)

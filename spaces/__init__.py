@@ -31,6 +31,10 @@ __all__ = [
     "ProxylessMobileSpace",
     "make_divisible",
     "ofa_predictor_features",
+    "FBNetArch",
+    "FBNetSpace",
+    "NASBench201Arch",
+    "NASBench201Space",
 ]
 
 from .fbnet import FBNetArch, FBNetSpace  # noqa: E402  (registers "fbnet")

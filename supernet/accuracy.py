@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from hwnas.predictors.base import Predictor
 from hwnas.spaces import create_space

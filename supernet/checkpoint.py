@@ -15,14 +15,13 @@ none of them (a supernet trained without kernel transformation: identity matrice
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from hwnas.predictors.assets import fetch
+from hwnas.predictors.assets import atomic_path, fetch
 
 from .ofa_keys import canonical_key
 
@@ -117,17 +116,9 @@ def load_checkpoint(net: nn.Module, src: str | os.PathLike, mirror: str | os.Pat
 
 def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save(obj)`` atomically: a temporary file beside ``path``, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 __all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "read_state_dict", "match_state_dict", "resolve_checkpoint"]

@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from hwnas.predictors.assets import atomic_write
 from hwnas.spaces import create_space
 from hwnas.spaces.base import SpaceError
 
@@ -78,12 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         w = csv.writer(buf)
         w.writerow(["arch", "arch_str", "top1", "top5", "loss", "n"])
         w.writerows(rows)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, out)
+        atomic_write(args.out, buf.getvalue())
     return 0
 
 

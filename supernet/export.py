@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwnas.predictors.assets import atomic_write
 from hwnas.spaces.base import SearchSpace, SpaceError, create_space
 from hwnas.spaces.mbconv import MBConvSpace
 
@@ -267,7 +268,7 @@ def _model_card(meta: dict, files: dict[str, str]) -> str:
             "from hwnas.spaces import create_space",
             "from hwnas.supernet.static import build_static",
             f"space = create_space('{meta['space']}')",
-            f"net = build_static(space, json.load(open('arch.json'))['arch'])",
+            "net = build_static(space, json.load(open('arch.json'))['arch'])",
             f"net.load_state_dict(torch.load('{files['torch']}', weights_only=True))",
             "```",
             "",
@@ -436,20 +437,8 @@ def export_many(
         index.append({k: meta[k] for k in ("name", "arch_str", "resolution", "accuracy", "latency", "checks")})
         if progress is not None:
             progress(i + 1, len(items), p)
-    _atomic_text(Path(out_dir) / "index.json", json.dumps({"space": space.name, "exports": index}, indent=1) + "\n")
+    atomic_write(Path(out_dir) / "index.json", json.dumps({"space": space.name, "exports": index}, indent=1) + "\n")
     return out
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_timm(folder: str | os.PathLike, num_classes: int | None = None) -> nn.Module:
