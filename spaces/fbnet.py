@@ -8,20 +8,19 @@ either as the space-separated block indices (``op_idx``, e.g. ``"7 8 1 ..."``) o
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .base import SpaceError, register_space
-from .nasbench201 import CategoricalSpace, _check_ops
+from .nasbench201 import CategoricalArchMixin, CategoricalSpace, _check_ops
 
 FBNET_BLOCKS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
 FBNET_LAYERS = 22
 
 
 @dataclass(frozen=True)
-class FBNetArch:
+class FBNetArch(CategoricalArchMixin):
     """An FBNet arch: the block name of each of the 22 layers. Immutable."""
 
     ops: tuple[str, ...]
@@ -60,19 +59,6 @@ class FBNetArch:
         v = obj.get("ops", obj.get("op_idx"))
         return cls.from_str(v) if isinstance(v, str) else cls(ops=tuple(v))
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> "FBNetArch":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SpaceError(f"arch JSON could not be parsed ({exc}); expected {{'ops': [...]}}") from None
-        return cls.from_dict(obj)
-
-    def __str__(self) -> str:
-        return self.to_str()
 
 
 class FBNetSpace(CategoricalSpace):

@@ -22,6 +22,24 @@ from .base import SearchSpace, SpaceError, choice_error, register_space
 
 
 # ============================================================================ shared categorical base
+class CategoricalArchMixin:
+    """JSON and ``str`` for the categorical arch types (each defines ``to_dict``, ``from_dict``, ``to_str``)."""
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> Any:
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpaceError(f"arch JSON could not be parsed ({exc}); expected {{'ops': [...]}}") from None
+        return cls.from_dict(obj)
+
+    def __str__(self) -> str:
+        return self.to_str()
+
+
 class CategoricalSpace(SearchSpace):
     """A space of ``n_positions`` genes, each one of ``choices`` (the same list for every position).
 
@@ -159,7 +177,7 @@ NB201_EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
 
 
 @dataclass(frozen=True)
-class NASBench201Arch:
+class NASBench201Arch(CategoricalArchMixin):
     """A NAS-Bench-201 cell: the operation on each of the 6 edges (in arch-string order). Immutable."""
 
     ops: tuple[str, ...]
@@ -211,19 +229,6 @@ class NASBench201Arch:
             return cls.from_str(obj["arch_str"])
         return cls(ops=tuple(obj["ops"]))
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> "NASBench201Arch":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SpaceError(f"arch JSON could not be parsed ({exc}); expected {{'ops': [...]}}") from None
-        return cls.from_dict(obj)
-
-    def __str__(self) -> str:
-        return self.to_str()
 
 
 class NASBench201Space(CategoricalSpace):

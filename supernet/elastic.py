@@ -35,7 +35,7 @@ from .layers import (
     init_weights,
     set_bn_param,
 )
-from .static import StaticMBConvNet, bn_param
+from .static import StaticMBConvNet, bn_param, head_features
 
 #: official OFA checkpoint name -> space name
 OFA_CHECKPOINTS = {
@@ -178,17 +178,7 @@ class ElasticMBConvNet(nn.Module):
         for g, d in zip(self.block_group_info, self.runtime_depth):
             for i in g[:d]:
                 x = self.blocks[i](x)
-        if self.final_expand_layer is not None:
-            x = self.final_expand_layer(x)
-        if self.mix_after_pool:
-            x = x.mean((2, 3), keepdim=True)
-            if self.feature_mix_layer is not None:
-                x = self.feature_mix_layer(x)
-        else:
-            if self.feature_mix_layer is not None:
-                x = self.feature_mix_layer(x)
-            x = x.mean((2, 3), keepdim=True)
-        return torch.flatten(x, 1)
+        return head_features(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x))

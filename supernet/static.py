@@ -33,6 +33,22 @@ def bn_param(space: Any) -> tuple[float, float]:
     return (0.1, 1e-5) if family == "ofa_mbv3" else (0.1, 1e-3)
 
 
+def head_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layers after the last block, up to the classifier input: final expand (MobileNetV3), then
+    global pooling and the feature-mix conv, in the order of ``net.mix_after_pool``."""
+    if net.final_expand_layer is not None:
+        x = net.final_expand_layer(x)
+    if net.mix_after_pool:
+        x = x.mean((2, 3), keepdim=True)
+        if net.feature_mix_layer is not None:
+            x = net.feature_mix_layer(x)
+    else:
+        if net.feature_mix_layer is not None:
+            x = net.feature_mix_layer(x)
+        x = x.mean((2, 3), keepdim=True)
+    return torch.flatten(x, 1)
+
+
 class StaticMBConvNet(nn.Module):
     """A concrete MobileNetV3 / ProxylessNAS network (see the module doc for the layout)."""
 
@@ -63,17 +79,7 @@ class StaticMBConvNet(nn.Module):
         x = self.first_conv(x)
         for block in self.blocks:
             x = block(x)
-        if self.final_expand_layer is not None:
-            x = self.final_expand_layer(x)
-        if self.mix_after_pool:
-            x = x.mean((2, 3), keepdim=True)
-            if self.feature_mix_layer is not None:
-                x = self.feature_mix_layer(x)
-        else:
-            if self.feature_mix_layer is not None:
-                x = self.feature_mix_layer(x)
-            x = x.mean((2, 3), keepdim=True)
-        return torch.flatten(x, 1)
+        return head_features(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x))
