@@ -25,7 +25,7 @@ repeated and a killed run continues where it stopped):
 5. ``search``   NSGA-II (+ refinement) in the reduced space, checkpointed every generation.
 6. ``remeasure`` the final front is measured on the target; what is not Pareto-optimal on the
                 measured latency is dropped (One-Proxy's last step).
-7. ``export``   ``archs.json`` (every space); MBConv networks with weights via ``hwnas-export``.
+7. ``export``   ``archs.json`` (every space); MBConv spaces also get networks with weights (``export.*``).
 
 Then ``report.md`` + PNGs (:mod:`hwnas.search.report`).
 
@@ -397,6 +397,21 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 # ============================================================================ the pipeline
+def _export_models(space: Any, items: list[dict], out_dir: Path, formats: list[str], ex: dict) -> list[str]:
+    """Networks with weights (state dict, TorchScript, ONNX, timm) for the best ``ex['max_archs']``
+    kept archs, highest accuracy first, through :mod:`hwnas.supernet.export`."""
+    from hwnas.supernet.export import ExportItem, export_many, load_weights_source
+
+    ranked = sorted(items, key=lambda r: -r["accuracy"])
+    if ex.get("max_archs") is not None:
+        ranked = ranked[: int(ex["max_archs"])]
+    weights = load_weights_source(space, ex.get("checkpoint"))
+    todo = [ExportItem(space.validate(r["arch"]), accuracy=r["accuracy"], latency=r["latency_measured"],
+                       latency_kind="measured", extra={"target_device": r["target_device"]}) for r in ranked]
+    paths = export_many(space, todo, out_dir, weights=weights, formats=formats, overwrite=True)
+    return [str(Path(p).relative_to(out_dir.parent)) for p in paths]
+
+
 def run_pipeline(cfg: Any, run_dir: str | os.PathLike) -> dict:
     """Run (or resume) every stage of ``cfg`` in ``run_dir``; returns the summary dict (also in
     ``summary.json``)."""
@@ -585,14 +600,21 @@ def run_pipeline(cfg: Any, run_dir: str | os.PathLike) -> dict:
     final = [r for r in rm if int(r["pareto_on_target"])]
 
     # ---------------------------------------------------------------- 7 export
-    k7 = fingerprint([k6])
+    ex = c.get("export") or {}
+    k7 = fingerprint([k6, ex])
     if not st.done("07_export", k7):
         d = st.dir("07_export")
         items = [{"arch": space.validate(r["arch"]).to_dict(), "arch_str": r["arch"], "accuracy": float(r["accuracy"]),
                   "latency_measured": float(r["measured_latency"]), "latency_predicted": float(r["predicted_latency"]),
                   "target_device": c["target_device"]} for r in final]
         atomic_write(d / "archs.json", json.dumps({"space": space.to_config(), "archs": items}, indent=1) + "\n")
-        st.finish("07_export", k7, {"n": len(items), "format": "archs.json (export weights with hwnas-export for MBConv spaces)"})
+        info: dict[str, Any] = {"n": len(items), "format": "archs.json"}
+        formats = list(ex.get("formats") or [])
+        from hwnas.spaces.mbconv import MBConvSpace
+
+        if formats and isinstance(space, MBConvSpace) and items:
+            info["models"] = _export_models(space, items, d / "models", formats, ex)
+        st.finish("07_export", k7, info)
 
     # ---------------------------------------------------------------- evaluation vs full target data
     ev: dict[str, Any] = {}

@@ -33,6 +33,16 @@ class ToyLatency(ToyAccuracy):
         return 1.0 + super().predict(archs)
 
 
+class MacsLatency:
+    """A stand-in target device for MBConv spaces: latency (ms) proportional to MACs."""
+
+    def __init__(self, space, ms_per_gmac: float = 20.0):
+        self.space, self.k = space, ms_per_gmac
+
+    def predict(self, archs):
+        return np.array([self.space.macs(a) / 1e9 * self.k for a in archs])
+
+
 def search_front(out_dir, ckpt, seed=1, n_gen=8):
     """One checkpointed search on NAS-Bench-201 with the toy predictors; writes pareto.json."""
     from hwnas.search.checkpoint import SearchCheckpoint

@@ -128,3 +128,42 @@ def test_cli_entry_point(tmp_path, data_dir, monkeypatch, capsys, small_pipeline
     out = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert out["evaluation"]["hv_ratio"] == s["evaluation"]["hv_ratio"]  # same config, same result
     assert "HV ratio" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_mbconv_pipeline_exports_networks(tmp_path, data_dir):
+    """OFA-MBv3: proxy 2080ti_1 (dataset) -> a MACs-priced target measured on demand; the kept archs
+    are exported with weights (state dict + ONNX), and the ONNX output matches torch."""
+    import onnxruntime as ort
+    import torch
+
+    from hwnas.search.pipeline import run_pipeline
+
+    cfg = compose_pipeline(
+        [
+            "space_name=ofa_mbv3_w12", "dataset=ofa_mbv3", "proxy_device=2080ti_1", "target_device=macs_dev",
+            "measure.mode=predictor", "measure.device={_target_:_pipeline_helpers.MacsLatency}",
+            "measure.pool=300", "measure.k=10", "reduce.enabled=false",
+            "accuracy._target_=hwnas.predictors.ofa_accuracy.OFAAccuracyPredictor",
+            "search.n_gen=4", "search.pop_size=12", "search.refine.passes=0", "search.verbose=false",
+            "search.plot=false", "report=false", "export.formats=[torch,onnx]", "export.max_archs=1",
+            f"assets.mirror={data_dir}",
+        ]
+    )
+    run_pipeline(cfg, tmp_path / "run")
+    exp = tmp_path / "run" / "07_export"
+    archs = json.loads((exp / "archs.json").read_text())["archs"]
+    assert archs, "no arch kept on the target"
+    index = json.loads((exp / "models" / "index.json").read_text())["exports"]
+    assert len(index) == 1
+    best = max(archs, key=lambda r: r["accuracy"])
+    assert index[0]["arch_str"] == best["arch_str"]
+    folder = exp / "models" / index[0]["name"]
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["latency"]["value"] == pytest.approx(best["latency_measured"])
+    sd = torch.load(folder / "model_state_dict.pth", weights_only=True)
+    assert any(k.startswith("blocks.") for k in sd)
+    r = best["arch"]["r"]
+    x = np.random.default_rng(0).standard_normal((1, 3, r, r)).astype(np.float32)
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert np.isfinite(sess.run(None, {sess.get_inputs()[0].name: x})[0]).all()
