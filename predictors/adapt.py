@@ -179,6 +179,33 @@ def _adaproxy(proxy: LinearLatencyPredictor, archs, y, plain: bool = False, marg
     return out
 
 
+def _gp_loo(C: np.ndarray, H: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Leave-one-out predictions of ``y = H beta + f + noise`` (f ~ N(0, s2 C), noise ~ N(0, s2 I)),
+    with the kernel variances fixed and ``beta`` refitted (GLS) without the left-out sample."""
+    K = len(y)
+    V = np.eye(K) + C
+    out = np.empty(K)
+    for i in range(K):
+        idx = np.r_[0:i, i + 1 : K]
+        Vi = np.linalg.inv(V[np.ix_(idx, idx)])
+        Hi = H[idx]
+        A = Hi.T @ Vi @ Hi
+        beta = np.linalg.lstsq(A, Hi.T @ Vi @ y[idx], rcond=None)[0]
+        out[i] = H[i] @ beta + C[i, idx] @ Vi @ (y[idx] - Hi @ beta)
+    return out
+
+
+def _concordance(pred: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    """Fraction of sample pairs (with different ``y``) that ``pred`` orders like ``y`` (ties: 1/2)."""
+    i, j = np.triu_indices(len(y), 1)
+    dy = np.sign(y[i] - y[j])
+    keep = dy != 0
+    if not keep.any():
+        return 0.5, 0
+    dp = np.sign(pred[i] - pred[j])[keep]
+    return float(np.mean(0.5 * (1 + dp * dy[keep]))), int(keep.sum())
+
+
 def _mbconv_macro(space: Any):
     """For MobileNet spaces: features ``[(r/224)^2, n_layers, n_layers * (r/224)^2]`` read back from
     the latency features (scaled block columns sum to ``n_layers * (r/224)^2``)."""
@@ -198,7 +225,7 @@ def _mbconv_macro(space: Any):
 
 def _bayes(proxy: LinearLatencyPredictor, archs, y, kernels: Sequence[str] = ("counts",),
            grid: Sequence[float] = (0.0, 0.01, 0.1, 1.0, 10.0), prior: float = 1.0,
-           drop_penalty: float = 3.0) -> AdaptedPredictor:
+           drop_penalty: float = 3.0, guard: float | None = -0.25) -> AdaptedPredictor:
     space = proxy.space
     X = latency_features(space, archs)
     w = proxy.weights
@@ -261,14 +288,27 @@ def _bayes(proxy: LinearLatencyPredictor, archs, y, kernels: Sequence[str] = ("c
         else:
             continue
         if best is None or ll > best[0]:
-            best = (ll, th, beta, Vi @ r)
+            best = (ll, th, beta, Vi @ r, Hq)
     out = AdaptedPredictor(proxy, "bayes", {"kernels": list(kernels)})
     if best is None:
         out.a, out.c = ysd / psd, ym - ysd * pm / psd  # proxy ranking, affine to the samples
         out.info["fallback"] = "negative scale"
         return out
-    ll, th, beta, alpha = best
+    ll, th, beta, alpha, Hq = best
     out.info.update({"theta": dict(zip(kernels, th)), "log_evidence": float(ll)})
+    if guard is not None and any(t > 0 for t in th):
+        # keep the correction only when its leave-one-out predictions order the K samples (pairwise)
+        # about as well as the proxy does: not worse by more than ``-guard`` standard errors
+        # (0.5/sqrt(#pairs)); otherwise return the proxy's ranking (affine to the samples)
+        C = sum(t * Km for t, Km in zip(th, Kmats))
+        loo = _gp_loo(C, Hq, ys)
+        c_corr, npairs = _concordance(loo, ys)
+        c_prox, _ = _concordance(p, ys)
+        out.info["guard"] = {"loo_concordance": c_corr, "proxy_concordance": c_prox, "pairs": npairs}
+        if npairs == 0 or c_corr - c_prox <= guard * 0.5 / np.sqrt(npairs):
+            out.a, out.c = ysd / psd, ym - ysd * pm / psd
+            out.info["fallback"] = "guard: correction not supported by the samples"
+            return out
     out.a = ysd * beta[1] / psd
     out.c = ym + ysd * beta[0] - out.a * pm
     # posterior mean of the correction: sum_k th_k * B_k(x) B_k(train)^T alpha  -> linear in B_k(x)
