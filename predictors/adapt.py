@@ -23,6 +23,15 @@ Methods (``adapt(proxy, archs, latencies, method=...)``):
     (at an evidence penalty) when the correction alone explains the samples (e.g. a batch-1 GPU proxy
     for a batch-64 target, where cost follows input size, not layer count). MobileNet spaces add a
     ``macro`` kernel: (r/224)^2, number of layers, and their product.
+    Guard (``guard=-0.25``; ``None`` disables): the correction's exact leave-one-out predictions
+    (kernel variances fixed) and the proxy are scored by pairwise concordance on the K samples; if
+    the correction is worse by more than 0.25 standard errors (0.5/sqrt(#pairs) each), the proxy's
+    ranking is returned. Measured (benchmarks/proxy_adaptation.py, random samples, 5 seeds): removes
+    every K=5 drop below the proxy (NB201 pixel2, five FBNet batch-64 GPUs) and OFA titan_xp_1 at
+    K=10, at a cost in mean SRCC (NB201 K=5 0.804->0.776, K=10 0.938->0.933; FBNet K=10 -0.035; OFA
+    K=5 0.584->0.516; K=50 ~0). It cannot catch samples that mislead consistently (FBNet 2080ti_1 ->
+    *_64 at K=10, seed 2: leave-one-out favours the correction by +0.1..0.3, the whole-space SRCC
+    drops); a positive margin does not fix those and costs more elsewhere.
 ``multiproxy``: several source devices (``sources={name: predictor}``); target = a nonnegative
     combination of their standardised predictions + bias (ridge-NNLS), kept only when its
     leave-one-out SRCC beats the main proxy's.
