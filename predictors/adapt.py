@@ -131,15 +131,21 @@ def _check_samples(archs: Sequence[Any], y: Sequence[float]) -> np.ndarray:
 
 
 # ============================================================================ methods
-def _adaproxy(proxy: LinearLatencyPredictor, archs, y, plain: bool = False, margin: float = 0.05,
-              lams: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0), rng=None) -> AdaptedPredictor:
+def _standardised(proxy: LinearLatencyPredictor, archs, y):
+    """Features, proxy weights and predictions on the samples, and the standardised targets, with the
+    (mean, std) of the targets and of the proxy predictions."""
     X = latency_features(proxy.space, archs)
     w = proxy.weights
     p = X @ w + proxy.bias
-    K = len(y)
     ym, ysd = y.mean(), y.std() + 1e-12
-    ys = (y - ym) / ysd
     pm, psd = p.mean(), p.std() + 1e-12
+    return X, w, p, (y - ym) / ysd, (ym, ysd), (pm, psd)
+
+
+def _adaproxy(proxy: LinearLatencyPredictor, archs, y, plain: bool = False, margin: float = 0.05,
+              lams: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0), rng=None) -> AdaptedPredictor:
+    X, w, p, ys, (ym, ysd), (pm, psd) = _standardised(proxy, archs, y)
+    K = len(y)
     # columns: 1, proxy (standardised), x_j * w_j (per-operator corrections, scaled like the proxy)
     M = (X * w) / psd
     used = np.flatnonzero(np.abs(M).sum(0) > 0)
@@ -236,13 +242,8 @@ def _bayes(proxy: LinearLatencyPredictor, archs, y, kernels: Sequence[str] = ("c
            grid: Sequence[float] = (0.0, 0.01, 0.1, 1.0, 10.0), prior: float = 1.0,
            drop_penalty: float = 3.0, guard: float | None = -0.25) -> AdaptedPredictor:
     space = proxy.space
-    X = latency_features(space, archs)
-    w = proxy.weights
-    p = X @ w + proxy.bias
+    X, w, p, ys, (ym, ysd), (pm, psd) = _standardised(proxy, archs, y)
     K = len(y)
-    ym, ysd = y.mean(), y.std() + 1e-12
-    ys = (y - ym) / ysd
-    pm, psd = p.mean(), p.std() + 1e-12
     H = np.c_[np.ones(K), (p - pm) / psd]
     groups, _ = feature_groups(space)
     G = np.zeros((X.shape[1], groups.max() + 1))
