@@ -24,3 +24,15 @@ def _mirror(monkeypatch, tmp_path_factory):
     set_default_mirror(None)  # a search run in-process sets the config's mirror globally
     yield
     set_default_mirror(None)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Run a module's tests with one torch thread: small convolutions are much faster single-threaded
+    on a busy shared CPU. Use with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,13 +8,7 @@ import torch
 from hwnas.supernet._compat import ensure_torchvision, import_timm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small convolutions run much faster single-threaded on a busy shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_compat_timm_builds_a_model():

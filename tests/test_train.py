@@ -8,13 +8,7 @@ import torch
 from hwnas.supernet.train import CONFIG_PATH, SyntheticColours, TrainConfigError, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convolutions are much faster single-threaded on a busy shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _cfg(out, **kw):
