@@ -142,12 +142,6 @@ class SpaceProfile:
         qn = [f"q{int(round(q * 100)):02d}" for q in QUANTILES]
         space = self.space
 
-        def describe(x: np.ndarray) -> dict:
-            qs = np.quantile(x, QUANTILES)
-            out = {"n": int(x.size), "mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else 0.0}
-            out.update({k: float(v) for k, v in zip(qn, qs)})
-            return out
-
         for m in self.metrics:
             base = self.baseline[m.name]
             rows.append(dict(metric=m.name, kind=m.kind, level="baseline", unit=-1, layer=-1, slot=-1, choice="random",
@@ -163,17 +157,8 @@ class SpaceProfile:
                     x = v[u, j, c]
                     if np.isnan(x).all():
                         continue
-                    dx = dev[u, j, c]
-                    row = dict(metric=m.name, kind=m.kind, level="block", unit=u, layer=j, slot=slot,
-                               choice=block_name(k, e), **describe(x))
-                    row["delta"] = float(dx.mean())
-                    row["delta_se"] = float(dx.std(ddof=1) / math.sqrt(dx.size)) if dx.size > 1 else 0.0
-                    row["rel_delta"] = row["delta"] / ref_mean if ref_mean else 0.0
-                    block_rows.append(row)
-            scale = max([abs(r["delta"]) for r in block_rows] + [1e-12])
-            for r in block_rows:
-                r["friendliness"] = m.sign * r["delta"] / scale
-            rows.extend(block_rows)
+                    block_rows.append(_stat_row(m, "block", u, j, slot, block_name(k, e), x, dev[u, j, c], ref_mean))
+            rows.extend(_with_friendliness(block_rows, m.sign))
             # ---- depths
             dv = self.depths[m.name]
             depth_rows = []
@@ -185,17 +170,8 @@ class SpaceProfile:
                 ref_mean = float(ref.mean())
                 for d in allowed:
                     x = dv[u, d - 1]
-                    dx = x - ref
-                    row = dict(metric=m.name, kind=m.kind, level="depth", unit=u, layer=-1, slot=-1,
-                               choice=f"d{d}", **describe(x))
-                    row["delta"] = float(dx.mean())
-                    row["delta_se"] = float(dx.std(ddof=1) / math.sqrt(dx.size)) if dx.size > 1 else 0.0
-                    row["rel_delta"] = row["delta"] / ref_mean if ref_mean else 0.0
-                    depth_rows.append(row)
-            dscale = max([abs(r["delta"]) for r in depth_rows] + [1e-12])
-            for r in depth_rows:
-                r["friendliness"] = m.sign * r["delta"] / dscale
-            rows.extend(depth_rows)
+                    depth_rows.append(_stat_row(m, "depth", u, -1, -1, f"d{d}", x, x - ref, ref_mean))
+            rows.extend(_with_friendliness(depth_rows, m.sign))
         cols = ["metric", "kind", "level", "unit", "layer", "slot", "choice", "n", "mean", "std", *qn,
                 "delta", "delta_se", "rel_delta", "friendliness"]
         df = pd.DataFrame(rows, columns=cols)
@@ -411,6 +387,32 @@ def profile_space(
         blocks[m.name], depths[m.name] = B, D
     return SpaceProfile(space=space, metrics=specs, n_samples=n, seed=int(seed), blocks=blocks, depths=depths,
                         baseline=baseline, n_evaluations=int(len(G)), seconds=seconds)
+
+
+def describe(x: np.ndarray) -> dict:
+    """n, mean, std and the quantiles ``q10 .. q90`` of a sample."""
+    qs = np.quantile(x, QUANTILES)
+    out = {"n": int(x.size), "mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else 0.0}
+    out.update({f"q{int(round(q * 100)):02d}": float(v) for q, v in zip(QUANTILES, qs)})
+    return out
+
+
+def _stat_row(m: Any, level: str, unit: int, layer: int, slot: int, choice: str, x: np.ndarray,
+              dx: np.ndarray, ref_mean: float) -> dict:
+    """One statistics row: the distribution of ``x`` and the paired change ``dx`` vs the reference."""
+    row = dict(metric=m.name, kind=m.kind, level=level, unit=unit, layer=layer, slot=slot, choice=choice, **describe(x))
+    row["delta"] = float(dx.mean())
+    row["delta_se"] = float(dx.std(ddof=1) / math.sqrt(dx.size)) if dx.size > 1 else 0.0
+    row["rel_delta"] = row["delta"] / ref_mean if ref_mean else 0.0
+    return row
+
+
+def _with_friendliness(rows: list[dict], sign: float) -> list[dict]:
+    """Friendliness in [-1, 1]: the signed change, normalised by the largest change in ``rows``."""
+    scale = max([abs(r["delta"]) for r in rows] + [1e-12])
+    for r in rows:
+        r["friendliness"] = sign * r["delta"] / scale
+    return rows
 
 
 # ============================================================================ io helpers
