@@ -153,7 +153,7 @@ def main(argv=None) -> None:
     ap.add_argument("--pop", type=int, default=50)
     ap.add_argument("--gens", type=int, default=40)
     ap.add_argument("--n-samples", type=int, default=64)
-    ap.add_argument("--gpu", default="titan_rtx_64", help="GPU column of latency/ofa_mbv3.csv for the search")
+    ap.add_argument("--gpu", default="titan_rtx_1", help="GPU column of latency/ofa_mbv3.csv for the search")
     ap.add_argument("--mirror", default=os.environ.get("HWNAS_ASSETS_MIRROR") or str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--search", default="note10,gpu", help="devices to run the search comparison on ('gpu' = --gpu)")
     ap.add_argument("--quick", action="store_true")

@@ -12,7 +12,8 @@ the same rows of ``G0`` (only the fixed gene, and the depth of the unit where it
 change). Differences between choices are therefore paired per sample and have far lower variance than
 independent draws, which is what makes a few hundred samples per cell enough to rank choices.
 
-Depth profiles fix ``d[u]`` to each allowed value (rest from ``G0``); the random baseline is ``G0``.
+Depth profiles fix ``d[u]`` to each allowed value, resolution profiles fix the input resolution to each
+allowed value (rest from ``G0``); the random baseline is ``G0``.
 
 Everything is evaluated in a few large batches through ``space.batch(genomes)``, so vectorised
 predictors (the OFA MLP, lookup tables, linear models) take their fast path.
@@ -71,8 +72,10 @@ class SpaceProfile:
     ``blocks[m]``: array ``(n_units, max_layers, n_pairs, N)`` of metric ``m`` with the layer fixed to
     ``space.all_block_choices[c]``; NaN where the choice is not allowed or the position never active.
     ``depths[m]``: ``(n_units, max_layers, N)`` with ``d[u] = index + 1``; NaN for depths not allowed.
-    ``baseline[m]``: ``(N,)`` unconstrained random samples. Row ``i`` of every cell shares the background
-    draw ``i`` (common random numbers), so paired differences are meaningful.
+    ``baseline[m]``: ``(N,)`` unconstrained random samples. ``resolutions[m]``: ``(n_resolutions, N)`` with
+    the input resolution fixed to ``space.resolutions[i]`` (empty dict when not profiled). Row ``i`` of
+    every cell shares the background draw ``i`` (common random numbers), so paired differences are
+    meaningful.
     """
 
     space: Any
@@ -84,6 +87,7 @@ class SpaceProfile:
     baseline: dict[str, np.ndarray]
     n_evaluations: int
     seconds: dict[str, float] = field(default_factory=dict)
+    resolutions: dict[str, np.ndarray] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -172,6 +176,14 @@ class SpaceProfile:
                     x = dv[u, d - 1]
                     depth_rows.append(_stat_row(m, "depth", u, -1, -1, f"d{d}", x, x - ref, ref_mean))
             rows.extend(_with_friendliness(depth_rows, m.sign))
+            # ---- resolutions
+            rv = self.resolutions.get(m.name)
+            if rv is not None and len(rv):
+                ref = rv.mean(axis=0)
+                ref_mean = float(ref.mean())
+                res_rows = [_stat_row(m, "resolution", -1, -1, -1, f"r{r}", rv[i], rv[i] - ref, ref_mean)
+                            for i, r in enumerate(space.resolutions)]
+                rows.extend(_with_friendliness(res_rows, m.sign))
         cols = ["metric", "kind", "level", "unit", "layer", "slot", "choice", "n", "mean", "std", *qn,
                 "delta", "delta_se", "rel_delta", "friendliness"]
         df = pd.DataFrame(rows, columns=cols)
@@ -279,12 +291,14 @@ def _metric_specs(latency: Mapping[str, Any] | None, accuracy: Mapping[str, Any]
 
 
 def profile_genomes(space: Any, n_samples: int, seed: int | np.random.Generator | None = 0,
-                    depth_profiles: bool = True) -> tuple[np.ndarray, list[tuple]]:
+                    depth_profiles: bool = True, resolution_profiles: bool = True) -> tuple[np.ndarray, list[tuple]]:
     """All genomes of a profile, stacked, and their cells ``(level, u, j_or_d, pair_index, row_slice)``.
 
     Rows ``[0, N)`` are the baseline ``G0``; block cell ``(u, j, c)`` is ``G0`` with slot gene set to
     choice ``c`` and, where ``d[u] < j + 1``, the depth gene redrawn uniformly among the allowed depths
-    ``>= j + 1`` (keeping depths that already qualify keeps it uniform over that set)."""
+    ``>= j + 1`` (keeping depths that already qualify keeps it uniform over that set). Depth cells are
+    ``("depth", u, d, -1, rows)``, resolution cells ``("resolution", -1, index, -1, rows)`` (only when
+    the space has more than one resolution)."""
     _check_space(space)
     n = int(n_samples)
     if n < 2:
@@ -326,6 +340,13 @@ def profile_genomes(space: Any, n_samples: int, seed: int | np.random.Generator 
                 blocks.append(G)
                 cells.append(("depth", u, int(d), -1, slice(row, row + n)))
                 row += n
+    if resolution_profiles and len(space.resolutions) > 1:
+        for ri in range(len(space.resolutions)):
+            G = G0.copy()
+            G[:, ns + nu] = ri
+            blocks.append(G)
+            cells.append(("resolution", -1, ri, -1, slice(row, row + n)))
+            row += n
     return np.concatenate(blocks, axis=0), cells
 
 
@@ -357,36 +378,43 @@ def profile_space(
     depth_profiles: bool = True,
     batch_size: int = 16384,
     progress: bool = False,
+    resolution_profiles: bool = True,
 ) -> SpaceProfile:
     """Profile every (unit, layer, block choice) and every unit depth of ``space``.
 
     ``latency``/``accuracy``: mappings name -> predictor (``predict(archs) -> (n,)``); e.g.
     ``latency={"note10": LookupTableLatency(space)}, accuracy={"ofa": OFAAccuracyPredictor()}``.
-    Costs ``n_samples * (1 + sum_positions n_choices + sum_units n_depths)`` evaluations per metric
-    (reported in ``profile.n_evaluations``).
+    Costs ``n_samples * (1 + sum_positions n_choices + sum_units n_depths + n_resolutions)`` evaluations
+    per metric (reported in ``profile.n_evaluations``; no resolution cells for a single resolution).
     """
     specs = _metric_specs(latency, accuracy)
-    G, cells = profile_genomes(space, n_samples, seed, depth_profiles)
+    G, cells = profile_genomes(space, n_samples, seed, depth_profiles, resolution_profiles)
     n = int(n_samples)
     layout = space.arch_type.LAYOUT
     nu, ml, npairs = len(layout), max(layout), len(space.all_block_choices)
-    blocks, depths, baseline, seconds = {}, {}, {}, {}
+    blocks, depths, baseline, seconds, res = {}, {}, {}, {}, {}
+    n_res = sum(1 for c in cells if c[0] == "resolution")
     for m in specs:
         t0 = time.perf_counter()
         vals = evaluate(space, m.predictor, G, batch_size, f"{m.kind}[{m.name!r}]", progress)
         seconds[m.name] = time.perf_counter() - t0
         B = np.full((nu, ml, npairs, n), np.nan)
         D = np.full((nu, ml, n), np.nan)
+        R = np.full((n_res, n), np.nan)
         for level, u, j, c, sl in cells:
             if level == "baseline":
                 baseline[m.name] = vals[sl]
             elif level == "block":
                 B[u, j, c] = vals[sl]
-            else:
+            elif level == "depth":
                 D[u, j - 1] = vals[sl]
+            else:
+                R[j] = vals[sl]
         blocks[m.name], depths[m.name] = B, D
+        if n_res:
+            res[m.name] = R
     return SpaceProfile(space=space, metrics=specs, n_samples=n, seed=int(seed), blocks=blocks, depths=depths,
-                        baseline=baseline, n_evaluations=int(len(G)), seconds=seconds)
+                        baseline=baseline, n_evaluations=int(len(G)), seconds=seconds, resolutions=res)
 
 
 def describe(x: np.ndarray) -> dict:

@@ -117,6 +117,7 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
     prof = profile_space(
         space, latency=latency, accuracy=accuracy, n_samples=int(pc.get("n_samples", 256)),
         seed=int(pc.get("seed", 0)), depth_profiles=bool(pc.get("depth_profiles", True)),
+        resolution_profiles=bool(pc.get("resolution_profiles", True)),
         batch_size=int(pc.get("batch_size", 16384)), progress=bool(pc.get("progress", False)),
     )
     t_prof = time.perf_counter() - t0

@@ -1,6 +1,24 @@
 """Hardware-specific search-space reduction from a block-friendliness profile.
 
-Rules for block choices and for unit depths, configurable through :class:`ReductionRules`:
+Rules for block choices, input resolutions and unit depths, configurable through :class:`ReductionRules`:
+
+**Front rule** (``rule="front"``, default). A reduction must keep the accuracy-latency front of whole
+networks. Under the profile's additive model (unit depth responses + the *position-specific* paired
+block deltas of the active layers + the resolution response, see :class:`AdditiveFront`) the best
+network for every latency price is found exactly; the hypervolume of these networks' points (reference
+10 % of the front's span beyond its worst corner, so both ends count) is the criterion. Block choices (in
+every unit for scope "global", per unit for "unit") and resolutions are removed greedily, the one that
+loses the least hypervolume first, while the total loss stays within ``front_tol`` (0.5 %). A choice that
+is the fastest or the most accurate at some positions is needed by the fast or the accurate end and
+stays, even when it is no better than another choice on average over positions. Measured
+(``benchmarks/space_reduction.py``, N=64, OFA predictor, NSGA-II pop 50, 5 seeds): Note10 LUT drops
+k5e3,k7e3,k7e4 with depths (3,4,4,4,4) (Mills: k7e3,k7e4, (3,4,4,4,4)); HV reduced vs full at
+250/500/1000/2000 evals +2.2/+1.6/+1.5/+1.2 % (5,4,5,5 of 5 seeds). titan_rtx_1 (linear predictor on
+latency/ofa_mbv3.csv) drops k3e3,k3e4,k5e3,k7e3 and keeps r156,r224 (Mills GPU: e3k3,e4k3,e3k7):
++9.6/+5.9/+4.1/+0.5 % (5,5,5,3 of 5); the previous position-averaged hull rule dropped every e3/e4
+choice and lost 2.9 % at 2000 evals. titan_rtx_64: +3.5/+1.3/+0.8/+1.0 % (5,4,5,4 of 5).
+
+The position-averaged rules below ("hull", "dominance") are kept as options.
 
 **Block choices** (per scope: the whole space, or each unit). For every allowed choice ``c`` the
 profile gives, per background sample, the latency and accuracy change of putting ``c`` at a position
@@ -14,7 +32,7 @@ with a paired standard error (common random numbers make these differences preci
 * and is clearly better in one of them: faster by more than ``max(tau_L, z*se)`` or more accurate by
   more than ``max(tau_A, z*se)``.
 
-*efficient frontier* (``rule="hull"``, default): additionally drops choices lying more than
+*efficient frontier* (``rule="hull"``): additionally drops choices lying more than
 ``max(tau_A, z*se)`` below the upper-left concave hull of the ``(L_c, A_c)`` points. For an additive
 cost/benefit model this is the multiple-choice-knapsack LP-dominance: for any latency price, a position
 is best served by a hull choice, so choices under the hull are only ever picked to fill leftover
@@ -47,16 +65,18 @@ import numpy as np
 from .profile import SpaceProfile, block_name, write_text_atomic
 
 SCOPES = ("global", "unit")
-RULES = ("hull", "dominance")
+RULES = ("front", "hull", "dominance")
 
 
 @dataclass
 class ReductionRules:
     """Thresholds of :func:`reduce_space` (see the module doc)."""
 
-    #: "hull": drop choices below the efficient (concave) latency-accuracy frontier of the choices;
-    #: "dominance": drop only choices epsilon-Pareto-dominated by another choice
-    rule: str = "hull"
+    #: "front": drop block choices (and resolutions) while the additive model's accuracy-latency front
+    #: of whole networks keeps its hypervolume within ``front_tol``; "hull": drop choices below the
+    #: efficient (concave) latency-accuracy frontier of the position-averaged choices; "dominance": drop
+    #: only choices epsilon-Pareto-dominated by another choice
+    rule: str = "front"
     #: "global": one set of choices for every unit (aggregated over all positions); "unit": per unit
     scope: str = "global"
     #: latency tolerance, as a fraction of the mean network latency of the random baseline ("dominance";
@@ -77,17 +97,23 @@ class ReductionRules:
     depth_efficiency: float = 0.4
     #: keep at least this many depth choices per unit
     min_depths: int = 1
+    #: "front": largest relative hypervolume loss of the additive network front the reduction may cause
+    front_tol: float = 0.005
+    #: "front": drop input resolutions too (needs a profile with resolution cells)
+    drop_resolutions: bool = True
+    #: keep at least this many resolutions
+    min_resolutions: int = 1
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise ValueError(f"rules.rule={self.rule!r} is unknown; use one of {list(RULES)}")
         if self.scope not in SCOPES:
             raise ValueError(f"rules.scope={self.scope!r} is unknown; use one of {list(SCOPES)}")
-        for name in ("latency_tol", "accuracy_tol", "z", "depth_efficiency"):
+        for name in ("latency_tol", "accuracy_tol", "z", "depth_efficiency", "front_tol"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"rules.{name}={v!r} must be a finite number >= 0")
-        for name in ("min_blocks", "min_depths"):
+        for name in ("min_blocks", "min_depths", "min_resolutions"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"rules.{name}={v!r} must be an integer >= 1")
@@ -118,6 +144,11 @@ class Reduction:
     rules: ReductionRules
     exchange_rate: float
     config: dict = field(default_factory=dict)
+    #: input resolutions kept / dropped
+    resolutions: list[int] = field(default_factory=list)
+    dropped_resolutions: list[int] = field(default_factory=list)
+    #: rule "front": relative hypervolume the additive network front loses by the block/resolution drops
+    front_loss: float = float("nan")
 
     @property
     def dropped_global(self) -> list[str]:
@@ -137,10 +168,17 @@ class Reduction:
     def describe(self) -> str:
         drops = self.dropped_global
         per_unit = "; ".join(f"u{u}: {','.join(d) or '-'}" for u, d in enumerate(self.dropped))
+        res = ""
+        if self.dropped_resolutions:
+            res = f"; resolutions {_ranges(self.resolutions)} (dropped {len(self.dropped_resolutions)})"
         return (
             f"{self.device}: drop {','.join(drops) or 'nothing'} (per unit {per_unit}); "
-            f"max depths {tuple(self.max_depths)}"
+            f"max depths {tuple(self.max_depths)}{res}"
         )
+
+
+def _ranges(rs: list[int]) -> str:
+    return "[" + ",".join(str(r) for r in rs) + "]" if len(rs) <= 6 else f"[{rs[0]},{rs[1]},...,{rs[-1]}] ({len(rs)})"
 
 
 # ============================================================================ rules
@@ -229,6 +267,139 @@ def _hull_gaps(L: np.ndarray, A: np.ndarray, allowed: list[int]) -> tuple[np.nda
     return gap, se, hull, beyond
 
 
+class AdditiveFront:
+    """The accuracy-latency front of whole networks under the profile's additive model.
+
+    A network's latency (accuracy) is modelled as the sum of its units' depth responses, the paired block
+    deltas of its active layers (position-specific, not averaged over positions) and its resolution
+    response. For a price ``theta`` (``cos(theta)/tau_A`` per accuracy unit against ``sin(theta)/tau_L``
+    per latency unit, ``theta`` from 0 = accuracy only to pi/2 = latency only) the best network is found
+    exactly (best block per position, then best depth per unit, then best resolution); the ``(L, A)``
+    points of these optima over a grid of prices are the (supported) front. Its hypervolume is measured
+    against a reference point 10 % of the full space's front span beyond its worst latency and accuracy,
+    so both ends of the front count."""
+
+    def __init__(self, profile: SpaceProfile, device: str, accuracy: str, n_prices: int = 61) -> None:
+        with np.errstate(all="ignore"):
+            self.ML = np.nanmean(profile.paired_deltas(device), axis=3)  # (nu, ml, P)
+            self.MA = np.nanmean(profile.paired_deltas(accuracy), axis=3)
+        space = profile.space
+        nu, ml = self.ML.shape[:2]
+        DL, DA = profile.depths[device].mean(axis=2), profile.depths[accuracy].mean(axis=2)  # (nu, ml)
+        self.depth_ok = np.zeros((nu, ml), dtype=bool)
+        for u, ds in enumerate(space.depth_choices):
+            self.depth_ok[u, [d - 1 for d in ds]] = True
+        self.DL = np.where(self.depth_ok, DL - np.nanmean(DL[self.depth_ok]), 0.0)
+        self.DA = np.where(self.depth_ok, DA - np.nanmean(DA[self.depth_ok]), 0.0)
+        if profile.resolutions.get(device) is not None and profile.resolutions.get(accuracy) is not None:
+            RL, RA = profile.resolutions[device].mean(axis=1), profile.resolutions[accuracy].mean(axis=1)
+            self.RL, self.RA = RL - RL.mean(), RA - RA.mean()
+        else:  # not profiled: resolution is not part of the model (nor dropped)
+            self.RL, self.RA = np.zeros(1), np.zeros(1)
+        self.n_res = len(self.RL)
+        self.avail = ~np.isnan(self.ML) & ~np.isnan(self.MA)
+        self.tau_L = max(float(np.nanstd(self.ML)), 1e-12)  # price scales: typical per-layer effects
+        self.tau_A = max(float(np.nanstd(self.MA)), 1e-12)
+        th = np.linspace(0.0, np.pi / 2, n_prices)
+        self.wA, self.wL = np.cos(th) / self.tau_A, np.sin(th) / self.tau_L
+        full = self.points(np.ones((nu, self.ML.shape[2]), dtype=bool), np.ones(self.n_res, dtype=bool))
+        span_L = float(np.ptp(full[:, 0])) or 1.0
+        span_A = float(np.ptp(full[:, 1])) or 1.0
+        self.ref = (float(full[:, 0].max()) + 0.1 * span_L, float(full[:, 1].min()) - 0.1 * span_A)
+        self.hv_full = self.hypervolume(full)
+
+    def points(self, keep: np.ndarray, rkeep: np.ndarray) -> np.ndarray:
+        """``(n_prices, 2)`` (latency, accuracy) of the optimal networks with block choices ``keep``
+        (``(n_units, n_pairs)`` bool) and resolutions ``rkeep``."""
+        wA, wL = self.wA[:, None, None, None], self.wL[:, None, None, None]
+        ok = self.avail & keep[:, None, :]
+        v = np.where(ok[None], wA * np.nan_to_num(self.MA) - wL * np.nan_to_num(self.ML), -np.inf)  # (T,nu,ml,P)
+        ci = v.argmax(axis=3)[..., None]
+        bv = np.take_along_axis(v, ci, 3)[..., 0]  # (T, nu, ml); -inf where nothing is available
+        bl = np.take_along_axis(np.broadcast_to(np.nan_to_num(self.ML), v.shape), ci, 3)[..., 0]
+        ba = np.take_along_axis(np.broadcast_to(np.nan_to_num(self.MA), v.shape), ci, 3)[..., 0]
+        bv = np.where(np.isfinite(bv), bv, 0.0)
+        dv = wA[..., 0] * self.DA - wL[..., 0] * self.DL + np.cumsum(bv, axis=2)  # unit value at depth j+1
+        dv = np.where(self.depth_ok[None], dv, -np.inf)
+        di = dv.argmax(axis=2)  # (T, nu)
+        mask = np.arange(self.ML.shape[1])[None, None, :] <= di[..., None]
+        L = (np.take_along_axis(np.broadcast_to(self.DL, dv.shape), di[..., None], 2)[..., 0]).sum(1) + (bl * mask).sum((1, 2))
+        A = (np.take_along_axis(np.broadcast_to(self.DA, dv.shape), di[..., None], 2)[..., 0]).sum(1) + (ba * mask).sum((1, 2))
+        rv = np.where(rkeep[None], self.wA[:, None] * self.RA - self.wL[:, None] * self.RL, -np.inf)
+        ri = rv.argmax(axis=1)
+        return np.stack([L + self.RL[ri], A + self.RA[ri]], axis=1)
+
+    def hypervolume(self, pts: np.ndarray) -> float:
+        ref_L, ref_A = self.ref
+        hv, best = 0.0, ref_A
+        for lat, a in pts[np.lexsort((-pts[:, 1], pts[:, 0]))]:
+            if lat < ref_L and a > best:
+                hv += (ref_L - lat) * (a - best)
+                best = a
+        return hv
+
+    def loss(self, keep: np.ndarray, rkeep: np.ndarray) -> float:
+        """Relative hypervolume lost by restricting the space to ``keep`` / ``rkeep`` (0 = nothing)."""
+        return 1.0 - self.hypervolume(self.points(keep, rkeep)) / self.hv_full if self.hv_full > 0 else 0.0
+
+
+def _front_reduction(profile: SpaceProfile, device: str, accuracy: str, rules: "ReductionRules"):
+    """Greedy backward elimination: repeatedly drop the block choice (in every unit for scope "global",
+    in one unit for "unit") or resolution whose removal loses the least front hypervolume, while the
+    total loss stays within ``rules.front_tol``. Returns ``(keep, rkeep, log)``; ``log`` maps each
+    candidate to the loss its removal would cause at the end (or caused, when dropped)."""
+    space = profile.space
+    pairs = profile.pairs
+    nu = len(profile.layout)
+    front = AdditiveFront(profile, device, accuracy)
+    keep = np.zeros((nu, len(pairs)), dtype=bool)
+    for u, bc in enumerate(space.block_choices):
+        keep[u, [pairs.index(tuple(b)) for b in bc]] = True
+    rkeep = np.ones(front.n_res, dtype=bool)
+    can_res = rules.drop_resolutions and front.n_res > 1
+    dropped_loss: dict[tuple, float] = {}
+
+    def cost(key):
+        kind, i, units = key
+        if kind == "resolution":
+            return float(front.RL[i])
+        vals = front.ML[list(units), :, i]
+        return float(np.nanmean(vals)) if np.isfinite(vals).any() else 0.0
+
+    def candidates(keep, rkeep, floor=True):
+        out = []
+        if rules.drop_blocks:
+            scopes = [list(range(nu))] if rules.scope == "global" else [[u] for u in range(nu)]
+            for units in scopes:
+                for c in range(len(pairs)):
+                    us = [u for u in units if keep[u, c]]
+                    if not us or (floor and any(keep[u].sum() <= rules.min_blocks for u in us)):
+                        continue
+                    k2 = keep.copy()
+                    k2[us, c] = False
+                    out.append((("block", c, tuple(units)), k2, rkeep))
+        if can_res and (rkeep.sum() > rules.min_resolutions or not floor):
+            for i in np.flatnonzero(rkeep):
+                r2 = rkeep.copy()
+                r2[i] = False
+                out.append((("resolution", int(i), ()), keep, r2))
+        return out
+
+    while True:
+        scored = [(front.loss(k, r), key, k, r) for key, k, r in candidates(keep, rkeep)]
+        if not scored:
+            break
+        # ties (e.g. choices that are never optimal): the slower one goes first
+        loss, key, k, r = min(scored, key=lambda x: (round(x[0], 9), -cost(x[1]), x[1]))
+        if loss > rules.front_tol:
+            break
+        keep, rkeep = k, r
+        dropped_loss[key] = loss
+    final = {key: (front.loss(k, r) if r.any() else 1.0) for key, k, r in candidates(keep, rkeep, floor=False)}
+    final.update(dropped_loss)
+    return keep, rkeep, final, front
+
+
 def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None,
                  rules: ReductionRules | dict | None = None, name: str | None = None) -> Reduction:
     """Derive a reduced space for latency metric ``device`` of ``profile`` (see the module doc)."""
@@ -258,7 +429,45 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
     # ------------------------------------------------------------------ block choices
     keep = [list(bc) for bc in space.block_choices]
     dropped: list[list[str]] = [[] for _ in range(nu)]
-    if rules.drop_blocks:
+    resolutions = list(space.resolutions)
+    hv_loss = float("nan")
+    if rules.rule == "front":
+        kmask, rkeep, losses, front = _front_reduction(profile, device, accuracy, rules)
+        hv_loss = front.loss(kmask, rkeep)
+        for u in range(nu):
+            keep[u] = [b for b in space.block_choices[u] if kmask[u, pairs.index(tuple(b))]]
+            dropped[u] = [names[pairs.index(tuple(b))] for b in space.block_choices[u] if not kmask[u, pairs.index(tuple(b))]]
+        if front.n_res == len(resolutions):
+            resolutions = [r for r, k in zip(space.resolutions, rkeep) if k]
+        all_pos = positions
+        L = _scope_deltas(profile, device, all_pos)
+        A = _scope_deltas(profile, accuracy, all_pos)
+        for (kind, idx, units), loss in sorted(losses.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+            if kind == "block":
+                scope_name = "all" if len(units) == nu else f"u{units[0]}"
+                pos = [p for p in positions if p[0] in units]
+                Lc, Ac = (L[idx], A[idx]) if len(units) == nu else (_scope_deltas(profile, device, pos)[idx],
+                                                                     _scope_deltas(profile, accuracy, pos)[idx])
+                gone = not kmask[units[0], idx]
+                rows.append(dict(rule="block", scope=scope_name, choice=names[idx],
+                                 latency_delta=float(Lc.mean()), accuracy_delta=float(Ac.mean()),
+                                 latency_se=float(Lc.std(ddof=1) / math.sqrt(Lc.size)),
+                                 accuracy_se=float(Ac.std(ddof=1) / math.sqrt(Ac.size)),
+                                 efficiency=float("nan"), gap=float(loss),
+                                 dominated_by=f"front HV -{max(0.0, 100 * loss):.2f}% {'when dropped' if gone else 'if dropped'}",
+                                 dropped=gone))
+            else:
+                rl = profile.resolutions[device][idx] - profile.resolutions[device].mean(axis=0)
+                ra = profile.resolutions[accuracy][idx] - profile.resolutions[accuracy].mean(axis=0)
+                gone = not rkeep[idx]
+                rows.append(dict(rule="resolution", scope="all", choice=f"r{space.resolutions[idx]}",
+                                 latency_delta=float(rl.mean()), accuracy_delta=float(ra.mean()),
+                                 latency_se=float(rl.std(ddof=1) / math.sqrt(rl.size)),
+                                 accuracy_se=float(ra.std(ddof=1) / math.sqrt(ra.size)),
+                                 efficiency=float("nan"), gap=float(loss),
+                                 dominated_by=f"front HV -{max(0.0, 100 * loss):.2f}% {'when dropped' if gone else 'if dropped'}",
+                                 dropped=gone))
+    elif rules.drop_blocks:
         scopes = [("all", list(range(nu)))] if rules.scope == "global" else [(f"u{u}", [u]) for u in range(nu)]
         for scope_name, units in scopes:
             pos = [p for p in positions if p[0] in units]
@@ -357,12 +566,14 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
     cfg["name"] = name or f"reduced_{_slug(device)}"
     cfg["depth_choices"] = [list(d) for d in depth_keep]
     cfg["block_choices"] = [[block_name(k, e) for k, e in bc] for bc in keep]
+    cfg["resolutions"] = list(resolutions)
     new_space = instantiate_space(cfg)
     decisions = pd.DataFrame(rows, columns=["rule", "scope", "choice", "latency_delta", "accuracy_delta",
                                             "latency_se", "accuracy_se", "efficiency", "gap", "dominated_by", "dropped"])
     return Reduction(space=new_space, device=device, accuracy=accuracy, block_choices=[list(map(tuple, b)) for b in keep],
                      depth_choices=depth_keep, dropped=dropped, decisions=decisions, rules=rules,
-                     exchange_rate=float(rho), config=new_space.to_config())
+                     exchange_rate=float(rho), config=new_space.to_config(), resolutions=list(resolutions),
+                     dropped_resolutions=[r for r in space.resolutions if r not in resolutions], front_loss=hv_loss)
 
 
 # ============================================================================ config io
@@ -392,6 +603,8 @@ def space_yaml(reduction: Reduction, extra_comment: str = "") -> str:
     ]
     header += [f"#   unit {u}: {', '.join(d) or '-'}" for u, d in enumerate(reduction.dropped)]
     header.append(f"# max unit depths: {tuple(reduction.max_depths)}")
+    if reduction.dropped_resolutions:
+        header.append(f"# dropped resolutions: {reduction.dropped_resolutions}")
     header.append("# rules: " + ", ".join(f"{k}={v}" for k, v in asdict(reduction.rules).items()))
     if extra_comment:
         header += [f"# {line}" for line in extra_comment.splitlines()]

@@ -84,7 +84,7 @@ def test_k7_is_least_friendly_for_latency_and_dropped(prof, space):
     acc = df[(df.metric == "acc") & (df.level == "block") & (df.unit > 0)]
     mean_acc = acc.groupby("choice").delta.mean()
     assert mean_acc["k5e6"] > mean_acc["k7e6"] and abs(mean_acc["k7e6"] - mean_acc["k3e6"]) < 1e-9
-    for rule in ("hull", "dominance"):
+    for rule in ("front", "hull", "dominance"):
         red = reduce_space(prof, "syn", rules={"rule": rule, "cap_depth": False})
         assert {"k7e3", "k7e4", "k7e6"} <= set(red.dropped_global), (rule, red.describe())
         for bc in red.space.block_choices:
@@ -160,8 +160,13 @@ def test_stats_match_raw_samples_and_csv(prof, space, tmp_path):
     back = pd.read_csv(path)
     assert list(back.columns[:7]) == ["metric", "kind", "level", "unit", "layer", "slot", "choice"]
     assert {f"q{int(q * 100):02d}" for q in QUANTILES} <= set(back.columns)
-    assert len(back) == len(df) == 2 * (1 + 180 + 15)
-    assert set(back.level) == {"baseline", "block", "depth"}
+    assert len(back) == len(df) == 2 * (1 + 180 + 15 + 2)
+    assert set(back.level) == {"baseline", "block", "depth", "resolution"}
+    # resolution cells: G0 with the resolution fixed (paired), r224 slower than r160 by the r^2 law
+    res = df[(df.metric == "syn") & (df.level == "resolution")].set_index("choice")
+    sl = next(x[4] for x in cells if x[0] == "resolution" and x[2] == 1)
+    assert res.loc["r224", "mean"] == pytest.approx(SynLatency(space).predict(space.batch(G[sl])).mean())
+    assert res.loc["r224", "delta"] > 0 > res.loc["r160", "delta"]
 
 
 def test_reduced_yaml_loads_back_through_hydra(prof, tmp_path):
@@ -232,7 +237,7 @@ def test_cli_run_profile_writes_everything_and_search_loads_it(tmp_path):
     sp = load_space_config(tmp_path / "conf" / "space" / "reduced_syn.yaml")
     assert all((7, 6) not in bc for bc in sp.block_choices)
     assert summary["devices"]["syn"]["max_depths"][0] == 2
-    assert summary["n_evaluations"] == 16 * (1 + 180 + 15)
+    assert summary["n_evaluations"] == 16 * (1 + 180 + 15 + 2)
     # on the second device k7 is cheaper than k3 at equal accuracy: there k3e3 goes and k7e3 stays
     sp2 = load_space_config(tmp_path / "conf" / "space" / "reduced_cheapk7.yaml")
     assert all((7, 3) in bc and (3, 3) not in bc for bc in sp2.block_choices)
@@ -251,10 +256,66 @@ def test_cli_run_profile_writes_everything_and_search_loads_it(tmp_path):
     assert space.name == "reduced_syn"
 
 
+class SlotLatency:
+    """GPU-like: block costs differ by position. k3e3 costs 0.5 at even slots and 1.5 at odd ones (1.0 on
+    average, like k3e6), every other choice costs 1.0 + 0.1 x rank; resolution costs nothing."""
+
+    def __init__(self, space=None):
+        self.space = space
+
+    def predict(self, archs):
+        sp = self.space
+        ks, e, d, r = _arrays(sp, archs)
+        active = sp.slot_pos[None, :] < d[:, sp.slot_unit]
+        even = (np.arange(sp.n_slots) % 2 == 0)[None, :]
+        rank = {(3, 3): 0, (3, 4): 2, (3, 6): 0, (5, 3): 3, (5, 4): 4, (5, 6): 5, (7, 3): 6, (7, 4): 7, (7, 6): 8}
+        cost = np.ones(ks.shape)
+        for (k, ee), rk in rank.items():
+            cost = np.where((ks == k) & (e == ee), 1.0 + 0.1 * rk, cost)
+        cost = np.where((ks == 3) & (e == 3), np.where(even, 0.5, 1.5), cost)
+        return 1.0 + (cost * active).sum(1) + 0.0 * r
+
+
+def test_front_rule_keeps_position_specific_fastest_choice_and_drops_free_resolutions():
+    """The position-averaged rules drop k3e3 (as slow as k3e6 on average, less accurate), although it is
+    the fastest choice at half the positions; the front rule keeps it: the fastest networks need it.
+    Resolutions that cost nothing and buy less accuracy than r224 go (GPU at batch 1)."""
+    sp = create_space("ofa_mbv3_w12", resolutions=[160, 192, 224])
+    prof = profile_space(sp, latency={"gpu": SlotLatency(sp)}, accuracy={"acc": SynAccuracy(sp)}, n_samples=16, seed=0)
+    for rule in ("hull", "dominance"):
+        red = reduce_space(prof, "gpu", rules={"rule": rule, "cap_depth": False})
+        assert "k3e3" in red.dropped_global, (rule, red.describe())
+    red = reduce_space(prof, "gpu", rules={"cap_depth": False})
+    assert red.rules.rule == "front"
+    assert all((3, 3) in bc for bc in red.space.block_choices), red.describe()
+    assert red.resolutions == [224] and red.dropped_resolutions == [160, 192]
+    assert red.space.resolutions == [224]
+    assert 0 <= red.front_loss <= red.rules.front_tol
+    # the fastest network of the full space (k3e3 at even slots, k3e6 at odd ones, depth 2) is in the
+    # reduced space: same predicted latency
+    lat = SlotLatency(sp)
+    ks = [3] * 20
+    es = [3 if i % 2 == 0 else 6 for i in range(20)]
+    fastest = sp.validate({"ks": ks, "e": es, "d": [2] * 5, "r": 224})
+    assert red.space.validate(fastest.to_dict()) is not None
+    full_min = lat.predict([fastest])[0]
+    assert full_min <= lat.predict(sp.sample(500, 0)).min() + 1e-9
+    # the decision table has one row per candidate with its front loss
+    blk = red.decisions[red.decisions.rule == "block"]
+    assert set(blk.choice) == set(prof.pair_names)
+    assert (blk[blk.dropped].gap <= red.rules.front_tol + 1e-12).all()
+    assert blk.set_index("choice").loc["k3e3", "gap"] > red.rules.front_tol
+    res = red.decisions[red.decisions.rule == "resolution"].set_index("choice")
+    assert bool(res.loc["r160", "dropped"]) and not bool(res.loc["r224", "dropped"])
+    # no tolerance: nothing on the front may go; resolutions can be switched off
+    red0 = reduce_space(prof, "gpu", rules={"front_tol": 0.0, "drop_resolutions": False, "cap_depth": False})
+    assert red0.space.resolutions == [160, 192, 224] and red0.front_loss <= 1e-12
+
+
 def test_note10_tables_reproduce_mills_reduction(data_dir):
-    """With the official Note10 tables and OFA predictor the default rules drop e3k7 and e4k7 and cap
-    unit 0 at 3 layers, like Mills et al.'s published Note10 space; here k7e6 (which the OFA predictor
-    values at k5e6's accuracy) and k5e3 go too."""
+    """With the official Note10 tables and OFA predictor the default (front) rule drops e3k7 and e4k7
+    and caps unit 0 at 3 layers, like Mills et al.'s published Note10 space; here k5e3 goes too, and
+    every resolution stays (each is on the front)."""
     from hwnas.predictors.lut import LookupTableLatency
     from hwnas.predictors.ofa_accuracy import OFAAccuracyPredictor
 
@@ -263,8 +324,13 @@ def test_note10_tables_reproduce_mills_reduction(data_dir):
                          n_samples=64, seed=0)
     red = reduce_space(prof, "note10")
     assert {"k7e3", "k7e4"} <= set(red.dropped_global)
-    assert set(red.dropped_global) == {"k5e3", "k7e3", "k7e4", "k7e6"}
+    assert set(red.dropped_global) == {"k5e3", "k7e3", "k7e4"}
     assert red.max_depths == [3, 4, 4, 4, 4]
+    assert red.space.resolutions == [160, 176, 192, 208, 224]
+    # the fastest (k3e3) and the most accurate choices (k5e6, k7e6) are kept
+    assert {(3, 3), (5, 6), (7, 6)} <= set(red.space.block_choices[0])
+    # the position-averaged hull rule also drops k7e6 (the most accurate choice at some positions)
+    assert set(reduce_space(prof, "note10", rules={"rule": "hull"}).dropped_global) == {"k5e3", "k7e3", "k7e4", "k7e6"}
     # the plain frontier rule with a tight tolerance keeps k7e6 (most accurate choice)
     red2 = reduce_space(prof, "note10", rules={"accuracy_tol": 0.0, "rule": "hull", "latency_tol": 0.0})
     assert "k7e6" not in red2.dropped_global and {"k7e3", "k7e4"} <= set(red2.dropped_global)
