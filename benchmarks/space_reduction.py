@@ -155,11 +155,13 @@ def main(argv=None) -> None:
     ap.add_argument("--n-samples", type=int, default=64)
     ap.add_argument("--gpu", default="titan_rtx_1", help="GPU column of latency/ofa_mbv3.csv for the search")
     ap.add_argument("--mirror", default=os.environ.get("HWNAS_ASSETS_MIRROR") or str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ap.add_argument("--search", default="note10,gpu", help="devices to run the search comparison on ('gpu' = --gpu)")
+    ap.add_argument("--search", default="note10,gpu,titan_xp_1,titan_rtx_64",
+                    help="devices to run the search comparison on ('gpu' = --gpu)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
-    if a.quick:
+    if a.quick:  # smoke run: one GPU device
         a.seeds, a.pop, a.gens, a.n_samples = 2, 30, 10, 32
+        a.search = ",".join(x for x in a.search.split(",") if x.strip() in ("note10", "gpu", a.gpu))
     from hwnas.predictors.assets import set_default_mirror
     from hwnas.predictors.lut import LookupTableLatency
 
@@ -188,16 +190,18 @@ def main(argv=None) -> None:
         dt = time.perf_counter() - t0
         red = reduce_space(prof, name, "ofa", rules)
         profiles[name], reductions[name] = prof, red
-        rows.append([name, ",".join(red.dropped_global) or "-", str(tuple(red.max_depths)),
-                     f"{prof.n_evaluations}", f"{dt:.1f}", src])
+        kept_r = red.resolutions if len(red.resolutions) <= 6 else f"{len(red.resolutions)} of {len(sp.resolutions)}"
+        rows.append([name, ",".join(red.dropped_global) or "-", str(tuple(red.max_depths)), str(kept_r),
+                     f"{100 * red.front_loss:.2f}%", f"{prof.n_evaluations}", f"{dt:.1f}", src])
     for ref, (drop, depth) in MILLS.items():
-        rows.append([f"Mills et al.: {ref}", drop, depth, "-", "-", "published reduced space"])
-    table(["device", "dropped block choices (all units)", "max depths", "profile evals", "time s", "latency source"],
+        rows.append([f"Mills et al.: {ref}", drop, depth, "not stated", "-", "-", "-", "published reduced space"])
+    table(["device", "dropped block choices (all units)", "max depths", "resolutions kept", "model front HV loss",
+           "profile evals", "time s", "latency source"],
           rows, "1. Reductions derived by profiling (N=%d samples per cell) vs Mills et al. 2021" % a.n_samples)
 
     # ------------------------------------------------------------------ 2. stability vs N
     def decisions(rd):
-        drops = {(u, b) for u, d in enumerate(rd.dropped) for b in d}
+        drops = {(u, b) for u, d in enumerate(rd.dropped) for b in d} | {("r", r) for r in rd.dropped_resolutions}
         return drops, tuple(rd.max_depths)
 
     rows = []
@@ -214,7 +218,7 @@ def main(argv=None) -> None:
                 same += k == 0
             rows.append([name, n, pr.n_evaluations, f"{same}/3", f"{np.mean(diff):.1f}"])
     table(["device", "N", "profile evals", f"same reduction as N={a.n_samples} (3 seeds)",
-           "mean differing decisions (of 50 block + 5 depth)"], rows,
+           "mean differing decisions (of 45 block + 5 depth + resolutions)"], rows,
           "2. Stability of the derived reduction with the number of profiling samples (other seeds)")
 
     # ------------------------------------------------------------------ 3. search: reduced vs full

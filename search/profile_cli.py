@@ -146,7 +146,9 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
             conf_dir = rc.get("conf_dir") or package_conf_dir()
             path = write_space_config(red, conf_dir, extra_comment=note)
             entry.update(dropped=red.dropped, dropped_all_units=red.dropped_global, max_depths=red.max_depths,
-                         exchange_rate=red.exchange_rate, config=str(path), space=name)
+                         exchange_rate=red.exchange_rate, config=str(path), space=name,
+                         resolutions=red.resolutions, dropped_resolutions=red.dropped_resolutions,
+                         front_loss=red.front_loss)
             log(f"{red.describe()} -> {path}  (use: hwnas-search space={name})")
         elif acc_name is None:
             log(f"{dev}: no accuracy source, so no reduction (profile and heatmap only)")

@@ -267,6 +267,11 @@ def _hull_gaps(L: np.ndarray, A: np.ndarray, allowed: list[int]) -> tuple[np.nda
     return gap, se, hull, beyond
 
 
+def _masked_mean(x: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Row means of ``x`` over the entries where ``ok`` (``(n, 1)``)."""
+    return (np.where(ok, x, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1))[:, None]
+
+
 class AdditiveFront:
     """The accuracy-latency front of whole networks under the profile's additive model.
 
@@ -279,7 +284,8 @@ class AdditiveFront:
     against a reference point 10 % of the full space's front span beyond its worst latency and accuracy,
     so both ends of the front count."""
 
-    def __init__(self, profile: SpaceProfile, device: str, accuracy: str, n_prices: int = 61) -> None:
+    def __init__(self, profile: SpaceProfile, device: str, accuracy: str, n_prices: int = 61,
+                 resolution: bool = True) -> None:
         with np.errstate(all="ignore"):
             self.ML = np.nanmean(profile.paired_deltas(device), axis=3)  # (nu, ml, P)
             self.MA = np.nanmean(profile.paired_deltas(accuracy), axis=3)
@@ -289,9 +295,11 @@ class AdditiveFront:
         self.depth_ok = np.zeros((nu, ml), dtype=bool)
         for u, ds in enumerate(space.depth_choices):
             self.depth_ok[u, [d - 1 for d in ds]] = True
-        self.DL = np.where(self.depth_ok, DL - np.nanmean(DL[self.depth_ok]), 0.0)
-        self.DA = np.where(self.depth_ok, DA - np.nanmean(DA[self.depth_ok]), 0.0)
-        if profile.resolutions.get(device) is not None and profile.resolutions.get(accuracy) is not None:
+        # per-unit depth responses around the unit's mean over its allowed depths (uniform depth draws),
+        # so that baseline mean + model = the modelled network value
+        self.DL = np.where(self.depth_ok, DL - _masked_mean(DL, self.depth_ok), 0.0)
+        self.DA = np.where(self.depth_ok, DA - _masked_mean(DA, self.depth_ok), 0.0)
+        if resolution and profile.resolutions.get(device) is not None and profile.resolutions.get(accuracy) is not None:
             RL, RA = profile.resolutions[device].mean(axis=1), profile.resolutions[accuracy].mean(axis=1)
             self.RL, self.RA = RL - RL.mean(), RA - RA.mean()
         else:  # not profiled: resolution is not part of the model (nor dropped)
@@ -300,12 +308,20 @@ class AdditiveFront:
         self.avail = ~np.isnan(self.ML) & ~np.isnan(self.MA)
         self.tau_L = max(float(np.nanstd(self.ML)), 1e-12)  # price scales: typical per-layer effects
         self.tau_A = max(float(np.nanstd(self.MA)), 1e-12)
-        th = np.linspace(0.0, np.pi / 2, n_prices)
+        # strictly positive weights on both objectives, so that ties (equally accurate choices) go to
+        # the faster one even at the ends of the price range
+        th = np.linspace(1e-3, np.pi / 2 - 1e-3, n_prices)
         self.wA, self.wL = np.cos(th) / self.tau_A, np.sin(th) / self.tau_L
         full = self.points(np.ones((nu, self.ML.shape[2]), dtype=bool), np.ones(self.n_res, dtype=bool))
+        # reference point: the worst corner of the random networks of the space (or of the front, with a
+        # 10 % margin, if that is worse): the front is valued as the improvement over random sampling,
+        # so its fast end (compared with the least accurate random network) counts, not only its middle
+        bl = np.asarray(profile.baseline[device], float) - float(np.mean(profile.baseline[device]))
+        ba = np.asarray(profile.baseline[accuracy], float) - float(np.mean(profile.baseline[accuracy]))
         span_L = float(np.ptp(full[:, 0])) or 1.0
         span_A = float(np.ptp(full[:, 1])) or 1.0
-        self.ref = (float(full[:, 0].max()) + 0.1 * span_L, float(full[:, 1].min()) - 0.1 * span_A)
+        self.ref = (max(float(bl.max()), float(full[:, 0].max()) + 0.1 * span_L),
+                    min(float(ba.min()), float(full[:, 1].min()) - 0.1 * span_A))
         self.hv_full = self.hypervolume(full)
 
     def points(self, keep: np.ndarray, rkeep: np.ndarray) -> np.ndarray:
@@ -340,64 +356,84 @@ class AdditiveFront:
 
     def loss(self, keep: np.ndarray, rkeep: np.ndarray) -> float:
         """Relative hypervolume lost by restricting the space to ``keep`` / ``rkeep`` (0 = nothing)."""
-        return 1.0 - self.hypervolume(self.points(keep, rkeep)) / self.hv_full if self.hv_full > 0 else 0.0
+        return max(0.0, 1.0 - self.hypervolume(self.points(keep, rkeep)) / self.hv_full) if self.hv_full > 0 else 0.0
 
 
 def _front_reduction(profile: SpaceProfile, device: str, accuracy: str, rules: "ReductionRules"):
-    """Greedy backward elimination: repeatedly drop the block choice (in every unit for scope "global",
-    in one unit for "unit") or resolution whose removal loses the least front hypervolume, while the
-    total loss stays within ``rules.front_tol``. Returns ``(keep, rkeep, log)``; ``log`` maps each
-    candidate to the loss its removal would cause at the end (or caused, when dropped)."""
+    """Greedy backward elimination in two stages.
+
+    1. Block choices, judged on the front at a fixed input resolution (the resolution term left out: block
+       costs scale with the resolution, so the additive resolution response is not trusted to stand in
+       for block choices at the fast end): repeatedly drop the block choice (in every unit for scope
+       "global", in one unit for "unit") whose removal loses the least hypervolume, while the loss stays
+       within ``rules.front_tol``.
+    2. Resolutions, judged on the front with the resolution term and the kept blocks: drop the one that
+       adds the least loss, while the added loss stays within ``rules.front_tol``.
+
+    Returns ``(keep, rkeep, log, front)``; ``log`` maps each candidate to the loss its removal would cause
+    at the end (or caused, when dropped); ``front`` is the full model (with resolutions)."""
     space = profile.space
     pairs = profile.pairs
     nu = len(profile.layout)
+    bfront = AdditiveFront(profile, device, accuracy, resolution=False)
     front = AdditiveFront(profile, device, accuracy)
     keep = np.zeros((nu, len(pairs)), dtype=bool)
     for u, bc in enumerate(space.block_choices):
         keep[u, [pairs.index(tuple(b)) for b in bc]] = True
     rkeep = np.ones(front.n_res, dtype=bool)
-    can_res = rules.drop_resolutions and front.n_res > 1
-    dropped_loss: dict[tuple, float] = {}
+    one = np.ones(1, dtype=bool)
+    log: dict[tuple, float] = {}
 
-    def cost(key):
-        kind, i, units = key
-        if kind == "resolution":
-            return float(front.RL[i])
-        vals = front.ML[list(units), :, i]
-        return float(np.nanmean(vals)) if np.isfinite(vals).any() else 0.0
-
-    def candidates(keep, rkeep, floor=True):
+    def block_candidates(keep, floor=True):
         out = []
-        if rules.drop_blocks:
-            scopes = [list(range(nu))] if rules.scope == "global" else [[u] for u in range(nu)]
-            for units in scopes:
-                for c in range(len(pairs)):
-                    us = [u for u in units if keep[u, c]]
-                    if not us or (floor and any(keep[u].sum() <= rules.min_blocks for u in us)):
-                        continue
-                    k2 = keep.copy()
-                    k2[us, c] = False
-                    out.append((("block", c, tuple(units)), k2, rkeep))
-        if can_res and (rkeep.sum() > rules.min_resolutions or not floor):
-            for i in np.flatnonzero(rkeep):
-                r2 = rkeep.copy()
-                r2[i] = False
-                out.append((("resolution", int(i), ()), keep, r2))
+        if not rules.drop_blocks:
+            return out
+        scopes = [list(range(nu))] if rules.scope == "global" else [[u] for u in range(nu)]
+        for units in scopes:
+            for c in range(len(pairs)):
+                us = [u for u in units if keep[u, c]]
+                if not us or (floor and any(keep[u].sum() <= rules.min_blocks for u in us)):
+                    continue
+                k2 = keep.copy()
+                k2[us, c] = False
+                avg = front.ML[us, :, c]
+                slow = float(np.nanmean(avg)) if np.isfinite(avg).any() else 0.0
+                out.append((("block", c, tuple(units)), k2, slow))
         return out
 
-    while True:
-        scored = [(front.loss(k, r), key, k, r) for key, k, r in candidates(keep, rkeep)]
-        if not scored:
-            break
-        # ties (e.g. choices that are never optimal): the slower one goes first
-        loss, key, k, r = min(scored, key=lambda x: (round(x[0], 9), -cost(x[1]), x[1]))
-        if loss > rules.front_tol:
-            break
-        keep, rkeep = k, r
-        dropped_loss[key] = loss
-    final = {key: (front.loss(k, r) if r.any() else 1.0) for key, k, r in candidates(keep, rkeep, floor=False)}
-    final.update(dropped_loss)
-    return keep, rkeep, final, front
+    def res_candidates(rkeep, floor=True):
+        out = []
+        if not (rules.drop_resolutions and front.n_res > 1):
+            return out
+        if floor and rkeep.sum() <= rules.min_resolutions:
+            return out
+        for i in np.flatnonzero(rkeep):
+            r2 = rkeep.copy()
+            r2[i] = False
+            out.append((("resolution", int(i), ()), r2, float(front.RL[i])))
+        return out
+
+    def greedy(state, cands, loss_of):
+        while True:
+            scored = [(loss_of(x), key, x, slow) for key, x, slow in cands(state)]
+            if not scored:
+                return state
+            # ties (e.g. choices that are never optimal): the slower one goes first
+            loss, key, x, _ = min(scored, key=lambda t: (round(t[0], 9), -t[3], t[1]))
+            if loss > rules.front_tol:
+                return state
+            state = x
+            log[key] = loss
+
+    keep = greedy(keep, block_candidates, lambda k: bfront.loss(k, one))
+    base = front.loss(keep, rkeep)
+    rkeep = greedy(rkeep, res_candidates, lambda r: front.loss(keep, r) - base)
+    for key, k, _ in block_candidates(keep, floor=False):
+        log.setdefault(key, bfront.loss(k, one))
+    base = front.loss(keep, rkeep)
+    for key, r, _ in res_candidates(rkeep, floor=False):
+        log.setdefault(key, front.loss(keep, r) - base if r.any() else 1.0)
+    return keep, rkeep, log, front
 
 
 def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None,

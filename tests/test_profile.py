@@ -201,6 +201,10 @@ def test_determinism_with_seed(space):
 def test_clear_errors(prof, space):
     with pytest.raises(ValueError, match="scope"):
         ReductionRules(scope="layer")
+    with pytest.raises(ValueError, match="front_tol"):
+        ReductionRules(front_tol=-0.1)
+    with pytest.raises(ValueError, match="min_resolutions"):
+        ReductionRules(min_resolutions=0)
     with pytest.raises(ValueError, match="unknown key"):
         ReductionRules.from_dict({"treshold": 1})
     with pytest.raises(KeyError, match="not profiled"):
@@ -238,6 +242,9 @@ def test_cli_run_profile_writes_everything_and_search_loads_it(tmp_path):
     assert all((7, 6) not in bc for bc in sp.block_choices)
     assert summary["devices"]["syn"]["max_depths"][0] == 2
     assert summary["n_evaluations"] == 16 * (1 + 180 + 15 + 2)
+    # the written space carries the kept resolutions (r224 costs ~2x for +0.01 pts here: it goes)
+    assert summary["devices"]["syn"]["resolutions"] == list(sp.resolutions) == [160]
+    assert summary["devices"]["syn"]["dropped_resolutions"] == [224]
     # on the second device k7 is cheaper than k3 at equal accuracy: there k3e3 goes and k7e3 stays
     sp2 = load_space_config(tmp_path / "conf" / "space" / "reduced_cheapk7.yaml")
     assert all((7, 3) in bc and (3, 3) not in bc for bc in sp2.block_choices)
