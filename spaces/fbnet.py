@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .base import SpaceError, register_space
 from .nasbench201 import CategoricalArchMixin, CategoricalSpace, _check_ops
 
@@ -71,11 +73,50 @@ class FBNetSpace(CategoricalSpace):
     position_name = "layer"
     #: layers per stage (same resolution and width), FBNet's macro structure
     stages = (1, 4, 4, 4, 4, 4, 1)
+    #: output channels and stride of the first layer of each stage (ImageNet 224 input, the stem
+    #: gives 16 channels at 112x112)
+    stage_widths = (16, 24, 32, 64, 112, 184, 352)
+    stage_strides = (1, 2, 2, 2, 1, 2, 1)
+    stem = (16, 112)
 
     def __init__(self, name: str | None = None) -> None:
         if name:
             self.name = name
         super().__init__()
+
+    def layer_shapes(self) -> list[tuple[int, int, int, int, int]]:
+        """``(in_channels, out_channels, stride, in_size, out_size)`` of each of the 22 layers."""
+        c, hw = self.stem
+        out = []
+        for n, width, stride in zip(self.stages, self.stage_widths, self.stage_strides):
+            for i in range(n):
+                s = stride if i == 0 else 1
+                ho = (hw - 1) // s + 1
+                out.append((c, width, s, hw, ho))
+                c, hw = width, ho
+        return out
+
+    def op_costs(self) -> np.ndarray:
+        """Per layer and block: inverted residual ``1x1 (groups g) -> kxk depthwise -> 1x1 (groups g)``
+        with expansion e; ``skip`` is the identity, or a strided 1x1 projection where the layer changes
+        width or resolution."""
+        out = np.zeros((self.n_positions, len(self.choices), len(self.COST_NAMES)))
+        for pos, (ci, co, s, hi, ho) in enumerate(self.layer_shapes()):
+            for j, name in enumerate(self.choices):
+                if name == "skip":
+                    if ci == co and s == 1:
+                        continue
+                    out[pos, j] = (ci * co * ho * ho, 0, ci * hi * hi + co * ho * ho, 1, ci * co)
+                    continue
+                m = re.fullmatch(r"k(\d)_e(\d)(?:_g(\d))?", name)
+                k, e, g = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
+                mid = e * ci
+                pw = (ci * mid * hi * hi + mid * co * ho * ho) / g
+                dw = k * k * mid * ho * ho
+                act = ci * hi * hi + mid * hi * hi + mid * ho * ho + co * ho * ho
+                params = (ci * mid + mid * co) / g + k * k * mid
+                out[pos, j] = (pw, dw, act, 3, params)
+        return out
 
 
 @register_space("fbnet")

@@ -517,7 +517,11 @@ class MBConvSpace(SearchSpace):
     def layers(self, arch: Any) -> list[LayerSpec]:
         """Every layer of the subnet with its shapes, in order (used by lookup tables, profiling,
         measurement and export)."""
-        a = self.validate(arch)
+        return self.layers_unchecked(self.validate(arch))
+
+    def layers_unchecked(self, a: MBConvArch) -> list[LayerSpec]:
+        """:meth:`layers` of an arch of this space's type without checking it against the space's
+        choices (geometry probes, e.g. a slot's shapes under a choice a reduced space no longer allows)."""
         out = self.first_layers(a.r)
         h, w, c = out[-1].out_shape
         for u, (start, du) in enumerate(zip(self.unit_starts, a.d)):

@@ -141,6 +141,17 @@ class CategoricalSpace(SearchSpace):
     def feature_names(self) -> list[str]:
         return [f"{self.position_name}{p}_{c}" for p in range(self.n_positions) for c in self.choices]
 
+    #: names of the physical quantities of :meth:`op_costs`
+    COST_NAMES = ("pointwise_macs", "spatial_macs", "activations", "operators", "params")
+
+    def op_costs(self) -> np.ndarray | None:
+        """Physical cost of each (position, choice): ``(n_positions, n_choices, 5)`` with the columns
+        :attr:`COST_NAMES` (1x1-conv MACs, other MACs (k x k, depthwise, pooling), activation elements
+        read and written, operator launches, weights), summed over the network. ``None`` when the
+        space does not know its macro structure. Latency adaptation uses these as a device-agnostic
+        ("roofline") description of what each choice costs."""
+        return None
+
     def to_config(self) -> dict:
         return {"_target_": f"{type(self).__module__}.{type(self).__name__}"}
 
@@ -241,11 +252,32 @@ class NASBench201Space(CategoricalSpace):
     n_positions = 6
     position_name = "edge"
     edges = NB201_EDGES
+    #: macro structure (CIFAR input): per stage (channels, spatial size), 5 cells each, every cell the same
+    macro = ((16, 32), (32, 16), (64, 8))
+    cells_per_stage = 5
 
     def __init__(self, name: str | None = None) -> None:
         if name:
             self.name = name
         super().__init__()
+
+    def op_costs(self) -> np.ndarray:
+        """Per edge and op, summed over the 15 cells. ``none`` is a multiply by zero (one elementwise
+        operator), ``skip_connect`` the identity, the convolutions ReLU-Conv-BN (3 operators),
+        ``avg_pool_3x3`` one pooling operator."""
+        out = np.zeros((self.n_positions, len(self.choices), len(self.COST_NAMES)))
+        for c, hw in self.macro:
+            a = c * hw * hw  # elements of one feature map
+            per_op = {
+                "none": (0, a, 2 * a, 1, 0),
+                "skip_connect": (0, 0, 0, 0, 0),
+                "nor_conv_1x1": (c * a, 0, 6 * a, 3, c * c),
+                "nor_conv_3x3": (0, 9 * c * a, 6 * a, 3, 9 * c * c),
+                "avg_pool_3x3": (0, 9 * a, 2 * a, 1, 0),
+            }
+            for j, op in enumerate(self.choices):
+                out[:, j, :] += self.cells_per_stage * np.asarray(per_op[op], dtype=float)
+        return out
 
 
 @register_space("nasbench201")
