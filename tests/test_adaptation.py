@@ -15,9 +15,10 @@ def _setup():
     return ds, P, P.predict(ds.archs)
 
 
-# titan_rtx_1: the lowest proxy SRCC (0.58) of the file; pixel2: whole-ms ties, the hardest at K=10.
-# Measured K=10 (random, seeds 0-4): titan_rtx_1 mean 0.89 (worst 0.69), pixel2 mean 0.85 (worst 0.81).
-@pytest.mark.parametrize("target, mean_bound", [("titan_rtx_1", 0.80), ("pixel2", 0.82)])
+# titan_rtx_1: the lowest proxy SRCC (0.58) of the file; pixel2: a noisy target (a linear model fitted on
+# all its rows reaches only 0.905), the hardest at K=10. Measured K=10 (random, seeds 0-4):
+# titan_rtx_1 mean 0.93, pixel2 mean 0.86 (worst seed 0.81 = the proxy).
+@pytest.mark.parametrize("target, mean_bound", [("titan_rtx_1", 0.88), ("pixel2", 0.84)])
 def test_bayes_k10_never_below_proxy(data_dir, target, mean_bound):
     ds, P, pp = _setup()
     y = ds[target]
@@ -30,6 +31,46 @@ def test_bayes_k10_never_below_proxy(data_dir, target, mean_bound):
         assert s >= base - 1e-6, f"seed {seed}: adapted {s:.3f} below the unadapted proxy {base:.3f}"
         scores.append(s)
     assert np.mean(scores) > mean_bound
+
+
+def test_guard_keeps_the_proxy_when_it_is_right(data_dir):
+    # target = the proxy's own prediction + measurement noise: no correction can order held-out pairs
+    # better, so the guard returns the proxy's ranking (measured: 8 of 8 seeds)
+    ds, P, pp = _setup()
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(len(ds), 20, replace=False)
+        y = pp[idx] + rng.normal(0.0, 0.5, size=20)
+        m = adapt(P, [ds.archs[i] for i in idx], y)
+        assert spearmanr(m.predict(ds.archs), pp)[0] > 0.999, seed
+
+
+def test_lpo_gain_prefers_the_true_model():
+    from hwnas.predictors.adapt import _gp_lpo_gain
+
+    rng = np.random.default_rng(0)
+    K = 16
+    z = rng.normal(size=K)
+    y = 2.0 * z + 0.05 * rng.normal(size=K)
+    C = 4.0 * np.outer(z, z)  # a kernel that contains the truth
+    H = np.ones((K, 1))
+    good, ref_good, se, n = _gp_lpo_gain(C, H, y, ref=rng.normal(size=K))
+    assert n == K * (K - 1) // 2
+    assert good > 0.95 and ref_good < 0.75 and (good - ref_good) > 2 * se
+
+
+def test_fbnet_k20_beats_nasflat_range(data_dir):
+    # NASFLAT (20 target samples, pretrained on many devices) reports SRCC 0.58-0.96 on FBNet tasks.
+    # One proxy (pixel3) + 20 samples, measured seeds 0-4: eyeriss 0.99, gold_6226 0.96, titan_rtx_64 0.97.
+    ds = load_dataset("fbnet")
+    P = LinearLatencyPredictor(ds.space).fit(ds.archs, ds["pixel3"])
+    pp = P.predict(ds.archs)
+    for target, bound in (("gold_6226", 0.9), ("titan_rtx_64", 0.9)):
+        y = ds[target]
+        idx = np.random.default_rng(0).choice(len(ds), 20, replace=False)
+        m = adapt(P, [ds.archs[i] for i in idx], y[idx])
+        s = spearmanr(m.predict(ds.archs), y)[0]
+        assert s > max(bound, spearmanr(pp, y)[0] + 0.1), (target, s)
 
 
 def test_plain_adaproxy_is_worse_and_shrinkage_recovers(data_dir):
