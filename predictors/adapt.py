@@ -436,8 +436,9 @@ def select_samples(space: Any, archs: Sequence[Any], k: int, method: str = "kmea
                    rng: np.random.Generator | int | None = None) -> np.ndarray:
     """Indices of ``k`` distinct archs of ``archs`` to measure on the target.
 
-    ``random``: uniform without replacement. ``kmeans``: k-means (k clusters) on the latency features,
-    then for each cluster the arch nearest its centroid (diverse, representative samples).
+    ``random``: uniform without replacement. ``kmeans``: k-means (k clusters) on the space's encodings
+    (``space.features``), then from each cluster its member nearest the centroid (diverse, representative
+    samples).
     """
     n = len(archs)
     if not 1 <= k <= n:
@@ -449,15 +450,19 @@ def select_samples(space: Any, archs: Sequence[Any], k: int, method: str = "kmea
         raise ValueError(f"selection={method!r} is unknown; choose 'random' or 'kmeans'")
     from sklearn.cluster import KMeans
 
-    X = latency_features(space, archs)
+    X = np.asarray(space.features(archs), dtype=float)
     km = KMeans(n_clusters=k, n_init=3, random_state=int(rng.integers(2**31 - 1))).fit(X)
-    d = ((X[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1) if n * k * X.shape[1] < 5e7 else None
+    labels = km.labels_
     chosen: list[int] = []
     taken = np.zeros(n, dtype=bool)
     for c in range(k):
-        dc = d[:, c] if d is not None else ((X - km.cluster_centers_[c]) ** 2).sum(1)
-        dc = np.where(taken, np.inf, dc)
-        j = int(np.argmin(dc))
+        # the member of cluster c nearest its centroid (nearest among *all* archs would favour small
+        # networks, whose sparse encodings sit near every averaged centroid)
+        members = np.flatnonzero((labels == c) & ~taken)
+        if len(members) == 0:
+            members = np.flatnonzero(~taken)
+        d = ((X[members] - km.cluster_centers_[c]) ** 2).sum(1)
+        j = int(members[int(np.argmin(d))])
         taken[j] = True
         chosen.append(j)
     return np.array(sorted(chosen))
