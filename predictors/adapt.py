@@ -285,12 +285,10 @@ def _bayes(proxy: LinearLatencyPredictor, archs, y, kernels: Sequence[str] | Non
         # physical totals (MACs, activations, launches, weights), each column on the samples' scale
         Tn = T / (np.std(X @ T, axis=0) + 1e-12 * np.abs(T).max(0) + 1e-30)
         makers["physics"] = lambda Xn, Tn=Tn: Xn @ Tn
-    if kernels is None:
-        kernels = tuple(k for k in ("counts", "physics") if k in makers)
-        if _mbconv_macro(space) is not None:
-            kernels += ("macro",)
     if _mbconv_macro(space) is not None:
         makers["macro"] = _mbconv_macro(space)  # input size / depth terms of MobileNet spaces
+    if kernels is None:
+        kernels = tuple(k for k in ("counts", "physics", "macro") if k in makers)
     for k in kernels:
         if k not in makers:
             raise ValueError(f"kernels entry {k!r} is unknown; choose from {sorted(makers)}")
