@@ -451,6 +451,18 @@ def _front_reduction(profile: SpaceProfile, device: str, accuracy: str, rules: "
     return keep, rkeep, log, front
 
 
+def _front_row(rule: str, scope: str, choice: str, lat: np.ndarray, acc: np.ndarray, loss: float, gone: bool) -> dict:
+    """A decision-table row of the front rule: the paired latency/accuracy deltas of a candidate and the
+    front hypervolume it loses (or would lose) when dropped."""
+    return dict(rule=rule, scope=scope, choice=choice,
+                latency_delta=float(lat.mean()), accuracy_delta=float(acc.mean()),
+                latency_se=float(lat.std(ddof=1) / math.sqrt(lat.size)),
+                accuracy_se=float(acc.std(ddof=1) / math.sqrt(acc.size)),
+                efficiency=float("nan"), gap=float(loss),
+                dominated_by=f"front HV -{max(0.0, 100 * loss):.2f}% {'when dropped' if gone else 'if dropped'}",
+                dropped=gone)
+
+
 def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None,
                  rules: ReductionRules | dict | None = None, name: str | None = None) -> Reduction:
     """Derive a reduced space for latency metric ``device`` of ``profile`` (see the module doc)."""
@@ -499,25 +511,11 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
                 pos = [p for p in positions if p[0] in units]
                 Lc, Ac = (L[idx], A[idx]) if len(units) == nu else (_scope_deltas(profile, device, pos)[idx],
                                                                      _scope_deltas(profile, accuracy, pos)[idx])
-                gone = not kmask[units[0], idx]
-                rows.append(dict(rule="block", scope=scope_name, choice=names[idx],
-                                 latency_delta=float(Lc.mean()), accuracy_delta=float(Ac.mean()),
-                                 latency_se=float(Lc.std(ddof=1) / math.sqrt(Lc.size)),
-                                 accuracy_se=float(Ac.std(ddof=1) / math.sqrt(Ac.size)),
-                                 efficiency=float("nan"), gap=float(loss),
-                                 dominated_by=f"front HV -{max(0.0, 100 * loss):.2f}% {'when dropped' if gone else 'if dropped'}",
-                                 dropped=gone))
+                rows.append(_front_row("block", scope_name, names[idx], Lc, Ac, loss, not kmask[units[0], idx]))
             else:
                 rl = profile.resolutions[device][idx] - profile.resolutions[device].mean(axis=0)
                 ra = profile.resolutions[accuracy][idx] - profile.resolutions[accuracy].mean(axis=0)
-                gone = not rkeep[idx]
-                rows.append(dict(rule="resolution", scope="all", choice=f"r{space.resolutions[idx]}",
-                                 latency_delta=float(rl.mean()), accuracy_delta=float(ra.mean()),
-                                 latency_se=float(rl.std(ddof=1) / math.sqrt(rl.size)),
-                                 accuracy_se=float(ra.std(ddof=1) / math.sqrt(ra.size)),
-                                 efficiency=float("nan"), gap=float(loss),
-                                 dominated_by=f"front HV -{max(0.0, 100 * loss):.2f}% {'when dropped' if gone else 'if dropped'}",
-                                 dropped=gone))
+                rows.append(_front_row("resolution", "all", f"r{space.resolutions[idx]}", rl, ra, loss, not rkeep[idx]))
     elif rules.drop_blocks:
         scopes = [("all", list(range(nu)))] if rules.scope == "global" else [(f"u{u}", [u]) for u in range(nu)]
         for scope_name, units in scopes:
