@@ -369,6 +369,17 @@ def _run_search(
             checkpoint.save(algo, problem, gen, history, (ref_acc, ref_lat))
     t_nsga = time.perf_counter() - t0
     predict_nsga = problem.predict_s
+    if max_latency is not None and len(problem.front_indices()) == 0:
+        _, _, lat_all = problem.archive()
+        first = lat_all[: int(pop_size)]  # the initial population: a sample of the space
+        q = np.quantile(first, [0.1, 0.3, 0.5, 0.7])
+        raise ValueError(
+            f"search.budgets: no arch met the latency budget {max_latency:g} (the largest budget) in "
+            f"{problem.n_evals} evaluations; the fastest one evaluated has latency {lat_all.min():.4g}, the "
+            f"initial population spans {first.min():.4g}-{first.max():.4g} (in the latency predictor's "
+            f"unit). Set budgets in that range, e.g. search.budgets=[{','.join(f'{v:.3g}' for v in q)}], "
+            f"or search.constraint=false"
+        )
 
     passes = 0
     if refine and refine > 0:

@@ -247,6 +247,14 @@ def test_bad_settings_raise_clear_errors(space):
         run_search(space, object(), ToyLatency(space), pop_size=8, n_gen=1, verbose=False)
 
 
+def test_unreachable_budget_names_the_field_and_a_range(space):
+    # ToyLatency is >= 2 ms for every arch: a 1 ms budget leaves the constrained front empty
+    with pytest.raises(ValueError, match=r"search\.budgets: no arch met the latency budget 1 .*search\.budgets=\[") as err:
+        small_search(space, budgets=[0.5, 1.0], n_gen=2)
+    lo = float(str(err.value).split("has latency ")[1].split(",")[0])
+    assert lo >= 2.0
+
+
 def test_results_files_round_trip(space, tmp_path):
     res = small_search(space)
     paths = write_results(res, tmp_path, config={"search": {"seed": 1}})
