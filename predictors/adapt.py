@@ -347,9 +347,8 @@ def _bayes(proxy: LinearLatencyPredictor, archs, y, kernels: Sequence[str] | Non
         # keep the correction only when, leaving pairs of samples out, the most probable correction
         # orders them better than the proxy by more than ``guard`` standard errors; otherwise return
         # the proxy's ranking (affine to the samples)
-        i = used[int(np.argmax(wts[used]))]
-        C = sum(t * Km for t, Km in zip(cands[i][1], Kmats))
-        c_corr, c_prox, se, npairs = _gp_lpo_gain(C, cands[i][4], ys, p)
+        C = sum(t * Km for t, Km in zip(top[1], Kmats))
+        c_corr, c_prox, se, npairs = _gp_lpo_gain(C, top[4], ys, p)
         out.info["guard"] = {"lpo_concordance": c_corr, "proxy_concordance": c_prox, "se": se, "pairs": npairs}
         if npairs == 0 or c_corr - c_prox <= guard * se:
             out.a, out.c = proxy_affine

@@ -20,6 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hwnas.spaces.base import COST_NAMES
+from hwnas.spaces.mbconv import layer_costs
+
 from .base import Predictor
 
 
@@ -143,30 +146,6 @@ class LinearLatencyPredictor(Predictor):
 
 
 # ============================================================================ physical cost features
-#: the physical quantities of :func:`cost_table` (see ``CategoricalSpace.op_costs``)
-COST_NAMES = ("pointwise_macs", "spatial_macs", "activations", "operators", "params")
-
-
-def _layer_costs(L: Any) -> np.ndarray:
-    """``COST_NAMES`` of one ``LayerSpec``."""
-    hi, wi, ci = L.in_shape
-    ho, wo, co = L.out_shape
-    if L.kind == "mbconv":
-        m, k = L.mid, L.kernel
-        has_expand = m != ci or L.expand != 1
-        se = 2 * m * max(8, (m // 4 + 4) // 8 * 8) if L.se else 0  # squeeze-excite FCs (~m/4 wide)
-        pw = (hi * wi * ci * m if has_expand else 0) + ho * wo * m * co + se
-        act = hi * wi * ci + (hi * wi * m if has_expand else 0) + ho * wo * m + ho * wo * co
-        ops = 2 + has_expand + (2 if L.se else 0)
-        params = (ci * m if has_expand else 0) + k * k * m + m * co + (m * m // 2 if L.se else 0)
-        return np.array([pw, ho * wo * m * k * k, act, ops, params], dtype=float)
-    if L.kind == "conv":
-        macs = ho * wo * co * ci * L.kernel * L.kernel
-        pw, sp = (macs, 0) if L.kernel == 1 else (0, macs)
-        return np.array([pw, sp, hi * wi * ci + ho * wo * co, 1, ci * co * L.kernel**2], dtype=float)
-    if L.kind == "linear":
-        return np.array([ci * co * (hi * wi if L.name == "classifier_with_pool" else 1), 0, ci + co, 1, ci * co], dtype=float)
-    return np.array([0, hi * wi * ci, hi * wi * ci + ho * wo * co, 1, 0], dtype=float)  # pooling
 
 
 def cost_table(space: Any) -> np.ndarray | None:
@@ -185,12 +164,12 @@ def cost_table(space: Any) -> np.ndarray | None:
             probe = space.arch_type(ks=(k,) * ns, e=(e,) * ns, d=layout, r=224)
             for L in space.layers_unchecked(probe):
                 if L.slot >= 0:
-                    c = _layer_costs(L)
+                    c = layer_costs(L)
                     T[L.slot * npairs + j, :3] = c[:3]  # scaled columns: (r/224)^2 x cost at 224
                     T[nb + L.slot * npairs + j, 3:] = c[3:]  # unscaled: launches and weights
         for i, r in enumerate(space.resolutions):
             probe = space.arch_type(ks=(pairs[0][0],) * ns, e=(pairs[0][1],) * ns, d=layout, r=int(r))
-            T[2 * nb + i] = sum((_layer_costs(L) for L in space.layers_unchecked(probe) if L.slot < 0), np.zeros(len(COST_NAMES)))
+            T[2 * nb + i] = sum((layer_costs(L) for L in space.layers_unchecked(probe) if L.slot < 0), np.zeros(len(COST_NAMES)))
         return T
     costs = space.op_costs() if hasattr(space, "op_costs") else None
     if costs is None:

@@ -22,6 +22,12 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 
+#: physical quantities a space can report per layer / choice (``CategoricalSpace.op_costs``,
+#: ``mbconv.layer_costs``): 1x1-conv MACs, other MACs (k x k, depthwise, pooling), activation elements
+#: read and written, operator launches, weights
+COST_NAMES = ("pointwise_macs", "spatial_macs", "activations", "operators", "params")
+
+
 class SpaceError(ValueError):
     """An architecture or a space configuration is invalid; the message names the field and the fix."""
 

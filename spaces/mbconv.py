@@ -239,6 +239,30 @@ def conv_out(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
+def layer_costs(L: LayerSpec) -> np.ndarray:
+    """:data:`~hwnas.spaces.base.COST_NAMES` of one layer: 1x1-conv MACs (with the squeeze-excite
+    FCs and the classifier), k x k / depthwise MACs, activation elements read and written, operator
+    launches, weights. Pooling counts no MACs."""
+    hi, wi, ci = L.in_shape
+    ho, wo, co = L.out_shape
+    if L.kind == "mbconv":
+        m, k = L.mid, L.kernel
+        has_expand = m != ci or L.expand != 1
+        se = 2 * m * make_divisible(m // 4, 8) if L.se else 0
+        pw = (hi * wi * ci * m if has_expand else 0) + ho * wo * m * co + se
+        act = hi * wi * ci + (hi * wi * m if has_expand else 0) + ho * wo * m + ho * wo * co
+        ops = 2 + has_expand + (2 if L.se else 0)
+        params = (ci * m if has_expand else 0) + k * k * m + m * co + se
+        return np.array([pw, ho * wo * m * k * k, act, ops, params], dtype=float)
+    if L.kind == "conv":
+        macs = ho * wo * co * ci * L.kernel * L.kernel
+        pw, sp = (macs, 0) if L.kernel == 1 else (0, macs)
+        return np.array([pw, sp, hi * wi * ci + ho * wo * co, 1, ci * co * L.kernel**2], dtype=float)
+    if L.kind == "linear":
+        return np.array([ci * co * (hi * wi if L.name == "classifier_with_pool" else 1), 0, ci + co, 1, ci * co], dtype=float)
+    return np.array([0, 0, hi * wi * ci + ho * wo * co, 1, 0], dtype=float)  # pooling
+
+
 # ============================================================================ spaces
 @dataclass
 class _Stage:
@@ -554,24 +578,7 @@ class MBConvSpace(SearchSpace):
 
     def macs(self, arch: Any) -> int:
         """Multiply-accumulates of the subnet (convolutions, SE and classifier)."""
-        total = 0
-        for L in self.layers(arch):
-            hi, wi, ci = L.in_shape
-            ho, wo, co = L.out_shape
-            if L.kind == "conv":
-                total += ho * wo * co * ci * L.kernel * L.kernel
-            elif L.kind == "linear":
-                total += ci * co * hi * wi if L.name == "classifier_with_pool" else ci * co
-            elif L.kind == "mbconv":
-                m = L.mid
-                if m != ci or L.expand != 1:
-                    total += hi * wi * ci * m
-                total += ho * wo * m * L.kernel * L.kernel
-                if L.se:
-                    sm = make_divisible(m // 4, 8)
-                    total += 2 * m * sm
-                total += ho * wo * m * co
-        return int(total)
+        return int(sum(float(c[0] + c[1]) for c in map(layer_costs, self.layers(arch))))
 
     # ------------------------------------------------------------------ config
     def to_config(self) -> dict:

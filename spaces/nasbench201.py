@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from .base import SearchSpace, SpaceError, choice_error, register_space
+from .base import COST_NAMES, SearchSpace, SpaceError, choice_error, register_space
 
 
 # ============================================================================ shared categorical base
@@ -142,7 +142,7 @@ class CategoricalSpace(SearchSpace):
         return [f"{self.position_name}{p}_{c}" for p in range(self.n_positions) for c in self.choices]
 
     #: names of the physical quantities of :meth:`op_costs`
-    COST_NAMES = ("pointwise_macs", "spatial_macs", "activations", "operators", "params")
+    COST_NAMES = COST_NAMES
 
     def op_costs(self) -> np.ndarray | None:
         """Physical cost of each (position, choice): ``(n_positions, n_choices, 5)`` with the columns
