@@ -445,11 +445,8 @@ def select_samples(space: Any, archs: Sequence[Any], k: int, method: str = "kmea
         return np.sort(rng.choice(n, k, replace=False))
     if method != "kmeans":
         raise ValueError(f"selection={method!r} is unknown; choose 'random' or 'kmeans'")
-    from sklearn.cluster import KMeans
-
     X = np.asarray(space.features(archs), dtype=float)
-    km = KMeans(n_clusters=k, n_init=3, random_state=int(rng.integers(2**31 - 1))).fit(X)
-    labels = km.labels_
+    centres, labels = kmeans(X, k, rng=rng)
     chosen: list[int] = []
     taken = np.zeros(n, dtype=bool)
     for c in range(k):
@@ -458,11 +455,44 @@ def select_samples(space: Any, archs: Sequence[Any], k: int, method: str = "kmea
         members = np.flatnonzero((labels == c) & ~taken)
         if len(members) == 0:
             members = np.flatnonzero(~taken)
-        d = ((X[members] - km.cluster_centers_[c]) ** 2).sum(1)
+        d = ((X[members] - centres[c]) ** 2).sum(1)
         j = int(members[int(np.argmin(d))])
         taken[j] = True
         chosen.append(j)
     return np.array(sorted(chosen))
+
+
+def kmeans(X: np.ndarray, k: int, rng: np.random.Generator | int | None = None, n_init: int = 3,
+           max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means with k-means++ seeding, best of ``n_init`` starts: ``(centres (k, d), labels (n,))``."""
+    rng = np.random.default_rng(rng)
+    X = np.asarray(X, dtype=float)
+    n = len(X)
+    sq = (X**2).sum(1)
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for _ in range(n_init):
+        idx = [int(rng.integers(n))]
+        d2 = ((X - X[idx[0]]) ** 2).sum(1)
+        for _ in range(1, k):
+            p = d2 / d2.sum() if d2.sum() > 0 else np.full(n, 1.0 / n)
+            idx.append(int(rng.choice(n, p=p)))
+            d2 = np.minimum(d2, ((X - X[idx[-1]]) ** 2).sum(1))
+        C = X[idx].copy()
+        labels = np.full(n, -1)
+        for _ in range(max_iter):
+            D = sq[:, None] - 2 * X @ C.T + (C**2).sum(1)[None, :]
+            new = D.argmin(1)
+            if np.array_equal(new, labels):
+                break
+            labels = new
+            for c in range(k):
+                m = labels == c
+                if m.any():
+                    C[c] = X[m].mean(0)
+        inertia = float(np.maximum(D[np.arange(n), labels], 0).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, C, labels)
+    return best[1], best[2]
 
 
 # ============================================================================ config-driven predictor

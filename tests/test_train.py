@@ -44,12 +44,31 @@ def test_synthetic_task_is_deterministic_and_labelled():
     assert torch.equal(xa, xb) and ya == yb and xa.dtype == torch.uint8 and xa.shape == (3, 8, 8)
 
 
-def test_progressive_shrinking_learns_and_resumes_exactly(tmp_path):
+def test_full_network_learns_the_toy_task(tmp_path):
+    """Judged on the whole (deterministic) dataset after BN recalibration, not on a few noisy
+    mini-batch losses: a working trainer reaches >= 90% top-1 where chance is 33%, and a mean
+    cross-entropy under half of chance's ln(3) (measured: 100% and 0.03-0.07 over seeds 1-4)."""
+    import math
+
+    from hwnas.supernet.data import evaluate, set_running_statistics
+
+    cfg = _cfg(tmp_path)
+    cfg["train"]["phases"] = [{"name": "full", "steps": 24, "kernel": [7], "expand": [6], "depth": [4], "lr": 0.01}]
+    net = train(cfg)["supernet"]
+    ds = SyntheticColours(n=64, n_classes=3, size=32, seed=cfg["seed"])
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, len(ds), 16)]
+    set_running_statistics(net, batches)
+    res = evaluate(net, batches)
+    assert res["n"] == 64
+    assert res["top1"] >= 0.9 and res["loss"] < 0.5 * math.log(3), res
+
+
+def test_progressive_shrinking_resumes_exactly(tmp_path):
     full = train(_cfg(tmp_path / "a"))
     h = full["history"]
     assert full["step"] == 12 and len(h) == 12
-    # the toy task is learnable: the full network's loss drops within its phase
-    assert max(h[6:8]) < 0.5 * h[0], h
     assert (tmp_path / "a" / "supernet.pth").is_file() and (tmp_path / "a" / "last.pth").is_file()
 
     # interrupted after 6 steps (checkpoint at stop), then resumed: same losses and weights as one run
