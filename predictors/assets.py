@@ -24,6 +24,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from hwnas.spaces.errors import UserError
 
 BASE_URL = "https://raw.githubusercontent.com/han-cai/files/master/"
 
@@ -46,7 +47,7 @@ CHECKSUMS: dict[str, str] = {
 NO_URL_PREFIXES = ("latency/", "accuracy/")
 
 
-class AssetError(FileNotFoundError):
+class AssetError(UserError, FileNotFoundError):
     """An asset could not be found, downloaded or verified; the message says what to do."""
 
 

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .assets import atomic_path, fetch
+from hwnas.spaces.errors import UserError
 
 #: builtin datasets: name -> (asset path, space name)
 BUILTIN = {
@@ -35,7 +36,7 @@ META_COLUMNS = ("index",)
 IGNORED_COLUMNS = ("ops",)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A latency dataset file or request is invalid; the message says what to fix."""
 
 

@@ -48,6 +48,7 @@ from hwnas.spaces.mbconv import LayerSpec, MBConvSpace
 
 from .assets import CHECKSUMS, AssetError, atomic_write, fetch
 from .base import Predictor
+from hwnas.spaces.errors import UserError
 
 __all__ = [
     "LookupTableLatency",
@@ -63,11 +64,11 @@ __all__ = [
 FORMATS = ("ofa", "proxyless")
 
 
-class LatencyTableError(ValueError):
+class LatencyTableError(UserError, ValueError):
     """A lookup table cannot be used with this space (format, resolutions, file content)."""
 
 
-class MissingLatencyEntry(LookupError):
+class MissingLatencyEntry(UserError, LookupError):
     """A layer of an architecture has no entry in the lookup table; ``key`` and ``table`` name it."""
 
     def __init__(self, key: str, table: str, layer: str = "") -> None:

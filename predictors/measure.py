@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+from hwnas.spaces.errors import UserError
 
 try:  # the worker runs this file without its package
     from .base import Predictor
@@ -50,7 +51,7 @@ BACKENDS = ("onnxruntime", "torch")
 _BACKEND_ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "onnxruntime": "onnxruntime", "torch": "torch", "eager": "torch"}
 
 
-class MeasureError(RuntimeError):
+class MeasureError(UserError, RuntimeError):
     """A measurement could not be taken; the message says which model and why."""
 
 

@@ -34,6 +34,7 @@ from hwnas.spaces.mbconv import (
 
 from .assets import fetch
 from .base import Predictor
+from hwnas.spaces.errors import UserError
 
 __all__ = ["OFAAccuracyPredictor", "PredictorLoadError", "load_ofa_mlp_state"]
 
@@ -64,7 +65,7 @@ _NEW_LAYOUT = {
 }
 
 
-class PredictorLoadError(ValueError):
+class PredictorLoadError(UserError, ValueError):
     """A predictor file could not be read or does not hold the expected tensors."""
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
+from hwnas.spaces.errors import UserError
 
 SCHEMA_VERSION = 1
 
@@ -48,7 +49,7 @@ CREATE TABLE IF NOT EXISTS measurements (
 """
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """Misuse of a measurement store (e.g. a device measured with two different protocols)."""
 
 

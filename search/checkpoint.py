@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.predictors.assets import atomic_path
+from hwnas.spaces.errors import UserError
 
 FORMAT = 1
 KILL_ENV = "HWNAS_KILL_AFTER_GEN"
 _PROBLEM_STATE = ("_index", "_X", "_acc", "_lat", "_front", "n_evals", "predict_s")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file cannot be used; the message names the file and the fix."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from hwnas.spaces.errors import UserError
 
 log = logging.getLogger("hwnas.search")
 
@@ -28,7 +29,7 @@ CONFIG_PATH = "pkg://hwnas.conf"
 CONFIG_NAME = "config"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is wrong; the message names the key and the fix."""
 
 

@@ -32,9 +32,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from hwnas.predictors.base import Predictor
+from hwnas.spaces.errors import UserError
 
 
-class EvaluatorError(ValueError):
+class EvaluatorError(UserError, ValueError):
     """Bad evaluator configuration; the message names the key and the fix."""
 
 

@@ -53,11 +53,12 @@ from hwnas.predictors.base import Predictor
 from .checkpoint import SearchCheckpoint, fingerprint
 from .problem import hypervolume, pareto_mask
 from .results import atomic_write
+from hwnas.spaces.errors import UserError
 
 log = logging.getLogger("hwnas.pipeline")
 
 
-class PipelineError(ValueError):
+class PipelineError(UserError, ValueError):
     """A pipeline config value is wrong; the message names the key and the fix."""
 
 

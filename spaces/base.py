@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, Iterable
 
 import numpy as np
+from .errors import UserError
 
 
 #: physical quantities a space can report per layer / choice (``CategoricalSpace.op_costs``,
@@ -28,7 +29,7 @@ import numpy as np
 COST_NAMES = ("pointwise_macs", "spatial_macs", "activations", "operators", "params")
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError, ValueError):
     """An architecture or a space configuration is invalid; the message names the field and the fix."""
 
 

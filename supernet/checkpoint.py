@@ -24,12 +24,13 @@ from torch import nn
 from hwnas.predictors.assets import atomic_path, fetch
 
 from .ofa_keys import canonical_key
+from hwnas.spaces.errors import UserError
 
 OFA_NETS_PREFIX = "ofa/ofa_nets/"
 _MAX_LISTED = 8
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be read or does not match the network; the message names the tensors."""
 
 

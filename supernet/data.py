@@ -26,12 +26,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ._compat import ensure_torchvision
+from hwnas.spaces.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset folder is missing or malformed; the message says what to provide."""
 
 

@@ -36,6 +36,7 @@ from torch import nn
 from hwnas.predictors.assets import atomic_write
 from hwnas.spaces.base import SearchSpace, SpaceError, create_space
 from hwnas.spaces.mbconv import MBConvSpace
+from hwnas.spaces.errors import UserError
 
 __all__ = [
     "ExportError",
@@ -52,7 +53,7 @@ __all__ = [
 FORMATS = ("torch", "torchscript", "onnx", "timm")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export input is invalid or an exported model does not reproduce the subnet."""
 
 

@@ -31,6 +31,7 @@ from torch import nn
 from hwnas.spaces.mbconv import MBConvSpace
 
 from ._compat import import_timm
+from hwnas.spaces.errors import UserError
 
 __all__ = ["TimmExportError", "timm_config", "create_timm_model", "copy_weights", "to_timm", "timm_snippet"]
 
@@ -38,7 +39,7 @@ _ACT_CODE = {"relu": "re", "relu6": "r6", "h_swish": "hs"}
 _ACT_TIMM = {"relu": "relu", "relu6": "relu6", "h_swish": "hard_swish"}
 
 
-class TimmExportError(ValueError):
+class TimmExportError(UserError, ValueError):
     """The subnet cannot be expressed as (or does not match) the timm model."""
 
 

@@ -38,6 +38,7 @@ from hwnas.spaces.mbconv import MBConvArch, MBConvSpace
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageFolderSource, default_device, normalize, train_transform
 from .elastic import ElasticMBConvNet
+from hwnas.spaces.errors import UserError
 
 log = logging.getLogger("hwnas.train")
 
@@ -45,7 +46,7 @@ CONFIG_PATH = str(Path(__file__).resolve().parents[1] / "conf" / "train")
 CONFIG_NAME = "default"
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UserError, ValueError):
     """A training setting is invalid; the message names the key and the fix."""
 
 

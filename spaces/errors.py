@@ -1,0 +1,63 @@
+"""One error style for every hwnas command.
+
+A user-facing error is one line: what is wrong, which field or file, and the fix, printed as
+``<prog>: error: <message>`` with exit status 2 (Ctrl-C: ``<prog>: interrupted`` and 130). Library code
+raises a :class:`UserError` subclass (``SpaceError``, ``AssetError``, ``ConfigError`` ...); every console
+script runs its body inside :func:`cli_errors`, which turns those, and the operating-system errors a
+user causes (a read-only folder, a full disk, a missing file), into that line. Anything else is a bug
+and keeps its traceback.
+
+This module sits in ``hwnas.spaces`` because every other sub-package already depends on it (no cycle).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class UserError(Exception):
+    """Bad input or environment, explained in one line that names the field or file and the fix."""
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an ``OSError`` a user can fix: the file, what happened, what to do."""
+    path = exc.filename if exc.filename is not None else ""
+    where = f"{os.fspath(path)}: " if path != "" else ""
+    reason = exc.strerror or str(exc)
+    fix = {
+        errno.EROFS: "the file system is read-only; choose a writable output folder",
+        errno.EACCES: "permission denied; choose a folder you can write to (or fix its permissions)",
+        errno.EPERM: "operation not permitted; choose a folder you can write to",
+        errno.ENOSPC: "no space left on the device; free some space (finished work is kept) and run the same command again",
+        errno.EDQUOT: "disk quota exceeded; free some space and run the same command again",
+        errno.ENOENT: "no such file or folder; check the path",
+        errno.EISDIR: "is a folder, a file was expected; give a file path",
+        errno.ENOTDIR: "a part of the path is a file, a folder was expected; give a folder path",
+        errno.EEXIST: "already exists; choose another path or remove it",
+    }.get(exc.errno or -1, reason)
+    return f"{where}{fix}"
+
+
+def error_line(prog: str, exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, UserError):
+        msg = os_error_message(exc)
+    else:
+        msg = str(exc).strip() or type(exc).__name__
+    return f"{prog}: error: {msg}"
+
+
+@contextmanager
+def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Run a command's body; user errors become one line on stderr and exit status 2."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (UserError, OSError, *extra) as exc:
+        print(error_line(prog, exc), file=sys.stderr)
+        raise SystemExit(2) from None
