@@ -21,7 +21,6 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from hwnas.spaces.errors import UserError
 
 log = logging.getLogger("hwnas.search")
 
@@ -29,71 +28,8 @@ CONFIG_PATH = "pkg://hwnas.conf"
 CONFIG_NAME = "config"
 
 
-class ConfigError(UserError, ValueError):
-    """A config value is wrong; the message names the key and the fix."""
-
-
-def _cause(exc: BaseException) -> BaseException:
-    """The innermost error (hydra wraps constructor errors in InstantiationException)."""
-    while exc.__cause__ is not None and type(exc).__name__ == "InstantiationException":
-        exc = exc.__cause__
-    return exc
-
-
-def _abs_path(p: str) -> str:
-    try:
-        from hydra.utils import to_absolute_path
-
-        return to_absolute_path(p)
-    except ValueError:  # not inside a hydra app
-        return os.path.abspath(os.path.expanduser(p))
-
-
-def apply_assets(cfg: Any) -> None:
-    """``assets.mirror`` -> :func:`hwnas.predictors.assets.set_default_mirror` (absolute path),
-    ``assets.cache`` -> ``$HWNAS_CACHE``."""
-    from hwnas.predictors.assets import set_default_mirror
-
-    assets = cfg.get("assets") or {}
-    mirror = assets.get("mirror")
-    if mirror not in (None, ""):
-        path = _abs_path(str(mirror))
-        if not Path(path).is_dir():
-            raise ConfigError(f"assets.mirror={mirror!r} is not a directory ({path}); point it at a folder laid out like the OFA files repo, e.g. assets.mirror=../shared/data")
-        set_default_mirror(path)
-    cache = assets.get("cache")
-    if cache not in (None, ""):
-        os.environ["HWNAS_CACHE"] = _abs_path(str(cache))
-
-
-def build(cfg: Any) -> tuple[Any, Any, Any]:
-    """Instantiate ``(space, accuracy, latency)`` from a config; errors name the config key."""
-    from hydra.utils import instantiate
-
-    from hwnas.predictors.base import as_predictor
-
-    def make(key: str, **kw: Any) -> Any:
-        node = cfg.get(key)
-        if node is None or "_target_" not in node or OmegaConf.is_missing(node, "_target_"):
-            raise ConfigError(
-                f"{key}._target_ is not set; choose a config ({key}=<name>) or set {key}._target_=<module.Class>"
-            )
-        try:
-            plain = OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
-        except Exception as exc:  # noqa: BLE001 - missing mandatory value / bad interpolation
-            raise ConfigError(f"{key}: {exc}") from None
-        # drop null-valued keys so constructors keep their own defaults
-        node = OmegaConf.create({k: v for k, v in plain.items() if v is not None})
-        try:
-            return instantiate(node, _convert_="all", **kw)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the key named
-            inner = _cause(exc)
-            raise ConfigError(f"{key} ({node.get('_target_')}): {type(inner).__name__}: {inner}") from inner
-
-    space = make("space")
-    accuracy = as_predictor(make("accuracy", space=space), "accuracy")
-    latency = as_predictor(make("latency", space=space), "latency")
-    return space, accuracy, latency
+# the one config -> object path (kept importable from here for existing code)
+from hwnas.predictors.build import ConfigError, apply_assets, build  # noqa: E402,F401
 
 
 def search_kwargs(s: Any) -> dict:

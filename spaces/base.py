@@ -178,12 +178,21 @@ def list_spaces() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def space_factory(name: str) -> Callable[..., SearchSpace]:
+    """The factory registered under ``name`` (it takes every option, ``name=`` included)."""
+    if name not in _REGISTRY:
+        raise SpaceError(f"space={name!r} is unknown; registered spaces: {list_spaces()}")
+    return _REGISTRY[name]
+
+
 def create_space(name: str, **overrides: Any) -> SearchSpace:
     """Build a registered space by name; ``overrides`` replace its default settings
     (e.g. ``resolutions=[160, 176]``, ``depth_choices=[[2,3],...]``)."""
-    if name not in _REGISTRY:
-        raise SpaceError(f"space={name!r} is unknown; registered spaces: {list_spaces()}")
-    space = _REGISTRY[name](**overrides)
+    space = space_factory(name)(**overrides)
+    try:
+        space.registry_name = name  # how files name it (hwnas.spaces.io.space_spec)
+    except AttributeError:  # a factory returning an object with __slots__
+        pass
     return space
 
 

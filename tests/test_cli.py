@@ -175,3 +175,31 @@ def test_multirun_over_budgets(tmp_path):
         data = json.loads((tmp_path / "sweep" / str(i) / "pareto.json").read_text())
         assert data["budgets"] == [float(b)]
         assert max(r["latency"] for r in data["front"]) <= b
+
+
+def test_a_plugin_in_the_working_directory_imports_without_pythonpath(tmp_path, monkeypatch):
+    """``latency._target_=mypkg.MyLatency`` with ./mypkg finds it, as ``python -m`` would."""
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from hwnas.predictors.build import build_predictor
+    from hwnas.spaces import create_space
+
+    pkg = tmp_path / "mypkg_cwd_probe"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import numpy as np\n"
+        "class MyLatency:\n"
+        "    metric = 'latency_ms'\n"
+        "    def __init__(self, space, ms=2.0):\n"
+        "        self.space, self.ms = space, ms\n"
+        "    def predict(self, archs):\n"
+        "        return np.full(len(archs), self.ms)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    space = create_space("nasbench201")
+    cfg = OmegaConf.create({"latency": {"_target_": "mypkg_cwd_probe.MyLatency", "ms": 3.0}})
+    lat = build_predictor(cfg, "latency", space)
+    assert lat.predict(space.sample(2, rng=0)).tolist() == [3.0, 3.0]

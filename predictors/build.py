@@ -1,0 +1,156 @@
+"""One path from a config the user wrote to objects: spaces, predictors, and the asset settings.
+
+Every command (search, profile, pipeline, export, measure, train) builds its space and predictors
+here, so a ``_target_`` means the same thing everywhere and every error names the config key.
+``_target_`` is read only from configs the user writes (the command line and hydra config files), never
+from files in run folders (those hold data; see :mod:`hwnas.spaces.io`).
+
+Plug-ins: a ``_target_`` is imported with the current working directory on ``sys.path`` (as
+``python -m`` would do), so ``latency._target_=mypkg.MyLatency`` finds ``./mypkg`` without PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hwnas.spaces.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A config value is wrong; the message names the key and the fix."""
+
+
+def plain(cfg: Any, key: str = "config") -> Any:
+    """An OmegaConf node (resolved) or a mapping -> plain Python containers; errors name ``key``."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(cfg):
+            try:
+                return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+            except Exception as exc:  # noqa: BLE001 - missing mandatory value / bad interpolation
+                raise ConfigError(f"{key}: {str(exc).splitlines()[0]}") from None
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        pass
+    if isinstance(cfg, dict):
+        return {k: plain(v, f"{key}.{k}") for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [plain(v, f"{key}[{i}]") for i, v in enumerate(cfg)]
+    return cfg
+
+
+def abs_path(p: str | os.PathLike) -> str:
+    """A path from the command line, relative to where the command was started (hydra may chdir)."""
+    try:
+        from hydra.utils import to_absolute_path
+
+        return to_absolute_path(os.fspath(p))
+    except (ValueError, ImportError):  # not inside a hydra app
+        return os.path.abspath(os.path.expanduser(os.fspath(p)))
+
+
+def apply_assets(cfg: Any, key: str = "assets") -> None:
+    """``assets.mirror`` -> the process-wide asset mirror (absolute path); ``assets.cache`` -> ``$HWNAS_CACHE``.
+    Null keeps ``$HWNAS_ASSETS_MIRROR`` / ``$HWNAS_CACHE`` / the defaults."""
+    from hwnas.predictors.assets import set_default_mirror
+
+    assets = (cfg.get(key) if hasattr(cfg, "get") else None) or {}
+    mirror = assets.get("mirror")
+    if mirror not in (None, ""):
+        path = abs_path(str(mirror))
+        if not Path(path).is_dir():
+            raise ConfigError(
+                f"{key}.mirror={mirror!r} is not a folder ({path}); point it at a folder laid out like the OFA "
+                f"files repo, e.g. {key}.mirror=../shared/data"
+            )
+        set_default_mirror(path)
+    cache = assets.get("cache")
+    if cache not in (None, ""):
+        os.environ["HWNAS_CACHE"] = abs_path(str(cache))
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The innermost error (hydra wraps constructor errors in InstantiationException)."""
+    while exc.__cause__ is not None and type(exc).__name__ == "InstantiationException":
+        exc = exc.__cause__
+    return exc
+
+
+def _user_import_path() -> None:
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _wants(target: Any, name: str) -> bool:
+    """Whether the callable ``target`` accepts the keyword ``name``."""
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
+    """Build ``node`` (``_target_`` + keyword values, from a user config) with extra ``kwargs``.
+
+    Null values are dropped so constructors keep their own defaults; keyword arguments the target does
+    not take (e.g. ``space=`` for a class without one) are not passed. Errors name ``key``.
+    """
+    from hydra.utils import get_method, instantiate
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_dict(node) and "_target_" in node.keys() and OmegaConf.is_missing(node, "_target_"):
+        node = None  # "???" in a preset such as accuracy=custom
+    cfg = plain(node, key)
+    if not isinstance(cfg, dict) or cfg.get("_target_") in (None, "", "???"):
+        raise ConfigError(f"{key}._target_ is not set; choose a config ({key}=<name>) or set {key}._target_=<module.Class>")
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    _user_import_path()
+    target = cfg["_target_"]
+    try:
+        fn = get_method(target)
+    except Exception as exc:  # noqa: BLE001 - import errors of the user's module
+        raise ConfigError(
+            f"{key}._target_={target!r} cannot be imported ({_cause(exc)}); check the module path (the current "
+            "folder is on the import path)"
+        ) from None
+    kwargs = {k: v for k, v in kwargs.items() if k not in cfg and _wants(fn, k)}
+    try:
+        return instantiate({"_convert_": "all", **cfg}, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the key named
+        inner = _cause(exc)
+        if isinstance(inner, UserError):  # already one line with the fix
+            raise ConfigError(f"{key} ({target}): {inner}") from inner
+        raise ConfigError(f"{key} ({target}): {type(inner).__name__}: {inner}") from inner
+
+
+def build_space(cfg: Any, key: str = "space") -> Any:
+    """The search space of ``cfg.space`` (a config node with ``_target_``, or a registered name)."""
+    node = cfg.get(key) if hasattr(cfg, "get") else None
+    if isinstance(node, str):
+        from hwnas.spaces import create_space
+
+        return create_space(node)
+    if node is None:
+        raise ConfigError(f"{key} is not set; choose one ({key}=ofa_mbv3_w12) or give {key}._target_")
+    return instantiate_node(node, key)
+
+
+def build_predictor(cfg: Any, key: str, space: Any) -> Any:
+    """The predictor of ``cfg.<key>`` (``accuracy``/``latency``/...), given ``space=``; checked to
+    follow the predictor protocol."""
+    from hwnas.predictors.base import as_predictor
+
+    node = cfg.get(key) if hasattr(cfg, "get") else None
+    return as_predictor(instantiate_node(node, key, space=space), key)
+
+
+def build(cfg: Any) -> tuple[Any, Any, Any]:
+    """``(space, accuracy, latency)`` from a search config; errors name the config key."""
+    space = build_space(cfg)
+    return space, build_predictor(cfg, "accuracy", space), build_predictor(cfg, "latency", space)

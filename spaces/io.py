@@ -1,0 +1,114 @@
+"""Spaces and archs as *data*: what run folders, checkpoints, stores and saved predictors hold.
+
+A file never says which class to build. A space is saved as a spec, ``{"space": <registered name>,
+"options": {plain keyword values}}``, and rebuilt through the space registry
+(:func:`hwnas.spaces.create_space`); nothing named in a file is imported or instantiated. An arch is
+identified everywhere by one key, :func:`arch_key` (the space's canonical JSON: inactive slots
+normalised, keys sorted), so equal networks have equal keys in every ledger, store and checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from .base import SearchSpace, SpaceError, list_spaces, space_factory
+
+#: hwnas's own space classes -> a registry name whose factory builds that class from the options that
+#: ``to_config`` lists (width included). Spaces built from a config ``_target_`` (reduced spaces) are
+#: saved under these names; older hwnas versions wrote these class paths into files, which are read
+#: through this table only (never imported from the file's text).
+_CLASS_KEYS = {
+    "hwnas.spaces.mbconv.OFAMobileNetV3Space": "ofa_mbv3_w12",
+    "hwnas.spaces.mbconv.OFAProxylessSpace": "ofa_proxyless_w13",
+    "hwnas.spaces.mbconv.ProxylessMobileSpace": "proxyless_mobile",
+    "hwnas.spaces.nasbench201.NASBench201Space": "nasbench201",
+    "hwnas.spaces.fbnet.FBNetSpace": "fbnet",
+}
+
+
+def arch_key(space: SearchSpace, arch: Any) -> str:
+    """The one identity of an arch in ``space``: canonical JSON (validated, inactive slots normalised)."""
+    return space.to_json(arch)
+
+
+def space_spec(space: SearchSpace) -> dict:
+    """``{"space": name, "options": {...}}``: plain data that :func:`space_from_spec` rebuilds."""
+    name = getattr(space, "registry_name", None) or _CLASS_KEYS.get(f"{type(space).__module__}.{type(space).__name__}")
+    if name not in list_spaces():
+        raise SpaceError(
+            f"space {space.name!r} is not registered, so files cannot name it; register its factory with "
+            "hwnas.spaces.register_space(name) before saving"
+        )
+    options = {k: v for k, v in space.to_config().items() if k != "_target_"}
+    _check_plain(options, "options", "space")
+    return {"space": name, "options": options}
+
+
+def _check_plain(value: Any, where: str, source: str) -> None:
+    """JSON scalars, lists and string-keyed dicts only; no ``_target_`` anywhere."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SpaceError(f"{source}: {where} is {value!r}; space options must be finite numbers")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]", source)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str) or k.startswith("_"):
+                raise SpaceError(
+                    f"{source}: {where} has the key {k!r}; a saved space is plain data (a registered name and "
+                    "options), never a class to build"
+                )
+            _check_plain(v, f"{where}.{k}", source)
+        return
+    raise SpaceError(f"{source}: {where} has a {type(value).__name__}; space options must be plain JSON values")
+
+
+def space_from_spec(spec: Any, source: str | os.PathLike = "space") -> SearchSpace:
+    """Rebuild a space from :func:`space_spec` data read from ``source`` (a file, named in errors).
+
+    Also reads the ``{"_target_": <hwnas space class>, ...}`` blocks that older versions wrote, but only
+    for hwnas's own space classes, mapped to registry names here; any other ``_target_`` is refused.
+    """
+    src = os.fspath(source)
+    if isinstance(spec, str):
+        spec = {"space": spec, "options": {}}
+    if not isinstance(spec, dict):
+        raise SpaceError(f"{src}: the space must be an object {{\"space\": name, \"options\": {{...}}}}, not {type(spec).__name__}")
+    if "_target_" in spec:
+        target = spec.get("_target_")
+        if target not in _CLASS_KEYS:
+            raise SpaceError(
+                f"{src}: the space names a class to build ({target!r}); files are data and may only name a "
+                f"registered space ({list_spaces()}); nothing was run"
+            )
+        options = {k: v for k, v in spec.items() if k != "_target_"}
+        spec = {"space": _CLASS_KEYS[target], "options": options}
+    extra = sorted(set(spec) - {"space", "options"})
+    if extra:
+        raise SpaceError(f"{src}: unknown space keys {extra}; a space is {{\"space\": name, \"options\": {{...}}}}")
+    name, options = spec.get("space"), spec.get("options") or {}
+    if not isinstance(name, str) or name not in list_spaces():
+        raise SpaceError(f"{src}: space={name!r} is not a registered space; registered: {list_spaces()}")
+    if not isinstance(options, dict):
+        raise SpaceError(f"{src}: space options must be an object, not {type(options).__name__}")
+    _check_plain(options, "options", src)
+    try:
+        space = space_factory(name)(**options)
+    except SpaceError as exc:
+        raise SpaceError(f"{src}: {exc}") from None
+    except TypeError as exc:
+        raise SpaceError(f"{src}: space {name!r} does not take these options ({exc})") from None
+    space.registry_name = name
+    return space
+
+
+def dumps_spec(space: SearchSpace) -> str:
+    return json.dumps(space_spec(space), sort_keys=True)

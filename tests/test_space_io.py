@@ -1,0 +1,75 @@
+"""Spaces in files are data: a registered name plus plain options, rebuilt through the registry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hwnas.spaces import SpaceError, create_space, list_spaces
+from hwnas.spaces.io import arch_key, space_from_spec, space_spec
+
+
+@pytest.mark.parametrize("name", list_spaces())
+def test_every_registered_space_round_trips_as_data(name):
+    space = create_space(name)
+    spec = json.loads(json.dumps(space_spec(space)))
+    back = space_from_spec(spec, "x.json")
+    assert back.to_config() == space.to_config() and back.name == space.name
+    a = space.sample(3, rng=0)
+    assert [arch_key(back, x) for x in a] == [arch_key(space, x) for x in a]
+
+
+def test_restricted_options_survive():
+    space = create_space("ofa_mbv3_w12", resolutions=[160, 224], depth_choices=[3, 4])
+    back = space_from_spec(space_spec(space))
+    assert back.resolutions == [160, 224] and back.to_config() == space.to_config()
+
+
+def test_arch_key_is_one_identity_for_equal_networks():
+    space = create_space("ofa_mbv3_w12")
+    a = space.validate({"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": 224})
+    b = space.validate({"ks": [3, 3, 7, 7] * 5, "e": [3, 3, 6, 6] * 5, "d": [2] * 5, "r": 224})  # inactive slots differ
+    assert arch_key(space, a) == arch_key(space, b)
+
+
+def test_a_crafted_target_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    spec = {"_target_": "pathlib.Path.touch", "self": str(marker)}
+    with pytest.raises(SpaceError, match=r"run.json: .*class to build"):
+        space_from_spec(spec, "run.json")
+    nested = {"space": "ofa_mbv3_w12", "options": {"resolutions": {"_target_": "os.system", "command": f"touch {marker}"}}}
+    with pytest.raises(SpaceError, match="run.json: options.resolutions has the key '_target_'"):
+        space_from_spec(nested, "run.json")
+    assert not marker.exists()
+
+
+def test_legacy_hwnas_targets_still_load():
+    space = create_space("ofa_mbv3_w12", resolutions=[192])
+    back = space_from_spec(space.to_config(), "old.json")
+    assert back.to_config() == space.to_config()
+    assert space_from_spec({"_target_": "hwnas.spaces.nasbench201.NASBench201Space"}).name == "nasbench201"
+
+
+@pytest.mark.parametrize("spec,msg", [
+    (5, "must be an object"),
+    ({"space": "nope"}, "not a registered space"),
+    ({"space": "ofa_mbv3_w12", "options": {"resolutions": [float("nan")]}}, "finite"),
+    ({"space": "ofa_mbv3_w12", "options": {"bogus": 1}}, "does not take these options"),
+    ({"space": "ofa_mbv3_w12", "extra": 1}, "unknown space keys"),
+])
+def test_bad_specs_name_the_file(spec, msg):
+    with pytest.raises(SpaceError, match=msg) as e:
+        space_from_spec(spec, "f.json")
+    assert str(e.value).startswith("f.json: ")
+
+
+def test_a_space_built_from_a_config_target_is_saved_under_its_family(tmp_path):
+    """Reduced spaces come from ``_target_: hwnas.spaces.mbconv.OFAMobileNetV3Space`` with a display name."""
+    from hwnas.spaces.mbconv import OFAMobileNetV3Space
+
+    space = OFAMobileNetV3Space(width_mult=1.2, name="reduced_note10", depth_choices=[2, 3])
+    spec = space_spec(space)
+    assert spec["space"] == "ofa_mbv3_w12" and spec["options"]["name"] == "reduced_note10"
+    back = space_from_spec(spec)
+    assert back.name == "reduced_note10" and back.to_config() == space.to_config()
