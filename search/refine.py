@@ -24,8 +24,28 @@ import numpy as np
 from .operators import GenomeLayout, row_keys
 
 
-def neighbour_matrix(layout: GenomeLayout, M: np.ndarray, moves: str = "all") -> np.ndarray:
-    """Canonical genomes one effective gene change away from the rows of ``M`` (may repeat).
+def _move_table(layout: GenomeLayout, moves: str) -> np.ndarray:
+    """``T[g, u, v]``: gene ``g`` may move from value ``u`` to ``v`` (see :func:`neighbour_moves`)."""
+    cache = layout.__dict__.setdefault("_move_tables", {})
+    if moves not in cache:
+        n = int(layout.sizes.max())
+        u, v = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        T = np.zeros((layout.n_var, n, n), dtype=bool)
+        for g, size in enumerate(layout.sizes):
+            inside = (v < size) & (u < size)
+            if moves == "all" or not layout.mbconv:
+                T[g] = inside & (v != u)
+            elif g < layout.n_slots:
+                T[g, :size, :size] = layout.is_grid_nbr[g].T
+            else:
+                T[g] = inside & (np.abs(v - u) == 1)
+        cache[moves] = T
+    return cache[moves]
+
+
+def neighbour_moves(layout: GenomeLayout, M: np.ndarray, moves: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Genomes one effective gene change away from the rows of ``M``: ``(Y, row, gene, value)``,
+    ``Y`` canonical (it may repeat across rows).
 
     ``moves="all"``: every other value of every effective gene. ``moves="grid"``: block genes move to
     a grid neighbour only (kernel or expand one step up/down), depth and resolution genes one step;
@@ -34,75 +54,32 @@ def neighbour_matrix(layout: GenomeLayout, M: np.ndarray, moves: str = "all") ->
     if moves not in ("all", "grid"):
         raise ValueError(f"search.refine.moves={moves!r} is unknown; allowed values: ['all', 'grid']")
     M = layout.canonical(M)
-    if not len(M):
-        return M
-    act = layout.active(M)
-    sizes = layout.sizes
-    grid = moves == "grid" and layout.mbconv
-    blocks = []
-    for g in range(layout.n_var):
-        rows = np.flatnonzero(act[:, g])
-        if not len(rows):
-            continue
-        if grid:
-            cur = M[rows, g]
-            if g < layout.n_slots:
-                is_nbr = layout.is_grid_nbr[g]
-                for v in range(int(sizes[g])):
-                    r = rows[is_nbr[v, cur]]
-                    if len(r):
-                        Y = M[r].copy()
-                        Y[:, g] = v
-                        blocks.append(Y)
-            else:
-                for step in (-1, 1):
-                    ok = (cur + step >= 0) & (cur + step < sizes[g])
-                    if ok.any():
-                        Y = M[rows[ok]].copy()
-                        Y[:, g] += step
-                        blocks.append(Y)
-            continue
-        for v in range(int(sizes[g])):
-            r = rows[M[rows, g] != v]
-            if len(r):
-                Y = M[r].copy()
-                Y[:, g] = v
-                blocks.append(Y)
-    if not blocks:
-        return np.zeros((0, M.shape[1]), dtype=int)
-    return layout.canonical(np.concatenate(blocks))
+    T = _move_table(layout, moves)
+    ok = T[np.arange(layout.n_var)[None, :], M] & layout.active(M)[:, :, None]  # (rows, genes, values)
+    row, gene, value = np.nonzero(ok)
+    Y = M[row]
+    Y[np.arange(len(row)), gene] = value
+    return layout.canonical(Y), row, gene, value
 
 
-def single_block_moves(layout: GenomeLayout, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every genome that differs from ``x`` in one active block gene: ``(Y, gene, value)``."""
-    x = layout.canonical(x)[0]
-    act = np.flatnonzero(layout.active(x[None])[0])
-    if layout.mbconv:
-        act = act[act < layout.n_slots]
-    genes, values = [], []
-    for g in act:
-        for v in range(int(layout.sizes[g])):
-            if v != x[g]:
-                genes.append(g)
-                values.append(v)
-    genes_a, values_a = np.array(genes, dtype=int), np.array(values, dtype=int)
-    Y = np.repeat(x[None], len(genes_a), axis=0)
-    Y[np.arange(len(genes_a)), genes_a] = values_a
-    return Y, genes_a, values_a
+def neighbour_matrix(layout: GenomeLayout, M: np.ndarray, moves: str = "all") -> np.ndarray:
+    """The genomes of :func:`neighbour_moves`."""
+    return neighbour_moves(layout, M, moves)[0]
 
 
-def pair_moves(x: np.ndarray, a0: float, l0: float, Y: np.ndarray, genes: np.ndarray, values: np.ndarray,
-               a: np.ndarray, l: np.ndarray, budget: float, n_pairs: int) -> np.ndarray:
+def pair_moves(x: np.ndarray, a0: float, l0: float, genes: np.ndarray, values: np.ndarray, a: np.ndarray,
+               l: np.ndarray, budget: float, n_pairs: int) -> np.ndarray:
     """Up to ``n_pairs`` genomes that change two block genes of ``x`` at once, estimated to fit
     ``budget`` with the largest accuracy gains.
 
-    ``Y`` are ``x``'s single block moves (:func:`single_block_moves`) with their objectives ``a``, ``l``.
+    ``genes``, ``values`` are ``x``'s single block moves (from :func:`neighbour_moves`) and ``a``, ``l``
+    their objectives.
     A pair's accuracy and latency are estimated as ``x``'s (``a0``, ``l0``) plus both single effects --
     exact for latency when the predictor is a sum over layers (a lookup table), a first-order estimate
     otherwise; the true values come from evaluating the returned genomes.
     """
     da, dl = a - a0, l - l0
-    i, j = np.triu_indices(len(Y), k=1)
+    i, j = np.triu_indices(len(genes), k=1)
     ok = genes[i] != genes[j]
     i, j = i[ok], j[ok]
     gain = da[i] + da[j]
@@ -177,49 +154,48 @@ class Refiner:
         self.walker_budget = np.array(which, dtype=int)
         self.seeded = True
 
-    def _moves(self, x: np.ndarray, budget: float, limit: int | None) -> tuple[np.ndarray, int]:
-        """The walker's neighbourhood (single moves + estimated pair moves) and the evaluations used
-        to estimate the pairs."""
+    def _neighbourhoods(self, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Every walker's neighbourhood -- all single moves plus ``pairs`` estimated pair moves -- as
+        ``(genomes, walker index)``. Estimating the pairs evaluates the walkers' single block moves
+        (in one batch), unless that would take more than ``limit`` new evaluations."""
         problem, lay = self.problem, self.problem.layout
-        singles = neighbour_matrix(lay, x[None], "all")
-        Y, genes, values = single_block_moves(lay, x[None])
-        new = int(problem.is_new(Y).sum())
-        if len(Y) < 2 or (limit is not None and new > limit):
-            return singles, 0
-        a0, l0 = problem.predict(x[None])
-        a, l = problem.predict(Y)
-        return np.concatenate([singles, pair_moves(x, a0[0], l0[0], Y, genes, values, a, l, budget, self.pairs)]), new
+        W = self.walkers
+        Y, row, gene, value = neighbour_moves(lay, W, "all")
+        parts, owner = [Y], [row]
+        block = gene < lay.n_slots if lay.mbconv else np.ones(len(gene), dtype=bool)
+        if len(W) and (limit is None or int(problem.is_new(Y[block]).sum()) <= limit):
+            a0, l0 = problem.predict(W)
+            a, l = problem.predict(Y[block])
+            rb, gb, vb = row[block], gene[block], value[block]
+            for w in range(len(W)):
+                m = rb == w
+                P = pair_moves(W[w], a0[w], l0[w], gb[m], vb[m], a[m], l[m], self.budgets[self.walker_budget[w]], self.pairs)
+                parts.append(P)
+                owner.append(np.full(len(P), w))
+        return lay.canonical(np.concatenate(parts)), np.concatenate(owner)
 
     def _walk(self, limit: int | None) -> np.ndarray | None:
-        """Move every walker to its best improving feasible neighbour (evaluated last pass) and return
-        the new neighbourhoods; walkers that cannot improve stop."""
+        """Move every walker to its best improving feasible neighbour (evaluated last pass), drop the
+        walkers that cannot improve, and return the new neighbourhoods."""
         problem = self.problem
         if not self.seeded:
             self._seed()
-            fresh = True
-        else:
-            fresh = False
-        keep, parts = [], []
-        for w, (x, bi) in enumerate(zip(self.walkers, self.walker_budget)):
-            b = self.budgets[bi]
-            if not fresh:
-                N, _ = self._moves(x, b, 0)
-                N = N[~problem.is_new(problem.canonical(N))]  # what the last pass evaluated
-                a, l = problem.predict(N)
-                a0 = problem.predict(x[None])[0][0]
-                score = np.where(l <= b, a, -np.inf)
-                k = int(np.argmax(score))
-                if not score[k] > a0:
-                    continue
-                x = problem.canonical(N[k][None])[0]
-                self.walkers[w] = x
-            N, used = self._moves(x, b, limit)
-            if limit is not None:
-                limit -= used
-            keep.append(w)
-            parts.append(N)
-        self.walkers, self.walker_budget = self.walkers[keep], self.walker_budget[keep]
-        return np.concatenate(parts) if parts else None
+        elif len(self.walkers):
+            N, owner = self._neighbourhoods(0)
+            known = ~problem.is_new(N)
+            N, owner = N[known], owner[known]
+            a, l = problem.predict(N)
+            a0 = problem.predict(self.walkers)[0]
+            score = np.where(l <= np.asarray(self.budgets)[self.walker_budget[owner]], a, -np.inf)
+            order = np.lexsort((np.arange(len(N)), -score, owner))  # per walker: best first, ties by position
+            w, first = np.unique(owner[order], return_index=True)
+            pick = order[first]
+            moved = score[pick] > a0[w]
+            self.walkers = N[pick[moved]]
+            self.walker_budget = self.walker_budget[w[moved]]
+        if not len(self.walkers):
+            return None
+        return self._neighbourhoods(limit)[0]
 
     # ------------------------------------------------------------------ passes
     def candidates(self, limit: int | None = None) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 from hwnas.search.nsga import crowding_distance, nondominated_rank, run_search
 from hwnas.search.operators import ArchCrossover, ArchMutation, ArchSampling, GenomeLayout, row_keys, structured_genomes
 from hwnas.search.problem import ArchProblem, hypervolume, pareto_mask
-from hwnas.search.refine import neighbour_matrix, pair_moves, single_block_moves
+from hwnas.search.refine import neighbour_matrix, neighbour_moves, pair_moves
 from hwnas.search.results import load_front, write_results
 from hwnas.spaces import create_space
 
@@ -159,11 +159,13 @@ def test_pair_moves_change_two_blocks_and_fit_the_estimated_budget(space):
     prob = ArchProblem(space, ToyAccuracy(space), lat)
     lay = prob.layout
     x = lay.canonical(space.sample_genomes(1, 11))[0]
-    Y, genes, values = single_block_moves(lay, x[None])
+    Y, _, genes, values = neighbour_moves(lay, x[None], "all")
+    block = genes < lay.n_slots
+    Y, genes, values = Y[block], genes[block], values[block]
     a0, l0 = prob.predict(x[None])
     a, l = prob.predict(Y)
     budget = float(l0[0]) + 0.5
-    P = pair_moves(x, a0[0], l0[0], Y, genes, values, a, l, budget, 50)
+    P = pair_moves(x, a0[0], l0[0], genes, values, a, l, budget, 50)
     assert 0 < len(P) <= 50
     assert ((P != x).sum(1) == 2).all()
     pa, pl = prob.predict(P)
