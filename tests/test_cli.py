@@ -96,7 +96,7 @@ def test_custom_predictors_by_target(tmp_path):
 
     data = json.loads((run_dir / "pareto.json").read_text())
     space = create_space("ofa_mbv3_w12")  # no latency config setting resolutions: the space's defaults
-    assert data["space"]["resolutions"] == space.resolutions
+    assert data["space"] == {"space": "ofa_mbv3_w12", "options": {**data["space"]["options"], "resolutions": space.resolutions}}
     archs = [space.validate(r["arch"]) for r in data["front"]]
     np.testing.assert_allclose([r["accuracy"] for r in data["front"]], ToyAccuracy(scale=0.5).predict(archs))
     np.testing.assert_allclose([r["latency"] for r in data["front"]], ToyLatency().predict(archs))
@@ -156,7 +156,7 @@ def test_bad_values_raise_config_error(overrides, match, tmp_path):
     from hwnas.search.cli import ConfigError, run_from_config
 
     base = ["latency=custom", "latency._target_=test_cli.ToyLatency", "accuracy._target_=test_cli.ToyAccuracy",
-            "~accuracy.path", "~accuracy.device", "search.n_gen=1", "search.pop_size=8", "search.verbose=false", "search.refine.passes=0",
+            "~accuracy.path", "search.n_gen=1", "search.pop_size=8", "search.verbose=false", "search.refine.passes=0",
             "search.plot=false"]
     if "accuracy=custom" in overrides:
         base = [o for o in base if not o.startswith(("accuracy.", "~accuracy"))]
