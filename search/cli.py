@@ -30,6 +30,7 @@ import math
 import os
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -204,6 +205,7 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
             write_results(engine.result(partial=True), out, config=cfg, plot=False, key=key)
 
     ck = _Checkpoint(out / CHECKPOINT, settings=key, interval_s=opts["checkpoint_s"])
+    cpu_start = time.process_time()
     try:
         preds = wrap_predictors(plain(cfg.get("evaluator"), "evaluator"), runner, accuracy=accuracy, latency=latency)
         with interrupt_on_sigterm():
@@ -225,12 +227,23 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
     finally:
         progress.close()
         runner.close()
+    cpu_search = time.process_time()
     write_results(result, out, config=cfg, plot=opts["plot"], key=key)
     ck.clear()
+    cpu_end = time.process_time()
     if not kwargs["verbose"]:
         print(result.summary())
-    log.info(f"results: {out.resolve()}")
+    log.info(f"results: {out.resolve()} | cpu s: start-up {cpu_start:.2f}, search {cpu_search - cpu_start:.2f}, "
+             f"writing {cpu_end - cpu_search:.2f} | peak memory {_peak_mb():.0f} MB")
     return result
+
+
+def _peak_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
 def _in_multirun() -> bool:

@@ -132,9 +132,17 @@ def write_results(result: SearchResult, out_dir: str | os.PathLike, config: Any 
 
 
 def plot_front(result: SearchResult, path: str | os.PathLike) -> Path:
-    """Accuracy vs latency of the front; each budget a dashed line with its best arch starred, named
-    in the legend (so no two labels can overlap)."""
+    """Write :func:`front_figure` as a PNG (atomically)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    buf = io.BytesIO()
+    FigureCanvasAgg(front_figure(result)).print_png(buf)
+    return atomic_write(Path(path), buf.getvalue())
+
+
+def front_figure(result: SearchResult) -> Any:
+    """Accuracy vs latency of the front; each budget a dashed line with its best arch starred, named
+    in the legend (so no two labels can overlap, however close the budgets)."""
     from matplotlib.figure import Figure
 
     scale = 100.0 if len(result.accuracy) and abs(result.accuracy).max() <= 1.0 else 1.0
@@ -159,9 +167,7 @@ def plot_front(result: SearchResult, path: str | os.PathLike) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)
-    return atomic_write(Path(path), buf.getvalue())
+    return fig
 
 
 def read_front(path: str | os.PathLike, space: Any = None) -> tuple[Any, list[dict], dict]:

@@ -344,6 +344,25 @@ def test_results_files_round_trip(space, tmp_path):
     assert len(hist) == 1 + len(res.history)
 
 
+def test_budget_labels_never_overlap(space):
+    """Budgets 0.1 apart: every label sits in the legend, none on the plot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from hwnas.search.results import front_figure
+
+    res = small_search(space, budgets=[14.0, 14.1, 14.2, 14.3], constraint=False)
+    fig = front_figure(res)
+    FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    assert len(ax.texts) == 0  # no free-floating annotations
+    boxes = [t.get_window_extent(renderer) for t in ax.get_legend().get_texts()]
+    assert len(boxes) == 1 + 4
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j])
+
+
 def test_real_predictors_small_search(space, data_dir):
     from hwnas.predictors.lut import LookupTableLatency
     from hwnas.predictors.ofa_accuracy import OFAAccuracyPredictor
