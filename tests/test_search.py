@@ -352,7 +352,7 @@ def test_budget_labels_never_overlap(space):
 
     res = small_search(space, budgets=[14.0, 14.1, 14.2, 14.3], constraint=False)
     fig = front_figure(res)
-    FigureCanvasAgg(fig)
+    FigureCanvasAgg(fig).draw()
     renderer = fig.canvas.get_renderer()
     ax = fig.axes[0]
     assert len(ax.texts) == 0  # no free-floating annotations
