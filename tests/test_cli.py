@@ -166,15 +166,27 @@ def test_bad_values_raise_config_error(overrides, match, tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_over_budgets(tmp_path):
+def test_multirun_summary_and_a_failing_job_recorded(tmp_path):
+    """A sweep writes one summary of every job; a job with impossible budgets is recorded, not fatal."""
     p = run_cli(["--multirun", "accuracy=custom", "accuracy._target_=test_cli.ToyAccuracy", "latency=custom",
-                 "latency._target_=test_cli.ToyLatency", "search.budgets=[10],[14]", *TINY,
+                 "latency._target_=test_cli.ToyLatency", "search.budgets=[10],[0.001],[14]", *TINY,
                  f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=${hydra.job.num}"], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
-    for i, b in enumerate((10, 14)):
-        data = json.loads((tmp_path / "sweep" / str(i) / "pareto.json").read_text())
+    sweep = tmp_path / "sweep"
+    for i, b in ((0, 10), (2, 14)):
+        data = json.loads((sweep / str(i) / "pareto.json").read_text())
         assert data["budgets"] == [float(b)]
         assert max(r["latency"] for r in data["front"]) <= b
+    failed = json.loads((sweep / "1" / "failed.json").read_text())
+    assert failed["error"].startswith("hwnas-search: error: search.budgets=[0.001]") and not (sweep / "1" / "pareto.json").exists()
+    rows = (sweep / "summary.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("job,overrides,status,n_evals,hypervolume")
+    by_job = {r.split(",")[0]: r for r in rows[1:]}
+    assert by_job["0"].split(",")[2] == "ok" and by_job["2"].split(",")[2] == "ok"
+    assert "failed: hwnas-search: error: search.budgets=[0.001]" in by_job["1"]
+    assert "search.budgets=[14]" in by_job["2"]
+    assert (sweep / "summary.md").read_text().count("\n") == 2 + 3
+    assert (sweep / "fronts.png").stat().st_size > 1000
 
 
 def test_a_plugin_in_the_working_directory_imports_without_pythonpath(tmp_path, monkeypatch):
