@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -136,33 +137,36 @@ def interrupt_on_sigterm() -> Iterator[None]:
 
 
 class _Progress:
-    """Per-step progress: a bar with an ETA on an interactive terminal, log lines otherwise."""
+    """Per-step progress: on an interactive terminal one status line with a bar and the ETA, redrawn
+    in place (the per-step lines go to the log file only); otherwise one log line per step (with its
+    ETA)."""
 
     def __init__(self) -> None:
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=100, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {postfix}")
+        self.tty = sys.stderr.isatty()
+        self.done = 0.0
+        self.drawn = False
 
     def __call__(self, line: str) -> None:
-        if self.bar is None or " | " not in line or not line.startswith(("gen ", "refine ")):
+        if not (self.tty and line.startswith(("gen ", "refine "))):
+            self.clear()
             log.info(line)
             return
-        self.bar.set_description(line.split(" | ")[0])
-        parts = line.split(" | ")
-        eta = [p for p in parts if p.startswith("eta ")]
-        self.bar.set_postfix_str(" | ".join(p for p in parts[1:] if not p.startswith("eta ")) + (f" | {eta[0]}" if eta else ""))
         log.debug(line)
+        width = shutil.get_terminal_size((100, 20)).columns
+        filled = int(20 * self.done)
+        text = f"[{'#' * filled}{'.' * (20 - filled)}] {100 * self.done:3.0f}% {line}"
+        sys.stderr.write("\r" + text[: width - 1] + "\x1b[K")
+        sys.stderr.flush()
+        self.drawn = True
 
     def fraction(self, done: float) -> None:
-        if self.bar is not None:
-            self.bar.n = int(100 * min(max(done, 0.0), 1.0))
-            self.bar.refresh()
+        self.done = min(max(float(done), 0.0), 1.0)
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    def clear(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.drawn = False
 
 
 # ============================================================================ the command
@@ -217,7 +221,7 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
                     raise
                 raise ConfigError(str(exc)) from exc
     except SearchInterrupted as exc:
-        progress.close()
+        progress.clear()
         if exc.result is not None:
             write_results(exc.result, out, config=cfg, plot=False, key=key)
         code = 143 if exc.signal == "SIGTERM" else 130
@@ -225,7 +229,7 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
               "checkpoint beside it: run the same command again to resume", file=sys.stderr)
         raise SystemExit(code) from None
     finally:
-        progress.close()
+        progress.clear()
         runner.close()
     cpu_search = time.process_time()
     write_results(result, out, config=cfg, plot=opts["plot"], key=key)
