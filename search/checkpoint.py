@@ -179,7 +179,10 @@ def _check(path: Path, arrays: dict, meta: dict, problem: Any) -> None:
     n = len(arrays["archive_acc"])
     if len(arrays["archive_lat"]) != n or arrays["archive_X"].shape != (n, len(sizes)):
         raise bad("the archive's arrays do not match each other or the space")
-    if not (np.isfinite(arrays["archive_acc"]).all() and np.isfinite(arrays["archive_lat"]).all()):
+    lat, acc = arrays["archive_lat"], arrays["archive_acc"]
+    limit = state.get("max_latency")
+    skipped = np.isnan(acc)  # accuracy is skipped for archs over the latency limit only
+    if not np.isfinite(lat).all() or np.isinf(acc).any() or (skipped.any() and (limit is None or (lat[skipped] <= limit).any())):
         raise bad("the archive holds non-finite objectives")
     for k in ("archive_X", "refine_expanded", "refine_walkers", "pop_X"):
         G = arrays.get(k)

@@ -494,7 +494,7 @@ class _Search:
     def _record(self, phase: str) -> None:
         X, acc, lat = self.problem.archive()
         if self.ref_acc is None:
-            self.ref_acc = float(acc.min()) if len(acc) else 0.0
+            self.ref_acc = float(np.nanmin(acc)) if np.isfinite(acc).any() else 0.0
         if self.ref_lat is None:
             m = self.problem.max_latency
             self.ref_lat = float(m if m is not None else (lat.max() if len(lat) else 1.0))
@@ -565,11 +565,11 @@ class _Search:
         return arrays, meta
 
     def load(self, arrays: dict, meta: dict, resume: bool = True) -> None:
-        """Put a saved state back (``resume``: from a checkpoint of an earlier process; otherwise the
-        archive was truncated to the state's already)."""
+        """Put a saved state back (``resume``: from a checkpoint of an earlier process; otherwise a
+        state committed earlier in this one)."""
+        self.problem.max_latency = meta["max_latency"]
+        self.problem.load_archive(arrays["archive_X"], arrays["archive_acc"], arrays["archive_lat"])
         if resume:
-            self.problem.max_latency = meta["max_latency"]
-            self.problem.load_archive(arrays["archive_X"], arrays["archive_acc"], arrays["archive_lat"])
             self.problem.predict_s = float(meta["predict_s"])
         self.phase, self.restart, self.step_no = meta["phase"], int(meta["restart"]), int(meta["step"])
         self.budgets = [float(b) for b in meta["budgets"]]
@@ -587,12 +587,10 @@ class _Search:
             self.resumed_from = self.step_no
 
     def _commit(self) -> None:
-        self._committed = (len(self.problem), self.state())
+        self._committed = self.state()  # arrays are replaced, never changed in place: no copy needed
 
     def _rollback(self) -> None:
-        n, (arrays, meta) = self._committed
-        self.problem.truncate(n)
-        self.load(arrays, meta, resume=False)
+        self.load(*self._committed, resume=False)
 
     # ------------------------------------------------------------------ run
     def run(self) -> SearchResult:
@@ -626,7 +624,7 @@ class _Search:
         X, acc, lat = self.problem.archive()
         idx = self.problem.front_indices()
         if self.ref_acc is None or self.ref_lat is None:  # interrupted before the first step
-            self.ref_acc = float(acc.min()) if len(acc) else 0.0
+            self.ref_acc = float(np.nanmin(acc)) if np.isfinite(acc).any() else 0.0
             self.ref_lat = float(lat.max()) if len(lat) else 1.0
         t_total = time.perf_counter() - self.t0
         s = self.s

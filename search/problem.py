@@ -6,6 +6,11 @@ archive of every arch evaluated.
 arch objects. Every distinct canonical genome is evaluated once: repeats are served from the archive,
 and the archive's feasible non-dominated set (``latency <= max_latency``) is kept up to date, so the
 front a search returns is never worse than anything it evaluated.
+
+Latency is predicted first: an arch over ``max_latency`` is infeasible whatever its accuracy, so its
+accuracy is not predicted (NaN in the archive) -- with an expensive accuracy predictor, or a cheap
+one called tens of thousands of times, that is evaluation time saved for archs that can never be on
+the front.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class ArchProblem:
         self.latency = as_predictor(latency, "latency")
         self.layout = GenomeLayout(space)
         self.n_var = self.layout.n_var
-        self.n_evals = 0  # distinct archs evaluated
+        self.n_evals = 0  # archs sent to the predictors (new ones, and accuracies filled in later)
         self.predict_s = 0.0  # time spent inside the predictors
         self._index: dict[bytes, int] = {}
         self._X = np.zeros((0, self.n_var), dtype=np.int16)
@@ -51,9 +56,19 @@ class ArchProblem:
         """Mask of the rows of canonical genomes ``X`` that the archive does not hold."""
         return np.fromiter((k not in self._index for k in row_keys(X)), dtype=bool, count=len(X))
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def missing(self, X: np.ndarray, full: bool = False) -> int:
+        """How many archs of canonical genomes ``X`` :meth:`predict` would send to a predictor."""
+        keys = row_keys(X)
+        idx = np.fromiter((self._index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        n = len({k for k, i in zip(keys, idx) if i < 0})
+        if full:
+            n += len(set(idx[(idx >= 0)][np.isnan(self._acc[idx[idx >= 0]])]))
+        return n
+
+    def predict(self, X: np.ndarray, full: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(accuracy, latency) of genomes ``X``; new canonical genomes go through the predictors in one
-        batch, known ones come from the archive."""
+        batch, known ones come from the archive. Accuracy is NaN for archs over ``max_latency``, unless
+        ``full`` (then it is predicted for them too, and kept)."""
         X = self.canonical(X)
         keys = row_keys(X)
         index = self._index
@@ -67,17 +82,33 @@ class ArchProblem:
             U = X[uniq]
             t = time.perf_counter()
             batch = self.space.batch(U)
-            acc = predict_array(self.accuracy, batch, "accuracy")
             lat = predict_array(self.latency, batch, "latency")
+            if not np.isfinite(lat).all():
+                raise ValueError(f"the latency predictor returned a non-finite value for arch {self.space.decode(U[~np.isfinite(lat)][:1])[0]}")
+            ok = np.ones(len(U), dtype=bool) if self.max_latency is None else lat <= self.max_latency
+            acc = np.full(len(U), np.nan)
+            if ok.all():
+                acc = predict_array(self.accuracy, batch, "accuracy")
+            elif ok.any():
+                acc[ok] = predict_array(self.accuracy, self.space.batch(U[ok]), "accuracy")
             self.predict_s += time.perf_counter() - t
-            bad = ~(np.isfinite(acc) & np.isfinite(lat))
-            if bad.any():
-                raise ValueError(f"a predictor returned a non-finite value for arch {self.space.decode(U[bad][:1])[0]}")
+            if not np.isfinite(acc[ok]).all():
+                bad = U[ok][~np.isfinite(acc[ok])][:1]
+                raise ValueError(f"the accuracy predictor returned a non-finite value for arch {self.space.decode(bad)[0]}")
             base = len(self._acc)
             self._append(U, acc, lat)
             for j, k in enumerate(first):
                 index[k] = base + j
             idx[new] = [index[keys[i]] for i in new]
+        if full:
+            fill = np.unique(idx[np.isnan(self._acc[idx])])
+            if len(fill):
+                t = time.perf_counter()
+                acc = predict_array(self.accuracy, self.space.batch(self._X[fill].astype(int)), "accuracy")
+                self.predict_s += time.perf_counter() - t
+                self._acc = self._acc.copy()
+                self._acc[fill] = acc
+                self.n_evals += len(fill)
         return self._acc[idx], self._lat[idx]
 
     def _append(self, U: np.ndarray, acc: np.ndarray, lat: np.ndarray) -> None:
@@ -107,20 +138,15 @@ class ArchProblem:
         return self._front[np.argsort(self._lat[self._front], kind="stable")]
 
     def set_max_latency(self, max_latency: float | None) -> None:
-        """Change the feasibility limit (the front is recomputed)."""
-        self.max_latency = None if max_latency is None else float(max_latency)
+        """Set the feasibility limit (the front is recomputed). It may not grow past archived archs whose
+        accuracy was skipped as infeasible."""
+        new = None if max_latency is None else float(max_latency)
+        skipped = self._lat[np.isnan(self._acc)]
+        if len(skipped) and (new is None or (skipped <= new).any()):  # pragma: no cover - a misuse
+            raise ValueError("max_latency cannot grow past archs evaluated as infeasible (their accuracy was skipped)")
+        self.max_latency = new
         ok = np.arange(len(self._lat)) if self.max_latency is None else np.flatnonzero(self._lat <= self.max_latency)
         self._front = ok[pareto_mask(self._acc[ok], self._lat[ok])]
-
-    def truncate(self, n: int) -> None:
-        """Forget every evaluation after the first ``n`` (to go back to an earlier state)."""
-        if n >= len(self._acc):
-            return
-        for k in row_keys(self._X[n:]):
-            del self._index[k]
-        self._X, self._acc, self._lat = self._X[:n], self._acc[:n], self._lat[:n]
-        self.n_evals = n
-        self.set_max_latency(self.max_latency)
 
     def load_archive(self, X: np.ndarray, acc: np.ndarray, lat: np.ndarray) -> None:
         """Replace the archive by saved rows (canonical genomes, in evaluation order)."""
@@ -128,7 +154,7 @@ class ArchProblem:
         self._acc = np.asarray(acc, dtype=float).copy()
         self._lat = np.asarray(lat, dtype=float).copy()
         self._index = {k: i for i, k in enumerate(row_keys(self._X))}
-        self.n_evals = len(self._acc)
+        self.n_evals = len(self._acc) + int(np.sum(np.isfinite(self._acc) & (self._lat > (self.max_latency or np.inf))))
         self.set_max_latency(self.max_latency)
 
 

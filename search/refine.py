@@ -163,9 +163,9 @@ class Refiner:
         Y, row, gene, value = neighbour_moves(lay, W, "all")
         parts, owner = [Y], [row]
         block = gene < lay.n_slots if lay.mbconv else np.ones(len(gene), dtype=bool)
-        if len(W) and (limit is None or int(problem.is_new(Y[block]).sum()) <= limit):
+        if len(W) and (limit is None or problem.missing(Y[block], full=True) <= limit):
             a0, l0 = problem.predict(W)
-            a, l = problem.predict(Y[block])
+            a, l = problem.predict(Y[block], full=True)  # pairs need the single effects, over-budget ones too
             rb, gb, vb = row[block], gene[block], value[block]
             for w in range(len(W)):
                 m = rb == w

@@ -210,7 +210,8 @@ def test_problem_batches_and_caches(space):
     X = space.sample_genomes(30, 8)
     a, l = prob.predict(X)
     archs = space.decode(X)
-    np.testing.assert_allclose(a, ToyAccuracy().predict(archs))
+    ok = l <= 20
+    np.testing.assert_allclose(a[ok], ToyAccuracy().predict(archs)[ok])  # over the limit: not predicted (NaN)
     np.testing.assert_allclose(l, ToyLatency().predict(archs))
     calls, n = lat.calls, prob.n_evals
     a2, l2 = prob.predict(np.concatenate([X, X]))  # all known: served from the archive
@@ -218,10 +219,29 @@ def test_problem_batches_and_caches(space):
     np.testing.assert_array_equal(a2, np.concatenate([a, a]))
     # the front: feasible (<= 20) and non-dominated among everything evaluated
     f = prob.front_indices()
-    ok = l <= 20
     assert set(map(tuple, prob.archive()[0][f])) == set(map(tuple, prob.canonical(X)[ok][pareto_mask(a[ok], l[ok])]))
-    prob.truncate(10)  # back to the first 10 evaluations
+    A, L = prob.archive()[1:]
+    prob.load_archive(prob.archive()[0][:10], A[:10], L[:10])  # back to the first 10 evaluations
     assert prob.n_evals == 10 and prob.is_new(prob.canonical(X[10:])).all() and not prob.is_new(prob.canonical(X[:10])).any()
+
+
+def test_accuracy_is_not_predicted_over_the_latency_limit(space):
+    calls = []
+
+    class Counting(ToyAccuracy):
+        def predict(self, archs):
+            calls.append(len(archs))
+            return super().predict(archs)
+
+    prob = ArchProblem(space, Counting(space), ToyLatency(space), max_latency=20.0)
+    X = prob.canonical(space.sample_genomes(200, 3))
+    a, l = prob.predict(X)
+    over = l > 20
+    assert over.any() and (~over).any() and sum(calls) == (~over).sum()
+    assert np.isnan(a[over]).all() and np.isfinite(a[~over]).all()
+    a2, _ = prob.predict(X, full=True)  # filled in on request (pair estimates need them), then kept
+    np.testing.assert_allclose(a2, ToyAccuracy().predict(space.decode(X)))
+    assert sum(calls) == len(X) and prob.missing(X, full=True) == 0
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -324,7 +344,7 @@ def test_max_evals_is_respected_by_nsga_and_refinement(space):
         calls.clear()
         res = run_search(space, Counting(space), ToyLatency(space), pop_size=24, n_gen=50, budgets=[14, 20], refine=20,
                          refine_members=8, max_evals=m, verbose=False)
-        assert res.n_evals == sum(calls) <= m
+        assert sum(calls) <= res.n_evals <= m  # over-limit archs skip the accuracy predictor
         assert res.n_evals >= m - 24  # the budget is used, not abandoned early
 
 
