@@ -50,6 +50,18 @@ class ToyLatency:
         return np.array(out)
 
 
+class CountingAccuracy(ToyAccuracy):
+    """ToyAccuracy that records the size of every batch it predicts."""
+
+    def __init__(self, space=None):
+        super().__init__(space)
+        self.calls: list[int] = []
+
+    def predict(self, archs):
+        self.calls.append(len(archs))
+        return super().predict(archs)
+
+
 @pytest.fixture(scope="module")
 def space():
     return create_space("ofa_mbv3_w12", resolutions=NOTE10_RES)
@@ -226,14 +238,9 @@ def test_problem_batches_and_caches(space):
 
 
 def test_accuracy_is_not_predicted_over_the_latency_limit(space):
-    calls = []
-
-    class Counting(ToyAccuracy):
-        def predict(self, archs):
-            calls.append(len(archs))
-            return super().predict(archs)
-
-    prob = ArchProblem(space, Counting(space), ToyLatency(space), max_latency=20.0)
+    counting = CountingAccuracy(space)
+    calls = counting.calls
+    prob = ArchProblem(space, counting, ToyLatency(space), max_latency=20.0)
     X = prob.canonical(space.sample_genomes(200, 3))
     a, l = prob.predict(X)
     over = l > 20
@@ -333,16 +340,10 @@ def test_without_budgets_quantiles_of_the_sample_are_reported(space):
 
 
 def test_max_evals_is_respected_by_nsga_and_refinement(space):
-    calls = []
-
-    class Counting(ToyAccuracy):
-        def predict(self, archs):
-            calls.append(len(archs))
-            return super().predict(archs)
-
     for m in (30, 100, 400):
-        calls.clear()
-        res = run_search(space, Counting(space), ToyLatency(space), pop_size=24, n_gen=50, budgets=[14, 20], refine=20,
+        counting = CountingAccuracy(space)
+        calls = counting.calls
+        res = run_search(space, counting, ToyLatency(space), pop_size=24, n_gen=50, budgets=[14, 20], refine=20,
                          refine_members=8, max_evals=m, verbose=False)
         assert sum(calls) <= res.n_evals <= m  # over-limit archs skip the accuracy predictor
         assert res.n_evals >= m - 24  # the budget is used, not abandoned early
