@@ -272,6 +272,7 @@ def limit_threads(n: int | None):
 
 
 # ============================================================================ search
+_FROM_CONFIG = object()  # run_search's seed default: the config's (None is a valid seed: a random one)
 _SETTINGS = ("pop_size", "n_gen", "restarts", "seed", "budgets", "constraint", "max_latency", "max_evals", "hv_ref",
              "structured", "crossover", "crossover_prob", "mutation_rate", "neighbour", "refine", "refine_members",
              "refine_moves", "refine_pairs", "refine_starts", "threads", "verbose")
@@ -285,7 +286,7 @@ def run_search(
     pop_size: int | None = None,
     n_gen: int | None = None,
     restarts: int | None = None,
-    seed: int | None | str = "default",
+    seed: Any = _FROM_CONFIG,
     budgets: Sequence[float] | float | None = None,
     constraint: bool | None = None,
     max_latency: float | None = None,
@@ -325,17 +326,12 @@ def run_search(
     resumes the run) and ``save(engine, problem, gen, history, hv_ref)`` (called after every step),
     e.g. :class:`hwnas.search.checkpoint.SearchCheckpoint`.
     """
-    from .settings import KEYWORDS, defaults, search_kwargs
+    from .settings import defaults, search_kwargs
 
-    given = {k: v for k, v in locals().items() if k in _SETTINGS and v is not None}
-    if seed != "default":
-        given["seed"] = seed
-    else:
-        given.pop("seed", None)
-    base = search_kwargs(defaults())
-    unknown = set(given) - set(KEYWORDS.values())
-    assert not unknown, unknown
-    s = {**base, **given}
+    given = {k: v for k, v in locals().items() if k in _SETTINGS and v is not None and v is not _FROM_CONFIG}
+    if seed is None:  # a random seed
+        given["seed"] = None
+    s = {**search_kwargs(defaults()), **given}
     with limit_threads(s["threads"]):
         return _Search(space, accuracy, latency, s, log, callback, checkpoint).run()
 
@@ -577,6 +573,8 @@ class _Search:
         self.ref_acc, self.ref_lat = meta["hv_ref"]
         self.history = list(meta["history"])
         self.refiner.load_state(arrays, meta)
+        self.entropy = int(meta["entropy"])  # a random seed (seed=None) stays the one the run started with
+        self.seeds = np.random.SeedSequence(self.entropy).spawn(int(self.s["restarts"]))
         if self.phase == "nsga":
             self.nsga = NSGA2(self.problem, self.s["pop_size"], self.sampling, self.crossover, self.mutation,
                               _rng_from_state(meta["rng"]))
