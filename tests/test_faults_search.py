@@ -15,26 +15,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _pipeline_helpers import MacsLatency, ToyAccuracy, ToyLatency
+
 TESTS = Path(__file__).resolve().parent
 SLOW_ENV = "HWNAS_TEST_SLOW_S"
-# a small search with the toy predictors of test_cli; SlowLatency sleeps $HWNAS_TEST_SLOW_S per batch
-# (not a setting: an interrupted run and its rerun have the same settings key)
+# a small search with toy predictors; SlowLatency sleeps $HWNAS_TEST_SLOW_S per batch (not a setting: an
+# interrupted run and its rerun have the same settings key)
 TOY = ["accuracy=custom", "accuracy._target_=test_cli.ToyAccuracy", "latency=custom",
-       "latency._target_=test_faults_search.SlowLatency", "search.budgets=[10,14]", "search.pop_size=16",
+       "latency._target_=test_faults_search.SlowLatency", "search.budgets=[4,8]", "search.pop_size=16",
        "search.n_gen=12", "search.refine.passes=3", "search.refine.members=8", "search.refine.starts=2",
        "search.refine.pairs=10", "search.checkpoint_s=0", "search.plot=false"]
 
 
-class SlowLatency:
+class SlowLatency(MacsLatency):
     def __init__(self, space=None):
-        from test_cli import ToyLatency
-
-        self.toy = ToyLatency(space)
+        super().__init__(space)
         self.delay = float(os.environ.get(SLOW_ENV, "0"))
 
     def predict(self, archs):
         time.sleep(self.delay)
-        return self.toy.predict(archs)
+        return super().predict(archs)
 
 
 class Marker:
@@ -199,7 +199,6 @@ def test_crafted_checkpoint_runs_nothing(tmp_path):
     from hwnas.search.checkpoint import CheckpointError, SearchCheckpoint
     from hwnas.search.nsga import run_search
     from hwnas.spaces import create_space
-    from test_cli import ToyAccuracy, ToyLatency
 
     marker, _ = crafted_payload(tmp_path)
     ck = tmp_path / "checkpoint.npz"
