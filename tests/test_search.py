@@ -252,13 +252,15 @@ def test_accuracy_is_not_predicted_over_the_latency_limit(space):
 
 
 # ---------------------------------------------------------------------------------------------- search
-def test_same_seed_same_front(space):
-    a, b = small_search(space, seed=7), small_search(space, seed=7)
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_same_seed_same_front(space, restarts):
+    a, b = small_search(space, seed=7, restarts=restarts), small_search(space, seed=7, restarts=restarts)
+    assert [h["phase"] for h in a.history].count("gen") == 6 * restarts
     np.testing.assert_array_equal(a.genomes, b.genomes)
     np.testing.assert_array_equal(a.accuracy, b.accuracy)
     np.testing.assert_array_equal(a.latency, b.latency)
     assert [h["hypervolume"] for h in a.history] == [h["hypervolume"] for h in b.history]
-    c = small_search(space, seed=8)
+    c = small_search(space, seed=8, restarts=restarts)
     assert not (len(c.genomes) == len(a.genomes) and (c.genomes == a.genomes).all())
 
 
