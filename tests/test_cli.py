@@ -82,6 +82,24 @@ def test_tiny_search_end_to_end(tmp_path, data_dir):
     assert "pop_size: 16" in cfg and "resolutions:" in cfg
 
 
+def test_predictor_only_search_never_imports_torch(tmp_path, data_dir):
+    """The README command's objects and search run without torch (and without matplotlib unless plotting)."""
+    code = (
+        "import sys\n"
+        "from hydra import compose, initialize_config_module\n"
+        "from hwnas.search.cli import run_from_config\n"
+        "with initialize_config_module(config_module='hwnas.conf', version_base='1.3'):\n"
+        f"    cfg = compose('config', overrides=['assets.mirror={data_dir}', 'search.n_gen=2', 'search.pop_size=16',\n"
+        "                                       'search.refine.passes=1', 'search.plot=false', 'search.verbose=false'])\n"
+        f"run_from_config(cfg, out_dir={str(tmp_path / 'run')!r})\n"
+        "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "run" / "pareto.json").is_file() and not (tmp_path / "run" / "pareto.png").exists()
+
+
 def test_custom_predictors_by_target(tmp_path):
     """Both predictors defined in this test module, plugged in by _target_ with an extra argument."""
     run_dir = tmp_path / "run"

@@ -102,6 +102,27 @@ def test_ofa_predictor_rejects_other_spaces(acc):
         OFAAccuracyPredictor(space=create_space("ofa_mbv3_w12")).predict([dict(LARGEST, d=[1, 4, 4, 4, 4])])
 
 
+def test_ofa_predictor_in_numpy_equals_the_torch_forward_pass(acc, data_dir, tmp_path):
+    """The official file read without torch (restricted reader) equals torch.load; the numpy MLP equals
+    torch's forward pass of those weights (to float32 rounding)."""
+    from hwnas.predictors.tensorfile import read_tensors
+
+    path = data_dir / "ofa" / "acc_predictor.pth"
+    ref = torch.load(path, map_location="cpu", weights_only=True)
+    ours = read_tensors(path)
+    assert list(ours) == list(ref) and all(np.array_equal(ours[k], ref[k].numpy()) for k in ref)
+    torch.save(ref, tmp_path / "zip.pth")  # the newer zip layout reads the same
+    assert all(np.array_equal(read_tensors(tmp_path / "zip.pth")[k], ref[k].numpy()) for k in ref)
+    mlp = torch.nn.Sequential(torch.nn.Linear(128, 400), torch.nn.ReLU(), torch.nn.Linear(400, 400), torch.nn.ReLU(),
+                              torch.nn.Linear(400, 400), torch.nn.ReLU(), torch.nn.Linear(400, 1))
+    mlp.load_state_dict(ref)
+    space = create_space("ofa_mbv3_w12")
+    batch = space.batch(space.sample_genomes(2000, 5))
+    with torch.no_grad():
+        want = mlp(torch.from_numpy(acc.features(batch)))[:, 0].double().numpy()
+    np.testing.assert_allclose(acc.predict(batch), want, rtol=0, atol=2e-7)
+
+
 def test_ofa_predictor_refuses_truncated_file(tmp_path, data_dir):
     good = (data_dir / "ofa" / "acc_predictor.pth").read_bytes()
     bad = tmp_path / "truncated.pth"
