@@ -142,3 +142,17 @@ def fetch(rel: str, mirror: str | os.PathLike | None = None, sha256: str | None 
         Path(tmp).unlink(missing_ok=True)
         raise
     return cached
+
+
+def find_file(name: str | os.PathLike, mirror: str | os.PathLike | None = None, field: str = "path") -> Path:
+    """A local file, or else an asset name for :func:`fetch`. A name written as a local path (absolute,
+    ``~``, ``./``, ``../``) is never turned into a download: if it does not exist, the error says so
+    and names ``field``."""
+    text = os.fspath(name)
+    p = Path(text).expanduser()
+    if p.is_file():
+        return p
+    if p.is_absolute() or text.startswith(("~", "./", "../", ".\\", "..\\")):
+        what = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise AssetError(f"{field}={text!r}: {p} {what}; give an existing file or an asset name such as {next(iter(CHECKSUMS))}")
+    return fetch(text, mirror=mirror)

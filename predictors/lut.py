@@ -237,11 +237,13 @@ class LookupTableLatency(Predictor):
     ``tables``: an asset name or local path; with ``{r}`` it is a pattern with one file per input
     resolution (``"ofa/note10/{r}_lookup_table.yaml"``), otherwise one file whose resolution(s) are
     read from its ``Conv-input:RxRx3`` entries. A mapping ``{r: path-or-entries-dict}`` also works.
+    A folder holding ``<r>_lookup_table.yaml`` files (what ``hwnas-measure --build-lut`` writes) stands
+    for the pattern ``<folder>/{r}_lookup_table.yaml``.
     ``format``: ``"ofa"``, ``"proxyless"`` or ``"auto"`` (from the table content).
-    Every resolution of the space must have a table (else an error lists the available ones; create
-    the space with ``resolutions=[...]``). Layers missing from a table raise
-    :class:`MissingLatencyEntry` when an arch that uses them is priced; :meth:`missing_keys` lists them
-    up front.
+    The tables are checked against the space when loaded: every resolution of the space needs a table
+    (else an error lists the available ones; create the space with ``resolutions=[...]``), and every
+    layer some arch of the space has needs an entry with a finite mean > 0 -- one error lists what is
+    missing or wrong (restrict the space's choices, or complete the table).
     """
 
     metric = "latency_ms"
@@ -270,6 +272,28 @@ class LookupTableLatency(Predictor):
             raise LatencyTableError(f"the tables mix formats {formats}; pass format='ofa' or 'proxyless'")
         self.format = next(iter(formats.values()))
         self._build()
+        self._validate()
+
+    def _validate(self) -> None:
+        """One error for every entry the space needs that is missing or not a finite positive mean."""
+        problems = []
+        if self._missing:
+            by_source: dict[str, list[str]] = {}
+            for (r, key), layer in sorted(self._missing.items()):
+                by_source.setdefault(self._sources[r], []).append(f"{key} ({layer})")
+            for src, keys in by_source.items():
+                shown = "; ".join(keys[:3]) + (f"; ... {len(keys) - 3} more" if len(keys) > 3 else "")
+                problems.append(f"{src} lacks {len(keys)} entries: {shown}")
+        if self._bad:
+            shown = "; ".join(f"{src}: {key} has mean={m!r}" for src, key, m in self._bad[:3])
+            more = f"; ... {len(self._bad) - 3} more" if len(self._bad) > 3 else ""
+            problems.append(f"latency means must be finite and > 0: {shown}{more}")
+        if problems:
+            raise LatencyTableError(
+                f"the lookup tables do not price space {self.space.name}: " + " | ".join(problems)
+                + ". Restrict the space (block_choices / depth_choices / resolutions) to what the tables price, "
+                "or measure the missing layers (hwnas-measure --build-lut)"
+            )
 
     # ------------------------------------------------------------------ loading
     def _resolve(self, name: str | os.PathLike) -> Path:
@@ -323,6 +347,8 @@ class LookupTableLatency(Predictor):
                 )
             return
         spec = os.fspath(tables)
+        if "{r}" not in spec and Path(spec).expanduser().is_dir():
+            spec = os.path.join(spec, "{r}_lookup_table.yaml")
         if "{r}" in spec:
             available = self._available(spec)
             missing = [r for r in wanted if available and r not in available]
@@ -419,6 +445,7 @@ class LookupTableLatency(Predictor):
         self._prefix: list[list[float]] = [[] for _ in range(nr)]
         self._suffix: list[list[float]] = [[] for _ in range(nr)]
         self._missing: dict[tuple[int, str], str] = {}  # (r, key) -> layer name
+        self._bad: list[tuple[str, str, float]] = []  # (source, key, mean) of entries that are not > 0
         self._fixed_keys: list[tuple[list, list]] = []
         maxd = [max(c) for c in sp.depth_choices]
         layout = sp.arch_type.LAYOUT
@@ -442,7 +469,7 @@ class LookupTableLatency(Predictor):
                         if not allowed_units[L.unit]:
                             continue
                         if key in table:
-                            self._cost[ri, L.slot, self._kpos[k], self._epos[e]] = table[key]["mean"]
+                            self._cost[ri, L.slot, self._kpos[k], self._epos[e]] = self._mean(int(r), key)
                         else:
                             self._missing[(int(r), key)] = L.name
                     elif key is not None:
@@ -456,7 +483,7 @@ class LookupTableLatency(Predictor):
             for part, acc in ((fixed[0], self._prefix[ri]), (fixed[1], self._suffix[ri])):
                 for key, name in part:
                     if key in table:
-                        acc.append(table[key]["mean"])
+                        acc.append(self._mean(int(r), key))
                     else:
                         self._missing[(int(r), key)] = name
                         acc.append(float("nan"))
@@ -475,6 +502,12 @@ class LookupTableLatency(Predictor):
             self._suffix_arr[ri, : len(s)] = s
         self._finish_tables()
 
+    def _mean(self, r: int, key: str) -> float:
+        m = self._tables[r][key]["mean"]
+        if not (math.isfinite(m) and m > 0):
+            self._bad.append((self._sources[r], key, m))
+        return m
+
     @property
     def block_costs(self) -> np.ndarray:
         """``(n_resolutions, n_slots, n_kernels, n_expands)`` latency (ms) of every slot for every
@@ -487,9 +520,6 @@ class LookupTableLatency(Predictor):
         """``(n_resolutions,)`` latency (ms) of the layers every subnet has (stem, head) per resolution."""
         return self._prefix_total + self._suffix_arr.sum(axis=1)
 
-    def missing_keys(self) -> list[tuple[int, str]]:
-        """``(resolution, key)`` of every layer some arch of the space needs but the tables lack."""
-        return sorted(self._missing)
 
     def _finish_tables(self) -> None:
         """Flat cost vectors (+ a trailing 0.0 for inactive slots) for the two vectorised paths."""

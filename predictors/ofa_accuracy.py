@@ -9,7 +9,10 @@ fraction.
 The newer OFA layout of the same network (``layers.0.0.weight ... layers.3.weight`` + ``base_acc``) is
 read too. Any other file is refused with an error that names the mismatching tensors.
 
-Prediction is batched (chunks of ``chunk`` archs) under ``torch.no_grad``; when the input is an
+The MLP runs in numpy (four float32 matrix products, batched in chunks of ``chunk`` archs), so a
+search with this predictor never imports torch; its values equal torch's forward pass of the same
+weights (tests/test_predictors_core.py). The file is read by :func:`hwnas.predictors.tensorfile.read_tensors`,
+which refuses anything but tensors (nothing in the file is run). When the input is an
 :class:`hwnas.spaces.ArchBatch` of an OFA-MobileNetV3 space the encoding is built directly from the
 decoded genome arrays, without arch objects.
 """
@@ -22,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from hwnas.spaces.base import ArchBatch, SpaceError
 from hwnas.spaces.mbconv import (
@@ -32,11 +34,12 @@ from hwnas.spaces.mbconv import (
     ofa_predictor_features_arrays,
 )
 
-from .assets import fetch
+from .assets import find_file
 from .base import Predictor
+from .tensorfile import TensorFileError, read_tensors
 from hwnas.spaces.errors import UserError
 
-__all__ = ["OFAAccuracyPredictor", "PredictorLoadError", "load_ofa_mlp_state"]
+__all__ = ["OFAAccuracyPredictor", "PredictorLoadError", "load_ofa_mlp_state", "read_ofa_mlp"]
 
 IN_FEATURES = 128
 HIDDEN = 400
@@ -69,29 +72,27 @@ class PredictorLoadError(UserError, ValueError):
     """A predictor file could not be read or does not hold the expected tensors."""
 
 
-def load_ofa_mlp_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read and check the accuracy-predictor state dict at ``path``; return it in the ``0/2/4/6``
-    layout (float32, CPU). Raises :class:`PredictorLoadError` naming what is wrong."""
+def read_ofa_mlp(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read and check the accuracy-predictor weights at ``path`` (no torch needed); return them in the
+    ``0/2/4/6`` layout as float32 arrays. Raises :class:`PredictorLoadError` naming what is wrong."""
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated / not a torch file / not weights-only loadable
+        obj = read_tensors(path)
+    except TensorFileError as exc:
         raise PredictorLoadError(
-            f"{path} is not a readable PyTorch state dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "it must be Once-for-All's ofa/acc_predictor.pth — delete it and fetch it again"
+            f"{path} is not a readable PyTorch state dict ({exc.reason}); it must be Once-for-All's "
+            "ofa/acc_predictor.pth — delete it and fetch it again"
         ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
         raise PredictorLoadError(f"{path} does not hold a state dict of tensors (got {type(obj).__name__})")
     sd = {str(k).removeprefix("module."): v for k, v in obj.items()}
     if any(k in _NEW_LAYOUT for k in sd):
         base = sd.pop("base_acc", None)
         sd = {_NEW_LAYOUT.get(k, k): v for k, v in sd.items()}
         if "6.weight" in sd and "6.bias" not in sd:
-            sd["6.bias"] = (
-                base.reshape(1).to(sd["6.weight"].dtype) if base is not None else torch.zeros(1, dtype=sd["6.weight"].dtype)
-            )
+            sd["6.bias"] = np.zeros(1, np.float32) if base is None else np.asarray(base, np.float32).reshape(1)
     missing = [k for k in EXPECTED if k not in sd]
     unexpected = sorted(k for k in sd if k not in EXPECTED)
     wrong = [
@@ -111,11 +112,18 @@ def load_ofa_mlp_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path} is not the OFA-MobileNetV3 accuracy predictor "
             f"(Linear(128,400)-ReLU-Linear(400,400)-ReLU-Linear(400,400)-ReLU-Linear(400,1)): " + ", ".join(problems)
         )
-    out = {k: sd[k].detach().to(torch.float32).contiguous() for k in EXPECTED}
+    out = {k: np.ascontiguousarray(sd[k], dtype=np.float32) for k in EXPECTED}
     for k, v in out.items():
-        if not torch.isfinite(v).all():
+        if not np.isfinite(v).all():
             raise PredictorLoadError(f"{path}: tensor {k} contains NaN or inf values; the file is corrupt")
     return out
+
+
+def load_ofa_mlp_state(path: str | os.PathLike) -> dict:
+    """:func:`read_ofa_mlp` as a torch state dict (for ``nn.Module.load_state_dict``)."""
+    import torch
+
+    return {k: torch.from_numpy(v) for k, v in read_ofa_mlp(path).items()}
 
 
 class OFAAccuracyPredictor(Predictor):
@@ -137,8 +145,7 @@ class OFAAccuracyPredictor(Predictor):
         space: Any = None,
         path: str | os.PathLike = "ofa/acc_predictor.pth",
         mirror: str | os.PathLike | None = None,
-        device: str | torch.device = "cpu",
-        chunk: int = 32768,
+        chunk: int = 4096,
     ) -> None:
         if space is not None and not isinstance(space, OFAMobileNetV3Space):
             raise SpaceError(
@@ -146,25 +153,11 @@ class OFAAccuracyPredictor(Predictor):
                 "the official predictor only prices ofa_mbv3_w12 / ofa_mbv3_w10 archs"
             )
         self.space = space
-        p = Path(os.fspath(path)).expanduser()
-        local = p if p.is_file() else fetch(str(path), mirror=mirror)
-        self.path = Path(local)
-        self.device = torch.device(device)
+        self.path = find_file(path, mirror, "accuracy.path")
         self.chunk = int(chunk)
-        sd = load_ofa_mlp_state(self.path)
-        self.model = torch.nn.Sequential(
-            torch.nn.Linear(IN_FEATURES, HIDDEN),
-            torch.nn.ReLU(),
-            torch.nn.Linear(HIDDEN, HIDDEN),
-            torch.nn.ReLU(),
-            torch.nn.Linear(HIDDEN, HIDDEN),
-            torch.nn.ReLU(),
-            torch.nn.Linear(HIDDEN, 1),
-        )
-        self.model.load_state_dict(sd)
-        self.model.to(self.device).eval()
-        for prm in self.model.parameters():
-            prm.requires_grad_(False)
+        sd = read_ofa_mlp(self.path)
+        # x @ W.T + b per layer; weights stored transposed (contiguous) for the row-major products
+        self._layers = [(np.ascontiguousarray(sd[f"{i}.weight"].T), sd[f"{i}.bias"]) for i in (0, 2, 4, 6)]
 
     # ------------------------------------------------------------------ encoding
     def features(self, archs: Sequence[Any]) -> np.ndarray:
@@ -200,16 +193,20 @@ class OFAAccuracyPredictor(Predictor):
             )
 
     # ------------------------------------------------------------------ prediction
-    @torch.no_grad()
     def predict_features(self, X: np.ndarray) -> np.ndarray:
         """Run the MLP on an encoded matrix ``(n, 128)``; returns top-1 fractions ``(n,)``."""
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != IN_FEATURES:
             raise ValueError(f"features must have shape (n, {IN_FEATURES}); got {X.shape}")
         out = np.empty(len(X), dtype=np.float64)
+        *hidden, (w_out, b_out) = self._layers
         for i in range(0, len(X), self.chunk):
-            xb = torch.from_numpy(X[i : i + self.chunk]).to(self.device)
-            out[i : i + len(xb)] = self.model(xb)[:, 0].double().cpu().numpy()
+            h = X[i : i + self.chunk]
+            for w, b in hidden:
+                h = h @ w
+                h += b
+                np.maximum(h, 0.0, out=h)
+            out[i : i + len(h)] = (h @ w_out)[:, 0] + b_out[0]
         return out
 
     def predict(self, archs: Sequence[Any]) -> np.ndarray:
@@ -218,4 +215,4 @@ class OFAAccuracyPredictor(Predictor):
         return self.predict_features(self.features(archs))
 
     def __repr__(self) -> str:
-        return f"OFAAccuracyPredictor(path={str(self.path)!r}, device={str(self.device)!r})"
+        return f"OFAAccuracyPredictor(path={str(self.path)!r})"

@@ -12,12 +12,14 @@ from typing import Any
 _LAZY = {
     "run_search": "nsga",
     "SearchResult": "nsga",
-    "refine_front": "nsga",
+    "SearchInterrupted": "nsga",
+    "SearchCheckpoint": "checkpoint",
     "ArchProblem": "problem",
     "hypervolume": "problem",
     "pareto_mask": "problem",
     "write_results": "results",
     "load_front": "results",
+    "read_front": "results",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,39 +1,49 @@
-"""Per-generation checkpoints of the NSGA-II search, so a killed run resumes where it stopped.
+"""Checkpoints of a search, so a killed or interrupted run resumes where it stopped.
 
-:class:`SearchCheckpoint` plugs into :func:`hwnas.search.nsga.run_search` (``checkpoint=``). After every
-generation it writes, atomically (temp file + ``fsync`` + ``os.replace``), one pickle holding
+:class:`SearchCheckpoint` plugs into :func:`hwnas.search.nsga.run_search` (``checkpoint=``). It writes
+one numpy ``.npz`` archive -- arrays and a JSON document, no pickle -- atomically (temp file + ``fsync``
++ rename) holding the search's state after a step:
 
-* the pymoo algorithm's state (population, offspring, survival ranks, its ``numpy.random.Generator``,
-  generation counter, termination) with the problem detached;
-* the problem's archive (every distinct genome evaluated, its objectives, the feasible front,
-  evaluation counters), so nothing is re-evaluated after a resume;
-* the search history and the hypervolume reference point;
-* a fingerprint of the search settings (space, seed, population, operators...).
+* the archive: every distinct genome evaluated and its objectives (nothing is evaluated again);
+* the current NSGA-II population and its random generator's state (a few integers), the restart and
+  generation counters; the refinement's expanded members and pass count;
+* the history, budgets and hypervolume reference point, and a fingerprint of the search settings.
 
-On start, ``restore`` loads the file (if any), checks the fingerprint and puts the state back: the
-rest of the run is then the same computation as an uninterrupted run, so the same seed gives the same
-front. A checkpoint written for other settings is refused with a clear error (delete it or change
-``search.checkpoint``); an unreadable one is reported, never silently replaced.
+On start, ``restore`` reads it (with ``allow_pickle=False``), checks the fingerprint and every array
+against the space, and puts the state back: the rest of the run is the same computation as an
+uninterrupted run, so the same seed gives the same front. A checkpoint written for other settings is
+refused with a clear error (delete it or use another run directory); an unreadable one is reported,
+never silently replaced.
+
+``every``: save after every ``every``-th step; ``interval_s``: and at most once per that many seconds
+(a fast search is not slowed down by its checkpoints; an expensive one saves after each step). An
+interrupt always saves.
 
 For tests and fault-injection drills: ``HWNAS_KILL_AFTER_GEN=k`` makes the process ``os._exit(137)``
-right after the checkpoint of generation ``k`` is written (as ``kill -9`` would, no clean-up).
+right after the checkpoint of step ``k`` is written (as ``kill -9`` would, no clean-up).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
-import pickle
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from hwnas.predictors.assets import atomic_path
 from hwnas.spaces.errors import UserError
 
-FORMAT = 1
+FORMAT = "hwnas-search-checkpoint/2"
 KILL_ENV = "HWNAS_KILL_AFTER_GEN"
-_PROBLEM_STATE = ("_index", "_X", "_acc", "_lat", "_front", "n_evals", "predict_s")
+_ARRAYS = {"archive_X": 2, "archive_acc": 1, "archive_lat": 1, "refine_expanded": 2, "refine_walkers": 2,
+           "refine_walker_budget": 1, "pop_X": 2}
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -46,72 +56,90 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def atomic_pickle(path: Path, obj: Any) -> None:
+def write_state(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """One ``.npz`` file: ``arrays`` plus ``meta`` as JSON bytes, written atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        f.write(buf.getbuffer())
         f.flush()
         os.fsync(f.fileno())
+
+
+def read_state(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """``(arrays, meta)`` of a file written by :func:`write_state` (no pickle is ever loaded)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, zipfile.BadZipFile) and exc.errno is not None:
+            raise
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+            "it was not overwritten. Delete it to start the search from scratch."
+        ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} is not an hwnas search checkpoint; delete it")
+    return arrays, meta
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The JSON part of a checkpoint (step, phase, history, ...)."""
+    return read_state(Path(path))[1]
 
 
 class SearchCheckpoint:
     """Checkpoint file of one search run (see the module doc).
 
-    ``path``: the pickle file. ``settings``: anything describing the run (hashed; a checkpoint from
-    other settings is refused). ``every``: write every ``every`` generations (1 = each).
+    ``path``: the file. ``settings``: anything describing the run (hashed; a checkpoint from other
+    settings is refused). ``every``, ``interval_s``: how often to save.
     """
 
-    def __init__(self, path: str | os.PathLike, settings: Any = None, every: int = 1) -> None:
+    def __init__(self, path: str | os.PathLike, settings: Any = None, every: int = 1, interval_s: float = 0.0) -> None:
         self.path = Path(path)
         self.key = fingerprint(settings)
         self.every = max(1, int(every))
+        self.interval_s = float(interval_s)
         self.resumed_from: int | None = None
         self.saved: list[int] = []
+        self._last = -math.inf
 
     # ------------------------------------------------------------------ run_search hooks
-    def restore(self, algo: Any, problem: Any) -> dict | None:
+    def restore(self, engine: Any, problem: Any) -> dict | None:
         if not self.path.exists():
             return None
-        try:
-            with open(self.path, "rb") as f:
-                state = pickle.load(f)
-        except Exception as exc:  # noqa: BLE001 - truncated / not a pickle
+        arrays, meta = read_state(self.path)
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"checkpoint {self.path} is not an hwnas search checkpoint ({FORMAT}); delete it")
+        if meta.get("key") != self.key:
             raise CheckpointError(
-                f"checkpoint {self.path} is unreadable ({type(exc).__name__}: {exc}); it was not overwritten. "
-                "Delete it to start the search from scratch."
-            ) from None
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise CheckpointError(f"checkpoint {self.path} is not an hwnas search checkpoint (format {FORMAT}); delete it")
-        if state.get("key") != self.key:
-            raise CheckpointError(
-                f"checkpoint {self.path} was written by a search with other settings (key {state.get('key')} != "
+                f"checkpoint {self.path} was written by a search with other settings (key {meta.get('key')} != "
                 f"{self.key}); delete it or use another run directory"
             )
-        algo_state = state["algo"]
-        algo_state["problem"] = problem
-        algo.__dict__.update(algo_state)
-        for k in _PROBLEM_STATE:
-            setattr(problem, k, state["problem"][k])
-        self.resumed_from = int(state["gen"])
-        return {"gen": state["gen"], "history": state["history"], "hv_ref": tuple(state["hv_ref"])}
+        _check(self.path, arrays, meta, problem)
+        try:
+            engine.load(arrays, meta["state"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {self.path} holds an inconsistent state ({exc}); delete it") from None
+        self.resumed_from = int(meta["state"]["step"])
+        self._last = time.monotonic()
+        return {"gen": self.resumed_from, "history": meta["state"]["history"], "hv_ref": tuple(meta["state"]["hv_ref"])}
 
-    def save(self, algo: Any, problem: Any, gen: int, history: list, hv_ref: tuple) -> None:
-        if gen % self.every == 0 or not algo.has_next():
-            problem.archive()  # compact the archive chunks
-            algo_state = {k: v for k, v in algo.__dict__.items() if k != "problem"}
-            state = {
-                "format": FORMAT,
-                "key": self.key,
-                "gen": int(gen),
-                "history": list(history),
-                "hv_ref": tuple(hv_ref),
-                "algo": algo_state,
-                "problem": {k: getattr(problem, k) for k in _PROBLEM_STATE},
-            }
-            atomic_pickle(self.path, state)
+    def save(self, engine: Any, problem: Any, gen: int, history: list, hv_ref: tuple, force: bool = False) -> None:
+        due = gen % self.every == 0 and time.monotonic() - self._last >= self.interval_s
+        if force or due:
+            arrays, state = engine.state()
+            write_state(self.path, arrays, {"format": FORMAT, "key": self.key, "state": state})
+            self._last = time.monotonic()
             self.saved.append(int(gen))
+            self.on_saved(engine)
         kill = os.environ.get(KILL_ENV)
         if kill and int(kill) == int(gen):
             os._exit(137)  # simulated kill -9 (no clean-up, no flush)
+
+    def on_saved(self, engine: Any) -> None:
+        """Called after each save (the command writes its partial results here)."""
 
     def archive_if_stale(self) -> Path | None:
         """If the file holds a checkpoint of *other* settings, move it aside (``<name>.<key>.stale``) so
@@ -120,9 +148,8 @@ class SearchCheckpoint:
         if not self.path.exists():
             return None
         try:
-            with open(self.path, "rb") as f:
-                key = pickle.load(f).get("key")
-        except Exception:  # noqa: BLE001
+            key = read_meta(self.path).get("key")
+        except CheckpointError:
             return None
         if key == self.key:
             return None
@@ -132,3 +159,38 @@ class SearchCheckpoint:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _check(path: Path, arrays: dict, meta: dict, problem: Any) -> None:
+    """Every array and counter of a checkpoint against the space (a crafted file is refused)."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path}: {what}; the file is corrupt or not from this search — delete it")
+
+    state = meta.get("state")
+    if not isinstance(state, dict):
+        raise bad("no search state")
+    for k, ndim in _ARRAYS.items():
+        if k in arrays and (arrays[k].ndim != ndim or arrays[k].dtype.kind not in "iuf"):
+            raise bad(f"array {k} has shape {arrays[k].shape} / dtype {arrays[k].dtype}")
+    missing = [k for k in _ARRAYS if k != "pop_X" and k not in arrays]
+    if missing:
+        raise bad(f"arrays {missing} are missing")
+    sizes = np.asarray(problem.layout.sizes)
+    n = len(arrays["archive_acc"])
+    if len(arrays["archive_lat"]) != n or arrays["archive_X"].shape != (n, len(sizes)):
+        raise bad("the archive's arrays do not match each other or the space")
+    lat, acc = arrays["archive_lat"], arrays["archive_acc"]
+    limit = state.get("max_latency")
+    skipped = np.isnan(acc)  # accuracy is skipped for archs over the latency limit only
+    if not np.isfinite(lat).all() or np.isinf(acc).any() or (skipped.any() and (limit is None or (lat[skipped] <= limit).any())):
+        raise bad("the archive holds non-finite objectives")
+    for k in ("archive_X", "refine_expanded", "refine_walkers", "pop_X"):
+        G = arrays.get(k)
+        if G is None or not len(G):
+            continue
+        if G.shape[1] != len(sizes) or (G < 0).any() or (G >= sizes).any():
+            raise bad(f"{k} holds genomes outside space {problem.space.name}")
+    if state.get("phase") not in ("start", "nsga", "refine", "done"):
+        raise bad(f"unknown phase {state.get('phase')!r}")
+    if state["phase"] == "nsga" and "pop_X" not in arrays:
+        raise bad("the population is missing")

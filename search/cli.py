@@ -6,105 +6,367 @@
     hwnas-search accuracy._target_=mypkg.MyPredictor +accuracy.some_arg=1   # any predictor by _target_
 
 The config tree ships in the package ``hwnas.conf`` (``config.yaml`` + groups ``space/``,
-``accuracy/``, ``latency/``, ``search/``). Predictors are built with
-``hydra.utils.instantiate(cfg.accuracy, space=space)`` (same for ``cfg.latency``), so a predictor class
-takes a ``space`` keyword. Results go to hydra's run directory (see :mod:`hwnas.search.results`).
+``accuracy/``, ``latency/``, ``search/``, ``evaluator/``); objects are built by
+:func:`hwnas.predictors.build.build`. The run folder is ``outputs/search/<space>-<key>``, where the key
+is a fingerprint of the settings that decide the results, so the same command finds its own folder
+again:
+
+* an unfinished search there (killed, Ctrl-C, SIGTERM) resumes from its checkpoint;
+* a finished one is reported, not redone (``search.overwrite=true`` searches again);
+* results of *other* settings there (``hydra.run.dir=`` given twice) are never overwritten silently.
+
+SIGINT/SIGTERM write the front found so far (``pareto.json`` with ``"partial": true``) and the
+checkpoint, then exit with 130/143. During a long search the same partial results are refreshed
+whenever the checkpoint is (``search.checkpoint_s``). Errors are one line (``hwnas-search: error:``).
+Under ``--multirun`` a failing job is recorded (``failed.json`` in its folder) and the sweep goes on;
+:class:`SweepSummary` writes ``summary.md`` / ``summary.csv`` and ``fronts.png`` into the sweep folder.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import shutil
+import signal
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from hwnas.predictors.build import ConfigError, apply_assets, build, plain  # noqa: F401  (ConfigError re-exported)
+from hwnas.spaces.errors import UserError, cli_errors, error_line
+
+from .settings import cli_settings, search_kwargs  # noqa: F401  (search_kwargs re-exported for the pipeline)
 
 log = logging.getLogger("hwnas.search")
 
 CONFIG_PATH = "pkg://hwnas.conf"
 CONFIG_NAME = "config"
+PROG = "hwnas-search"
+CHECKPOINT = "checkpoint.npz"
+#: search keys that do not change the results (left out of the settings key)
+_COSMETIC = {"verbose", "plot", "threads", "overwrite", "checkpoint_s"}
 
 
-# the one config -> object path (kept importable from here for existing code)
-from hwnas.predictors.build import ConfigError, apply_assets, build  # noqa: E402,F401
+# ============================================================================ settings key / run folder
+def settings_key(cfg: Any) -> str:
+    """Fingerprint of what decides a search's results: space, predictors (asset mirrors aside),
+    evaluator, search settings (display settings aside)."""
+    from .checkpoint import fingerprint
+
+    def node(name: str) -> Any:
+        try:
+            v = OmegaConf.to_container(cfg[name], resolve=True) if OmegaConf.is_config(cfg) else cfg.get(name)
+        except Exception:  # noqa: BLE001 - an unresolved value; the run reports it with one line later
+            v = repr(cfg.get(name)) if hasattr(cfg, "get") else None
+        return v
+
+    parts: dict[str, Any] = {}
+    for name in ("space", "accuracy", "latency", "evaluator", "search"):
+        v = node(name) if (hasattr(cfg, "get") and cfg.get(name) is not None) else None
+        if isinstance(v, dict):
+            v = {k: x for k, x in v.items() if k != "mirror" and not (name == "search" and k in _COSMETIC)}
+        parts[name] = v
+    return fingerprint(parts)
 
 
-def search_kwargs(s: Any) -> dict:
-    """``cfg.search`` -> keyword arguments of :func:`hwnas.search.nsga.run_search`."""
-    s = OmegaConf.to_container(s, resolve=True) if OmegaConf.is_config(s) else dict(s)
-    algo = s.get("algorithm", "nsga2")
-    if algo != "nsga2":
-        raise ConfigError(f"search.algorithm={algo!r} is unknown; allowed values: ['nsga2']")
-    known = {"algorithm", "pop_size", "n_gen", "seed", "budgets", "constraint", "max_latency", "hv_ref", "sampling",
-             "crossover", "mutation", "refine", "threads", "verbose", "plot"}
-    extra = sorted(set(s) - known)
-    if extra:
-        raise ConfigError(f"search has unknown key(s) {extra}; known keys: {sorted(known)}")
-    samp, cx, mut, ref = (s.get(k) or {} for k in ("sampling", "crossover", "mutation", "refine"))
-    return dict(
-        pop_size=int(s.get("pop_size", 100)),
-        n_gen=int(s.get("n_gen", 40)),
-        seed=s.get("seed", 0),
-        budgets=s.get("budgets") or [],
-        constraint=bool(s.get("constraint", True)),
-        max_latency=s.get("max_latency"),
-        hv_ref=s.get("hv_ref"),
-        structured=float(samp.get("structured", 0.25)),
-        crossover=cx.get("mode", "unit"),
-        crossover_prob=float(cx.get("prob", 0.9)),
-        mutation_rate=mut.get("rate"),
-        neighbour=float(mut.get("neighbour", 0.5)),
-        refine=int(ref.get("passes", 0) or 0),
-        refine_members=ref.get("members"),
-        refine_moves=ref.get("moves", "grid"),
-        threads=s.get("threads", 1),
-        verbose=bool(s.get("verbose", True)),
-    )
+def _key_resolver(*, _root_: Any) -> str:
+    return settings_key(_root_)[:10]
+
+
+if not OmegaConf.has_resolver("hwnas_search_key"):
+    OmegaConf.register_new_resolver("hwnas_search_key", _key_resolver, use_cache=False)
+
+
+def _prepare_run_dir(out: Path, key: str, overwrite: bool) -> str:
+    """What to do in ``out``: "fresh", "resume" or "done". Results of other settings are refused
+    (or removed with ``overwrite``)."""
+    from .results import RESULT_FILES
+
+    ck = out / CHECKPOINT
+    pj = out / "pareto.json"
+    old_key, partial = None, True
+    if pj.is_file():
+        try:
+            data = json.loads(pj.read_text(encoding="utf-8"))
+            old_key, partial = data.get("settings_key"), bool(data.get("partial", False))
+        except (OSError, ValueError, AttributeError):
+            old_key = "unreadable"
+    if overwrite:
+        for name in (*RESULT_FILES, CHECKPOINT):
+            (out / name).unlink(missing_ok=True)
+        return "fresh"
+    if pj.is_file() and old_key != key:
+        raise ConfigError(
+            f"{out} already holds the results of another search (settings key {old_key} here, {key} now); choose "
+            "another folder (hydra.run.dir=...) or add search.overwrite=true to replace them"
+        )
+    if pj.is_file() and not partial and not ck.exists():
+        return "done"
+    if ck.exists():
+        return "resume"
+    return "fresh"
+
+
+# ============================================================================ signals / progress
+@contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`~hwnas.search.nsga.SearchInterrupted` while the search runs (SIGINT
+    already raises KeyboardInterrupt), so both save the checkpoint and the front found so far."""
+    from .nsga import SearchInterrupted
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SearchInterrupted(None, signal.Signals(signum).name)
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class _Progress:
+    """Per-step progress: on an interactive terminal one status line with a bar and the ETA, redrawn
+    in place (the per-step lines go to the log file only); otherwise one log line per step (with its
+    ETA)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.done = 0.0
+        self.drawn = False
+
+    def __call__(self, line: str) -> None:
+        if not (self.tty and line.startswith(("gen ", "refine "))):
+            self.clear()
+            log.info(line)
+            return
+        log.debug(line)
+        width = shutil.get_terminal_size((100, 20)).columns
+        filled = int(20 * self.done)
+        text = f"[{'#' * filled}{'.' * (20 - filled)}] {100 * self.done:3.0f}% {line}"
+        sys.stderr.write("\r" + text[: width - 1] + "\x1b[K")
+        sys.stderr.flush()
+        self.drawn = True
+
+    def fraction(self, done: float) -> None:
+        self.done = min(max(float(done), 0.0), 1.0)
+
+    def clear(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.drawn = False
+
+
+# ============================================================================ the command
+def _output_dir() -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        return Path(os.getcwd())
 
 
 def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
-    """Build everything from ``cfg``, search, write the results into ``out_dir`` (default: hydra's
-    run directory); returns the :class:`~hwnas.search.nsga.SearchResult`."""
-    from .nsga import run_search
+    """Build everything from ``cfg``, search (or resume), write the results into ``out_dir`` (default:
+    hydra's run directory); returns the :class:`~hwnas.search.nsga.SearchResult` (None when the folder
+    already holds this search's finished results)."""
+    from .checkpoint import SearchCheckpoint
+    from .evaluators import make_runner, wrap_predictors
+    from .nsga import SearchInterrupted, run_search
     from .results import write_results
 
     apply_assets(cfg)
-    kwargs = search_kwargs(cfg.search)
+    kwargs = search_kwargs(cfg.get("search"))
+    opts = cli_settings(cfg.get("search"))
+    out = Path(out_dir) if out_dir is not None else _output_dir()
+    key = settings_key(cfg)
+    state = _prepare_run_dir(out, key, opts["overwrite"])
+    if state == "done":
+        data = json.loads((out / "pareto.json").read_text(encoding="utf-8"))
+        best = ", ".join(f"@{b}: " + ("-" if r is None else f"{r['accuracy']:.4f} ({r['latency']:.4g})") for b, r in data["best"].items())
+        log.info(f"{out} already holds the finished results of this search ({best}); nothing to do "
+                 "(search.overwrite=true searches again)")
+        return None
     space, accuracy, latency = build(cfg)
-    if out_dir is None:
-        try:
-            from hydra.core.hydra_config import HydraConfig
+    runner = make_runner(plain(cfg.get("evaluator"), "evaluator"))
+    progress = _Progress()
 
-            out_dir = HydraConfig.get().runtime.output_dir
-        except ValueError:
-            out_dir = os.getcwd()
+    class _Checkpoint(SearchCheckpoint):
+        def on_saved(self, engine: Any) -> None:  # partial results on disk as the search goes
+            write_results(engine.result(partial=True), out, config=cfg, plot=False, key=key)
+
+    ck = _Checkpoint(out / CHECKPOINT, settings=key, interval_s=opts["checkpoint_s"])
+    cpu_start = time.process_time()
     try:
-        result = run_search(space, accuracy, latency, log=log.info, **kwargs)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    paths = write_results(result, out_dir, config=cfg, plot=bool(cfg.search.get("plot", True)))
+        preds = wrap_predictors(plain(cfg.get("evaluator"), "evaluator"), runner, accuracy=accuracy, latency=latency)
+        with interrupt_on_sigterm():
+            try:
+                result = run_search(space, preds["accuracy"], preds["latency"], log=progress, checkpoint=ck,
+                                    callback=lambda row: progress.fraction(row["done"]), **kwargs)
+            except ValueError as exc:
+                if isinstance(exc, UserError):
+                    raise
+                raise ConfigError(str(exc)) from exc
+    except SearchInterrupted as exc:
+        progress.clear()
+        if exc.result is not None:
+            write_results(exc.result, out, config=cfg, plot=False, key=key)
+        code = 143 if exc.signal == "SIGTERM" else 130
+        print(f"{PROG}: interrupted ({exc.signal}); the front so far is in {out / 'pareto.json'} (partial) and the "
+              "checkpoint beside it: run the same command again to resume", file=sys.stderr)
+        raise SystemExit(code) from None
+    finally:
+        progress.clear()
+        runner.close()
+    cpu_search = time.process_time()
+    write_results(result, out, config=cfg, plot=opts["plot"], key=key)
+    ck.clear()
+    cpu_end = time.process_time()
     if not kwargs["verbose"]:
         print(result.summary())
-    log.info(f"results: {Path(out_dir).resolve()} ({', '.join(sorted(paths))})")
+    log.info(f"results: {out.resolve()} | cpu s: start-up {cpu_start:.2f}, search {cpu_search - cpu_start:.2f}, "
+             f"writing {cpu_end - cpu_search:.2f} | peak memory {_peak_mb():.0f} MB")
     return result
+
+
+def _peak_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ValueError, ImportError):
+        return False
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> float:
-    try:
+    if _in_multirun():  # a failing job is recorded, the sweep goes on
+        try:
+            result = run_from_config(cfg)
+        except Exception as exc:  # noqa: BLE001 - every failure of one job, recorded in its folder
+            from .results import atomic_write
+
+            line = error_line(PROG, exc)
+            log.error(line, exc_info=not isinstance(exc, (UserError, OSError)))
+            atomic_write(_output_dir() / "failed.json", json.dumps({"error": line, "type": type(exc).__name__}) + "\n")
+            return float("nan")
+        return float("nan") if result is None else float(result.hypervolume)
+    with cli_errors(PROG):
         result = run_from_config(cfg)
-    except ConfigError as exc:
-        print(f"hwnas-search: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    return float(result.hypervolume)  # sweepers (e.g. optuna) can maximise it
+    return float("nan") if result is None else float(result.hypervolume)  # sweepers (e.g. optuna) maximise it
 
 
 def main() -> None:
     """Console-script entry point (``hwnas-search``)."""
     _hydra_main()
+
+
+# ============================================================================ sweeps
+class SweepSummary(Callback):
+    """Hydra callback: after ``--multirun``, ``summary.md`` + ``summary.csv`` (one row per job: its
+    overrides, status, evaluations, hypervolume, best accuracy at each budget) and ``fronts.png`` (every
+    job's front on one plot) in the sweep folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        if sweep.is_dir():
+            write_sweep_summary(sweep)
+
+
+def write_sweep_summary(sweep: str | os.PathLike) -> dict[str, Path]:
+    """The sweep summary of the job folders under ``sweep`` (see :class:`SweepSummary`)."""
+    import yaml
+
+    from .results import _csv, atomic_write
+
+    sweep = Path(sweep)
+    jobs = sorted({p.parent for p in sweep.rglob("pareto.json")} | {p.parent for p in sweep.rglob("failed.json")})
+    rows, fronts, budgets = [], [], []
+    for job in jobs:
+        ov_file = job / ".hydra" / "overrides.yaml"
+        try:
+            overrides = " ".join(yaml.safe_load(ov_file.read_text()) or []) if ov_file.is_file() else ""
+        except (OSError, yaml.YAMLError):
+            overrides = "?"
+        row: dict[str, Any] = {"job": job.relative_to(sweep).as_posix(), "overrides": overrides}
+        if (job / "failed.json").is_file() and not (job / "pareto.json").is_file():
+            try:
+                row["status"] = "failed: " + json.loads((job / "failed.json").read_text())["error"]
+            except (OSError, ValueError, KeyError, TypeError):
+                row["status"] = "failed"
+            rows.append(row)
+            continue
+        try:
+            data = json.loads((job / "pareto.json").read_text())
+            front = [(float(r["latency"]), float(r["accuracy"])) for r in data["front"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            row["status"] = "unreadable pareto.json"
+            rows.append(row)
+            continue
+        row.update(status="partial" if data.get("partial") else "ok", n_evals=data.get("n_evals"),
+                   hypervolume=f"{data.get('hypervolume', float('nan')):.5g}")
+        for b, best in (data.get("best") or {}).items():
+            if b not in budgets:
+                budgets.append(b)
+            row[f"best@{b}"] = "" if best is None else f"{best['accuracy']:.4f} ({best['latency']:.4g})"
+        rows.append(row)
+        fronts.append((row["job"] + (" " + overrides if overrides else ""), front))
+    fields = ["job", "overrides", "status", "n_evals", "hypervolume"] + [f"best@{b}" for b in budgets]
+    paths = {"summary.csv": atomic_write(sweep / "summary.csv", _csv(rows, fields))}
+    md = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    md += ["| " + " | ".join(str(r.get(f, "")) for f in fields) + " |" for r in rows]
+    paths["summary.md"] = atomic_write(sweep / "summary.md", "\n".join(md) + "\n")
+    if fronts:
+        paths["fronts.png"] = _plot_fronts(fronts, sweep / "fronts.png")
+    return paths
+
+
+def _plot_fronts(fronts: list, path: Path) -> Path:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .results import atomic_write
+
+    fig = Figure(figsize=(6.4, 4.4), dpi=110)
+    ax = fig.add_subplot()
+    scale = 100.0 if all(abs(a) <= 1.0 for _, f in fronts for _, a in f) else 1.0
+    for name, f in fronts:
+        if f:
+            lat, acc = zip(*sorted(f))
+            ax.step(lat, [a * scale for a in acc], where="post", marker="o", ms=2, lw=1, label=name[:60])
+    ax.set_xlabel("latency")
+    ax.set_ylabel("predicted top-1 (%)" if scale == 100 else "accuracy")
+    ax.set_title(f"{len(fronts)} searches")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf)
+    return atomic_write(path, buf.getvalue())
 
 
 if __name__ == "__main__":

@@ -1,52 +1,49 @@
-"""NSGA-II search over a space with an accuracy and a latency predictor, plus local refinement of the
-front. Entry point: :func:`run_search`.
+"""NSGA-II search over a space with an accuracy and a latency predictor, plus refinement of the front.
+Entry point: :func:`run_search`.
 
 The search
 
-1. runs pymoo's NSGA-II on :class:`~hwnas.search.problem.ArchProblem` with the genome-aware operators
-   of :mod:`hwnas.search.operators` (structured + uniform sampling, unit-wise crossover, effective-gene
-   mutation, canonical repair, hashed duplicate elimination), budgets as one constraint
-   ``latency <= max(budgets)``;
-2. refines the front by Pareto local search: every front member's single-gene neighbours (one block,
-   one depth step, one resolution step) are evaluated in one batch, the front is recomputed, and the
-   new members are expanded in turn, until the front stops changing or after ``refine`` passes;
+1. runs NSGA-II (Deb et al.: binary tournaments on non-domination rank and crowding distance, elitist
+   survival of the best ``pop_size`` of parents + offspring, constraint domination) with the
+   genome-aware operators of :mod:`hwnas.search.operators`. The population is a few numpy arrays and
+   every step works on all of it at once, so a generation costs the predictor calls and little else.
+   ``restarts`` runs of ``n_gen`` generations each share one archive of evaluations. Budgets give one
+   constraint, ``latency <= max(budgets)``;
+2. refines the front by Pareto local search (:mod:`hwnas.search.refine`);
 3. returns the non-dominated set of every arch evaluated (within the constraint) as a
-   :class:`SearchResult`, with a per-generation history (evaluations, hypervolume w.r.t. a fixed
-   reference point, best accuracy under each budget).
+   :class:`SearchResult`, with a per-step history (evaluations, hypervolume w.r.t. a fixed reference
+   point, best accuracy under each budget).
 
-Same seed, same predictors -> the same front.
+Same seed, same predictors -> the same front. The state between two steps is plain arrays, a few
+counters and the random generators' states, which :class:`hwnas.search.checkpoint.SearchCheckpoint`
+saves, so a run resumed after a kill ends with the front of an uninterrupted run. Ctrl-C (or SIGTERM
+turned into :class:`SearchInterrupted` by the caller) goes back to the last completed step, saves the
+checkpoint and raises :class:`SearchInterrupted` carrying the front found so far.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
 import sys
 import time
+from bisect import bisect_right
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from pymoo.algorithms.moo.nsga2 import NSGA2
-from pymoo.termination import get_termination
 
 from hwnas.spaces import SearchSpace
 
-from .operators import (
-    ArchCrossover,
-    ArchMutation,
-    ArchSampling,
-    CanonicalDuplicateElimination,
-    CanonicalRepair,
-    GenomeLayout,
-)
+from .operators import ArchCrossover, ArchMutation, ArchSampling, GenomeLayout, row_keys
 from .problem import ArchProblem, as_budgets, best_under, hypervolume
+from .refine import Refiner, neighbour_matrix  # noqa: F401  (neighbour_matrix re-exported)
 
 
 # ============================================================================ result
 @dataclass
 class SearchResult:
-    """The front (sorted by latency) and the run's record."""
+    """The front (sorted by latency) and the run's record. ``partial``: the search was interrupted."""
 
     space: SearchSpace
     genomes: np.ndarray
@@ -60,6 +57,7 @@ class SearchResult:
     hv_ref: tuple[float, float] = (0.0, 0.0)
     timings: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    partial: bool = False
 
     @property
     def archs(self) -> list:
@@ -90,133 +88,181 @@ class SearchResult:
         return out
 
     def summary(self) -> str:
-        parts = [f"front {len(self)} archs", f"{self.n_evals} evals", f"{self.wall_time:.2f} s" + (f" (cpu {self.timings['cpu_s']:.2f} s)" if "cpu_s" in self.timings else ""), f"hv {self.hypervolume:.4f}"]
+        cpu = f" (cpu {self.timings['cpu_s']:.2f} s)" if "cpu_s" in self.timings else ""
+        parts = [f"front {len(self)} archs", f"{self.n_evals} evals", f"{self.wall_time:.2f} s{cpu}", f"hv {self.hypervolume:.4f}"]
         for b, best in self.best_at_budgets().items():
             parts.append(f"@{b:g}: " + ("-" if best is None else f"{_fmt_acc(best[1])} ({best[2]:.2f})"))
-        return " | ".join(parts)
+        return ("PARTIAL | " if self.partial else "") + " | ".join(parts)
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """The search was stopped (Ctrl-C, or a signal the caller turned into this); ``result`` holds the
+    front found up to the last completed step (``partial=True``), ``signal`` the signal's name."""
+
+    def __init__(self, result: SearchResult | None = None, signal: str = "SIGINT") -> None:
+        super().__init__(signal)
+        self.result = result
+        self.signal = signal
 
 
 def _fmt_acc(a: float) -> str:
     return f"{100 * a:.2f}%" if abs(a) <= 1.0 else f"{a:.3f}"
 
 
-# ============================================================================ refinement
-def neighbour_matrix(layout: GenomeLayout, M: np.ndarray, moves: str = "all") -> np.ndarray:
-    """Canonical genomes one effective gene change away from the rows of ``M`` (may repeat).
-
-    ``moves="all"``: every other value of every effective gene. ``moves="grid"``: block genes move to
-    a grid neighbour only (kernel or expand one step up/down), depth and resolution genes one step;
-    about half the evaluations of "all" per member.
-    """
-    if moves not in ("all", "grid"):
-        raise ValueError(f"search.refine.moves={moves!r} is unknown; allowed values: ['all', 'grid']")
-    M = layout.canonical(M)
-    if not len(M):
-        return M
-    act = layout.active(M)
-    sizes = layout.sizes
-    grid = moves == "grid" and layout.mbconv
-    blocks = []
-    for g in range(layout.n_var):
-        rows = np.flatnonzero(act[:, g])
-        if not len(rows):
+# ============================================================================ NSGA-II
+def nondominated_rank(f1: np.ndarray, f2: np.ndarray) -> np.ndarray:
+    """Non-domination rank (0 = the front) of points minimising ``(f1, f2)``; equal points share a
+    rank. O(n log n): after sorting by ``f1``, a point joins the first front whose best ``f2`` so far
+    is worse than its own."""
+    n = len(f1)
+    rank = np.empty(n, dtype=np.int64)
+    tails: list[float] = []
+    prev = -1
+    for i in np.lexsort((f2, f1)):
+        if prev >= 0 and f1[i] == f1[prev] and f2[i] == f2[prev]:
+            rank[i] = rank[prev]
             continue
-        if grid:
-            cur = M[rows, g]
-            if g < layout.n_slots:
-                is_nbr = layout.is_grid_nbr[g]
-                for v in range(int(sizes[g])):
-                    r = rows[is_nbr[v, cur]]
-                    if len(r):
-                        Y = M[r].copy()
-                        Y[:, g] = v
-                        blocks.append(Y)
-            else:
-                for step in (-1, 1):
-                    ok = (cur + step >= 0) & (cur + step < sizes[g])
-                    if ok.any():
-                        Y = M[rows[ok]].copy()
-                        Y[:, g] += step
-                        blocks.append(Y)
-            continue
-        for v in range(int(sizes[g])):
-            r = rows[M[rows, g] != v]
-            if len(r):
-                Y = M[r].copy()
-                Y[:, g] = v
-                blocks.append(Y)
-    if not blocks:
-        return np.zeros((0, M.shape[1]), dtype=int)
-    return layout.canonical(np.concatenate(blocks))
+        k = bisect_right(tails, f2[i])
+        if k == len(tails):
+            tails.append(f2[i])
+        else:
+            tails[k] = f2[i]
+        rank[i] = k
+        prev = i
+    return rank
 
 
-def refine_front(
-    problem: ArchProblem,
-    iterations: int = 10,
-    window: tuple[float, float] | None = None,
-    max_members: int | None = None,
-    moves: str = "all",
-    on_pass: Callable[[int, int], None] | None = None,
-) -> int:
-    """Pareto local search on the problem's feasible archive front (single-gene moves, see
-    :func:`neighbour_matrix`). Each pass evaluates the
-    neighbours of the front members not expanded yet, in one batch. ``window``: only expand members
-    with latency in ``[lo, hi]``. Returns the number of passes run."""
-    layout = problem.layout
-    expanded: set[bytes] = set()
-
-    passes = 0
-    for it in range(int(iterations)):
-        X, acc, lat = problem.archive()
-        front = problem.front_indices()
-        if window is not None:
-            front = front[(lat[front] >= window[0]) & (lat[front] <= window[1])]
-        keys = [k for k in _keys(X[front])]
-        todo = [i for i, k in zip(front, keys) if k not in expanded]
-        if not todo:
-            break
-        if max_members is not None and len(todo) > max_members:
-            # spread the expanded members evenly over the latency range of the candidates
-            order = np.array(todo)[np.argsort(lat[todo], kind="stable")]
-            pick = np.unique(np.linspace(0, len(order) - 1, int(max_members)).round().astype(int))
-            todo = list(order[pick])
-        expanded.update(_keys(X[todo]))
-        N = neighbour_matrix(layout, X[todo], moves)
-        problem.predict(N)
-        passes += 1
-        if on_pass is not None:
-            on_pass(passes, len(todo))
-    return passes
+def crowding_distance(f1: np.ndarray, f2: np.ndarray) -> np.ndarray:
+    """Crowding distance of the points of one front (boundary points: infinity)."""
+    n = len(f1)
+    d = np.zeros(n)
+    if n <= 2:
+        d[:] = np.inf
+        return d
+    for f in (f1, f2):
+        o = np.argsort(f, kind="stable")
+        span = f[o[-1]] - f[o[0]]
+        d[o[0]] = d[o[-1]] = np.inf
+        if span > 0:
+            d[o[1:-1]] += (f[o[2:]] - f[o[:-2]]) / span
+    return d
 
 
-def _keys(X: np.ndarray) -> list[bytes]:
-    from .operators import row_keys
+def rank_and_crowding(acc: np.ndarray, lat: np.ndarray, cv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rank (feasible points by non-domination, infeasible after them by violation) and crowding."""
+    n = len(acc)
+    rank = np.empty(n, dtype=np.int64)
+    crowd = np.zeros(n)
+    feas = np.flatnonzero(cv <= 0)
+    r = nondominated_rank(-acc[feas], lat[feas]) if len(feas) else np.zeros(0, dtype=np.int64)
+    rank[feas] = r
+    for k in np.unique(r):
+        m = feas[r == k]
+        crowd[m] = crowding_distance(-acc[m], lat[m])
+    inf = np.flatnonzero(cv > 0)
+    if len(inf):
+        top = int(r.max()) + 1 if len(r) else 0
+        rank[inf] = top + np.argsort(np.argsort(cv[inf], kind="stable"), kind="stable")
+    return rank, crowd
 
-    return row_keys(X)
+
+class NSGA2:
+    """One NSGA-II run on an :class:`ArchProblem` (its population as arrays; see the module doc)."""
+
+    def __init__(self, problem: ArchProblem, pop_size: int, sampling: ArchSampling, crossover: ArchCrossover,
+                 mutation: ArchMutation, rng: np.random.Generator) -> None:
+        self.problem = problem
+        self.pop_size = int(pop_size)
+        self.sampling, self.crossover, self.mutation = sampling, crossover, mutation
+        self.rng = rng
+        self.gen = 0
+        self.X = np.zeros((0, problem.n_var), dtype=int)
+        self.acc = self.lat = np.zeros(0)
+        self._rank = self._crowd = np.zeros(0)
+
+    def _cv(self, lat: np.ndarray) -> np.ndarray:
+        m = self.problem.max_latency
+        return np.zeros(len(lat)) if m is None else np.maximum(lat - m, 0.0)
+
+    def _evaluate(self, X: np.ndarray, limit: int | None) -> np.ndarray:
+        """Evaluate ``X`` (canonical), keeping at most ``limit`` archs the archive does not hold."""
+        if limit is not None:
+            new = self.problem.is_new(X)
+            X = X[~new | (np.cumsum(new) <= limit)]
+        return X
+
+    def start(self, limit: int | None = None) -> None:
+        X = self._evaluate(self.problem.canonical(self.sampling(self.pop_size, self.rng)), limit)
+        self.set_population(X)
+
+    def set_population(self, X: np.ndarray) -> None:
+        self.X = np.asarray(X, dtype=int)
+        self.acc, self.lat = self.problem.predict(self.X)
+        self._rank, self._crowd = rank_and_crowding(self.acc, self.lat, self._cv(self.lat))
+
+    def _tournament(self, m: int) -> np.ndarray:
+        n, rng = len(self.X), self.rng
+        a, b = rng.integers(0, n, size=(2, m))
+        rank, crowd = self._rank, self._crowd
+        a_wins = (rank[a] < rank[b]) | ((rank[a] == rank[b]) & (crowd[a] > crowd[b]))
+        tie = (rank[a] == rank[b]) & (crowd[a] == crowd[b])
+        a_wins |= tie & (rng.random(m) < 0.5)
+        return np.where(a_wins, a, b)
+
+    def offspring(self) -> np.ndarray:
+        """``pop_size`` canonical children, distinct from each other and from the population."""
+        n_off = self.pop_size
+        seen = set(row_keys(self.X))
+        out: list[np.ndarray] = []
+        count = 0
+        for _ in range(20):
+            n_mat = math.ceil((n_off - count) / 2)
+            parents = np.stack([self.X[self._tournament(n_mat)], self.X[self._tournament(n_mat)]])
+            kids = self.crossover(parents, self.rng).reshape(2 * n_mat, -1)
+            kids = self.problem.canonical(self.mutation(kids, self.rng))
+            keep = []
+            for i, k in enumerate(row_keys(kids)):
+                if k not in seen:
+                    seen.add(k)
+                    keep.append(i)
+            out.append(kids[keep])
+            count += len(keep)
+            if count >= n_off:
+                break
+        return np.concatenate(out)[:n_off]
+
+    def step(self, limit: int | None = None) -> None:
+        """One generation (at most ``limit`` new evaluations)."""
+        Y = self._evaluate(self.offspring(), limit)
+        a, l = self.problem.predict(Y)
+        X = np.concatenate([self.X, Y])
+        acc, lat = np.concatenate([self.acc, a]), np.concatenate([self.lat, l])
+        rank, crowd = rank_and_crowding(acc, lat, self._cv(lat))
+        order = np.lexsort((-crowd, rank))[: self.pop_size]
+        self.set_population(X[np.sort(order)])
+        self.gen += 1
 
 
 # ============================================================================ threads
 @contextmanager
 def limit_threads(n: int | None):
-    """Run with at most ``n`` intra-op threads in torch and the BLAS libraries (restored afterwards).
-    The search evaluates small batches (one population) many times; on a small or shared machine
-    thread start-up and contention cost more than they save (measured: 1 thread is 20x faster than
-    2 on a loaded 2-core box for batches of 100 through the OFA MLP)."""
+    """Run with at most ``n`` threads in the BLAS libraries (and torch, when loaded); restored
+    afterwards. The search evaluates small batches many times; on a small or shared machine thread
+    start-up and contention cost more than they save."""
     if not n:
         yield
         return
     n = int(n)
-    restore = None
     torch = sys.modules.get("torch")
+    restore = torch.get_num_threads() if torch is not None else None
     if torch is not None:
-        restore = torch.get_num_threads()
         torch.set_num_threads(n)
     try:
         try:
             from threadpoolctl import threadpool_limits
 
             ctx = threadpool_limits(limits=n)
-        except Exception:  # threadpoolctl missing or failing: torch alone
+        except Exception:  # threadpoolctl failing: leave BLAS alone
             ctx = nullcontext()
         with ctx:
             yield
@@ -226,194 +272,68 @@ def limit_threads(n: int | None):
 
 
 # ============================================================================ search
+_FROM_CONFIG = object()  # run_search's seed default: the config's (None is a valid seed: a random one)
+_SETTINGS = ("pop_size", "n_gen", "restarts", "seed", "budgets", "constraint", "max_latency", "max_evals", "hv_ref",
+             "structured", "crossover", "crossover_prob", "mutation_rate", "neighbour", "refine", "refine_members",
+             "refine_moves", "refine_pairs", "refine_starts", "threads", "verbose")
+
+
 def run_search(
     space: SearchSpace,
     accuracy: Any,
     latency: Any,
     *,
-    pop_size: int = 100,
-    n_gen: int = 40,
-    seed: int | None = 0,
+    pop_size: int | None = None,
+    n_gen: int | None = None,
+    restarts: int | None = None,
+    seed: Any = _FROM_CONFIG,
     budgets: Sequence[float] | float | None = None,
-    constraint: bool = True,
+    constraint: bool | None = None,
     max_latency: float | None = None,
+    max_evals: int | None = None,
     hv_ref: dict | Sequence[float | None] | None = None,
-    structured: float = 0.25,
-    crossover: str = "unit",
-    crossover_prob: float = 0.9,
+    structured: float | None = None,
+    crossover: str | None = None,
+    crossover_prob: float | None = None,
     mutation_rate: float | None = None,
-    neighbour: float = 0.5,
-    refine: int = 20,
-    refine_members: int | None = 60,
-    refine_moves: str = "grid",
-    threads: int | None = 1,
-    verbose: bool = True,
+    neighbour: float | None = None,
+    refine: int | None = None,
+    refine_members: int | None = None,
+    refine_moves: str | None = None,
+    refine_pairs: int | None = None,
+    refine_starts: int | None = None,
+    threads: int | None = None,
+    verbose: bool | None = None,
     log: Callable[[str], None] | None = None,
     callback: Callable[[dict], None] | None = None,
     checkpoint: Any = None,
 ) -> SearchResult:
-    """Bi-objective NSGA-II (max accuracy, min latency) over ``space``.
+    """Bi-objective NSGA-II (max accuracy, min latency) over ``space``, then refinement of the front.
 
-    ``budgets``: latency budgets the front is judged at (history and summary report the best accuracy
-    under each); with ``constraint`` the search is constrained to ``latency <= max(budgets)``
-    (or ``max_latency`` when given). ``hv_ref``: hypervolume reference point ``(accuracy, latency)``
-    (``None`` entries: accuracy = worst accuracy of the initial population, latency = max budget or
-    the initial population's worst latency). ``refine``: passes of Pareto local search after NSGA-II
-    (0 = plain NSGA-II), each expanding at most ``refine_members`` front members (spread over the
-    latency range) with ``refine_moves`` ("grid" or "all", see :func:`neighbour_matrix`).
-    ``threads``: intra-op threads for the predictors during the search (None: leave as is). ``verbose``: one line per generation through ``log`` (default: stderr).
-    ``checkpoint``: optional object with ``restore(algo, problem) -> dict | None`` (called once before the
-    first generation; a dict ``{"gen", "history", "hv_ref"}`` resumes from it) and
-    ``save(algo, problem, gen, history, hv_ref)`` (called after every generation), e.g.
-    :class:`hwnas.search.checkpoint.SearchCheckpoint`.
+    Every setting left out (``None``) takes its value from ``conf/search/nsga2.yaml`` (see
+    :mod:`hwnas.search.settings`; ``seed=None`` means a random seed). ``budgets``: latency budgets the
+    front is judged at; with ``constraint`` the search keeps to ``latency <= max(budgets)`` (or
+    ``max_latency``). Budgets are checked against the latency of the initial population (random
+    archs plus the smallest and largest) before the first generation; without budgets, quantiles of
+    that sample are reported. ``max_evals``: stop after that many distinct evaluations (for expensive
+    predictors). ``refine``: passes of Pareto local search (0 = plain NSGA-II), each expanding at most
+    ``refine_members`` front members with ``refine_moves`` single moves, and walks from the best arch
+    of the ``refine_starts`` best (depth, resolution) classes under each budget by single and
+    ``refine_pairs`` pair moves (see :mod:`hwnas.search.refine`). ``verbose``: one line per step through ``log``
+    (default: stderr); ``callback(row)`` gets each history row.
+
+    ``checkpoint``: an object with ``restore(engine, problem) -> dict | None`` (called once; a dict
+    resumes the run) and ``save(engine, problem, gen, history, hv_ref)`` (called after every step),
+    e.g. :class:`hwnas.search.checkpoint.SearchCheckpoint`.
     """
-    with limit_threads(threads):
-        return _run_search(**{k: v for k, v in locals().items() if k != "threads"})
+    from .settings import defaults, search_kwargs
 
-
-def _run_search(
-    space: SearchSpace,
-    accuracy: Any,
-    latency: Any,
-    *,
-    pop_size: int,
-    n_gen: int,
-    seed: int | None,
-    budgets: Any,
-    constraint: bool,
-    max_latency: float | None,
-    hv_ref: Any,
-    structured: float,
-    crossover: str,
-    crossover_prob: float,
-    mutation_rate: float | None,
-    neighbour: float,
-    refine: int,
-    refine_members: int | None,
-    refine_moves: str,
-    verbose: bool,
-    log: Callable[[str], None] | None,
-    callback: Callable[[dict], None] | None,
-    checkpoint: Any = None,
-) -> SearchResult:
-    if pop_size < 4:
-        raise ValueError(f"search.pop_size={pop_size} is too small; use at least 4 (e.g. 100)")
-    if n_gen < 1:
-        raise ValueError(f"search.n_gen={n_gen} must be >= 1")
-    budgets = as_budgets(budgets)
-    if max_latency is None and constraint and budgets:
-        max_latency = max(budgets)
-    if not constraint:
-        max_latency = None
-    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    ref_acc, ref_lat = _parse_ref(hv_ref)
-
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    problem = ArchProblem(space, accuracy, latency, max_latency=max_latency)
-    algo = NSGA2(
-        pop_size=int(pop_size),
-        sampling=ArchSampling(space, structured=structured),
-        crossover=ArchCrossover(space, mode=crossover, prob=crossover_prob),
-        mutation=ArchMutation(space, prob_var=mutation_rate, neighbour=neighbour),
-        repair=CanonicalRepair(space),
-        eliminate_duplicates=CanonicalDuplicateElimination(space),
-    )
-    algo.setup(problem, termination=get_termination("n_gen", int(n_gen)), seed=seed, verbose=False)
-
-    history: list[dict] = []
-
-    def record(gen: int, phase: str) -> None:
-        nonlocal ref_acc, ref_lat
-        X, acc, lat = problem.archive()
-        if ref_acc is None:
-            ref_acc = float(acc.min()) if len(acc) else 0.0
-        if ref_lat is None:
-            ref_lat = float(max_latency if max_latency is not None else (lat.max() if len(lat) else 1.0))
-        f = problem.front_indices()
-        a, l = acc[f], lat[f]
-        row: dict[str, Any] = {
-            "gen": gen,
-            "phase": phase,
-            "n_evals": problem.n_evals,
-            "front_size": int(len(f)),
-            "hypervolume": hypervolume(a, l, ref_acc, ref_lat),
-            "time_s": time.perf_counter() - t0,
-        }
-        for b in budgets:
-            i = best_under(a, l, b)
-            row[f"best_acc@{b:g}"] = float(a[i]) if i >= 0 else float("nan")
-        history.append(row)
-        if callback is not None:
-            callback(row)
-        if verbose:
-            bits = [f"{phase} {gen:3d}", f"evals {row['n_evals']:6d}", f"front {row['front_size']:3d}", f"hv {row['hypervolume']:.4f}"]
-            for b in budgets:
-                v = row[f"best_acc@{b:g}"]
-                bits.append(f"@{b:g} " + ("-" if math.isnan(v) else _fmt_acc(v)))
-            bits.append(f"{row['time_s']:.2f}s")
-            log(" | ".join(bits))
-
-    gen = 0
-    if checkpoint is not None:
-        restored = checkpoint.restore(algo, problem)
-        if restored is not None:
-            gen = int(restored["gen"])
-            history.extend(restored.get("history", []))
-            ref_acc, ref_lat = restored.get("hv_ref", (ref_acc, ref_lat))
-    while algo.has_next():
-        algo.next()
-        gen += 1
-        record(gen, "gen")
-        if checkpoint is not None:
-            checkpoint.save(algo, problem, gen, history, (ref_acc, ref_lat))
-    t_nsga = time.perf_counter() - t0
-    predict_nsga = problem.predict_s
-    if max_latency is not None and len(problem.front_indices()) == 0:
-        _, _, lat_all = problem.archive()
-        first = lat_all[: int(pop_size)]  # the initial population: a sample of the space
-        q = np.quantile(first, [0.1, 0.3, 0.5, 0.7])
-        raise ValueError(
-            f"search.budgets: no arch met the latency budget {max_latency:g} (the largest budget) in "
-            f"{problem.n_evals} evaluations; the fastest one evaluated has latency {lat_all.min():.4g}, the "
-            f"initial population spans {first.min():.4g}-{first.max():.4g} (in the latency predictor's "
-            f"unit). Set budgets in that range, e.g. search.budgets=[{','.join(f'{v:.3g}' for v in q)}], "
-            f"or search.constraint=false"
-        )
-
-    passes = 0
-    if refine and refine > 0:
-        passes = refine_front(
-            problem, iterations=int(refine), max_members=refine_members, moves=refine_moves,
-            on_pass=lambda p, n: record(p, "refine"),
-        )
-    t_total = time.perf_counter() - t0
-
-    X, acc, lat = problem.archive()
-    idx = problem.front_indices()
-    res = SearchResult(
-        space=space,
-        genomes=X[idx].copy(),
-        accuracy=acc[idx].copy(),
-        latency=lat[idx].copy(),
-        budgets=budgets,
-        history=history,
-        wall_time=t_total,
-        n_evals=problem.n_evals,
-        seed=seed,
-        hv_ref=(float(ref_acc), float(ref_lat)),
-        timings={"nsga2_s": t_nsga, "refine_s": t_total - t_nsga, "refine_passes": passes, "cpu_s": time.process_time() - c0,
-                 "nsga2_predict_s": predict_nsga, "nsga2_overhead_per_gen_s": (t_nsga - predict_nsga) / max(gen, 1),
-                 "predict_s": problem.predict_s},
-        settings={
-            "pop_size": pop_size, "n_gen": n_gen, "seed": seed, "budgets": budgets, "max_latency": max_latency,
-            "structured": structured, "crossover": crossover, "mutation_rate": mutation_rate,
-            "neighbour": neighbour, "refine": refine, "refine_members": refine_members, "refine_moves": refine_moves,
-        },
-    )
-    if verbose:
-        log(res.summary())
-    return res
+    given = {k: v for k, v in locals().items() if k in _SETTINGS and v is not None and v is not _FROM_CONFIG}
+    if seed is None:  # a random seed
+        given["seed"] = None
+    s = {**search_kwargs(defaults()), **given}
+    with limit_threads(s["threads"]):
+        return _Search(space, accuracy, latency, s, log, callback, checkpoint).run()
 
 
 def _parse_ref(hv_ref: Any) -> tuple[float | None, float | None]:
@@ -427,3 +347,309 @@ def _parse_ref(hv_ref: Any) -> tuple[float | None, float | None]:
             raise ValueError(f"search.hv_ref={hv_ref!r} must be (accuracy, latency) or {{accuracy: .., latency: ..}}")
         a, l = vals
     return (None if a is None else float(a)), (None if l is None else float(l))
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+def _rng_from_state(state: dict) -> np.random.Generator:
+    if not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
+        raise ValueError("random generator state is not a PCG64 state")
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = state
+    return rng
+
+
+class _Search:
+    """The steps of one :func:`run_search` call: phases ``start`` (initial population of restart
+    ``r``), ``nsga`` (its generations), ``refine`` (passes), ``done``. After each step the state is
+    committed (and offered to the checkpoint); an interrupt goes back to the last commit."""
+
+    def __init__(self, space: SearchSpace, accuracy: Any, latency: Any, s: dict, log: Any, callback: Any,
+                 checkpoint: Any) -> None:
+        if s["pop_size"] < 4:
+            raise ValueError(f"search.pop_size={s['pop_size']} is too small; use at least 4 (e.g. 100)")
+        if s["n_gen"] < 1:
+            raise ValueError(f"search.n_gen={s['n_gen']} must be >= 1")
+        self.space, self.s = space, s
+        self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.callback, self.checkpoint = callback, checkpoint
+        self.budgets = as_budgets(s["budgets"])
+        self.user_budgets = bool(self.budgets)
+        max_latency = s["max_latency"]
+        if max_latency is None and s["constraint"] and self.budgets:
+            max_latency = max(self.budgets)
+        if not s["constraint"]:
+            max_latency = None
+        self.ref_acc, self.ref_lat = _parse_ref(s["hv_ref"])
+        self.problem = ArchProblem(space, accuracy, latency, max_latency=max_latency)
+        self.sampling = ArchSampling(space, s["structured"])
+        self.crossover = ArchCrossover(space, s["crossover"], s["crossover_prob"])
+        self.mutation = ArchMutation(space, s["mutation_rate"], s["neighbour"])
+        self.refiner = Refiner(self.problem, s["refine_members"], s["refine_moves"], s["refine_pairs"],
+                               s["refine_starts"], self.budgets)
+        seq = np.random.SeedSequence(s["seed"])
+        self.entropy = seq.entropy
+        self.seeds = seq.spawn(int(s["restarts"]))
+        self.phase, self.restart, self.step_no = "start", 0, 0
+        self.nsga: NSGA2 | None = None
+        self.history: list[dict] = []
+        self.t0 = time.perf_counter()
+        self.c0 = time.process_time()
+        self.nsga_s = 0.0
+        self.resumed_from: int | None = None
+
+    # ------------------------------------------------------------------ steps
+    def _limit(self) -> int | None:
+        m = self.s["max_evals"]
+        return None if m is None else max(int(m) - self.problem.n_evals, 0)
+
+    def _new_run(self) -> NSGA2:
+        rng = np.random.default_rng(self.seeds[self.restart])
+        return NSGA2(self.problem, self.s["pop_size"], self.sampling, self.crossover, self.mutation, rng)
+
+    def _advance(self) -> str | None:
+        """One step; returns the history phase to record ("gen", "refine") or None."""
+        limit = self._limit()
+        if limit == 0 and self.phase != "done":
+            self.log(f"search.max_evals={self.s['max_evals']} reached: stopping")
+            self.phase = "done"
+            return None
+        if self.phase == "start":
+            self.nsga = self._new_run()
+            self.nsga.start(limit)
+            if self.restart == 0:
+                self._check_budgets()
+            self.phase = "nsga"
+            return None
+        if self.phase == "nsga":
+            assert self.nsga is not None
+            self.nsga.step(limit)
+            if self.nsga.gen >= self.s["n_gen"]:
+                self.restart += 1
+                self.phase = "start" if self.restart < self.s["restarts"] else "refine"
+                if self.phase == "refine":
+                    self.nsga_s = time.perf_counter() - self.t0
+                    self._check_front()
+                    if not self.s["refine"]:
+                        self.phase = "done"
+            return "gen"
+        if self.phase == "refine":
+            N = self.refiner.candidates(limit)
+            limit = self._limit()
+            if self.refiner.converged:
+                self.phase = "done"
+                return None
+            if limit is not None:
+                new = self.problem.is_new(N)
+                N = N[~new | (np.cumsum(new) <= limit)]
+            self.problem.predict(N)
+            self.refiner.passes += 1
+            if self.refiner.passes >= self.s["refine"]:
+                self.phase = "done"
+            return "refine"
+        raise AssertionError(self.phase)
+
+    def _check_budgets(self) -> None:
+        """Budgets against the latency of the initial population (a random sample plus the smallest
+        and the largest arch); without budgets, report quantiles of it."""
+        _, _, lat = self.problem.archive()
+        lo, hi = float(lat.min()), float(lat.max())
+        q = [float(f"{v:.3g}") for v in np.quantile(lat, [0.2, 0.4, 0.6, 0.8])]
+        unit = "in the latency predictor's unit"
+        if not self.budgets:
+            self.budgets = q
+            self.refiner.budgets = q
+            self.log(f"search.budgets not given: reporting the best archs at {q}, the 20/40/60/80% quantiles of the "
+                     f"latency of {len(lat)} sampled archs ({lo:.4g}-{hi:.4g}, {unit}); set search.budgets=[...] to choose")
+            return
+        low = [b for b in self.budgets if b < lo]
+        if low or min(self.budgets) > hi:
+            what = (f"search.budgets={_fmt_list(self.budgets)}: {_fmt_list(low)} below the fastest" if low else
+                    f"search.budgets={_fmt_list(self.budgets)} are all above the slowest")
+            raise ValueError(
+                f"{what} of {len(lat)} sampled archs (latency {lo:.4g}-{hi:.4g}, {unit}, smallest and largest arch "
+                f"included); the budgets may be for another device. Set budgets in that range, e.g. "
+                f"search.budgets={_fmt_list(q)}, or search.constraint=false"
+            )
+        high = [b for b in self.budgets if b > hi]
+        if high:
+            self.log(f"search.budgets {_fmt_list(high)} are above the slowest sampled arch ({hi:.4g}): every arch fits them")
+
+    def _check_front(self) -> None:
+        if self.problem.max_latency is not None and len(self.problem.front_indices()) == 0:
+            _, _, lat = self.problem.archive()
+            raise ValueError(
+                f"search.budgets: no arch met the latency budget {self.problem.max_latency:g} (the largest budget) in "
+                f"{self.problem.n_evals} evaluations; the fastest one evaluated has latency {lat.min():.4g}. Set larger "
+                f"budgets or search.constraint=false"
+            )
+
+    # ------------------------------------------------------------------ record
+    def _record(self, phase: str) -> None:
+        X, acc, lat = self.problem.archive()
+        if self.ref_acc is None:
+            self.ref_acc = float(np.nanmin(acc)) if np.isfinite(acc).any() else 0.0
+        if self.ref_lat is None:
+            m = self.problem.max_latency
+            self.ref_lat = float(m if m is not None else (lat.max() if len(lat) else 1.0))
+        f = self.problem.front_indices()
+        a, l = acc[f], lat[f]
+        row: dict[str, Any] = {
+            "gen": self.step_no,
+            "phase": phase,
+            "n_evals": self.problem.n_evals,
+            "front_size": int(len(f)),
+            "hypervolume": hypervolume(a, l, self.ref_acc, self.ref_lat),
+            "time_s": time.perf_counter() - self.t0,
+            "done": self._done(),
+        }
+        for b in self.budgets:
+            i = best_under(a, l, b)
+            row[f"best_acc@{b:g}"] = float(a[i]) if i >= 0 else float("nan")
+        self.history.append(row)
+        if self.callback is not None:
+            self.callback(row)
+        if self.s["verbose"]:
+            bits = [f"{phase} {self.step_no:3d}", f"evals {row['n_evals']:6d}", f"front {row['front_size']:3d}",
+                    f"hv {row['hypervolume']:.4f}"]
+            for b in self.budgets:
+                v = row[f"best_acc@{b:g}"]
+                bits.append(f"@{b:g} " + ("-" if math.isnan(v) else _fmt_acc(v)))
+            bits.append(f"{row['time_s']:.2f}s")
+            eta = self._eta(row["time_s"])
+            if eta is not None:
+                bits.append(f"eta {_fmt_s(eta)}")
+            self.log(" | ".join(bits))
+
+    def _done(self) -> float:
+        """Fraction of the planned work done: of the evaluation budget when there is one, else of the
+        planned steps (refinement may converge before its last pass)."""
+        s = self.s
+        if self.phase == "done":
+            return 1.0
+        if s["max_evals"]:
+            return min(self.problem.n_evals / s["max_evals"], 1.0)
+        planned = s["restarts"] * s["n_gen"] + s["refine"]
+        gens = sum(1 for h in self.history if h["phase"] == "gen")
+        return min((gens + self.refiner.passes) / max(planned, 1), 1.0)
+
+    def _eta(self, elapsed: float) -> float | None:
+        """Seconds left (None when done or unknown)."""
+        done = self._done()
+        if self.phase == "done" or done <= 0:
+            return None
+        return elapsed * (1 - done) / done
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> tuple[dict, dict]:
+        """(arrays, meta) of the committed state: what a checkpoint holds."""
+        X, acc, lat = self.problem.archive()
+        arrays = {"archive_X": X, "archive_acc": acc, "archive_lat": lat, **self.refiner.state()}
+        meta: dict[str, Any] = {
+            "phase": self.phase, "restart": self.restart, "step": self.step_no, "budgets": self.budgets,
+            "max_latency": self.problem.max_latency, "hv_ref": [self.ref_acc, self.ref_lat],
+            "history": list(self.history), "entropy": str(self.entropy), "refine_passes": self.refiner.passes,
+            "refine_converged": self.refiner.converged, "refine_seeded": self.refiner.seeded, "predict_s": self.problem.predict_s,
+            "elapsed_s": time.perf_counter() - self.t0,
+        }
+        if self.nsga is not None and self.phase == "nsga":
+            arrays["pop_X"] = self.nsga.X.astype(np.int16)
+            meta["gen"] = self.nsga.gen
+            meta["rng"] = _rng_state(self.nsga.rng)
+        return arrays, meta
+
+    def load(self, arrays: dict, meta: dict, resume: bool = True) -> None:
+        """Put a saved state back (``resume``: from a checkpoint of an earlier process; otherwise a
+        state committed earlier in this one)."""
+        self.problem.max_latency = meta["max_latency"]
+        self.problem.load_archive(arrays["archive_X"], arrays["archive_acc"], arrays["archive_lat"])
+        if resume:
+            self.problem.predict_s = float(meta["predict_s"])
+        self.phase, self.restart, self.step_no = meta["phase"], int(meta["restart"]), int(meta["step"])
+        self.budgets = [float(b) for b in meta["budgets"]]
+        self.refiner.budgets = self.budgets
+        self.ref_acc, self.ref_lat = meta["hv_ref"]
+        self.history = list(meta["history"])
+        self.refiner.load_state(arrays, meta)
+        self.entropy = int(meta["entropy"])  # a random seed (seed=None) stays the one the run started with
+        self.seeds = np.random.SeedSequence(self.entropy).spawn(int(self.s["restarts"]))
+        if self.phase == "nsga":
+            self.nsga = NSGA2(self.problem, self.s["pop_size"], self.sampling, self.crossover, self.mutation,
+                              _rng_from_state(meta["rng"]))
+            self.nsga.gen = int(meta["gen"])
+            self.nsga.set_population(arrays["pop_X"])
+        if resume:
+            self.t0 -= float(meta["elapsed_s"])
+            self.resumed_from = self.step_no
+
+    def _commit(self) -> None:
+        self._committed = self.state()  # arrays are replaced, never changed in place: no copy needed
+
+    def _rollback(self) -> None:
+        self.load(*self._committed, resume=False)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> SearchResult:
+        ck = self.checkpoint
+        if ck is not None:
+            restored = ck.restore(self, self.problem)
+            if restored is not None:
+                self.log(f"resuming the search from step {self.step_no} ({self.problem.n_evals} evaluations)")
+        self._commit()
+        try:
+            while self.phase != "done":
+                phase = self._advance()
+                if phase is not None:
+                    self.step_no += 1
+                    self._record(phase)
+                self._commit()
+                if phase is not None and ck is not None:
+                    ck.save(self, self.problem, self.step_no, self.history, (self.ref_acc, self.ref_lat))
+        except KeyboardInterrupt as exc:
+            self._rollback()
+            if ck is not None:
+                ck.save(self, self.problem, self.step_no, self.history, (self.ref_acc, self.ref_lat), force=True)
+            signal = exc.signal if isinstance(exc, SearchInterrupted) else "SIGINT"
+            raise SearchInterrupted(self.result(partial=True), signal) from None
+        res = self.result()
+        if self.s["verbose"]:
+            self.log(res.summary())
+        return res
+
+    def result(self, partial: bool = False) -> SearchResult:
+        X, acc, lat = self.problem.archive()
+        idx = self.problem.front_indices()
+        if self.ref_acc is None or self.ref_lat is None:  # interrupted before the first step
+            self.ref_acc = float(np.nanmin(acc)) if np.isfinite(acc).any() else 0.0
+            self.ref_lat = float(lat.max()) if len(lat) else 1.0
+        t_total = time.perf_counter() - self.t0
+        s = self.s
+        return SearchResult(
+            space=self.space,
+            genomes=X[idx].astype(int),
+            accuracy=acc[idx].copy(),
+            latency=lat[idx].copy(),
+            budgets=list(self.budgets),
+            history=list(self.history),
+            wall_time=t_total,
+            n_evals=self.problem.n_evals,
+            seed=s["seed"],
+            hv_ref=(float(self.ref_acc), float(self.ref_lat)),
+            timings={"nsga2_s": self.nsga_s, "refine_s": t_total - self.nsga_s if self.nsga_s else 0.0,
+                     "refine_passes": self.refiner.passes, "cpu_s": time.process_time() - self.c0,
+                     "predict_s": self.problem.predict_s},
+            settings={**{k: s[k] for k in _SETTINGS}, "budgets": list(self.budgets),
+                      "max_latency": self.problem.max_latency},
+            partial=partial,
+        )
+
+
+def _fmt_list(v: Sequence[float]) -> str:
+    return "[" + ",".join(f"{x:g}" for x in v) + "]"
+
+
+def _fmt_s(sec: float) -> str:
+    sec = int(round(sec))
+    return f"{sec // 60}m{sec % 60:02d}s" if sec >= 60 else f"{sec}s"

@@ -1,4 +1,4 @@
-"""pymoo operators for the integer genome of an :class:`hwnas.spaces.SearchSpace`.
+"""Genetic operators for the integer genome of an :class:`hwnas.spaces.SearchSpace`.
 
 The genome of an MBConv space is ``[block per slot] + [depth per unit] + [resolution]``; every gene is
 an index into that gene's allowed choices, so any integer vector within the bounds decodes to a valid
@@ -12,23 +12,17 @@ use that structure:
   from one parent) or gene-wise uniform crossover;
 * :class:`ArchMutation` -- per-gene resampling at a rate over the genes that matter (active slots,
   depths, resolution), with neighbour moves (one step up or down) on ordered genes;
-* :class:`CanonicalRepair` -- inactive genes set to 0, so equal networks have equal genomes;
-* :class:`CanonicalDuplicateElimination` -- duplicates detected on canonical genomes by hashing
-  (linear time, unlike pymoo's pairwise distance matrix).
+* :meth:`GenomeLayout.canonical` -- inactive genes set to 0, so equal networks have equal genomes;
+  duplicates are found by hashing canonical rows (:func:`row_keys`, linear time).
 
-Every operator draws from the ``random_state`` pymoo hands it, so a seeded run is reproducible.
+Each operator works on a whole genome matrix at once and draws from the ``numpy.random.Generator`` it
+is given, so a seeded run is reproducible.
 """
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
-from pymoo.core.crossover import Crossover
-from pymoo.core.duplicate import DuplicateElimination
-from pymoo.core.mutation import Mutation
-from pymoo.core.repair import Repair
-from pymoo.core.sampling import Sampling
 
 from hwnas.spaces import SearchSpace
 
@@ -107,22 +101,6 @@ class GenomeLayout:
             return np.where(self.active(X) | (np.arange(self.n_var) >= self.n_slots)[None, :], X, 0)
         return X
 
-    def neighbours(self, x: np.ndarray) -> np.ndarray:
-        """All canonical genomes at one effective gene change from ``x`` (unique, ``x`` excluded)."""
-        x = self.canonical(x)[0]
-        act = self.active(x[None])[0]
-        rows = []
-        for g in np.flatnonzero(act):
-            for v in range(self.sizes[g]):
-                if v != x[g]:
-                    y = x.copy()
-                    y[g] = v
-                    rows.append(y)
-        if not rows:
-            return np.zeros((0, self.n_var), dtype=int)
-        Y = self.canonical(np.array(rows))
-        return unique_rows(Y)
-
 
 def row_keys(X: np.ndarray) -> list[bytes]:
     """Hashable keys of integer rows (for duplicate detection)."""
@@ -165,18 +143,17 @@ def structured_genomes(space: SearchSpace) -> np.ndarray:
     return unique_rows(lay.canonical(np.array(rows)))
 
 
-class ArchSampling(Sampling):
+class ArchSampling:
     """Uniform random genomes; with ``structured > 0`` that fraction of the initial population is
     drawn from :func:`structured_genomes` (always including the smallest and the largest arch)."""
 
-    def __init__(self, space: SearchSpace, structured: float = 0.25) -> None:
-        super().__init__()
+    def __init__(self, space: SearchSpace, structured: float) -> None:
         self.space = space
         self.structured = float(structured)
         self.layout = GenomeLayout(space)
 
-    def _do(self, problem: Any, n_samples: int, *args: Any, random_state: np.random.Generator = None, **kwargs: Any) -> np.ndarray:
-        rng = random_state
+    def __call__(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """``n_samples`` distinct canonical genomes."""
         sizes = self.layout.sizes
         parts = []
         n_struct = int(round(self.structured * n_samples))
@@ -195,7 +172,7 @@ class ArchSampling(Sampling):
 
 
 # ============================================================================ crossover
-class ArchCrossover(Crossover):
+class ArchCrossover:
     """Two parents -> two complementary children.
 
     ``mode="unit"``: each unit (its slot genes and its depth gene) and the resolution gene come whole
@@ -204,18 +181,20 @@ class ArchCrossover(Crossover):
     ``mode="mixed"``: per mating, one of the two at random.
     """
 
-    def __init__(self, space: SearchSpace, mode: str = "unit", prob: float = 0.9) -> None:
+    def __init__(self, space: SearchSpace, mode: str, prob: float) -> None:
         if mode not in ("unit", "uniform", "mixed"):
             raise ValueError(f"search.crossover.mode={mode!r} is unknown; allowed values: ['unit', 'uniform', 'mixed']")
-        super().__init__(2, 2, prob=prob)
         self.space = space
         self.mode = mode
+        self.prob = float(prob)
         self.layout = GenomeLayout(space)
 
-    def _do(self, problem: Any, X: np.ndarray, *args: Any, random_state: np.random.Generator = None, **kwargs: Any) -> np.ndarray:
-        rng = random_state
+    def __call__(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Parents ``X`` of shape ``(2, n_matings, n_var)`` -> children of the same shape; a mating
+        recombines with probability ``prob``, otherwise its children are copies of the parents."""
         _, n_matings, n_var = X.shape
         lay = self.layout
+        mate = rng.random(n_matings) < self.prob
         unit_swap = rng.random((n_matings, lay.n_groups)) < 0.5
         M_unit = unit_swap[:, lay.group]
         M_gene = rng.random((n_matings, n_var)) < 0.5
@@ -225,26 +204,25 @@ class ArchCrossover(Crossover):
             M = M_gene
         else:
             M = np.where((rng.random(n_matings) < 0.5)[:, None], M_unit, M_gene)
+        M &= mate[:, None]
         a, b = X[0], X[1]
         return np.stack([np.where(M, b, a), np.where(M, a, b)])
 
 
 # ============================================================================ mutation
-class ArchMutation(Mutation):
+class ArchMutation:
     """Mutate each effective gene (active slot, depth, resolution) with probability ``prob_var``
     (default ``1.5 / n_effective``; at least one gene always changes). A mutated ordered gene (depth,
     resolution) moves one step up or down with probability ``neighbour``, else it is resampled; block
     genes are resampled to a different value."""
 
-    def __init__(self, space: SearchSpace, prob_var: float | None = None, neighbour: float = 0.5, prob: float = 1.0) -> None:
-        super().__init__(prob=prob)
+    def __init__(self, space: SearchSpace, prob_var: float | None, neighbour: float) -> None:
         self.space = space
         self.rate = prob_var
         self.neighbour = float(neighbour)
         self.layout = GenomeLayout(space)
 
-    def _do(self, problem: Any, X: np.ndarray, *args: Any, random_state: np.random.Generator = None, **kwargs: Any) -> np.ndarray:
-        rng = random_state
+    def __call__(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         lay = self.layout
         X = np.asarray(X).astype(int).copy()
         n, n_var = X.shape
@@ -270,42 +248,3 @@ class ArchMutation(Mutation):
         new = np.where(use_step, moved, resampled)
         X = np.where(hit & (sizes[None, :] > 1), new, X)
         return X
-
-
-# ============================================================================ repair / duplicates
-class CanonicalRepair(Repair):
-    """Set the genes of inactive slots to 0 (canonical genome)."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        super().__init__()
-        self.layout = GenomeLayout(space)
-
-    def _do(self, problem: Any, X: np.ndarray, **kwargs: Any) -> np.ndarray:
-        return self.layout.canonical(np.rint(X).astype(int))
-
-
-class CanonicalDuplicateElimination(DuplicateElimination):
-    """Duplicates by canonical genome, found by hashing (O(n) instead of pymoo's O(n^2) distances)."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        super().__init__()
-        self.layout = GenomeLayout(space)
-
-    def _keys(self, pop: Any) -> list[bytes]:
-        return row_keys(self.layout.canonical(np.rint(pop.get("X")).astype(int)))
-
-    def _do(self, pop: Any, other: Any, is_duplicate: np.ndarray) -> np.ndarray:
-        keys = self._keys(pop)
-        if other is None:
-            seen: set[bytes] = set()
-            for i, k in enumerate(keys):
-                if k in seen:
-                    is_duplicate[i] = True
-                else:
-                    seen.add(k)
-        else:
-            other_keys = set(self._keys(other))
-            for i, k in enumerate(keys):
-                if k in other_keys:
-                    is_duplicate[i] = True
-        return is_duplicate

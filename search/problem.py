@@ -1,14 +1,16 @@
-"""The bi-objective NAS problem (maximise accuracy, minimise latency) as a vectorised pymoo ``Problem``.
+"""The bi-objective NAS problem (maximise accuracy, minimise latency) over a space's genome, with an
+archive of every arch evaluated.
 
-Objectives are ``F = [-accuracy, latency]`` (pymoo minimises). With latency budgets, the optional
-constraint is ``latency - max(budgets) <= 0``: the search then spends no effort on archs slower than
-the largest budget. Every evaluation hands the whole population to the predictors at once as a
+:class:`ArchProblem` hands each batch of new genomes to the predictors at once, as a
 :class:`hwnas.spaces.ArchBatch` (``space.batch(X)``), so predictors with a vectorised path never build
-arch objects.
+arch objects. Every distinct canonical genome is evaluated once: repeats are served from the archive,
+and the archive's feasible non-dominated set (``latency <= max_latency``) is kept up to date, so the
+front a search returns is never worse than anything it evaluated.
 
-The problem keeps an archive of every distinct (canonical) genome it evaluated with its objectives:
-repeated genomes are served from it, and the final front is taken from it (the archive's
-non-dominated set is never worse than the last population's).
+Latency is predicted first: an arch over ``max_latency`` is infeasible whatever its accuracy, so its
+accuracy is not predicted (NaN in the archive) -- with an expensive accuracy predictor, or a cheap
+one called tens of thousands of times, that is evaluation time saved for archs that can never be on
+the front.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
-from pymoo.core.problem import Problem
 
 from hwnas.predictors.base import as_predictor, predict_array
 from hwnas.spaces import SearchSpace
@@ -25,113 +26,136 @@ from hwnas.spaces import SearchSpace
 from .operators import GenomeLayout, row_keys
 
 
-class ArchProblem(Problem):
+class ArchProblem:
     """NAS over ``space`` with an accuracy and a latency predictor.
 
-    ``max_latency``: constraint ``latency <= max_latency`` (``None``: unconstrained).
+    ``max_latency``: only archs with ``latency <= max_latency`` count as feasible (``None``: all).
     """
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        accuracy: Any,
-        latency: Any,
-        max_latency: float | None = None,
-    ) -> None:
+    def __init__(self, space: SearchSpace, accuracy: Any, latency: Any, max_latency: float | None = None) -> None:
         self.space = space
         self.accuracy = as_predictor(accuracy, "accuracy")
         self.latency = as_predictor(latency, "latency")
-        self.max_latency = None if max_latency is None else float(max_latency)
         self.layout = GenomeLayout(space)
-        xl, xu = space.bounds
-        super().__init__(
-            n_var=space.n_var,
-            n_obj=2,
-            n_ieq_constr=0 if self.max_latency is None else 1,
-            xl=np.asarray(xl),
-            xu=np.asarray(xu),
-            vtype=int,
-        )
-        self.n_evals = 0  # predictor calls per arch (distinct archs evaluated)
-        self.predict_s = 0.0  # wall time spent inside the predictors
+        self.n_var = self.layout.n_var
+        self.n_evals = 0  # archs sent to the predictors (new ones, and accuracies filled in later)
+        self.predict_s = 0.0  # time spent inside the predictors
         self._index: dict[bytes, int] = {}
-        self._X: list[np.ndarray] = []
-        self._acc: list[np.ndarray] = []
-        self._lat: list[np.ndarray] = []
-        self._front = np.zeros(0, dtype=np.int64)  # archive indices of the feasible front
+        self._X = np.zeros((0, self.n_var), dtype=np.int16)
+        self._acc = np.zeros(0)
+        self._lat = np.zeros(0)
+        self.max_latency: float | None = None
+        self._front = np.zeros(0, dtype=np.int64)
+        self.set_max_latency(max_latency)
 
     # ------------------------------------------------------------------ evaluation
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(accuracy, latency) of canonical genomes ``X``; new genomes go through the predictors in
-        one batch, known ones come from the archive."""
-        X = self.layout.canonical(np.rint(np.asarray(X)).astype(int))
+    def canonical(self, X: np.ndarray) -> np.ndarray:
+        return self.layout.canonical(np.rint(np.asarray(X)).astype(int))
+
+    def is_new(self, X: np.ndarray) -> np.ndarray:
+        """Mask of the rows of canonical genomes ``X`` that the archive does not hold."""
+        return np.fromiter((k not in self._index for k in row_keys(X)), dtype=bool, count=len(X))
+
+    def missing(self, X: np.ndarray, full: bool = False) -> int:
+        """How many archs of canonical genomes ``X`` :meth:`predict` would send to a predictor."""
         keys = row_keys(X)
         idx = np.fromiter((self._index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        n = len({k for k, i in zip(keys, idx) if i < 0})
+        if full:
+            n += len(set(idx[(idx >= 0)][np.isnan(self._acc[idx[idx >= 0]])]))
+        return n
+
+    def predict(self, X: np.ndarray, full: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(accuracy, latency) of genomes ``X``; new canonical genomes go through the predictors in one
+        batch, known ones come from the archive. Accuracy is NaN for archs over ``max_latency``, unless
+        ``full`` (then it is predicted for them too, and kept)."""
+        X = self.canonical(X)
+        keys = row_keys(X)
+        index = self._index
+        idx = np.fromiter((index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
         new = np.flatnonzero(idx < 0)
         if len(new):
-            # de-duplicate within the batch too
             first: dict[bytes, int] = {}
-            uniq = []
-            for i in new:
-                if keys[i] not in first:
-                    first[keys[i]] = len(uniq)
-                    uniq.append(i)
+            for i in new:  # de-duplicate within the batch too
+                first.setdefault(keys[i], int(i))
+            uniq = np.fromiter(first.values(), dtype=np.int64, count=len(first))
             U = X[uniq]
             t = time.perf_counter()
             batch = self.space.batch(U)
-            acc = predict_array(self.accuracy, batch, "accuracy")
             lat = predict_array(self.latency, batch, "latency")
+            if not np.isfinite(lat).all():
+                raise ValueError(f"the latency predictor returned a non-finite value for arch {self.space.decode(U[~np.isfinite(lat)][:1])[0]}")
+            ok = np.ones(len(U), dtype=bool) if self.max_latency is None else lat <= self.max_latency
+            acc = np.full(len(U), np.nan)
+            if ok.all():
+                acc = predict_array(self.accuracy, batch, "accuracy")
+            elif ok.any():
+                acc[ok] = predict_array(self.accuracy, self.space.batch(U[ok]), "accuracy")
             self.predict_s += time.perf_counter() - t
-            if not (np.isfinite(acc).all() and np.isfinite(lat).all()):
-                bad = U[~(np.isfinite(acc) & np.isfinite(lat))][0]
-                raise ValueError(f"a predictor returned a non-finite value for arch {self.space.decode(bad[None])[0]}")
-            base = len(self._index)
-            for j, i in enumerate(uniq):
-                self._index[keys[i]] = base + j
-            self._X.append(U)
-            self._acc.append(acc)
-            self._lat.append(lat)
-            self.n_evals += len(uniq)
-            # update the feasible front incrementally: old front + new feasible points
-            ok = np.ones(len(lat), dtype=bool) if self.max_latency is None else lat <= self.max_latency
-            cand = np.concatenate([self._front, base + np.flatnonzero(ok)])
-            a_all, l_all = self.archive_objectives()
-            self._front = cand[pareto_mask(a_all[cand], l_all[cand])]
-            for i in new:
-                idx[i] = self._index[keys[i]]
-        acc_all, lat_all = self.archive_objectives()
-        return acc_all[idx], lat_all[idx]
+            if not np.isfinite(acc[ok]).all():
+                bad = U[ok][~np.isfinite(acc[ok])][:1]
+                raise ValueError(f"the accuracy predictor returned a non-finite value for arch {self.space.decode(bad)[0]}")
+            base = len(self._acc)
+            self._append(U, acc, lat)
+            for j, k in enumerate(first):
+                index[k] = base + j
+            idx[new] = [index[keys[i]] for i in new]
+        if full:
+            fill = np.unique(idx[np.isnan(self._acc[idx])])
+            if len(fill):
+                t = time.perf_counter()
+                acc = predict_array(self.accuracy, self.space.batch(self._X[fill].astype(int)), "accuracy")
+                self.predict_s += time.perf_counter() - t
+                self._acc = self._acc.copy()
+                self._acc[fill] = acc
+                self.n_evals += len(fill)
+        return self._acc[idx], self._lat[idx]
 
-    def _evaluate(self, X: np.ndarray, out: dict, *args: Any, **kwargs: Any) -> None:
-        acc, lat = self.predict(X)
-        out["F"] = np.column_stack([-acc, lat])
+    def _append(self, U: np.ndarray, acc: np.ndarray, lat: np.ndarray) -> None:
+        base = len(self._acc)
+        self._X = np.concatenate([self._X, U.astype(np.int16)]) if base else U.astype(np.int16)
+        self._acc = np.concatenate([self._acc, acc])
+        self._lat = np.concatenate([self._lat, lat])
+        self.n_evals += len(U)
+        ok = np.arange(base, base + len(U))
         if self.max_latency is not None:
-            out["G"] = (lat - self.max_latency)[:, None]
+            ok = ok[lat <= self.max_latency]
+        cand = np.concatenate([self._front, ok])
+        self._front = cand[pareto_mask(self._acc[cand], self._lat[cand])]
 
     # ------------------------------------------------------------------ archive
     def archive(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All distinct genomes evaluated so far with their accuracy and latency."""
-        if not self._X:
-            return np.zeros((0, self.n_var), dtype=int), np.zeros(0), np.zeros(0)
-        if len(self._X) > 1:  # compact the chunks
-            self._X = [np.concatenate(self._X)]
-            self._acc = [np.concatenate(self._acc)]
-            self._lat = [np.concatenate(self._lat)]
-        return self._X[0], self._acc[0], self._lat[0]
+        """All distinct genomes evaluated so far (in evaluation order; int16, read-only) with their
+        accuracy and latency."""
+        return self._X, self._acc, self._lat
+
+    def __len__(self) -> int:
+        return len(self._acc)
 
     def front_indices(self) -> np.ndarray:
         """Archive indices of the non-dominated feasible archs (``latency <= max_latency``), sorted by
         latency."""
-        _, _, lat = self.archive()
-        return self._front[np.argsort(lat[self._front], kind="stable")]
+        return self._front[np.argsort(self._lat[self._front], kind="stable")]
 
-    def archive_objectives(self) -> tuple[np.ndarray, np.ndarray]:
-        _, a, l = self.archive()
-        return a, l
+    def set_max_latency(self, max_latency: float | None) -> None:
+        """Set the feasibility limit (the front is recomputed). It may not grow past archived archs whose
+        accuracy was skipped as infeasible."""
+        new = None if max_latency is None else float(max_latency)
+        skipped = self._lat[np.isnan(self._acc)]
+        if len(skipped) and (new is None or (skipped <= new).any()):  # pragma: no cover - a misuse
+            raise ValueError("max_latency cannot grow past archs evaluated as infeasible (their accuracy was skipped)")
+        self.max_latency = new
+        ok = np.arange(len(self._lat)) if self.max_latency is None else np.flatnonzero(self._lat <= self.max_latency)
+        self._front = ok[pareto_mask(self._acc[ok], self._lat[ok])]
 
-    def contains(self, X: np.ndarray) -> np.ndarray:
-        keys = row_keys(self.layout.canonical(X))
-        return np.array([k in self._index for k in keys], dtype=bool)
+    def load_archive(self, X: np.ndarray, acc: np.ndarray, lat: np.ndarray) -> None:
+        """Replace the archive by saved rows (canonical genomes, in evaluation order)."""
+        self._X = np.asarray(X, dtype=np.int16).reshape(-1, self.n_var)
+        self._acc = np.asarray(acc, dtype=float).copy()
+        self._lat = np.asarray(lat, dtype=float).copy()
+        self._index = {k: i for i, k in enumerate(row_keys(self._X))}
+        self.n_evals = len(self._acc) + int(np.sum(np.isfinite(self._acc) & (self._lat > (self.max_latency or np.inf))))
+        self.set_max_latency(self.max_latency)
 
 
 # ============================================================================ front utilities
@@ -162,7 +186,6 @@ def hypervolume(acc: np.ndarray, lat: np.ndarray, ref_acc: float, ref_lat: float
     a, l = a[o], l[o]
     # staircase: point i holds accuracy a[i] from latency l[i] until l[i+1] (a increases with l)
     widths = np.diff(np.append(l, ref_lat))
-    # area = sum over segments of (best acc reachable at that latency - ref) * width
     return float(np.sum((a - ref_acc) * widths))
 
 
@@ -185,7 +208,7 @@ def as_budgets(budgets: Sequence[float] | float | None) -> list[float]:
             v = float(b)
         except (TypeError, ValueError):
             raise ValueError(f"search.budgets entry {b!r} is not a number; write e.g. search.budgets=[15,20]") from None
-        if not v > 0:
-            raise ValueError(f"search.budgets entry {b!r} must be > 0 (latency, same unit as the latency predictor)")
+        if not v > 0 or v != v or v == float("inf"):
+            raise ValueError(f"search.budgets entry {b!r} must be a finite number > 0 (latency, same unit as the latency predictor)")
         out.append(v)
     return sorted(set(out))

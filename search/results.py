@@ -4,14 +4,18 @@
 
 * ``pareto.csv`` -- one row per front member, sorted by latency: ``rank, accuracy, latency, arch_str, arch``
   (``arch`` is the JSON dict in OFA's convention);
-* ``pareto.json`` -- ``{"space": <space config>, "budgets": [...], "best": {budget: row}, "front": [rows]}``
-  where a row is ``{"arch": {...}, "arch_str": "...", "accuracy": .., "latency": ..}``;
-* ``history.csv`` -- per generation (and refinement pass): ``gen, phase, n_evals, front_size,
+* ``pareto.json`` -- ``{"space": {"space": name, "options": {...}}, "budgets": [...], "best": {budget: row},
+  "front": [rows], "partial": bool, "settings_key": ...}`` where a row is
+  ``{"arch": {...}, "arch_str": "...", "accuracy": .., "latency": ..}``. The space is data (a registered
+  name and plain options, :mod:`hwnas.spaces.io`), never a class to build;
+* ``history.csv`` -- per step (generation or refinement pass): ``gen, phase, n_evals, front_size,
   hypervolume, time_s, best_acc@<budget>...``;
-* ``pareto.png`` -- the front, every budget as a vertical line with its best arch marked;
+* ``pareto.png`` -- the front, every budget as a vertical line with its best arch marked (legend, no
+  labels that can overlap); an older ``pareto.png`` is removed when no plot is written;
 * ``config.yaml`` -- the resolved config (when given).
 
-``load_front(path, space)`` reads ``pareto.json`` back into validated archs with their objectives.
+``read_front(path)`` / ``load_front(path, space)`` read ``pareto.json`` back (file or run folder) into
+validated archs with their objectives; anything malformed is one error naming the file.
 """
 
 from __future__ import annotations
@@ -25,8 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.predictors.assets import atomic_path, atomic_write  # noqa: F401  (atomic_write re-exported)
+from hwnas.spaces.errors import UserError
 
 from .nsga import SearchResult
+
+#: the files a search writes into its run folder
+RESULT_FILES = ("pareto.csv", "pareto.json", "history.csv", "pareto.png", "config.yaml")
+
+
+class ResultsError(UserError, ValueError):
+    """A results file cannot be read; the message names the file and what is wrong."""
 
 
 def _csv(rows: list[dict], fields: list[str]) -> str:
@@ -38,11 +50,19 @@ def _csv(rows: list[dict], fields: list[str]) -> str:
     return buf.getvalue()
 
 
-def _num(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+def space_block(space: Any) -> dict:
+    """The ``space`` entry of ``pareto.json``: :func:`hwnas.spaces.io.space_spec`, or for a space that
+    is not registered (so no file can name it) its name alone."""
+    from hwnas.spaces.base import SpaceError
+    from hwnas.spaces.io import space_spec
+
+    try:
+        return space_spec(space)
+    except SpaceError:
+        return {"space": None, "name": getattr(space, "name", type(space).__name__)}
 
 
-def front_json(result: SearchResult) -> dict:
+def front_json(result: SearchResult, key: str | None = None) -> dict:
     rows = result.rows()
     best = {}
     for b, item in result.best_at_budgets().items():
@@ -51,9 +71,10 @@ def front_json(result: SearchResult) -> dict:
         else:
             arch, acc, lat = item
             best[f"{b:g}"] = {"arch": arch.to_dict(), "arch_str": str(arch), "accuracy": acc, "latency": lat}
-    space_cfg = result.space.to_config() if hasattr(result.space, "to_config") else {"name": getattr(result.space, "name", "")}
     return {
-        "space": space_cfg,
+        "space": space_block(result.space),
+        "partial": bool(result.partial),
+        "settings_key": key,
         "budgets": list(result.budgets),
         "objectives": {"accuracy": "maximise", "latency": "minimise"},
         "hv_ref": {"accuracy": result.hv_ref[0], "latency": result.hv_ref[1]},
@@ -66,8 +87,10 @@ def front_json(result: SearchResult) -> dict:
     }
 
 
-def write_results(result: SearchResult, out_dir: str | os.PathLike, config: Any = None, plot: bool = True) -> dict[str, Path]:
-    """Write the results files into ``out_dir``; returns ``{name: path}``."""
+def write_results(result: SearchResult, out_dir: str | os.PathLike, config: Any = None, plot: bool = True,
+                  key: str | None = None) -> dict[str, Path]:
+    """Write the results files into ``out_dir``; returns ``{name: path}``. ``key``: the settings
+    fingerprint recorded in ``pareto.json`` (a rerun compares it)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -79,7 +102,6 @@ def write_results(result: SearchResult, out_dir: str | os.PathLike, config: Any 
         for i, r in enumerate(rows)
     ]
     paths["pareto.csv"] = atomic_write(out / "pareto.csv", _csv(csv_rows, ["rank", "accuracy", "latency", "arch_str", "arch"]))
-    paths["pareto.json"] = atomic_write(out / "pareto.json", json.dumps(front_json(result), indent=1) + "\n")
 
     hist_fields = ["gen", "phase", "n_evals", "front_size", "hypervolume", "time_s"] + [f"best_acc@{b:g}" for b in result.budgets]
     hist_rows = []
@@ -102,52 +124,87 @@ def write_results(result: SearchResult, out_dir: str | os.PathLike, config: Any 
 
     if plot:
         paths["pareto.png"] = plot_front(result, out / "pareto.png")
+    else:
+        (out / "pareto.png").unlink(missing_ok=True)  # a plot of older results would be stale
+    # pareto.json last: its "partial" flag and key describe the whole set
+    paths["pareto.json"] = atomic_write(out / "pareto.json", json.dumps(front_json(result, key), indent=1) + "\n")
     return paths
 
 
 def plot_front(result: SearchResult, path: str | os.PathLike) -> Path:
-    """Accuracy vs latency of the front, budgets as dashed lines with the best arch under each."""
-    import matplotlib
+    """Write :func:`front_figure` as a PNG (atomically)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    FigureCanvasAgg(front_figure(result)).print_png(buf)
+    return atomic_write(Path(path), buf.getvalue())
+
+
+def front_figure(result: SearchResult) -> Any:
+    """Accuracy vs latency of the front; each budget a dashed line with its best arch starred, named
+    in the legend (so no two labels can overlap, however close the budgets)."""
+    from matplotlib.figure import Figure
 
     scale = 100.0 if len(result.accuracy) and abs(result.accuracy).max() <= 1.0 else 1.0
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    unit = "%" if scale == 100 else ""
+    fig = Figure(figsize=(6.4, 4.4), dpi=110)
+    ax = fig.add_subplot()
     ax.step(result.latency, result.accuracy * scale, where="post", color="tab:blue", lw=1, alpha=0.6)
-    ax.plot(result.latency, result.accuracy * scale, "o", ms=3, color="tab:blue", label=f"Pareto front ({len(result)} archs)")
-    for b, item in result.best_at_budgets().items():
-        ax.axvline(b, color="tab:gray", ls="--", lw=0.8)
-        if item is not None:
+    ax.plot(result.latency, result.accuracy * scale, "o", ms=3, color="tab:blue", label=f"front ({len(result)} archs)")
+    colors = ["tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+    for i, (b, item) in enumerate(result.best_at_budgets().items()):
+        c = colors[i % len(colors)]
+        ax.axvline(b, color=c, ls="--", lw=0.8)
+        if item is None:
+            ax.plot([], [], "*", color=c, label=f"≤ {b:g}: none")
+        else:
             _, acc, lat = item
-            ax.plot([lat], [acc * scale], "*", ms=10, color="tab:red")
-            ax.annotate(f"{acc * scale:.2f}" + ("%" if scale == 100 else ""), (lat, acc * scale), textcoords="offset points",
-                        xytext=(-4, 6), ha="right", fontsize=8)
-    ax.set_xlabel("latency" + (" (ms)" if True else ""))
+            ax.plot([lat], [acc * scale], "*", ms=11, color=c, label=f"≤ {b:g}: {acc * scale:.2f}{unit} at {lat:.4g}")
+    ax.set_xlabel("latency")
     ax.set_ylabel("predicted top-1 (%)" if scale == 100 else "accuracy")
-    ax.set_title(f"{getattr(result.space, 'name', 'space')}: {result.n_evals} evals, {result.wall_time:.1f} s")
+    title = f"{getattr(result.space, 'name', 'space')}: {result.n_evals} evals"
+    ax.set_title(title + (" (partial)" if result.partial else ""))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return atomic_write(path, buf.getvalue())
+    return fig
+
+
+def read_front(path: str | os.PathLike, space: Any = None) -> tuple[Any, list[dict], dict]:
+    """``(space, rows, data)`` of a ``pareto.json`` (the file or its run folder): rows with ``arch``
+    validated; the space is rebuilt from the file's data through the space registry unless given."""
+    from hwnas.spaces.base import SpaceError
+    from hwnas.spaces.io import space_from_spec
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "pareto.json"
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"{p} does not exist; give a search run folder or its pareto.json") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{p} is not a pareto.json ({type(exc).__name__}: {exc}); give a search run folder") from None
+    if not isinstance(data, dict) or not isinstance(data.get("front"), list):
+        got = type(data.get("front")).__name__ if isinstance(data, dict) and "front" in data else "no 'front'"
+        raise ResultsError(f"{p}: 'front' must be a list of {{'arch': ..., 'accuracy': .., 'latency': ..}} rows (got {got})")
+    if space is None:
+        block = data.get("space")
+        if isinstance(block, dict) and block.get("space") is None and "name" in block:
+            raise ResultsError(f"{p}: space {block['name']!r} is not a registered space, so the file cannot rebuild it; pass the space")
+        space = space_from_spec(block, source=p)
+    rows = []
+    for i, row in enumerate(data["front"]):
+        if not isinstance(row, dict) or "arch" not in row:
+            raise ResultsError(f"{p}: front[{i}] has no 'arch'; rows look like {{'arch': {{...}}, 'accuracy': .., 'latency': ..}}")
+        try:
+            rows.append({**row, "arch": space.validate(row["arch"])})
+        except SpaceError as exc:
+            raise ResultsError(f"{p}: front[{i}]: {exc}") from None
+    return space, rows, data
 
 
 def load_front(path: str | os.PathLike, space: Any = None) -> list[dict]:
     """Rows of a ``pareto.json`` (file or its folder) with ``arch`` validated into the space's arch type
-    (``space`` defaults to the one recorded in the file)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "pareto.json"
-    data = json.loads(p.read_text())
-    if space is None:
-        from hydra.utils import instantiate
-
-        space = instantiate(data["space"], _convert_="all")
-    out = []
-    for row in data["front"]:
-        out.append({**row, "arch": space.validate(row["arch"])})
-    return out
+    (``space`` defaults to the one recorded in the file, rebuilt as data; see :func:`read_front`)."""
+    return read_front(path, space)[1]

@@ -71,14 +71,14 @@ class ExportItem:
 
 
 # ============================================================================ inputs
-def _space_from_cfg(cfg: Any) -> SearchSpace:
-    if isinstance(cfg, dict) and "_target_" in cfg:
-        from hydra.utils import instantiate
+def _space_from_cfg(cfg: Any, source: Any = "pareto.json") -> SearchSpace:
+    """The space a ``pareto.json`` records: data rebuilt through the space registry, never built from a
+    ``_target_`` in the file (:func:`hwnas.spaces.io.space_from_spec`)."""
+    from hwnas.spaces.io import space_from_spec
 
-        return instantiate(cfg, _convert_="all")
-    if isinstance(cfg, dict) and cfg.get("name"):
-        return create_space(cfg["name"])
-    raise ExportError("pareto.json has no usable 'space' entry; pass the space name (--space)")
+    if cfg is None or (isinstance(cfg, dict) and cfg.get("space", "") is None):
+        raise ExportError(f"{source} has no usable 'space' entry; pass the space name (--space)")
+    return space_from_spec(cfg, source=source)
 
 
 def read_archs(source: str | os.PathLike | Any, space: SearchSpace | str | None = None) -> tuple[SearchSpace, list[ExportItem]]:
@@ -108,8 +108,10 @@ def read_archs(source: str | os.PathLike | Any, space: SearchSpace | str | None 
             raise ExportError("an arch given inline needs the space (--space NAME)")
         return space, [ExportItem(arch=space.validate(source))]
     if isinstance(data, dict) and "front" in data:
+        if not isinstance(data["front"], list):
+            raise ExportError(f"{p}: 'front' must be a list of {{'arch': ..}} rows, not {type(data['front']).__name__}")
         if space is None:
-            space = _space_from_cfg(data.get("space"))
+            space = _space_from_cfg(data.get("space"), p)
         items = []
         for i, row in enumerate(data["front"]):
             if not isinstance(row, dict) or "arch" not in row:

@@ -82,6 +82,24 @@ def test_tiny_search_end_to_end(tmp_path, data_dir):
     assert "pop_size: 16" in cfg and "resolutions:" in cfg
 
 
+def test_predictor_only_search_never_imports_torch(tmp_path, data_dir):
+    """The README command's objects and search run without torch (and without matplotlib unless plotting)."""
+    code = (
+        "import sys\n"
+        "from hydra import compose, initialize_config_module\n"
+        "from hwnas.search.cli import run_from_config\n"
+        "with initialize_config_module(config_module='hwnas.conf', version_base='1.3'):\n"
+        f"    cfg = compose('config', overrides=['assets.mirror={data_dir}', 'search.n_gen=2', 'search.pop_size=16',\n"
+        "                                       'search.refine.passes=1', 'search.plot=false', 'search.verbose=false'])\n"
+        f"run_from_config(cfg, out_dir={str(tmp_path / 'run')!r})\n"
+        "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "run" / "pareto.json").is_file() and not (tmp_path / "run" / "pareto.png").exists()
+
+
 def test_custom_predictors_by_target(tmp_path):
     """Both predictors defined in this test module, plugged in by _target_ with an extra argument."""
     run_dir = tmp_path / "run"
@@ -96,7 +114,7 @@ def test_custom_predictors_by_target(tmp_path):
 
     data = json.loads((run_dir / "pareto.json").read_text())
     space = create_space("ofa_mbv3_w12")  # no latency config setting resolutions: the space's defaults
-    assert data["space"]["resolutions"] == space.resolutions
+    assert data["space"] == {"space": "ofa_mbv3_w12", "options": {**data["space"]["options"], "resolutions": space.resolutions}}
     archs = [space.validate(r["arch"]) for r in data["front"]]
     np.testing.assert_allclose([r["accuracy"] for r in data["front"]], ToyAccuracy(scale=0.5).predict(archs))
     np.testing.assert_allclose([r["latency"] for r in data["front"]], ToyLatency().predict(archs))
@@ -156,7 +174,7 @@ def test_bad_values_raise_config_error(overrides, match, tmp_path):
     from hwnas.search.cli import ConfigError, run_from_config
 
     base = ["latency=custom", "latency._target_=test_cli.ToyLatency", "accuracy._target_=test_cli.ToyAccuracy",
-            "~accuracy.path", "~accuracy.device", "search.n_gen=1", "search.pop_size=8", "search.verbose=false", "search.refine.passes=0",
+            "~accuracy.path", "search.n_gen=1", "search.pop_size=8", "search.verbose=false", "search.refine.passes=0",
             "search.plot=false"]
     if "accuracy=custom" in overrides:
         base = [o for o in base if not o.startswith(("accuracy.", "~accuracy"))]
@@ -166,15 +184,27 @@ def test_bad_values_raise_config_error(overrides, match, tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_over_budgets(tmp_path):
+def test_multirun_summary_and_a_failing_job_recorded(tmp_path):
+    """A sweep writes one summary of every job; a job with impossible budgets is recorded, not fatal."""
     p = run_cli(["--multirun", "accuracy=custom", "accuracy._target_=test_cli.ToyAccuracy", "latency=custom",
-                 "latency._target_=test_cli.ToyLatency", "search.budgets=[10],[14]", *TINY,
+                 "latency._target_=test_cli.ToyLatency", "search.budgets=[10],[0.001],[14]", *TINY,
                  f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=${hydra.job.num}"], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
-    for i, b in enumerate((10, 14)):
-        data = json.loads((tmp_path / "sweep" / str(i) / "pareto.json").read_text())
+    sweep = tmp_path / "sweep"
+    for i, b in ((0, 10), (2, 14)):
+        data = json.loads((sweep / str(i) / "pareto.json").read_text())
         assert data["budgets"] == [float(b)]
         assert max(r["latency"] for r in data["front"]) <= b
+    failed = json.loads((sweep / "1" / "failed.json").read_text())
+    assert failed["error"].startswith("hwnas-search: error: search.budgets=[0.001]") and not (sweep / "1" / "pareto.json").exists()
+    rows = (sweep / "summary.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("job,overrides,status,n_evals,hypervolume")
+    by_job = {r.split(",")[0]: r for r in rows[1:]}
+    assert by_job["0"].split(",")[2] == "ok" and by_job["2"].split(",")[2] == "ok"
+    assert "failed: hwnas-search: error: search.budgets=[0.001]" in by_job["1"]
+    assert "search.budgets=[14]" in by_job["2"]
+    assert (sweep / "summary.md").read_text().count("\n") == 2 + 3
+    assert (sweep / "fronts.png").stat().st_size > 1000
 
 
 def test_a_plugin_in_the_working_directory_imports_without_pythonpath(tmp_path, monkeypatch):

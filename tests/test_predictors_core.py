@@ -102,6 +102,27 @@ def test_ofa_predictor_rejects_other_spaces(acc):
         OFAAccuracyPredictor(space=create_space("ofa_mbv3_w12")).predict([dict(LARGEST, d=[1, 4, 4, 4, 4])])
 
 
+def test_ofa_predictor_in_numpy_equals_the_torch_forward_pass(acc, data_dir, tmp_path):
+    """The official file read without torch (restricted reader) equals torch.load; the numpy MLP equals
+    torch's forward pass of those weights (to float32 rounding)."""
+    from hwnas.predictors.tensorfile import read_tensors
+
+    path = data_dir / "ofa" / "acc_predictor.pth"
+    ref = torch.load(path, map_location="cpu", weights_only=True)
+    ours = read_tensors(path)
+    assert list(ours) == list(ref) and all(np.array_equal(ours[k], ref[k].numpy()) for k in ref)
+    torch.save(ref, tmp_path / "zip.pth")  # the newer zip layout reads the same
+    assert all(np.array_equal(read_tensors(tmp_path / "zip.pth")[k], ref[k].numpy()) for k in ref)
+    mlp = torch.nn.Sequential(torch.nn.Linear(128, 400), torch.nn.ReLU(), torch.nn.Linear(400, 400), torch.nn.ReLU(),
+                              torch.nn.Linear(400, 400), torch.nn.ReLU(), torch.nn.Linear(400, 1))
+    mlp.load_state_dict(ref)
+    space = create_space("ofa_mbv3_w12")
+    batch = space.batch(space.sample_genomes(2000, 5))
+    with torch.no_grad():
+        want = mlp(torch.from_numpy(acc.features(batch)))[:, 0].double().numpy()
+    np.testing.assert_allclose(acc.predict(batch), want, rtol=0, atol=2e-7)
+
+
 def test_ofa_predictor_refuses_truncated_file(tmp_path, data_dir):
     good = (data_dir / "ofa" / "acc_predictor.pth").read_bytes()
     bad = tmp_path / "truncated.pth"
@@ -241,7 +262,6 @@ def test_proxyless_lut_hand_summed(proxyless, data_dir):
 
 def test_proxyless_table_prices_the_whole_space(proxyless, data_dir):
     sp = proxyless.space
-    assert proxyless.missing_keys() == []
     table = read_lut(data_dir / "proxylessnas" / "mobile_trim.yaml")
     mb_keys = {k for k in table if k.startswith("expanded_conv")}
     assert len(mb_keys) == 69
@@ -262,7 +282,6 @@ def test_proxyless_table_prices_the_whole_space(proxyless, data_dir):
 
 def test_note10_tables_price_the_whole_space(note10):
     assert note10.format == "ofa" and note10.resolutions() == NOTE10_RES
-    assert note10.missing_keys() == []
     small, big = note10.predict([SMALLEST, LARGEST])
     assert small < big and 5 < small < 15 and 80 < big < 110
 
@@ -291,21 +310,37 @@ def test_fast_path_on_batch_of_reduced_space(note10):
         note10.predict(create_space("ofa_mbv3_w10", resolutions=[224]).batch(np.zeros((1, 26), int)))
 
 
-def test_missing_key_is_named(tmp_path, note10_space, data_dir):
+def test_table_checked_against_the_space_at_load(tmp_path, data_dir):
+    """Missing entries and non-positive means are one error when the table is loaded, not mid-search."""
     table = read_lut(data_dir / "ofa" / "note10" / "224_lookup_table.yaml")
     gone = "expanded_conv-input:14x14x136-output:14x14x136-expand:816-kernel:7-stride:1-idskip:1-se:1-hs:1"
     del table[gone]
     path = write_ofa_yaml(table, tmp_path / "224_partial.yaml")
     sp = create_space("ofa_mbv3_w12", resolutions=[224])
-    lut = LookupTableLatency(sp, str(path))
-    assert [k for _, k in lut.missing_keys()] == [gone]
-    ok = dict(LARGEST, e=[4] * 20)
-    assert np.isfinite(lut.predict([ok])).all()
-    for archs in ([LARGEST], sp.batch(sp.encode([LARGEST]))):
-        with pytest.raises(MissingLatencyEntry) as info:
-            lut.predict(archs)
-        assert gone in str(info.value) and "224_partial.yaml" in str(info.value) and "unit3.layer1" in str(info.value)
-        assert info.value.key == gone
+    with pytest.raises(LatencyTableError) as info:
+        LookupTableLatency(sp, str(path))
+    msg = str(info.value)
+    assert "224_partial.yaml lacks 1 entries" in msg and gone in msg and "(unit3.layer" in msg and "\n" not in msg
+    # a space restricted to what the table prices is accepted
+    assert np.isfinite(LookupTableLatency(create_space("ofa_mbv3_w12", resolutions=[224], block_choices=[
+        "k3e3", "k3e4", "k3e6", "k5e3", "k5e4", "k5e6", "k7e3", "k7e4"]), str(path)).predict(sp.sample(3, 0)[:0]).all())
+    neg = read_lut(data_dir / "ofa" / "note10" / "224_lookup_table.yaml")
+    key = next(k for k in neg if k.startswith("Conv-"))
+    neg[key] = dict(neg[key], mean=-408.6)
+    (tmp_path / "neg").mkdir()
+    (tmp_path / "neg" / "224_lookup_table.yaml").write_text(
+        "".join(f"{k}:\n  count: 1\n  mean: {v['mean']!r}\n  std: 0.0\n" for k, v in neg.items()))
+    with pytest.raises(LatencyTableError, match=r"finite and > 0: .*224_lookup_table.yaml: Conv-.* has mean=-408.6"):
+        LookupTableLatency(sp, str(tmp_path / "neg"))  # a folder of <r>_lookup_table.yaml files
+
+
+def test_a_folder_of_tables_is_the_pattern(tmp_path, data_dir, note10_space):
+    for r in NOTE10_RES:
+        write_ofa_yaml(read_lut(data_dir / "ofa" / "note10" / f"{r}_lookup_table.yaml"), tmp_path / "luts" / f"{r}_lookup_table.yaml")
+    folder = LookupTableLatency(note10_space, str(tmp_path / "luts"))
+    ref = LookupTableLatency(note10_space, mirror=data_dir)
+    batch = note10_space.batch(note10_space.sample_genomes(50, rng=1))
+    assert np.array_equal(folder.predict(batch), ref.predict(batch))
 
 
 def test_missing_resolution_lists_available(data_dir):

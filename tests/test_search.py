@@ -6,19 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from pymoo.core.population import Population
 
-from hwnas.search.nsga import neighbour_matrix, run_search
-from hwnas.search.operators import (
-    ArchCrossover,
-    ArchMutation,
-    ArchSampling,
-    CanonicalDuplicateElimination,
-    CanonicalRepair,
-    GenomeLayout,
-    structured_genomes,
-)
+from hwnas.search.nsga import crowding_distance, nondominated_rank, run_search
+from hwnas.search.operators import ArchCrossover, ArchMutation, ArchSampling, GenomeLayout, row_keys, structured_genomes
 from hwnas.search.problem import ArchProblem, hypervolume, pareto_mask
+from hwnas.search.refine import neighbour_matrix, neighbour_moves, pair_moves
 from hwnas.search.results import load_front, write_results
 from hwnas.spaces import create_space
 
@@ -58,6 +50,18 @@ class ToyLatency:
         return np.array(out)
 
 
+class CountingAccuracy(ToyAccuracy):
+    """ToyAccuracy that records the size of every batch it predicts."""
+
+    def __init__(self, space=None):
+        super().__init__(space)
+        self.calls: list[int] = []
+
+    def predict(self, archs):
+        self.calls.append(len(archs))
+        return super().predict(archs)
+
+
 @pytest.fixture(scope="module")
 def space():
     return create_space("ofa_mbv3_w12", resolutions=NOTE10_RES)
@@ -90,8 +94,8 @@ def test_structured_sampling_includes_extremes_and_is_seeded(space):
     assert (S[1] == hi).all()
     assert len({r.tobytes() for r in S}) == len(S)
     samp = ArchSampling(space, structured=0.25)
-    X1 = samp.do(None, 40, random_state=np.random.default_rng(3)).get("X")
-    X2 = samp.do(None, 40, random_state=np.random.default_rng(3)).get("X")
+    X1 = samp(40, np.random.default_rng(3))
+    X2 = samp(40, np.random.default_rng(3))
     np.testing.assert_array_equal(X1, X2)
     assert X1.shape == (40, space.n_var)
     assert (X1 >= lo).all() and (X1 <= hi).all()
@@ -100,10 +104,10 @@ def test_structured_sampling_includes_extremes_and_is_seeded(space):
 
 
 def test_unit_crossover_moves_whole_units(space):
-    cx = ArchCrossover(space, mode="unit")
+    cx = ArchCrossover(space, mode="unit", prob=1.0)
     rng = np.random.default_rng(0)
     X = np.stack([space.sample_genomes(30, 1), space.sample_genomes(30, 2)])
-    Q = cx._do(None, X, random_state=rng)
+    Q = cx(X, rng)
     lay = GenomeLayout(space)
     for child, other in ((Q[0], Q[1]),):
         for i in range(30):
@@ -118,9 +122,9 @@ def test_unit_crossover_moves_whole_units(space):
 
 
 def test_mutation_changes_an_effective_gene_within_bounds(space):
-    mut = ArchMutation(space)
+    mut = ArchMutation(space, prob_var=None, neighbour=0.5)
     X = space.canonical_genome(space.sample_genomes(200, 4))
-    Y = mut._do(None, X, random_state=np.random.default_rng(0))
+    Y = mut(X, np.random.default_rng(0))
     lo, hi = space.bounds
     assert (Y >= lo).all() and (Y <= hi).all()
     cx, cy = space.canonical_genome(X), space.canonical_genome(Y)
@@ -130,18 +134,20 @@ def test_mutation_changes_an_effective_gene_within_bounds(space):
     assert (dg == 1).sum() > 0
 
 
-def test_repair_and_duplicate_elimination_on_canonical_genomes(space):
+def test_crossover_without_mating_copies_the_parents(space):
+    X = np.stack([space.sample_genomes(20, 1), space.sample_genomes(20, 2)])
+    np.testing.assert_array_equal(ArchCrossover(space, mode="uniform", prob=0.0)(X, np.random.default_rng(0)), X)
+
+
+def test_canonical_keys_find_duplicates(space):
     g = space.sample_genomes(1, 5)
     g[0, space.n_slots : space.n_slots + 5] = 0  # depth 2 everywhere
     twin = g.copy()
     twin[0, 2] = (twin[0, 2] + 1) % space.genome_sizes[2]  # inactive slot differs
-    other = space.sample_genomes(1, 6)
-    np.testing.assert_array_equal(CanonicalRepair(space)._do(None, twin), space.canonical_genome(g))
-    pop = Population.new("X", np.concatenate([g, twin, other]))
-    kept = CanonicalDuplicateElimination(space).do(pop)
-    assert len(kept) == 2
-    vs = CanonicalDuplicateElimination(space).do(Population.new("X", twin), Population.new("X", g))
-    assert len(vs) == 0
+    lay = GenomeLayout(space)
+    np.testing.assert_array_equal(lay.canonical(twin), space.canonical_genome(g))
+    assert row_keys(lay.canonical(twin)) == row_keys(lay.canonical(g))
+    assert row_keys(lay.canonical(space.sample_genomes(1, 6))) != row_keys(lay.canonical(g))
 
 
 def test_neighbour_matrix_is_one_effective_move(space):
@@ -158,7 +164,48 @@ def test_neighbour_matrix_is_one_effective_move(space):
     assert len(N) == n_expected
 
 
+def test_pair_moves_change_two_blocks_and_fit_the_estimated_budget(space):
+    from hwnas.predictors.lut import LookupTableLatency
+
+    lat = LookupTableLatency(space)  # additive: a pair's latency is exactly x's plus both single effects
+    prob = ArchProblem(space, ToyAccuracy(space), lat)
+    lay = prob.layout
+    x = lay.canonical(space.sample_genomes(1, 11))[0]
+    Y, _, genes, values = neighbour_moves(lay, x[None], "all")
+    block = genes < lay.n_slots
+    Y, genes, values = Y[block], genes[block], values[block]
+    a0, l0 = prob.predict(x[None])
+    a, l = prob.predict(Y)
+    budget = float(l0[0]) + 0.5
+    P = pair_moves(x, a0[0], l0[0], genes, values, a, l, budget, 50)
+    assert 0 < len(P) <= 50
+    assert ((P != x).sum(1) == 2).all()
+    pa, pl = prob.predict(P)
+    assert (pl <= budget + 1e-9).all()
+    est = a0[0] + np.array([sum(a[(genes == g) & (values == p[g])][0] - a0[0] for g in np.flatnonzero(p != x)) for p in P])
+    assert (np.diff(est) <= 1e-12).all()  # best estimated gain first
+
+
 # ---------------------------------------------------------------------------------------------- utilities
+def test_nondominated_rank_and_crowding_by_hand():
+    f1 = np.array([1.0, 2.0, 3.0, 2.0, 3.0, 1.0, 4.0])
+    f2 = np.array([3.0, 2.0, 1.0, 3.0, 2.0, 3.0, 4.0])
+    # fronts: {0, 1, 2, 5 (equal to 0)}, {3, 4}, {6}
+    assert nondominated_rank(f1, f2).tolist() == [0, 0, 0, 1, 1, 0, 2]
+    d = crowding_distance(np.array([1.0, 2.0, 4.0]), np.array([4.0, 2.0, 1.0]))
+    assert d[0] == d[2] == np.inf and d[1] == pytest.approx((4 - 1) / 3 + (4 - 1) / 3)
+    rng = np.random.default_rng(0)
+    a, b = rng.random(300), rng.random(300)
+    r = nondominated_rank(a, b)
+    for k in range(r.max() + 1):  # no point of a front dominates another of it; each is dominated by the front before
+        m = np.flatnonzero(r == k)
+        dom = (a[m, None] <= a[None, m]) & (b[m, None] <= b[None, m]) & ((a[m, None] < a[None, m]) | (b[m, None] < b[None, m]))
+        assert not dom.any()
+        if k:
+            p = np.flatnonzero(r == k - 1)
+            assert ((a[p, None] <= a[None, m]) & (b[p, None] <= b[None, m])).any(0).all()
+
+
 def test_pareto_mask_and_hypervolume_by_hand():
     acc = np.array([0.70, 0.75, 0.74, 0.80, 0.80])
     lat = np.array([10.0, 12.0, 13.0, 20.0, 21.0])
@@ -173,24 +220,47 @@ def test_problem_batches_and_caches(space):
     lat = ToyLatency(space)
     prob = ArchProblem(space, ToyAccuracy(space), lat, max_latency=20.0)
     X = space.sample_genomes(30, 8)
-    out = prob.evaluate(X, return_as_dictionary=True)
-    assert out["F"].shape == (30, 2) and out["G"].shape == (30, 1)
+    a, l = prob.predict(X)
     archs = space.decode(X)
-    np.testing.assert_allclose(out["F"][:, 0], -ToyAccuracy().predict(archs))
-    np.testing.assert_allclose(out["G"][:, 0], ToyLatency().predict(archs) - 20.0)
+    ok = l <= 20
+    np.testing.assert_allclose(a[ok], ToyAccuracy().predict(archs)[ok])  # over the limit: not predicted (NaN)
+    np.testing.assert_allclose(l, ToyLatency().predict(archs))
     calls, n = lat.calls, prob.n_evals
-    prob.evaluate(np.concatenate([X, X]), return_as_dictionary=True)  # all known: served from the archive
+    a2, l2 = prob.predict(np.concatenate([X, X]))  # all known: served from the archive
     assert lat.calls == calls and prob.n_evals == n
+    np.testing.assert_array_equal(a2, np.concatenate([a, a]))
+    # the front: feasible (<= 20) and non-dominated among everything evaluated
+    f = prob.front_indices()
+    assert set(map(tuple, prob.archive()[0][f])) == set(map(tuple, prob.canonical(X)[ok][pareto_mask(a[ok], l[ok])]))
+    A, L = prob.archive()[1:]
+    prob.load_archive(prob.archive()[0][:10], A[:10], L[:10])  # back to the first 10 evaluations
+    assert prob.n_evals == 10 and prob.is_new(prob.canonical(X[10:])).all() and not prob.is_new(prob.canonical(X[:10])).any()
+
+
+def test_accuracy_is_not_predicted_over_the_latency_limit(space):
+    counting = CountingAccuracy(space)
+    calls = counting.calls
+    prob = ArchProblem(space, counting, ToyLatency(space), max_latency=20.0)
+    X = prob.canonical(space.sample_genomes(200, 3))
+    a, l = prob.predict(X)
+    over = l > 20
+    assert over.any() and (~over).any() and sum(calls) == (~over).sum()
+    assert np.isnan(a[over]).all() and np.isfinite(a[~over]).all()
+    a2, _ = prob.predict(X, full=True)  # filled in on request (pair estimates need them), then kept
+    np.testing.assert_allclose(a2, ToyAccuracy().predict(space.decode(X)))
+    assert sum(calls) == len(X) and prob.missing(X, full=True) == 0
 
 
 # ---------------------------------------------------------------------------------------------- search
-def test_same_seed_same_front(space):
-    a, b = small_search(space, seed=7), small_search(space, seed=7)
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_same_seed_same_front(space, restarts):
+    a, b = small_search(space, seed=7, restarts=restarts), small_search(space, seed=7, restarts=restarts)
+    assert [h["phase"] for h in a.history].count("gen") == 6 * restarts
     np.testing.assert_array_equal(a.genomes, b.genomes)
     np.testing.assert_array_equal(a.accuracy, b.accuracy)
     np.testing.assert_array_equal(a.latency, b.latency)
     assert [h["hypervolume"] for h in a.history] == [h["hypervolume"] for h in b.history]
-    c = small_search(space, seed=8)
+    c = small_search(space, seed=8, restarts=restarts)
     assert not (len(c.genomes) == len(a.genomes) and (c.genomes == a.genomes).all())
 
 
@@ -247,12 +317,38 @@ def test_bad_settings_raise_clear_errors(space):
         run_search(space, object(), ToyLatency(space), pop_size=8, n_gen=1, verbose=False)
 
 
-def test_unreachable_budget_names_the_field_and_a_range(space):
-    # ToyLatency is >= 2 ms for every arch: a 1 ms budget leaves the constrained front empty
-    with pytest.raises(ValueError, match=r"search\.budgets: no arch met the latency budget 1 .*search\.budgets=\[") as err:
-        small_search(space, budgets=[0.5, 1.0], n_gen=2)
-    lo = float(str(err.value).split("has latency ")[1].split(",")[0])
-    assert lo >= 2.0
+def test_budgets_checked_against_the_initial_population_before_searching(space):
+    """Budgets of another device fail after the initial population, not after the generations."""
+    lat = ToyLatency(space)  # >= 2 ms for every arch
+    seen = []
+    with pytest.raises(ValueError, match=r"search\.budgets=\[0\.5,1\]: \[0\.5,1\] below the fastest of 24 sampled archs") as err:
+        run_search(space, ToyAccuracy(space), lat, pop_size=24, n_gen=6, budgets=[0.5, 1.0], verbose=False,
+                   callback=seen.append)
+    assert seen == [] and lat.calls == 1  # one batch: the initial population
+    lo, hi = map(float, str(err.value).split("(latency ")[1].split(",")[0].split("-"))
+    q = [float(v) for v in str(err.value).split("e.g. search.budgets=[")[1].split("]")[0].split(",")]
+    assert 2.0 <= lo < q[0] < q[-1] < hi  # the suggestion lies within the sampled range
+    with pytest.raises(ValueError, match=r"are all above the slowest"):
+        small_search(space, budgets=[1e6])
+
+
+def test_without_budgets_quantiles_of_the_sample_are_reported(space):
+    lines = []
+    res = run_search(space, ToyAccuracy(space), ToyLatency(space), pop_size=24, n_gen=3, refine=0, log=lines.append)
+    assert len(res.budgets) == 4 and res.budgets == sorted(res.budgets)
+    assert any("search.budgets not given" in ln and "20/40/60/80% quantiles" in ln for ln in lines)
+    assert res.settings["max_latency"] is None  # reported only: the search is not constrained by them
+    assert all(res.best_under(b) is not None for b in res.budgets)
+
+
+def test_max_evals_is_respected_by_nsga_and_refinement(space):
+    for m in (30, 100, 400):
+        counting = CountingAccuracy(space)
+        calls = counting.calls
+        res = run_search(space, counting, ToyLatency(space), pop_size=24, n_gen=50, budgets=[14, 20], refine=20,
+                         refine_members=8, max_evals=m, verbose=False)
+        assert sum(calls) <= res.n_evals <= m  # over-limit archs skip the accuracy predictor
+        assert res.n_evals >= m - 24  # the budget is used, not abandoned early
 
 
 def test_results_files_round_trip(space, tmp_path):
@@ -269,6 +365,25 @@ def test_results_files_round_trip(space, tmp_path):
     hist = (tmp_path / "history.csv").read_text().splitlines()
     assert hist[0].startswith("gen,phase,n_evals,front_size,hypervolume")
     assert len(hist) == 1 + len(res.history)
+
+
+def test_budget_labels_never_overlap(space):
+    """Budgets 0.1 apart: every label sits in the legend, none on the plot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from hwnas.search.results import front_figure
+
+    res = small_search(space, budgets=[14.0, 14.1, 14.2, 14.3], constraint=False)
+    fig = front_figure(res)
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    assert len(ax.texts) == 0  # no free-floating annotations
+    boxes = [t.get_window_extent(renderer) for t in ax.get_legend().get_texts()]
+    assert len(boxes) == 1 + 4
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j])
 
 
 def test_real_predictors_small_search(space, data_dir):

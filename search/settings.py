@@ -1,0 +1,130 @@
+"""The search's settings: ``conf/search/nsga2.yaml`` is the one place their defaults live.
+
+:func:`search_kwargs` turns a ``search`` config block (hydra node or mapping; missing keys take the
+packaged defaults) into the keyword arguments of :func:`hwnas.search.nsga.run_search`, checking every
+value with one error line that names the key. ``run_search`` fills the arguments it is not given from
+the same file, so the library and the command line cannot disagree on a default.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from hwnas.predictors.build import ConfigError, plain
+
+#: config key (dotted) -> run_search keyword
+KEYWORDS = {
+    "pop_size": "pop_size",
+    "n_gen": "n_gen",
+    "restarts": "restarts",
+    "seed": "seed",
+    "budgets": "budgets",
+    "constraint": "constraint",
+    "max_latency": "max_latency",
+    "max_evals": "max_evals",
+    "hv_ref": "hv_ref",
+    "sampling.structured": "structured",
+    "crossover.mode": "crossover",
+    "crossover.prob": "crossover_prob",
+    "mutation.rate": "mutation_rate",
+    "mutation.neighbour": "neighbour",
+    "refine.passes": "refine",
+    "refine.members": "refine_members",
+    "refine.moves": "refine_moves",
+    "refine.pairs": "refine_pairs",
+    "refine.starts": "refine_starts",
+    "threads": "threads",
+    "verbose": "verbose",
+}
+#: keys the command reads itself (not search settings)
+CLI_KEYS = {"algorithm", "plot", "overwrite", "checkpoint_s"}
+
+_INT = {"pop_size": 4, "n_gen": 1, "restarts": 1, "refine.passes": 0, "refine.members": 1, "refine.pairs": 0, "refine.starts": 0,
+        "max_evals": 1, "threads": 1}
+_FLOAT = {"max_latency", "crossover.prob", "mutation.rate", "mutation.neighbour", "sampling.structured", "checkpoint_s"}
+_BOOL = {"constraint", "verbose", "plot", "overwrite"}
+_NULLABLE = {"seed", "max_latency", "max_evals", "mutation.rate", "refine.members", "threads"}
+
+
+@functools.lru_cache(maxsize=1)
+def _packaged() -> dict:
+    text = resources.files("hwnas.conf").joinpath("search/nsga2.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def defaults() -> dict:
+    """The packaged ``conf/search/nsga2.yaml`` as a plain dict (a fresh copy)."""
+    import copy
+
+    return copy.deepcopy(_packaged())
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key != "hv_ref":
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _check(key: str, v: Any, default: Any = None) -> Any:
+    where = f"search.{key}={v!r}"
+    example = f"; write e.g. search.{key}={default}" if default is not None else ""
+    if v is None:
+        if key in _NULLABLE or key == "hv_ref":
+            return None
+        raise ConfigError(f"{where}: a value is required")
+    if key in _BOOL:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where} is not true or false{example}")
+        return v
+    if key in _INT:
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
+            raise ConfigError(f"{where} is not a whole number{example}")
+        if int(v) < _INT[key]:
+            raise ConfigError(f"{where} is too small; use at least {_INT[key]}")
+        return int(v)
+    if key in _FLOAT:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{where} is not a number{example}")
+        return float(v)
+    if key == "seed":
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"{where} must be a non-negative whole number (or null for a random seed)")
+        return v
+    return v
+
+
+def search_kwargs(s: Any) -> dict:
+    """``cfg.search`` -> keyword arguments of :func:`hwnas.search.nsga.run_search` (see the module doc)."""
+    given = plain(s, "search") if s is not None else {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"search must be a mapping of settings, not {type(given).__name__}")
+    algo = given.get("algorithm", "nsga2")
+    if algo != "nsga2":
+        raise ConfigError(f"search.algorithm={algo!r} is unknown; allowed values: ['nsga2']")
+    base = _flat(defaults())
+    flat = _flat(given)
+    unknown = sorted(set(flat) - set(base))
+    if unknown:
+        raise ConfigError(f"search has unknown key(s) {unknown}; known keys: {sorted(base)}")
+    merged = {**base, **flat}
+    out = {}
+    for key, kw in KEYWORDS.items():
+        out[kw] = _check(key, merged[key], base[key])
+    return out
+
+
+def cli_settings(s: Any) -> dict:
+    """The command's own keys of ``cfg.search`` (plot, overwrite, checkpoint_s), checked."""
+    merged = {**_flat(defaults()), **_flat(plain(s, "search") or {})}
+    base = _flat(defaults())
+    return {k: _check(k, merged[k], base[k]) for k in sorted(CLI_KEYS - {"algorithm"})}
