@@ -36,7 +36,8 @@ def arch_key(space: SearchSpace, arch: Any) -> str:
 
 def space_spec(space: SearchSpace) -> dict:
     """``{"space": name, "options": {...}}``: plain data that :func:`space_from_spec` rebuilds."""
-    name = getattr(space, "registry_name", None) or _CLASS_KEYS.get(f"{type(space).__module__}.{type(space).__name__}")
+    name = (getattr(space, "registry_name", None) or _registered_class(type(space))
+            or _CLASS_KEYS.get(f"{type(space).__module__}.{type(space).__name__}"))
     if name not in list_spaces():
         raise SpaceError(
             f"space {space.name!r} is not registered, so files cannot name it; register its factory with "
@@ -45,6 +46,12 @@ def space_spec(space: SearchSpace) -> dict:
     options = {k: v for k, v in space.to_config().items() if k != "_target_"}
     _check_plain(options, "options", "space")
     return {"space": name, "options": options}
+
+
+def _registered_class(cls: type) -> str | None:
+    """The name a space class was registered under with ``@register_space`` (built e.g. from a
+    ``space._target_`` config, so without ``create_space`` naming it)."""
+    return next((name for name in list_spaces() if space_factory(name) is cls), None)
 
 
 def _check_plain(value: Any, where: str, source: str) -> None:
