@@ -77,6 +77,8 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.spaces.io import space_from_spec, space_spec
+
 from .profile import SpaceProfile, block_name, write_text_atomic
 
 SCOPES = ("global", "unit")
@@ -611,12 +613,10 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
                     r["dropped"] = True
 
     # ------------------------------------------------------------------ new space
-    cfg = space.to_config()
-    cfg["name"] = name or f"reduced_{_slug(device)}"
-    cfg["depth_choices"] = [list(d) for d in depth_keep]
-    cfg["block_choices"] = [[block_name(k, e) for k, e in bc] for bc in keep]
-    cfg["resolutions"] = list(resolutions)
-    new_space = instantiate_space(cfg)
+    spec = space_spec(space)
+    spec["options"].update(name=name or f"reduced_{_slug(device)}", depth_choices=[list(d) for d in depth_keep],
+                           block_choices=[[block_name(k, e) for k, e in bc] for bc in keep], resolutions=list(resolutions))
+    new_space = space_from_spec(spec, f"the reduction of {space.name}")
     decisions = pd.DataFrame(rows, columns=["rule", "scope", "choice", "latency_delta", "accuracy_delta",
                                             "latency_se", "accuracy_se", "efficiency", "gap", "dominated_by", "dropped"])
     return Reduction(space=new_space, device=device, accuracy=accuracy, block_choices=[list(map(tuple, b)) for b in keep],
@@ -672,8 +672,11 @@ def write_space_config(reduction: Reduction, conf_dir: str | os.PathLike, filena
 
 
 def load_space_config(path: str | os.PathLike) -> Any:
-    """Load a space YAML (reduced or not) back into a space through hydra instantiate."""
-    from omegaconf import OmegaConf
+    """Load a space YAML written by :func:`write_space_config` back into a space, as data: through the
+    space registry (:func:`hwnas.spaces.io.space_from_spec`), never by importing a class it names."""
+    import yaml
 
-    cfg = OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True)
-    return instantiate_space(cfg)
+    cfg = yaml.safe_load(Path(path).read_text())
+    if isinstance(cfg, dict):
+        cfg = {k: v for k, v in cfg.items() if k != "_convert_"}
+    return space_from_spec(cfg, path)
