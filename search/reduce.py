@@ -14,24 +14,9 @@ at some positions is needed by the fast or the accurate end and stays, even when
 positions it is no better than another choice (the GPU case: at batch 1 block costs are small and differ
 by position). Resolutions that cost (almost) nothing but buy less accuracy go (GPU at batch 1).
 
-Measured (``python benchmarks/space_reduction.py --seeds 5 --search
-note10,titan_rtx_1,titan_xp_1,titan_rtx_64,titan_xp_64``; profile N=64, OFA accuracy predictor, GPU
-latency = linear predictor fitted on latency/ofa_mbv3.csv, plain NSGA-II pop 50, seeds 0-4), HV of the
-reduced vs the full space at 250/500/1000/2000 evaluations (seeds better):
-
-* Note10 LUT: drops k5e3,k7e3,k7e4, depths (3,4,4,4,4), all 5 resolutions (Mills: k7e3,k7e4,
-  (3,4,4,4,4)): +2.2/+1.6/+1.5/+1.2 % (5,4,5,5 of 5).
-* titan_rtx_1: drops k3e3,k3e4,k5e3, keeps r156,r224 (Mills GPU: k3e3,k3e4,k7e3):
-  +10.2/+5.9/+3.6/+0.2 % (5,5,4,4). The previous position-averaged hull rule dropped every e3/e4
-  choice (the fast end's per-position fastest blocks) and lost 2.9 % at 2000 evaluations.
-* titan_xp_1: drops k3e3,k3e4,k7e4, keeps r152,r224: +8.7/+7.3/+2.9/+2.2 % (5,5,4,5).
-* titan_rtx_64: drops k3e4,k7e3,k7e4, depths (3,4,4,4,4), keeps r128,r144,r224: +3.5/+1.3/+0.8/+1.0 %
-  (5,4,5,4); titan_xp_64: +3.1/+2.0/+1.3/+0.9 % (5,4,5,3).
-
-With the profiling evaluations added to the full space's budget the full space wins everywhere (the
-profile costs ~13k-14k evaluations at N=64). Between near-equivalent choices (Note10 k5e3 vs k5e4, GPU
-k7e3 vs k7e4 vs k5e4) the greedy pick changes with the profile's seed: either keeps the front within
-``front_tol``.
+What this buys, per device and evaluation budget, is measured by ``benchmarks/space_reduction.py``
+(figures in the README). Between near-equivalent choices the greedy pick can change with the profile's
+seed: either keeps the front within ``front_tol``.
 
 The position-averaged rules below ("hull", "dominance") are kept as options.
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from hwnas.predictors.base import Predictor
 from hwnas.spaces import create_space
+from hwnas.spaces.io import arch_key
 from hwnas.spaces.mbconv import MBConvSpace
 
 from .checkpoint import load_checkpoint
@@ -175,7 +176,7 @@ class SupernetAccuracy(Predictor):
 
     # ------------------------------------------------------------------ cache
     def _key(self, arch: Any) -> str:
-        return arch.to_json()
+        return arch_key(self.space, arch)
 
     def _lookup(self, key: str) -> dict | None:
         if key in self._mem:
