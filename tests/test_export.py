@@ -275,12 +275,17 @@ def test_cli_with_supernet_checkpoint_recalibrates_bn(tmp_path, capsys):
     from hwnas.supernet.checkpoint import save_checkpoint
     from hwnas.supernet.data import CalibrationSet
     from hwnas.supernet.elastic import ElasticMBConvNet
-    from test_supernet import make_image_folder
+    from PIL import Image
 
     space = create_space("ofa_mbv3_w12", resolutions=[R])
     supernet = randomize(ElasticMBConvNet(space), 9)
     ckpt = save_checkpoint(tmp_path / "supernet.pth", {"state_dict": supernet.state_dict()})
-    images = make_image_folder(tmp_path / "imgs" / "train", n_per_class=3)
+    images = tmp_path / "imgs" / "train"
+    for c in range(2):
+        (images / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            pixels = np.random.default_rng(10 * c + i).integers(0, 256, (40, 44, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(images / f"c{c}" / f"{i}.png")
     arch = space.sample(1, 2)[0]
     run = _pareto(tmp_path, space, [arch])
     out = tmp_path / "out"
