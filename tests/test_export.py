@@ -277,7 +277,7 @@ def test_cli_with_supernet_checkpoint_recalibrates_bn(tmp_path, capsys):
     from hwnas.supernet.elastic import ElasticMBConvNet
     from PIL import Image
 
-    space = create_space("ofa_mbv3_w12", resolutions=[R])
+    space = create_space("ofa_proxyless_w13", width_mult=0.5, resolutions=[R])  # small: a fast test
     supernet = randomize(ElasticMBConvNet(space), 9)
     ckpt = save_checkpoint(tmp_path / "supernet.pth", {"state_dict": supernet.state_dict()})
     images = tmp_path / "imgs" / "train"
