@@ -195,8 +195,12 @@ class WeightsSource:
             from .static import build_static
 
             net = build_static(space, arch).eval()
-        if self.calibration is not None:
-            self.calibration.calibrate(net, arch.r)
+        if self.calibration is not None:  # on the GPU when there is one, then back for the export
+            from .data import default_device
+
+            device = default_device()
+            self.calibration.calibrate(net.to(device), arch.r, device)
+            net.cpu()
         return net.eval()
 
     def describe(self) -> dict:
