@@ -344,3 +344,26 @@ def test_model_card_timm_code_runs(exported, monkeypatch):
         # fine-tuning model: every weight but the classifier is the exported one
         feats = ft.eval().forward_head(ft.forward_features(x), pre_logits=True)
         torch.testing.assert_close(feats, model.forward_head(model.forward_features(x), pre_logits=True))
+
+
+def test_arch_files_in_every_form_give_the_same_archs(tmp_path):
+    """hwnas.spaces.io.read_archs (the one arch-list reader): a JSON list, a pareto.json, JSON lines mixing
+    dicts, rows and compact strings, a CSV 'arch' column; a bad entry is named with its file and index."""
+    from hwnas.spaces.io import read_arch_file, read_archs
+
+    space = create_space("ofa_mbv3_w12")
+    archs = space.sample(3, 5)
+    forms = {
+        "list.json": json.dumps([a.to_dict() for a in archs]),
+        "pareto.json": json.dumps({"space": space_spec(space), "budgets": [], "front": [{"arch": a.to_dict()} for a in archs]}),
+        "lines.jsonl": "\n".join([archs[0].to_json(), archs[1].to_str(), json.dumps({"arch": archs[2].to_dict()})]),
+        "archs.csv": "arch,latency\n" + "\n".join(f'"{a.to_json().replace(chr(34), chr(34) * 2)}",1.0' for a in archs),
+    }
+    for name, text in forms.items():
+        (tmp_path / name).write_text(text)
+        assert read_archs(tmp_path / name, space) == archs, name
+    header, rows = read_arch_file(tmp_path / "pareto.json")
+    assert header["space"] == space_spec(space) and len(rows) == 3
+    (tmp_path / "bad.jsonl").write_text(archs[0].to_str() + "\nr999:k3e3\n")
+    with pytest.raises(SpaceError, match=r"bad\.jsonl entry 1"):
+        read_archs(tmp_path / "bad.jsonl", space)
