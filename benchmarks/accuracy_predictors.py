@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -99,7 +100,10 @@ def main(argv=None) -> None:
     official = official_predictor() if "ofa-w1.2" in args.models else None
     official_all = official.predict(archs) * 100.0 if official is not None else None
 
+    from tqdm.auto import tqdm
+
     rows = []
+    bar = tqdm(total=len(args.sizes) * args.seeds * len(args.models), unit="fit", desc="settings", file=sys.stderr)
     for n in args.sizes:
         if n >= len(y) - 10:
             raise SystemExit(f"--sizes {n}: must leave a test set (dataset has {len(y)} archs)")
@@ -124,7 +128,11 @@ def main(argv=None) -> None:
                     raise SystemExit(f"--models: {model!r} unknown; allowed: mlp, mlp+ofa, ridge, ofa-w1.2")
                 rows.append(dict(model=model, n=n, seed=seed, **dict(zip(("srcc", "tau", "rmse"), metrics(pred, y[te]))),
                                  time_s=time.perf_counter() - t))
-            print(f"  n={n} seed={seed} done", flush=True)
+                r = rows[-1]
+                bar.update(1)
+                bar.write(f"  n={n:<5} seed={seed} {model:<10} SRCC {r['srcc']:.4f}  Kendall {r['tau']:.4f}  "
+                          f"RMSE {r['rmse']:.3f}  ({r['time_s']:.1f} s)")
+    bar.close()
 
     res = pd.DataFrame(rows)
     print()

@@ -32,7 +32,7 @@ from hwnas.predictors.ofa_accuracy import OFAAccuracyPredictor
 from hwnas.search.nsga import run_search
 from hwnas.search.problem import hypervolume, pareto_mask
 from hwnas.search.profile import profile_space
-from hwnas.search.reduce import ReductionRules, instantiate_space, reduce_space
+from hwnas.search.reduce import ReductionRules, reduce_space
 from hwnas.spaces import create_space
 
 MILLS = {
@@ -141,6 +141,11 @@ def table(headers: list[str], rows: list[list], title: str = "") -> None:
     sys.stdout.flush()
 
 
+def progress(line: str) -> None:
+    """What the benchmark is doing now (stderr, so the tables on stdout stay clean)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
 def search(space, acc, lat, seed, pop, gens, budgets, hv_ref):
     return run_search(space, acc, lat, pop_size=pop, n_gen=gens, seed=seed, budgets=budgets, hv_ref=hv_ref,
                       refine=0, verbose=False)
@@ -184,7 +189,8 @@ def main(argv=None) -> None:
         p, srcc, src = gpu_predictor(gpu_space, col)
         devices[col] = (gpu_space, p, f"{src}, held-out SRCC {srcc:.3f}")
     profiles, reductions, rows = {}, {}, []
-    for name, (sp, lat, src) in devices.items():
+    for i, (name, (sp, lat, src)) in enumerate(devices.items()):
+        progress(f"1. profiling {name} ({i + 1}/{len(devices)}, N={a.n_samples})")
         t0 = time.perf_counter()
         prof = profile_space(sp, latency={name: lat}, accuracy={"ofa": acc}, n_samples=a.n_samples, seed=0)
         dt = time.perf_counter() - t0
@@ -193,6 +199,7 @@ def main(argv=None) -> None:
         kept_r = red.resolutions if len(red.resolutions) <= 6 else f"{len(red.resolutions)} of {len(sp.resolutions)}"
         rows.append([name, ",".join(red.dropped_global) or "-", str(tuple(red.max_depths)), str(kept_r),
                      f"{100 * red.front_loss:.2f}%", f"{prof.n_evaluations}", f"{dt:.1f}", src])
+        progress(f"   {name}: {red.describe()} ({dt:.1f} s)")
     for ref, (drop, depth) in MILLS.items():
         rows.append([f"Mills et al.: {ref}", drop, depth, "not stated", "-", "-", "-", "published reduced space"])
     table(["device", "dropped block choices (all units)", "max depths", "resolutions kept", "model front HV loss",
@@ -209,6 +216,7 @@ def main(argv=None) -> None:
         sp, lat, _ = devices[name]
         ref_drop, ref_depth = decisions(reductions[name])
         for n in (8, 16, 32, 64, 128, 256):
+            progress(f"2. stability: {name}, N={n} (3 seeds)")
             same, diff = 0, []
             for seed in range(3):
                 pr = profile_space(sp, latency={name: lat}, accuracy={"ofa": acc}, n_samples=n, seed=100 + seed)
@@ -243,6 +251,8 @@ def main(argv=None) -> None:
         res = {"full": [], "reduced": [], "full+profile": []}
         t0 = time.perf_counter()
         for seed in range(a.seeds):
+            progress(f"3. search on {name}: seed {seed + 1}/{a.seeds} (full, reduced, full+profile; "
+                     f"{time.perf_counter() - t0:.0f} s so far)")
             res["full"].append(search(sp, acc, lat, seed, pop, gens, budgets, hv_ref))
             res["reduced"].append(search(rsp, acc, rlat, seed, pop, gens, budgets, hv_ref))
             res["full+profile"].append(search(sp, acc, lat, seed, pop, gens_fair, budgets, hv_ref))

@@ -57,7 +57,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}")
-    rows = []
+    hdr = f"{'space':<18}{'arch':<8}{'r':>5}{'batch':>6}{'super ms':>10}{'static ms':>10}{'timm ms':>9}{'super/static':>13}{'timm/static':>12}{'max|diff|':>11}"
+    print(hdr)
+    print("-" * len(hdr), flush=True)
     for name in args.spaces:
         space = create_space(name)
         net = ElasticMBConvNet(space).eval()
@@ -75,12 +77,9 @@ def main() -> None:
                         t_super = timeit(lambda: net(x), args.repeats)
                         t_static = timeit(lambda: sub(x), args.repeats)
                         t_timm = timeit(lambda: tm(x), args.repeats) if tm is not None else float("nan")
-                    rows.append((name, label, r, b, t_super * 1e3, t_static * 1e3, t_timm * 1e3, err))
-    hdr = f"{'space':<18}{'arch':<8}{'r':>5}{'batch':>6}{'super ms':>10}{'static ms':>10}{'timm ms':>9}{'super/static':>13}{'timm/static':>12}{'max|diff|':>11}"
-    print(hdr)
-    print("-" * len(hdr))
-    for name, label, r, b, ts, tst, tt, err in rows:
-        print(f"{name:<18}{label:<8}{r:>5}{b:>6}{ts:>10.2f}{tst:>10.2f}{tt:>9.2f}{ts / tst:>13.2f}{tt / tst:>12.2f}{err:>11.1e}")
+                    ts, tst, tt = t_super * 1e3, t_static * 1e3, t_timm * 1e3
+                    print(f"{name:<18}{label:<8}{r:>5}{b:>6}{ts:>10.2f}{tst:>10.2f}{tt:>9.2f}{ts / tst:>13.2f}"
+                          f"{tt / tst:>12.2f}{err:>11.1e}", flush=True)
 
     # evaluation throughput on CPU (decoded uint8 images in memory: the data pipeline is not timed)
     print("\nBN calibration + evaluation throughput (CPU, images in memory, batch 64)")
@@ -99,7 +98,7 @@ def main() -> None:
             set_running_statistics(sub, tb)
             t_cal = time.perf_counter() - t0
             res = evaluate(sub, tb)
-            print(f"{name:<18}{r:>5}{args.eval_images / t_cal:>13.1f}{res['images_per_s']:>12.1f}")
+            print(f"{name:<18}{r:>5}{args.eval_images / t_cal:>13.1f}{res['images_per_s']:>12.1f}", flush=True)
 
 
 if __name__ == "__main__":

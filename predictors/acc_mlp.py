@@ -12,7 +12,13 @@ of the arch. The encoding is
 
 Targets are standardised internally and predictions come back in the units they were given (fraction
 or percent). Training is deterministic for a given ``seed`` (own torch generator; the global RNG state
-is left untouched). :meth:`save` writes atomically; :meth:`load` reads with ``weights_only=True``.
+is left untouched). :meth:`save` writes atomically; :meth:`load` reads with ``weights_only=True`` and
+rebuilds the space from the file's data (:func:`hwnas.spaces.io.space_from_spec`), so a shared
+predictor file never runs code.
+
+Back into a search (``conf/accuracy/mlp.yaml``)::
+
+    hwnas-search accuracy=mlp accuracy.path=acc_mlp.pt
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from hwnas.spaces.mbconv import OFAMobileNetV3Space, ofa_predictor_features, ofa
 
 from .assets import atomic_path
 from .base import Predictor
+from .ofa_accuracy import PredictorLoadError
 
 __all__ = ["MLPAccuracyPredictor", "build_mlp", "evaluations_from_cache"]
 
@@ -238,10 +245,11 @@ class MLPAccuracyPredictor(Predictor):
             raise RuntimeError("MLPAccuracyPredictor is not trained; nothing to save")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        from hwnas.spaces.io import space_spec
+
         blob = {
             "format": _FORMAT,
-            "space": self.space.name,
-            "space_config": _plain(self.space.to_config()),
+            "space": space_spec(self.space),
             "settings": self._settings(),
             "in_features": self.in_features,
             "y_mean": self.y_mean,
@@ -256,26 +264,30 @@ class MLPAccuracyPredictor(Predictor):
     @classmethod
     def load(cls, path: str | os.PathLike, space: SearchSpace | None = None, device: str = "cpu") -> "MLPAccuracyPredictor":
         """Read a predictor written by :meth:`save` (``weights_only=True``). ``space`` defaults to the
-        saved space (rebuilt from its config); a given space must produce the same feature size."""
-        path = Path(path)
+        saved space, rebuilt from the file's data through the space registry (nothing named in the file is
+        imported); a given space (e.g. the search's) must produce the same feature size."""
+        from hwnas.predictors.build import abs_path
+
+        path = Path(abs_path(path))
         if not path.is_file():
-            raise FileNotFoundError(f"accuracy predictor file {path} does not exist; train one and save() it first")
+            raise PredictorLoadError(f"accuracy predictor file {path} does not exist; train one and save() it first")
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ValueError(f"{path} is not a readable predictor file ({type(exc).__name__}: {str(exc)[:200]})") from None
+            raise PredictorLoadError(f"{path} is not a readable predictor file ({type(exc).__name__}: {str(exc)[:200]})") from None
         if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not an MLPAccuracyPredictor file (format {_FORMAT!r} expected)")
+            raise PredictorLoadError(f"{path} is not an MLPAccuracyPredictor file (format {_FORMAT!r} expected)")
+        saved = _saved_space(blob, path)
         if space is None:
-            space = _space_from_config(blob["space"], blob["space_config"])
+            space = saved
         try:
             pred = cls(space, device=device, **blob["settings"])
         except SpaceError as exc:
-            raise SpaceError(f"{path} was trained on space {blob['space']} and cannot price space {space.name}: {exc}") from None
+            raise SpaceError(f"{path} was trained on space {saved.name} and cannot price space {space.name}: {exc}") from None
         if pred.in_features != blob["in_features"]:
             raise SpaceError(
                 f"{path} was trained on {blob['in_features']} features but space {space.name} gives {pred.in_features}; "
-                f"load it with the space it was trained on ({blob['space']})"
+                f"load it with the space it was trained on ({saved.name})"
             )
         model = build_mlp(pred.in_features, pred.hidden, pred.n_layers)
         model.load_state_dict(blob["state_dict"])
@@ -340,25 +352,15 @@ class _threads:
             torch.set_num_threads(self.old)
 
 
-def _plain(obj: Any) -> Any:
-    """Config as plain lists / dicts / scalars (what ``weights_only`` loading accepts)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    return obj
+def _saved_space(blob: dict, path: Path) -> SearchSpace:
+    """The space a predictor file was trained on, rebuilt from its data (files of older versions held
+    the space's name and ``to_config()``; those are read through the same registry table)."""
+    from hwnas.spaces.io import space_from_spec
 
-
-def _space_from_config(name: str, cfg: dict) -> SearchSpace:
-    kwargs = {k: v for k, v in cfg.items() if k not in ("_target_", "name")}
-    try:
-        return create_space(name, **kwargs)
-    except (SpaceError, TypeError):
-        # a space built from a custom config: instantiate its target class directly
-        from hydra.utils import instantiate
-
-        return instantiate(cfg)
+    spec = blob.get("space")
+    if isinstance(spec, str):  # older files: name + to_config()
+        cfg = dict(blob.get("space_config") or {})
+        if "_target_" not in cfg:
+            cfg = {"space": spec, "options": {k: v for k, v in cfg.items() if k != "name"}}
+        spec = cfg
+    return space_from_spec(spec, path)

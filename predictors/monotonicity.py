@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from hwnas.spaces.errors import UserError, error_line
+
 from .assets import atomic_path
 
 
@@ -49,6 +51,17 @@ def _atomic_write(path: Path, write) -> None:
         write(tmp)
 
 
+def cell_label(v: float) -> str:
+    """A short SRCC label without the leading zero that never rounds below 1 up to "1": 0.5 -> ".50",
+    0.996 -> ".996", 0.9996 -> ">.999", 1 -> "1", -0.12 -> "-.12"."""
+    if v >= 1.0:
+        return "1"
+    text = f"{v:.2f}"
+    if text == "1.00":
+        text = f"{v:.3f}" if v < 0.9995 else ">0.999"
+    return text.replace("0.", ".", 1)
+
+
 def plot_heatmap(S: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
     import matplotlib
 
@@ -65,7 +78,7 @@ def plot_heatmap(S: pd.DataFrame, path: str | os.PathLike, title: str = "") -> P
             for j in range(n):
                 v = S.values[i, j]
                 if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}"[1:] if 0 <= v < 1 else f"{v:.1f}", ha="center", va="center", fontsize=5,
+                    ax.text(j, i, cell_label(v), ha="center", va="center", fontsize=5,
                             color="white" if v < 0.7 else "black")
     fig.colorbar(im, ax=ax, fraction=0.04, label="SRCC")
     ax.set_title(title or "latency SRCC between devices", fontsize=9)
@@ -108,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     devs = [d.strip() for d in args.devices.split(",") if d.strip()] or None
     try:
         S, csv_path, png = monotonicity(args.dataset, args.out, devs, args.space)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"hwnas-monotonicity: error: {exc}", file=sys.stderr)
+    except (UserError, ValueError, OSError) as exc:
+        print(error_line("hwnas-monotonicity", exc), file=sys.stderr)
         return 2
     off = S.values[~np.eye(len(S), dtype=bool)]
     print(f"{len(S)} devices; off-diagonal SRCC min {np.nanmin(off):.3f} median {np.nanmedian(off):.3f}")

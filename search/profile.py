@@ -208,10 +208,12 @@ class SpaceProfile:
 
     # ------------------------------------------------------------------ plots
     def heatmap(self, latency: str, accuracy: str | None = None, path: str | os.PathLike | None = None,
-                title: str | None = None):
+                title: str | None = None, reduction: Any = None):
         """Block-response heatmaps (choice x position) like Mills et al.: latency change in % of the
         position's mean (green = faster) and, if given, accuracy change in points (green = better),
-        plus per-unit depth responses. Saves a PNG atomically when ``path`` is given; returns the figure."""
+        plus per-unit depth responses. With a ``reduction`` (:class:`hwnas.search.reduce.Reduction`)
+        the cells of dropped block choices and depths are hatched, and choices dropped everywhere are
+        labelled. Saves a PNG atomically when ``path`` is given; returns the figure."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -222,6 +224,10 @@ class SpaceProfile:
         pos = self.positions()
         xlabels = [f"u{u}.{j}" for u, j in pos]
         names = self.pair_names
+        dropped = [set(d) for d in reduction.dropped] if reduction is not None else [set() for _ in self.layout]
+        everywhere = set(reduction.dropped_global) if reduction is not None else set()
+        ylabels = [f"{c} (dropped)" if c in everywhere else c for c in names]
+        max_depths = list(reduction.max_depths) if reduction is not None else list(self.layout)
         fig, axes = plt.subplots(len(panels), 2, figsize=(15, 3.4 * len(panels) + 0.6),
                                  gridspec_kw={"width_ratios": [5, 1]}, squeeze=False)
         for row, (name, kind) in enumerate(panels):
@@ -241,12 +247,15 @@ class SpaceProfile:
             ax = axes[row, 0]
             im = ax.imshow(M, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
             ax.set_xticks(range(len(pos)), xlabels, rotation=90, fontsize=7)
-            ax.set_yticks(range(len(names)), names, fontsize=8)
+            ax.set_yticks(range(len(names)), ylabels, fontsize=8)
             for i in range(M.shape[0]):
                 for jx in range(M.shape[1]):
                     if np.isfinite(M[i, jx]):
                         ax.text(jx, i, f"{M[i, jx]:.1f}", ha="center", va="center", fontsize=5.5)
-            ax.set_title(f"{kind} response: {name} (delta vs position mean, {unit_label})", fontsize=9)
+                    if names[i] in dropped[pos[jx][0]]:
+                        _hatch(ax, jx, i)
+            marks = " — hatched: dropped by the reduction" if reduction is not None else ""
+            ax.set_title(f"{kind} response: {name} (delta vs position mean, {unit_label}){marks}", fontsize=9)
             fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
             # depth panel
             dsub = df[(df.metric == name) & (df.level == "depth")]
@@ -264,12 +273,21 @@ class SpaceProfile:
                 for jx in range(nu):
                     if np.isfinite(D[i, jx]):
                         ax2.text(jx, i, f"{D[i, jx]:.1f}", ha="center", va="center", fontsize=6)
+                    if i + 1 > max_depths[jx] and i + 1 <= self.layout[jx]:
+                        _hatch(ax2, jx, i)
             ax2.set_title("unit depth", fontsize=9)
         fig.suptitle(title or f"Block friendliness of {getattr(self.space, 'name', '')}", fontsize=10)
         fig.tight_layout()
         if path is not None:
             save_figure_atomic(fig, path)
         return fig
+
+
+def _hatch(ax: Any, x: int, y: int) -> None:
+    """Mark one heatmap cell as dropped (hatched, grey edge)."""
+    from matplotlib.patches import Rectangle
+
+    ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="xxx", edgecolor=(0, 0, 0, 0.45), lw=0.0, label="dropped"))
 
 
 # ============================================================================ profiling

@@ -14,24 +14,9 @@ at some positions is needed by the fast or the accurate end and stays, even when
 positions it is no better than another choice (the GPU case: at batch 1 block costs are small and differ
 by position). Resolutions that cost (almost) nothing but buy less accuracy go (GPU at batch 1).
 
-Measured (``python benchmarks/space_reduction.py --seeds 5 --search
-note10,titan_rtx_1,titan_xp_1,titan_rtx_64,titan_xp_64``; profile N=64, OFA accuracy predictor, GPU
-latency = linear predictor fitted on latency/ofa_mbv3.csv, plain NSGA-II pop 50, seeds 0-4), HV of the
-reduced vs the full space at 250/500/1000/2000 evaluations (seeds better):
-
-* Note10 LUT: drops k5e3,k7e3,k7e4, depths (3,4,4,4,4), all 5 resolutions (Mills: k7e3,k7e4,
-  (3,4,4,4,4)): +2.2/+1.6/+1.5/+1.2 % (5,4,5,5 of 5).
-* titan_rtx_1: drops k3e3,k3e4,k5e3, keeps r156,r224 (Mills GPU: k3e3,k3e4,k7e3):
-  +10.2/+5.9/+3.6/+0.2 % (5,5,4,4). The previous position-averaged hull rule dropped every e3/e4
-  choice (the fast end's per-position fastest blocks) and lost 2.9 % at 2000 evaluations.
-* titan_xp_1: drops k3e3,k3e4,k7e4, keeps r152,r224: +8.7/+7.3/+2.9/+2.2 % (5,5,4,5).
-* titan_rtx_64: drops k3e4,k7e3,k7e4, depths (3,4,4,4,4), keeps r128,r144,r224: +3.5/+1.3/+0.8/+1.0 %
-  (5,4,5,4); titan_xp_64: +3.1/+2.0/+1.3/+0.9 % (5,4,5,3).
-
-With the profiling evaluations added to the full space's budget the full space wins everywhere (the
-profile costs ~13k-14k evaluations at N=64). Between near-equivalent choices (Note10 k5e3 vs k5e4, GPU
-k7e3 vs k7e4 vs k5e4) the greedy pick changes with the profile's seed: either keeps the front within
-``front_tol``.
+What this buys, per device and evaluation budget, is measured by ``benchmarks/space_reduction.py``
+(figures in the README). Between near-equivalent choices the greedy pick can change with the profile's
+seed: either keeps the front within ``front_tol``.
 
 The position-averaged rules below ("hull", "dominance") are kept as options.
 
@@ -76,6 +61,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hwnas.spaces.io import space_from_spec, space_spec
 
 from .profile import SpaceProfile, block_name, write_text_atomic
 
@@ -611,12 +598,10 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
                     r["dropped"] = True
 
     # ------------------------------------------------------------------ new space
-    cfg = space.to_config()
-    cfg["name"] = name or f"reduced_{_slug(device)}"
-    cfg["depth_choices"] = [list(d) for d in depth_keep]
-    cfg["block_choices"] = [[block_name(k, e) for k, e in bc] for bc in keep]
-    cfg["resolutions"] = list(resolutions)
-    new_space = instantiate_space(cfg)
+    spec = space_spec(space)
+    spec["options"].update(name=name or f"reduced_{_slug(device)}", depth_choices=[list(d) for d in depth_keep],
+                           block_choices=[[block_name(k, e) for k, e in bc] for bc in keep], resolutions=list(resolutions))
+    new_space = space_from_spec(spec, f"the reduction of {space.name}")
     decisions = pd.DataFrame(rows, columns=["rule", "scope", "choice", "latency_delta", "accuracy_delta",
                                             "latency_se", "accuracy_se", "efficiency", "gap", "dominated_by", "dropped"])
     return Reduction(space=new_space, device=device, accuracy=accuracy, block_choices=[list(map(tuple, b)) for b in keep],
@@ -672,8 +657,11 @@ def write_space_config(reduction: Reduction, conf_dir: str | os.PathLike, filena
 
 
 def load_space_config(path: str | os.PathLike) -> Any:
-    """Load a space YAML (reduced or not) back into a space through hydra instantiate."""
-    from omegaconf import OmegaConf
+    """Load a space YAML written by :func:`write_space_config` back into a space, as data: through the
+    space registry (:func:`hwnas.spaces.io.space_from_spec`), never by importing a class it names."""
+    import yaml
 
-    cfg = OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True)
-    return instantiate_space(cfg)
+    cfg = yaml.safe_load(Path(path).read_text())
+    if isinstance(cfg, dict):
+        cfg = {k: v for k, v in cfg.items() if k != "_convert_"}
+    return space_from_spec(cfg, path)

@@ -61,3 +61,22 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
     except (UserError, OSError, *extra) as exc:
         print(error_line(prog, exc), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def writable_dir(path: str | os.PathLike, what: str = "output folder") -> "os.PathLike":
+    """Create the folder ``path`` if missing and check that files can be created in it, before any work
+    is done; a file in the way, a read-only or a full file system is one :class:`UserError` naming it."""
+    import tempfile
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {p} is a file; give a folder (it is created if missing)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".hwnas-write-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"{what} {p} cannot be written: {os_error_message(exc)}") from None
+    return p

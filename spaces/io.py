@@ -36,7 +36,8 @@ def arch_key(space: SearchSpace, arch: Any) -> str:
 
 def space_spec(space: SearchSpace) -> dict:
     """``{"space": name, "options": {...}}``: plain data that :func:`space_from_spec` rebuilds."""
-    name = getattr(space, "registry_name", None) or _CLASS_KEYS.get(f"{type(space).__module__}.{type(space).__name__}")
+    name = (getattr(space, "registry_name", None) or _registered_class(type(space))
+            or _CLASS_KEYS.get(f"{type(space).__module__}.{type(space).__name__}"))
     if name not in list_spaces():
         raise SpaceError(
             f"space {space.name!r} is not registered, so files cannot name it; register its factory with "
@@ -45,6 +46,12 @@ def space_spec(space: SearchSpace) -> dict:
     options = {k: v for k, v in space.to_config().items() if k != "_target_"}
     _check_plain(options, "options", "space")
     return {"space": name, "options": options}
+
+
+def _registered_class(cls: type) -> str | None:
+    """The name a space class was registered under with ``@register_space`` (built e.g. from a
+    ``space._target_`` config, so without ``create_space`` naming it)."""
+    return next((name for name in list_spaces() if space_factory(name) is cls), None)
 
 
 def _check_plain(value: Any, where: str, source: str) -> None:
@@ -112,3 +119,96 @@ def space_from_spec(spec: Any, source: str | os.PathLike = "space") -> SearchSpa
 
 def dumps_spec(space: SearchSpace) -> str:
     return json.dumps(space_spec(space), sort_keys=True)
+
+
+# ============================================================================ arch lists in files
+#: keys of a JSON object that hold a list of archs (or of rows with an ``arch`` field)
+_LIST_KEYS = ("front", "archs", "pareto", "population", "results")
+
+
+def _text_of(path: str | os.PathLike, what: str) -> str:
+    """The text of ``path``; a missing, unreadable or binary file is one error naming it."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        raise SpaceError(f"{what} {p} is a folder; give a JSON, JSON-lines or CSV file")
+    if not p.is_file():
+        raise SpaceError(f"{what} {p} does not exist; give a JSON, JSON-lines or CSV file of archs")
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpaceError(
+            f"{what} {p} is not a text file (byte {exc.start} is not UTF-8); give a JSON, JSON-lines or CSV file of archs"
+        ) from None
+
+
+def _row(item: Any, where: str) -> dict:
+    """One row ``{"arch": <raw arch>, <other fields>}``: a row with an ``arch`` field, or an arch itself."""
+    if isinstance(item, dict):
+        return dict(item) if "arch" in item else {"arch": item}
+    if isinstance(item, (str, list)):
+        return {"arch": item}
+    raise SpaceError(f"{where} is a {type(item).__name__}; an entry is an arch (a dict or a string) or a row with an 'arch' field")
+
+
+def _rows_of(doc: Any, src: str) -> tuple[dict, list[dict]]:
+    """``(header, rows)`` of a loaded JSON document: a list of archs/rows, an object whose list key
+    (``front``, ``archs`` ...) holds them, or one arch/row."""
+    if isinstance(doc, list):
+        return {}, [_row(x, f"{src} entry {i}") for i, x in enumerate(doc)]
+    keys = [k for k in _LIST_KEYS if isinstance(doc, dict) and k in doc]
+    if not keys:
+        return {}, [_row(doc, src)]
+    key = keys[0]
+    if not isinstance(doc[key], list):
+        raise SpaceError(f"{src}: '{key}' is a {type(doc[key]).__name__}; it must be a list of archs")
+    header = {k: v for k, v in doc.items() if k != key}
+    return header, [_row(x, f"{src} {key}[{i}]") for i, x in enumerate(doc[key])]
+
+
+def read_arch_file(path: str | os.PathLike, what: str = "arch file") -> tuple[dict, list[dict]]:
+    """``(header, rows)`` of an arch list file, read as data (nothing in it is imported or run).
+
+    Accepted: JSON (one arch, a list, or an object such as ``pareto.json`` whose ``front`` / ``archs`` list
+    holds archs or rows with an ``arch`` field), JSON lines, compact arch strings one per line, or CSV with
+    an ``arch`` column. ``rows`` are dicts with the raw ``arch`` and the row's other fields (accuracy,
+    latency ...); ``header`` is the top-level JSON object without its list (``space``, ``budgets``,
+    ``best`` of a ``pareto.json``), or ``{}``. Errors name ``what`` and the file."""
+    import csv
+
+    text = _text_of(path, what)
+    src = f"{what} {os.fspath(path)}"
+    if os.fspath(path).lower().endswith(".csv"):
+        rows = list(csv.DictReader(text.splitlines()))
+        if not rows or "arch" not in rows[0]:
+            raise SpaceError(f"{src}: a CSV needs an 'arch' column (one arch per row)")
+        return {}, [dict(r) for r in rows]
+    try:
+        header, rows = _rows_of(json.loads(text), src)
+    except json.JSONDecodeError:  # JSON lines or compact arch strings, one per line
+        header, rows = {}, []
+        for i, line in enumerate(text.splitlines()):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            try:
+                rows += _rows_of(json.loads(line), f"{src} line {i + 1}")[1]
+            except json.JSONDecodeError:
+                rows.append({"arch": line})  # a compact arch string (the space validates it)
+    if not rows:
+        raise SpaceError(f"{src} holds no archs (expected a list, a pareto.json 'front', JSON lines or a CSV 'arch' column)")
+    return header, rows
+
+
+def read_archs(path: str | os.PathLike, space: SearchSpace, what: str = "arch file") -> list:
+    """The archs of an arch list file (see :func:`read_arch_file`), validated by ``space``, in order."""
+    _, rows = read_arch_file(path, what)
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            out.append(space.validate(row["arch"]))
+        except SpaceError as exc:
+            raise SpaceError(f"{what} {os.fspath(path)} entry {i}: {exc}") from None
+    return out

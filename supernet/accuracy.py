@@ -33,6 +33,7 @@ import numpy as np
 
 from hwnas.predictors.base import Predictor
 from hwnas.spaces import create_space
+from hwnas.spaces.io import arch_key
 from hwnas.spaces.mbconv import MBConvSpace
 
 from .checkpoint import load_checkpoint
@@ -110,6 +111,13 @@ class SupernetAccuracy(Predictor):
             supernet = ElasticMBConvNet(self.space, n_classes=n_classes)
             if checkpoint is not None:
                 load_checkpoint(supernet, checkpoint, mirror=mirror)
+        head, n_data = int(supernet.n_classes), self.data.train.n_classes
+        if head != n_data:
+            raise DataError(
+                f"data {train_dir} has {n_data} classes but the supernet's classifier has {head} outputs"
+                f" (checkpoint {checkpoint}); top-1 would compare unrelated labels. Give the dataset the supernet was"
+                " trained on (ImageNet: 1000 class folders) or a supernet trained on this data"
+            )
         self.supernet = supernet.to(self.device).eval()
         self.progress = progress
         self.n_evaluated = 0  # archs actually measured (cache misses)
@@ -168,7 +176,7 @@ class SupernetAccuracy(Predictor):
 
     # ------------------------------------------------------------------ cache
     def _key(self, arch: Any) -> str:
-        return arch.to_json()
+        return arch_key(self.space, arch)
 
     def _lookup(self, key: str) -> dict | None:
         if key in self._mem:

@@ -146,6 +146,50 @@ def materialize(ds: Dataset, batch_size: int, num_workers: int = 0, seed: int = 
     return TensorBatches(torch.cat(xs), torch.cat(ys), batch_size)
 
 
+def _recent(store: dict, key: int, make: Callable[[], "TensorBatches"], keep: int) -> "TensorBatches":
+    """``store[key]``, made on first use; only the ``keep`` most recently used entries stay."""
+    store[key] = store.pop(key) if key in store else make()  # most recent last
+    while len(store) > keep:
+        store.pop(next(iter(store)))
+    return store[key]
+
+
+def train_folder(root: str | os.PathLike) -> Path:
+    """The training ImageFolder of ``root``: ``root/train`` when it exists, else ``root`` itself."""
+    root = Path(root).expanduser()
+    return root / "train" if (root / "train").is_dir() else root
+
+
+class CalibrationSet:
+    """``n_images`` training images of an ImageFolder for BN re-calibration (OFA's protocol:
+    random-resized-crop + flip at the subnet's resolution, fixed seed), decoded once per resolution and
+    kept for the ``max_resolutions`` most recently used ones."""
+
+    def __init__(self, source: "ImageFolderSource | str | os.PathLike", n_images: int = 2000, batch_size: int = 100,
+                 seed: int = 0, num_workers: int = 0, max_resolutions: int = 4) -> None:
+        self.source = source if isinstance(source, ImageFolderSource) else ImageFolderSource(source)
+        self.n_images, self.batch_size, self.seed = int(n_images), int(batch_size), int(seed)
+        self.num_workers, self.max_resolutions = int(num_workers), int(max_resolutions)
+        if self.n_images < 1:
+            raise DataError(f"BN calibration needs at least one image; got n_images={n_images}")
+        self.indices = self.source.subset_indices(self.n_images, seed)
+        self._store: dict[int, TensorBatches] = {}
+
+    def batches(self, r: int) -> TensorBatches:
+        r = int(r)
+        return _recent(self._store, r, lambda: materialize(self.source.view(train_transform(r), self.indices),
+                                                             self.batch_size, self.num_workers, seed=self.seed + r),
+                       self.max_resolutions)
+
+    def calibrate(self, net: nn.Module, r: int, device: str | torch.device = "cpu") -> int:
+        """Re-compute ``net``'s BN statistics on these images at resolution ``r``; returns the image count."""
+        return set_running_statistics(net, self.batches(r), device)
+
+    def describe(self) -> dict:
+        return {"data": str(self.source.root), "n_images": len(self.indices), "seed": self.seed,
+                "protocol": "BN statistics re-computed on training images (random-resized-crop + flip at the subnet's resolution)"}
+
+
 class TensorCache:
     """Calibration and validation subsets of an ImageFolder, decoded once per resolution.
 
@@ -163,36 +207,25 @@ class TensorCache:
         num_workers: int = 0,
         max_resolutions: int = 4,
     ) -> None:
-        self.train = train if isinstance(train, ImageFolderSource) else ImageFolderSource(train)
+        self.calibration = CalibrationSet(train, n_calib, batch_size, seed, num_workers, max_resolutions)
+        self.train = self.calibration.source
         self.val_src = val if isinstance(val, ImageFolderSource) else ImageFolderSource(val)
         if self.train.classes != self.val_src.classes:
             raise DataError(f"train ({self.train.root}) and val ({self.val_src.root}) folders have different classes")
         self.n_calib, self.n_val, self.batch_size, self.seed = int(n_calib), n_val, int(batch_size), int(seed)
         self.num_workers, self.max_resolutions = int(num_workers), int(max_resolutions)
-        self.calib_idx = self.train.subset_indices(self.n_calib, seed)
+        self.calib_idx = self.calibration.indices
         self.val_idx = self.val_src.subset_indices(n_val, seed + 1)
-        self._store: dict[tuple[str, int], TensorBatches] = {}
-
-    def _get(self, kind: str, r: int) -> TensorBatches:
-        key = (kind, int(r))
-        if key in self._store:
-            self._store[key] = self._store.pop(key)  # most recent last
-            return self._store[key]
-        if kind == "calib":
-            ds = self.train.view(train_transform(r), self.calib_idx)
-        else:
-            ds = self.val_src.view(eval_transform(r), self.val_idx)
-        tb = materialize(ds, self.batch_size, self.num_workers, seed=self.seed + int(r))
-        self._store[key] = tb
-        while len(self._store) > 2 * self.max_resolutions:
-            self._store.pop(next(iter(self._store)))
-        return tb
+        self._val: dict[int, TensorBatches] = {}
 
     def calib(self, r: int) -> TensorBatches:
-        return self._get("calib", r)
+        return self.calibration.batches(r)
 
     def val(self, r: int) -> TensorBatches:
-        return self._get("val", r)
+        r = int(r)
+        return _recent(self._val, r, lambda: materialize(self.val_src.view(eval_transform(r), self.val_idx),
+                                                           self.batch_size, self.num_workers, seed=self.seed + r),
+                       self.max_resolutions)
 
 
 # ============================================================================ BN calibration / evaluation
@@ -278,6 +311,7 @@ def default_device() -> str:
 
 
 __all__ = [
+    "CalibrationSet",
     "DataError",
     "ImageFolderSource",
     "TensorBatches",
@@ -290,5 +324,6 @@ __all__ = [
     "materialize",
     "normalize",
     "set_running_statistics",
+    "train_folder",
     "train_transform",
 ]

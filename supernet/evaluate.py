@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
 from typing import Sequence
 
 import numpy as np
@@ -24,13 +23,15 @@ from hwnas.predictors.assets import atomic_write
 from hwnas.spaces import create_space
 from hwnas.spaces.base import SpaceError
 
+from hwnas.spaces.errors import cli_errors
+
 from .accuracy import SupernetAccuracy
-from .checkpoint import CheckpointError
-from .data import DataError
+
+PROG = "python -m hwnas.supernet.evaluate"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hwnas.supernet.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default="ofa_mbv3_w12")
     p.add_argument("--checkpoint", default="auto")
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
+    with cli_errors(PROG):
         space = create_space(args.space)
         archs = [space.validate(a) for a in args.arch]
         if args.random:
@@ -63,20 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_calib=args.n_calib, n_val=args.n_val, batch_size=args.batch_size, device=args.device,
             cache=args.cache, seed=args.seed, num_workers=args.workers, progress=True, mirror=args.mirror,
         )
-    except (SpaceError, DataError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    rows = []
-    for a in archs:
-        res = acc.evaluate(a)
-        rows.append((a.to_json(), a.to_str(), res["top1"], res["top5"], res["loss"], res["n"]))
-        print(f"{a.to_str()}  top1={res['top1'] * 100:.2f}%  top5={res['top5'] * 100:.2f}%  (n={res['n']})", flush=True)
-    if args.out:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["arch", "arch_str", "top1", "top5", "loss", "n"])
-        w.writerows(rows)
-        atomic_write(args.out, buf.getvalue())
+        rows = []
+        for a in archs:
+            res = acc.evaluate(a)
+            rows.append((a.to_json(), a.to_str(), res["top1"], res["top5"], res["loss"], res["n"]))
+            print(f"{a.to_str()}  top1={res['top1'] * 100:.2f}%  top5={res['top5'] * 100:.2f}%  (n={res['n']})", flush=True)
+        if args.out:
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(["arch", "arch_str", "top1", "top5", "loss", "n"])
+            w.writerows(rows)
+            atomic_write(args.out, buf.getvalue())
     return 0
 
 

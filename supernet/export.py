@@ -1,19 +1,28 @@
-"""Export subnets (a search's Pareto set or single archs) as ready-to-use model folders.
+"""Export subnets (the best archs of a search, its whole front, or single archs) as model folders.
 
 One folder per arch, written into a temporary folder beside it and renamed into place when complete:
 
-* ``arch.json`` — the arch (OFA dict), its compact string and the space config;
+* ``arch.json`` — the arch (OFA dict), its compact string and the space (as data: registered name + options);
 * ``model_state_dict.pth`` — the static subnet's state dict (Once-for-All tensor names);
 * ``model_torchscript.pt`` — traced TorchScript (outputs checked against eager);
 * ``model.onnx`` — ONNX, dynamic batch (outputs checked with ONNX Runtime; metadata in ``metadata_props``);
 * ``timm_model.pth`` + ``timm_config.json`` — the same network as a timm ``MobileNetV3`` /
-  ``EfficientNet`` (outputs checked against the static subnet), for fine-tuning with timm's tools;
+  ``EfficientNet`` (outputs checked against the static subnet); ``register_timm(folder)`` makes it a
+  ``timm.create_model`` name;
 * ``metadata.json`` — arch, resolution, accuracy and latency (with their kind: predicted or measured),
-  where the weights came from, the output checks and versions;
+  where the weights came from, their BN calibration, the output checks and versions;
 * ``README.md`` — a model card with loading code.
 
 Weights come from a supernet checkpoint (``get_active_subnet``) or, without one, from the static
-network's random initialisation — then every file says so (``weights.trained = false``).
+network's random initialisation — then every file says so (``weights.trained = false``). A subnet
+extracted from a supernet carries the *supernet's* BN statistics, which do not fit it (its accuracy
+collapses): ``calib_data=<ImageFolder>`` re-computes them on ``calib_images`` training images before
+export (Once-for-All's protocol), and trained weights without calibration are refused unless
+``allow_uncalibrated=True`` — then every file says so (``weights.bn_calibrated = false``).
+
+A rerun into the same folder skips the archs already exported with the same settings, removes the
+temporary folders of killed runs, and refuses (naming the difference) a folder exported with other
+settings unless ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,22 +44,29 @@ from torch import nn
 
 from hwnas.predictors.assets import atomic_write
 from hwnas.spaces.base import SearchSpace, SpaceError, create_space
+from hwnas.spaces.errors import UserError, writable_dir
+from hwnas.spaces.io import arch_key, read_arch_file, space_from_spec, space_spec
 from hwnas.spaces.mbconv import MBConvSpace
-from hwnas.spaces.errors import UserError
 
 __all__ = [
+    "CALIB_IMAGES",
     "ExportError",
     "ExportItem",
-    "read_archs",
-    "load_weights_source",
+    "FORMATS",
+    "WeightsSource",
+    "check_opset",
     "export_arch",
     "export_many",
-    "FORMATS",
     "load_timm",
-    "WeightsSource",
+    "load_weights_source",
+    "read_items",
 ]
 
 FORMATS = ("torch", "torchscript", "onnx", "timm")
+#: training images for BN re-calibration (Once-for-All: 2,000)
+CALIB_IMAGES = 2000
+#: the ONNX opsets torch's exporter writes
+OPSETS = (7, 23)
 
 
 class ExportError(UserError, ValueError):
@@ -71,114 +87,174 @@ class ExportItem:
 
 
 # ============================================================================ inputs
-def _space_from_cfg(cfg: Any, source: Any = "pareto.json") -> SearchSpace:
-    """The space a ``pareto.json`` records: data rebuilt through the space registry, never built from a
-    ``_target_`` in the file (:func:`hwnas.spaces.io.space_from_spec`)."""
-    from hwnas.spaces.io import space_from_spec
-
-    if cfg is None or (isinstance(cfg, dict) and cfg.get("space", "") is None):
-        raise ExportError(f"{source} has no usable 'space' entry; pass the space name (--space)")
-    return space_from_spec(cfg, source=source)
+def _is_inline(text: str) -> bool:
+    return text.startswith(("{", "[", "|")) or re.match(r"^r\d+:", text) is not None
 
 
-def read_archs(source: str | os.PathLike | Any, space: SearchSpace | str | None = None) -> tuple[SearchSpace, list[ExportItem]]:
-    """Archs to export from ``source``: a ``pareto.json`` (or its run folder), a JSON file holding one
-    arch dict or a list of them, an arch JSON string / compact string, or an arch object.
+def _budget_label(b: str) -> str:
+    return "budget" + re.sub(r"[^0-9A-Za-z]+", "_", str(b)).strip("_")
 
-    ``space`` (object or registered name) defaults to the one recorded in ``pareto.json``."""
+
+def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None = None,
+               select: str = "best") -> tuple[SearchSpace, list[ExportItem], list[str]]:
+    """``(space, items, notes)``: what to export from ``source`` — a search run folder or its
+    ``pareto.json``, an arch file (JSON, JSON lines, CSV; see :func:`hwnas.spaces.io.read_arch_file`),
+    an arch string or an arch object. The file is read as data: its space is rebuilt through the space
+    registry (:func:`hwnas.spaces.io.space_from_spec`), nothing named in it is imported.
+
+    ``select="best"`` takes, from a ``pareto.json``, the best arch of each latency budget of the run
+    (an arch best for several budgets once); ``"all"`` takes the whole front. ``notes`` are lines for the
+    user (budgets no arch met). ``space`` (object or registered name) overrides the file's."""
+    if select not in ("best", "all"):
+        raise ExportError(f"select={select!r} is unknown; allowed: ['best', 'all']")
     if isinstance(space, str):
         space = create_space(space)
-    data: Any = None
     text = os.fspath(source).strip() if isinstance(source, (str, os.PathLike)) else None
-    inline = text is None or text.startswith("{") or re.match(r"^r\d+:", text) is not None
-    if not inline:
-        p = Path(text)
-        if p.is_dir():
-            if not (p / "pareto.json").is_file():
-                raise ExportError(f"{p} is a folder without pareto.json; give a search run folder, a pareto.json or an arch")
-            p = p / "pareto.json"
-        if not p.is_file():
-            raise ExportError(f"{p} does not exist; give a search run folder, a pareto.json, an arch JSON file or an arch string")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise ExportError(f"{p} is not valid JSON ({exc}); expected a pareto.json or an arch JSON") from None
-    if data is None:  # an arch given inline
+    if text is None or _is_inline(text):
         if space is None:
             raise ExportError("an arch given inline needs the space (--space NAME)")
-        return space, [ExportItem(arch=space.validate(source))]
-    if isinstance(data, dict) and "front" in data:
-        if not isinstance(data["front"], list):
-            raise ExportError(f"{p}: 'front' must be a list of {{'arch': ..}} rows, not {type(data['front']).__name__}")
-        if space is None:
-            space = _space_from_cfg(data.get("space"), p)
-        items = []
-        for i, row in enumerate(data["front"]):
-            if not isinstance(row, dict) or "arch" not in row:
-                raise ExportError(f"pareto.json front[{i}] has no 'arch'; rows look like {{'arch': {{...}}, 'accuracy': .., 'latency': ..}}")
-            try:
-                arch = space.validate(row["arch"])
-            except SpaceError as exc:
-                raise SpaceError(f"pareto.json front[{i}]: {exc}") from None
-            extra = {k: v for k, v in row.items() if k not in ("arch", "arch_str", "accuracy", "latency")}
-            items.append(ExportItem(arch, row.get("accuracy"), row.get("latency"), name=f"rank{i:03d}", extra=extra))
-        return space, items
+        return space, [ExportItem(arch=space.validate(source))], []
+    p = Path(text)
+    if p.is_dir():
+        if not (p / "pareto.json").is_file():
+            raise ExportError(f"{p} is a folder without pareto.json; give a search run folder, a pareto.json or an arch file")
+        p = p / "pareto.json"
+    if not p.exists():
+        raise ExportError(f"{p} does not exist; give a search run folder, a pareto.json, an arch file or an arch string")
+    header, rows = read_arch_file(p, "pareto.json" if p.name == "pareto.json" else "arch file")
     if space is None:
-        raise ExportError("an arch JSON file needs the space (--space NAME)")
-    rows = data if isinstance(data, list) else [data]
+        if "space" not in header:
+            raise ExportError(f"{p} does not name its space; pass the space name (--space NAME)")
+        space = space_from_spec(header["space"], p)
     items = []
     for i, row in enumerate(rows):
         try:
-            items.append(ExportItem(arch=space.validate(row)))
+            arch = space.validate(row["arch"])
         except SpaceError as exc:
-            raise SpaceError(f"arch {i}: {exc}") from None
-    return space, items
+            raise SpaceError(f"{p} entry {i}: {exc}") from None
+        extra = {k: v for k, v in row.items() if k not in ("arch", "arch_str", "accuracy", "latency")}
+        items.append(ExportItem(arch, _number(row.get("accuracy")), _number(row.get("latency")), name=f"rank{i:03d}", extra=extra))
+    if select == "all" or "budgets" not in header:
+        return space, items, []
+    best = header.get("best") or {}
+    if not isinstance(best, dict) or not best:
+        raise ExportError(
+            f"{p} has no budgets (the search ran without search.budgets), so there is no best arch per budget; "
+            f"export the front with --all ({len(items)} archs) or a part of it with --top K / --select i,j"
+        )
+    chosen: dict[str, ExportItem] = {}
+    notes = []
+    for b, row in best.items():
+        if row is None:
+            notes.append(f"budget {b}: no arch of the front meets it; nothing to export for it")
+            continue
+        try:
+            arch = space.validate(row["arch"] if isinstance(row, dict) else row)
+        except (SpaceError, KeyError) as exc:
+            raise SpaceError(f"{p} best[{b!r}]: {exc}") from None
+        key = arch_key(space, arch)
+        if key in chosen:
+            chosen[key].extra["budgets"].append(b)
+            continue
+        chosen[key] = ExportItem(arch, _number(row.get("accuracy")), _number(row.get("latency")), name=_budget_label(b),
+                                 extra={"budgets": [b]})
+    if not chosen:
+        raise ExportError(f"{p}: no arch meets any budget of the run ({list(best)}); export the front with --all")
+    return space, list(chosen.values()), notes
+
+
+def _number(v: Any) -> float | None:
+    try:
+        return None if v in (None, "") else float(v)
+    except (TypeError, ValueError):
+        return None
 
 
 # ============================================================================ weights
 @dataclass
 class WeightsSource:
-    """Where subnet weights come from: a loaded supernet, or random initialisation."""
+    """Where subnet weights come from: a loaded supernet, or random initialisation; and the BN
+    re-calibration applied to every extracted subnet (a :class:`~hwnas.supernet.data.CalibrationSet`)."""
 
     supernet: nn.Module | None = None
     checkpoint: str = ""
+    calibration: Any = None
 
     @property
     def trained(self) -> bool:
         return self.supernet is not None
 
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
+
     def subnet(self, space: MBConvSpace, arch: Any) -> nn.Module:
         if self.supernet is not None:
-            return self.supernet.get_active_subnet(arch).eval()
-        from .static import build_static
+            net = self.supernet.get_active_subnet(arch).eval()
+        else:
+            from .static import build_static
 
-        return build_static(space, arch).eval()
+            net = build_static(space, arch).eval()
+        if self.calibration is not None:  # on the GPU when there is one, then back for the export
+            from .data import default_device
+
+            device = default_device()
+            self.calibration.calibrate(net.to(device), arch.r, device)
+            net.cpu()
+        return net.eval()
 
     def describe(self) -> dict:
+        bn = self.calibration.describe() if self.calibration is not None else None
         if self.trained:
-            return {"trained": True, "source": "supernet checkpoint", "checkpoint": self.checkpoint}
-        return {
-            "trained": False,
-            "source": "random initialisation (NOT trained: fine-tune or pass a supernet checkpoint before use)",
-            "checkpoint": None,
-        }
+            d = {"trained": True, "source": "supernet checkpoint", "checkpoint": self.checkpoint}
+        else:
+            d = {"trained": False, "checkpoint": None,
+                 "source": "random initialisation (NOT trained: fine-tune or pass a supernet checkpoint before use)"}
+        d["bn_calibrated"] = bn is not None
+        d["bn_calibration"] = bn
+        if self.trained and bn is None:
+            d["warning"] = ("BN statistics NOT re-calibrated: they are the supernet's, which do not fit this subnet "
+                            "(accuracy may collapse); export again with --calib-data <ImageFolder>")
+        return d
 
 
 def load_weights_source(space: MBConvSpace, checkpoint: str | os.PathLike | None = None, mirror: str | None = None) -> WeightsSource:
-    """A supernet of ``space`` with ``checkpoint`` loaded (path, official OFA name or asset path); with
-    no checkpoint, the static networks' initial weights (flagged untrained)."""
+    """A supernet of ``space`` with ``checkpoint`` loaded (path, official OFA name or asset path; its
+    classifier size is taken from the file); with no checkpoint, the static networks' initial weights
+    (flagged untrained)."""
     if checkpoint in (None, ""):
         return WeightsSource()
-    from .checkpoint import load_checkpoint
+    from .checkpoint import match_state_dict, read_state_dict, resolve_checkpoint
     from .elastic import ElasticMBConvNet
 
-    net = ElasticMBConvNet(space)
-    path = load_checkpoint(net, checkpoint, mirror=mirror)
+    path = resolve_checkpoint(checkpoint, mirror)
+    state = read_state_dict(path)
+    head = state.get("classifier.linear.weight")
+    net = ElasticMBConvNet(space, n_classes=int(head.shape[0]) if head is not None and head.dim() == 2 else None)
+    net.load_state_dict(match_state_dict(net, state, source=f"checkpoint {path}"), strict=True)
     net.eval()
     return WeightsSource(net, str(path))
 
 
+def _calibration(calib_data: Any, calib_images: int, seed: int = 0) -> Any:
+    from .data import CalibrationSet, train_folder
+
+    if isinstance(calib_data, CalibrationSet):
+        return calib_data
+    return CalibrationSet(train_folder(calib_data), n_images=calib_images, seed=seed)
+
+
 # ============================================================================ export of one arch
+def check_opset(opset: Any) -> int:
+    try:
+        v = int(opset)
+    except (TypeError, ValueError):
+        v = -1
+    if not OPSETS[0] <= v <= OPSETS[1] or str(v) != str(opset).strip():
+        raise ExportError(f"opset={opset!r} is not an ONNX opset torch can write; give one in {OPSETS[0]}..{OPSETS[1]} (default 17)")
+    return v
+
+
 def _check_close(name: str, ref: torch.Tensor, got: np.ndarray | torch.Tensor, atol: float) -> float:
     got_t = torch.as_tensor(np.asarray(got) if not isinstance(got, torch.Tensor) else got).float()
     diff = float((ref.float() - got_t).abs().max())
@@ -189,7 +265,7 @@ def _check_close(name: str, ref: torch.Tensor, got: np.ndarray | torch.Tensor, a
 
 
 def _arch_name(space: SearchSpace, arch: Any, prefix: str = "") -> str:
-    h = hashlib.sha1(space.to_json(arch).encode()).hexdigest()[:8]
+    h = hashlib.sha1(arch_key(space, arch).encode()).hexdigest()[:8]
     return f"{prefix + '_' if prefix else ''}r{arch.r}_{h}"
 
 
@@ -202,22 +278,27 @@ def _fmt(v: float | None, kind: str, unit: str = "") -> str:
 
 
 def _model_card(meta: dict, files: dict[str, str]) -> str:
-    from .timm_export import timm_snippet
-
     w = meta["weights"]
-    warn = "" if w["trained"] else (
-        "\n> **Warning: these weights are NOT trained** (random initialisation of the static network). "
-        "Fine-tune before use, or export again with a supernet checkpoint (`--checkpoint`).\n"
-    )
+    warn = []
+    if not w["trained"]:
+        warn.append("> **Warning: these weights are NOT trained** (random initialisation of the static network). "
+                    "Fine-tune before use, or export again with a supernet checkpoint (`--checkpoint`).")
+    elif not w["bn_calibrated"]:
+        warn.append(f"> **Warning: {w['warning']}.**")
     r = meta["resolution"]
+    bn = w["bn_calibration"]
     lines = [
         f"# {meta['name']}: {meta['space']} subnet at {r}x{r}",
-        warn,
+        "",
+        *warn,
+        "",
         f"- arch: `{meta['arch_str']}`",
         f"- top-1: {_fmt(meta['accuracy']['value'], meta['accuracy']['kind'], '%')}; "
         f"latency: {_fmt(meta['latency']['value'], meta['latency']['kind'])}",
         f"- MACs: {meta['macs'] / 1e6:.1f} M; parameters: {meta['params'] / 1e6:.2f} M",
         f"- weights: {w['source']}" + (f" (`{w['checkpoint']}`)" if w.get("checkpoint") else ""),
+        "- BN statistics: " + (f"re-calibrated on {bn['n_images']} training images of `{bn['data']}`" if bn
+                               else "not re-calibrated"),
         f"- input: RGB, {r}x{r}, ImageNet normalisation (mean 0.485/0.456/0.406, std 0.229/0.224/0.225)",
         "",
         "## Files",
@@ -232,20 +313,19 @@ def _model_card(meta: dict, files: dict[str, str]) -> str:
     }
     for k, v in files.items():
         lines.append(f"- `{v}`: {labels.get(k, k)}")
-    lines.append("- `metadata.json`: arch, resolution, accuracy, latency, weights source, output checks")
+    lines.append("- `metadata.json`: arch, resolution, accuracy, latency, weights source, BN calibration, output checks")
     lines += ["", "## Load", ""]
     if "timm" in files:
         lines += [
-            "timm (fine-tune with timm's training scripts / optimisers):",
+            "timm (`register_timm` makes this folder a timm model name; fine-tune it with timm's scripts):",
             "",
             "```python",
-            timm_snippet().rstrip(),
-            "```",
+            "import timm",
+            "from hwnas.supernet.timm_export import register_timm",
             "",
-            "or, with hwnas installed:",
-            "",
-            "```bash",
-            'python -c "from hwnas.supernet.export import load_timm; m = load_timm(\'.\'); print(m)"',
+            f"name = register_timm('.')   # '{meta['timm_name']}'",
+            "model = timm.create_model(name, pretrained=True).eval()     # these weights",
+            "model = timm.create_model(name, pretrained=True, num_classes=10)   # new classifier for fine-tuning",
             "```",
             "",
         ]
@@ -268,15 +348,74 @@ def _model_card(meta: dict, files: dict[str, str]) -> str:
             "",
             "```python",
             "import json, torch",
-            "from hwnas.spaces import create_space",
+            "from hwnas.spaces.io import space_from_spec",
             "from hwnas.supernet.static import build_static",
-            f"space = create_space('{meta['space']}')",
-            "net = build_static(space, json.load(open('arch.json'))['arch'])",
+            "info = json.load(open('arch.json'))",
+            "net = build_static(space_from_spec(info['space']), info['arch'], n_classes=info['num_classes'])",
             f"net.load_state_dict(torch.load('{files['torch']}', weights_only=True))",
             "```",
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]*\.(?:tmp|old)$")
+
+
+def clean_stale(out_dir: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders that killed exports left in ``out_dir`` (their process is gone)."""
+    out_dir = Path(out_dir)
+    gone = []
+    if not out_dir.is_dir():
+        return gone
+    for p in out_dir.iterdir():
+        m = _TEMP.match(p.name)
+        if m and p.is_dir() and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    return gone
+
+
+def _request(space: SearchSpace, item: ExportItem, arch: Any, weights: WeightsSource, formats: Sequence[str], opset: int) -> dict:
+    """What an export folder was made from; a rerun with the same request skips the folder."""
+    return {
+        "arch": arch_key(space, arch),
+        "formats": sorted(formats),
+        "opset": opset if "onnx" in formats else None,
+        "weights": {k: v for k, v in weights.describe().items() if k in ("checkpoint", "bn_calibration")},
+        "accuracy": [item.accuracy, item.accuracy_kind],
+        "latency": [item.latency, item.latency_kind],
+    }
+
+
+def _is_done(final: Path, request: dict) -> bool:
+    """Whether ``final`` already holds this export; raises when it holds another one."""
+    try:
+        old = json.loads((final / "metadata.json").read_text()).get("request")
+    except (OSError, ValueError, AttributeError):
+        raise ExportError(f"{final} exists but is not a complete hwnas export (no readable metadata.json); "
+                          "remove it, or pass --overwrite") from None
+    if old == request:
+        return True
+    diff = sorted(k for k in request if not isinstance(old, dict) or old.get(k) != request[k])
+    raise ExportError(f"{final} was exported with other settings ({', '.join(diff) or 'an older hwnas'}); "
+                      "pass --overwrite to replace it, or choose another output folder (--out)")
 
 
 def export_arch(
@@ -290,85 +429,44 @@ def export_arch(
     opset: int = 17,
     overwrite: bool = False,
     name: str | None = None,
+    allow_uncalibrated: bool = False,
 ) -> Path:
     """Export one arch into ``out_dir/<name>``; returns that folder. See the module doc for the files."""
+    return _export_one(space, item, out_dir, weights, formats, atol, timm_atol, opset, overwrite, name, allow_uncalibrated)[0]
+
+
+def _export_one(space, item, out_dir, weights, formats, atol, timm_atol, opset, overwrite, name,
+                allow_uncalibrated) -> tuple[Path, bool]:
     if not isinstance(item, ExportItem):
         item = ExportItem(arch=item)
     bad = [f for f in formats if f not in FORMATS]
-    if bad:
-        raise ExportError(f"formats {bad} are unknown; allowed formats: {list(FORMATS)}")
+    if bad or not formats:
+        raise ExportError(f"formats {list(formats)}: unknown {bad}; allowed formats: {list(FORMATS)}")
     if not isinstance(space, MBConvSpace):
         raise ExportError(f"space {getattr(space, 'name', space)!r}: export supports MBConv spaces (OFA-MobileNetV3, ProxylessNAS)")
-    arch = space.validate(item.arch)
+    opset = check_opset(opset)
     weights = weights or WeightsSource()
+    if weights.trained and not weights.calibrated and not allow_uncalibrated:
+        raise ExportError(
+            "subnets extracted from a supernet need their BN statistics re-calibrated, or their accuracy collapses: "
+            "give training images (--calib-data <ImageFolder>, export.calib_data=...), or export the supernet's "
+            "statistics anyway, flagged in every file (--no-calib, allow_uncalibrated=True)"
+        )
+    arch = space.validate(item.arch)
     name = name or _arch_name(space, arch, item.name or "arch")
     out_dir = Path(out_dir)
     final = out_dir / name
-    if final.exists() and not overwrite:
-        raise ExportError(f"{final} already exists; pass overwrite=True (--overwrite) or choose another output folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp"))
+    request = _request(space, item, arch, weights, formats, opset)
+    if final.exists() and not overwrite and _is_done(final, request):
+        return final, True
+    writable_dir(out_dir)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}.{os.getpid()}.", suffix=".tmp"))
     try:
-        net = weights.subnet(space, arch).eval()
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(2, 3, arch.r, arch.r, generator=g)
-        with torch.no_grad():
-            ref = net(x)
-        files: dict[str, str] = {}
-        checks: dict[str, float] = {}
-        meta: dict[str, Any] = {
-            "format": "hwnas.export/1",
-            "name": name,
-            "space": space.name,
-            "space_config": space.to_config(),
-            "arch": arch.to_dict(),
-            "arch_str": arch.to_str(),
-            "resolution": arch.r,
-            "input_shape": [1, 3, arch.r, arch.r],
-            "accuracy": {"value": item.accuracy, "kind": item.accuracy_kind, "metric": "top1"},
-            "latency": {"value": item.latency, "kind": item.latency_kind, "unit": "ms"},
-            "macs": int(space.macs(arch)),
-            "params": int(sum(p.numel() for p in net.parameters())),
-            "weights": weights.describe(),
-            "extra": item.extra,
-            "versions": {"torch": torch.__version__},
-        }
-        (tmp / "arch.json").write_text(json.dumps({"space": space.name, "arch": arch.to_dict(), "arch_str": arch.to_str()}, indent=1) + "\n")
-        if "torch" in formats:
-            torch.save(net.state_dict(), tmp / "model_state_dict.pth")
-            files["torch"] = "model_state_dict.pth"
-        if "torchscript" in formats:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ts = torch.jit.trace(net, x[:1], check_trace=False)
-                ts.save(str(tmp / "model_torchscript.pt"))
-                loaded = torch.jit.load(str(tmp / "model_torchscript.pt"))
-                with torch.no_grad():
-                    checks["torchscript_max_abs_diff"] = _check_close("TorchScript", ref, loaded(x), atol)
-            files["torchscript"] = "model_torchscript.pt"
-        if "timm" in formats:
-            from .timm_export import to_timm
-
-            tm, cfg, diff = to_timm(net, space, arch, atol=timm_atol)
-            checks["timm_max_abs_diff"] = diff
-            torch.save(tm.state_dict(), tmp / "timm_model.pth")
-            (tmp / "timm_config.json").write_text(json.dumps(cfg, indent=1) + "\n")
-            files["timm"] = "timm_model.pth"
-            files["timm_config"] = "timm_config.json"
-            meta["versions"]["timm"] = cfg.get("timm_version", "")
-        if "onnx" in formats:
-            checks["onnx_max_abs_diff"] = _export_onnx(net, x, ref, tmp / "model.onnx", meta, opset, atol)
-            files["onnx"] = "model.onnx"
-        meta["checks"] = {**checks, "atol": atol, "timm_atol": timm_atol}
-        meta["files"] = files
-        if "onnx" in formats:
-            _write_onnx_metadata(tmp / "model.onnx", meta)
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
-        (tmp / "README.md").write_text(_model_card(meta, files))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give them the usual permissions
+        _write_export(tmp, space, item, arch, weights, formats, atol, timm_atol, opset, name, request)
         if final.exists():
-            old = out_dir / f".{name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
+            old = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}.{os.getpid()}.", suffix=".old"))
+            os.replace(final, old / name)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -376,7 +474,74 @@ def export_arch(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+    return final, False
+
+
+def _write_export(tmp: Path, space, item: ExportItem, arch, weights: WeightsSource, formats, atol: float,
+                  timm_atol: float, opset: int, name: str, request: dict) -> None:
+    net = weights.subnet(space, arch).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, arch.r, arch.r, generator=g)
+    with torch.no_grad():
+        ref = net(x)
+    n_classes = int(ref.shape[1])
+    files: dict[str, str] = {}
+    checks: dict[str, float] = {}
+    spec = space_spec(space)
+    meta: dict[str, Any] = {
+        "format": "hwnas.export/2",
+        "name": name,
+        "space": space.name,
+        "space_spec": spec,
+        "arch": arch.to_dict(),
+        "arch_str": arch.to_str(),
+        "resolution": arch.r,
+        "input_shape": [1, 3, arch.r, arch.r],
+        "num_classes": n_classes,
+        "accuracy": {"value": item.accuracy, "kind": item.accuracy_kind, "metric": "top1"},
+        "latency": {"value": item.latency, "kind": item.latency_kind, "unit": "ms"},
+        "macs": int(space.macs(arch)),
+        "params": int(sum(p.numel() for p in net.parameters())),
+        "weights": weights.describe(),
+        "extra": item.extra,
+        "request": request,
+        "versions": {"torch": torch.__version__},
+    }
+    (tmp / "arch.json").write_text(json.dumps({"space": spec, "arch": arch.to_dict(), "arch_str": arch.to_str(),
+                                               "num_classes": n_classes, "weights": meta["weights"]}, indent=1) + "\n")
+    if "torch" in formats:
+        torch.save(net.state_dict(), tmp / "model_state_dict.pth")
+        files["torch"] = "model_state_dict.pth"
+    if "torchscript" in formats:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ts = torch.jit.trace(net, x[:1], check_trace=False)
+            ts.save(str(tmp / "model_torchscript.pt"))
+            loaded = torch.jit.load(str(tmp / "model_torchscript.pt"))
+            with torch.no_grad():
+                checks["torchscript_max_abs_diff"] = _check_close("TorchScript", ref, loaded(x), atol)
+        files["torchscript"] = "model_torchscript.pt"
+    if "timm" in formats:
+        from .timm_export import timm_model_name, to_timm
+
+        tm, cfg, diff = to_timm(net, space, arch, atol=timm_atol)
+        cfg["timm_name"] = meta["timm_name"] = timm_model_name(name)
+        cfg["weights"] = meta["weights"]
+        checks["timm_max_abs_diff"] = diff
+        torch.save(tm.state_dict(), tmp / "timm_model.pth")
+        (tmp / "timm_config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+        files["timm"] = "timm_model.pth"
+        files["timm_config"] = "timm_config.json"
+        meta["versions"]["timm"] = cfg.get("timm_version", "")
+    if "onnx" in formats:
+        checks["onnx_max_abs_diff"] = _export_onnx(net, x, ref, tmp / "model.onnx", meta, opset, atol)
+        files["onnx"] = "model.onnx"
+    meta["checks"] = {**checks, "atol": atol, "timm_atol": timm_atol}
+    meta["files"] = files
+    if "onnx" in formats:
+        _write_onnx_metadata(tmp / "model.onnx", meta)
+    (tmp / "metadata.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    (tmp / "README.md").write_text(_model_card(meta, files))
 
 
 def _export_onnx(net: nn.Module, x: torch.Tensor, ref: torch.Tensor, path: Path, meta: dict, opset: int, atol: float) -> float:
@@ -427,20 +592,37 @@ def export_many(
     weights: WeightsSource | None = None,
     formats: Sequence[str] = FORMATS,
     overwrite: bool = False,
-    progress: Any = None,
-    **kw: Any,
+    progress: Callable[[int, int, Path, bool], None] | None = None,
+    calib_data: Any = None,
+    calib_images: int = CALIB_IMAGES,
+    allow_uncalibrated: bool = False,
+    atol: float = 1e-4,
+    timm_atol: float = 1e-5,
+    opset: int = 17,
 ) -> list[Path]:
-    """Export every item; writes ``out_dir/index.json`` (name, arch_str, accuracy, latency per export)."""
-    out = []
-    index = []
+    """Export every item into ``out_dir`` (one folder each) and write ``out_dir/index.json`` (name,
+    arch_str, accuracy, latency, checks per export; rewritten after every arch).
+
+    ``calib_data``: an ImageFolder (or a root with ``train/``) whose first ``calib_images`` images (a
+    fixed random subset) re-calibrate every subnet's BN statistics before export. Trained weights
+    without it are refused unless ``allow_uncalibrated``. Archs already exported into ``out_dir`` with
+    the same settings are skipped (so a killed export resumes); temporary folders of killed runs are
+    removed. ``progress(i, n, folder, skipped)`` is called after each arch."""
+    out_dir = writable_dir(out_dir)
+    clean_stale(out_dir)
+    weights = weights or WeightsSource()
+    if calib_data not in (None, ""):
+        weights = WeightsSource(weights.supernet, weights.checkpoint, _calibration(calib_data, calib_images))
+    out, index = [], []
     for i, it in enumerate(items):
-        p = export_arch(space, it, out_dir, weights=weights, formats=formats, overwrite=overwrite, **kw)
+        p, skipped = _export_one(space, it, out_dir, weights, formats, atol, timm_atol, opset, overwrite, None,
+                                 allow_uncalibrated)
         out.append(p)
         meta = json.loads((p / "metadata.json").read_text())
         index.append({k: meta[k] for k in ("name", "arch_str", "resolution", "accuracy", "latency", "checks")})
+        atomic_write(out_dir / "index.json", json.dumps({"space": space_spec(space), "exports": index}, indent=1) + "\n")
         if progress is not None:
-            progress(i + 1, len(items), p)
-    atomic_write(Path(out_dir) / "index.json", json.dumps({"space": space.name, "exports": index}, indent=1) + "\n")
+            progress(i + 1, len(items), p, skipped)
     return out
 
 

@@ -16,13 +16,18 @@ default activation. :func:`timm_config` writes one string per layer of the subne
 :func:`copy_weights` copies every conv / BN / linear tensor of the static subnet into the timm model
 in execution order, checking types and shapes one by one; :func:`to_timm` builds, copies and checks
 that both networks give the same logits. The config is plain JSON (``timm_config.json`` in an
-export), and :func:`create_timm_model` rebuilds the model from it with timm alone.
+export), and :func:`create_timm_model` rebuilds the model from it. :func:`register_timm` registers an export
+folder with timm, so ``timm.create_model("hwnas_<name>", pretrained=True)`` builds it with its weights.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import warnings
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +38,7 @@ from hwnas.spaces.mbconv import MBConvSpace
 from ._compat import import_timm
 from hwnas.spaces.errors import UserError
 
-__all__ = ["TimmExportError", "timm_config", "create_timm_model", "copy_weights", "to_timm", "timm_snippet"]
+__all__ = ["TimmExportError", "timm_config", "create_timm_model", "copy_weights", "to_timm", "register_timm", "timm_model_name"]
 
 _ACT_CODE = {"relu": "re", "relu6": "r6", "h_swish": "hs"}
 _ACT_TIMM = {"relu": "relu", "relu6": "relu6", "h_swish": "hard_swish"}
@@ -117,10 +122,25 @@ def timm_config(space: MBConvSpace, arch: Any, n_classes: int | None = None, bn_
     }
 
 
-def create_timm_model(cfg: dict | str, drop_rate: float = 0.0, drop_path_rate: float = 0.0, num_classes: int | None = None) -> nn.Module:
+def _pretrained_cfg(cfg: dict, num_classes: int) -> dict:
+    """What ``timm.data.resolve_data_config(model=...)`` and timm's weight loading read."""
+    return {
+        "input_size": tuple(cfg.get("input_size", (3, 224, 224))),
+        "interpolation": "bilinear",
+        "crop_pct": 0.875,
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "num_classes": num_classes,
+        "first_conv": "conv_stem",
+        "classifier": "classifier",
+    }
+
+
+def create_timm_model(cfg: dict | str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
     """Build the timm model described by ``cfg`` (a :func:`timm_config` dict or its JSON) — randomly
     initialised; load ``timm_model.pth`` into it. ``num_classes`` replaces the classifier size (for
-    fine-tuning on another dataset; then load the weights with ``strict=False`` minus the classifier)."""
+    fine-tuning on another dataset; then load the weights with ``strict=False`` minus the classifier).
+    Other keyword arguments (``drop_rate``, ``drop_path_rate``, ``in_chans`` ...) go to the timm class."""
     if isinstance(cfg, str):
         cfg = json.loads(cfg)
     import_timm()
@@ -130,16 +150,16 @@ def create_timm_model(cfg: dict | str, drop_rate: float = 0.0, drop_path_rate: f
     from timm.models.efficientnet import EfficientNet
     from timm.models.mobilenetv3 import MobileNetV3
 
+    n_classes = int(cfg["num_classes"] if num_classes is None else num_classes)
     common = dict(
         block_args=decode_arch_def(cfg["arch_def"]),
-        num_classes=int(cfg["num_classes"] if num_classes is None else num_classes),
+        num_classes=n_classes,
         stem_size=int(cfg["stem_size"]),
         fix_stem=True,
         num_features=int(cfg["num_features"]),
         act_layer=get_act_layer(cfg["act_layer"]),
         norm_layer=partial(nn.BatchNorm2d, eps=float(cfg["bn_eps"])),
-        drop_rate=drop_rate,
-        drop_path_rate=drop_path_rate,
+        **kwargs,
     )
     if cfg["model_class"] == "MobileNetV3":
         se = partial(SqueezeExcite, gate_layer="hard_sigmoid", force_act_layer=nn.ReLU, rd_round_fn=round_channels)
@@ -148,19 +168,45 @@ def create_timm_model(cfg: dict | str, drop_rate: float = 0.0, drop_path_rate: f
         model = EfficientNet(**common)
     else:
         raise TimmExportError(f"model_class={cfg['model_class']!r} is unknown; allowed: ['MobileNetV3', 'EfficientNet']")
-    # what timm.data.resolve_data_config(model=...) reads (input size, normalisation, crop)
-    size = tuple(cfg.get("input_size", (3, 224, 224)))
-    model.pretrained_cfg = model.default_cfg = {
-        "input_size": size,
-        "interpolation": "bilinear",
-        "crop_pct": 0.875,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "num_classes": common["num_classes"],
-        "first_conv": "conv_stem",
-        "classifier": "classifier",
-    }
+    model.pretrained_cfg = model.default_cfg = _pretrained_cfg(cfg, n_classes)
     return model
+
+
+def timm_model_name(export_name: str) -> str:
+    """The timm model name of an export folder: ``hwnas_<folder name>`` (letters, digits, ``_``)."""
+    return "hwnas_" + re.sub(r"[^0-9A-Za-z_]+", "_", export_name).strip("_")
+
+
+def register_timm(folder: str | os.PathLike) -> str:
+    """Register an export folder with timm; returns its model name (``hwnas_<folder name>``).
+
+    Afterwards ``timm.create_model(name, pretrained=True)`` builds the exported network with its weights
+    (``timm_model.pth``; ``pretrained_cfg_overlay=dict(file=...)`` points at another copy) and
+    ``num_classes=K`` gives it a new classifier for fine-tuning, as for timm's own models."""
+    folder = Path(folder).resolve()
+    cfg_path = folder / "timm_config.json"
+    if not cfg_path.is_file():
+        raise TimmExportError(f"{folder} has no timm_config.json; export it with the 'timm' format (--formats ...,timm)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TimmExportError(f"{cfg_path} is not readable JSON ({exc}); export the folder again") from None
+    name = cfg.get("timm_name") or timm_model_name(folder.name)
+    timm = import_timm()
+    default = {**_pretrained_cfg(cfg, int(cfg["num_classes"])), "file": str(folder / "timm_model.pth")}
+
+    def entrypoint(pretrained: bool = False, pretrained_cfg: Any = None, pretrained_cfg_overlay: Any = None,
+                   **kwargs: Any) -> nn.Module:
+        return timm.models.build_model_with_cfg(
+            lambda **kw: create_timm_model(cfg, **kw), name, pretrained,
+            pretrained_cfg=pretrained_cfg or default, pretrained_cfg_overlay=pretrained_cfg_overlay, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    with warnings.catch_warnings():  # registering a folder again replaces its entry
+        warnings.simplefilter("ignore")
+        timm.models.register_model(entrypoint)
+    return name
 
 
 def _param_layers(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
@@ -240,28 +286,3 @@ def to_timm(
         if not diff <= atol * scale:
             raise TimmExportError(f"timm model output differs from the static subnet by {diff:.3g} (atol {atol} x scale {scale:.3g})")
     return model, cfg, diff
-
-
-def timm_snippet(cfg_file: str = "timm_config.json", weights_file: str = "timm_model.pth") -> str:
-    """Python code that rebuilds the exported timm model with timm alone (for the model card)."""
-    return f'''import json, torch
-from functools import partial
-from torch import nn
-from timm.layers import get_act_layer
-from timm.models._efficientnet_blocks import SqueezeExcite
-from timm.models._efficientnet_builder import decode_arch_def, round_channels
-from timm.models.efficientnet import EfficientNet
-from timm.models.mobilenetv3 import MobileNetV3
-
-cfg = json.load(open("{cfg_file}"))
-kw = dict(block_args=decode_arch_def(cfg["arch_def"]), num_classes=cfg["num_classes"], stem_size=cfg["stem_size"],
-          fix_stem=True, num_features=cfg["num_features"], act_layer=get_act_layer(cfg["act_layer"]),
-          norm_layer=partial(nn.BatchNorm2d, eps=cfg["bn_eps"]))
-if cfg["model_class"] == "MobileNetV3":
-    se = partial(SqueezeExcite, gate_layer="hard_sigmoid", force_act_layer=nn.ReLU, rd_round_fn=round_channels)
-    model = MobileNetV3(se_layer=se, head_bias=False, **kw)
-else:
-    model = EfficientNet(**kw)
-model.load_state_dict(torch.load("{weights_file}", map_location="cpu", weights_only=True))
-model.eval()
-'''

@@ -8,11 +8,14 @@ from the largest subnet's soft predictions of the same batch. Each batch runs at
 from the space's resolutions (images are loaded at the largest and resized on the device).
 
 Checkpoints (``<out>/last.pth``: weights, optimizer, step, RNG states) are written atomically every
-``checkpoint.every`` steps; a run started in the same ``out`` directory resumes from the saved step.
+``checkpoint.every`` steps; a run started in the same ``out`` directory resumes from the saved step
+(a checkpoint of another network, or a damaged one, is refused in one line and left untouched).
 The final weights are also written as ``<out>/supernet.pth`` (``{"state_dict": ...}``, OFA's format).
+The space comes from the same ``space`` config group as ``hwnas-search`` and is built by
+:func:`hwnas.predictors.build.build_space`.
 
     hwnas-train space=ofa_mbv3_w10 data.train=/datasets/imagenet/train train.batch_size=256
-    hwnas-train data.kind=synthetic space=ofa_proxyless_w13 space.width_mult=0.25 space.resolutions=[32]
+    hwnas-train --config-name smoke                     # a tiny synthetic CPU run (about half a minute)
 """
 
 from __future__ import annotations
@@ -31,14 +34,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hwnas.spaces import create_space
-from hwnas.spaces.base import SpaceError
+from hwnas.predictors.build import build_space, plain
+from hwnas.spaces.errors import UserError, cli_errors, writable_dir
 from hwnas.spaces.mbconv import MBConvArch, MBConvSpace
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, match_state_dict, save_checkpoint
 from .data import ImageFolderSource, default_device, normalize, train_transform
 from .elastic import ElasticMBConvNet
-from hwnas.spaces.errors import UserError
 
 log = logging.getLogger("hwnas.train")
 
@@ -193,42 +195,50 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
 
 
 # ============================================================================ training
-def _resolve_cfg(cfg: Any) -> dict:
+def _resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, space: MBConvSpace) -> dict:
+    """The state of ``path`` loaded into ``net`` and ``opt``; a file that does not fit is one error."""
+    fix = f"start in another folder (out=<new folder>) or set checkpoint.resume=false to overwrite {path}"
     try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
-
-
-def build_space(space_cfg: Any) -> MBConvSpace:
-    if isinstance(space_cfg, str):
-        return create_space(space_cfg)
-    sc = dict(space_cfg)
-    if "_target_" in sc:
-        from hydra.utils import instantiate
-
-        return instantiate(sc, _convert_="all")
-    name = sc.pop("name", None)
-    if name is None:
-        raise TrainConfigError("space has no name; write space=ofa_mbv3_w10 or space: {name: ..., resolutions: [...]}")
-    return create_space(name, **sc)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, pickled code
+        raise CheckpointError(f"cannot resume: {path} is not a readable training checkpoint "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); {fix}") from None
+    keys = ("state_dict", "optimizer", "step", "py_rng", "torch_rng")
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"cannot resume: {path} is not an hwnas-train checkpoint (no {missing}); {fix}")
+    if state.get("space", space.name) != space.name:
+        raise CheckpointError(f"cannot resume: {path} trains space {state['space']!r}, this run space {space.name!r}; {fix}")
+    try:
+        net.load_state_dict(match_state_dict(net, state["state_dict"], source=f"training checkpoint {path}"))
+        opt.load_state_dict(state["optimizer"])
+    except (CheckpointError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot resume: {str(exc).split('. Use the checkpoint')[0]}; {fix}") from None
+    return state
 
 
 def train(cfg: Any) -> dict:
     """Run (or resume) progressive shrinking as configured; returns a summary with the loss history."""
-    cfg = _resolve_cfg(cfg)
+    cfg = plain(cfg)
+    threads, restore = cfg.get("threads"), torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(restore)
+
+
+def _train(cfg: dict) -> dict:
     tcfg = dict(cfg.get("train", {}))
     seed = int(cfg.get("seed", 0))
     device = cfg.get("device") or default_device()
-    out = Path(cfg.get("out") or "outputs/train").expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(writable_dir(Path(cfg.get("out") or "outputs/train").expanduser(), "out"))
     torch.manual_seed(seed)
 
-    space = build_space(cfg["space"])
+    space = build_space(cfg)
+    if not isinstance(space, MBConvSpace):
+        raise TrainConfigError(f"space {space.name!r}: progressive shrinking trains MBConv supernets (OFA-MobileNetV3, ProxylessNAS)")
     r_max = max(space.resolutions)
     batch_size = int(tcfg.get("batch_size", 64))
     dcfg = dict(cfg.get("data", {}))
@@ -263,9 +273,7 @@ def train(cfg: Any) -> dict:
     step, history = 0, []
 
     if ck.get("resume", True) and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
+        state = _resume(last_path, net, opt, space)
         step = int(state["step"])
         history = [float(v) for v in state.get("history", [])]
         rng.setstate(_rng_from_list(state["py_rng"]))
@@ -356,11 +364,8 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
     def _main(cfg: DictConfig) -> float:
-        try:
+        with cli_errors("hwnas-train"):
             res = train(cfg)
-        except (TrainConfigError, SpaceError) as exc:
-            log.error("%s", exc)
-            raise SystemExit(2) from None
         h = res["history"]
         return float(np.mean(h[-10:])) if h else float("nan")
 

@@ -8,6 +8,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from hwnas.predictors.acc_mlp import MLPAccuracyPredictor
+from hwnas.predictors.ofa_accuracy import PredictorLoadError
 from hwnas.predictors.assets import fetch
 from hwnas.spaces import SpaceError, create_space
 
@@ -83,10 +84,10 @@ def test_bad_inputs(tmp_path, imagenet_w10):
     bad["kernels"] = bad.pop("ks")
     with pytest.raises(SpaceError, match="kernels|ks"):
         pred.fit([bad] + archs[1:4], y[:4])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(PredictorLoadError, match="does not exist"):
         MLPAccuracyPredictor.load(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(PredictorLoadError, match="not a readable"):
         MLPAccuracyPredictor.load(tmp_path / "junk.pt")
     with pytest.raises(SpaceError, match="onehot"):
         MLPAccuracyPredictor(create_space("ofa_proxyless_w13"), encoding="ofa")
@@ -118,3 +119,37 @@ def test_fit_on_supernet_evaluation_cache(tmp_path):
         evaluations_from_cache(tmp_path / "cache.sqlite", space, fingerprint="other")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         evaluations_from_cache(tmp_path / "none.sqlite", space)
+
+
+@pytest.mark.slow
+def test_saved_predictor_goes_back_into_a_search(tmp_path, data_dir):
+    """``.save()`` -> ``hwnas-search accuracy=mlp accuracy.path=<file>``: the search's accuracies are the
+    saved predictor's; the ``_target_`` form builds the same predictor."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from hwnas.predictors.build import build_predictor
+
+    space = create_space("ofa_mbv3_w12")
+    archs = space.sample(64, 0)
+    pred = MLPAccuracyPredictor(space, hidden=32, epochs=1, min_steps=40, seed=0).fit(
+        archs, [0.6 + 2e-11 * space.macs(a) for a in archs])
+    pred.save(tmp_path / "acc_mlp.pt")
+    cfg = OmegaConf.create({"accuracy": {"_target_": "hwnas.predictors.acc_mlp.MLPAccuracyPredictor.load",
+                                         "path": str(tmp_path / "acc_mlp.pt")}})
+    np.testing.assert_array_equal(build_predictor(cfg, "accuracy", space).predict(archs[:5]), pred.predict(archs[:5]))
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    p = subprocess.run(
+        [sys.executable, "-m", "hwnas.search", "accuracy=mlp", "accuracy.path=acc_mlp.pt", "latency=note10_lut",
+         f"assets.mirror={data_dir}", "search.pop_size=16", "search.n_gen=2", "search.refine.passes=0",
+         "search.plot=false", "hydra.run.dir=run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    front = json.loads((tmp_path / "run" / "pareto.json").read_text())["front"]
+    got = np.array([r["accuracy"] for r in front])
+    np.testing.assert_allclose(got, pred.predict([space.validate(r["arch"]) for r in front]), rtol=1e-6)

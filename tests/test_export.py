@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
 from hwnas.spaces import SpaceError, create_space
-from hwnas.supernet.export import ExportError, ExportItem, WeightsSource, export_arch, load_timm, read_archs
-from hwnas.supernet.export_cli import main
+from hwnas.spaces.io import space_spec
+from hwnas.supernet.export import ExportError, ExportItem, WeightsSource, export_arch, load_timm, read_items
+from hwnas.supernet.export_cli import main as _main
 from hwnas.supernet.static import build_static
 from hwnas.supernet.timm_export import TimmExportError, copy_weights, create_timm_model, timm_config, to_timm
 
 R = 64
+
+
+def main(argv):
+    """``hwnas-export`` in-process: its exit status (errors exit through ``cli_errors``)."""
+    try:
+        return _main(argv)
+    except SystemExit as exc:
+        return exc.code
 
 
 def randomize(net: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -93,7 +103,7 @@ def exported(tmp_path_factory):
     arch = space.sample(1, 11)[0]
     out = tmp_path_factory.mktemp("export")
     path = export_arch(space, ExportItem(arch, 0.7712, 18.5, "predicted", "measured"), out,
-                       weights=WeightsSource(_Supernet(space, 5), "fake.pth"))
+                       weights=WeightsSource(_Supernet(space, 5), "fake.pth"), allow_uncalibrated=True)
     return space, arch, out, path
 
 
@@ -104,8 +114,20 @@ def test_export_files_and_atomicity(exported):
             "timm_model.pth", "timm_config.json"} <= names
     assert [p.name for p in out.iterdir()] == [path.name]  # no temp folders left
     assert space.validate(json.loads((path / "arch.json").read_text())["arch"]) == arch
-    with pytest.raises(ExportError, match="already exists"):
-        export_arch(space, arch, out, name=path.name)
+    # folders get the user's umask (not mkdtemp's 0700)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~mask
+    # the same export again is skipped (the folder untouched); other settings are refused, naming them
+    item = ExportItem(arch, 0.7712, 18.5, "predicted", "measured")
+    weights = WeightsSource(_Supernet(space, 5), "fake.pth")
+    stamp = (path / "metadata.json").stat().st_mtime_ns
+    assert export_arch(space, item, out, weights=weights, allow_uncalibrated=True) == path
+    assert (path / "metadata.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ExportError, match=r"other settings \(formats"):
+        export_arch(space, item, out, weights=weights, allow_uncalibrated=True, formats=["torch"])
+    with pytest.raises(ExportError, match="BN statistics re-calibrated"):
+        export_arch(space, item, out, weights=weights)
 
 
 def test_export_onnx_torchscript_timm_equal_torch(exported):
@@ -139,23 +161,31 @@ def test_export_metadata(exported):
     assert meta["arch"] == arch.to_dict() and meta["resolution"] == R and meta["space"] == "ofa_mbv3_w12"
     assert meta["accuracy"] == {"value": 0.7712, "kind": "predicted", "metric": "top1"}
     assert meta["latency"]["value"] == 18.5 and meta["latency"]["kind"] == "measured"
-    assert meta["weights"]["trained"] is True
+    assert meta["weights"]["trained"] is True and meta["weights"]["bn_calibrated"] is False
     assert meta["checks"]["onnx_max_abs_diff"] <= 1e-4 and meta["checks"]["timm_max_abs_diff"] <= 1e-5
     props = {p.key: p.value for p in onnx.load(str(path / "model.onnx")).metadata_props}
     assert json.loads(props["hwnas.arch"]) == arch.to_dict()
     assert props["hwnas.resolution"] == str(R)
     assert json.loads(props["hwnas.accuracy"])["value"] == 0.7712
+    assert json.loads(props["hwnas.weights"])["bn_calibrated"] is False
     readme = (path / "README.md").read_text()
-    assert "MobileNetV3(" in readme and arch.to_str() in readme and "77.12%" in readme
+    assert arch.to_str() in readme and "77.12%" in readme
+    # weights without BN re-calibration are flagged in every file that can say so
+    assert "NOT re-calibrated" in readme and "NOT re-calibrated" in meta["weights"]["warning"]
+    for f in ("arch.json", "timm_config.json"):
+        assert json.loads((path / f).read_text())["weights"]["bn_calibrated"] is False
 
 
-def _pareto(tmp_path, space, archs):
+def _pareto(tmp_path, space, archs, best=None, budgets=None):
+    """A run folder whose pareto.json holds ``archs`` (latency 10, 11, ...); ``best``: budget -> row index."""
     rows = [{"arch": a.to_dict(), "arch_str": a.to_str(), "accuracy": 0.7 + 0.01 * i, "latency": 10.0 + i}
             for i, a in enumerate(archs)]
-    data = {"space": space.to_config(), "budgets": [12.0], "objectives": {"accuracy": "maximise", "latency": "minimise"},
-            "best": {"12": rows[0]}, "front": rows}
+    best = {"12": 0} if best is None else best
+    data = {"space": space_spec(space), "budgets": [float(b) for b in best] if budgets is None else budgets,
+            "objectives": {"accuracy": "maximise", "latency": "minimise"},
+            "best": {b: None if i is None else rows[i] for b, i in best.items()}, "front": rows}
     run = tmp_path / "run"
-    run.mkdir()
+    run.mkdir(parents=True)
     (run / "pareto.json").write_text(json.dumps(data))
     return run
 
@@ -164,7 +194,7 @@ def test_cli_exports_pareto_front(tmp_path, capsys):
     space = create_space("ofa_proxyless_w13", resolutions=[R])
     archs = space.sample(2, 4)
     run = _pareto(tmp_path, space, archs)
-    rc = main([str(run), "--formats", "torch,onnx"])
+    rc = main([str(run), "--formats", "torch,onnx", "--all"])
     assert rc == 0
     captured = capsys.readouterr()
     assert "UNTRAINED" in captured.err
@@ -176,8 +206,29 @@ def test_cli_exports_pareto_front(tmp_path, capsys):
         assert meta["weights"]["trained"] is False and "NOT trained" in (run / "export" / e["name"] / "README.md").read_text()
         assert meta["checks"]["onnx_max_abs_diff"] <= 1e-4
         assert not (run / "export" / e["name"] / "timm_model.pth").exists()
-    space2, items = read_archs(run)
+    space2, items, _ = read_items(run, select="all")
     assert space2.resolutions == [R] and [it.arch for it in items] == archs
+
+
+def test_cli_exports_the_best_arch_per_budget_by_default(tmp_path, capsys):
+    """A run knows its budgets: by default one folder per budget's best arch (an arch best for two
+    budgets once), a budget no arch met is named; --all takes the whole front."""
+    space = create_space("ofa_proxyless_w13", resolutions=[R])
+    archs = space.sample(4, 6)
+    run = _pareto(tmp_path, space, archs, best={"10.5": 0, "12": 2, "13": 2, "5": None})
+    assert main([str(run), "--formats", "torch", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "budget 5: no arch" in err
+    index = json.loads((run / "export" / "index.json").read_text())["exports"]
+    assert [e["arch_str"] for e in index] == [archs[0].to_str(), archs[2].to_str()]
+    names = sorted(p.name for p in (run / "export").iterdir() if p.is_dir())
+    assert [n.split("_r")[0] for n in names] == ["budget10_5", "budget12"]
+    meta = json.loads((run / "export" / names[1] / "metadata.json").read_text())
+    assert meta["extra"]["budgets"] == ["12", "13"] and meta["latency"]["value"] == 12.0
+    # a run without budgets: the front is not exported silently
+    nob = _pareto(tmp_path / "nob", space, archs, best={}, budgets=[])
+    assert main([str(nob), "--formats", "torch"]) == 2
+    assert "--all (4 archs)" in capsys.readouterr().err
 
 
 def test_cli_single_arch_string(tmp_path):
@@ -205,7 +256,7 @@ def test_bad_inputs(tmp_path, capsys):
     bad["kernel"] = bad.pop("ks")
     (tmp_path / "a.json").write_text(json.dumps(bad))
     with pytest.raises(SpaceError, match="unknown key|missing key"):
-        read_archs(tmp_path / "a.json", space)
+        read_items(tmp_path / "a.json", space)
     assert main([str(tmp_path / "a.json"), "--space", "ofa_mbv3_w12"]) == 2
     assert "ks" in capsys.readouterr().err
     run = _pareto(tmp_path, space, space.sample(1, 1))
@@ -213,46 +264,106 @@ def test_bad_inputs(tmp_path, capsys):
     assert "allowed" in capsys.readouterr().err
     assert main([str(run), "--select", "5"]) == 2
     assert "out of range" in capsys.readouterr().err
-    assert main([str(run), "--checkpoint", str(tmp_path / "nope.pth")]) == 2
+    assert main([str(run), "--checkpoint", str(tmp_path / "nope.pth"), "--no-calib"]) == 2
+    assert "nope.pth" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_cli_with_supernet_checkpoint(tmp_path):
-    """Weights come from the supernet checkpoint: the exported state dict is get_active_subnet's."""
+def test_cli_with_supernet_checkpoint_recalibrates_bn(tmp_path, capsys):
+    """Weights come from the supernet checkpoint (get_active_subnet's); BN statistics are re-computed on
+    the --calib-data images; without them the export is refused, and --no-calib flags it."""
     from hwnas.supernet.checkpoint import save_checkpoint
+    from hwnas.supernet.data import CalibrationSet
     from hwnas.supernet.elastic import ElasticMBConvNet
+    from PIL import Image
 
-    space = create_space("ofa_mbv3_w12", resolutions=[R])
+    space = create_space("ofa_proxyless_w13", width_mult=0.5, resolutions=[R])  # small: a fast test
     supernet = randomize(ElasticMBConvNet(space), 9)
     ckpt = save_checkpoint(tmp_path / "supernet.pth", {"state_dict": supernet.state_dict()})
+    images = tmp_path / "imgs" / "train"
+    for c in range(2):
+        (images / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            pixels = np.random.default_rng(10 * c + i).integers(0, 256, (40, 44, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(images / f"c{c}" / f"{i}.png")
     arch = space.sample(1, 2)[0]
+    run = _pareto(tmp_path, space, [arch])
     out = tmp_path / "out"
-    assert main([arch.to_json(), "--space", "ofa_mbv3_w12", "--checkpoint", str(ckpt), "--out", str(out),
-                 "--formats", "torch"]) == 2  # r=64 is not in the default space
-    rc = main([str(_pareto(tmp_path, space, [arch])), "--checkpoint", str(ckpt), "--out", str(out), "--formats", "torch"])
+    assert main([str(run), "--checkpoint", str(ckpt), "--out", str(out), "--formats", "torch"]) == 2
+    assert "--calib-data" in capsys.readouterr().err and not out.exists()
+    rc = main([str(run), "--checkpoint", str(ckpt), "--calib-data", str(tmp_path / "imgs"), "--calib-images", "8",
+               "--out", str(out), "--formats", "torch", "--no-progress"])
     assert rc == 0
     (folder,) = [p for p in out.iterdir() if p.is_dir()]
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["weights"]["trained"] is True and meta["weights"]["checkpoint"].endswith("supernet.pth")
+    assert meta["weights"]["bn_calibrated"] is True and meta["weights"]["bn_calibration"]["n_images"] == 8
     sd = torch.load(folder / "model_state_dict.pth", weights_only=True)
-    want = supernet.get_active_subnet(arch).state_dict()
-    assert sd.keys() == want.keys()
+    want = supernet.get_active_subnet(arch)
+    raw = {k: v.clone() for k, v in want.state_dict().items()}
+    CalibrationSet(images, n_images=8).calibrate(want, R)
+    assert sd.keys() == raw.keys()
     for k in sd:
-        torch.testing.assert_close(sd[k], want[k])
+        torch.testing.assert_close(sd[k], want.state_dict()[k])
+        if k.endswith("running_mean"):
+            assert not torch.allclose(sd[k], raw[k])  # re-calibrated, not the supernet's statistics
+        elif not k.endswith(("running_var", "num_batches_tracked")):
+            torch.testing.assert_close(sd[k], raw[k])  # the supernet's weights
+    # --no-calib: the supernet's statistics, flagged
+    out2 = tmp_path / "out2"
+    assert main([str(run), "--checkpoint", str(ckpt), "--no-calib", "--out", str(out2), "--formats", "torch"]) == 0
+    (folder,) = [p for p in out2.iterdir() if p.is_dir()]
+    assert json.loads((folder / "metadata.json").read_text())["weights"]["bn_calibrated"] is False
+    assert "NOT re-calibrated" in (folder / "README.md").read_text()
+    sd = torch.load(folder / "model_state_dict.pth", weights_only=True)
+    for k in sd:
+        torch.testing.assert_close(sd[k], raw[k])
 
 
 def test_model_card_timm_code_runs(exported, monkeypatch):
-    """The pure-timm loading code in README.md rebuilds the model with the exported weights."""
+    """The model card's timm code (register_timm + timm.create_model, no private timm module) builds the
+    exported network with its weights, and a new classifier for fine-tuning."""
     import re
 
-    from hwnas.supernet._compat import ensure_torchvision
-
     space, arch, out, path = exported
-    ensure_torchvision()
-    code = re.search(r"```python\n(import json, torch\nfrom functools.*?)```", (path / "README.md").read_text(), re.S).group(1)
+    card = (path / "README.md").read_text()
+    code = re.search(r"```python\n(import timm\n.*?)```", card, re.S).group(1)
+    assert "timm.models._" not in card and "timm.layers" not in card
     monkeypatch.chdir(path)
     ns: dict = {}
     exec(code, ns)
+    assert ns["name"] == "hwnas_" + path.name
+    ft, model = ns["model"], None
+    assert ft.get_classifier().out_features == 10
+    import timm
+
+    model = timm.create_model(ns["name"], pretrained=True, pretrained_cfg_overlay=dict(file=str(path / "timm_model.pth")))
     x = torch.randn(2, 3, R, R, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        torch.testing.assert_close(ns["model"](x), _Supernet(space, 5).get_active_subnet(arch)(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.eval()(x), _Supernet(space, 5).get_active_subnet(arch)(x), atol=1e-5, rtol=1e-5)
+        # fine-tuning model: every weight but the classifier is the exported one
+        feats = ft.eval().forward_head(ft.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(feats, model.forward_head(model.forward_features(x), pre_logits=True))
+
+
+def test_arch_files_in_every_form_give_the_same_archs(tmp_path):
+    """hwnas.spaces.io.read_archs (the one arch-list reader): a JSON list, a pareto.json, JSON lines mixing
+    dicts, rows and compact strings, a CSV 'arch' column; a bad entry is named with its file and index."""
+    from hwnas.spaces.io import read_arch_file, read_archs
+
+    space = create_space("ofa_mbv3_w12")
+    archs = space.sample(3, 5)
+    forms = {
+        "list.json": json.dumps([a.to_dict() for a in archs]),
+        "pareto.json": json.dumps({"space": space_spec(space), "budgets": [], "front": [{"arch": a.to_dict()} for a in archs]}),
+        "lines.jsonl": "\n".join([archs[0].to_json(), archs[1].to_str(), json.dumps({"arch": archs[2].to_dict()})]),
+        "archs.csv": "arch,latency\n" + "\n".join(f'"{a.to_json().replace(chr(34), chr(34) * 2)}",1.0' for a in archs),
+    }
+    for name, text in forms.items():
+        (tmp_path / name).write_text(text)
+        assert read_archs(tmp_path / name, space) == archs, name
+    header, rows = read_arch_file(tmp_path / "pareto.json")
+    assert header["space"] == space_spec(space) and len(rows) == 3
+    (tmp_path / "bad.jsonl").write_text(archs[0].to_str() + "\nr999:k3e3\n")
+    with pytest.raises(SpaceError, match=r"bad\.jsonl entry 1"):
+        read_archs(tmp_path / "bad.jsonl", space)

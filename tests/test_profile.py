@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -169,7 +171,7 @@ def test_stats_match_raw_samples_and_csv(prof, space, tmp_path):
     assert res.loc["r224", "delta"] > 0 > res.loc["r160", "delta"]
 
 
-def test_reduced_yaml_loads_back_through_hydra(prof, tmp_path):
+def test_reduced_yaml_loads_back_through_hydra_and_as_data(prof, tmp_path):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -219,42 +221,61 @@ def test_clear_errors(prof, space):
         profile_space(space)
 
 
-def test_cli_run_profile_writes_everything_and_search_loads_it(tmp_path):
+def test_cli_run_profile_writes_everything_and_search_loads_it(tmp_path, monkeypatch):
+    """The reduced spaces go into the run dir and the user config folder ($HWNAS_CONFIG_DIR), never into
+    the installed package; hwnas-search then finds space=reduced_<device> with no extra option."""
+    import hashlib
+
+    import matplotlib.pyplot as plt
     from hydra import compose, initialize_config_module
 
+    import hwnas.conf
     from hwnas.search.profile_cli import run_profile
 
+    user = tmp_path / "user_conf"
+    monkeypatch.setenv("HWNAS_CONFIG_DIR", str(user))
+    package = Path(hwnas.conf.__file__).parent
+    before = {p: hashlib.sha1(p.read_bytes()).hexdigest() for p in package.rglob("*.yaml")}
     with initialize_config_module(config_module="hwnas.conf", version_base=None):
         cfg = compose(config_name="profile/default", overrides=[
             "space.resolutions=[160,224]",
             "latency=custom", "+latency._target_=test_profile.SynLatency", "device=syn",
             "accuracy=custom", "accuracy._target_=test_profile.SynAccuracy",
             "+devices.cheapk7._target_=test_profile.SynLatency", "+devices.cheapk7.k7=0.5",
-            "profile.n_samples=16", "profile.progress=false",
-            f"reduce.conf_dir={tmp_path / 'conf'}", "reduce.rules.scope=unit",
+            "profile.n_samples=16", "profile.progress=false", "reduce.rules.scope=unit",
         ])
+    hatched = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: (hatched.append(
+        sum(p.get_hatch() == "xxx" for ax in fig.axes for p in ax.patches)), real_close(fig)))
     summary = run_profile(cfg, output_dir=tmp_path / "out", log=lambda s: None)
     out = tmp_path / "out"
     for f in ("profile.csv", "summary.json", "heatmap_syn.png", "decisions_syn.csv", "reduced_syn.yaml",
               "heatmap_cheapk7.png", "reduced_cheapk7.yaml"):
         assert (out / f).is_file(), f
-    sp = load_space_config(tmp_path / "conf" / "space" / "reduced_syn.yaml")
+    assert {p: hashlib.sha1(p.read_bytes()).hexdigest() for p in package.rglob("*.yaml")} == before
+    sp = load_space_config(user / "space" / "reduced_syn.yaml")
     assert all((7, 6) not in bc for bc in sp.block_choices)
     assert summary["devices"]["syn"]["max_depths"][0] == 2
     assert summary["n_evaluations"] == 16 * (1 + 180 + 15 + 2)
+    # the heatmap hatches, in both panels (latency, accuracy), every dropped (position, choice) cell and
+    # every dropped depth; ofa_mbv3_w12 has 4 layers per unit
+    syn = summary["devices"]["syn"]
+    want = 2 * (sum(4 * len(d) for d in syn["dropped"]) + sum(4 - m for m in syn["max_depths"]))
+    assert hatched[0] == want > 0
     # the written space carries the kept resolutions (r224 costs ~2x for +0.01 pts here: it goes)
     assert summary["devices"]["syn"]["resolutions"] == list(sp.resolutions) == [160]
     assert summary["devices"]["syn"]["dropped_resolutions"] == [224]
     # on the second device k7 is cheaper than k3 at equal accuracy: there k3e3 goes and k7e3 stays
-    sp2 = load_space_config(tmp_path / "conf" / "space" / "reduced_cheapk7.yaml")
+    sp2 = load_space_config(user / "space" / "reduced_cheapk7.yaml")
     assert all((7, 3) in bc and (3, 3) not in bc for bc in sp2.block_choices)
 
-    # hwnas-search takes the written space like any other: space=reduced_syn
+    # hwnas-search takes the written space like any other: space=reduced_syn (no hydra.searchpath given)
     from hwnas.search.cli import build
 
     with initialize_config_module(config_module="hwnas.conf", version_base=None):
         scfg = compose(config_name="config", overrides=[
-            "space=reduced_syn", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+            "space=reduced_syn",
             "latency=custom", "latency._target_=test_profile.SynLatency",
             "accuracy=custom", "accuracy._target_=test_profile.SynAccuracy",
         ])
@@ -341,3 +362,11 @@ def test_note10_tables_reproduce_mills_reduction(data_dir):
     # the plain frontier rule with a tight tolerance keeps k7e6 (most accurate choice)
     red2 = reduce_space(prof, "note10", rules={"accuracy_tol": 0.0, "rule": "hull", "latency_tol": 0.0})
     assert "k7e6" not in red2.dropped_global and {"k7e3", "k7e4"} <= set(red2.dropped_global)
+
+
+def test_srcc_heatmap_labels_never_round_up_to_one():
+    """0.995-0.999 used to print as ".00" (the "1.00" of rounding, minus its first character)."""
+    from hwnas.predictors.monotonicity import cell_label
+
+    assert [cell_label(v) for v in (0.5, 0.994, 0.996, 0.9996, 1.0, -0.123, 0.0)] == [
+        ".50", ".99", ".996", ">.999", "1", "-.12", ".00"]

@@ -305,6 +305,17 @@ def test_supernet_accuracy_is_cached_by_arch(tiny_folder, tmp_path):
     assert np.allclose(acc3.predict(archs), p[:2]) and acc3.n_evaluated == 0
 
 
+def test_supernet_accuracy_refuses_a_dataset_with_another_class_count(tiny_folder):
+    """A 1000-class supernet on a 4-class folder used to report @15 0.00% silently."""
+    from hwnas.supernet.accuracy import SupernetAccuracy
+    from hwnas.supernet.data import DataError
+
+    space = create_space("ofa_mbv3_w10", resolutions=[32])
+    with pytest.raises(DataError, match="has 4 classes but the supernet's classifier has 1000 outputs"):
+        SupernetAccuracy(space, checkpoint=None, supernet=ElasticMBConvNet(space), data=tiny_folder, n_calib=4, n_val=4,
+                         device="cpu")
+
+
 def test_evaluate_cli_writes_csv_and_refuses_bad_arch(tiny_folder, tmp_path, capsys):
     import csv
 
@@ -318,5 +329,8 @@ def test_evaluate_cli_writes_csv_and_refuses_bad_arch(tiny_folder, tmp_path, cap
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 1 and rows[0]["arch_str"] == arch and rows[0]["n"] == "12"
     assert 0.0 <= float(rows[0]["top1"]) <= 1.0
-    assert eval_main(common + ["--arch", "r100:k3e3.k3e3/k3e3.k3e3/k3e3.k3e3/k3e3.k3e3/k3e3.k3e3"]) == 2
-    assert "r=100" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ei:
+        eval_main(common + ["--arch", "r100:k3e3.k3e3/k3e3.k3e3/k3e3.k3e3/k3e3.k3e3/k3e3.k3e3"])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "python -m hwnas.supernet.evaluate: error: " in err and "r=100" in err

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 def _cfg(out, **kw):
     cfg = {
-        "space": {"name": "ofa_proxyless_w13", "width_mult": 0.25, "resolutions": [32]},
+        "space": {"_target_": "hwnas.spaces.create_space", "name": "ofa_proxyless_w13", "width_mult": 0.25, "resolutions": [32]},
         "data": {"kind": "synthetic", "n": 64, "n_classes": 3, "num_workers": 0},
         "device": "cpu",
         "seed": 1,
