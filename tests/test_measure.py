@@ -1,4 +1,4 @@
-"""Local latency measurement: protocol logic, SQLite store, hwnas-measure CLI, per-layer LUT build.
+"""Local latency measurement: protocol logic, SQLite store, hwnas-measure CLI, per-layer LUT build, plans.
 
 Real timings use tiny networks (resolution 64 or a small conv net) and few repeats; the protocol's
 control logic is tested with injected fake group runners.
@@ -24,8 +24,9 @@ from hwnas.predictors.measure import (
     summarise,
     tiny_cnn,
 )
-from hwnas.predictors.store import MeasurementStore, StoreCorruptedError, StoreError
+from hwnas.predictors.measure.store import MeasurementStore, StoreCorruptedError, StoreError
 from hwnas.spaces import create_space
+from hwnas.spaces.io import arch_key
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +112,8 @@ def test_config_errors_name_the_field():
 
 # ============================================================================ real timings
 def test_onnxruntime_protocol_times_a_tiny_net():
-    small = ModelSpec("hwnas.predictors.measure:tiny_cnn", {"width": 8, "depth": 1, "resolution": 32}, key="small")
-    big = ModelSpec("hwnas.predictors.measure:tiny_cnn", {"width": 48, "depth": 4, "resolution": 64}, key="big")
+    small = ModelSpec("hwnas.predictors.measure.models:tiny_cnn", {"width": 8, "depth": 1, "resolution": 32}, key="small")
+    big = ModelSpec("hwnas.predictors.measure.models:tiny_cnn", {"width": 48, "depth": 4, "resolution": 64}, key="big")
     cfg = MeasureConfig(processes=2, repeats=8, warmup=2, max_extra=0)
     got = []
     out = measure_specs([small, big], cfg, on_result=lambda i, m: got.append(i))
@@ -134,7 +135,7 @@ def test_measure_module_and_wall_clock():
 
 
 def test_torch_eager_backend():
-    spec = ModelSpec("hwnas.predictors.measure:tiny_cnn", {"width": 8, "depth": 1, "resolution": 32}, key="t")
+    spec = ModelSpec("hwnas.predictors.measure.models:tiny_cnn", {"width": 8, "depth": 1, "resolution": 32}, key="t")
     m = measure_specs([spec], MeasureConfig(backend="torch", processes=1, repeats=5, warmup=1))[0]
     assert m.ms > 0 and math.isfinite(m.ms) and m.n == 5
 
@@ -149,25 +150,33 @@ def test_store_round_trip_and_canonical_keys(tmp_path, tiny_space):
     path = tmp_path / "m.sqlite"
     a, b = tiny_space.sample(2, 0)
     cfg = MeasureConfig()
+    ka, kb = arch_key(tiny_space, a), arch_key(tiny_space, b)
+    assert ka == arch_key(tiny_space, a.to_str()) == arch_key(tiny_space, a.to_dict())  # one key whatever the form
+    plat = {"machine": "x86_64", "processor": "cpu", "cpus": 2, "host": "h"}
     with MeasurementStore(path) as st:
-        st.register_device("dev", cfg)
-        st.put("dev", tiny_space.name, a, Measurement(1.5, 0.02, 60, [1.49, 1.5, 1.52], True), cfg)
-        st.put("dev", tiny_space.name, b.to_json(), 2.5)  # same arch as JSON text
+        st.register_device("dev", cfg, plat)
+        st.put("dev", tiny_space.name, ka, Measurement(1.5, 0.02, 60, [1.49, 1.5, 1.52], True), cfg, plat)
+        st.put("dev", tiny_space.name, kb, 2.5)
+        with pytest.raises(StoreError, match="store keys are strings"):
+            st.put("dev", tiny_space.name, a, 2.5)
     with MeasurementStore(path) as st:  # reopened from disk
         assert len(st) == 2
-        rec = st.get("dev", tiny_space.name, a.to_dict())  # dict form finds the same row
+        rec = st.get("dev", tiny_space.name, ka)
         assert rec.value == 1.5 and rec.spread == 0.02 and rec.n == 60 and rec.samples == [1.49, 1.5, 1.52]
-        assert rec.protocol["backend"] == "onnxruntime" and rec.protocol["processes"] == 3
-        assert st.get("dev", tiny_space.name, b).value == 2.5
-        assert st.get("other", tiny_space.name, a) is None
-        got = st.get_many("dev", tiny_space.name, [b, a, b])
-        assert got[a].value == 1.5 and got[b].value == 2.5
+        assert rec.protocol["backend"] == "onnxruntime" and rec.protocol["processes"] == 3 and rec.platform == plat
+        assert st.get("dev", tiny_space.name, kb).value == 2.5
+        assert st.get("other", tiny_space.name, ka) is None
+        got = st.get_many("dev", tiny_space.name, [kb, ka, kb])
+        assert got[ka].value == 1.5 and got[kb].value == 2.5
         ds = st.dataset(tiny_space, ["dev"], archs=[b, a])
         assert list(ds["dev"]) == [2.5, 1.5]
         with pytest.raises(StoreError, match="device='dev'.*another device name"):
             st.register_device("dev", MeasureConfig(threads=2))
+        with pytest.raises(StoreError, match="another machine.*its own device name"):
+            st.register_device("dev", cfg, dict(plat, cpus=64))
+        st.register_device("dev", cfg, dict(plat, host="renamed"))  # the host name may change
         with pytest.raises(StoreError, match="positive and finite"):
-            st.put("dev", tiny_space.name, a, float("nan"))
+            st.put("dev", tiny_space.name, ka, float("nan"))
 
 
 def test_corrupted_store_is_reported_and_left_untouched(tmp_path):
@@ -229,7 +238,7 @@ def test_measured_latency_caches_and_never_remeasures(tmp_path, tiny_space):
 # ============================================================================ CLI
 def test_cli_end_to_end_three_tiny_archs(tmp_path, tiny_space, capsys):
     from hwnas.predictors.data import LatencyDataset
-    from hwnas.predictors.measure_cli import main
+    from hwnas.predictors.measure.cli import main
 
     store, out = tmp_path / "m.sqlite", tmp_path / "lat.csv"
     argv = ["--space", "ofa_mbv3_w12", "--resolutions", "64", "-n", "3", "--seed", "3", "--processes", "2",
@@ -245,12 +254,16 @@ def test_cli_end_to_end_three_tiny_archs(tmp_path, tiny_space, capsys):
     assert main(argv) == 0  # rerun: nothing measured again
     assert "0 to measure" in capsys.readouterr().err
     assert {r.arch: r.timestamp for r in MeasurementStore(store).records()} == stamps
-    # the same device name with another protocol is refused
-    assert main(argv[:-1] + ["--threads", "2"]) == 2
+    # the same device name with another protocol is refused, in one line
+    with pytest.raises(SystemExit) as e:
+        main(argv[:-1] + ["--threads", "2"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hwnas-measure: error: device='here'")
 
 
 def test_cli_reads_pareto_json_and_json_lines(tmp_path, tiny_space):
-    from hwnas.predictors.measure_cli import read_archs
+    from hwnas.predictors.measure.cli import ArchFileError, read_arch_file as read_archs
 
     archs = tiny_space.sample(3, 5)
     p = tmp_path / "pareto.json"
@@ -261,14 +274,18 @@ def test_cli_reads_pareto_json_and_json_lines(tmp_path, tiny_space):
     assert read_archs(jl, tiny_space) == archs
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": 999}))
-    with pytest.raises(SystemExit, match="entry 0"):
+    with pytest.raises(ArchFileError, match="entry 0"):
         read_archs(bad, tiny_space)
+    binary = tmp_path / "archs.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ArchFileError, match="archs.bin is not a text file"):
+        read_archs(binary, tiny_space)
 
 
 # ============================================================================ lookup table
 def test_lut_build_writes_a_table_lookuptable_reads(tmp_path):
     from hwnas.predictors.lut import LookupTableLatency, lut_keys, read_lut
-    from hwnas.predictors.lut_build import build_lut, distinct_layers
+    from hwnas.predictors.measure.lut_build import build_lut, distinct_layers
 
     space = create_space("ofa_mbv3_w12", resolutions=[64], block_choices=["k3e3", "k5e4"], depth_choices=[2])
     layers = distinct_layers(space, [64])[64]
@@ -295,10 +312,10 @@ def test_store_and_predictor_pickle_by_path(tmp_path, tiny_space):
     import pickle
 
     st = MeasurementStore(tmp_path / "m.sqlite")
-    a = tiny_space.sample(1, 0)[0]
-    st.put("dev", tiny_space.name, a, 3.0)
+    k = arch_key(tiny_space, tiny_space.sample(1, 0)[0])
+    st.put("dev", tiny_space.name, k, 3.0)
     pred = MeasuredLatency(tiny_space, device="dev2", store=st, backend="torch")
     pred2 = pickle.loads(pickle.dumps(pred))  # e.g. sent to a dask worker: the store reopens the file
-    assert pred2.store.get("dev", tiny_space.name, a).value == 3.0
+    assert pred2.store.get("dev", tiny_space.name, k).value == 3.0
     with pytest.raises(StoreError, match="in-memory"):
         pickle.dumps(MeasurementStore(":memory:"))
