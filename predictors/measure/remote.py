@@ -7,7 +7,8 @@ On the device (Python of the same minor version as this machine; no hwnas, no to
 
 Here, for each arch: the network is exported to ONNX (every axis fixed), and one task is submitted
 with ``resources={"hwnas-device": 1}``, so only that worker runs it, one at a time. The task is
-:func:`hwnas.predictors.measure.worker.measure_on_device`, sent by value (cloudpickle): it runs the
+:func:`hwnas.predictors.measure.worker.measure_on_device`, compiled from the worker's source into a
+module of its own so that Dask sends it by value (cloudpickle), not as an import of hwnas: it runs the
 same protocol as local measurement there (fresh timing processes, warm-up, repeats, median, outlier
 re-measure) and returns the result with the worker's platform. Results are handed back (and stored
 by the caller) one arch at a time, as they finish.
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Sequence
+import warnings
+from functools import lru_cache
+from typing import Any, Callable, Sequence
 
 from . import worker
 from .measurer import OnResult, workdir
@@ -35,6 +38,17 @@ from .protocol import MeasureConfig, MeasureError, Measurement
 
 #: tasks kept queued at the scheduler beside the running one (the device never waits for an export)
 WINDOW = 2
+
+
+@lru_cache(maxsize=1)
+def device_task() -> tuple[Callable, str]:
+    """``(measure_on_device, source)``: the worker module compiled under a name no device can import,
+    so the function travels by value, with the source its timing processes run."""
+    with open(worker.__file__, encoding="utf-8") as f:
+        source = f.read()
+    ns: dict[str, Any] = {"__name__": "hwnas_device_task", "__file__": worker.__file__}
+    exec(compile(source, worker.__file__, "exec"), ns)  # noqa: S102 - hwnas's own module source
+    return ns["measure_on_device"], source
 
 
 def worker_command(scheduler: str, resource: str) -> str:
@@ -98,13 +112,10 @@ class DaskMeasurer:
 
     # ------------------------------------------------------------------ measuring
     def measure(self, specs: Sequence[ModelSpec], on_result: OnResult | None = None, progress: Any = None) -> list[Measurement]:
-        import cloudpickle
         from distributed import wait
 
-        cloudpickle.register_pickle_by_value(worker)  # the device needs no hwnas
         self.wait_for_device()
-        with open(worker.__file__, encoding="utf-8") as f:
-            script = f.read()
+        task, script = device_task()
         settings = self.config.settings()
         results: list[Measurement | None] = [None] * len(specs)
         pending: dict[Any, int] = {}
@@ -113,9 +124,12 @@ class DaskMeasurer:
             try:
                 while nxt < len(specs) or pending:
                     while nxt < len(specs) and len(pending) < WINDOW:
-                        pending[self._submit(specs[nxt], nxt, settings, script, wd)] = nxt
+                        pending[self._submit(task, specs[nxt], nxt, settings, script, wd)] = nxt
                         nxt += 1
-                    done, _ = wait(list(pending), timeout=5.0, return_when="FIRST_COMPLETED")
+                    try:
+                        done, _ = wait(list(pending), timeout=5.0, return_when="FIRST_COMPLETED")
+                    except TimeoutError:
+                        done = set()
                     if not done:
                         self._check_device_still_there()
                         continue
@@ -131,13 +145,15 @@ class DaskMeasurer:
                     fut.cancel()
         return results  # type: ignore[return-value]
 
-    def _submit(self, spec: ModelSpec, i: int, settings: dict, script: str, wd: str) -> Any:
+    def _submit(self, task: Callable, spec: ModelSpec, i: int, settings: dict, script: str, wd: str) -> Any:
         path, shape = export_spec(spec, os.path.join(wd, f"model{i}.onnx"))
         with open(path, "rb") as f:
             payload = [{"onnx": f.read(), "shape": shape, "key": spec.key}]
         os.unlink(path)
-        return self.client.submit(worker.measure_on_device, payload, settings, script, resources={self.resource: 1},
-                                  pure=False, key=f"hwnas-measure-{os.getpid()}-{i}-{time.time_ns()}")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sending large graph")  # the ONNX file travels with its task
+            return self.client.submit(task, payload, settings, script, resources={self.resource: 1}, pure=False,
+                                      key=f"hwnas-measure-{os.getpid()}-{i}-{time.time_ns()}")
 
     def _check_device_still_there(self) -> None:
         if not self.holders():  # the device left: Dask reruns its task when it (or another) comes back
