@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS measurements (
 );
 """
 _COLUMNS = "device, space, arch, value, spread, n, timestamp, protocol, samples, platform"
+_DISK_FULL = "no space left on the device; the measurements stored so far are kept, free some space and run the same command again"
 #: the platform fields that tell two machines apart (the host name and OS version may change)
 MACHINE_FIELDS = ("machine", "processor", "cpus")
 
@@ -138,6 +139,8 @@ class MeasurementStore:
                 self._con.close()
             except Exception:  # pragma: no cover
                 pass
+            if _disk_full(exc, self.path):
+                raise StoreError(f"{self.path}: {exc}: {_DISK_FULL}") from None
             if self.read_only is None and _is_readonly_error(exc):
                 # the operating system refused a write the checks above did not foresee: read it read-only
                 self.read_only = str(exc)
@@ -184,7 +187,9 @@ class MeasurementStore:
         if not need <= cols:
             raise sqlite3.DatabaseError(f"table 'measurements' lacks columns {sorted(need - cols)}")
         self._platform_col = True
-        con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None or row[0] != str(SCHEMA_VERSION):  # no write when nothing changes (a full disk can still be read)
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def __getstate__(self) -> dict:
         # a connection cannot travel to another process (dask workers, multiprocessing): reopen the file
@@ -219,9 +224,8 @@ class MeasurementStore:
             with self._lock:
                 self._con.execute(sql, args)
         except sqlite3.OperationalError as exc:
-            if "full" in str(exc).lower():
-                raise StoreError(f"{self.path}: {exc}: no space left on the device; the measurements stored so far "
-                                 "are kept, free some space and run the same command again") from None
+            if _disk_full(exc, self.path):
+                raise StoreError(f"{self.path}: {exc}: {_DISK_FULL}") from None
             if _is_readonly_error(exc):
                 raise StoreReadOnlyError(f"store {self.path} cannot be written ({exc}); copy it to a writable folder") from None
             raise
@@ -363,6 +367,18 @@ class MeasurementStore:
                    archs: Sequence[Any] | None = None) -> str:
         """Write :meth:`dataset` as CSV (``arch`` + one column per device), atomically."""
         return str(self.dataset(space, devices, archs).to_csv(path))
+
+
+def _disk_full(exc: Exception, path: str) -> bool:
+    """SQLite says "database or disk is full", or an I/O error on a file system with no room left
+    (the WAL index cannot grow)."""
+    if "full" in str(exc).lower():
+        return True
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return "i/o" in str(exc).lower() and st.f_bavail * st.f_frsize < (1 << 20)
 
 
 def _is_readonly_error(exc: Exception) -> bool:
