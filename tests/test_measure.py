@@ -319,3 +319,114 @@ def test_store_and_predictor_pickle_by_path(tmp_path, tiny_space):
     assert pred2.store.get("dev", tiny_space.name, k).value == 3.0
     with pytest.raises(StoreError, match="in-memory"):
         pickle.dumps(MeasurementStore(":memory:"))
+
+
+# ============================================================================ bring your own numbers
+def _fill(plan_csv, values):
+    import csv
+
+    rows = list(csv.DictReader(open(plan_csv)))
+    for r, v in zip(rows, values):
+        r["latency_ms"] = v
+    with open(plan_csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+@pytest.fixture
+def plan_dir(tmp_path):
+    """A plan of 6 archs picked by the adaptation's selection (no model files: reading is what is tested)."""
+    from hwnas.predictors.measure.plan import select_plan_archs, write_plan
+
+    space = create_space("ofa_mbv3_w12", resolutions=list(range(128, 225, 4)))  # latency=adapted's resolutions
+    archs = select_plan_archs(space, 6, seed=0, pool=300)
+    write_plan(space, archs, tmp_path / "plan", device="npu", formats=())
+    return tmp_path / "plan", space, archs
+
+
+def test_plan_picks_the_adaptations_samples_and_reads_back(plan_dir):
+    from hwnas.predictors.adapt import select_samples
+    from hwnas.predictors.measure.plan import read_plan
+
+    d, space, archs = plan_dir
+    rng = np.random.default_rng(0)
+    pool = list(dict.fromkeys(space.sample(300, rng)))
+    assert archs == [pool[i] for i in select_samples(space, pool, 6, "kmeans", rng)]  # the same selection
+    rows = _fill(d / "plan.csv", [f"{2.0 + i}" for i in range(6)])
+    assert [space.validate(r["arch"]) for r in rows] == archs
+    sp, got, y, meta = read_plan(d / "plan.csv")
+    assert got == archs and y.tolist() == [2.0 + i for i in range(6)] and meta["device"] == "npu"
+    text = (d / "INSTRUCTIONS.md").read_text()
+    assert "latency_ms" in text and "milliseconds" in text and "latency.target_samples=" in text
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda rows: rows[2].update(latency_ms=""), r"line 4 \(id a002\): latency_ms is empty"),
+    (lambda rows: rows[1].update(latency_ms="-3"), r"id a001\): latency_ms=-3 must be a positive number"),
+    (lambda rows: rows[1].update(latency_ms="fast"), r"latency_ms='fast' is not a number"),
+    (lambda rows: rows.append(dict(rows[0])), r"id a000 is repeated"),
+    (lambda rows: rows.append(dict(rows[0], id="a999")), r"this row is not in the plan"),
+    (lambda rows: rows[3].update(arch=rows[4]["arch"]), r"its arch is not the one the plan gave this id"),
+    (lambda rows: rows.pop(5), r"ids \['a005'\] of the plan have no row"),
+    (lambda rows: rows[4].update(latency_ms=str(float(rows[4]["latency_ms"]) * 1000)), r"id a004: .* the other rows' time per MAC"),
+    (lambda rows: [r.update(latency_ms=str(float(r["latency_ms"]) / 1000)) for r in rows], r"GMAC/s.*seconds\? write milliseconds"),
+    (lambda rows: [r.update(latency_ms=str(float(r["latency_ms"]) * 1000)) for r in rows], r"GMAC/s.*microseconds\?"),
+])
+def test_bad_fills_get_one_clear_error_each(plan_dir, edit, message):
+    import csv
+
+    from hwnas.predictors.measure.plan import PlanError, read_plan
+
+    d, space, archs = plan_dir
+    macs = [space.macs(a) for a in archs]
+    rows = _fill(d / "plan.csv", [f"{m / 1e9 / 30 * 1e3:.3f}" for m in macs])  # a plausible device: 30 GMAC/s
+    read_plan(d / "plan.csv")  # the good fill reads
+    edit(rows)
+    with open(d / "plan.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(PlanError, match=message) as e:
+        read_plan(d / "plan.csv")
+    assert "\n" not in str(e.value)
+
+
+def test_adapted_latency_takes_a_filled_plan(plan_dir, data_dir):
+    from hwnas.predictors.adapt import AdaptedLatency
+
+    d, space, archs = plan_dir
+    y = [space.macs(a) / 1e9 * 20 for a in archs]
+    _fill(d / "plan.csv", [repr(v) for v in y])
+    lat = AdaptedLatency(space, proxy="ofa_mbv3", proxy_device="2080ti_1", target_samples=str(d / "plan.csv"),
+                         target_device="npu", k=None, mirror=str(data_dir))
+    assert lat.sample_archs == archs and np.allclose(lat.sample_latencies, y)
+    assert np.all(np.isfinite(lat.predict(space.sample(5, 1))))
+
+
+@pytest.mark.slow
+def test_cli_plan_writes_models_that_run(tmp_path, capsys):
+    import onnxruntime as ort
+    import torch
+
+    from hwnas.predictors.measure.cli import main
+
+    out = tmp_path / "plan"
+    assert main(["--plan", "2", "--space", "ofa_mbv3_w12", "--resolutions", "160", "--pool", "50", "--device", "npu",
+                 "--out", str(out)]) == 0
+    assert "fill the latency_ms column" in capsys.readouterr().err
+    import csv
+
+    rows = list(csv.DictReader(open(out / "plan.csv")))
+    assert len(rows) == 2 and all(r["latency_ms"] == "" and r["input_shape"] == "1x3x160x160" for r in rows)
+    x = np.random.default_rng(0).standard_normal((1, 3, 160, 160)).astype(np.float32)
+    for r in rows:
+        sess = ort.InferenceSession(str(out / r["onnx"]), providers=["CPUExecutionProvider"])
+        a = sess.run(None, {"input": x})[0]
+        b = torch.jit.load(str(out / r["torchscript"]))(torch.from_numpy(x)).detach().numpy()
+        assert a.shape == (1, 1000) and np.allclose(a, b, atol=1e-4)
+    _fill(out / "plan.csv", ["5.0", "6.0"])  # a filled plan is never overwritten
+    with pytest.raises(SystemExit):
+        main(["--plan", "2", "--space", "ofa_mbv3_w12", "--resolutions", "160", "--pool", "50", "--out", str(out)])
+    assert "already holds measured latencies" in capsys.readouterr().err
