@@ -122,15 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--scheduler", default=None, help="measure on a remote device: the Dask scheduler, e.g. tcp://HOST:8786")
     ap.add_argument("--resource", default="hwnas-device", help="the Dask resource the device's worker holds (default hwnas-device)")
     ap.add_argument("--wait", type=float, default=60.0, help="seconds to wait for a worker holding --resource (default 60)")
-    ap.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or torch")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--processes", type=int, default=3, help="worker processes per model (default 3)")
+    ap.add_argument("--backend", default=None, help="onnxruntime (default) or torch")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default 1)")
+    ap.add_argument("--processes", type=int, default=None, help="worker processes per model (default 3)")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per process (default 10; 30 for layers)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls per process (default 5; 10 for layers)")
-    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=None, help="default 1")
     ap.add_argument("--pin", default=None, help="CPU ids to pin workers to ('1', '0,1'), 'auto' (least busy) or none")
-    ap.add_argument("--clock", default="auto", help="wall, cpu (process CPU time, 1 thread) or auto (default)")
-    ap.add_argument("--max-spread", type=float, default=0.15, help="re-measure when (max-min)/median across processes exceeds this")
+    ap.add_argument("--clock", default=None, help="wall, cpu (process CPU time, 1 thread) or auto (default)")
+    ap.add_argument("--max-spread", type=float, default=None, help="re-measure when (max-min)/median across processes exceeds this (default 0.15)")
     ap.add_argument("--chunk", type=int, default=None, help="models per worker process (default 1; 64 for layers)")
     ap.add_argument("--store", default="measurements.sqlite", help="SQLite store (default measurements.sqlite)")
     ap.add_argument("--out", default=None, help="output CSV (arch + one column per device); with --plan: the plan folder")
@@ -172,19 +172,20 @@ def _run(args: argparse.Namespace) -> int:
         if not args.out:
             raise ArchFileError("--plan needs --out <folder> for the models and plan.csv")
         archs = select_plan_archs(space, args.plan, args.seed, args.pool, args.selection)
-        path = write_plan(space, archs, args.out, device=args.device or "my-device", batch_size=args.batch_size)
+        path = write_plan(space, archs, args.out, device=args.device or "my-device", batch_size=args.batch_size or 1)
         print(f"wrote {len(archs)} archs to {path.parent}: fill the latency_ms column of {path} "
               f"(see {path.parent / 'INSTRUCTIONS.md'})", file=sys.stderr)
         return 0
     layer_mode = args.build_lut is not None
-    proto: dict[str, Any] = {name: val for name, val in (("repeats", args.repeats), ("warmup", args.warmup), ("chunk", args.chunk))
-                             if val is not None}
+    given = {"backend": args.backend, "threads": args.threads, "processes": args.processes, "batch_size": args.batch_size,
+             "pin": args.pin, "clock": args.clock, "max_spread": args.max_spread, "repeats": args.repeats,
+             "warmup": args.warmup, "chunk": args.chunk}
+    proto: dict[str, Any] = {k: v for k, v in given.items() if v is not None}  # the others: MeasureConfig's defaults
     if layer_mode:
         from .lut_build import LAYER_DEFAULTS
 
         proto = {**LAYER_DEFAULTS, **proto}
-    cfg = MeasureConfig(backend=args.backend, threads=args.threads, processes=args.processes, batch_size=args.batch_size,
-                        pin=args.pin, clock=args.clock, max_spread=args.max_spread, seed=args.seed, **proto)
+    cfg = MeasureConfig(seed=args.seed, **proto)
     device = args.device or f"local-{'ort' if cfg.backend == 'onnxruntime' else 'torch'}-t{cfg.threads}"
     if args.scheduler and not args.device:
         raise ArchFileError("--scheduler needs --device NAME: the name the remote device's measurements are stored under")

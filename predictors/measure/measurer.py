@@ -170,23 +170,21 @@ class MeasuredLatency(Predictor):
     ``predict(archs)`` returns stored values and times only the archs not yet in the store; each is
     committed as soon as it is measured (with the protocol and the measuring machine's platform), so an
     interrupted search loses nothing. ``identity`` names the measurer: the device and its protocol.
+    Protocol settings (``backend``, ``threads``, ``processes``, ...) are :class:`MeasureConfig`'s fields.
     """
 
     metric = "latency_ms"
 
-    def __init__(self, space: Any, device: str = "local", store: Any = None, backend: str = "onnxruntime",
-                 threads: int = 1, processes: int = 3, repeats: int = 10, warmup: int = 5, batch_size: int = 1,
-                 pin: Any = None, progress: bool = False, config: MeasureConfig | None = None,
-                 runner: GroupRunner | None = None, scheduler: str | None = None, resource: str = "hwnas-device",
-                 wait_s: float = 60.0, **protocol: Any) -> None:
+    def __init__(self, space: Any, device: str = "local", store: Any = None, progress: bool = False,
+                 config: MeasureConfig | None = None, runner: GroupRunner | None = None, scheduler: str | None = None,
+                 resource: str = "hwnas-device", wait_s: float = 60.0, **protocol: Any) -> None:
         if isinstance(space, str):
             from hwnas.spaces import create_space
 
             space = create_space(space)
         self.space = space
         self.device = str(device)
-        self.config = config or MeasureConfig(backend=backend, threads=threads, processes=processes, repeats=repeats,
-                                              warmup=warmup, batch_size=batch_size, pin=pin, **protocol)
+        self.config = config or MeasureConfig(**protocol)  # backend, threads, processes, ...: MeasureConfig's fields
         self.store = store if isinstance(store, MeasurementStore) else MeasurementStore(store if store is not None else ":memory:")
         self.measurer = make_measurer(self.config, scheduler, resource, runner, wait_s=wait_s)
         self.store.register_device(self.device, self.config,

@@ -90,6 +90,15 @@ class Context:
     def section(self, key: str | None) -> Any:
         return self.c.get(key) if key else None
 
+    def setting(self, path: str) -> Any:
+        """The config value at ``path`` (``"samples.k"``); its default lives in ``conf/pipeline.yaml`` only."""
+        node: Any = self.c
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise PipelineError(f"{path} is not set; the pipeline's settings and their defaults are in hwnas/conf/pipeline.yaml")
+            node = node[part]
+        return node
+
     def dir(self, name: str) -> Path:
         d = self.run_dir / name
         d.mkdir(parents=True, exist_ok=True)
@@ -234,7 +243,7 @@ def run_pipeline(cfg: Any, run_dir: str | Path, log: Callable[[str], None] | Non
         summary["evaluation"] = evaluate_against_full(target, ctx.accuracy, ctx.get("final"), max(budgets) if budgets else None)
     summary["wall_s"] = round(time.perf_counter() - t0, 3)
     atomic_write(ctx.run_dir / "summary.json", json.dumps(summary, indent=1, default=json_default) + "\n")
-    if c.get("report", True):
+    if ctx.setting("report"):
         from .report import write_report
 
         write_report(ctx.run_dir, summary)

@@ -58,19 +58,19 @@ class ProxyStage(Stage):
     name, title, config_key, outputs = "01_proxy", "proxy predictor", "latency", ("proxy.json",)
 
     def extra_key(self, ctx: Context) -> Any:
-        return [space_spec(ctx.space), ctx.c.get("proxy"), ctx.c.get("seed", 0)]
+        return [space_spec(ctx.space), ctx.setting("proxy"), ctx.setting("seed")]
 
     def run(self, ctx: Context) -> dict:
         from hwnas.predictors.linear import LinearLatencyPredictor
 
         proxy = ctx.proxy
-        rng = np.random.default_rng(int(ctx.c.get("seed", 0)))
+        rng = np.random.default_rng(int(ctx.setting("seed")))
         check = ctx.space.sample(512, rng)
         y = np.asarray(proxy.predict(check), dtype=float)
         if isinstance(proxy, LinearLatencyPredictor) and proxy.weights is not None:
             lin, kind, fit = proxy, "linear", 1.0
         else:  # a linear surrogate of the proxy's own predictions
-            n = int((ctx.c.get("proxy") or {}).get("surrogate_n", 2000))
+            n = int(ctx.setting("proxy.surrogate_n"))
             train = ctx.space.sample(n, rng)
             lin = LinearLatencyPredictor(ctx.space).fit(train, np.asarray(proxy.predict(train), dtype=float))
             kind, fit = "surrogate", srcc(lin.predict(check), y)
@@ -93,25 +93,24 @@ class SamplesStage(Stage):
     upstream = ("01_proxy",)
 
     def extra_key(self, ctx: Context) -> Any:
-        return [ctx.identity, ctx.c.get("seed", 0)]
+        return [ctx.identity, ctx.setting("seed")]
 
     def run(self, ctx: Context) -> dict:
         from hwnas.predictors.adapt import select_samples
 
-        s = ctx.c.get("samples") or {}
-        rng = np.random.default_rng(int(ctx.c.get("seed", 0)))
+        rng = np.random.default_rng(int(ctx.setting("seed")))
         target = ctx.target
         fixed = getattr(target, "fixed_samples", None)
         if fixed:  # the archs of a filled plan are the samples
             archs, how = list(fixed), "plan"
         else:
-            pool_n = int(s.get("pool", 2000))
+            pool_n = int(ctx.setting("samples.pool"))
             pool = target.candidates(pool_n, rng) if hasattr(target, "candidates") else ctx.space.sample(pool_n, rng)
             pool = list(dict.fromkeys(pool))
-            k = int(s.get("k", 10))
+            k = int(ctx.setting("samples.k"))
             if not 3 <= k <= len(pool):
                 raise PipelineError(f"samples.k={k}: choose between 3 and {len(pool)} target samples (samples.pool={pool_n})")
-            how = s.get("selection", "kmeans")
+            how = ctx.setting("samples.selection")
             archs = [pool[i] for i in select_samples(ctx.space, pool, k, how, rng)]
         y = ctx.ledger.measure(archs, ctx.run_dir / self.name, "K samples")
         p = np.asarray(ctx.proxy.predict(archs), dtype=float)
@@ -131,14 +130,13 @@ class AdaptStage(Stage):
     upstream = ("02_samples",)
 
     def extra_key(self, ctx: Context) -> Any:
-        return [(ctx.c.get("search") or {}).get("budgets"), ctx.c.get("budget_quantiles")]
+        return [ctx.setting("search.budgets"), ctx.setting("budget_quantiles")]
 
     def run(self, ctx: Context) -> dict:
-        a_cfg = ctx.c.get("adapt") or {}
         archs, y = ctx.get("samples")
         p = np.asarray(ctx.proxy.predict(archs), dtype=float)
         r = srcc(p, y)
-        thr, conf = float(a_cfg.get("threshold", 0.9)), a_cfg.get("confidence", 0.95)
+        thr, conf = float(ctx.setting("adapt.threshold")), ctx.setting("adapt.confidence")
         low = srcc_lower_bound(r, len(y), conf)
         reuse = not np.isnan(low) and low >= thr
         out: dict[str, Any] = {"srcc_proxy_on_samples": r, "srcc_lower_bound": low, "confidence": conf, "threshold": thr}
@@ -148,16 +146,17 @@ class AdaptStage(Stage):
                 a, c = float(np.mean(y) / max(np.mean(p), 1e-12)), 0.0
             out.update(method="proxy", decision="reuse proxy (scaled)", a=float(a), c=float(c))
         else:
-            out.update(method=a_cfg.get("method", "bayes"), decision=f"adapt ({a_cfg.get('method', 'bayes')})")
+            method = ctx.setting("adapt.method")
+            out.update(method=method, decision=f"adapt ({method})")
         self._set_predictor(ctx, out)
         model = ctx.get("adapted")
         out["srcc_on_samples_after"] = srcc(np.asarray(model.predict(archs), dtype=float), y)
-        budgets = (ctx.c.get("search") or {}).get("budgets")
+        budgets = ctx.setting("search.budgets")
         if budgets:
             out["budgets"], out["budgets_from"] = [float(b) for b in budgets], "search.budgets"
         else:
-            q = list(ctx.c.get("budget_quantiles") or [0.25, 0.5, 0.75])
-            out["budgets"] = choose_budgets(model, ctx.space, q, seed=int(ctx.c.get("seed", 0)))
+            q = list(ctx.setting("budget_quantiles"))
+            out["budgets"] = choose_budgets(model, ctx.space, q, seed=int(ctx.setting("seed")))
             out["budgets_from"] = f"quantiles {q} of the adapted latency over 2000 random archs"
             log.info(f"budgets {out['budgets']} ms: {out['budgets_from']} (set search.budgets to choose them)")
         target = ctx.target
@@ -175,13 +174,13 @@ class AdaptStage(Stage):
         if info["method"] == "proxy":
             ctx.put("adapted", ScaledProxy(ctx.proxy, info["a"], info["c"]))
             return
-        a_cfg = ctx.c.get("adapt") or {}
+        kwargs = ctx.setting("adapt.kwargs") or {}
 
         def fit() -> Any:  # deterministic, a fraction of a second on the stored samples: made only when needed
             from hwnas.predictors.adapt import adapt
 
             archs, y = ctx.get("samples")
-            return adapt(ctx.get("proxy_linear"), archs, y, method=info["method"], **(a_cfg.get("kwargs") or {}))
+            return adapt(ctx.get("proxy_linear"), archs, y, method=info["method"], **kwargs)
 
         ctx.lazy("adapted", fit)
 
@@ -199,22 +198,22 @@ class ReduceStage(Stage):
     upstream = ("03_adapt",)
 
     def extra_key(self, ctx: Context) -> Any:
-        return [ctx.c.get("accuracy"), ctx.c.get("seed", 0)]
+        return [ctx.setting("accuracy"), ctx.setting("seed")]
 
     def run(self, ctx: Context) -> dict:
-        r = ctx.c.get("reduce") or {}
         d = ctx.run_dir / self.name
-        seed = int(ctx.c.get("seed", 0))
+        seed = int(ctx.setting("seed"))
         info: dict[str, Any] = {"dropped": []}
         space = ctx.space
-        if not r.get("enabled", True):
+        if not ctx.setting("reduce.enabled"):
             reduced = space
         elif hasattr(space, "n_positions"):
             from .categorical import reduce_categorical
 
-            reduced, rows = reduce_categorical(space, ctx.get("adapted"), ctx.accuracy, n_samples=int(r.get("n_samples", 256)),
-                                               seed=seed, latency_tol=float(r.get("latency_tol", 0.01)),
-                                               accuracy_tol=float(r.get("accuracy_tol", 0.0)), min_choices=int(r.get("min_choices", 2)))
+            reduced, rows = reduce_categorical(space, ctx.get("adapted"), ctx.accuracy, n_samples=int(ctx.setting("reduce.n_samples")),
+                                               seed=seed, latency_tol=float(ctx.setting("reduce.latency_tol")),
+                                               accuracy_tol=float(ctx.setting("reduce.accuracy_tol")),
+                                               min_choices=int(ctx.setting("reduce.min_choices")))
             write_csv(d / "profile.csv", rows)
             info["dropped"] = [{"position": x["position"], "op": x["op"]} for x in rows if not x["kept"]]
         else:
@@ -222,9 +221,9 @@ class ReduceStage(Stage):
             from hwnas.search.reduce import reduce_space
 
             prof = profile_space(space, latency={"target": ctx.get("adapted")}, accuracy={"accuracy": ctx.accuracy},
-                                 n_samples=int(r.get("n_samples", 256)), seed=seed)
+                                 n_samples=int(ctx.setting("reduce.n_samples")), seed=seed)
             prof.to_csv(d / "profile.csv")
-            red = reduce_space(prof, "target", "accuracy", rules=r.get("rules"))
+            red = reduce_space(prof, "target", "accuracy", rules=ctx.setting("reduce.rules"))
             reduced = red.space
             info.update(dropped=red.dropped, describe=red.describe(), dropped_resolutions=red.dropped_resolutions)
         from hwnas.predictors.assets import atomic_write
@@ -244,7 +243,7 @@ class SearchStage(Stage):
     upstream = ("04_reduce",)
 
     def extra_key(self, ctx: Context) -> Any:
-        return [ctx.c.get("evaluator", {}).get("objectives")]
+        return [ctx.setting("evaluator.objectives")]
 
     def run(self, ctx: Context) -> dict:
         from hwnas.search.checkpoint import SearchCheckpoint
@@ -254,7 +253,7 @@ class SearchStage(Stage):
         from hwnas.search.results import write_results
 
         d = ctx.run_dir / self.name
-        s = dict(ctx.c.get("search") or {})
+        s = dict(ctx.setting("search"))
         s["budgets"] = ctx.get("budgets")
         skw = search_kwargs(s)
         key = ctx.keys[self.name]
@@ -266,14 +265,14 @@ class SearchStage(Stage):
             from hwnas.predictors.assets import atomic_write
 
             atomic_write(stamp, key + "\n")
-        runner = make_runner(ctx.c.get("evaluator"))
+        runner = make_runner(ctx.setting("evaluator"))
         try:
-            preds = wrap_predictors(ctx.c.get("evaluator"), runner, accuracy=ctx.accuracy, latency=ctx.get("adapted"))
+            preds = wrap_predictors(ctx.setting("evaluator"), runner, accuracy=ctx.accuracy, latency=ctx.get("adapted"))
             ck = SearchCheckpoint(d / "checkpoint", settings=key)
             res = run_search(ctx.get("search_space"), preds["accuracy"], preds["latency"], log=log.info, checkpoint=ck, **skw)
         finally:
             runner.close()
-        write_results(res, d, plot=bool(s.get("plot", True)))
+        write_results(res, d, plot=bool(s["plot"]))
         return {"n_evals": res.n_evals, "front_size": len(res), "resumed_from_gen": ck.resumed_from, "budgets": skw["budgets"]}
 
     def load(self, ctx: Context, meta: dict) -> None:
@@ -289,7 +288,7 @@ class RemeasureStage(Stage):
 
     def run(self, ctx: Context) -> dict:
         front = ctx.get("front")
-        cap = (ctx.c.get("remeasure") or {}).get("max_archs")
+        cap = ctx.setting("remeasure.max_archs")
         if cap is not None and len(front) > int(cap):  # spread over the latency range
             idx = np.unique(np.linspace(0, len(front) - 1, int(cap)).round().astype(int))
             front = [sorted(front, key=lambda r: r["latency"])[i] for i in idx]
@@ -332,7 +331,7 @@ class ExportStage(Stage):
         from hwnas.predictors.assets import atomic_write
         from hwnas.spaces.mbconv import MBConvSpace
 
-        ex = ctx.c.get("export") or {}
+        ex = ctx.setting("export")
         d = ctx.run_dir / self.name
         final = ctx.get("final")
         items = [{"arch": r["arch"].to_dict(), "arch_str": str(r["arch"]), "accuracy": r["accuracy"], "latency_measured": r["measured"],
@@ -340,7 +339,7 @@ class ExportStage(Stage):
         atomic_write(d / "archs.json", json.dumps({"space": space_spec(ctx.space), "target": ctx.identity, "archs": items},
                                                   indent=1) + "\n")
         info: dict[str, Any] = {"n": len(items)}
-        formats = list(ex.get("formats") or [])
+        formats = list(ex["formats"] or [])
         if formats and isinstance(ctx.space, MBConvSpace) and final:
             info["models"] = self._models(ctx, final, d / "models", formats, ex)
         return info
@@ -359,16 +358,16 @@ class ExportStage(Stage):
         for r in sorted(final, key=lambda r: -r["accuracy"]):
             if r not in chosen:
                 chosen.append(r)
-        if ex.get("max_archs") is not None:
+        if ex["max_archs"] is not None:
             chosen = chosen[: int(ex["max_archs"])]
         kw: dict[str, Any] = {}
-        if ex.get("calib_data"):
+        if ex["calib_data"]:
             if "calib_data" not in inspect.signature(export_many).parameters:
                 raise PipelineError("export.calib_data: this hwnas's exporter has no BN recalibration; leave export.calib_data unset")
             from hwnas.predictors.build import abs_path
 
             kw["calib_data"] = abs_path(ex["calib_data"])
-        weights = load_weights_source(ctx.space, ex.get("checkpoint"))
+        weights = load_weights_source(ctx.space, ex["checkpoint"])
         todo = [ExportItem(r["arch"], accuracy=r["accuracy"], latency=r["measured"], latency_kind="measured",
                            extra={"target": ctx.identity}) for r in chosen]
         paths = export_many(ctx.space, todo, out, weights=weights, formats=formats, overwrite=True, **kw)
@@ -386,13 +385,13 @@ def summarise_run(ctx: Context) -> dict:
     final = ctx.get("final")
     budgets = ctx.get("budgets")
     a = ctx.get("adapt_info")
-    hv_acc = ((ctx.c.get("search") or {}).get("hv_ref") or {}).get("accuracy")
+    hv_acc = (ctx.setting("search.hv_ref") or {}).get("accuracy")
     acc = np.array([r["accuracy"] for r in final])
     meas = np.array([r["measured"] for r in final])
     ref = (float(hv_acc) if hv_acc is not None else (float(acc.min()) if len(acc) else 0.0), max(budgets) if budgets else float(meas.max()))
     return {
         "space": ctx.space.name,
-        "proxy": (ctx.c.get("latency") or {}).get("_target_"),
+        "proxy": ctx.setting("latency._target_"),
         "target": ctx.identity,
         "k": ctx.info["02_samples"].get("k"),
         "target_measurements": ctx.ledger.count,
