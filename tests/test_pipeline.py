@@ -55,7 +55,7 @@ def test_stages_outputs_and_counts(small_pipeline_run):
     assert 0.6 < s["evaluation"]["hv_ratio"] <= 1.0 + 1e-9
     # budgets: quantiles of the adapted latency, increasing, and the best arch under each is under it
     b = s["budgets"]
-    assert b == sorted(b) and len(b) == 3 and "quantiles" in s["adapt"]["budgets_from"]
+    assert b == sorted(b) and len(b) == 4 and "quantiles" in s["adapt"]["budgets_from"]
     for budget, best in s["best_at_budgets"].items():
         assert best is None or best["measured"] <= float(budget)
     report = (d / "report.md").read_text()
