@@ -100,7 +100,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas"))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -110,7 +110,7 @@ def _sha256(path: Path) -> str:
 
 def _check(path: Path, rel: str, sha256: str | None) -> Path:
     want = sha256 or CHECKSUMS.get(rel)
-    if want and _sha256(path) != want:
+    if want and file_sha256(path) != want:
         raise AssetError(
             f"{path} does not match the checksum of {rel} (expected sha256 {want[:12]}…); "
             f"delete it and fetch the file again from {BASE_URL}{rel}"

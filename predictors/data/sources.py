@@ -31,21 +31,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from hwnas.predictors.assets import AssetError, atomic_write, cache_dir
+from hwnas.predictors.assets import AssetError, atomic_write, cache_dir, file_sha256
 
 
 @lru_cache(maxsize=1)
 def catalogue() -> dict:
     """``help_sources.json``: the commit, the URL pattern and, per CSV, its layout, files and checksums."""
     return json.loads((Path(__file__).with_name("help_sources.json")).read_text())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def where_to_put(rel: str) -> str:
@@ -58,7 +50,7 @@ def download_sources(rel: str, dest: Path) -> Path:
     entry = cat["datasets"][rel]
     for path, digest in entry["sha256"].items():
         target = dest / path
-        if target.is_file() and _sha256(target) == digest:
+        if target.is_file() and file_sha256(target) == digest:
             continue
         url = cat["url"].format(commit=cat["commit"], path=path)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +62,7 @@ def download_sources(rel: str, dest: Path) -> Path:
             tmp.unlink(missing_ok=True)
             raise AssetError(f"could not download {url} ({exc}), one of the files {rel} is converted from; "
                              f"put HELP's data/ folder under {dest} or the converted CSV at {where_to_put(rel)}") from None
-        if _sha256(tmp) != digest:
+        if file_sha256(tmp) != digest:
             tmp.unlink(missing_ok=True)
             raise AssetError(f"{url} does not match its checksum (sha256 {digest[:12]}...); nothing was converted")
         tmp.replace(target)
