@@ -247,12 +247,13 @@ def test_cli_measures_through_the_scheduler(scheduler, tmp_path, capsys):
     dev = start_device(scheduler, tmp_path)
     try:
         wait_for_workers(scheduler, 1)
-        argv = ["--space", "ofa_mbv3_w12", "--resolutions", "64", "-n", "2", "--scheduler", scheduler, "--resource",
+        argv = ["--space", "ofa_mbv3_w12", "--resolutions", "64", "-n", "3", "--scheduler", scheduler, "--resource",
                 "hwnas-device", "--device", "pi4-ort", "--store", str(tmp_path / "m.sqlite"), "--processes", "2",
-                "--repeats", "3", "--warmup", "1", "--no-progress"]
-        assert main(argv) == 0
+                "--repeats", "3", "--warmup", "1", "--chunk", "2", "--no-progress"]
+        assert main(argv) == 0  # 3 archs in 2 tasks (2 + 1), each arch stored with its own result
         recs = MeasurementStore(tmp_path / "m.sqlite").records(device="pi4-ort")
-        assert len(recs) == 2 and all(r.value > 0 and r.platform for r in recs)
+        assert len(recs) == 3 and all(r.value > 0 and r.platform and len(r.samples) == 2 for r in recs)
+        assert len({r.value for r in recs}) == 3
         capsys.readouterr()
         assert main(argv) == 0
         assert "0 to measure" in capsys.readouterr().err

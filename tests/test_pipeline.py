@@ -261,3 +261,21 @@ def test_plan_target_stops_for_numbers_and_resumes(tmp_path, data_dir, capsys):
     assert s["target_measurements"] == len(_ledger(run)) <= 5 + n_front
     for r in read_csv(run / "06_remeasure" / "front.csv"):
         assert float(r["measured_latency"]) == pytest.approx(device.predict([space.validate(r["key"])])[0])
+
+
+@pytest.mark.parametrize("name, space, proxy, target", [
+    ("pipeline", "ofa_mbv3_w12", "LookupTableLatency", "MeasuredLatency"),
+    ("pipeline_proxyless", "proxyless_mobile", "LookupTableLatency", "MeasuredLatency"),
+    ("pipeline_nasbench201", "nasbench201", "LinearLatencyPredictor", "DatasetLatency"),
+    ("pipeline_fbnet", "fbnet", "LinearLatencyPredictor", "DatasetLatency"),
+])
+def test_presets_build_through_the_config_groups(name, space, proxy, target, data_dir, tmp_path):
+    from hwnas.predictors.build import build_predictor, build_space
+
+    cfg = compose_pipeline([f"assets.mirror={data_dir}", f"target.store={tmp_path / 'm.sqlite'}" if "nas" not in name and "fbnet" not in name
+                            else "seed=0"], name=name)
+    sp = build_space(cfg)
+    assert sp.name == space
+    assert type(build_predictor(cfg, "latency", sp)).__name__ == proxy
+    assert type(build_predictor(cfg, "target", sp)).__name__ == target
+    assert cfg.search.budgets is None and cfg.search.pop_size == 100  # target budgets; the search's own settings

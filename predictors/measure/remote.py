@@ -112,19 +112,23 @@ class DaskMeasurer:
 
     # ------------------------------------------------------------------ measuring
     def measure(self, specs: Sequence[ModelSpec], on_result: OnResult | None = None, progress: Any = None) -> list[Measurement]:
+        """One task per ``config.chunk`` models (1 by default: every arch is handed back, and stored, as
+        soon as it is done), at most :data:`WINDOW` tasks queued."""
         from distributed import wait
 
         self.wait_for_device()
         task, script = device_task()
         settings = self.config.settings()
         results: list[Measurement | None] = [None] * len(specs)
-        pending: dict[Any, int] = {}
+        step = self.config.chunk
+        chunks = [list(range(s, min(s + step, len(specs)))) for s in range(0, len(specs), step)]
+        pending: dict[Any, list[int]] = {}
         nxt = 0
         with workdir() as wd:
             try:
-                while nxt < len(specs) or pending:
-                    while nxt < len(specs) and len(pending) < WINDOW:
-                        pending[self._submit(task, specs[nxt], nxt, settings, script, wd)] = nxt
+                while nxt < len(chunks) or pending:
+                    while nxt < len(chunks) and len(pending) < WINDOW:
+                        pending[self._submit(task, [specs[i] for i in chunks[nxt]], nxt, settings, script, wd)] = chunks[nxt]
                         nxt += 1
                     try:
                         done, _ = wait(list(pending), timeout=5.0, return_when="FIRST_COMPLETED")
@@ -134,32 +138,35 @@ class DaskMeasurer:
                         self._check_device_still_there()
                         continue
                     for fut in done:
-                        i = pending.pop(fut)
-                        results[i] = m = self._result(fut, specs[i])
-                        if on_result is not None:
-                            on_result(i, m)
+                        idx = pending.pop(fut)
+                        for i, m in zip(idx, self._results(fut, [specs[i] for i in idx])):
+                            results[i] = m
+                            if on_result is not None:
+                                on_result(i, m)
                         if progress is not None:
-                            progress.update(1)
+                            progress.update(len(idx))
             finally:
                 for fut in pending:  # interrupted: nothing half-measured stays queued on the device
                     fut.cancel()
         return results  # type: ignore[return-value]
 
-    def _submit(self, task: Callable, spec: ModelSpec, i: int, settings: dict, script: str, wd: str) -> Any:
-        path, shape = export_spec(spec, os.path.join(wd, f"model{i}.onnx"))
-        with open(path, "rb") as f:
-            payload = [{"onnx": f.read(), "shape": shape, "key": spec.key}]
-        os.unlink(path)
+    def _submit(self, task: Callable, specs: list[ModelSpec], c: int, settings: dict, script: str, wd: str) -> Any:
+        payload = []
+        for j, spec in enumerate(specs):
+            path, shape = export_spec(spec, os.path.join(wd, f"model{c}_{j}.onnx"))
+            with open(path, "rb") as f:
+                payload.append({"onnx": f.read(), "shape": shape, "key": spec.key})
+            os.unlink(path)
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sending large graph")  # the ONNX file travels with its task
+            warnings.filterwarnings("ignore", message="Sending large graph")  # the ONNX files travel with their task
             return self.client.submit(task, payload, settings, script, resources={self.resource: 1}, pure=False,
-                                      key=f"hwnas-measure-{os.getpid()}-{i}-{time.time_ns()}")
+                                      key=f"hwnas-measure-{os.getpid()}-{c}-{time.time_ns()}")
 
     def _check_device_still_there(self) -> None:
         if not self.holders():  # the device left: Dask reruns its task when it (or another) comes back
             self.wait_for_device()
 
-    def _result(self, fut: Any, spec: ModelSpec) -> Measurement:
+    def _results(self, fut: Any, specs: list[ModelSpec]) -> list[Measurement]:
         try:
             out = fut.result()
         except Exception as exc:  # noqa: BLE001 - KilledWorker, ProtocolError, unpickling errors on the device
@@ -169,9 +176,9 @@ class DaskMeasurer:
                 hint = " (the worker died while timing it, several times; check the device's memory)"
             elif "pickle" in str(exc).lower() or name in ("ModuleNotFoundError", "AttributeError"):
                 hint = " (the device's Python must be the same minor version as this machine's, with numpy and onnxruntime)"
-            raise MeasureError(f"model {spec.key[:80]!r} on {self.scheduler}: {name}: {exc}{hint}") from None
+            raise MeasureError(f"model {specs[0].key[:80]!r} on {self.scheduler}: {name}: {exc}{hint}") from None
         self.platform = out["platform"]
-        return Measurement(**out["results"][0], platform=out["platform"])
+        return [Measurement(**r, platform=out["platform"]) for r in out["results"]]
 
     def close(self) -> None:
         if self._own and self._client is not None:

@@ -94,9 +94,12 @@ class TargetLedger:
                     values = self._from_plan(todo_archs, stage_dir / "plan", what)
                     for k, v in zip(todo, values):
                         self._commit(k, v, known)
-                else:  # one arch at a time: each is committed as soon as it is measured
-                    for k, a in zip(todo, todo_archs):
-                        self._commit(k, float(np.asarray(self.target.predict([a]), dtype=float).reshape(-1)[0]), known)
+                else:  # one arch (or one chunk of the measuring protocol) at a time, committed when measured
+                    step = getattr(getattr(self.target, "config", None), "chunk", 1)
+                    for s in range(0, len(todo), step):
+                        values = np.asarray(self.target.predict(todo_archs[s:s + step]), dtype=float).reshape(-1)
+                        for k, v in zip(todo[s:s + step], values):
+                            self._commit(k, float(v), known)
             finally:
                 self.seconds += time.perf_counter() - t0
         return np.array([known[k] for k in keys], dtype=float)

@@ -9,7 +9,8 @@
                     samples reaches ``adapt.threshold`` the proxy is reused, scaled; else it is adapted.
                     Budgets: ``search.budgets``, or quantiles (``budget_quantiles``) of the result.
 4. ``04_reduce``    the space profiled with the adapted latency and the accuracy source, and reduced.
-5. ``05_search``    NSGA-II (+ refinement) in the reduced space, checkpointed every generation.
+5. ``05_search``    NSGA-II (+ refinement) in the reduced space, checkpointed every generation, up to
+                    ``search_margin`` x the largest budget.
 6. ``06_remeasure`` the front measured on the target; what is not Pareto-optimal there is dropped.
 7. ``07_export``    ``archs.json``; MBConv spaces also get networks with weights (config ``export``).
 """
@@ -243,7 +244,7 @@ class SearchStage(Stage):
     upstream = ("04_reduce",)
 
     def extra_key(self, ctx: Context) -> Any:
-        return [ctx.setting("evaluator.objectives")]
+        return [ctx.setting("evaluator.objectives"), ctx.setting("search_margin")]
 
     def run(self, ctx: Context) -> dict:
         from hwnas.search.checkpoint import SearchCheckpoint
@@ -255,6 +256,8 @@ class SearchStage(Stage):
         d = ctx.run_dir / self.name
         s = dict(ctx.setting("search"))
         s["budgets"] = ctx.get("budgets")
+        if s.get("max_latency") is None and s["budgets"]:
+            s["max_latency"] = float(ctx.setting("search_margin")) * max(s["budgets"])
         skw = search_kwargs(s)
         key = ctx.keys[self.name]
         stamp = d / "checkpoint.key"
