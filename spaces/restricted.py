@@ -23,11 +23,12 @@ class RestrictedSpace:
 
     registry_name = "restricted"
 
-    def __init__(self, base: Any, allowed: Sequence[Sequence[str]]) -> None:
+    def __init__(self, base: Any = "nasbench201", allowed: Sequence[Sequence[str]] | None = None) -> None:
+        """``allowed``: the ops kept at each position (None: all of them)."""
         self.base = create_space(base) if isinstance(base, str) else base
         if not hasattr(self.base, "n_positions"):
             raise SpaceError(f"base={getattr(self.base, 'name', base)!r}: a restricted space needs a categorical space (nasbench201, fbnet)")
-        allowed = [list(a) for a in allowed]
+        allowed = [list(a) for a in allowed] if allowed is not None else [list(self.base.choices)] * self.base.n_positions
         if len(allowed) != self.base.n_positions:
             raise SpaceError(f"allowed: {len(allowed)} positions given, space {self.base.name} has {self.base.n_positions}")
         for p, a in enumerate(allowed):
