@@ -12,11 +12,14 @@ spread over latency, the same for all):
 (c) per-device NAS: a lookup table built on the target (``hwnas-measure --build-lut``), searched.
 
 Budgets: three target latencies spanning the front (quantiles 0.2/0.5/0.8 of (c)'s table over 2,000
-random archs). Reported: hypervolume on measured latency (reference: accuracy 0.70, the largest
-budget), best accuracy under each budget, and the target measurements each method needed (count and
-wall seconds; the fronts' re-measuring is the evaluation, shared, and reported apart).
+random archs); (b) and (c) search up to the pipeline's ``search_margin`` x the largest one. Reported:
+hypervolume on measured latency (reference: accuracy 0.70, the largest budget), best accuracy under
+each budget, and the target measurements each method needed (count and wall seconds; the fronts'
+re-measuring is the evaluation, shared, and reported apart). ``--chunked`` adds the cost of timing the
+same K archs in one task (as the table's layers are timed, 64 per process); ``--full-space`` adds (b)
+without the space reduction stage.
 
-    nice -n 10 python benchmarks/device_pipeline.py --mirror ../shared/data --out runs/device_pipeline
+    nice -n 10 python benchmarks/device_pipeline.py --mirror ../shared/data --out runs/device_pipeline --chunked --full-space
     python benchmarks/device_pipeline.py --quick          # a smoke run (2 resolutions, small searches)
 
 Every measurement is kept in ``<out>/cpu.sqlite``: a rerun with the same ``--out`` measures nothing twice.
@@ -120,6 +123,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chunked", action="store_true", help="also run (b) with the K samples timed in one task (chunk K), "
                     "the batching the lookup table's layers get (64 per timing process)")
+    ap.add_argument("--full-space", action="store_true", help="also run (b) without the space reduction stage")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 resolutions, small searches, K=5, cap 8")
     args = ap.parse_args()
     logging.disable(logging.INFO)
@@ -175,18 +179,27 @@ def main() -> int:
     # ---------------------------------------------------------------- (b) the pipeline, K through Dask
     cluster, worker = start_loopback_device(out)
     try:
-        for k in args.ks:
-            log(f"(b) hwnas-pipeline, K={k}, target = loopback Dask worker")
+        variants = [(k, True) for k in args.ks] + ([(k, False) for k in args.ks] if args.full_space else [])
+        for k, reduce in variants:
+            log(f"(b) hwnas-pipeline, K={k}, target = loopback Dask worker" + ("" if reduce else ", no space reduction"))
             cfg_b = compose("pipeline", ["target=remote", f"target.scheduler={cluster.scheduler_address}", f"target.device={DEVICE}",
                                          f"target.store={out / 'cpu.sqlite'}", "target.progress=false", f"samples.k={k}",
                                          f"seed={args.seed}", f"search.budgets=[{','.join(map(str, budgets))}]",
                                          f"remeasure.max_archs={args.front_cap}", "export.formats=[]", "search.verbose=false",
-                                         "search.plot=false", res_o, mirror_o, *small])
+                                         "search.plot=false", f"reduce.enabled={str(reduce).lower()}", res_o, mirror_o, *small])
             from hwnas.search.pipeline import run_pipeline
             from hwnas.search.pipeline.evaluate import read_csv
 
-            run = out / f"pipeline_k{k}"
-            s = run_pipeline(cfg_b, run)
+            s = run_pipeline(cfg_b, out / (f"pipeline_k{k}" + ("" if reduce else "_full")))
+            run = out / f"pipeline_k{k}"  # the K samples are the same archs: their cost is that run's
+            if not reduce:
+                fr = [{"arch": space.validate(r["key"]), "accuracy": float(r["accuracy"]), "latency": float(r["predicted_latency"])}
+                      for r in read_csv(out / f"pipeline_k{k}_full" / "06_remeasure" / "front.csv")]
+                st = json.loads((run / "02_samples" / "stage.json").read_text())
+                rows[f"(b) K={k}, without space reduction"] = {"front": fr, "count": st["k"], "seconds": st["seconds"],
+                                                               "what": f"{st['k']} archs", "decision": s["adapt"]["decision"],
+                                                               "dropped": []}
+                continue
             st = json.loads((run / "02_samples" / "stage.json").read_text())
             fr = [{"arch": space.validate(r["key"]), "accuracy": float(r["accuracy"]), "latency": float(r["predicted_latency"])}
                   for r in read_csv(run / "06_remeasure" / "front.csv")]

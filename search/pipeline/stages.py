@@ -113,7 +113,7 @@ class SamplesStage(Stage):
                 raise PipelineError(f"samples.k={k}: choose between 3 and {len(pool)} target samples (samples.pool={pool_n})")
             how = ctx.setting("samples.selection")
             archs = [pool[i] for i in select_samples(ctx.space, pool, k, how, rng)]
-        y = ctx.ledger.measure(archs, ctx.run_dir / self.name, "K samples")
+        y = ctx.ledger.measure(archs, ctx.run_dir / self.name, "sample archs")
         p = np.asarray(ctx.proxy.predict(archs), dtype=float)
         write_csv(ctx.run_dir / self.name / "samples.csv",
                   [{"key": arch_key(ctx.space, a), "arch": str(a), "target_latency": repr(float(v)), "proxy_pred": repr(float(q))}
@@ -298,7 +298,7 @@ class RemeasureStage(Stage):
         archs = [r["arch"] for r in front]
         acc = np.array([float(r["accuracy"]) for r in front])
         pred = np.array([float(r["latency"]) for r in front])
-        meas = ctx.ledger.measure(archs, ctx.run_dir / self.name, "front members")
+        meas = ctx.ledger.measure(archs, ctx.run_dir / self.name, "front archs")
         from hwnas.search.problem import pareto_mask
 
         keep = pareto_mask(acc, meas)
