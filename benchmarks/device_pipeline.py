@@ -19,7 +19,7 @@ re-measuring is the evaluation, shared, and reported apart). ``--chunked`` adds 
 same K archs in one task (as the table's layers are timed, 64 per process); ``--full-space`` adds (b)
 without the space reduction stage.
 
-    nice -n 10 python benchmarks/device_pipeline.py --mirror ../shared/data --out runs/device_pipeline --chunked --full-space
+    nice -n 10 python benchmarks/device_pipeline.py --mirror ../shared/data --out outputs/device_pipeline --chunked --full-space
     python benchmarks/device_pipeline.py --quick          # a smoke run (2 resolutions, small searches)
 
 Every measurement is kept in ``<out>/cpu.sqlite``: a rerun with the same ``--out`` measures nothing twice.
@@ -117,7 +117,7 @@ def start_loopback_device(tmp: Path):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mirror", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ap.add_argument("--out", default="runs/device_pipeline")
+    ap.add_argument("--out", default="outputs/device_pipeline")
     ap.add_argument("--ks", nargs="+", type=int, default=[10, 20])
     ap.add_argument("--front-cap", type=int, default=40, help="re-measure at most this many members of each front")
     ap.add_argument("--seed", type=int, default=0)
