@@ -127,6 +127,10 @@ class MeasurementStore:
                 if not os.path.exists(self.path):
                     raise StoreReadOnlyError(f"store={self.path!r} cannot be created: {why}; choose a writable folder")
                 self.read_only = why
+                wal = self.path + "-wal"
+                if os.path.exists(wal) and os.path.getsize(wal) > 0:  # a killed writer: its log cannot be merged here
+                    self.read_only += (f"; {wal} holds measurements not yet merged into the file, which a read-only "
+                                       "store cannot show: open it once where it is writable")
         try:
             if self.read_only:
                 uri = f"file:{os.path.abspath(self.path)}?mode=ro&immutable=1"
