@@ -127,14 +127,14 @@ def main(argv=None) -> int:
         print(f"\nSRCC between backends (ORT default run 1 vs torch eager CPU-clock run 1, {len(sub)} subnets): {ort_vs_eager:.4f}")
 
     if args.lut_n > 0:
-        from hwnas.predictors.lut_build import build_lut, lut_vs_end_to_end
+        from hwnas.predictors.measure.lut_build import build_lut, lut_vs_end_to_end
 
         print(f"\n3. lookup table of this machine at r={args.lut_res}", flush=True)
         sp = create_space(args.space, resolutions=args.lut_res)
         cfg_l = MeasureConfig(pin=args.pin, seed=args.seed, warmup=10, repeats=30, min_time_s=0.02, chunk=64)
         with tempfile.TemporaryDirectory() as d:
             l0, t = load(), time.perf_counter()
-            from hwnas.predictors.lut_build import distinct_layers
+            from hwnas.predictors.measure.lut_build import distinct_layers
 
             n_layers = sum(len(v) for v in distinct_layers(sp, args.lut_res).values())
             build_lut(sp, d, config=cfg_l)

@@ -45,7 +45,7 @@ def main() -> None:
             for k in args.k:
                 for seed in args.seeds:
                     for name, extra in variants.items():
-                        cfg = compose("pipeline", overrides=[f"target_device={t}", f"measure.k={k}", f"seed={seed}",
+                        cfg = compose("pipeline_nasbench201", overrides=[f"target.device={t}", f"samples.k={k}", f"seed={seed}",
                                                              f"search.seed={seed}", f"assets.mirror={args.mirror}",
                                                              "search.verbose=false", *extra])
                         t0 = time.perf_counter()

@@ -7,7 +7,9 @@ Files are identified by their path below the official base URL
 1. a mirror directory with the same layout (``assets.mirror=...`` in configs, ``mirror=`` here, or
    the ``HWNAS_ASSETS_MIRROR`` environment variable) — tests use ``../shared/data``;
 2. the user cache (``$HWNAS_CACHE`` or ``~/.cache/hwnas``);
-3. the base URL, downloaded into the cache (atomically: temp file, checksum, rename).
+3. the base URL, downloaded into the cache (atomically: temp file, checksum, rename); the latency
+   datasets ``latency/*.csv`` have no such URL and are converted from HELP's published files instead
+   (:mod:`hwnas.predictors.data.sources`).
 
 Known files carry a SHA-256 that is checked wherever the file comes from.
 Offline with no mirror, one error says which file to put where.
@@ -41,6 +43,10 @@ CHECKSUMS: dict[str, str] = {
     "proxylessnas/proxyless_cpu.config": "ba47cbd51bcd85ef5963e9098c44bf14b5a606e9dd15e5a3dba7cf4915ddded0",
     "proxylessnas/proxyless_gpu.config": "e0bb0cd9166c4e713464b0373ac06af422d3e10560c9797286418f5f6fe6f3af",
     "proxylessnas/proxyless_mobile.config": "eacb4259c46d97e8d47cd7920efe95b99e3004f3e97902c9b3ba80b2a414d8a6",
+    # converted from HELP's files by hwnas.predictors.data.sources (the same bytes as a mirror's copy)
+    "latency/nasbench201.csv": "52cd321e5e75c0d3231476d23269d56632c1df7c3e95973fd43fc52114f49744",
+    "latency/fbnet.csv": "7c8c747533b7e581e535d85b7e6916d85a48799b40f2740808b9179635d46859",
+    "latency/ofa_mbv3.csv": "d403785b554eca2107d5391973d2fcb7179a5cd9822b62b9ea3524bb1758cb11",
 }
 
 #: files that have no public URL in that layout (derived benchmark data): mirror or cache only
@@ -94,7 +100,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas"))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -104,7 +110,7 @@ def _sha256(path: Path) -> str:
 
 def _check(path: Path, rel: str, sha256: str | None) -> Path:
     want = sha256 or CHECKSUMS.get(rel)
-    if want and _sha256(path) != want:
+    if want and file_sha256(path) != want:
         raise AssetError(
             f"{path} does not match the checksum of {rel} (expected sha256 {want[:12]}…); "
             f"delete it and fetch the file again from {BASE_URL}{rel}"
@@ -124,6 +130,10 @@ def fetch(rel: str, mirror: str | os.PathLike | None = None, sha256: str | None 
     if cached.is_file():
         return _check(cached, rel, sha256)
     if url is None and rel.startswith(NO_URL_PREFIXES):
+        from hwnas.predictors.data.sources import build, catalogue
+
+        if rel in catalogue()["datasets"]:  # converted from its original public release
+            return _check(build(rel, cached, sha256 or CHECKSUMS.get(rel)), rel, sha256)
         where = f"{Path(mirror) / rel}" if mirror else f"{cached} (or <mirror>/{rel} with assets.mirror=<dir>)"
         raise AssetError(f"asset {rel} has no public download URL; put the file at {where}")
     src = url or BASE_URL + rel

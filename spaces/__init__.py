@@ -35,7 +35,9 @@ __all__ = [
     "FBNetSpace",
     "NASBench201Arch",
     "NASBench201Space",
+    "RestrictedSpace",
 ]
 
 from .fbnet import FBNetArch, FBNetSpace  # noqa: E402  (registers "fbnet")
 from .nasbench201 import NASBench201Arch, NASBench201Space  # noqa: E402  (registers "nasbench201")
+from .restricted import RestrictedSpace  # noqa: E402  (registers "restricted")

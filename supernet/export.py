@@ -5,7 +5,7 @@ One folder per arch, written into a temporary folder beside it and renamed into 
 * ``arch.json`` — the arch (OFA dict), its compact string and the space (as data: registered name + options);
 * ``model_state_dict.pth`` — the static subnet's state dict (Once-for-All tensor names);
 * ``model_torchscript.pt`` — traced TorchScript (outputs checked against eager);
-* ``model.onnx`` — ONNX, dynamic batch (outputs checked with ONNX Runtime; metadata in ``metadata_props``);
+* ``model.onnx`` — ONNX with a free batch axis and, where the network allows, free height and width (``hwnas.dynamic_axes`` in ``metadata_props`` says which; outputs checked with ONNX Runtime);
 * ``timm_model.pth`` + ``timm_config.json`` — the same network as a timm ``MobileNetV3`` /
   ``EfficientNet`` (outputs checked against the static subnet); ``register_timm(folder)`` makes it a
   ``timm.create_model`` name;
@@ -309,7 +309,7 @@ def _model_card(meta: dict, files: dict[str, str]) -> str:
         "torchscript": "TorchScript (traced; outputs checked against eager PyTorch)",
         "timm": "timm model weights (outputs checked against the static subnet)",
         "timm_config": "timm model definition (class, block strings, widths, BN eps)",
-        "onnx": "ONNX (dynamic batch; checked with ONNX Runtime; arch/accuracy/latency in metadata_props)",
+        "onnx": "ONNX (free batch axis, and free height/width where the network allows, see hwnas.dynamic_axes; checked with ONNX Runtime; arch/accuracy/latency in metadata_props)",
     }
     for k, v in files.items():
         lines.append(f"- `{v}`: {labels.get(k, k)}")
@@ -547,29 +547,18 @@ def _write_export(tmp: Path, space, item: ExportItem, arch, weights: WeightsSour
 def _export_onnx(net: nn.Module, x: torch.Tensor, ref: torch.Tensor, path: Path, meta: dict, opset: int, atol: float) -> float:
     import onnxruntime as ort
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (x[:1],),
-            str(path),
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=opset,
-        )
+    from .onnx import export_onnx
+
+    export_onnx(net, x[:1], path, opset=opset, output_name="logits", dynamic="auto", atol=atol)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"input": x.numpy()})[0]
     return _check_close("ONNX Runtime", ref, out, atol)
 
 
 def _write_onnx_metadata(path: Path, meta: dict) -> None:
-    import onnx
+    from .onnx import write_metadata
 
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    props = {
+    write_metadata(path, {
         "hwnas.space": meta["space"],
         "hwnas.arch": json.dumps(meta["arch"], sort_keys=True),
         "hwnas.arch_str": meta["arch_str"],
@@ -577,11 +566,7 @@ def _write_onnx_metadata(path: Path, meta: dict) -> None:
         "hwnas.accuracy": json.dumps(meta["accuracy"]),
         "hwnas.latency": json.dumps(meta["latency"]),
         "hwnas.weights": json.dumps(meta["weights"]),
-    }
-    for k, v in props.items():
-        e = model.metadata_props.add()
-        e.key, e.value = k, v
-    onnx.save(model, str(path))
+    })
 
 
 # ============================================================================ many archs

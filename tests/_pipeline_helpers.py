@@ -72,15 +72,15 @@ if __name__ == "__main__":  # python _pipeline_helpers.py OUT_DIR CKPT
 # --------------------------------------------------------------------------- pytest fixture
 import pytest  # noqa: E402
 
-SMALL = ["target_device=titan_rtx_1", "measure.pool=400", "measure.k=10", "reduce.n_samples=32", "search.n_gen=6",
+SMALL = ["target.device=titan_rtx_1", "samples.pool=400", "samples.k=10", "reduce.n_samples=32", "search.n_gen=6",
          "search.pop_size=16", "search.refine.passes=1", "search.verbose=false", "search.plot=false"]
 
 
-def compose_pipeline(overrides):
+def compose_pipeline(overrides, name="pipeline_nasbench201"):
     from hydra import compose, initialize_config_module
 
     with initialize_config_module("hwnas.conf", version_base="1.3"):
-        return compose("pipeline", overrides=list(overrides))
+        return compose(name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +90,7 @@ def small_pipeline_cfg(data_dir):
 
 @pytest.fixture(scope="session")
 def small_pipeline_run(small_pipeline_cfg, tmp_path_factory):
-    """One small pipeline run (NAS-Bench-201, pixel3 -> titan_rtx_1): (run_dir, summary)."""
+    """One small pipeline study (NAS-Bench-201, pixel3 -> titan_rtx_1): (run_dir, summary)."""
     from hwnas.search.pipeline import run_pipeline
 
     d = tmp_path_factory.mktemp("pipeline") / "run"

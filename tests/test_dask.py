@@ -84,3 +84,178 @@ def test_evaluator_config_errors():
         make_runner({"kind": "dask", "workers": 3})
     with pytest.raises(EvaluatorError, match="evaluator.objectives"):
         wrap_predictors({"objectives": ["acc"]}, LocalRunner(), accuracy=1, latency=2)
+
+
+# ============================================================================ a remote device on loopback
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+#: a device without hwnas and without torch: these imports fail in the worker
+_NO_HWNAS = """
+import sys
+class _NotOnThisDevice:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("hwnas", "torch"):
+            raise ImportError(name + " is not installed on this device")
+        return None
+sys.meta_path.insert(0, _NotOnThisDevice())
+"""
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=0, protocol="tcp", host="127.0.0.1", scheduler_port=0, dashboard_address=None)
+    yield cluster.scheduler_address
+    cluster.close()
+
+
+def start_device(address, tmp_path, resource="hwnas-device"):
+    """A stock Dask worker in its own process, holding the resource, with neither hwnas nor torch."""
+    site = tmp_path / "device_site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_NO_HWNAS)
+    env = dict(os.environ, PYTHONPATH=str(site))
+    proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
+                             "--no-dashboard", "--resources", f"{resource}=1", "--host", "127.0.0.1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return proc
+
+
+def wait_for_workers(address, n, timeout=60):
+    from distributed import Client
+
+    with Client(address, timeout=30) as c:
+        c.wait_for_workers(n, timeout=timeout)
+
+
+def stop(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _lat(space, store, address, **kw):
+    from hwnas.predictors.measure import MeasuredLatency
+
+    return MeasuredLatency(space, device="loop-dev", store=store, scheduler=address, processes=2, repeats=3, warmup=1, wait_s=20, **kw)
+
+
+@pytest.fixture
+def tiny():
+    from hwnas.spaces import create_space
+
+    return create_space("ofa_mbv3_w12", resolutions=[64])
+
+
+@pytest.mark.slow
+def test_remote_device_measures_with_the_protocol_and_nothing_twice(scheduler, tmp_path, tiny):
+    from hwnas.predictors.measure.store import MeasurementStore
+    from hwnas.spaces.io import arch_key
+
+    dev = start_device(scheduler, tmp_path)
+    try:
+        wait_for_workers(scheduler, 1)
+        archs = tiny.sample(2, 0)
+        lat = _lat(tiny, tmp_path / "m.sqlite", scheduler)
+        y = lat.predict(archs)
+        lat.close()
+        assert np.all(np.isfinite(y)) and np.all(y > 0) and lat.n_measured == 2
+        recs = {r.arch: r for r in MeasurementStore(tmp_path / "m.sqlite").records(device="loop-dev")}
+        assert set(recs) == {arch_key(tiny, a) for a in archs}
+        for a, v in zip(archs, y):
+            r = recs[arch_key(tiny, a)]
+            assert r.value == v and len(r.samples) >= 2 and r.n >= 6  # 2 fresh processes x 3 timed calls
+            assert r.protocol["processes"] == 2 and r.platform["onnxruntime"] and r.platform["python"]
+        again = _lat(tiny, tmp_path / "m.sqlite", scheduler)
+        np.testing.assert_array_equal(again.predict(archs), y)
+        assert again.n_measured == 0  # rerun: nothing measured twice
+        again.close()
+    finally:
+        stop(dev)
+
+
+def test_no_worker_with_the_resource_names_the_command(scheduler, tmp_path, tiny):
+    from hwnas.predictors.measure import MeasureError
+
+    lat = _lat(tiny, tmp_path / "m.sqlite", scheduler, resource="hwnas-npu")
+    lat.measurer.wait_s = 1
+    with pytest.raises(MeasureError, match=r'on the device run: dask worker tcp://127\.0\.0\.1:\d+ --nthreads 1 --resources "hwnas-npu=1"'):
+        lat.predict(tiny.sample(1, 0))
+    lat.close()
+    from hwnas.predictors.measure.store import MeasurementStore
+
+    assert len(MeasurementStore(tmp_path / "m.sqlite")) == 0
+
+
+def test_unreachable_scheduler_is_one_line(tmp_path, tiny, capsys):
+    from hwnas.predictors.measure.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--space", "ofa_mbv3_w12", "--resolutions", "64", "-n", "1", "--scheduler", "tcp://127.0.0.1:1",
+              "--device", "pi", "--store", str(tmp_path / "m.sqlite"), "--wait", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("hwnas-measure: error: scheduler='tcp://127.0.0.1:1': cannot connect")
+
+
+@pytest.mark.slow
+def test_device_lost_mid_task_is_retried_on_reconnect_and_stored_once(scheduler, tmp_path, tiny):
+    """kill -9 of the device's worker while it times an arch; a worker reconnecting with the resource
+    runs the task again; every arch is stored once, complete."""
+    from distributed import Client
+
+    from hwnas.predictors.measure.store import MeasurementStore
+
+    dev = start_device(scheduler, tmp_path)
+    wait_for_workers(scheduler, 1)
+    archs = tiny.sample(2, 3)
+    lat = _lat(tiny, tmp_path / "m.sqlite", scheduler, min_time_s=1.0)  # >= 1 s per timing process
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("y", lat.predict(archs)))
+    t.start()
+    try:
+        with Client(scheduler, timeout=30) as c:
+            deadline = time.monotonic() + 120
+            while not any(c.processing().values()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.0)  # inside the protocol now
+            assert len(MeasurementStore(tmp_path / "m.sqlite").records()) == 0
+            stop(dev)  # the device disappears mid-task
+            dev = start_device(scheduler, tmp_path)  # ... and comes back
+        t.join(timeout=300)
+        assert not t.is_alive()
+    finally:
+        stop(dev)
+        lat.close()
+    y = out["y"]
+    recs = MeasurementStore(tmp_path / "m.sqlite").records(device="loop-dev")
+    assert len(recs) == 2 and sorted(r.value for r in recs) == sorted(y.tolist())
+    assert all(len(r.samples) >= 2 and r.n >= 6 for r in recs)
+
+
+@pytest.mark.slow
+def test_cli_measures_through_the_scheduler(scheduler, tmp_path, capsys):
+    from hwnas.predictors.measure.cli import main
+    from hwnas.predictors.measure.store import MeasurementStore
+
+    dev = start_device(scheduler, tmp_path)
+    try:
+        wait_for_workers(scheduler, 1)
+        argv = ["--space", "ofa_mbv3_w12", "--resolutions", "64", "-n", "3", "--scheduler", scheduler, "--resource",
+                "hwnas-device", "--device", "pi4-ort", "--store", str(tmp_path / "m.sqlite"), "--processes", "2",
+                "--repeats", "3", "--warmup", "1", "--chunk", "2", "--no-progress"]
+        assert main(argv) == 0  # 3 archs in 2 tasks (2 + 1), each arch stored with its own result
+        recs = MeasurementStore(tmp_path / "m.sqlite").records(device="pi4-ort")
+        assert len(recs) == 3 and all(r.value > 0 and r.platform and len(r.samples) == 2 for r in recs)
+        assert len({r.value for r in recs}) == 3
+        capsys.readouterr()
+        assert main(argv) == 0
+        assert "0 to measure" in capsys.readouterr().err
+    finally:
+        stop(dev)

@@ -1,4 +1,4 @@
-"""Local latency measurement: protocol logic, SQLite store, hwnas-measure CLI, per-layer LUT build.
+"""Local latency measurement: protocol logic, SQLite store, hwnas-measure CLI, per-layer LUT build, plans.
 
 Real timings use tiny networks (resolution 64 or a small conv net) and few repeats; the protocol's
 control logic is tested with injected fake group runners.
@@ -24,8 +24,9 @@ from hwnas.predictors.measure import (
     summarise,
     tiny_cnn,
 )
-from hwnas.predictors.store import MeasurementStore, StoreCorruptedError, StoreError
+from hwnas.predictors.measure.store import MeasurementStore, StoreCorruptedError, StoreError
 from hwnas.spaces import create_space
+from hwnas.spaces.io import arch_key
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +112,8 @@ def test_config_errors_name_the_field():
 
 # ============================================================================ real timings
 def test_onnxruntime_protocol_times_a_tiny_net():
-    small = ModelSpec("hwnas.predictors.measure:tiny_cnn", {"width": 8, "depth": 1, "resolution": 32}, key="small")
-    big = ModelSpec("hwnas.predictors.measure:tiny_cnn", {"width": 48, "depth": 4, "resolution": 64}, key="big")
+    small = ModelSpec("hwnas.predictors.measure.models:tiny_cnn", {"width": 8, "depth": 1, "resolution": 32}, key="small")
+    big = ModelSpec("hwnas.predictors.measure.models:tiny_cnn", {"width": 48, "depth": 4, "resolution": 64}, key="big")
     cfg = MeasureConfig(processes=2, repeats=8, warmup=2, max_extra=0)
     got = []
     out = measure_specs([small, big], cfg, on_result=lambda i, m: got.append(i))
@@ -134,7 +135,7 @@ def test_measure_module_and_wall_clock():
 
 
 def test_torch_eager_backend():
-    spec = ModelSpec("hwnas.predictors.measure:tiny_cnn", {"width": 8, "depth": 1, "resolution": 32}, key="t")
+    spec = ModelSpec("hwnas.predictors.measure.models:tiny_cnn", {"width": 8, "depth": 1, "resolution": 32}, key="t")
     m = measure_specs([spec], MeasureConfig(backend="torch", processes=1, repeats=5, warmup=1))[0]
     assert m.ms > 0 and math.isfinite(m.ms) and m.n == 5
 
@@ -149,25 +150,33 @@ def test_store_round_trip_and_canonical_keys(tmp_path, tiny_space):
     path = tmp_path / "m.sqlite"
     a, b = tiny_space.sample(2, 0)
     cfg = MeasureConfig()
+    ka, kb = arch_key(tiny_space, a), arch_key(tiny_space, b)
+    assert ka == arch_key(tiny_space, a.to_str()) == arch_key(tiny_space, a.to_dict())  # one key whatever the form
+    plat = {"machine": "x86_64", "processor": "cpu", "cpus": 2, "host": "h"}
     with MeasurementStore(path) as st:
-        st.register_device("dev", cfg)
-        st.put("dev", tiny_space.name, a, Measurement(1.5, 0.02, 60, [1.49, 1.5, 1.52], True), cfg)
-        st.put("dev", tiny_space.name, b.to_json(), 2.5)  # same arch as JSON text
+        st.register_device("dev", cfg, plat)
+        st.put("dev", tiny_space.name, ka, Measurement(1.5, 0.02, 60, [1.49, 1.5, 1.52], True), cfg, plat)
+        st.put("dev", tiny_space.name, kb, 2.5)
+        with pytest.raises(StoreError, match="store keys are strings"):
+            st.put("dev", tiny_space.name, a, 2.5)
     with MeasurementStore(path) as st:  # reopened from disk
         assert len(st) == 2
-        rec = st.get("dev", tiny_space.name, a.to_dict())  # dict form finds the same row
+        rec = st.get("dev", tiny_space.name, ka)
         assert rec.value == 1.5 and rec.spread == 0.02 and rec.n == 60 and rec.samples == [1.49, 1.5, 1.52]
-        assert rec.protocol["backend"] == "onnxruntime" and rec.protocol["processes"] == 3
-        assert st.get("dev", tiny_space.name, b).value == 2.5
-        assert st.get("other", tiny_space.name, a) is None
-        got = st.get_many("dev", tiny_space.name, [b, a, b])
-        assert got[a].value == 1.5 and got[b].value == 2.5
+        assert rec.protocol["backend"] == "onnxruntime" and rec.protocol["processes"] == 3 and rec.platform == plat
+        assert st.get("dev", tiny_space.name, kb).value == 2.5
+        assert st.get("other", tiny_space.name, ka) is None
+        got = st.get_many("dev", tiny_space.name, [kb, ka, kb])
+        assert got[ka].value == 1.5 and got[kb].value == 2.5
         ds = st.dataset(tiny_space, ["dev"], archs=[b, a])
         assert list(ds["dev"]) == [2.5, 1.5]
         with pytest.raises(StoreError, match="device='dev'.*another device name"):
             st.register_device("dev", MeasureConfig(threads=2))
+        with pytest.raises(StoreError, match="another machine.*its own device name"):
+            st.register_device("dev", cfg, dict(plat, cpus=64))
+        st.register_device("dev", cfg, dict(plat, host="renamed"))  # the host name may change
         with pytest.raises(StoreError, match="positive and finite"):
-            st.put("dev", tiny_space.name, a, float("nan"))
+            st.put("dev", tiny_space.name, ka, float("nan"))
 
 
 def test_corrupted_store_is_reported_and_left_untouched(tmp_path):
@@ -229,7 +238,7 @@ def test_measured_latency_caches_and_never_remeasures(tmp_path, tiny_space):
 # ============================================================================ CLI
 def test_cli_end_to_end_three_tiny_archs(tmp_path, tiny_space, capsys):
     from hwnas.predictors.data import LatencyDataset
-    from hwnas.predictors.measure_cli import main
+    from hwnas.predictors.measure.cli import main
 
     store, out = tmp_path / "m.sqlite", tmp_path / "lat.csv"
     argv = ["--space", "ofa_mbv3_w12", "--resolutions", "64", "-n", "3", "--seed", "3", "--processes", "2",
@@ -245,12 +254,16 @@ def test_cli_end_to_end_three_tiny_archs(tmp_path, tiny_space, capsys):
     assert main(argv) == 0  # rerun: nothing measured again
     assert "0 to measure" in capsys.readouterr().err
     assert {r.arch: r.timestamp for r in MeasurementStore(store).records()} == stamps
-    # the same device name with another protocol is refused
-    assert main(argv[:-1] + ["--threads", "2"]) == 2
+    # the same device name with another protocol is refused, in one line
+    with pytest.raises(SystemExit) as e:
+        main(argv[:-1] + ["--threads", "2"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hwnas-measure: error: device='here'")
 
 
 def test_cli_reads_pareto_json_and_json_lines(tmp_path, tiny_space):
-    from hwnas.predictors.measure_cli import read_archs
+    from hwnas.predictors.measure.cli import ArchFileError, read_arch_file as read_archs
 
     archs = tiny_space.sample(3, 5)
     p = tmp_path / "pareto.json"
@@ -261,14 +274,18 @@ def test_cli_reads_pareto_json_and_json_lines(tmp_path, tiny_space):
     assert read_archs(jl, tiny_space) == archs
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": 999}))
-    with pytest.raises(SystemExit, match="entry 0"):
+    with pytest.raises(ArchFileError, match="entry 0"):
         read_archs(bad, tiny_space)
+    binary = tmp_path / "archs.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ArchFileError, match="archs.bin is not a text file"):
+        read_archs(binary, tiny_space)
 
 
 # ============================================================================ lookup table
 def test_lut_build_writes_a_table_lookuptable_reads(tmp_path):
     from hwnas.predictors.lut import LookupTableLatency, lut_keys, read_lut
-    from hwnas.predictors.lut_build import build_lut, distinct_layers
+    from hwnas.predictors.measure.lut_build import build_lut, distinct_layers
 
     space = create_space("ofa_mbv3_w12", resolutions=[64], block_choices=["k3e3", "k5e4"], depth_choices=[2])
     layers = distinct_layers(space, [64])[64]
@@ -295,10 +312,121 @@ def test_store_and_predictor_pickle_by_path(tmp_path, tiny_space):
     import pickle
 
     st = MeasurementStore(tmp_path / "m.sqlite")
-    a = tiny_space.sample(1, 0)[0]
-    st.put("dev", tiny_space.name, a, 3.0)
+    k = arch_key(tiny_space, tiny_space.sample(1, 0)[0])
+    st.put("dev", tiny_space.name, k, 3.0)
     pred = MeasuredLatency(tiny_space, device="dev2", store=st, backend="torch")
     pred2 = pickle.loads(pickle.dumps(pred))  # e.g. sent to a dask worker: the store reopens the file
-    assert pred2.store.get("dev", tiny_space.name, a).value == 3.0
+    assert pred2.store.get("dev", tiny_space.name, k).value == 3.0
     with pytest.raises(StoreError, match="in-memory"):
         pickle.dumps(MeasurementStore(":memory:"))
+
+
+# ============================================================================ bring your own numbers
+def _fill(plan_csv, values):
+    import csv
+
+    rows = list(csv.DictReader(open(plan_csv)))
+    for r, v in zip(rows, values):
+        r["latency_ms"] = v
+    with open(plan_csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+@pytest.fixture
+def plan_dir(tmp_path):
+    """A plan of 6 archs picked by the adaptation's selection (no model files: reading is what is tested)."""
+    from hwnas.predictors.measure.plan import select_plan_archs, write_plan
+
+    space = create_space("ofa_mbv3_w12", resolutions=list(range(128, 225, 4)))  # latency=adapted's resolutions
+    archs = select_plan_archs(space, 6, seed=0, pool=300)
+    write_plan(space, archs, tmp_path / "plan", device="npu", formats=())
+    return tmp_path / "plan", space, archs
+
+
+def test_plan_picks_the_adaptations_samples_and_reads_back(plan_dir):
+    from hwnas.predictors.adapt import select_samples
+    from hwnas.predictors.measure.plan import read_plan
+
+    d, space, archs = plan_dir
+    rng = np.random.default_rng(0)
+    pool = list(dict.fromkeys(space.sample(300, rng)))
+    assert archs == [pool[i] for i in select_samples(space, pool, 6, "kmeans", rng)]  # the same selection
+    rows = _fill(d / "plan.csv", [f"{2.0 + i}" for i in range(6)])
+    assert [space.validate(r["arch"]) for r in rows] == archs
+    sp, got, y, meta = read_plan(d / "plan.csv")
+    assert got == archs and y.tolist() == [2.0 + i for i in range(6)] and meta["device"] == "npu"
+    text = (d / "INSTRUCTIONS.md").read_text()
+    assert "latency_ms" in text and "milliseconds" in text and "latency.target_samples=" in text
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda rows: rows[2].update(latency_ms=""), r"line 4 \(id a002\): latency_ms is empty"),
+    (lambda rows: rows[1].update(latency_ms="-3"), r"id a001\): latency_ms=-3 must be a positive number"),
+    (lambda rows: rows[1].update(latency_ms="fast"), r"latency_ms='fast' is not a number"),
+    (lambda rows: rows.append(dict(rows[0])), r"id a000 is repeated"),
+    (lambda rows: rows.append(dict(rows[0], id="a999")), r"this row is not in the plan"),
+    (lambda rows: rows[3].update(arch=rows[4]["arch"]), r"its arch is not the one the plan gave this id"),
+    (lambda rows: rows.pop(5), r"ids \['a005'\] of the plan have no row"),
+    (lambda rows: rows[4].update(latency_ms=str(float(rows[4]["latency_ms"]) * 1000)), r"id a004: .* the other rows' time per MAC"),
+    (lambda rows: [r.update(latency_ms=str(float(r["latency_ms"]) / 1000)) for r in rows], r"GMAC/s.*seconds\? write milliseconds"),
+    (lambda rows: [r.update(latency_ms=str(float(r["latency_ms"]) * 1000)) for r in rows], r"GMAC/s.*microseconds\?"),
+])
+def test_bad_fills_get_one_clear_error_each(plan_dir, edit, message):
+    import csv
+
+    from hwnas.predictors.measure.plan import PlanError, read_plan
+
+    d, space, archs = plan_dir
+    macs = [space.macs(a) for a in archs]
+    rows = _fill(d / "plan.csv", [f"{m / 1e9 / 30 * 1e3:.3f}" for m in macs])  # a plausible device: 30 GMAC/s
+    read_plan(d / "plan.csv")  # the good fill reads
+    edit(rows)
+    with open(d / "plan.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(PlanError, match=message) as e:
+        read_plan(d / "plan.csv")
+    assert "\n" not in str(e.value)
+
+
+def test_adapted_latency_takes_a_filled_plan(plan_dir, data_dir):
+    from hwnas.predictors.adapt import AdaptedLatency
+
+    d, space, archs = plan_dir
+    y = [space.macs(a) / 1e9 * 20 for a in archs]
+    _fill(d / "plan.csv", [repr(v) for v in y])
+    lat = AdaptedLatency(space, proxy="ofa_mbv3", proxy_device="2080ti_1", target_samples=str(d / "plan.csv"),
+                         target_device="npu", k=None, mirror=str(data_dir))
+    assert lat.sample_archs == archs and np.allclose(lat.sample_latencies, y)
+    assert np.all(np.isfinite(lat.predict(space.sample(5, 1))))
+
+
+@pytest.mark.slow
+def test_cli_plan_writes_models_that_run(tmp_path, capsys):
+    import onnxruntime as ort
+    import torch
+
+    from hwnas.predictors.measure.cli import main
+
+    out = tmp_path / "plan"
+    assert main(["--plan", "2", "--space", "ofa_mbv3_w12", "--resolutions", "160", "--pool", "50", "--device", "npu",
+                 "--out", str(out)]) == 0
+    assert "fill the latency_ms column" in capsys.readouterr().err
+    import csv
+
+    rows = list(csv.DictReader(open(out / "plan.csv")))
+    assert len(rows) == 2 and all(r["latency_ms"] == "" and r["input_shape"] == "1x3x160x160" for r in rows)
+    x = np.random.default_rng(0).standard_normal((1, 3, 160, 160)).astype(np.float32)
+    for r in rows:
+        sess = ort.InferenceSession(str(out / r["onnx"]), providers=["CPUExecutionProvider"])
+        a = sess.run(None, {"input": x})[0]
+        b = torch.jit.load(str(out / r["torchscript"]))(torch.from_numpy(x)).detach().numpy()
+        assert a.shape == (1, 1000) and np.allclose(a, b, atol=1e-4)
+    _fill(out / "plan.csv", ["5.0", "6.0"])  # a filled plan is never overwritten
+    with pytest.raises(SystemExit):
+        main(["--plan", "2", "--space", "ofa_mbv3_w12", "--resolutions", "160", "--pool", "50", "--out", str(out)])
+    assert "already holds measured latencies" in capsys.readouterr().err

@@ -1,9 +1,8 @@
-"""hwnas-pipeline: stages, skip on rerun, measurement counting, adaptation decision, reduced space,
-re-measured front, report."""
+"""hwnas-pipeline: stages, skip on rerun without re-fitting, one target per run folder, measurement
+counting, adaptation decision, reduced space, re-measured front, report, the OFA preset and plans."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -11,18 +10,21 @@ import sys
 import numpy as np
 import pytest
 
-from hwnas.search.pipeline import CapacityAccuracy, PipelineError, RestrictedSpace, run_pipeline
+from hwnas.predictors.capacity import CapacityAccuracy
+from hwnas.search.pipeline import PipelineError, run_pipeline
+from hwnas.search.pipeline.evaluate import read_csv
 from hwnas.search.problem import pareto_mask
-from hwnas.spaces import create_space
+from hwnas.spaces import RestrictedSpace, SpaceError, create_space
 
 from _pipeline_helpers import SMALL, compose_pipeline, small_pipeline_cfg, small_pipeline_run  # noqa: F401
 
 STAGES = ["01_proxy", "02_samples", "03_adapt", "04_reduce", "05_search", "06_remeasure", "07_export"]
 
 
-def _rows(p):
-    with open(p, newline="") as f:
-        return list(csv.DictReader(f))
+def _ledger(run_dir):
+    from hwnas.predictors.measure.store import MeasurementStore
+
+    return {r.arch: r.value for r in MeasurementStore(run_dir / "measurements.sqlite").records()}
 
 
 def test_stages_outputs_and_counts(small_pipeline_run):
@@ -30,30 +32,37 @@ def test_stages_outputs_and_counts(small_pipeline_run):
     assert s["stages_ran"] == STAGES and s["stages_skipped"] == []
     for st in STAGES:
         assert json.loads((d / st / "stage.json").read_text())["key"]
-    for f in ("report.md", "fronts.png", "srcc.png", "reduced_space.png", "summary.json", "07_export/archs.json"):
+    for f in ("report.md", "fronts.png", "srcc.png", "reduced_space.png", "summary.json", "run.json", "07_export/archs.json"):
         assert (d / f).exists(), f
     # every target measurement is in the ledger: K samples + the re-measured front (minus overlaps)
-    ledger = {r["arch"] for r in _rows(d / "measurements.csv")}
-    samples = {r["arch"] for r in _rows(d / "02_samples" / "samples.csv")}
-    front = _rows(d / "06_remeasure" / "front.csv")
+    ledger = _ledger(d)
+    samples = {r["key"] for r in read_csv(d / "02_samples" / "samples.csv")}
+    front = read_csv(d / "06_remeasure" / "front.csv")
     assert len(samples) == s["k"] == 10
-    assert ledger == samples | {r["arch"] for r in front}
+    assert set(ledger) == samples | {r["key"] for r in front}
     assert s["target_measurements"] == len(ledger) == s["new_measurements_this_run"]
     # the simulated measurements are the dataset's true values
     from hwnas.predictors.data import load_dataset
 
     ds = load_dataset("nasbench201")
     for r in front:
-        assert float(r["measured_latency"]) == ds.lookup([r["arch"]], "titan_rtx_1")[0]
+        assert float(r["measured_latency"]) == ds.lookup([r["arch"]], "titan_rtx_1")[0] == ledger[r["key"]]
     # kept = exactly the Pareto-optimal members on the measured latency
     acc = np.array([float(r["accuracy"]) for r in front])
     lat = np.array([float(r["measured_latency"]) for r in front])
     np.testing.assert_array_equal(pareto_mask(acc, lat), [bool(int(r["pareto_on_target"])) for r in front])
     assert s["final_size"] == int(pareto_mask(acc, lat).sum())
-    ev = s["evaluation"]
-    assert 0.6 < ev["hv_ratio"] <= 1.0 + 1e-9
+    assert 0.6 < s["evaluation"]["hv_ratio"] <= 1.0 + 1e-9
+    # budgets: quantiles of the adapted latency, increasing, and the best arch under each is under it
+    b = s["budgets"]
+    assert b == sorted(b) and len(b) == 4 and "quantiles" in s["adapt"]["budgets_from"]
+    for budget, best in s["best_at_budgets"].items():
+        assert best is None or best["measured"] <= float(budget)
     report = (d / "report.md").read_text()
-    assert "hypervolume" in report and f"{s['target_measurements']}" in report
+    assert "hypervolume" in report and f"{s['target_measurements']}" in report and "capacity proxy" in report
+    # the reduced space is data: a registered name and plain options
+    space = json.loads((d / "04_reduce" / "space.json").read_text())
+    assert space["space"] == "restricted" and space["options"]["base"] == "nasbench201"
 
 
 def test_adaptation_decision(small_pipeline_run):
@@ -65,11 +74,20 @@ def test_adaptation_decision(small_pipeline_run):
     assert a["eval_srcc_proxy_full"] < 0.7 and a["eval_srcc_adapted_full"] > a["eval_srcc_proxy_full"] + 0.1
 
 
-def test_rerun_skips_every_stage_and_measures_nothing(small_pipeline_cfg, small_pipeline_run):
+def test_rerun_skips_every_stage_and_refits_nothing(small_pipeline_cfg, small_pipeline_run, monkeypatch):
+    import hwnas.predictors.adapt as adapt_mod
+    import hwnas.search.pipeline.categorical as cat_mod
+    from hwnas.search import nsga
+
+    def refit(*a, **k):
+        raise AssertionError("a finished stage's result was computed again")
+
+    for mod, name in ((adapt_mod, "adapt"), (cat_mod, "reduce_categorical"), (nsga, "run_search"), (adapt_mod, "select_samples")):
+        monkeypatch.setattr(mod, name, refit)
     d, s = small_pipeline_run
     again = run_pipeline(small_pipeline_cfg, d)
     assert again["stages_ran"] == [] and again["stages_skipped"] == STAGES
-    assert again["new_measurements_this_run"] == 0
+    assert again["new_measurements_this_run"] == 0 and again["target_measurements"] == s["target_measurements"]
     assert again["evaluation"]["hv_ratio"] == s["evaluation"]["hv_ratio"]
 
 
@@ -86,7 +104,39 @@ def test_changed_search_reruns_only_downstream(tmp_path, data_dir, small_pipelin
     assert out["stages_ran"] == STAGES[2:]
     assert out["adapt"]["decision"] == "reuse proxy (scaled)"
     assert out["new_measurements_this_run"] <= out["front_size"]
-    assert out["target_measurements"] == len(_rows(run / "measurements.csv"))
+    assert out["target_measurements"] == len(_ledger(run))
+
+
+@pytest.mark.parametrize("override, field", [("target.device=2080ti_1", '"device": "titan_rtx_1"'),
+                                             ("target.outside=fit", '"outside": "error"')])
+def test_a_run_folder_of_another_target_is_refused(tmp_path, data_dir, small_pipeline_run, override, field):
+    import shutil
+
+    d, _ = small_pipeline_run
+    run = tmp_path / "run"
+    shutil.copytree(d, run)
+    before = _ledger(run)
+    cfg = compose_pipeline(SMALL + [f"assets.mirror={data_dir}", override])
+    with pytest.raises(PipelineError, match="belongs to target=") as e:
+        run_pipeline(cfg, run)
+    assert field in str(e.value) and override.split("=")[1] in str(e.value)  # both values named
+    assert _ledger(run) == before  # nothing measured, nothing relabelled
+
+
+def test_run_folder_files_are_data(tmp_path, data_dir, small_pipeline_run):
+    """A crafted reduced space in a run folder is refused, naming the file, and nothing in it runs."""
+    import shutil
+
+    d, _ = small_pipeline_run
+    run = tmp_path / "run"
+    shutil.copytree(d, run)
+    marker = tmp_path / "pwned"
+    (run / "04_reduce" / "space.json").write_text(json.dumps(
+        {"_target_": "os.system", "command": f"touch {marker}"}))
+    cfg = compose_pipeline(SMALL + [f"assets.mirror={data_dir}"])
+    with pytest.raises(SpaceError, match="space.json.*nothing was run"):
+        run_pipeline(cfg, run)
+    assert not marker.exists()
 
 
 def test_restricted_space_and_capacity_proxy():
@@ -98,7 +148,7 @@ def test_restricted_space_and_capacity_proxy():
     archs = r.decode(G)
     np.testing.assert_array_equal(r.encode(archs), G)
     assert all(a.ops[0] in ("none", "nor_conv_3x3") for a in archs)
-    with pytest.raises(PipelineError, match="not in the reduced space"):
+    with pytest.raises(SpaceError, match="not in the reduced space"):
         r.encode([nb.decode(np.zeros((1, 6), int))[0]])  # 'none' everywhere
     cap = CapacityAccuracy(nb)
     all3 = nb.validate("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|")
@@ -110,60 +160,122 @@ def test_restricted_space_and_capacity_proxy():
     assert CapacityAccuracy(fb).predict([small, big]).tolist()[0] == 0.0
 
 
-def test_config_errors(tmp_path, data_dir):
-    cfg = compose_pipeline(SMALL + [f"assets.mirror={data_dir}", "target_device=my_phone"])
-    with pytest.raises(PipelineError, match="my_phone"):
+def test_config_errors_name_the_key(tmp_path, data_dir):
+    from hwnas.predictors.build import ConfigError
+
+    cfg = compose_pipeline(SMALL + [f"assets.mirror={data_dir}", "target.device=my_phone"])
+    with pytest.raises(ConfigError, match="target .*my_phone"):
         run_pipeline(cfg, tmp_path / "x")
-    cfg = compose_pipeline(SMALL + [f"assets.mirror={data_dir}", "measure.mode=guess"])
-    with pytest.raises(PipelineError, match="measure.mode"):
+    cfg = compose_pipeline(SMALL + [f"assets.mirror={data_dir}", "samples.k=2"])
+    with pytest.raises(PipelineError, match="samples.k=2"):
         run_pipeline(cfg, tmp_path / "y")
 
 
-def test_cli_entry_point(tmp_path, data_dir, monkeypatch, capsys, small_pipeline_run):
-    from hwnas.search import pipeline
+def test_cli_entry_point_and_one_line_errors(tmp_path, data_dir, monkeypatch, capsys, small_pipeline_run):
+    from hwnas.search.pipeline import cli
 
-    monkeypatch.setattr(sys, "argv", ["hwnas-pipeline", *SMALL, f"assets.mirror={data_dir}", f"hydra.run.dir={tmp_path / 'cli'}"])
-    pipeline.main()
+    base = ["hwnas-pipeline", "--config-name", "pipeline_nasbench201", *SMALL, f"assets.mirror={data_dir}"]
+    monkeypatch.setattr(sys, "argv", [*base, f"hydra.run.dir={tmp_path / 'cli'}"])
+    cli.main()
     _, s = small_pipeline_run
     out = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert out["evaluation"]["hv_ratio"] == s["evaluation"]["hv_ratio"]  # same config, same result
     assert "HV ratio" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", [*base, "target.device=my_phone", f"hydra.run.dir={tmp_path / 'bad'}"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("hwnas-pipeline: error: target") and "my_phone" in err[0]
 
 
 @pytest.mark.slow
-def test_mbconv_pipeline_exports_networks(tmp_path, data_dir):
-    """OFA-MBv3: proxy 2080ti_1 (dataset) -> a MACs-priced target measured on demand; the kept archs
-    are exported with weights (state dict + ONNX), and the ONNX output matches torch."""
+def test_ofa_preset_with_note10_proxy_exports_networks(tmp_path, data_dir):
+    """The main pipeline: OFA-MBv3 w1.2, Note10 tables (a lookup table: adapted through a linear
+    surrogate), official OFA accuracy predictor, a MACs-priced stand-in target; the kept archs are
+    exported with weights, the ONNX file with a free batch axis (and free height/width)."""
     import onnxruntime as ort
-    import torch
-
-    from hwnas.search.pipeline import run_pipeline
 
     cfg = compose_pipeline(
-        [
-            "space_name=ofa_mbv3_w12", "dataset=ofa_mbv3", "proxy_device=2080ti_1", "target_device=macs_dev",
-            "measure.mode=predictor", "measure.device={_target_:_pipeline_helpers.MacsLatency}",
-            "measure.pool=300", "measure.k=10", "reduce.enabled=false",
-            "accuracy._target_=hwnas.predictors.ofa_accuracy.OFAAccuracyPredictor",
-            "search.n_gen=4", "search.pop_size=12", "search.refine.passes=0", "search.verbose=false",
-            "search.plot=false", "report=false", "export.formats=[torch,onnx]", "export.max_archs=1",
-            f"assets.mirror={data_dir}",
-        ]
-    )
-    run_pipeline(cfg, tmp_path / "run")
+        ["target=custom", "target._target_=_pipeline_helpers.MacsLatency", "samples.pool=300",
+         "samples.k=10", "reduce.enabled=false", "search.n_gen=4", "search.pop_size=12", "search.refine.passes=0",
+         "search.verbose=false", "search.plot=false", "report=false", "export.formats=[torch,onnx]", "export.max_archs=1",
+         f"assets.mirror={data_dir}"], name="pipeline")
+    s = run_pipeline(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "01_proxy" / "stage.json").read_text())["kind"] == "surrogate"
+    assert json.loads((tmp_path / "run" / "01_proxy" / "stage.json").read_text())["surrogate_srcc"] > 0.95
     exp = tmp_path / "run" / "07_export"
     archs = json.loads((exp / "archs.json").read_text())["archs"]
-    assert archs, "no arch kept on the target"
+    assert archs and s["final_size"] == len(archs)
     index = json.loads((exp / "models" / "index.json").read_text())["exports"]
-    assert len(index) == 1
-    best = max(archs, key=lambda r: r["accuracy"])
-    assert index[0]["arch_str"] == best["arch_str"]
+    first = next(r for r in s["best_at_budgets"].values() if r is not None)
+    assert len(index) == 1 and index[0]["arch_str"] == first["arch"]  # the best arch under the first budget
     folder = exp / "models" / index[0]["name"]
     meta = json.loads((folder / "metadata.json").read_text())
-    assert meta["latency"]["value"] == pytest.approx(best["latency_measured"])
-    sd = torch.load(folder / "model_state_dict.pth", weights_only=True)
-    assert any(k.startswith("blocks.") for k in sd)
-    r = best["arch"]["r"]
-    x = np.random.default_rng(0).standard_normal((1, 3, r, r)).astype(np.float32)
+    assert meta["latency"]["value"] == pytest.approx(first["measured"]) and meta["latency"]["kind"] == "measured"
     sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert np.isfinite(sess.run(None, {sess.get_inputs()[0].name: x})[0]).all()
+    props = sess.get_modelmeta().custom_metadata_map
+    assert json.loads(props["hwnas.dynamic_axes"])["input"] == {"0": "batch", "2": "height", "3": "width"}
+    r = meta["resolution"]
+    for shape in ((1, 3, r, r), (2, 3, r + 32, r + 32)):
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        out = sess.run(None, {"input": x})[0]
+        assert out.shape == (shape[0], 1000) and np.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_plan_target_stops_for_numbers_and_resumes(tmp_path, data_dir, capsys):
+    """target=plan: the pipeline writes the K samples as a plan and stops; filled, the run goes on to
+    the front, writes a second plan and stops; filled again, it finishes. Nothing is measured twice."""
+    from hwnas.search.pipeline.evaluate import WaitingForMeasurements
+
+    from _pipeline_helpers import MacsLatency
+
+    cfg = compose_pipeline(
+        ["target=plan", "target.device=npu", "samples.pool=200", "samples.k=5", "reduce.enabled=false", "search.n_gen=3",
+         "search.pop_size=10", "search.refine.passes=0", "search.verbose=false", "search.plot=false", "report=false",
+         "remeasure.max_archs=3", "export.formats=[]", f"assets.mirror={data_dir}"], name="pipeline")
+    run = tmp_path / "run"
+    space = create_space("ofa_mbv3_w12", resolutions=[160, 176, 192, 208, 224])
+    device = MacsLatency(space)
+
+    def fill(plan_csv):
+        import csv
+
+        rows = list(csv.DictReader(open(plan_csv)))
+        for r in rows:
+            r["latency_ms"] = repr(float(device.predict([space.validate(r["arch"])])[0]))
+        with open(plan_csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        return len(rows)
+
+    with pytest.raises(WaitingForMeasurements, match="02_samples/plan"):
+        run_pipeline(cfg, run)
+    assert fill(run / "02_samples" / "plan" / "plan.csv") == 5
+    with pytest.raises(WaitingForMeasurements, match="06_remeasure/plan"):
+        run_pipeline(cfg, run)
+    n_front = fill(run / "06_remeasure" / "plan" / "plan.csv")
+    s = run_pipeline(cfg, run)
+    assert s["stages_ran"] == ["06_remeasure", "07_export"] and s["final_size"] >= 1
+    assert s["target_measurements"] == len(_ledger(run)) <= 5 + n_front
+    for r in read_csv(run / "06_remeasure" / "front.csv"):
+        assert float(r["measured_latency"]) == pytest.approx(device.predict([space.validate(r["key"])])[0])
+
+
+@pytest.mark.parametrize("name, space, proxy, target", [
+    ("pipeline", "ofa_mbv3_w12", "LookupTableLatency", "MeasuredLatency"),
+    ("pipeline_proxyless", "proxyless_mobile", "LookupTableLatency", "MeasuredLatency"),
+    ("pipeline_nasbench201", "nasbench201", "LinearLatencyPredictor", "DatasetLatency"),
+    ("pipeline_fbnet", "fbnet", "LinearLatencyPredictor", "DatasetLatency"),
+])
+def test_presets_build_through_the_config_groups(name, space, proxy, target, data_dir, tmp_path):
+    from hwnas.predictors.build import build_predictor, build_space
+
+    cfg = compose_pipeline([f"assets.mirror={data_dir}", f"target.store={tmp_path / 'm.sqlite'}" if "nas" not in name and "fbnet" not in name
+                            else "seed=0"], name=name)
+    sp = build_space(cfg)
+    assert sp.name == space
+    assert type(build_predictor(cfg, "latency", sp)).__name__ == proxy
+    assert type(build_predictor(cfg, "target", sp)).__name__ == target
+    assert cfg.search.budgets is None and cfg.search.pop_size == 100  # target budgets; the search's own settings

@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .results import atomic_write
+from hwnas.predictors.assets import atomic_write
+
+
+def _target_name(summary: dict) -> str:
+    t = summary.get("target") or {}
+    return str(t.get("device") or t.get("plan_device") or "target")
+
+
+def _proxy_name(summary: dict) -> str:
+    return str(summary.get("proxy") or "proxy").rsplit(".", 1)[-1]
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -67,11 +77,11 @@ def plot_fronts(run_dir: Path, summary: dict) -> Path | None:
     ax.plot(meas[keep], acc[keep], "o", color="tab:red", ms=5, label=f"final front, measured ({keep.sum()})")
     if (~keep).any():
         ax.plot(meas[~keep], acc[~keep], "x", color="tab:red", ms=6, label="dropped after re-measuring")
-    ax.set_xlabel(f"latency on {summary.get('target_device')} (ms)")
+    ax.set_xlabel(f"latency on {_target_name(summary)} (ms)")
     ax.set_ylabel("accuracy" if summary.get("space", "").startswith("ofa") else "accuracy source (see report)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"{summary.get('proxy_device')} -> {summary.get('target_device')}")
+    ax.set_title(f"{_proxy_name(summary)} -> {_target_name(summary)}")
     fig.tight_layout()
     return _save(fig, run_dir / "fronts.png")
 
@@ -129,15 +139,21 @@ def write_report(run_dir: str | Path, summary: dict) -> Path:
     pngs = [p for p in (plot_fronts(run_dir, summary), plot_srcc(run_dir, summary), plot_reduced(run_dir)) if p]
     a = summary.get("adapt") or {}
     ev = summary.get("evaluation") or {}
-    L = [f"# hwnas pipeline: {summary.get('proxy_device')} -> {summary.get('target_device')} ({summary.get('space')})", ""]
+    L = [f"# hwnas pipeline: {_proxy_name(summary)} -> {_target_name(summary)} ({summary.get('space')})", ""]
     L += ["| | |", "|---|---|",
+          f"| target | `{json.dumps(summary.get('target'), sort_keys=True)}` |",
           f"| target measurements (total) | {summary.get('target_measurements')} (K = {summary.get('k')} samples + re-measured front) |",
-          f"| new measurements this run | {summary.get('new_measurements_this_run')} |",
+          f"| new measurements this run | {summary.get('new_measurements_this_run')} ({_f(summary.get('target_measure_s'), 1)} s) |",
           f"| SRCC proxy vs target, K samples | {_f(a.get('srcc_proxy_on_samples'))} (lower {a.get('confidence')} bound {_f(a.get('srcc_lower_bound'))}; threshold {a.get('threshold')}) |",
           f"| decision | {a.get('decision')} |"]
     if "eval_srcc_proxy_full" in a:
         L.append(f"| SRCC over all target data (evaluation only): proxy -> adapted | {_f(a.get('eval_srcc_proxy_full'))} -> {_f(a.get('eval_srcc_adapted_full'))} |")
-    L += [f"| searched front / kept after re-measuring | {summary.get('front_size')} / {summary.get('final_size')} |"]
+    L += [f"| budgets (ms) | {summary.get('budgets')} ({a.get('budgets_from')}) |",
+          f"| searched front / kept after re-measuring | {summary.get('front_size')} / {summary.get('final_size')} |",
+          f"| hypervolume on measured latency | {_f(summary.get('hv_measured'), 4)} (ref {summary.get('hv_ref')}) |"]
+    for b, r in (summary.get("best_at_budgets") or {}).items():
+        best = "-" if r is None else f"{_f(r['accuracy'], 4)} at {_f(r['measured'])} ms"
+        L.append(f"| best under {b} ms (measured) | {best} |")
     if ev:
         L.append(f"| hypervolume: final front (true latency) / true front of full data | {_f(ev['hv_final'], 4)} / {_f(ev['hv_true_front'], 4)} = **{_f(ev['hv_ratio'], 4)}** (ref {ev['hv_ref']}) |")
     L += [f"| stages run / skipped | {', '.join(summary.get('stages_ran') or []) or '-'} / {', '.join(summary.get('stages_skipped') or []) or '-'} |", ""]

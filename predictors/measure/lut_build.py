@@ -1,7 +1,7 @@
 """Build a per-layer latency lookup table of this machine, in Once-for-All's yaml format.
 
 Every distinct layer of a space (at each requested input resolution) is timed in isolation, as a
-one-layer network, with the same protocol as whole networks (:mod:`hwnas.predictors.measure`), and
+one-layer network, with the same protocol as whole networks (:mod:`hwnas.predictors.measure.protocol`), and
 written as ``{out_dir}/{r}_lookup_table.yaml`` (one file per resolution, like
 ``ofa/note10/{r}_lookup_table.yaml``). :class:`~hwnas.predictors.lut.LookupTableLatency` then reads
 them back::
@@ -9,7 +9,7 @@ them back::
     paths = build_lut(space, "luts/local", resolutions=[160, 224], store="measurements.sqlite")
     lut = LookupTableLatency(space, tables="luts/local/{r}_lookup_table.yaml")
 
-Per-layer timings go through a :class:`~hwnas.predictors.store.MeasurementStore` (space key
+Per-layer timings go through a :class:`~hwnas.predictors.measure.store.MeasurementStore` (space key
 ``"<space>:layers"``, arch key = the table key), so an interrupted build resumes where it stopped.
 
 The distinct layers are found from the space's own layer description: for each block choice, the
@@ -25,19 +25,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .measure import MeasureConfig, ModelSpec, measure_specs
+from hwnas.predictors.data import _space
+
+from .measurer import LocalMeasurer
+from .models import ModelSpec
+from .protocol import MeasureConfig
 from .store import MeasurementStore
 
 #: protocol defaults for single layers: short calls, so more of them
 LAYER_DEFAULTS = dict(warmup=10, repeats=30, min_time_s=0.02, chunk=64)
-
-
-def _space(space: Any):
-    if isinstance(space, str):
-        from hwnas.spaces import create_space
-
-        return create_space(space)
-    return space
 
 
 def cover_archs(space: Any, resolution: int) -> list:
@@ -62,7 +58,7 @@ def distinct_layers(space: Any, resolutions: Sequence[int] | None = None, format
     lookup-table key; ``layer_kwargs`` feed :func:`layer_model`."""
     from dataclasses import asdict
 
-    from .lut import lut_keys
+    from hwnas.predictors.lut import lut_keys
 
     sp = _space(space)
     res = list(resolutions) if resolutions else list(sp.resolutions)
@@ -84,49 +80,6 @@ def distinct_layers(space: Any, resolutions: Sequence[int] | None = None, format
     return out
 
 
-def layer_model(layer: dict, pool_first: bool = False, pool_in: Sequence[int] | None = None,
-                batch_size: int = 1, seed: int = 0):
-    """Factory of a one-layer network for a :class:`~hwnas.spaces.mbconv.LayerSpec` (as a dict);
-    built exactly as :func:`hwnas.supernet.static.build_static` builds that layer."""
-    import torch
-    from torch import nn
-
-    from hwnas.spaces.mbconv import LayerSpec
-    from hwnas.supernet.layers import LinearLayer
-    from hwnas.supernet.static import _conv_from_spec, _mbconv_from_spec
-
-    L = LayerSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in layer.items()})
-    torch.manual_seed(seed)
-    h, w, c = L.in_shape
-    b = int(batch_size)
-
-    class Pool(nn.Module):
-        def forward(self, x):
-            return x.mean((2, 3), keepdim=True)
-
-    class PoolLinear(nn.Module):
-        def __init__(self, lin: nn.Module) -> None:
-            super().__init__()
-            self.lin = lin
-
-        def forward(self, x):
-            return self.lin(torch.flatten(x.mean((2, 3)), 1))
-
-    if L.kind == "conv":
-        return _conv_from_spec(L).eval(), (b, c, h, w)
-    if L.kind == "mbconv":
-        return _mbconv_from_spec(L).eval(), (b, c, h, w)
-    if L.kind == "pool":
-        return Pool().eval(), (b, c, h, w)
-    if L.kind == "linear":
-        lin = LinearLayer(c, int(L.out_shape[-1]))
-        if pool_first:
-            ph, pw, pc = pool_in if pool_in is not None else L.in_shape
-            return PoolLinear(lin).eval(), (b, int(pc), int(ph), int(pw))
-        return lin.eval(), (b, c)
-    raise ValueError(f"layer {L.name!r} has kind {L.kind!r}; a lookup table prices conv, mbconv, pool and linear layers")
-
-
 def build_lut(
     space: Any,
     out_dir: str | os.PathLike,
@@ -140,14 +93,16 @@ def build_lut(
     """Time every distinct layer and write ``{out_dir}/{r}_lookup_table.yaml`` per resolution.
 
     ``config`` defaults to :data:`LAYER_DEFAULTS` on top of :class:`MeasureConfig`'s defaults.
-    Already stored layers (same ``store`` and ``device``) are not timed again. Returns ``{r: path}``.
+    Already stored layers (same ``store`` and ``device``) are not timed again; each layer is committed
+    when its chunk is done. Returns ``{r: path}``.
     """
-    from .lut import write_ofa_yaml
+    from hwnas.predictors.lut import write_ofa_yaml
 
     sp = _space(space)
     cfg = config or MeasureConfig(**LAYER_DEFAULTS)
+    measurer = LocalMeasurer(cfg)
     st = store if isinstance(store, MeasurementStore) else MeasurementStore(store if store is not None else ":memory:")
-    st.register_device(device, cfg)
+    st.register_device(device, cfg, measurer.platform)
     skey = f"{sp.name}:layers"
     layers = distinct_layers(sp, resolutions, format)
     todo: list[tuple[str, dict]] = []
@@ -159,7 +114,7 @@ def build_lut(
                 seen.add(key)
                 todo.append((key, kw))
     if todo:
-        specs = [ModelSpec("hwnas.predictors.lut_build:layer_model", dict(kw, batch_size=cfg.batch_size), key=key)
+        specs = [ModelSpec("hwnas.predictors.measure.models:layer_model", dict(kw, batch_size=cfg.batch_size), key=key)
                  for key, kw in todo]
         bar = None
         if progress:
@@ -167,7 +122,7 @@ def build_lut(
 
             bar = tqdm(total=len(specs), desc=f"timing {sp.name} layers", unit="layer")
         try:
-            measure_specs(specs, cfg, on_result=lambda i, m: st.put(device, skey, todo[i][0], m, cfg), progress=bar)
+            measurer.measure(specs, on_result=lambda i, m: st.put(device, skey, todo[i][0], m, cfg, measurer.platform), progress=bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -189,12 +144,15 @@ def lut_vs_end_to_end(space: Any, lut_dir: str | os.PathLike, archs: Sequence[An
     """Spearman/Pearson agreement and ratio of LUT sums to measured end-to-end latency."""
     from scipy.stats import pearsonr, spearmanr
 
-    from .lut import LookupTableLatency
+    from hwnas.predictors.lut import LookupTableLatency
+
+    from hwnas.spaces.io import space_from_spec, space_spec
 
     sp = _space(space)
     res = sorted({int(sp.validate(a).r) for a in archs})
-    lut = LookupTableLatency(sp.__class__(**{k: v for k, v in sp.to_config().items() if k != "_target_"} | {"resolutions": res}),
-                             tables={r: Path(lut_dir) / f"{r}_lookup_table.yaml" for r in res})
+    spec = space_spec(sp)
+    at_res = space_from_spec({"space": spec["space"], "options": {**spec["options"], "resolutions": res}})
+    lut = LookupTableLatency(at_res, tables={r: Path(lut_dir) / f"{r}_lookup_table.yaml" for r in res})
     pred = lut.predict(archs)
     y = np.asarray(measured, dtype=float)
     return {

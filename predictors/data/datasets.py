@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .assets import atomic_path, fetch
+from hwnas.predictors.assets import atomic_path, fetch
+from hwnas.predictors.base import Predictor
 from hwnas.spaces.errors import UserError
 
 #: builtin datasets: name -> (asset path, space name)
@@ -225,4 +226,80 @@ def load_dataset(name_or_path: str | os.PathLike, space: Any = None, mirror: str
     p = Path(key).expanduser()
     if not p.is_file():
         raise DatasetError(f"dataset={key!r} is neither a builtin ({sorted(BUILTIN)}) nor an existing CSV file")
+    from hwnas.predictors.measure.plan import is_plan, plan_dataset
+
+    if is_plan(p):  # a filled plan of hwnas-measure --plan: checked row by row
+        ds = plan_dataset(p)
+        want = getattr(_space(space), "name", None) if space is not None else None
+        if want is not None and want != ds.space.name:
+            raise DatasetError(f"{p} is a plan for space {ds.space.name!r}, not {want!r}")
+        return ds
     return LatencyDataset.from_csv(p, space)
+
+
+class DatasetLatency(Predictor):
+    """The latency of one device column of a dataset: a simulated target (or a proxy) for studies.
+
+    ``outside``: what an arch that the dataset does not hold gets -- ``"error"`` (the default; use a
+    space the dataset covers completely, such as NAS-Bench-201) or ``"fit"``: a linear predictor fitted
+    on the whole column prices it (a simulation of the device, not a measurement; reports say so).
+    ``candidates(n, rng)`` draws archs from the dataset (the pipeline picks its samples among them).
+    """
+
+    metric = "latency_ms"
+
+    def __init__(self, space: Any, dataset: str = "nasbench201", device: str = "titan_rtx_1", outside: str = "error",
+                 mirror: str | None = None) -> None:
+        if outside not in ("error", "fit"):
+            raise DatasetError(f"outside={outside!r} is unknown; allowed values: ['error', 'fit']")
+        self.space = _space(space)
+        base = getattr(self.space, "base", self.space)
+        self.data = load_dataset(dataset, space=base, mirror=mirror)
+        self.y = self.data.latency(device)
+        self.dataset, self.device, self.outside = str(dataset), str(device), outside
+        self._fit = None
+        if outside == "fit":
+            ok = np.isfinite(self.y)
+            self._fit = fit_linear(base, self.data.subset(ok), device)
+
+    @property
+    def identity(self) -> dict:
+        return {"dataset": self.dataset, "device": self.device, "outside": self.outside}
+
+    def candidates(self, n: int, rng: Any = None) -> list:
+        ok = np.flatnonzero(np.isfinite(self.y))
+        pick = np.sort(np.random.default_rng(rng).choice(ok, min(int(n), len(ok)), replace=False))
+        return [self.data.archs[i] for i in pick]
+
+    def predict(self, archs: Sequence[Any]) -> np.ndarray:
+        if self.data._pos is None:
+            self.data._pos = {a: i for i, a in enumerate(self.data.archs)}
+        out = np.empty(len(archs))
+        miss = []
+        for j, a in enumerate(archs):
+            i = self.data._pos.get(a)
+            if i is None or not np.isfinite(self.y[i]):
+                miss.append(j)
+            else:
+                out[j] = self.y[i]
+        if miss:
+            if self._fit is None:
+                raise DatasetError(
+                    f"arch {archs[miss[0]]} is not in dataset {self.dataset!r}, so its {self.device} latency is unknown; "
+                    "use a space the dataset covers completely (nasbench201) or outside=fit (a linear simulation)")
+            out[miss] = self._fit.predict([archs[j] for j in miss])
+        return out
+
+
+def fit_linear(space: Any, dataset: Any = "nasbench201", device: str = "pixel3", mirror: str | None = None):
+    """A :class:`~hwnas.predictors.linear.LinearLatencyPredictor` fitted on every measured row of one
+    device column of a dataset (name, path or :class:`LatencyDataset`): a proxy device's predictor."""
+    from hwnas.predictors.linear import LinearLatencyPredictor
+
+    sp = getattr(_space(space), "base", _space(space))
+    ds = dataset if isinstance(dataset, LatencyDataset) else load_dataset(dataset, space=sp, mirror=mirror)
+    y = ds.latency(device)
+    ok = np.isfinite(y)
+    if ok.sum() < 3:
+        raise DatasetError(f"device {device!r} of dataset {ds.name!r} has {int(ok.sum())} values; a proxy needs at least 3")
+    return LinearLatencyPredictor(sp).fit([a for a, o in zip(ds.archs, ok) if o], y[ok])

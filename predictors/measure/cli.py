@@ -1,0 +1,237 @@
+"""``hwnas-measure``: time subnets on this machine or on a remote device, build a lookup table, or write
+a plan of archs to measure with your own tools.
+
+Examples::
+
+    # 100 random OFA-MBv3 subnets on this machine (ONNX Runtime, 1 thread), stored + exported
+    hwnas-measure --space ofa_mbv3_w12 -n 100 --seed 0 --store measurements.sqlite --out local.csv
+
+    # the archs of a search result (pareto.json), or of a JSON-lines / CSV file
+    hwnas-measure --space ofa_mbv3_w12 --archs runs/search/pareto.json --out front_latency.csv
+
+    # a remote device running: dask worker tcp://HOST:8786 --nthreads 1 --resources "hwnas-device=1"
+    hwnas-measure --space ofa_mbv3_w12 -n 20 --scheduler tcp://HOST:8786 --resource hwnas-device --device pi4-ort --store m.sqlite
+
+    # the 20 archs worth measuring, as ONNX + TorchScript, for your own tools (fill plan/plan.csv)
+    hwnas-measure --plan 20 --space ofa_mbv3_w12 --device my-npu --out plan/
+
+    # a per-layer lookup table of this machine, in Once-for-All's yaml format
+    hwnas-measure --space ofa_mbv3_w12 --build-lut luts/local --resolutions 160 176 192 208 224
+
+A rerun with the same ``--store`` and ``--device`` measures only what is missing (every arch is stored
+as soon as it is measured); the CSV (``arch`` + one column per device) is what
+:class:`hwnas.predictors.data.LatencyDataset` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from hwnas.spaces.errors import UserError, cli_errors
+
+PROG = "hwnas-measure"
+
+
+class ArchFileError(UserError, ValueError):
+    """An arch list file cannot be read; the message names the file, the entry and the fix."""
+
+
+def _collect(obj: Any) -> list:
+    """Arch-like items of a loaded JSON document (a list, ``{"front"|"archs"|"pareto": [...]}``,
+    or rows with an ``arch`` field)."""
+    if isinstance(obj, dict):
+        if "ks" in obj:
+            return [obj]
+        if "arch" in obj:
+            return [obj["arch"]]
+        for key in ("front", "archs", "pareto", "population", "results"):
+            if key in obj and isinstance(obj[key], list):
+                return [x for item in obj[key] for x in _collect(item)]
+        return []
+    if isinstance(obj, list):
+        return [x for item in obj for x in _collect(item)]
+    if isinstance(obj, str):
+        return [obj]
+    return []
+
+
+def read_arch_file(path: str | os.PathLike, space: Any) -> list:
+    """Archs from a file: JSON (list, pareto.json), JSON lines (one arch, compact string or row with
+    ``arch`` per line), or CSV with an ``arch`` column. Duplicates are kept in order."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArchFileError(f"--archs {p}: no such file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ArchFileError(f"--archs {p} is not a text file; give a JSON list, a pareto.json, JSON lines or a CSV with an 'arch' column") from None
+    items: list = []
+    if p.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        if not rows or "arch" not in rows[0]:
+            raise ArchFileError(f"--archs {p}: a CSV needs an 'arch' column")
+        items = [r["arch"] for r in rows]
+    else:
+        try:
+            items = _collect(json.loads(text))
+        except json.JSONDecodeError:
+            for i, line in enumerate(text.splitlines()):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                try:
+                    items += _collect(json.loads(line))
+                except json.JSONDecodeError:
+                    if line.startswith("r") and ":" in line:
+                        items.append(line)  # compact arch string
+                    else:
+                        raise ArchFileError(f"--archs {p} line {i + 1} is neither JSON nor an arch string: {line[:60]!r}") from None
+    if not items:
+        raise ArchFileError(f"--archs {p}: no architectures found (expected a list, a pareto.json 'front', JSON lines or a CSV 'arch' column)")
+    out = []
+    for i, a in enumerate(items):
+        try:
+            out.append(space.validate(a))
+        except ValueError as exc:
+            raise ArchFileError(f"--archs {p} entry {i}: {exc}") from None
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    ap.add_argument("--space", default="ofa_mbv3_w12", help="space name (default ofa_mbv3_w12)")
+    ap.add_argument("--resolutions", type=int, nargs="+", help="override the space's resolutions (e.g. 160 224)")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("-n", "--n", type=int, default=None, help="number of random archs (default 20)")
+    src.add_argument("--archs", help="arch file: JSON list, pareto.json, JSON lines or CSV with an 'arch' column")
+    src.add_argument("--build-lut", metavar="DIR", help="build a per-layer lookup table in DIR/{r}_lookup_table.yaml instead")
+    src.add_argument("--plan", type=int, metavar="K", help="write the K archs worth measuring (ONNX + TorchScript + plan.csv) into --out")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ap.add_argument("--pool", type=int, default=2000, help="--plan: random archs the K are selected from (default 2000)")
+    ap.add_argument("--selection", default="kmeans", help="--plan: kmeans (default, the adaptation's) or random")
+    ap.add_argument("--device", default=None, help="device name in the store/CSV/plan (default local-<backend>-t<threads>)")
+    ap.add_argument("--scheduler", default=None, help="measure on a remote device: the Dask scheduler, e.g. tcp://HOST:8786")
+    ap.add_argument("--resource", default="hwnas-device", help="the Dask resource the device's worker holds (default hwnas-device)")
+    ap.add_argument("--wait", type=float, default=60.0, help="seconds to wait for a worker holding --resource (default 60)")
+    ap.add_argument("--backend", default=None, help="onnxruntime (default) or torch")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default 1)")
+    ap.add_argument("--processes", type=int, default=None, help="worker processes per model (default 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls per process (default 10; 30 for layers)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed calls per process (default 5; 10 for layers)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 1")
+    ap.add_argument("--pin", default=None, help="CPU ids to pin workers to ('1', '0,1'), 'auto' (least busy) or none")
+    ap.add_argument("--clock", default=None, help="wall, cpu (process CPU time, 1 thread) or auto (default)")
+    ap.add_argument("--max-spread", type=float, default=None, help="re-measure when (max-min)/median across processes exceeds this (default 0.15)")
+    ap.add_argument("--chunk", type=int, default=None, help="models per worker process (default 1; 64 for layers)")
+    ap.add_argument("--store", default="measurements.sqlite", help="SQLite store (default measurements.sqlite)")
+    ap.add_argument("--out", default=None, help="output CSV (arch + one column per device); with --plan: the plan folder")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: timing processes killed, temporary files removed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    old = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with cli_errors(PROG):
+            return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from hwnas.spaces import SpaceError, create_space
+    from hwnas.spaces.io import arch_key
+
+    from .measurer import make_measurer, measure_into_store
+    from .protocol import MeasureConfig
+    from .store import MeasurementStore
+
+    try:
+        space = create_space(args.space, **({"resolutions": args.resolutions} if args.resolutions else {}))
+    except (SpaceError, TypeError) as exc:
+        raise ArchFileError(f"--space/--resolutions: {exc}") from None
+    if args.plan is not None:
+        from .plan import select_plan_archs, write_plan
+
+        if not args.out:
+            raise ArchFileError("--plan needs --out <folder> for the models and plan.csv")
+        archs = select_plan_archs(space, args.plan, args.seed, args.pool, args.selection)
+        path = write_plan(space, archs, args.out, device=args.device or "my-device", batch_size=args.batch_size or 1)
+        print(f"wrote {len(archs)} archs to {path.parent}: fill the latency_ms column of {path} "
+              f"(see {path.parent / 'INSTRUCTIONS.md'})", file=sys.stderr)
+        return 0
+    layer_mode = args.build_lut is not None
+    given = {"backend": args.backend, "threads": args.threads, "processes": args.processes, "batch_size": args.batch_size,
+             "pin": args.pin, "clock": args.clock, "max_spread": args.max_spread, "repeats": args.repeats,
+             "warmup": args.warmup, "chunk": args.chunk}
+    proto: dict[str, Any] = {k: v for k, v in given.items() if v is not None}  # the others: MeasureConfig's defaults
+    if layer_mode:
+        from .lut_build import LAYER_DEFAULTS
+
+        proto = {**LAYER_DEFAULTS, **proto}
+    cfg = MeasureConfig(seed=args.seed, **proto)
+    device = args.device or f"local-{'ort' if cfg.backend == 'onnxruntime' else 'torch'}-t{cfg.threads}"
+    if args.scheduler and not args.device:
+        raise ArchFileError("--scheduler needs --device NAME: the name the remote device's measurements are stored under")
+    store = MeasurementStore(args.store)
+    measurer = make_measurer(cfg, args.scheduler, args.resource, wait_s=args.wait)
+    store.register_device(device, cfg, getattr(measurer, "platform", None) if not args.scheduler else None)
+
+    if layer_mode:
+        if args.scheduler:
+            raise ArchFileError("--build-lut times layers on this machine; it cannot be combined with --scheduler")
+        from .lut_build import build_lut
+
+        paths = build_lut(space, args.build_lut, config=cfg, store=store, device=device, progress=not args.no_progress)
+        for r, p in sorted(paths.items()):
+            print(f"r={r}: {p}")
+        return 0
+
+    archs = read_arch_file(args.archs, space) if args.archs else space.sample(args.n if args.n is not None else 20, args.seed)
+    uniq = list(dict.fromkeys(archs))
+    keys = [arch_key(space, a) for a in uniq]
+    known = store.get_many(device, space.name, keys)
+    todo = [a for a, k in zip(uniq, keys) if k not in known]
+    print(f"{len(uniq)} distinct archs, {len(known)} already in {args.store} for device {device!r}, {len(todo)} to measure",
+          file=sys.stderr)
+    if todo:
+        store.check_writable()
+        bar = tqdm(total=len(todo), desc=f"measuring {space.name} on {device}", unit="arch", disable=args.no_progress)
+        try:
+            measure_into_store(store, device, space, todo, measurer, progress=bar)
+        except (KeyboardInterrupt, SystemExit):
+            print(f"\n{PROG}: stopped; the finished measurements are in {args.store}, rerun the same command to continue",
+                  file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+            measurer.close()
+    got = store.get_many(device, space.name, keys)
+    unstable = sum(1 for k in keys if (got[k].spread or 0) > cfg.max_spread)
+    vals = sorted(got[k].value for k in keys)
+    if vals:
+        print(f"latency ms: min {vals[0]:.3f}  median {vals[len(vals) // 2]:.3f}  max {vals[-1]:.3f}; "
+              f"{unstable} arch(s) still above max_spread={cfg.max_spread}", file=sys.stderr)
+    if args.out:
+        print(f"wrote {store.export_csv(args.out, space, [device], archs=uniq)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

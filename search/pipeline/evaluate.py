@@ -1,0 +1,176 @@
+"""Measuring on the target and judging the result: the run's measurement ledger, rank agreement, the
+budgets, and the front's hypervolume against the whole target data (when a study has it)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from hwnas.predictors.assets import atomic_write
+from hwnas.spaces.errors import UserError
+from hwnas.spaces.io import arch_key
+
+from ..problem import hypervolume, pareto_mask
+from .runner import PipelineError
+
+
+class WaitingForMeasurements(UserError):
+    """The target is measured with the user's own tools: a plan was written; fill it and rerun."""
+
+
+def srcc(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (NaN with fewer than 3 points or a constant input)."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b)[0])
+
+
+def srcc_lower_bound(r: float, n: int, confidence: float | None = 0.95) -> float:
+    """One-sided lower confidence bound of a Spearman correlation from ``n`` samples (Fisher z with the
+    Bonett-Wright standard error ``sqrt((1 + r^2 / 2) / (n - 3))``). ``confidence=None``: ``r`` itself.
+    K diverse samples span the latency range, where ranking is easy, so the point estimate is
+    optimistic; the bound keeps the proxy only when the evidence is strong."""
+    if confidence in (None, 0) or math.isnan(r):
+        return r
+    if n <= 3:
+        return -1.0
+    from scipy.stats import norm
+
+    r = max(min(r, 0.999999), -0.999999)
+    se = math.sqrt((1 + r * r / 2) / (n - 3))
+    return float(math.tanh(math.atanh(r) - norm.ppf(float(confidence)) * se))
+
+
+def identity_of(target: Any, node: Any) -> dict:
+    """What identifies a target measurer: its ``identity`` (device + protocol, dataset + column, plan
+    device) or else its config."""
+    ident = getattr(target, "identity", None)
+    if ident is None:
+        ident = {k: v for k, v in dict(node or {}).items() if k not in ("progress",)}
+    return json.loads(json.dumps(ident, sort_keys=True, default=str))
+
+
+class TargetLedger:
+    """Every target measurement of a run, in ``<run>/measurements.sqlite`` keyed by (measurer identity,
+    arch key) and committed one arch at a time: a rerun never measures an arch twice, and a run folder
+    never hands one target's numbers to another."""
+
+    def __init__(self, run_dir: Path, space: Any, target: Any, identity: dict) -> None:
+        from hwnas.predictors.measure.store import MeasurementStore
+
+        self.space, self.target, self.identity = space, target, identity
+        self.store = MeasurementStore(Path(run_dir) / "measurements.sqlite")
+        self.device = "target-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        self.store.register_device(self.device, identity)
+        self.new = 0
+        self.seconds = 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.store.records(device=self.device))
+
+    def measure(self, archs: Sequence[Any], stage_dir: Path, what: str) -> np.ndarray:
+        """Target latency of ``archs`` (ms): from the ledger, else measured now (a plan target: from a
+        filled plan in ``stage_dir/plan``, else a plan is written there and the run stops)."""
+        keys = [arch_key(self.space, a) for a in archs]
+        known = {k: r.value for k, r in self.store.get_many(self.device, self.space.name, keys).items()}
+        todo = [k for k in dict.fromkeys(keys) if k not in known]
+        if todo:
+            todo_archs = [self.space.validate(k) for k in todo]
+            t0 = time.perf_counter()
+            try:
+                if hasattr(self.target, "request"):  # numbers from the user's own tools
+                    values = self._from_plan(todo_archs, stage_dir / "plan", what)
+                    for k, v in zip(todo, values):
+                        self._commit(k, v, known)
+                else:  # one arch (or one chunk of the measuring protocol) at a time, committed when measured
+                    step = getattr(getattr(self.target, "config", None), "chunk", 1)
+                    for s in range(0, len(todo), step):
+                        values = np.asarray(self.target.predict(todo_archs[s:s + step]), dtype=float).reshape(-1)
+                        for k, v in zip(todo[s:s + step], values):
+                            self._commit(k, float(v), known)
+            finally:
+                self.seconds += time.perf_counter() - t0
+        return np.array([known[k] for k in keys], dtype=float)
+
+    def _commit(self, key: str, value: float, known: dict) -> None:
+        if not (math.isfinite(value) and value > 0):
+            raise PipelineError(f"target: the measurer returned {value!r} ms for {key[:80]}; a latency must be positive")
+        self.store.put(self.device, self.space.name, key, value)
+        known[key] = value
+        self.new += 1
+
+    def _from_plan(self, archs: list, plan_dir: Path, what: str) -> np.ndarray:
+        from hwnas.predictors.measure.plan import PlanMissing, is_plan, plan_started
+
+        csv_path = plan_dir / "plan.csv"
+        if is_plan(csv_path) and plan_started(csv_path) and str(csv_path) not in self.target.plans:
+            self.target.add_plan(csv_path)  # a partly filled plan: the error names the first empty row
+        try:
+            return self.target.predict(archs)
+        except PlanMissing as exc:
+            path = self.target.request(exc.archs, plan_dir, note=what)
+            raise WaitingForMeasurements(
+                f"the target is measured with your own tools: measure the {len(exc.archs)} {what} in {path.parent} and fill "
+                f"the latency_ms column of {path} (see {path.parent / 'INSTRUCTIONS.md'}), then run the same command again"
+            ) from None
+
+
+def choose_budgets(predictor: Any, space: Any, quantiles: Sequence[float], n: int = 2000, seed: int = 0) -> list[float]:
+    """Latency budgets at ``quantiles`` of ``predictor`` over ``n`` random archs (3 significant digits)."""
+    archs = space.sample(int(n), np.random.default_rng(seed))
+    y = np.asarray(predictor.predict(archs), dtype=float)
+    return [float(f"{q:.3g}") for q in np.quantile(y[np.isfinite(y)], list(quantiles))]
+
+
+def front_hv(acc: np.ndarray, lat: np.ndarray, ref: Sequence[float]) -> float:
+    """Hypervolume of the Pareto-optimal points of (accuracy, latency) against ``ref = (acc, lat)``."""
+    acc, lat = np.asarray(acc, dtype=float), np.asarray(lat, dtype=float)
+    if not len(acc):
+        return 0.0
+    m = pareto_mask(acc, lat)
+    return float(hypervolume(acc[m], lat[m], float(ref[0]), float(ref[1])))
+
+
+def evaluate_against_full(target: Any, accuracy: Any, final: list[dict], lat_ref: float | None) -> dict:
+    """For a study whose target is a dataset covering the whole space: hypervolume of the final front
+    (true latency) against that of the true front over every arch. Reference: the dataset's lowest
+    accuracy and the largest budget (or the slowest arch)."""
+    ds, y = target.data, target.y
+    acc_all = np.asarray(accuracy.predict(ds.archs), dtype=float)
+    m = np.isfinite(y)
+    lat_ref = float(lat_ref) if lat_ref else float(y[m].max())
+    ref = (float(acc_all[m].min()), lat_ref)
+    tm = pareto_mask(acc_all[m], y[m])
+    true_front = np.flatnonzero(m)[tm]
+    hv_true = float(hypervolume(acc_all[true_front], y[true_front], *ref))
+    hv_ours = front_hv(np.array([r["accuracy"] for r in final]), np.array([r["measured"] for r in final]), ref)
+    return {"hv_ref": list(ref), "hv_final": hv_ours, "hv_true_front": hv_true,
+            "hv_ratio": hv_ours / hv_true if hv_true > 0 else float("nan"),
+            "true_front": [{"arch": str(ds.archs[i]), "accuracy": float(acc_all[i]), "latency": float(y[i])}
+                           for i in true_front[np.argsort(y[true_front])]]}
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return atomic_write(path, buf.getvalue())
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

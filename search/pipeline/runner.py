@@ -1,0 +1,250 @@
+"""The pipeline's runner: a run folder, its stages, and what makes a stage finished.
+
+A stage (:class:`Stage`) is one small class: its folder (``02_samples``), the config key it reads
+(``samples``), the upstream stages whose results it uses, what it writes, and a ``stage.json`` with the
+hash (``key``) of all of that. The runner (:func:`run_stages`) goes through the stages in order; a stage
+whose ``stage.json`` carries the current key and whose outputs exist is finished: it is not run again,
+its outputs are read back (``load``) instead. Changing a setting re-runs that stage and the ones
+downstream of it, nothing upstream.
+
+Everything a stage reads back from the run folder is data: CSV/JSON numbers, arch keys, and spaces as
+:func:`hwnas.spaces.io.space_spec` (rebuilt through the space registry). Nothing in a run folder is
+unpickled or names a class to build.
+
+A run folder belongs to one search space and one target (``run.json``): a rerun with another space or
+another target measurer in the same folder is refused, naming both.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from hwnas.predictors.assets import atomic_write
+from hwnas.predictors.build import ConfigError
+from hwnas.search.checkpoint import fingerprint
+
+RUN_FILE = "run.json"
+
+
+class PipelineError(ConfigError):
+    """A pipeline setting or run folder is wrong; the message names the key or file and the fix."""
+
+
+class Context:
+    """What the stages share: the config (plain), the built objects, the run folder, the products."""
+
+    def __init__(self, cfg: Any, run_dir: Path, c: dict) -> None:
+        self.cfg = cfg  # the OmegaConf config (for hwnas.predictors.build)
+        self.c = c  # the same, resolved to plain containers
+        self.run_dir = Path(run_dir)
+        self.keys: dict[str, str] = {}
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+        self.info: dict[str, dict] = {}
+        self._products: dict[str, Any] = {}
+        self._makers: dict[str, Callable[[], Any]] = {}
+
+    # the objects of the config, built through the one config -> object path when first needed
+    @cached_property
+    def space(self) -> Any:
+        from hwnas.predictors.build import build_space
+
+        return build_space(self.cfg)
+
+    @cached_property
+    def accuracy(self) -> Any:
+        from hwnas.predictors.build import build_predictor
+
+        return build_predictor(self.cfg, "accuracy", self.space)
+
+    @cached_property
+    def proxy(self) -> Any:
+        from hwnas.predictors.build import build_predictor
+
+        return build_predictor(self.cfg, "latency", self.space)
+
+    @cached_property
+    def target(self) -> Any:
+        from hwnas.predictors.build import build_predictor
+
+        return build_predictor(self.cfg, "target", self.space)
+
+    @cached_property
+    def identity(self) -> dict:
+        from .evaluate import identity_of
+
+        return identity_of(self.target, self.c.get("target"))
+
+    @cached_property
+    def ledger(self) -> Any:
+        from .evaluate import TargetLedger
+
+        return TargetLedger(self.run_dir, self.space, self.target, self.identity)
+
+    def section(self, key: str | None) -> Any:
+        return self.c.get(key) if key else None
+
+    def setting(self, path: str) -> Any:
+        """The config value at ``path`` (``"samples.k"``); its default lives in ``conf/pipeline.yaml`` only."""
+        node: Any = self.c
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise PipelineError(f"{path} is not set; the pipeline's settings and their defaults are in hwnas/conf/pipeline.yaml")
+            node = node[part]
+        return node
+
+    def dir(self, name: str) -> Path:
+        d = self.run_dir / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    # products: what a stage hands downstream; a maker builds one only when a later stage asks for it
+    def put(self, name: str, value: Any) -> None:
+        self._products[name] = value
+
+    def lazy(self, name: str, maker: Callable[[], Any]) -> None:
+        self._products.pop(name, None)
+        self._makers[name] = maker
+
+    def has(self, name: str) -> bool:
+        return name in self._products or name in self._makers
+
+    def get(self, name: str) -> Any:
+        if name not in self._products:
+            if name not in self._makers:
+                raise KeyError(f"pipeline product {name!r} is not available")
+            self._products[name] = self._makers.pop(name)()
+        return self._products[name]
+
+
+class Stage:
+    """One step of the pipeline (see the module doc). Subclasses set the class attributes and
+    implement :meth:`run` (writes the outputs, returns what goes into ``stage.json``) and :meth:`load`
+    (hands the outputs downstream; called after :meth:`run` too)."""
+
+    name = ""
+    title = ""
+    config_key: str | None = None
+    upstream: Sequence[str] = ()
+    outputs: Sequence[str] = ()
+
+    def extra_key(self, ctx: Context) -> Any:
+        """What else decides this stage's result (besides its config section and its upstream)."""
+        return None
+
+    def key(self, ctx: Context) -> str:
+        return fingerprint([[ctx.keys[u] for u in self.upstream], ctx.section(self.config_key), self.extra_key(ctx)])
+
+    def done(self, ctx: Context, key: str) -> dict | None:
+        f = ctx.run_dir / self.name / "stage.json"
+        try:
+            meta = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if not isinstance(meta, dict) or meta.get("key") != key:
+            return None
+        if not all((ctx.run_dir / self.name / o).exists() for o in self.outputs):
+            return None
+        return meta
+
+    def run(self, ctx: Context) -> dict:
+        raise NotImplementedError
+
+    def load(self, ctx: Context, meta: dict) -> None:
+        raise NotImplementedError
+
+
+def run_stages(ctx: Context, stages: Sequence[Stage], log: Callable[[str], None] = print) -> None:
+    """Run every stage that is not finished, in order; finished ones are read back."""
+    for st in stages:
+        k = st.key(ctx)
+        ctx.keys[st.name] = k
+        meta = st.done(ctx, k)
+        if meta is None:
+            log(f"[{st.name}] {st.title}")
+            ctx.dir(st.name)
+            t0 = time.perf_counter()
+            info = st.run(ctx)
+            meta = {"stage": st.name, "key": k, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "seconds": round(time.perf_counter() - t0, 3), **info}
+            atomic_write(ctx.run_dir / st.name / "stage.json", json.dumps(meta, indent=1, default=json_default) + "\n")
+            ctx.ran.append(st.name)
+        else:
+            log(f"[{st.name}] finished before, read back")
+            ctx.skipped.append(st.name)
+        ctx.info[st.name] = meta
+        st.load(ctx, meta)
+
+
+def check_run_dir(run_dir: Path, identity: dict) -> None:
+    """Bind ``run_dir`` to ``identity`` (space and target measurer) on first use; refuse another one."""
+    f = run_dir / RUN_FILE
+    if f.is_file():
+        try:
+            old = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            raise PipelineError(f"{f} is not valid JSON; it says which space and target this run folder belongs to. "
+                                "Restore it, or use another run folder (hydra.run.dir=...)") from None
+        for k in sorted(set(old) | set(identity)):
+            if old.get(k) != identity.get(k):
+                raise PipelineError(
+                    f"run folder {run_dir} belongs to {k}={json.dumps(old.get(k), sort_keys=True)}, this run has "
+                    f"{k}={json.dumps(identity.get(k), sort_keys=True)}; its measurements and results are not this "
+                    "run's. Use another run folder (hydra.run.dir=...)")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(f, json.dumps(identity, indent=1, sort_keys=True) + "\n")
+
+
+def json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def run_pipeline(cfg: Any, run_dir: str | Path, log: Callable[[str], None] | None = None) -> dict:
+    """Run (or resume) the pipeline of ``cfg`` in ``run_dir``; returns the summary (also ``summary.json``,
+    and ``report.md`` unless ``report=false``)."""
+    import logging
+
+    from hwnas.predictors.build import apply_assets, plain
+    from hwnas.spaces.io import space_spec
+
+    from .evaluate import evaluate_against_full
+    from .stages import STAGES, summarise_run
+
+    log = log or logging.getLogger("hwnas.pipeline").info
+    c = plain(cfg, "config")
+    apply_assets(cfg)
+    ctx = Context(cfg, Path(run_dir), c)
+    t0 = time.perf_counter()
+    try:
+        check_run_dir(ctx.run_dir, {"space": space_spec(ctx.space), "target": ctx.identity})
+        run_stages(ctx, STAGES, log)
+    finally:
+        close = getattr(ctx.__dict__.get("target"), "close", None)
+        if close is not None:
+            close()
+    summary = summarise_run(ctx)
+    target = ctx.target
+    space = ctx.space
+    if hasattr(target, "data") and hasattr(space, "n_positions") and len(target.data) == getattr(space, "size", -1):
+        budgets = ctx.get("budgets")
+        summary["evaluation"] = evaluate_against_full(target, ctx.accuracy, ctx.get("final"), max(budgets) if budgets else None)
+    summary["wall_s"] = round(time.perf_counter() - t0, 3)
+    atomic_write(ctx.run_dir / "summary.json", json.dumps(summary, indent=1, default=json_default) + "\n")
+    if ctx.setting("report"):
+        from .report import write_report
+
+        write_report(ctx.run_dir, summary)
+    return summary
