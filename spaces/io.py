@@ -163,7 +163,7 @@ def _rows_of(doc: Any, src: str) -> tuple[dict, list[dict]]:
         return {}, [_row(doc, src)]
     key = keys[0]
     if not isinstance(doc[key], list):
-        raise SpaceError(f"{src}: '{key}' is a {type(doc[key]).__name__}; it must be a list of archs")
+        raise SpaceError(f"{src}: '{key}' must be a list of archs (got {type(doc[key]).__name__})")
     header = {k: v for k, v in doc.items() if k != key}
     return header, [_row(x, f"{src} {key}[{i}]") for i, x in enumerate(doc[key])]
 

@@ -252,7 +252,7 @@ def test_malformed_export_inputs_are_one_line(tmp_path):
     front5.write_text(json.dumps({"space": space_spec(space), "budgets": [10.0], "front": 5}))
     cases = [
         ([str(binary), "--space", "ofa_mbv3_w12"], "is not a text file"),
-        ([str(front5)], "'front' is a int; it must be a list"),
+        ([str(front5)], "'front' must be a list of archs (got int)"),
         ([arch, "--space", "ofa_mbv3_w12", "--opset", "5", "--out", str(tmp_path / "o1")], "opset='5'"),
         ([arch, "--space", "ofa_mbv3_w12", "--opset", "x", "--out", str(tmp_path / "o1")], "opset='x'"),
         ([arch, "--space", "ofa_mbv3_w12", "--out", str(tmp_path / "a_file")], "is a file; give a folder"),

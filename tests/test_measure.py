@@ -6,6 +6,7 @@ control logic is tested with injected fake group runners.
 
 import json
 import math
+import re
 import sqlite3
 
 import numpy as np
@@ -262,24 +263,30 @@ def test_cli_end_to_end_three_tiny_archs(tmp_path, tiny_space, capsys):
     assert len(err) == 1 and err[0].startswith("hwnas-measure: error: device='here'")
 
 
-def test_cli_reads_pareto_json_and_json_lines(tmp_path, tiny_space):
-    from hwnas.predictors.measure.cli import ArchFileError, read_arch_file as read_archs
+def test_cli_reads_arch_files_with_the_one_reader(tmp_path, tiny_space, capsys):
+    """--archs goes through hwnas.spaces.io.read_archs: a pareto.json and JSON lines give the archs in
+    order; a bad entry or a binary file is one line naming --archs and the file, before anything is opened."""
+    from hwnas.predictors.measure.cli import main
+    from hwnas.spaces.io import read_archs
 
     archs = tiny_space.sample(3, 5)
     p = tmp_path / "pareto.json"
     p.write_text(json.dumps({"space": {}, "front": [{"arch": a.to_dict(), "latency": 1.0} for a in archs]}))
-    assert read_archs(p, tiny_space) == archs
+    assert read_archs(p, tiny_space, "--archs") == archs
     jl = tmp_path / "archs.jsonl"
     jl.write_text("\n".join([archs[0].to_json(), archs[1].to_str(), json.dumps({"arch": archs[2].to_dict()})]))
-    assert read_archs(jl, tiny_space) == archs
+    assert read_archs(jl, tiny_space, "--archs") == archs
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": 999}))
-    with pytest.raises(ArchFileError, match="entry 0"):
-        read_archs(bad, tiny_space)
     binary = tmp_path / "archs.bin"
     binary.write_bytes(bytes(range(256)) * 4)
-    with pytest.raises(ArchFileError, match="archs.bin is not a text file"):
-        read_archs(binary, tiny_space)
+    store = tmp_path / "m.sqlite"
+    for path, want in ((bad, "--archs .*bad.jsonl entry 0"), (binary, "--archs .*archs.bin is not a text file")):
+        with pytest.raises(SystemExit) as e:
+            main(["--space", "ofa_mbv3_w12", "--archs", str(path), "--store", str(store), "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and re.search(want, err[0]), err
+    assert not store.exists()
 
 
 # ============================================================================ lookup table

@@ -33,18 +33,18 @@ def test_kill9_then_resume_gives_the_uninterrupted_result(tmp_path):
     from _pipeline_helpers import comparable
 
     # uninterrupted run
-    p = _run(tmp_path / "a", tmp_path / "a.pkl")
+    p = _run(tmp_path / "a", tmp_path / "a.npz")
     assert p.returncode == 0, p.stderr
     full = json.loads(p.stdout.strip().splitlines()[-1])
     steps = len(full["saved"])  # 8 generations + the refinement passes
     assert full["resumed_from"] is None and steps > 8 and full["saved"] == list(range(1, steps + 1))
     # killed (os._exit, like kill -9) right after the checkpoint of generation 3
-    p = _run(tmp_path / "b", tmp_path / "b.pkl", kill=3)
+    p = _run(tmp_path / "b", tmp_path / "b.npz", kill=3)
     assert p.returncode == 137
     assert not (tmp_path / "b" / "pareto.json").exists()
-    assert read_meta(tmp_path / "b.pkl")["state"]["step"] == 3  # npz + JSON, no pickle
+    assert read_meta(tmp_path / "b.npz")["state"]["step"] == 3  # npz + JSON, no pickle
     # the same command again resumes from generation 3 and ends with the same front
-    p = _run(tmp_path / "b", tmp_path / "b.pkl")
+    p = _run(tmp_path / "b", tmp_path / "b.npz")
     assert p.returncode == 0, p.stderr
     resumed = json.loads(p.stdout.strip().splitlines()[-1])
     assert resumed["resumed_from"] == 3 and resumed["saved"] == list(range(4, steps + 1))
@@ -55,7 +55,7 @@ def test_kill9_then_resume_gives_the_uninterrupted_result(tmp_path):
 def test_checkpoint_from_other_settings_or_corrupted_is_refused(tmp_path):
     from _pipeline_helpers import search_front
 
-    ck = tmp_path / "c.pkl"
+    ck = tmp_path / "c.npz"
     search_front(tmp_path / "o", ck, n_gen=2)
     with pytest.raises(CheckpointError, match="other settings"):
         search_front(tmp_path / "o", ck, seed=2, n_gen=2)
@@ -63,17 +63,6 @@ def test_checkpoint_from_other_settings_or_corrupted_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="unreadable"):
         search_front(tmp_path / "o", ck, n_gen=2)
     assert ck.read_bytes() == b"garbage, not a checkpoint"  # reported, never overwritten
-
-
-def test_corrupted_measurement_store_is_reported_not_overwritten(tmp_path):
-    from hwnas.predictors.store import MeasurementStore, StoreError
-
-    bad = tmp_path / "measurements.sqlite"
-    junk = b"this is not an sqlite file" * 100
-    bad.write_bytes(junk)
-    with pytest.raises(StoreError):
-        MeasurementStore(bad)
-    assert bad.read_bytes() == junk
 
 
 def test_corrupted_supernet_cache_is_reported_not_overwritten(tmp_path):

@@ -26,12 +26,8 @@ as soon as it is measured); the CSV (``arch`` + one column per device) is what
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from hwnas.spaces.errors import UserError, cli_errors
@@ -39,69 +35,8 @@ from hwnas.spaces.errors import UserError, cli_errors
 PROG = "hwnas-measure"
 
 
-class ArchFileError(UserError, ValueError):
-    """An arch list file cannot be read; the message names the file, the entry and the fix."""
-
-
-def _collect(obj: Any) -> list:
-    """Arch-like items of a loaded JSON document (a list, ``{"front"|"archs"|"pareto": [...]}``,
-    or rows with an ``arch`` field)."""
-    if isinstance(obj, dict):
-        if "ks" in obj:
-            return [obj]
-        if "arch" in obj:
-            return [obj["arch"]]
-        for key in ("front", "archs", "pareto", "population", "results"):
-            if key in obj and isinstance(obj[key], list):
-                return [x for item in obj[key] for x in _collect(item)]
-        return []
-    if isinstance(obj, list):
-        return [x for item in obj for x in _collect(item)]
-    if isinstance(obj, str):
-        return [obj]
-    return []
-
-
-def read_arch_file(path: str | os.PathLike, space: Any) -> list:
-    """Archs from a file: JSON (list, pareto.json), JSON lines (one arch, compact string or row with
-    ``arch`` per line), or CSV with an ``arch`` column. Duplicates are kept in order."""
-    p = Path(path)
-    if not p.is_file():
-        raise ArchFileError(f"--archs {p}: no such file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ArchFileError(f"--archs {p} is not a text file; give a JSON list, a pareto.json, JSON lines or a CSV with an 'arch' column") from None
-    items: list = []
-    if p.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
-        if not rows or "arch" not in rows[0]:
-            raise ArchFileError(f"--archs {p}: a CSV needs an 'arch' column")
-        items = [r["arch"] for r in rows]
-    else:
-        try:
-            items = _collect(json.loads(text))
-        except json.JSONDecodeError:
-            for i, line in enumerate(text.splitlines()):
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                try:
-                    items += _collect(json.loads(line))
-                except json.JSONDecodeError:
-                    if line.startswith("r") and ":" in line:
-                        items.append(line)  # compact arch string
-                    else:
-                        raise ArchFileError(f"--archs {p} line {i + 1} is neither JSON nor an arch string: {line[:60]!r}") from None
-    if not items:
-        raise ArchFileError(f"--archs {p}: no architectures found (expected a list, a pareto.json 'front', JSON lines or a CSV 'arch' column)")
-    out = []
-    for i, a in enumerate(items):
-        try:
-            out.append(space.validate(a))
-        except ValueError as exc:
-            raise ArchFileError(f"--archs {p} entry {i}: {exc}") from None
-    return out
+class UsageError(UserError, ValueError):
+    """A command-line option is wrong or missing; the message names it and the fix."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from hwnas.spaces import SpaceError, create_space
-    from hwnas.spaces.io import arch_key
+    from hwnas.spaces.io import arch_key, read_archs
 
     from .measurer import make_measurer, measure_into_store
     from .protocol import MeasureConfig
@@ -165,12 +100,12 @@ def _run(args: argparse.Namespace) -> int:
     try:
         space = create_space(args.space, **({"resolutions": args.resolutions} if args.resolutions else {}))
     except (SpaceError, TypeError) as exc:
-        raise ArchFileError(f"--space/--resolutions: {exc}") from None
+        raise UsageError(f"--space/--resolutions: {exc}") from None
     if args.plan is not None:
         from .plan import select_plan_archs, write_plan
 
         if not args.out:
-            raise ArchFileError("--plan needs --out <folder> for the models and plan.csv")
+            raise UsageError("--plan needs --out <folder> for the models and plan.csv")
         archs = select_plan_archs(space, args.plan, args.seed, args.pool, args.selection)
         path = write_plan(space, archs, args.out, device=args.device or "my-device", batch_size=args.batch_size or 1)
         print(f"wrote {len(archs)} archs to {path.parent}: fill the latency_ms column of {path} "
@@ -188,14 +123,17 @@ def _run(args: argparse.Namespace) -> int:
     cfg = MeasureConfig(seed=args.seed, **proto)
     device = args.device or f"local-{'ort' if cfg.backend == 'onnxruntime' else 'torch'}-t{cfg.threads}"
     if args.scheduler and not args.device:
-        raise ArchFileError("--scheduler needs --device NAME: the name the remote device's measurements are stored under")
+        raise UsageError("--scheduler needs --device NAME: the name the remote device's measurements are stored under")
+    if layer_mode and args.scheduler:
+        raise UsageError("--build-lut times layers on this machine; it cannot be combined with --scheduler")
+    archs = None
+    if not layer_mode:  # bad input is reported before anything is opened or measured
+        archs = read_archs(args.archs, space, "--archs") if args.archs else space.sample(args.n if args.n is not None else 20, args.seed)
     store = MeasurementStore(args.store)
     measurer = make_measurer(cfg, args.scheduler, args.resource, wait_s=args.wait)
     store.register_device(device, cfg, getattr(measurer, "platform", None) if not args.scheduler else None)
 
     if layer_mode:
-        if args.scheduler:
-            raise ArchFileError("--build-lut times layers on this machine; it cannot be combined with --scheduler")
         from .lut_build import build_lut
 
         paths = build_lut(space, args.build_lut, config=cfg, store=store, device=device, progress=not args.no_progress)
@@ -203,7 +141,6 @@ def _run(args: argparse.Namespace) -> int:
             print(f"r={r}: {p}")
         return 0
 
-    archs = read_arch_file(args.archs, space) if args.archs else space.sample(args.n if args.n is not None else 20, args.seed)
     uniq = list(dict.fromkeys(archs))
     keys = [arch_key(space, a) for a in uniq]
     known = store.get_many(device, space.name, keys)
