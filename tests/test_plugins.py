@@ -30,9 +30,11 @@ def test_readme_custom_space_searches_end_to_end(tmp_path):
     p = _run(["-m", "hwnas.search", "space=custom", "space._target_=myspace.WidthSpace", "+space.n_layers=6",
               "accuracy=custom", "accuracy._target_=myspace.WidthAccuracy", "latency=custom",
               "latency._target_=myspace.WidthLatency", "search.budgets=[10,14]", "search.pop_size=16", "search.n_gen=5",
-              "search.plot=false", "hydra.run.dir=run"], tmp_path)
+              "search.plot=false"], tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
-    data = json.loads((tmp_path / "run" / "pareto.json").read_text())
+    runs = list((tmp_path / "outputs" / "search").glob("custom-*/pareto.json"))  # the default run folder
+    assert len(runs) == 1, runs
+    data = json.loads(runs[0].read_text())
     widths = np.array([r["arch"]["widths"] for r in data["front"]])
     assert widths.shape[1] == 6 and set(widths.ravel()) <= {16, 32, 64} and len(widths) >= 3
     np.testing.assert_allclose([r["accuracy"] for r in data["front"]], 1.0 - 8.0 / widths.sum(1))
