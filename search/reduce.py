@@ -616,15 +616,6 @@ def _slug(text: str) -> str:
     return s or "device"
 
 
-def instantiate_space(cfg: dict) -> Any:
-    """Build a space from a ``to_config()`` dict through hydra (as ``hwnas-search`` does)."""
-    from hydra.utils import instantiate
-
-    cfg = dict(cfg)
-    cfg.setdefault("_convert_", "all")
-    return instantiate(cfg)
-
-
 def space_yaml(reduction: Reduction, extra_comment: str = "") -> str:
     """The YAML text of the reduced space (a hydra ``space`` config) with a provenance header."""
     import yaml

@@ -45,3 +45,16 @@ def test_measured_latency_config_builds_a_predictor(tmp_path):
     pred = instantiate(cfg.latency, space=space)
     assert type(pred).__name__ == "MeasuredLatency"
     assert (tmp_path / "m.sqlite").exists()
+
+
+@pytest.mark.parametrize("primary", ["config"] + sorted(p.stem for p in CONF.glob("pipeline*.yaml") if p.stem != "pipeline_base"))
+def test_every_command_config_finds_reduced_spaces_in_the_user_config_folder(primary, tmp_path, monkeypatch):
+    """hwnas-profile writes space/reduced_<device>.yaml into the user config folder; hydra reads
+    hydra.searchpath from the primary config only, so each config a command is run with names it."""
+    (tmp_path / "space").mkdir()
+    (tmp_path / "space" / "reduced_mydev.yaml").write_text(
+        (CONF / "space" / "ofa_mbv3_w12.yaml").read_text().replace("name: ofa_mbv3_w12", "name: reduced_mydev"))
+    monkeypatch.setenv("HWNAS_CONFIG_DIR", str(tmp_path))
+    with initialize_config_module(config_module="hwnas.conf", version_base=None):
+        cfg = compose(primary, overrides=["space=reduced_mydev"])
+    assert cfg.space.name == "reduced_mydev"

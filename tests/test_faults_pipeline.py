@@ -288,7 +288,7 @@ def test_pipeline_kill9_during_search_resumes_without_measuring_again(tmp_path, 
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "run"
     p = subprocess.Popen(_pipeline_cmd(run, data_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert _wait(lambda: any((run / "05_search").glob("checkpoint*")) or p.poll() is not None, timeout=300)
+    assert _wait(lambda: any((run / "05_search").glob("checkpoint.npz")) or p.poll() is not None, timeout=300)
     p.kill()
     p.wait()
     if (run / "05_search" / "stage.json").exists():

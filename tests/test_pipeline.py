@@ -169,6 +169,12 @@ def test_config_errors_name_the_key(tmp_path, data_dir):
     cfg = compose_pipeline(SMALL + [f"assets.mirror={data_dir}", "samples.k=2"])
     with pytest.raises(PipelineError, match="samples.k=2"):
         run_pipeline(cfg, tmp_path / "y")
+    # trained weights without BN re-calibration data: refused before the first stage runs
+    cfg = compose_pipeline(SMALL + [f"assets.mirror={data_dir}", "export.checkpoint=ofa_mbv3_d234_e346_k357_w1.2",
+                                    "export.formats=[torch]"])
+    with pytest.raises(PipelineError, match=r"export.calib_data=<ImageFolder>, or export.no_calib=true"):
+        run_pipeline(cfg, tmp_path / "z")
+    assert not (tmp_path / "z" / "01_proxy").exists()
 
 
 def test_cli_entry_point_and_one_line_errors(tmp_path, data_dir, monkeypatch, capsys, small_pipeline_run):

@@ -91,11 +91,11 @@ class Context:
         return self.c.get(key) if key else None
 
     def setting(self, path: str) -> Any:
-        """The config value at ``path`` (``"samples.k"``); its default lives in ``conf/pipeline.yaml`` only."""
+        """The config value at ``path`` (``"samples.k"``); its default lives in ``conf/pipeline_base.yaml`` only."""
         node: Any = self.c
         for part in path.split("."):
             if not isinstance(node, dict) or part not in node:
-                raise PipelineError(f"{path} is not set; the pipeline's settings and their defaults are in hwnas/conf/pipeline.yaml")
+                raise PipelineError(f"{path} is not set; the pipeline's settings and their defaults are in hwnas/conf/pipeline_base.yaml")
             node = node[part]
         return node
 
@@ -138,6 +138,10 @@ class Stage:
         """What else decides this stage's result (besides its config section and its upstream)."""
         return None
 
+    def check(self, ctx: Context) -> None:
+        """Refuse settings this stage cannot run with (called for every stage before any runs, so a bad
+        setting of a late stage does not wait for the early ones)."""
+
     def key(self, ctx: Context) -> str:
         return fingerprint([[ctx.keys[u] for u in self.upstream], ctx.section(self.config_key), self.extra_key(ctx)])
 
@@ -162,6 +166,8 @@ class Stage:
 
 def run_stages(ctx: Context, stages: Sequence[Stage], log: Callable[[str], None] = print) -> None:
     """Run every stage that is not finished, in order; finished ones are read back."""
+    for st in stages:
+        st.check(ctx)
     for st in stages:
         k = st.key(ctx)
         ctx.keys[st.name] = k

@@ -248,7 +248,7 @@ class SearchStage(Stage):
 
     def run(self, ctx: Context) -> dict:
         from hwnas.search.checkpoint import SearchCheckpoint
-        from hwnas.search.cli import search_kwargs
+        from hwnas.search.cli import CHECKPOINT, search_kwargs
         from hwnas.search.evaluators import make_runner, wrap_predictors
         from hwnas.search.nsga import run_search
         from hwnas.search.results import write_results
@@ -259,19 +259,13 @@ class SearchStage(Stage):
         if s.get("max_latency") is None and s["budgets"]:
             s["max_latency"] = float(ctx.setting("search_margin")) * max(s["budgets"])
         skw = search_kwargs(s)
-        key = ctx.keys[self.name]
-        stamp = d / "checkpoint.key"
-        if not stamp.is_file() or stamp.read_text().strip() != key:  # a checkpoint of other settings: start afresh
-            for f in d.glob("checkpoint*"):
-                if f.is_file():
-                    f.unlink()
-            from hwnas.predictors.assets import atomic_write
-
-            atomic_write(stamp, key + "\n")
+        ck = SearchCheckpoint(d / CHECKPOINT, settings=ctx.keys[self.name])
+        stale = ck.archive_if_stale()  # the checkpoint of other settings: start afresh
+        if stale is not None:
+            stale.unlink()
         runner = make_runner(ctx.setting("evaluator"))
         try:
             preds = wrap_predictors(ctx.setting("evaluator"), runner, accuracy=ctx.accuracy, latency=ctx.get("adapted"))
-            ck = SearchCheckpoint(d / "checkpoint", settings=key)
             res = run_search(ctx.get("search_space"), preds["accuracy"], preds["latency"], log=log.info, checkpoint=ck, **skw)
         finally:
             runner.close()
@@ -330,6 +324,14 @@ class ExportStage(Stage):
     name, title, config_key, outputs = "07_export", "export", "export", ("archs.json",)
     upstream = ("06_remeasure",)
 
+    def check(self, ctx: Context) -> None:
+        ex = ctx.setting("export")
+        if ex["checkpoint"] and ex["formats"] and not ex["calib_data"] and not ex["no_calib"]:
+            raise PipelineError(
+                f"export.checkpoint={ex['checkpoint']!r} without export.calib_data: subnets extracted from a supernet need "
+                "their BN statistics re-calibrated on training images, or their accuracy collapses. Set "
+                "export.calib_data=<ImageFolder>, or export.no_calib=true to export the supernet's statistics, flagged in every file")
+
     def run(self, ctx: Context) -> dict:
         from hwnas.predictors.assets import atomic_write
         from hwnas.spaces.mbconv import MBConvSpace
@@ -350,8 +352,7 @@ class ExportStage(Stage):
     def _models(self, ctx: Context, final: list[dict], out: Path, formats: list[str], ex: dict) -> list[str]:
         """Networks with weights for the best arch under each budget (then the most accurate ones), at
         most ``export.max_archs``, through :func:`hwnas.supernet.export.export_many`."""
-        import inspect
-
+        from hwnas.predictors.build import abs_path
         from hwnas.supernet.export import ExportItem, export_many, load_weights_source
 
         chosen: list[dict] = []
@@ -363,17 +364,12 @@ class ExportStage(Stage):
                 chosen.append(r)
         if ex["max_archs"] is not None:
             chosen = chosen[: int(ex["max_archs"])]
-        kw: dict[str, Any] = {}
-        if ex["calib_data"]:
-            if "calib_data" not in inspect.signature(export_many).parameters:
-                raise PipelineError("export.calib_data: this hwnas's exporter has no BN recalibration; leave export.calib_data unset")
-            from hwnas.predictors.build import abs_path
-
-            kw["calib_data"] = abs_path(ex["calib_data"])
         weights = load_weights_source(ctx.space, ex["checkpoint"])
         todo = [ExportItem(r["arch"], accuracy=r["accuracy"], latency=r["measured"], latency_kind="measured",
                            extra={"target": ctx.identity}) for r in chosen]
-        paths = export_many(ctx.space, todo, out, weights=weights, formats=formats, overwrite=True, **kw)
+        paths = export_many(ctx.space, todo, out, weights=weights, formats=formats, overwrite=True,
+                            calib_data=abs_path(ex["calib_data"]) if ex["calib_data"] else None,
+                            calib_images=int(ex["calib_images"]), allow_uncalibrated=bool(ex["no_calib"]))
         return [str(Path(p).relative_to(out.parent)) for p in paths]
 
     def load(self, ctx: Context, meta: dict) -> None:
