@@ -144,7 +144,16 @@ def stop(proc):
 def _lat(space, store, address, **kw):
     from hwnas.predictors.measure import MeasuredLatency
 
-    return MeasuredLatency(space, device="loop-dev", store=store, scheduler=address, processes=2, repeats=3, warmup=1, wait_s=20, **kw)
+    kw = {"wait_s": 20, **kw}
+    return MeasuredLatency(space, device="loop-dev", store=store, scheduler=address, processes=2, repeats=3, warmup=1, **kw)
+
+
+def _executing_on_the_device(client):
+    """Tasks the device's worker is running now. The probe is compiled under a module name that no worker
+    can import, so it travels by value (the device has no hwnas and no tests)."""
+    ns = {"__name__": "hwnas_test_probe"}
+    exec("def executing(dask_worker):\n    return len(dask_worker.state.executing)\n", ns)  # noqa: S102
+    return sum(client.run(ns["executing"]).values())
 
 
 @pytest.fixture
@@ -213,23 +222,31 @@ def test_device_lost_mid_task_is_retried_on_reconnect_and_stored_once(scheduler,
     from hwnas.predictors.measure.store import MeasurementStore
 
     dev = start_device(scheduler, tmp_path)
-    wait_for_workers(scheduler, 1)
+    wait_for_workers(scheduler, 1, timeout=300)
     archs = tiny.sample(2, 3)
-    lat = _lat(tiny, tmp_path / "m.sqlite", scheduler, min_time_s=1.0)  # >= 1 s per timing process
+    # >= 1 s per timing process; the device may take its time to come back on a loaded machine
+    lat = _lat(tiny, tmp_path / "m.sqlite", scheduler, min_time_s=1.0, wait_s=600)
     out: dict = {}
-    t = threading.Thread(target=lambda: out.setdefault("y", lat.predict(archs)))
+
+    def measure():
+        try:
+            out["y"] = lat.predict(archs)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            out["error"] = exc
+
+    t = threading.Thread(target=measure)
     t.start()
     try:
-        with Client(scheduler, timeout=30) as c:
-            deadline = time.monotonic() + 120
-            while not any(c.processing().values()) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            time.sleep(1.0)  # inside the protocol now
-            assert len(MeasurementStore(tmp_path / "m.sqlite").records()) == 0
+        with Client(scheduler, timeout=60) as c:
+            deadline = time.monotonic() + 600
+            while not _executing_on_the_device(c):  # the first arch's task is running its protocol on the device
+                assert t.is_alive() and time.monotonic() < deadline, out
+                time.sleep(0.05)
+            assert len(MeasurementStore(tmp_path / "m.sqlite").records()) < len(archs)  # one arch is being timed
             stop(dev)  # the device disappears mid-task
             dev = start_device(scheduler, tmp_path)  # ... and comes back
-        t.join(timeout=300)
-        assert not t.is_alive()
+        t.join(timeout=900)
+        assert not t.is_alive() and "error" not in out, out
     finally:
         stop(dev)
         lat.close()
@@ -252,7 +269,8 @@ def test_cli_measures_through_the_scheduler(scheduler, tmp_path, capsys):
                 "--repeats", "3", "--warmup", "1", "--chunk", "2", "--no-progress"]
         assert main(argv) == 0  # 3 archs in 2 tasks (2 + 1), each arch stored with its own result
         recs = MeasurementStore(tmp_path / "m.sqlite").records(device="pi4-ort")
-        assert len(recs) == 3 and all(r.value > 0 and r.platform and len(r.samples) == 2 for r in recs)
+        # 2 fresh processes each (more when they disagree by more than max_spread: a loaded machine)
+        assert len(recs) == 3 and all(r.value > 0 and r.platform and len(r.samples) >= 2 for r in recs)
         assert len({r.value for r in recs}) == 3
         capsys.readouterr()
         assert main(argv) == 0
