@@ -19,8 +19,11 @@ from _pipeline_helpers import MacsLatency, ToyAccuracy, ToyLatency
 
 TESTS = Path(__file__).resolve().parent
 SLOW_ENV = "HWNAS_TEST_SLOW_S"
-# a small search with toy predictors; SlowLatency sleeps $HWNAS_TEST_SLOW_S per batch (not a setting: an
-# interrupted run and its rerun have the same settings key)
+HOLD_ENV = "HWNAS_TEST_HOLD_AFTER"
+# a small search with toy predictors; SlowLatency sleeps $HWNAS_TEST_SLOW_S per batch and, after
+# $HWNAS_TEST_HOLD_AFTER batches, holds until it is killed or interrupted (so a run to be interrupted cannot
+# finish first however slow the test process is); neither is a setting: an interrupted run and its rerun have
+# the same settings key
 TOY = ["accuracy=custom", "accuracy._target_=test_cli.ToyAccuracy", "latency=custom",
        "latency._target_=test_faults_search.SlowLatency", "search.budgets=[4,8]", "search.pop_size=16",
        "search.n_gen=12", "search.refine.passes=3", "search.refine.members=8", "search.refine.starts=2",
@@ -31,9 +34,12 @@ class SlowLatency(MacsLatency):
     def __init__(self, space=None):
         super().__init__(space)
         self.delay = float(os.environ.get(SLOW_ENV, "0"))
+        self.hold_after = int(os.environ.get(HOLD_ENV, "0"))
+        self.calls = 0
 
     def predict(self, archs):
-        time.sleep(self.delay)
+        self.calls += 1
+        time.sleep(300 if self.hold_after and self.calls > self.hold_after else self.delay)
         return super().predict(archs)
 
 
@@ -60,8 +66,10 @@ def search(args, cwd, slow=0.0):
                           capture_output=True, text=True, timeout=300)
 
 
-def start(args, cwd, slow):
-    return subprocess.Popen([sys.executable, "-m", "hwnas.search", *args], cwd=cwd, env=_env({SLOW_ENV: str(slow)}),
+def start(args, cwd, slow, hold_after=8):
+    """A search to interrupt: it holds after ``hold_after`` latency batches (a few checkpoints in)."""
+    return subprocess.Popen([sys.executable, "-m", "hwnas.search", *args], cwd=cwd,
+                            env=_env({SLOW_ENV: str(slow), HOLD_ENV: str(hold_after)}),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
