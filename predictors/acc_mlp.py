@@ -39,6 +39,7 @@ from hwnas.spaces.mbconv import OFAMobileNetV3Space, ofa_predictor_features, ofa
 from .assets import atomic_path
 from .base import Predictor
 from .ofa_accuracy import PredictorLoadError
+from .threads import torch_threads
 
 __all__ = ["MLPAccuracyPredictor", "build_mlp", "evaluations_from_cache"]
 
@@ -167,7 +168,7 @@ class MLPAccuracyPredictor(Predictor):
             raise ValueError(f"fit: needs at least 2 evaluated archs; got {len(y)}")
         if not np.isfinite(y).all():
             raise ValueError("fit: values contain NaN or inf; drop the failed evaluations first")
-        with _threads(self.threads):
+        with torch_threads(self.threads):
             return self._fit(X, y)
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> "MLPAccuracyPredictor":
@@ -333,23 +334,6 @@ def evaluations_from_cache(
         raise ValueError(f"{path} has no evaluations for fingerprint {fingerprint!r}")
     archs = [space.validate(a) for a, _ in rows]
     return archs, np.array([v for _, v in rows], dtype=float)
-
-
-class _threads:
-    """Temporarily set torch's intra-op CPU threads."""
-
-    def __init__(self, n: int | None) -> None:
-        self.n = n
-        self.old = None
-
-    def __enter__(self) -> None:
-        if self.n is not None:
-            self.old = torch.get_num_threads()
-            torch.set_num_threads(int(self.n))
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.old is not None:
-            torch.set_num_threads(self.old)
 
 
 def _saved_space(blob: dict, path: Path) -> SearchSpace:

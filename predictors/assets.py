@@ -108,6 +108,22 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def download(url: str, dest: str | os.PathLike, sha256: str | None = None, hint: str = "") -> Path:
+    """Download ``url`` to ``dest`` atomically (a temporary file beside it, checked against ``sha256``
+    when given, then renamed); a failed or mismatching download leaves nothing behind and is one
+    :class:`AssetError` ending with ``hint`` (where to put the file by hand)."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
+                shutil.copyfileobj(resp, out)
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            raise AssetError(f"could not download {url} ({exc}); {hint}") from None
+        if sha256 and file_sha256(tmp) != sha256:
+            raise AssetError(f"{url} does not match its checksum (expected sha256 {sha256[:12]}…), so it was not kept; {hint}")
+    return dest
+
+
 def _check(path: Path, rel: str, sha256: str | None) -> Path:
     want = sha256 or CHECKSUMS.get(rel)
     if want and file_sha256(path) != want:
@@ -136,22 +152,8 @@ def fetch(rel: str, mirror: str | os.PathLike | None = None, sha256: str | None 
             return _check(build(rel, cached, sha256 or CHECKSUMS.get(rel)), rel, sha256)
         where = f"{Path(mirror) / rel}" if mirror else f"{cached} (or <mirror>/{rel} with assets.mirror=<dir>)"
         raise AssetError(f"asset {rel} has no public download URL; put the file at {where}")
-    src = url or BASE_URL + rel
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=cached.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(src, timeout=60) as resp:
-            shutil.copyfileobj(resp, out)
-        _check(Path(tmp), rel, sha256)
-        os.replace(tmp, cached)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        Path(tmp).unlink(missing_ok=True)
-        hint = f"{Path(mirror) / rel}" if mirror else f"{cached}, or into <dir>/{rel} and pass assets.mirror=<dir>"
-        raise AssetError(f"could not download {src} ({exc}); put the file at {hint}") from None
-    except AssetError:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return cached
+    where = f"{Path(mirror) / rel}" if mirror else f"{cached}, or into <dir>/{rel} and pass assets.mirror=<dir>"
+    return download(url or BASE_URL + rel, cached, sha256 or CHECKSUMS.get(rel), f"put the file at {where}")
 
 
 def find_file(name: str | os.PathLike, mirror: str | os.PathLike | None = None, field: str = "path") -> Path:

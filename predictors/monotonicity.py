@@ -21,7 +21,15 @@ from scipy.stats import rankdata
 
 from hwnas.spaces.errors import UserError, error_line
 
-from .assets import atomic_path
+from .assets import atomic_path, atomic_write
+
+
+def srcc(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation of two sequences (NaN with fewer than 3 points or a constant input)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(rankdata(a), rankdata(b))[0, 1])
 
 
 def srcc_matrix(table: dict[str, np.ndarray] | np.ndarray, devices: Sequence[str] | None = None) -> pd.DataFrame:
@@ -37,18 +45,8 @@ def srcc_matrix(table: dict[str, np.ndarray] | np.ndarray, devices: Sequence[str
     for i in range(n):
         for j in range(i + 1, n):
             ok = np.isfinite(M[:, i]) & np.isfinite(M[:, j])
-            if ok.sum() < 3:
-                s = np.nan
-            else:
-                a, b = rankdata(M[ok, i]), rankdata(M[ok, j])
-                s = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else np.nan
-            S[i, j] = S[j, i] = s
+            S[i, j] = S[j, i] = srcc(M[ok, i], M[ok, j])
     return pd.DataFrame(S, index=devices, columns=devices)
-
-
-def _atomic_write(path: Path, write) -> None:
-    with atomic_path(path) as tmp:
-        write(tmp)
 
 
 def cell_label(v: float) -> str:
@@ -84,7 +82,8 @@ def plot_heatmap(S: pd.DataFrame, path: str | os.PathLike, title: str = "") -> P
     ax.set_title(title or "latency SRCC between devices", fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
     plt.close(fig)
     return path
 
@@ -101,7 +100,7 @@ def monotonicity(dataset: str, out: str | os.PathLike, devices: Sequence[str] | 
     name = ds.name or Path(str(dataset)).stem
     out = Path(out)
     csv_path = out / f"{name}_srcc.csv"
-    _atomic_write(csv_path, lambda tmp: S.to_csv(tmp, float_format="%.4f"))
+    atomic_write(csv_path, S.to_csv(float_format="%.4f"))
     png = plot_heatmap(S, out / f"{name}_srcc.png", f"{name}: latency SRCC between devices ({len(ds)} archs)")
     return S, csv_path, png
 

@@ -194,7 +194,7 @@ class SpaceProfile:
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write :meth:`stats` atomically; returns the path."""
         df = self.stats()
-        return write_text_atomic(path, df.to_csv(index=False, float_format="%.6g"))
+        return atomic_write(path, df.to_csv(index=False, float_format="%.6g"))
 
     def summary(self) -> dict:
         return {
@@ -462,10 +462,6 @@ def _with_friendliness(rows: list[dict], sign: float) -> list[dict]:
 
 
 # ============================================================================ io helpers
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, text)
-
-
 def save_figure_atomic(fig: Any, path: str | os.PathLike, dpi: int = 130) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=(Path(path).suffix.lstrip(".") or "png"))

@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hwnas.predictors.assets import atomic_write
 from hwnas.predictors.build import ConfigError, apply_assets, build_predictor, build_space, instantiate_node, plain
 from hwnas.spaces.errors import cli_errors, writable_dir
 
-from .profile import profile_space, write_text_atomic
+from .profile import profile_space
 from .reduce import ReductionRules, _slug, reduce_space, space_yaml, write_space_config
 
 CONF_MODULE = "hwnas.conf"
@@ -95,11 +96,11 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
         if rc.get("enabled", True) and acc_name is not None:
             name = str(rc.get("name", "reduced_{device}")).format(device=_slug(dev))
             red = reduce_space(prof, dev, acc_name, rules, name=name)
-            write_text_atomic(out / f"decisions_{_slug(dev)}.csv", red.decisions.to_csv(index=False, float_format="%.6g"))
+            atomic_write(out / f"decisions_{_slug(dev)}.csv", red.decisions.to_csv(index=False, float_format="%.6g"))
             note = (f"profile: space {space.name}, N={prof.n_samples} samples per cell, seed {prof.seed}, "
                     f"{prof.n_evaluations} evaluations per metric")
             text = space_yaml(red, note)
-            write_text_atomic(out / f"{name}.yaml", text)
+            atomic_write(out / f"{name}.yaml", text)
             path = write_space_config(red, conf_dir, extra_comment=note)
             entry.update(dropped=red.dropped, dropped_all_units=red.dropped_global, max_depths=red.max_depths,
                          exchange_rate=red.exchange_rate, config=str(path), space=name,
@@ -123,7 +124,7 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
             entry["heatmap"] = str(out / f"heatmap_{_slug(dev)}.png")
         summary["devices"][dev] = entry
     summary["rules"] = dict(rules.__dict__)
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 

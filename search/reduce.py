@@ -62,9 +62,10 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.predictors.assets import atomic_write
 from hwnas.spaces.io import space_from_spec, space_spec
 
-from .profile import SpaceProfile, block_name, write_text_atomic
+from .profile import SpaceProfile, block_name
 
 SCOPES = ("global", "unit")
 RULES = ("front", "hull", "dominance")
@@ -644,7 +645,7 @@ def write_space_config(reduction: Reduction, conf_dir: str | os.PathLike, filena
     conf_dir = Path(conf_dir)
     target = conf_dir if conf_dir.name == "space" else conf_dir / "space"
     fname = filename or f"{reduction.config['name']}.yaml"
-    return write_text_atomic(target / fname, space_yaml(reduction, extra_comment))
+    return atomic_write(target / fname, space_yaml(reduction, extra_comment))
 
 
 def load_space_config(path: str | os.PathLike) -> Any:

@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hwnas.predictors.build import build_space, plain
+from hwnas.predictors.threads import torch_threads
 from hwnas.spaces.errors import UserError, cli_errors, writable_dir
 from hwnas.spaces.mbconv import MBConvArch, MBConvSpace
 
@@ -220,13 +221,8 @@ def _resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, space: MBCon
 def train(cfg: Any) -> dict:
     """Run (or resume) progressive shrinking as configured; returns a summary with the loss history."""
     cfg = plain(cfg)
-    threads, restore = cfg.get("threads"), torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
+    with torch_threads(cfg.get("threads")):
         return _train(cfg)
-    finally:
-        torch.set_num_threads(restore)
 
 
 def _train(cfg: dict) -> dict:

@@ -14,7 +14,6 @@ from hwnas.predictors.base import predict_array
 from hwnas.predictors.lut import (
     LatencyTableError,
     LookupTableLatency,
-    MissingLatencyEntry,
     detect_format,
     lut_key,
     lut_keys,

@@ -24,14 +24,11 @@ import csv
 import hashlib
 import io
 import json
-import shutil
-import urllib.error
-import urllib.request
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from hwnas.predictors.assets import AssetError, atomic_write, cache_dir, file_sha256
+from hwnas.predictors.assets import AssetError, atomic_write, cache_dir, download, file_sha256
 
 
 @lru_cache(maxsize=1)
@@ -53,19 +50,8 @@ def download_sources(rel: str, dest: Path) -> Path:
         if target.is_file() and file_sha256(target) == digest:
             continue
         url = cat["url"].format(commit=cat["commit"], path=path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(target.suffix + ".part")
-        try:
-            with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
-                shutil.copyfileobj(resp, out)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            tmp.unlink(missing_ok=True)
-            raise AssetError(f"could not download {url} ({exc}), one of the files {rel} is converted from; "
-                             f"put HELP's data/ folder under {dest} or the converted CSV at {where_to_put(rel)}") from None
-        if file_sha256(tmp) != digest:
-            tmp.unlink(missing_ok=True)
-            raise AssetError(f"{url} does not match its checksum (sha256 {digest[:12]}...); nothing was converted")
-        tmp.replace(target)
+        download(url, target, digest, f"it is one of the files {rel} is converted from, so nothing was converted; put "
+                                      f"HELP's data/ folder under {dest} or the converted CSV at {where_to_put(rel)}")
     return dest
 
 

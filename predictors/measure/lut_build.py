@@ -142,10 +142,10 @@ def build_lut(
 
 def lut_vs_end_to_end(space: Any, lut_dir: str | os.PathLike, archs: Sequence[Any], measured: Sequence[float]) -> dict:
     """Spearman/Pearson agreement and ratio of LUT sums to measured end-to-end latency."""
-    from scipy.stats import pearsonr, spearmanr
+    from scipy.stats import pearsonr
 
     from hwnas.predictors.lut import LookupTableLatency
-
+    from hwnas.predictors.monotonicity import srcc
     from hwnas.spaces.io import space_from_spec, space_spec
 
     sp = _space(space)
@@ -157,7 +157,7 @@ def lut_vs_end_to_end(space: Any, lut_dir: str | os.PathLike, archs: Sequence[An
     y = np.asarray(measured, dtype=float)
     return {
         "n": len(y),
-        "srcc": float(spearmanr(pred, y).correlation),
+        "srcc": srcc(pred, y),
         "pearson": float(pearsonr(pred, y)[0]),
         "sum_over_e2e": float(np.median(pred / y)),
         "pred": pred,

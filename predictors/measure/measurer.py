@@ -135,7 +135,7 @@ def measure_module(module: Any, input_shape: Sequence[int], cfg: MeasureConfig |
     processes). The eager backend needs a :class:`ModelSpec` factory, since its workers rebuild the module."""
     from hwnas.supernet.onnx import export_onnx
 
-    from .models import torch_threads
+    from hwnas.predictors.threads import torch_threads
     from .protocol import MeasureError
 
     cfg = cfg or MeasureConfig()

@@ -53,25 +53,6 @@ def _import_callable(path: str) -> Callable:
     return obj
 
 
-class torch_threads:
-    """Run torch with ``n`` threads inside the block (building and tracing with the default thread
-    count is 20-30x slower on a loaded machine, because the threads wait for each other)."""
-
-    def __init__(self, n: int = 1) -> None:
-        self.n = n
-
-    def __enter__(self) -> None:
-        import torch
-
-        self.old = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: Any) -> None:
-        import torch
-
-        torch.set_num_threads(self.old)
-
-
 # ============================================================================ factories
 def tiny_cnn(width: int = 8, depth: int = 2, resolution: int = 32, batch_size: int = 1, seed: int = 0):
     """A small conv net (tests, smoke runs): ``depth`` conv-BN-ReLU layers of ``width`` channels."""
@@ -154,6 +135,7 @@ def layer_model(layer: dict, pool_first: bool = False, pool_in: Sequence[int] | 
 # ============================================================================ preparation
 def export_spec(spec: ModelSpec, path: str | os.PathLike) -> tuple[str, list[int]]:
     """Build ``spec`` and export it to ONNX at ``path`` (every axis fixed); returns ``(path, shape)``."""
+    from hwnas.predictors.threads import torch_threads
     from hwnas.supernet.onnx import export_onnx
 
     with torch_threads(1):

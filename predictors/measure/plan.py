@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hwnas.predictors.assets import atomic_write
+from hwnas.predictors.assets import atomic_path, atomic_write
 from hwnas.spaces.errors import UserError
 
 FORMAT = "hwnas.plan/1"
@@ -92,7 +92,7 @@ def write_plan(space: Any, archs: Sequence[Any], out_dir: str | os.PathLike, dev
     from hwnas.supernet.onnx import export_onnx
     from hwnas.supernet.static import build_static
 
-    from .models import torch_threads
+    from hwnas.predictors.threads import torch_threads
 
     out = Path(out_dir)
     csv_path = out / CSV_NAME
@@ -118,9 +118,8 @@ def write_plan(space: Any, archs: Sequence[Any], out_dir: str | os.PathLike, dev
                 with warnings.catch_warnings(), torch.no_grad():
                     warnings.simplefilter("ignore")
                     ts = torch.jit.trace(net, torch.randn(*shape), check_trace=False)
-                tmp = out / f".{pid}.pt.tmp"
-                ts.save(str(tmp))
-                os.replace(tmp, out / ts_rel)
+                with atomic_path(out / ts_rel) as tmp:
+                    ts.save(str(tmp))
             rows.append({"id": pid, "arch": a.to_str(), "onnx": onnx_rel, "torchscript": ts_rel,
                          "input_shape": "x".join(map(str, shape)), COLUMN: ""})
             keys[pid] = arch_key(space, a)

@@ -1,5 +1,6 @@
-"""Measuring on the target and judging the result: the run's measurement ledger, rank agreement, the
-budgets, and the front's hypervolume against the whole target data (when a study has it)."""
+"""Measuring on the target and judging the result: the run's measurement ledger, the confidence bound
+of a rank correlation, the budgets, and the front's hypervolume against the whole target data (when a
+study has it)."""
 
 from __future__ import annotations
 
@@ -24,16 +25,6 @@ from .runner import PipelineError
 
 class WaitingForMeasurements(UserError):
     """The target is measured with the user's own tools: a plan was written; fill it and rerun."""
-
-
-def srcc(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (NaN with fewer than 3 points or a constant input)."""
-    from scipy.stats import spearmanr
-
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b)[0])
 
 
 def srcc_lower_bound(r: float, n: int, confidence: float | None = 0.95) -> float:

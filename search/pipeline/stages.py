@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from hwnas.predictors.base import Predictor
+from hwnas.predictors.monotonicity import srcc
 from hwnas.spaces.io import arch_key, space_from_spec, space_spec
 
-from .evaluate import choose_budgets, front_hv, read_csv, srcc, srcc_lower_bound, write_csv
+from .evaluate import choose_budgets, front_hv, read_csv, srcc_lower_bound, write_csv
 from .runner import Context, PipelineError, Stage
 
 log = logging.getLogger("hwnas.pipeline")
