@@ -1,14 +1,43 @@
-"""Shared helpers of the pipeline / resume / Dask tests (toy predictors importable by subprocesses and
-Dask workers)."""
+"""Shared helpers of the tests: toy predictors importable by subprocesses and Dask workers, the
+environment of a command run as a subprocess, filling a measurement plan."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from hwnas.spaces import create_space
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def cli_env(extra: dict | None = None) -> dict:
+    """The environment of a command run as a subprocess: the tests folder on the import path (the toy
+    predictors' ``_target_``), hydra's one-line errors (no HYDRA_FULL_ERROR), plus ``extra``."""
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.update(extra or {})
+    return env
+
+
+def fill_plan(plan_csv, values) -> list[dict]:
+    """Write ``values`` (one per row, or a function of the row) into a plan's latency_ms column; returns the rows."""
+    with open(plan_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, r in enumerate(rows):
+        r["latency_ms"] = values(r) if callable(values) else values[i]
+    with open(plan_csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return rows
 
 
 class ToyAccuracy:

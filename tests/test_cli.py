@@ -6,12 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-TESTS = Path(__file__).resolve().parent
+from _pipeline_helpers import cli_env
+
 TINY = ["search.pop_size=16", "search.n_gen=3", "search.refine.passes=1", "search.refine.members=8", "search.plot=true"]
 
 
@@ -35,13 +35,9 @@ class ToyLatency:
 
 
 def run_cli(args, cwd, extra_env=None, timeout=240):
-    env = dict(os.environ)
-    env.pop("HYDRA_FULL_ERROR", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.update(extra_env or {})
     return subprocess.run(
-        [sys.executable, "-m", "hwnas.search", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+        [sys.executable, "-m", "hwnas.search", *args], cwd=cwd, env=cli_env(extra_env), capture_output=True, text=True,
+        timeout=timeout)
 
 
 def test_tiny_search_end_to_end(tmp_path, data_dir):

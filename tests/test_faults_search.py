@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _pipeline_helpers import MacsLatency, ToyAccuracy, ToyLatency
+from _pipeline_helpers import MacsLatency, ToyAccuracy, ToyLatency, cli_env
 
 TESTS = Path(__file__).resolve().parent
 SLOW_ENV = "HWNAS_TEST_SLOW_S"
@@ -53,23 +53,15 @@ class Marker:
         return (os.system, (f"touch {self.path}",))
 
 
-def _env(extra=None):
-    env = dict(os.environ)
-    env.pop("HYDRA_FULL_ERROR", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.update(extra or {})
-    return env
-
-
 def search(args, cwd, slow=0.0):
-    return subprocess.run([sys.executable, "-m", "hwnas.search", *args], cwd=cwd, env=_env({SLOW_ENV: str(slow)}),
+    return subprocess.run([sys.executable, "-m", "hwnas.search", *args], cwd=cwd, env=cli_env({SLOW_ENV: str(slow)}),
                           capture_output=True, text=True, timeout=300)
 
 
 def start(args, cwd, slow, hold_after=8):
     """A search to interrupt: it holds after ``hold_after`` latency batches (a few checkpoints in)."""
     return subprocess.Popen([sys.executable, "-m", "hwnas.search", *args], cwd=cwd,
-                            env=_env({SLOW_ENV: str(slow), HOLD_ENV: str(hold_after)}),
+                            env=cli_env({SLOW_ENV: str(slow), HOLD_ENV: str(hold_after)}),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -190,7 +182,7 @@ def test_crafted_pareto_json_runs_nothing(tmp_path):
     with pytest.raises(SpaceError) as info:
         load_front(run)
     assert str(run / "pareto.json") in str(info.value) and "nothing was run" in str(info.value)
-    p = subprocess.run([sys.executable, "-m", "hwnas.supernet.export_cli", str(run)], cwd=tmp_path, env=_env(),
+    p = subprocess.run([sys.executable, "-m", "hwnas.supernet.export_cli", str(run)], cwd=tmp_path, env=cli_env(),
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "pareto.json" in p.stderr and "Traceback" not in p.stderr
     assert not marker.exists()
@@ -198,7 +190,7 @@ def test_crafted_pareto_json_runs_nothing(tmp_path):
     (run / "pareto.json").write_text(json.dumps({"space": {"space": "ofa_mbv3_w12", "options": {}}, "front": 5}))
     with pytest.raises(ResultsError, match=r"pareto\.json: 'front' must be a list"):
         load_front(run)
-    p = subprocess.run([sys.executable, "-m", "hwnas.supernet.export_cli", str(run)], cwd=tmp_path, env=_env(),
+    p = subprocess.run([sys.executable, "-m", "hwnas.supernet.export_cli", str(run)], cwd=tmp_path, env=cli_env(),
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "'front' must be a list" in p.stderr
 

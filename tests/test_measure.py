@@ -29,6 +29,8 @@ from hwnas.predictors.measure.store import MeasurementStore, StoreCorruptedError
 from hwnas.spaces import create_space
 from hwnas.spaces.io import arch_key
 
+from _pipeline_helpers import fill_plan
+
 
 @pytest.fixture(scope="module")
 def tiny_space():
@@ -329,19 +331,6 @@ def test_store_and_predictor_pickle_by_path(tmp_path, tiny_space):
 
 
 # ============================================================================ bring your own numbers
-def _fill(plan_csv, values):
-    import csv
-
-    rows = list(csv.DictReader(open(plan_csv)))
-    for r, v in zip(rows, values):
-        r["latency_ms"] = v
-    with open(plan_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return rows
-
-
 @pytest.fixture
 def plan_dir(tmp_path):
     """A plan of 6 archs picked by the adaptation's selection (no model files: reading is what is tested)."""
@@ -361,7 +350,7 @@ def test_plan_picks_the_adaptations_samples_and_reads_back(plan_dir):
     rng = np.random.default_rng(0)
     pool = list(dict.fromkeys(space.sample(300, rng)))
     assert archs == [pool[i] for i in select_samples(space, pool, 6, "kmeans", rng)]  # the same selection
-    rows = _fill(d / "plan.csv", [f"{2.0 + i}" for i in range(6)])
+    rows = fill_plan(d / "plan.csv", [f"{2.0 + i}" for i in range(6)])
     assert [space.validate(r["arch"]) for r in rows] == archs
     sp, got, y, meta = read_plan(d / "plan.csv")
     assert got == archs and y.tolist() == [2.0 + i for i in range(6)] and meta["device"] == "npu"
@@ -388,7 +377,7 @@ def test_bad_fills_get_one_clear_error_each(plan_dir, edit, message):
 
     d, space, archs = plan_dir
     macs = [space.macs(a) for a in archs]
-    rows = _fill(d / "plan.csv", [f"{m / 1e9 / 30 * 1e3:.3f}" for m in macs])  # a plausible device: 30 GMAC/s
+    rows = fill_plan(d / "plan.csv", [f"{m / 1e9 / 30 * 1e3:.3f}" for m in macs])  # a plausible device: 30 GMAC/s
     read_plan(d / "plan.csv")  # the good fill reads
     edit(rows)
     with open(d / "plan.csv", "w", newline="") as f:
@@ -405,7 +394,7 @@ def test_adapted_latency_takes_a_filled_plan(plan_dir, data_dir):
 
     d, space, archs = plan_dir
     y = [space.macs(a) / 1e9 * 20 for a in archs]
-    _fill(d / "plan.csv", [repr(v) for v in y])
+    fill_plan(d / "plan.csv", [repr(v) for v in y])
     lat = AdaptedLatency(space, proxy="ofa_mbv3", proxy_device="2080ti_1", target_samples=str(d / "plan.csv"),
                          target_device="npu", k=None, mirror=str(data_dir))
     assert lat.sample_archs == archs and np.allclose(lat.sample_latencies, y)
@@ -433,7 +422,7 @@ def test_cli_plan_writes_models_that_run(tmp_path, capsys):
         a = sess.run(None, {"input": x})[0]
         b = torch.jit.load(str(out / r["torchscript"]))(torch.from_numpy(x)).detach().numpy()
         assert a.shape == (1, 1000) and np.allclose(a, b, atol=1e-4)
-    _fill(out / "plan.csv", ["5.0", "6.0"])  # a filled plan is never overwritten
+    fill_plan(out / "plan.csv", ["5.0", "6.0"])  # a filled plan is never overwritten
     with pytest.raises(SystemExit):
         main(["--plan", "2", "--space", "ofa_mbv3_w12", "--resolutions", "160", "--pool", "50", "--out", str(out)])
     assert "already holds measured latencies" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from hwnas.search.pipeline.evaluate import read_csv
 from hwnas.search.problem import pareto_mask
 from hwnas.spaces import RestrictedSpace, SpaceError, create_space
 
-from _pipeline_helpers import SMALL, compose_pipeline, small_pipeline_cfg, small_pipeline_run  # noqa: F401
+from _pipeline_helpers import SMALL, compose_pipeline, fill_plan, small_pipeline_cfg, small_pipeline_run  # noqa: F401
 
 STAGES = ["01_proxy", "02_samples", "03_adapt", "04_reduce", "05_search", "06_remeasure", "07_export"]
 
@@ -245,16 +245,7 @@ def test_plan_target_stops_for_numbers_and_resumes(tmp_path, data_dir, capsys):
     device = MacsLatency(space)
 
     def fill(plan_csv):
-        import csv
-
-        rows = list(csv.DictReader(open(plan_csv)))
-        for r in rows:
-            r["latency_ms"] = repr(float(device.predict([space.validate(r["arch"])])[0]))
-        with open(plan_csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        return len(rows)
+        return len(fill_plan(plan_csv, lambda r: repr(float(device.predict([space.validate(r["arch"])])[0]))))
 
     with pytest.raises(WaitingForMeasurements, match="02_samples/plan"):
         run_pipeline(cfg, run)

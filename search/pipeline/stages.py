@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.predictors.assets import atomic_write
 from hwnas.predictors.base import Predictor
 from hwnas.predictors.monotonicity import srcc
 from hwnas.spaces.io import arch_key, space_from_spec, space_spec
@@ -78,8 +79,6 @@ class ProxyStage(Stage):
             kind, fit = "surrogate", srcc(lin.predict(check), y)
         data = {"kind": kind, "predictor": type(proxy).__name__, "weights": lin.weights.tolist(), "bias": float(lin.bias),
                 "surrogate_srcc": fit}
-        from hwnas.predictors.assets import atomic_write
-
         atomic_write(ctx.run_dir / self.name / "proxy.json", json.dumps(data) + "\n")
         return {"kind": kind, "predictor": type(proxy).__name__, "surrogate_srcc": fit,
                 "latency_range_ms": [float(y.min()), float(np.median(y)), float(y.max())]}
@@ -167,8 +166,6 @@ class AdaptStage(Stage):
             every = [a for a, ok in zip(target.data.archs, m) if ok]
             out["eval_srcc_proxy_full"] = srcc(np.asarray(ctx.proxy.predict(every), dtype=float), target.y[m])
             out["eval_srcc_adapted_full"] = srcc(np.asarray(model.predict(every), dtype=float), target.y[m])
-        from hwnas.predictors.assets import atomic_write
-
         atomic_write(ctx.run_dir / self.name / "adapt.json", json.dumps(out, indent=1) + "\n")
         return out
 
@@ -228,8 +225,6 @@ class ReduceStage(Stage):
             red = reduce_space(prof, "target", "accuracy", rules=ctx.setting("reduce.rules"))
             reduced = red.space
             info.update(dropped=red.dropped, describe=red.describe(), dropped_resolutions=red.dropped_resolutions)
-        from hwnas.predictors.assets import atomic_write
-
         atomic_write(d / "space.json", json.dumps(space_spec(reduced), indent=1) + "\n")
         return info
 
@@ -334,7 +329,6 @@ class ExportStage(Stage):
                 "export.calib_data=<ImageFolder>, or export.no_calib=true to export the supernet's statistics, flagged in every file")
 
     def run(self, ctx: Context) -> dict:
-        from hwnas.predictors.assets import atomic_write
         from hwnas.spaces.mbconv import MBConvSpace
 
         ex = ctx.setting("export")
