@@ -43,7 +43,7 @@ MIRROR = Path(os.environ.get("HWNAS_ASSETS_MIRROR") or ROOT.parent / "shared" / 
 SKIP = [
     (r"^pip install", "installs packages; the check runs against the installed hwnas"),
     (r"-m pytest", "the test suite itself (this check is part of it)"),
-    (r"tcp://scheduler", "needs a running Dask scheduler"),
+    (r"tcp://(scheduler|SCHEDULER|HOST)\b", "needs a running Dask scheduler and a device's worker"),
     (r"\bmypkg\.", "mypkg stands for a package of yours"),
     (r"\.\.\. ", "'...' stands for the options of the command above"),
     (r"target_samples=my_target\.csv", "my_target.csv stands for your target device's measurements"),
@@ -54,8 +54,8 @@ PLACEHOLDERS = [
     ("../shared/data", str(MIRROR), None, "the data mirror beside the project (the check runs in a temporary folder)"),
     ("/datasets/imagenet", "{tmp}/imagenet", "imagenet",
      "a stand-in ImageFolder (train/ and val/, 1000 classes of one tiny image) for ImageNet"),
-    ("outputs/search/2026-11-23/12-00-00", "outputs/search/2026-11-23/12-00-00", "run",
-     "a search run made first (a small hwnas-search into that folder)"),
+    ("outputs/search/ofa_mbv3_w12-<key>", "outputs/search/ofa_mbv3_w12-key", "run",
+     "<key> stands for the settings key of the main job's folder: a search run made first, in that folder"),
     ("outputs/run1", "outputs/run1", "run", "a search run made first (a small hwnas-search into that folder)"),
     ("'r224:k3e4.k5e6/...'", "{arch}", None, "'...' abbreviates the arch; a whole OFA-MBv3 arch at r224"),
     ("ofa_mbv3_d234_e346_k357_w1.2", "ofa_mbv3_d234_e346_k357_w1.2", "checkpoint",
@@ -216,7 +216,7 @@ def make_acc_mlp(tmp: Path) -> None:
 def make_run(tmp: Path, env: dict, timeout: float) -> None:
     import shutil
 
-    first, other = "outputs/run1", "outputs/search/2026-11-23/12-00-00"
+    first, other = "outputs/run1", "outputs/search/ofa_mbv3_w12-key"
     p = _run(f"hwnas-search {_SEARCH} hydra.run.dir={first}", tmp, env, timeout)
     if p.returncode != 0:
         raise RuntimeError(f"making the stand-in run {first} failed:\n{p.stderr[-2000:]}")

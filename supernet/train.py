@@ -358,6 +358,8 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig
 
+    import hwnas.conf  # noqa: F401  (registers ${hwnas_user_conf:}, which the configs' search path names)
+
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
     def _main(cfg: DictConfig) -> float:
         with cli_errors("hwnas-train"):

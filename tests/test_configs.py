@@ -47,14 +47,23 @@ def test_measured_latency_config_builds_a_predictor(tmp_path):
     assert (tmp_path / "m.sqlite").exists()
 
 
-@pytest.mark.parametrize("primary", ["config"] + sorted(p.stem for p in CONF.glob("pipeline*.yaml") if p.stem != "pipeline_base"))
+PRIMARY = (["config", "profile/default"] + sorted(p.stem for p in CONF.glob("pipeline*.yaml") if p.stem != "pipeline_base")
+           + [f"train/{p.stem}" for p in CONF.glob("train/*.yaml") if p.stem != "base"])
+
+
+@pytest.mark.parametrize("primary", PRIMARY)
 def test_every_command_config_finds_reduced_spaces_in_the_user_config_folder(primary, tmp_path, monkeypatch):
     """hwnas-profile writes space/reduced_<device>.yaml into the user config folder; hydra reads
     hydra.searchpath from the primary config only, so each config a command is run with names it."""
+    from hydra import initialize_config_dir
+
     (tmp_path / "space").mkdir()
     (tmp_path / "space" / "reduced_mydev.yaml").write_text(
         (CONF / "space" / "ofa_mbv3_w12.yaml").read_text().replace("name: ofa_mbv3_w12", "name: reduced_mydev"))
     monkeypatch.setenv("HWNAS_CONFIG_DIR", str(tmp_path))
-    with initialize_config_module(config_module="hwnas.conf", version_base=None):
-        cfg = compose(primary, overrides=["space=reduced_mydev"])
+    folder, name = primary.rsplit("/", 1) if primary.startswith("train/") else ("", primary)
+    init = (initialize_config_dir(config_dir=str(CONF / folder), version_base=None) if folder  # hwnas-train's config root
+            else initialize_config_module(config_module="hwnas.conf", version_base=None))
+    with init:
+        cfg = compose(name, overrides=["space=reduced_mydev"])
     assert cfg.space.name == "reduced_mydev"

@@ -75,3 +75,26 @@ def test_readme_commands_run():
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     assert " 0 failed" in p.stdout and "commands run" in p.stdout
+
+
+def test_reliability_table_lists_each_fault_once_with_tests_that_exist():
+    """Every row of the README's Reliability table is a distinct fault whose tests exist:
+    ``tests/<file>::<name>`` names a file of this folder with a ``def <name>(``."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Reliability", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| fault |")]
+    assert len(rows) >= 20, "README.md lost its Reliability table"
+    faults = [r.split(" | ")[0] for r in rows]
+    assert len(set(faults)) == len(faults), [f for f in faults if faults.count(f) > 1]
+    missing = []
+    for row in rows:
+        cell = row.rstrip(" |").rsplit(" | ", 1)[1]
+        names = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", cell)
+        assert names and len(names) == cell.count("`") // 2, f"the test cell of this row names no test as tests/<file>::<name>: {row}"
+        for path, name in names:
+            f = ROOT / path
+            if not f.is_file() or not re.search(rf"^def {name}\(", f.read_text(), re.M):
+                missing.append(f"{path}::{name}")
+    assert not missing, missing
