@@ -98,3 +98,15 @@ def test_reliability_table_lists_each_fault_once_with_tests_that_exist():
             if not f.is_file() or not re.search(rf"^def {name}\(", f.read_text(), re.M):
                 missing.append(f"{path}::{name}")
     assert not missing, missing
+
+
+def test_config_table_lists_every_shipped_choice():
+    """The README's config table names every config file of each group in conf/."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    table = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)`(?: \(\w+\))? \| (.*) \|$", text, re.M)}
+    for group in ("space", "accuracy", "latency", "target", "search", "evaluator"):
+        shipped = {p.stem for p in (ROOT / "conf" / group).glob("*.yaml")}
+        named = set(re.findall(r"`(\w+)`", table.get(group, "")))
+        assert shipped <= named, f"README's config table lacks {group}: {sorted(shipped - named)}"
