@@ -139,8 +139,8 @@ class Stage:
         return None
 
     def check(self, ctx: Context) -> None:
-        """Refuse settings this stage cannot run with (called for every stage before any runs, so a bad
-        setting of a late stage does not wait for the early ones)."""
+        """Refuse settings this stage cannot run with (called for every stage before the run folder is
+        touched, so a bad setting of a late stage does not wait for the early ones)."""
 
     def key(self, ctx: Context) -> str:
         return fingerprint([[ctx.keys[u] for u in self.upstream], ctx.section(self.config_key), self.extra_key(ctx)])
@@ -166,8 +166,6 @@ class Stage:
 
 def run_stages(ctx: Context, stages: Sequence[Stage], log: Callable[[str], None] = print) -> None:
     """Run every stage that is not finished, in order; finished ones are read back."""
-    for st in stages:
-        st.check(ctx)
     for st in stages:
         k = st.key(ctx)
         ctx.keys[st.name] = k
@@ -235,6 +233,8 @@ def run_pipeline(cfg: Any, run_dir: str | Path, log: Callable[[str], None] | Non
     ctx = Context(cfg, Path(run_dir), c)
     t0 = time.perf_counter()
     try:
+        for st in STAGES:
+            st.check(ctx)
         check_run_dir(ctx.run_dir, {"space": space_spec(ctx.space), "target": ctx.identity})
         run_stages(ctx, STAGES, log)
     finally:
