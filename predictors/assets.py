@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -66,14 +67,53 @@ def set_default_mirror(path: str | os.PathLike | None) -> None:
     _DEFAULT_MIRROR = None if path in (None, "") else str(path)
 
 
+def temp_prefix(path: str | os.PathLike) -> str:
+    """The name start of a temporary file or folder for ``path`` (``.<name>.<pid>.``): a later run
+    recognises what a killed process left (:func:`remove_stale_temps`)."""
+    return f".{Path(path).name}.{os.getpid()}."
+
+
+#: ``.<name>.<pid>.<random>.tmp[.<ext>]`` (or ``.old``): temporary files and folders of hwnas writers
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.(?:tmp|old)(?:\.[^.]+)?$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's process counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders that killed processes left in ``folder`` (named by
+    :func:`temp_prefix`; their process is gone); returns them."""
+    folder, gone = Path(folder), []
+    if not folder.is_dir():
+        return gone
+    for p in folder.iterdir():
+        m = _TEMP.match(p.name)
+        if m and int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"])):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same extension) to write to; when the block ends
     without error it atomically replaces ``path``, otherwise it is removed. Readers never see a
-    half-written file, and a crash leaves the old file (if any) as it was."""
+    half-written file, and a crash leaves the old file (if any) as it was; what a killed process
+    leaves, :func:`remove_stale_temps` removes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp" + path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp" + path.suffix)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

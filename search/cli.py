@@ -39,6 +39,7 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from hwnas.predictors.assets import remove_stale_temps
 from hwnas.predictors.build import ConfigError, apply_assets, build, plain  # noqa: F401  (ConfigError re-exported)
 from hwnas.spaces.errors import UserError, cli_errors, error_line
 
@@ -192,6 +193,7 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
     opts = cli_settings(cfg.get("search"))
     out = Path(out_dir) if out_dir is not None else _output_dir()
     key = settings_key(cfg)
+    remove_stale_temps(out)  # the temporary files of a killed run (atomic writes: its results are whole)
     state = _prepare_run_dir(out, key, opts["overwrite"])
     if state == "done":
         data = json.loads((out / "pareto.json").read_text(encoding="utf-8"))

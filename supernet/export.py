@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.predictors.assets import atomic_write
+from hwnas.predictors.assets import atomic_write, remove_stale_temps, temp_prefix
 from hwnas.spaces.base import SearchSpace, SpaceError, create_space
 from hwnas.spaces.errors import UserError, writable_dir
 from hwnas.spaces.io import arch_key, read_arch_file, space_from_spec, space_spec
@@ -365,33 +365,6 @@ def _umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]*\.(?:tmp|old)$")
-
-
-def clean_stale(out_dir: str | os.PathLike) -> list[Path]:
-    """Remove the temporary folders that killed exports left in ``out_dir`` (their process is gone)."""
-    out_dir = Path(out_dir)
-    gone = []
-    if not out_dir.is_dir():
-        return gone
-    for p in out_dir.iterdir():
-        m = _TEMP.match(p.name)
-        if m and p.is_dir() and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
-            shutil.rmtree(p, ignore_errors=True)
-            gone.append(p)
-    return gone
-
-
 def _request(space: SearchSpace, item: ExportItem, arch: Any, weights: WeightsSource, formats: Sequence[str], opset: int) -> dict:
     """What an export folder was made from; a rerun with the same request skips the folder."""
     return {
@@ -460,12 +433,12 @@ def _export_one(space, item, out_dir, weights, formats, atol, timm_atol, opset, 
     if final.exists() and not overwrite and _is_done(final, request):
         return final, True
     writable_dir(out_dir)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}.{os.getpid()}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=temp_prefix(name), suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give them the usual permissions
         _write_export(tmp, space, item, arch, weights, formats, atol, timm_atol, opset, name, request)
         if final.exists():
-            old = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}.{os.getpid()}.", suffix=".old"))
+            old = Path(tempfile.mkdtemp(dir=out_dir, prefix=temp_prefix(name), suffix=".old"))
             os.replace(final, old / name)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -594,7 +567,7 @@ def export_many(
     the same settings are skipped (so a killed export resumes); temporary folders of killed runs are
     removed. ``progress(i, n, folder, skipped)`` is called after each arch."""
     out_dir = writable_dir(out_dir)
-    clean_stale(out_dir)
+    remove_stale_temps(out_dir)  # what killed exports left
     weights = weights or WeightsSource()
     if calib_data not in (None, ""):
         weights = WeightsSource(weights.supernet, weights.checkpoint, _calibration(calib_data, calib_images))

@@ -258,3 +258,24 @@ def test_lookup_table_lacking_entries_is_one_line(tmp_path, data_dir):
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "224_lookup_table.yaml lacks" in lines[0] and "kernel:7" in lines[0], p.stderr
+
+
+def test_temporary_files_of_killed_processes_are_removed(tmp_path):
+    """What atomic writes of a killed process leave (``.<name>.<pid>.<random>.tmp[.ext]``, files or export
+    folders) is removed by the next run; a live process's and other files are left alone."""
+    from hwnas.predictors.assets import atomic_path, remove_stale_temps
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale_file = tmp_path / f".checkpoint.npz.{dead.pid}.ab_12x.tmp.npz"
+    stale_dir = tmp_path / f".budget15_r160_ab.{dead.pid}.x9y8.tmp"
+    live = tmp_path / f".pareto.json.{os.getpid()}.q1w2.tmp.json"
+    keep = [tmp_path / "pareto.json", tmp_path / ".hidden", tmp_path / f".a.{dead.pid}.tmp"]
+    for p in (stale_file, live, *keep):
+        p.write_text("x")
+    stale_dir.mkdir()
+    (stale_dir / "model.onnx").write_text("x")
+    assert sorted(remove_stale_temps(tmp_path)) == sorted([stale_file, stale_dir])
+    assert live.exists() and all(p.exists() for p in keep)
+    with atomic_path(tmp_path / "checkpoint.npz") as tmp:  # the names atomic writes use are the ones removed
+        assert tmp.name.startswith(f".checkpoint.npz.{os.getpid()}.") and tmp.name.endswith(".tmp.npz")

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from hwnas.predictors.assets import pid_alive
 from hwnas.predictors.base import Predictor
 
 from . import worker
@@ -43,15 +44,8 @@ def clean_stale_workdirs(root: str | os.PathLike | None = None) -> list[Path]:
             pid = int(d.name[len(WORKDIR_PREFIX):].split("-", 1)[0])
         except ValueError:
             continue
-        if pid == os.getpid() or not d.is_dir():
+        if pid == os.getpid() or not d.is_dir() or pid_alive(pid):
             continue
-        try:
-            os.kill(pid, 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # another user's live process
         shutil.rmtree(d, ignore_errors=True)
         gone.append(d)
     return gone

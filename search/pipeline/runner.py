@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hwnas.predictors.assets import atomic_write
+from hwnas.predictors.assets import atomic_write, remove_stale_temps
 from hwnas.predictors.build import ConfigError
 from hwnas.search.checkpoint import fingerprint
 
@@ -100,8 +100,10 @@ class Context:
         return node
 
     def dir(self, name: str) -> Path:
+        """The folder of stage ``name``, without the temporary files of a killed run."""
         d = self.run_dir / name
         d.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(d)
         return d
 
     # products: what a stage hands downstream; a maker builds one only when a later stage asks for it
@@ -236,6 +238,7 @@ def run_pipeline(cfg: Any, run_dir: str | Path, log: Callable[[str], None] | Non
         for st in STAGES:
             st.check(ctx)
         check_run_dir(ctx.run_dir, {"space": space_spec(ctx.space), "target": ctx.identity})
+        remove_stale_temps(ctx.run_dir)
         run_stages(ctx, STAGES, log)
     finally:
         close = getattr(ctx.__dict__.get("target"), "close", None)
