@@ -78,7 +78,7 @@ FAST = [
     (r"^hwnas-search .*accuracy=mlp", _SEARCH),
     (r"^hwnas-search space=ofa_mbv3_w12 accuracy=ofa_predictor", _SEARCH),
     (r"^hwnas-export .*--checkpoint", "--formats torch --calib-images 4 --no-progress --top 1"),
-    (r"^hwnas-export .*--all", "--formats torch --no-progress --top 2"),
+    (r"^hwnas-export .*--all", "--formats torch --no-progress --top 1"),
     (r"^hwnas-export outputs/", "--formats torch --no-progress"),
     (r"^hwnas-profile assets\.mirror", "profile.n_samples=4 profile.progress=false"),
     (r"^hwnas-train --config-name smoke", "stop_after=3"),
@@ -217,7 +217,7 @@ def make_run(tmp: Path, env: dict, timeout: float) -> None:
     import shutil
 
     first, other = "outputs/run1", "outputs/search/ofa_mbv3_w12-key"
-    p = _run(f"hwnas-search {_SEARCH} hydra.run.dir={first}", tmp, env, timeout)
+    p = _run(f"hwnas-search {_SEARCH} search.budgets=[20,25] hydra.run.dir={first}", tmp, env, timeout)  # two budgets: two exports
     if p.returncode != 0:
         raise RuntimeError(f"making the stand-in run {first} failed:\n{p.stderr[-2000:]}")
     shutil.copytree(tmp / first, tmp / other)

@@ -17,12 +17,16 @@ from hwnas.spaces import create_space
 TESTS = Path(__file__).resolve().parent
 
 
-def cli_env(extra: dict | None = None) -> dict:
-    """The environment of a command run as a subprocess: the tests folder on the import path (the toy
-    predictors' ``_target_``), hydra's one-line errors (no HYDRA_FULL_ERROR), plus ``extra``."""
+def cli_env(extra: dict | None = None, tests_on_path: bool = True) -> dict:
+    """The environment of a command run as a subprocess: hydra's one-line errors (no HYDRA_FULL_ERROR),
+    the tests folder on the import path (the toy predictors' ``_target_``; else no PYTHONPATH at all,
+    as a user has), plus ``extra``."""
     env = dict(os.environ)
     env.pop("HYDRA_FULL_ERROR", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    if tests_on_path:
+        env["PYTHONPATH"] = os.pathsep.join([str(TESTS)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    else:
+        env.pop("PYTHONPATH", None)
     env.update(extra or {})
     return env
 

@@ -126,12 +126,12 @@ def test_saved_predictor_goes_back_into_a_search(tmp_path, data_dir):
     """``.save()`` -> ``hwnas-search accuracy=mlp accuracy.path=<file>``: the search's accuracies are the
     saved predictor's; the ``_target_`` form builds the same predictor."""
     import json
-    import os
     import subprocess
     import sys
 
     from omegaconf import OmegaConf
 
+    from _pipeline_helpers import cli_env
     from hwnas.predictors.build import build_predictor
 
     space = create_space("ofa_mbv3_w12")
@@ -143,12 +143,11 @@ def test_saved_predictor_goes_back_into_a_search(tmp_path, data_dir):
                                          "path": str(tmp_path / "acc_mlp.pt")}})
     np.testing.assert_array_equal(build_predictor(cfg, "accuracy", space).predict(archs[:5]), pred.predict(archs[:5]))
 
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     p = subprocess.run(
         [sys.executable, "-m", "hwnas.search", "accuracy=mlp", "accuracy.path=acc_mlp.pt", "latency=note10_lut",
          f"assets.mirror={data_dir}", "search.pop_size=16", "search.n_gen=2", "search.refine.passes=0",
          "search.plot=false", "hydra.run.dir=run"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     front = json.loads((tmp_path / "run" / "pareto.json").read_text())["front"]
     got = np.array([r["accuracy"] for r in front])

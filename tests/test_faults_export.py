@@ -20,6 +20,8 @@ import torch
 from hwnas.spaces import SpaceError, create_space
 from hwnas.spaces.io import read_archs, space_spec
 
+from _pipeline_helpers import cli_env
+
 R = 64
 
 
@@ -33,12 +35,8 @@ class Payload:
         return (os.mkdir, (self.path,))
 
 
-def _env() -> dict:
-    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PYTHONPATH")}
-
-
 def _cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=cli_env(tests_on_path=False), capture_output=True, text=True, timeout=timeout)
 
 
 def _one_error_line(p: subprocess.CompletedProcess, prog: str) -> str:
@@ -170,7 +168,7 @@ def test_export_killed_mid_way_resumes_without_overwrite(tmp_path):
     run = _run_folder(tmp_path, space, space.sample(3, 1), {"10": 0, "11": 1, "12": 2})
     out = run / "export"
     cmd = [sys.executable, "-m", "hwnas.supernet.export_cli", str(run), "--formats", "torch", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(tests_on_path=False), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     try:
         while time.time() < deadline:
@@ -205,7 +203,7 @@ def _readonly(cmd: list[str], folder: Path, cwd: Path) -> subprocess.CompletedPr
     if os.geteuid() != 0:
         folder.chmod(0o555)
         try:
-            return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+            return subprocess.run(cmd, cwd=cwd, env=cli_env(tests_on_path=False), capture_output=True, text=True, timeout=300)
         finally:
             folder.chmod(0o755)
     if shutil.which("unshare") is None:
@@ -214,7 +212,7 @@ def _readonly(cmd: list[str], folder: Path, cwd: Path) -> subprocess.CompletedPr
     probe = subprocess.run(["unshare", "-m", "sh", "-c", script, str(folder), "true"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f"running as root, where chmod does not stop writes, and no private read-only mount: {probe.stderr.strip()}")
-    return subprocess.run(["unshare", "-m", "sh", "-c", script, str(folder), *cmd], cwd=cwd, env=_env(),
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, str(folder), *cmd], cwd=cwd, env=cli_env(tests_on_path=False),
                           capture_output=True, text=True, timeout=300)
 
 

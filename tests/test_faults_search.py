@@ -182,17 +182,11 @@ def test_crafted_pareto_json_runs_nothing(tmp_path):
     with pytest.raises(SpaceError) as info:
         load_front(run)
     assert str(run / "pareto.json") in str(info.value) and "nothing was run" in str(info.value)
-    p = subprocess.run([sys.executable, "-m", "hwnas.supernet.export_cli", str(run)], cwd=tmp_path, env=cli_env(),
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2 and "pareto.json" in p.stderr and "Traceback" not in p.stderr
     assert not marker.exists()
-    # "front": 5 -> one line naming the file
+    # "front": 5 -> one line naming the file (hwnas-export: test_faults_export.py)
     (run / "pareto.json").write_text(json.dumps({"space": {"space": "ofa_mbv3_w12", "options": {}}, "front": 5}))
     with pytest.raises(ResultsError, match=r"pareto\.json: 'front' must be a list"):
         load_front(run)
-    p = subprocess.run([sys.executable, "-m", "hwnas.supernet.export_cli", str(run)], cwd=tmp_path, env=cli_env(),
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "'front' must be a list" in p.stderr
 
 
 def test_crafted_checkpoint_runs_nothing(tmp_path):

@@ -4,7 +4,6 @@ module in the working directory, searched through the ``hwnas-search`` command l
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -12,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+from _pipeline_helpers import cli_env
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PYTHONPATH")}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=cli_env(tests_on_path=False), capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_readme_custom_space_searches_end_to_end(tmp_path):
