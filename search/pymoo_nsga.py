@@ -14,7 +14,14 @@ search's problem, with hwnas's operators as pymoo operator classes.
 
 The default engine (:class:`hwnas.search.nsga.NSGA2`) selects, mates and survives as pymoo's NSGA-II
 does, on arrays (tests/test_search.py checks its survival against pymoo's ``RankAndCrowding``); this
-module is the way to run pymoo itself, or to swap in another pymoo algorithm with the same operators.
+module is the way to run pymoo itself, or another pymoo algorithm with the same operators::
+
+    problem = ArchProblem(space, accuracy, latency, max_latency=25)
+    ops = pymoo_operators(problem, ArchSampling(space, 0.25), ArchCrossover(space, "unit", 0.9),
+                          ArchMutation(space, None, 0.5))
+    pymoo.optimize.minimize(PymooArchProblem(problem), SPEA2(pop_size=100, **ops), ("n_gen", 40), seed=0)
+    problem.front_indices()  # the front of everything evaluated, as after run_search
+
 pymoo is imported here only, so a search with the default engine never imports it.
 """
 
@@ -42,7 +49,7 @@ class PymooArchProblem(Problem):
     archive does not hold may still be evaluated (None: no limit); archs past it are not predicted and
     come back infeasible with an infinite violation, so they never enter the archive or the front."""
 
-    def __init__(self, problem: ArchProblem, limit: Callable[[], int | None]) -> None:
+    def __init__(self, problem: ArchProblem, limit: Callable[[], int | None] = lambda: None) -> None:
         sizes = np.asarray(problem.layout.sizes)
         super().__init__(n_var=problem.n_var, n_obj=2, n_ieq_constr=1, xl=np.zeros(len(sizes)), xu=sizes - 1,
                          vtype=int)
@@ -126,6 +133,15 @@ class GenomeDuplicates(DuplicateElimination):
         return is_duplicate
 
 
+def pymoo_operators(problem: ArchProblem, sampling: ArchSampling, crossover: ArchCrossover,
+                    mutation: ArchMutation) -> dict[str, Any]:
+    """hwnas's operators as the keyword arguments of a pymoo genetic algorithm (``sampling``,
+    ``crossover``, ``mutation``, ``repair``, ``eliminate_duplicates``)."""
+    return {"sampling": GenomeSampling(sampling), "crossover": GenomeCrossover(crossover),
+            "mutation": GenomeMutation(mutation), "repair": CanonicalRepair(problem.layout),
+            "eliminate_duplicates": GenomeDuplicates()}
+
+
 class PymooNSGA2:
     """One run of pymoo's NSGA-II with hwnas's operators; the interface of :class:`hwnas.search.nsga.NSGA2`
     (``start``, ``step``, ``gen``, ``X``, ``crowd``, ``rng``, ``set_population``). pymoo draws every random
@@ -137,9 +153,7 @@ class PymooNSGA2:
         self.problem = problem
         self._limit: int | None = None
         self.pymoo_problem = PymooArchProblem(problem, lambda: self._limit)
-        self.algorithm = NSGA2(pop_size=int(pop_size), sampling=GenomeSampling(sampling),
-                               crossover=GenomeCrossover(crossover), mutation=GenomeMutation(mutation),
-                               repair=CanonicalRepair(problem.layout), eliminate_duplicates=GenomeDuplicates())
+        self.algorithm = NSGA2(pop_size=int(pop_size), **pymoo_operators(problem, sampling, crossover, mutation))
         # the generations are counted by the search, so pymoo's own termination never comes
         self.algorithm.setup(self.pymoo_problem, termination=("n_gen", 2**31), verbose=False)
         self.algorithm.random_state = rng

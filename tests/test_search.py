@@ -442,6 +442,24 @@ def test_pymoo_engine_runs_pymoos_nsga2_with_the_same_results_contract(space):
     assert 0.94 < min(ratios) and max(ratios) < 1.06 and 0.97 < np.mean(ratios) < 1.03
 
 
+def test_hwnas_operators_run_in_another_pymoo_algorithm(space):
+    """The pymoo operator classes and problem plug into any pymoo genetic algorithm (here SPEA2)."""
+    from pymoo.algorithms.moo.spea2 import SPEA2
+    from pymoo.optimize import minimize
+
+    from hwnas.search.pymoo_nsga import PymooArchProblem, pymoo_operators
+
+    problem = ArchProblem(space, ToyAccuracy(space), ToyLatency(space), max_latency=14.0)
+    ops = pymoo_operators(problem, ArchSampling(space, 0.25), ArchCrossover(space, "unit", 0.9), ArchMutation(space, None, 0.5))
+    res = minimize(PymooArchProblem(problem), SPEA2(pop_size=24, **ops), ("n_gen", 5), seed=1)
+    X, acc, lat = problem.archive()
+    assert problem.n_evals == len(X) and len(X) > 24  # every arch SPEA2 evaluated went through the archive, once
+    assert {r.tobytes() for r in problem.canonical(res.X).astype(np.int16)} <= set(row_keys(X))
+    f = problem.front_indices()
+    assert len(f) > 3 and (lat[f] <= 14.0).all()
+    np.testing.assert_allclose(-res.F[:, 0], ToyAccuracy().predict(space.decode(problem.canonical(res.X))))
+
+
 @pytest.mark.parametrize("engine", ["numpy", "pymoo"])
 def test_resumed_mid_nsga_gives_the_uninterrupted_front(space, tmp_path, engine):
     """A run stopped after generation 3 and resumed from its checkpoint (a new process's view: arrays and
