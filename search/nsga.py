@@ -373,8 +373,9 @@ def run_search(
     predictors). ``refine``: passes of Pareto local search (0 = plain NSGA-II), each expanding at most
     ``refine_members`` front members with ``refine_moves`` single moves, and walks from the best arch
     of the ``refine_starts`` best (depth, resolution) classes under each budget by single and
-    ``refine_pairs`` pair moves (see :mod:`hwnas.search.refine`). ``verbose``: one line per step through ``log``
-    (default: stderr); ``callback(row)`` gets each history row.
+    ``refine_pairs`` pair moves, and as many triples at a local optimum (see :mod:`hwnas.search.refine`).
+    ``verbose``: one line per step through ``log`` (default: stderr); ``callback(row)`` gets each history
+    row.
 
     ``checkpoint``: an object with ``restore(engine, problem) -> dict | None`` (called once; a dict
     resumes the run) and ``save(engine, problem, gen, history, hv_ref)`` (called after every step),

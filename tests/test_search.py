@@ -12,7 +12,7 @@ import pytest
 from hwnas.search.nsga import crowding_distance, nondominated_rank, run_search
 from hwnas.search.operators import ArchCrossover, ArchMutation, ArchSampling, GenomeLayout, row_keys, structured_genomes
 from hwnas.search.problem import ArchProblem, hypervolume, pareto_mask
-from hwnas.search.refine import neighbour_matrix, neighbour_moves, pair_moves
+from hwnas.search.refine import neighbour_matrix, neighbour_moves, combo_moves
 from hwnas.search.results import load_front, write_results
 from hwnas.spaces import create_space
 
@@ -166,10 +166,11 @@ def test_neighbour_matrix_is_one_effective_move(space):
     assert len(N) == n_expected
 
 
-def test_pair_moves_change_two_blocks_and_fit_the_estimated_budget(space):
+@pytest.mark.parametrize("size", [2, 3])
+def test_combo_moves_change_blocks_and_fit_the_budget_best_estimate_first(space, size):
     from hwnas.predictors.lut import LookupTableLatency
 
-    lat = LookupTableLatency(space)  # additive: a pair's latency is exactly x's plus both single effects
+    lat = LookupTableLatency(space)  # additive: a combination's latency is exactly x's plus the single effects
     prob = ArchProblem(space, ToyAccuracy(space), lat)
     lay = prob.layout
     x = lay.canonical(space.sample_genomes(1, 11))[0]
@@ -179,13 +180,18 @@ def test_pair_moves_change_two_blocks_and_fit_the_estimated_budget(space):
     a0, l0 = prob.predict(x[None])
     a, l = prob.predict(Y)
     budget = float(l0[0]) + 0.5
-    P = pair_moves(x, a0[0], l0[0], genes, values, a, l, budget, 50)
-    assert 0 < len(P) <= 50
-    assert ((P != x).sum(1) == 2).all()
-    pa, pl = prob.predict(P)
+    P = combo_moves(x, a0[0], l0[0], genes, values, a, l, budget, 50, size=size)
+    assert len(P) == 50 and len({p.tobytes() for p in P}) == 50
+    assert ((P != x).sum(1) == size).all()
+    _, pl = prob.predict(P)
     assert (pl <= budget + 1e-9).all()
     est = a0[0] + np.array([sum(a[(genes == g) & (values == p[g])][0] - a0[0] for g in np.flatnonzero(p != x)) for p in P])
-    assert (np.diff(est) <= 1e-12).all()  # best estimated gain first
+    assert (np.diff(est) <= 1e-12).all()  # best estimated accuracy first
+    if size == 2:  # every pair within the budget that is left out is estimated no better than the last one taken
+        i, j = np.triu_indices(len(genes), 1)
+        ok = (genes[i] != genes[j]) & (l0[0] + (l[i] - l0[0]) + (l[j] - l0[0]) <= budget)
+        all_est = np.sort(a[i[ok]] + a[j[ok]] - a0[0])[::-1]
+        np.testing.assert_allclose(est, all_est[:50])
 
 
 # ---------------------------------------------------------------------------------------------- utilities
@@ -361,6 +367,33 @@ def test_history_hypervolume_non_decreasing_and_refine_helps(space):
     assert res.hv_ref == plain.hv_ref
 
 
+def test_walkers_try_triples_once_at_a_local_optimum(space):
+    """A budget walker that no single or pair move improves stays for one step with triples in its
+    neighbourhood, then stops; one that improves moves and goes back to pairs."""
+    from hwnas.search.refine import Refiner
+
+    prob = ArchProblem(space, ToyAccuracy(space), ToyLatency(space), max_latency=20.0)
+    prob.predict(space.sample_genomes(300, 2))
+    ref = Refiner(prob, members=4, moves="grid", pairs=20, starts=3, budgets=[14.0, 20.0])
+    seen = {2: 0, 3: 0}
+    for _ in range(60):
+        before = {w.tobytes(): s for w, s in zip(ref.walkers, ref.walker_size)}
+        N = ref.candidates()
+        if ref.seeded and not len(ref.walkers):
+            break
+        after = {w.tobytes(): s for w, s in zip(ref.walkers, ref.walker_size)}
+        for key, size in after.items():
+            seen[int(size)] += 1
+            if size == 3:  # stayed in place after a step at size 2; its neighbourhood holds triples
+                assert before.get(key) == 2
+                w = np.frombuffer(key, dtype=ref.walkers.dtype)
+                changed = ((N != w) & (np.arange(prob.n_var) < prob.layout.n_slots)).sum(1)
+                assert (changed == 3).sum() > 0
+        assert all(before.get(k) != 3 for k in after)  # nobody stays at size 3 without moving
+        prob.predict(N)
+    assert ref.seeded and not len(ref.walkers) and seen[2] > 0 and seen[3] > 0  # every walker stopped
+
+
 def test_bad_settings_raise_clear_errors(space):
     with pytest.raises(ValueError, match="pop_size"):
         small_search(space, pop_size=2)
@@ -460,10 +493,11 @@ def test_hwnas_operators_run_in_another_pymoo_algorithm(space):
     np.testing.assert_allclose(-res.F[:, 0], ToyAccuracy().predict(space.decode(problem.canonical(res.X))))
 
 
-@pytest.mark.parametrize("engine", ["numpy", "pymoo"])
-def test_resumed_mid_nsga_gives_the_uninterrupted_front(space, tmp_path, engine):
-    """A run stopped after generation 3 and resumed from its checkpoint (a new process's view: arrays and
-    JSON read back) ends with the front of the uninterrupted run, for both engines."""
+@pytest.mark.parametrize("engine, stop", [("numpy", 3), ("pymoo", 3), ("numpy", 14)])
+def test_resumed_run_gives_the_uninterrupted_front(space, tmp_path, engine, stop):
+    """A run stopped after step ``stop`` (generation 3 of NSGA-II, or the second refinement pass) and
+    resumed from its checkpoint (a new process's view: arrays and JSON read back) ends with the front of
+    the uninterrupted run, for both engines."""
     from hwnas.search.checkpoint import SearchCheckpoint
 
     class Stop(Exception):
@@ -472,16 +506,16 @@ def test_resumed_mid_nsga_gives_the_uninterrupted_front(space, tmp_path, engine)
     class StopAfter3(SearchCheckpoint):
         def save(self, engine_, problem, gen, *args, **kw):
             super().save(engine_, problem, gen, *args, **kw)
-            if gen == 3:
+            if gen == stop:
                 raise Stop
 
-    args = dict(engine=engine, restarts=2, seed=5)
+    args = dict(engine=engine, restarts=2, seed=5, refine=3, refine_starts=2)
     full = small_search(space, **args)
     with pytest.raises(Stop):
         small_search(space, checkpoint=StopAfter3(tmp_path / "ck.npz"), **args)
     ck = SearchCheckpoint(tmp_path / "ck.npz")
     resumed = small_search(space, checkpoint=ck, **args)
-    assert ck.resumed_from == 3
+    assert ck.resumed_from == stop and [h["phase"] for h in full.history][stop - 1] == ("gen" if stop == 3 else "refine")
     np.testing.assert_array_equal(resumed.genomes, full.genomes)
     np.testing.assert_array_equal(resumed.accuracy, full.accuracy)
     assert resumed.n_evals == full.n_evals
