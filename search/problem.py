@@ -4,9 +4,8 @@ archive of every arch evaluated.
 :class:`ArchProblem` hands each batch of new genomes to the predictors at once, as a
 :class:`hwnas.spaces.ArchBatch` (``space.batch(X)``), so predictors with a vectorised path never build
 arch objects. Every distinct canonical genome is evaluated once: repeats are served from the archive
-(looked up by :class:`GenomeIndex`, with numpy), and the archive's feasible non-dominated set
-(``latency <= max_latency``) is kept up to date, so the front a search returns is never worse than
-anything it evaluated.
+(looked up by :class:`GenomeIndex`, with numpy), and the archive's feasible non-dominated set (``latency <= max_latency``) is kept up to date, so the
+front a search returns is never worse than anything it evaluated.
 
 Latency is predicted first: an arch over ``max_latency`` is infeasible whatever its accuracy, so its
 accuracy is not predicted (NaN in the archive) -- with an expensive accuracy predictor, or a cheap
