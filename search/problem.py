@@ -3,8 +3,8 @@ archive of every arch evaluated.
 
 :class:`ArchProblem` hands each batch of new genomes to the predictors at once, as a
 :class:`hwnas.spaces.ArchBatch` (``space.batch(X)``), so predictors with a vectorised path never build
-arch objects. Every distinct canonical genome is evaluated once: repeats are served from the archive
-(looked up by :class:`GenomeIndex`, with numpy), and the archive's feasible non-dominated set (``latency <= max_latency``) is kept up to date, so the
+arch objects. Every distinct canonical genome is evaluated once: repeats are served from the archive,
+and the archive's feasible non-dominated set (``latency <= max_latency``) is kept up to date, so the
 front a search returns is never worse than anything it evaluated.
 
 Latency is predicted first: an arch over ``max_latency`` is infeasible whatever its accuracy, so its
@@ -23,80 +23,7 @@ import numpy as np
 from hwnas.predictors.base import as_predictor, predict_array
 from hwnas.spaces import SearchSpace
 
-from .operators import GenomeLayout
-
-
-class GenomeIndex:
-    """Archive positions of canonical genomes, found with numpy instead of a Python loop over rows: each
-    genome is packed into a few 64-bit words (mixed radix over the genes' sizes: exact), the words are
-    mixed into one 64-bit hash kept sorted for binary search, and every hit is checked word by word (so
-    two genomes with the same hash are still told apart)."""
-
-    _MIX = np.uint64(0x9E3779B97F4A7C15)
-
-    def __init__(self, sizes: np.ndarray) -> None:
-        words: list[list[int]] = [[]]
-        room = 1
-        for g, n in enumerate(int(s) for s in sizes):
-            if room * n >= 2**63:
-                words.append([])
-                room = 1
-            words[-1].append(g)
-            room *= n
-        self.words = [(np.array(w), np.cumprod([1] + [int(sizes[g]) for g in w[:-1]]).astype(np.uint64)) for w in words]
-        self.hash = np.zeros(0, np.uint64)  # sorted
-        self.keys = np.zeros((0, len(words)), np.uint64)  # the packed words of each sorted hash
-        self.pos = np.zeros(0, np.int64)  # archive position of each sorted hash
-
-    def pack(self, X: np.ndarray) -> np.ndarray:
-        """``(n, n_words)`` packed words of canonical genomes ``X``."""
-        X = np.asarray(X)
-        return np.stack([X[:, genes].astype(np.uint64) @ mult for genes, mult in self.words], axis=1)
-
-    def _hash(self, keys: np.ndarray) -> np.ndarray:
-        h = keys[:, 0].copy()
-        for w in keys.T[1:]:
-            h = h * self._MIX + w
-        return h
-
-    def find(self, keys: np.ndarray) -> np.ndarray:
-        """Archive positions of packed ``keys`` (-1: not in the archive)."""
-        h = self._hash(keys)
-        lo, hi = np.searchsorted(self.hash, h, "left"), np.searchsorted(self.hash, h, "right")
-        out = np.full(len(keys), -1, np.int64)
-        hit = np.flatnonzero(hi > lo)
-        same = (self.keys[lo[hit]] == keys[hit]).all(1)
-        out[hit[same]] = self.pos[lo[hit[same]]]
-        for i in hit[~same]:  # another genome with the same hash comes first
-            for j in range(lo[i] + 1, hi[i]):
-                if (self.keys[j] == keys[i]).all():
-                    out[i] = self.pos[j]
-        return out
-
-    def add(self, keys: np.ndarray, pos: np.ndarray) -> None:
-        """Add packed ``keys`` that are new (and distinct) at archive positions ``pos``."""
-        h = self._hash(keys)
-        o = np.argsort(h, kind="stable")
-        at = np.searchsorted(self.hash, h[o], "right")
-        self.hash = np.insert(self.hash, at, h[o])
-        self.keys = np.insert(self.keys, at, keys[o], axis=0)
-        self.pos = np.insert(self.pos, at, pos[o])
-
-
-def unique_first(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct rows of ``keys``: ``(first, inverse)`` -- the index of each distinct row's first
-    occurrence, in order of appearance, and for every row the number of its distinct row."""
-    o = np.lexsort(keys.T[::-1])
-    start = np.ones(len(o), dtype=bool)
-    start[1:] = (keys[o[1:]] != keys[o[:-1]]).any(1)
-    group = np.cumsum(start) - 1
-    first_sorted = np.minimum.reduceat(o, np.flatnonzero(start)) if len(o) else np.zeros(0, np.int64)
-    order = np.argsort(first_sorted, kind="stable")
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    inverse = np.empty(len(o), np.int64)
-    inverse[o] = rank[group]
-    return first_sorted[order], inverse
+from .operators import GenomeLayout, row_keys
 
 
 class ArchProblem:
@@ -113,7 +40,7 @@ class ArchProblem:
         self.n_var = self.layout.n_var
         self.n_evals = 0  # archs sent to the predictors (new ones, and accuracies filled in later)
         self.predict_s = 0.0  # time spent inside the predictors
-        self._index = GenomeIndex(self.layout.sizes)
+        self._index: dict[bytes, int] = {}
         self._X = np.zeros((0, self.n_var), dtype=np.int16)
         self._acc = np.zeros(0)
         self._lat = np.zeros(0)
@@ -127,13 +54,13 @@ class ArchProblem:
 
     def is_new(self, X: np.ndarray) -> np.ndarray:
         """Mask of the rows of canonical genomes ``X`` that the archive does not hold."""
-        return self._index.find(self._index.pack(X)) < 0
+        return np.fromiter((k not in self._index for k in row_keys(X)), dtype=bool, count=len(X))
 
     def missing(self, X: np.ndarray, full: bool = False) -> int:
         """How many archs of canonical genomes ``X`` :meth:`predict` would send to a predictor."""
-        keys = self._index.pack(X)
-        idx = self._index.find(keys)
-        n = len(unique_first(keys[idx < 0])[0])
+        keys = row_keys(X)
+        idx = np.fromiter((self._index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        n = len({k for k, i in zip(keys, idx) if i < 0})
         if full:
             n += len(set(idx[(idx >= 0)][np.isnan(self._acc[idx[idx >= 0]])]))
         return n
@@ -143,12 +70,15 @@ class ArchProblem:
         batch, known ones come from the archive. Accuracy is NaN for archs over ``max_latency``, unless
         ``full`` (then it is predicted for them too, and kept)."""
         X = self.canonical(X)
-        keys = self._index.pack(X)
-        idx = self._index.find(keys)
+        keys = row_keys(X)
+        index = self._index
+        idx = np.fromiter((index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
         new = np.flatnonzero(idx < 0)
         if len(new):
-            first, inverse = unique_first(keys[new])  # de-duplicated within the batch too,
-            uniq = new[first]  # joining the archive in order of first appearance
+            first: dict[bytes, int] = {}
+            for i in new:  # de-duplicate within the batch too
+                first.setdefault(keys[i], int(i))
+            uniq = np.fromiter(first.values(), dtype=np.int64, count=len(first))
             U = X[uniq]
             t = time.perf_counter()
             batch = self.space.batch(U)
@@ -167,8 +97,9 @@ class ArchProblem:
                 raise ValueError(f"the accuracy predictor returned a non-finite value for arch {self.space.decode(bad)[0]}")
             base = len(self._acc)
             self._append(U, acc, lat)
-            self._index.add(keys[uniq], base + np.arange(len(U)))
-            idx[new] = base + inverse
+            for j, k in enumerate(first):
+                index[k] = base + j
+            idx[new] = [index[keys[i]] for i in new]
         if full:
             fill = np.unique(idx[np.isnan(self._acc[idx])])
             if len(fill):
@@ -222,11 +153,7 @@ class ArchProblem:
         self._X = np.asarray(X, dtype=np.int16).reshape(-1, self.n_var)
         self._acc = np.asarray(acc, dtype=float).copy()
         self._lat = np.asarray(lat, dtype=float).copy()
-        self._index = GenomeIndex(self.layout.sizes)
-        keys = self._index.pack(self._X)
-        if len(unique_first(keys)[0]) != len(keys):
-            raise ValueError("the archive holds the same arch twice")
-        self._index.add(keys, np.arange(len(keys)))
+        self._index = {k: i for i, k in enumerate(row_keys(self._X))}
         self.n_evals = len(self._acc) + int(np.sum(np.isfinite(self._acc) & (self._lat > (self.max_latency or np.inf))))
         self.set_max_latency(self.max_latency)
 

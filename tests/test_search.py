@@ -298,33 +298,6 @@ def test_problem_batches_and_caches(space):
     assert prob.n_evals == 10 and prob.is_new(prob.canonical(X[10:])).all() and not prob.is_new(prob.canonical(X[:10])).any()
 
 
-@pytest.mark.parametrize("collide", [False, True])
-def test_genome_index_finds_exactly_the_archived_genomes(space, collide):
-    """Packed genomes looked up by hash are checked word by word: with a hash that collides all the time
-    (7 values) every genome is still found at its own position, and only there."""
-    from hwnas.search.problem import GenomeIndex, unique_first
-
-    lay = GenomeLayout(space)
-    G = lay.canonical(space.sample_genomes(300 if collide else 3000, 4))
-    G = np.concatenate([G, G[:50]])  # repeats
-    index = GenomeIndex(lay.sizes)
-    if collide:
-        index._hash = lambda keys: keys[:, 0] % np.uint64(7)
-    assert len(index.words) >= 2  # the OFA genome does not fit one 64-bit word
-    keys = index.pack(G)
-    first, inverse = unique_first(keys)
-    ref: dict[bytes, int] = {}
-    for i, k in enumerate(row_keys(G)):
-        ref.setdefault(k, len(ref))
-    assert len(first) == len(ref) == len({k for k in row_keys(G)})
-    assert inverse.tolist() == [ref[k] for k in row_keys(G)]  # distinct rows numbered in order of appearance
-    half = first[: len(first) // 2]
-    index.add(keys[half], np.arange(len(half)) + 7)
-    found = index.find(keys)
-    expect = np.array([ref[k] + 7 if ref[k] < len(half) else -1 for k in row_keys(G)])
-    np.testing.assert_array_equal(found, expect)
-
-
 def test_accuracy_is_not_predicted_over_the_latency_limit(space):
     counting = CountingAccuracy(space)
     calls = counting.calls
