@@ -3,6 +3,7 @@ lookup tables, budgets 15/20/25/30 ms), run whole as a subprocess once per seed,
 archs and OFA's own evolutionary finder.
 
     python benchmarks/search_benchmark.py --mirror ../shared/data --seeds 10
+    python benchmarks/search_benchmark.py --mirror ../shared/data --seeds 10 search.engine=pymoo   # pymoo's NSGA2 class
 
 For each seed it prints, as the run finishes: the best predicted top-1 under each budget, the
 hypervolume ratio to the best known front (same reference point: 70 % top-1, 30 ms), and the command's
@@ -76,10 +77,10 @@ def front_arrays(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([r["accuracy"] for r in rows], float), np.array([r["latency"] for r in rows], float)
 
 
-def run_command(mirror: str, seed: int, out: Path) -> dict:
+def run_command(mirror: str, seed: int, out: Path, overrides: list[str] = ()) -> dict:
     """One whole ``hwnas-search`` process: its results, its CPU split and the OS's figures."""
     args = [sys.executable, "-m", "hwnas.search", *COMMAND, f"assets.mirror={mirror}", f"search.seed={seed}",
-            f"hydra.run.dir={out}"]
+            *overrides, f"hydra.run.dir={out}"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     text = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--best-known", type=Path, default=HERE / "search_best_known.json")
     ap.add_argument("--update-best", action="store_true", help="merge this run's fronts into --best-known")
+    ap.add_argument("overrides", nargs="*", help="settings for the command, e.g. search.engine=pymoo "
+                    "search.refine.starts=8 (default: none, the README command)")
     args = ap.parse_args(argv)
     mirror = str(Path(args.mirror).resolve())
 
@@ -119,13 +122,13 @@ def main(argv: list[str] | None = None) -> None:
     hv_best = hypervolume(bA, bL, *HV_REF)
     known = {b: max(ISSUE_BEST[b], 100 * bA[bL <= b].max() if (bL <= b).any() else 0.0) for b in BUDGETS}
 
-    print(f"\n## The README command, {args.seeds} seeds (whole process each)\n")
+    print(f"\n## The README command {' '.join(args.overrides)}, {args.seeds} seeds (whole process each)\n")
     head = "| seed | " + " | ".join(f"@{b:g} ms" for b in BUDGETS) + " | HV ratio | evals | CPU s start-up / search / writing | process CPU s | peak MB |"
     print(head + "\n|" + "---|" * (head.count("|") - 1), flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
-            r = run_command(mirror, seed, Path(tmp) / f"s{seed}")
+            r = run_command(mirror, seed, Path(tmp) / f"s{seed}", args.overrides)
             A, L = front_arrays(r["front"])
             r["best"] = [100 * A[best_under(A, L, b)] for b in BUDGETS]
             r["hv"] = hypervolume(A, L, *HV_REF) / hv_best if hv_best > 0 else float("nan")

@@ -1,4 +1,5 @@
-"""Search: NSGA-II (pymoo) over a space's genome with accuracy and latency predictors.
+"""Search: NSGA-II (pymoo's, on numpy arrays; or pymoo itself) over a space's genome with accuracy and latency
+predictors, then refinement of the front.
 
 ``from hwnas.search import run_search`` -- see :mod:`hwnas.search.nsga`; the hydra CLI is
 :mod:`hwnas.search.cli` (``hwnas-search``). Submodules are imported lazily, so importing this package

@@ -3,20 +3,24 @@ Entry point: :func:`run_search`.
 
 The search
 
-1. runs NSGA-II (Deb et al.: binary tournaments on non-domination rank and crowding distance, elitist
-   survival of the best ``pop_size`` of parents + offspring, constraint domination) with the
-   genome-aware operators of :mod:`hwnas.search.operators`. The population is a few numpy arrays and
-   every step works on all of it at once, so a generation costs the predictor calls and little else.
-   ``restarts`` runs of ``n_gen`` generations each share one archive of evaluations. Budgets give one
-   constraint, ``latency <= max(budgets)``;
-2. refines the front by Pareto local search (:mod:`hwnas.search.refine`);
+1. runs NSGA-II, ``restarts`` runs of ``n_gen`` generations sharing one archive of evaluations, with
+   the genome-aware operators of :mod:`hwnas.search.operators`. Budgets give one constraint,
+   ``latency <= max(budgets)``. ``engine="numpy"`` (the default) is :class:`NSGA2` here: pymoo's
+   NSGA-II -- the binary tournament of ``pymoo.algorithms.moo.nsga2`` (constraint violation, then
+   Pareto dominance, then crowding distance), its mating loop (crossover, mutation, repair, duplicate
+   elimination) and its ``RankAndCrowding`` survival with the feasibility split -- on a population
+   held as numpy arrays, so a generation costs the predictor calls and little else
+   (tests/test_search.py checks the survival against pymoo's). ``engine="pymoo"`` runs
+   ``pymoo.algorithms.moo.nsga2.NSGA2`` itself (:mod:`hwnas.search.pymoo_nsga`, the only module that
+   imports pymoo);
+2. refines the front (:mod:`hwnas.search.refine`): Pareto local search and budget walkers;
 3. returns the non-dominated set of every arch evaluated (within the constraint) as a
    :class:`SearchResult`, with a per-step history (evaluations, hypervolume w.r.t. a fixed reference
    point, best accuracy under each budget).
 
-Same seed, same predictors -> the same front. The state between two steps is plain arrays, a few
-counters and the random generators' states, which :class:`hwnas.search.checkpoint.SearchCheckpoint`
-saves, so a run resumed after a kill ends with the front of an uninterrupted run. Ctrl-C (or SIGTERM
+Same seed, same predictors -> the same front. The state between two steps is plain arrays (the
+archive, the population and its crowding distances), a few counters and the random generators'
+states, which :class:`hwnas.search.checkpoint.SearchCheckpoint` saves, so a run resumed after a kill ends with the front of an uninterrupted run. Ctrl-C (or SIGTERM
 turned into :class:`SearchInterrupted` by the caller) goes back to the last completed step, saves the
 checkpoint and raises :class:`SearchInterrupted` carrying the front found so far.
 """
@@ -132,42 +136,91 @@ def nondominated_rank(f1: np.ndarray, f2: np.ndarray) -> np.ndarray:
     return rank
 
 
-def crowding_distance(f1: np.ndarray, f2: np.ndarray) -> np.ndarray:
-    """Crowding distance of the points of one front (boundary points: infinity)."""
-    n = len(f1)
-    d = np.zeros(n)
+def crowding_distance(F: np.ndarray) -> np.ndarray:
+    """Crowding distance of the points ``F`` (n, n_obj) of one front, as pymoo's ``"cd"`` computes it:
+    per objective, the gap between a point's neighbours over the objective's span, averaged over the
+    objectives; the boundary points of an objective get infinity, an objective with zero span adds
+    nothing; fronts of one or two points are all infinity."""
+    F = np.asarray(F, dtype=float)
+    n, m = F.shape
     if n <= 2:
-        d[:] = np.inf
-        return d
-    for f in (f1, f2):
-        o = np.argsort(f, kind="stable")
-        span = f[o[-1]] - f[o[0]]
-        d[o[0]] = d[o[-1]] = np.inf
-        if span > 0:
-            d[o[1:-1]] += (f[o[2:]] - f[o[:-2]]) / span
-    return d
+        return np.full(n, np.inf)
+    order = np.argsort(F, axis=0, kind="stable")
+    S = np.take_along_axis(F, order, axis=0)
+    span = S[-1] - S[0]
+    gap = np.vstack([S, np.full(m, np.inf)]) - np.vstack([np.full(m, -np.inf), S])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        to_last, to_next = gap[:-1] / span, gap[1:] / span
+    to_last[:, span == 0] = 0.0
+    to_next[:, span == 0] = 0.0
+    d = np.empty((n, m))
+    cols = np.arange(m)
+    d[order, cols] = to_last + to_next
+    return d.sum(axis=1) / m
 
 
-def rank_and_crowding(acc: np.ndarray, lat: np.ndarray, cv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rank (feasible points by non-domination, infeasible after them by violation) and crowding."""
-    n = len(acc)
-    rank = np.empty(n, dtype=np.int64)
-    crowd = np.zeros(n)
+def survival(F: np.ndarray, cv: np.ndarray, n_survive: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NSGA-II survival, as pymoo's ``RankAndCrowding`` with its feasibility split selects: feasible
+    points (``cv <= 0``) front by front; the front that does not fit whole keeps its most crowded-apart
+    points (ties in random order); then infeasible points by increasing violation. Returns
+    ``(survivors, rank, crowding)``: survivor indices in that order, and each point's front rank and
+    crowding distance within its front (-1 / NaN for points not ranked: infeasible ones and fronts
+    after the last one needed)."""
+    n = len(cv)
+    n_survive = min(int(n_survive), n)
+    rank = np.full(n, -1, dtype=np.int64)
+    crowd = np.full(n, np.nan)
     feas = np.flatnonzero(cv <= 0)
-    r = nondominated_rank(-acc[feas], lat[feas]) if len(feas) else np.zeros(0, dtype=np.int64)
-    rank[feas] = r
-    for k in np.unique(r):
-        m = feas[r == k]
-        crowd[m] = crowding_distance(-acc[m], lat[m])
-    inf = np.flatnonzero(cv > 0)
-    if len(inf):
-        top = int(r.max()) + 1 if len(r) else 0
-        rank[inf] = top + np.argsort(np.argsort(cv[inf], kind="stable"), kind="stable")
-    return rank, crowd
+    infeas = np.flatnonzero(cv > 0)
+    infeas = infeas[np.argsort(cv[infeas], kind="stable")]
+    keep: list[np.ndarray] = []
+    n_keep = min(len(feas), n_survive)
+    if n_keep:
+        r = nondominated_rank(F[feas, 0], F[feas, 1])
+        count = 0
+        for k in range(int(r.max()) + 1):
+            front = feas[r == k]
+            c = crowding_distance(F[front])
+            rank[front], crowd[front] = k, c
+            if count + len(front) > n_keep:
+                p = rng.permutation(len(front))
+                front = front[p[np.argsort(-c[p], kind="stable")][: n_keep - count]]
+            keep.append(front)
+            count += len(front)
+            if count >= n_keep:
+                break
+    keep.append(infeas[: n_survive - n_keep])
+    return np.concatenate(keep), rank, crowd
+
+
+def binary_tournament(F: np.ndarray, cv: np.ndarray, crowd: np.ndarray, n_matings: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Parents ``(n_matings, 2)`` by pymoo NSGA-II's binary tournament: competitors drawn from
+    concatenated random permutations of the population; if either is infeasible the smaller violation
+    wins, else the one that dominates the other, else the larger crowding distance; ties at random."""
+    n = len(cv)
+    n_random = 4 * n_matings
+    P = np.concatenate([rng.permutation(n) for _ in range(math.ceil(n_random / n))])[:n_random].reshape(-1, 2)
+    a, b = P[:, 0], P[:, 1]
+    coin = rng.random(len(a)) < 0.5
+    fa, fb = F[a], F[b]
+    a_dom = (fa <= fb).all(1) & (fa < fb).any(1)
+    b_dom = (fb <= fa).all(1) & (fb < fa).any(1)
+    a_wins = np.where(a_dom | b_dom, a_dom, (crowd[a] > crowd[b]) | ((crowd[a] == crowd[b]) & coin))
+    infeasible = (cv[a] > 0) | (cv[b] > 0)
+    a_wins = np.where(infeasible, (cv[a] < cv[b]) | ((cv[a] == cv[b]) & coin), a_wins)
+    return np.where(a_wins, a, b).reshape(n_matings, 2)
+
+
+def objectives(acc: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` objectives to minimise: ``(-accuracy, latency)``; an accuracy that was not predicted
+    (NaN: over the latency limit) counts as the worst."""
+    return np.column_stack([np.where(np.isnan(acc), np.inf, -acc), lat])
 
 
 class NSGA2:
-    """One NSGA-II run on an :class:`ArchProblem` (its population as arrays; see the module doc)."""
+    """One NSGA-II run on an :class:`ArchProblem`: pymoo's NSGA-II (:func:`binary_tournament`, its
+    mating loop with duplicate elimination, :func:`survival`) on a population held as arrays."""
 
     def __init__(self, problem: ArchProblem, pop_size: int, sampling: ArchSampling, crossover: ArchCrossover,
                  mutation: ArchMutation, rng: np.random.Generator) -> None:
@@ -177,69 +230,68 @@ class NSGA2:
         self.rng = rng
         self.gen = 0
         self.X = np.zeros((0, problem.n_var), dtype=int)
-        self.acc = self.lat = np.zeros(0)
-        self._rank = self._crowd = np.zeros(0)
+        self.F = np.zeros((0, 2))
+        self.cv = self.crowd = np.zeros(0)
 
     def _cv(self, lat: np.ndarray) -> np.ndarray:
         m = self.problem.max_latency
         return np.zeros(len(lat)) if m is None else np.maximum(lat - m, 0.0)
 
-    def _evaluate(self, X: np.ndarray, limit: int | None) -> np.ndarray:
-        """Evaluate ``X`` (canonical), keeping at most ``limit`` archs the archive does not hold."""
+    def _evaluate(self, X: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(X, F, cv)`` of canonical genomes ``X``, keeping at most ``limit`` archs the archive does
+        not hold."""
         if limit is not None:
             new = self.problem.is_new(X)
             X = X[~new | (np.cumsum(new) <= limit)]
-        return X
+        acc, lat = self.problem.predict(X)
+        return X, objectives(acc, lat), self._cv(lat)
+
+    def _survive(self, X: np.ndarray, F: np.ndarray, cv: np.ndarray, n: int) -> None:
+        keep, _, crowd = survival(F, cv, n, self.rng)
+        self.X, self.F, self.cv, self.crowd = X[keep], F[keep], cv[keep], crowd[keep]
 
     def start(self, limit: int | None = None) -> None:
-        X = self._evaluate(self.problem.canonical(self.sampling(self.pop_size, self.rng)), limit)
-        self.set_population(X)
+        """The initial population, ranked as pymoo does (a survival of all of it)."""
+        X, F, cv = self._evaluate(self.problem.canonical(self.sampling(self.pop_size, self.rng)), limit)
+        self._survive(X, F, cv, len(X))
 
-    def set_population(self, X: np.ndarray) -> None:
-        self.X = np.asarray(X, dtype=int)
-        self.acc, self.lat = self.problem.predict(self.X)
-        self._rank, self._crowd = rank_and_crowding(self.acc, self.lat, self._cv(self.lat))
-
-    def _tournament(self, m: int) -> np.ndarray:
-        n, rng = len(self.X), self.rng
-        a, b = rng.integers(0, n, size=(2, m))
-        rank, crowd = self._rank, self._crowd
-        a_wins = (rank[a] < rank[b]) | ((rank[a] == rank[b]) & (crowd[a] > crowd[b]))
-        tie = (rank[a] == rank[b]) & (crowd[a] == crowd[b])
-        a_wins |= tie & (rng.random(m) < 0.5)
-        return np.where(a_wins, a, b)
+    def set_population(self, X: np.ndarray, crowd: np.ndarray) -> None:
+        """Put back a saved population (archs known to the archive) with its crowding distances."""
+        self.X, self.F, self.cv = self._evaluate(np.asarray(X, dtype=int), None)
+        crowd = np.asarray(crowd, dtype=float)
+        if crowd.shape != (len(self.X),):
+            raise ValueError(f"{len(crowd)} crowding distances for a population of {len(self.X)}")
+        self.crowd = crowd
 
     def offspring(self) -> np.ndarray:
-        """``pop_size`` canonical children, distinct from each other and from the population."""
+        """``pop_size`` canonical children, distinct from each other and from the population (pymoo's
+        mating loop: tournament, crossover, mutation, repair, duplicate elimination, at most 100 rounds)."""
         n_off = self.pop_size
         seen = set(row_keys(self.X))
         out: list[np.ndarray] = []
         count = 0
-        for _ in range(20):
+        for _ in range(100):
             n_mat = math.ceil((n_off - count) / 2)
-            parents = np.stack([self.X[self._tournament(n_mat)], self.X[self._tournament(n_mat)]])
-            kids = self.crossover(parents, self.rng).reshape(2 * n_mat, -1)
+            parents = binary_tournament(self.F, self.cv, self.crowd, n_mat, self.rng)
+            kids = self.crossover(self.X[parents.T], self.rng).reshape(2 * n_mat, -1)
             kids = self.problem.canonical(self.mutation(kids, self.rng))
             keep = []
             for i, k in enumerate(row_keys(kids)):
                 if k not in seen:
                     seen.add(k)
                     keep.append(i)
+            keep = keep[: n_off - count]
             out.append(kids[keep])
             count += len(keep)
             if count >= n_off:
                 break
-        return np.concatenate(out)[:n_off]
+        return np.concatenate(out)
 
     def step(self, limit: int | None = None) -> None:
         """One generation (at most ``limit`` new evaluations)."""
-        Y = self._evaluate(self.offspring(), limit)
-        a, l = self.problem.predict(Y)
-        X = np.concatenate([self.X, Y])
-        acc, lat = np.concatenate([self.acc, a]), np.concatenate([self.lat, l])
-        rank, crowd = rank_and_crowding(acc, lat, self._cv(lat))
-        order = np.lexsort((-crowd, rank))[: self.pop_size]
-        self.set_population(X[np.sort(order)])
+        Y, FY, cvY = self._evaluate(self.offspring(), limit)
+        self._survive(np.concatenate([self.X, Y]), np.concatenate([self.F, FY]), np.concatenate([self.cv, cvY]),
+                      self.pop_size)
         self.gen += 1
 
 
@@ -273,7 +325,7 @@ def limit_threads(n: int | None):
 
 # ============================================================================ search
 _FROM_CONFIG = object()  # run_search's seed default: the config's (None is a valid seed: a random one)
-_SETTINGS = ("pop_size", "n_gen", "restarts", "seed", "budgets", "constraint", "max_latency", "max_evals", "hv_ref",
+_SETTINGS = ("engine", "pop_size", "n_gen", "restarts", "seed", "budgets", "constraint", "max_latency", "max_evals", "hv_ref",
              "structured", "crossover", "crossover_prob", "mutation_rate", "neighbour", "refine", "refine_members",
              "refine_moves", "refine_pairs", "refine_starts", "threads", "verbose")
 
@@ -283,6 +335,7 @@ def run_search(
     accuracy: Any,
     latency: Any,
     *,
+    engine: str | None = None,
     pop_size: int | None = None,
     n_gen: int | None = None,
     restarts: int | None = None,
@@ -311,7 +364,8 @@ def run_search(
     """Bi-objective NSGA-II (max accuracy, min latency) over ``space``, then refinement of the front.
 
     Every setting left out (``None``) takes its value from ``conf/search/nsga2.yaml`` (see
-    :mod:`hwnas.search.settings`; ``seed=None`` means a random seed). ``budgets``: latency budgets the
+    :mod:`hwnas.search.settings`; ``seed=None`` means a random seed). ``engine``: ``"numpy"`` (pymoo's
+    NSGA-II on arrays) or ``"pymoo"`` (pymoo's ``NSGA2`` class; see the module doc). ``budgets``: latency budgets the
     front is judged at; with ``constraint`` the search keeps to ``latency <= max(budgets)`` (or
     ``max_latency``). Budgets are checked against the latency of the initial population (random
     archs plus the smallest and largest) before the first generation; without budgets, quantiles of
@@ -319,8 +373,9 @@ def run_search(
     predictors). ``refine``: passes of Pareto local search (0 = plain NSGA-II), each expanding at most
     ``refine_members`` front members with ``refine_moves`` single moves, and walks from the best arch
     of the ``refine_starts`` best (depth, resolution) classes under each budget by single and
-    ``refine_pairs`` pair moves (see :mod:`hwnas.search.refine`). ``verbose``: one line per step through ``log``
-    (default: stderr); ``callback(row)`` gets each history row.
+    ``refine_pairs`` pair moves, and as many triples at a local optimum (see :mod:`hwnas.search.refine`).
+    ``verbose``: one line per step through ``log`` (default: stderr); ``callback(row)`` gets each history
+    row.
 
     ``checkpoint``: an object with ``restore(engine, problem) -> dict | None`` (called once; a dict
     resumes the run) and ``save(engine, problem, gen, history, hv_ref)`` (called after every step),
@@ -393,7 +448,7 @@ class _Search:
         self.entropy = seq.entropy
         self.seeds = seq.spawn(int(s["restarts"]))
         self.phase, self.restart, self.step_no = "start", 0, 0
-        self.nsga: NSGA2 | None = None
+        self.nsga: Any = None
         self.history: list[dict] = []
         self.t0 = time.perf_counter()
         self.c0 = time.process_time()
@@ -405,9 +460,18 @@ class _Search:
         m = self.s["max_evals"]
         return None if m is None else max(int(m) - self.problem.n_evals, 0)
 
-    def _new_run(self) -> NSGA2:
-        rng = np.random.default_rng(self.seeds[self.restart])
-        return NSGA2(self.problem, self.s["pop_size"], self.sampling, self.crossover, self.mutation, rng)
+    def _engine(self, rng: np.random.Generator) -> Any:
+        """An NSGA-II run of ``search.engine``: :class:`NSGA2` (numpy) or pymoo's
+        (:class:`hwnas.search.pymoo_nsga.PymooNSGA2`, imported only then)."""
+        args = (self.problem, self.s["pop_size"], self.sampling, self.crossover, self.mutation, rng)
+        if self.s["engine"] == "pymoo":
+            from .pymoo_nsga import PymooNSGA2
+
+            return PymooNSGA2(*args)
+        return NSGA2(*args)
+
+    def _new_run(self) -> Any:
+        return self._engine(np.random.default_rng(self.seeds[self.restart]))
 
     def _advance(self) -> str | None:
         """One step; returns the history phase to record ("gen", "refine") or None."""
@@ -556,6 +620,7 @@ class _Search:
         }
         if self.nsga is not None and self.phase == "nsga":
             arrays["pop_X"] = self.nsga.X.astype(np.int16)
+            arrays["pop_crowd"] = self.nsga.crowd
             meta["gen"] = self.nsga.gen
             meta["rng"] = _rng_state(self.nsga.rng)
         return arrays, meta
@@ -576,10 +641,9 @@ class _Search:
         self.entropy = int(meta["entropy"])  # a random seed (seed=None) stays the one the run started with
         self.seeds = np.random.SeedSequence(self.entropy).spawn(int(self.s["restarts"]))
         if self.phase == "nsga":
-            self.nsga = NSGA2(self.problem, self.s["pop_size"], self.sampling, self.crossover, self.mutation,
-                              _rng_from_state(meta["rng"]))
+            self.nsga = self._engine(_rng_from_state(meta["rng"]))
             self.nsga.gen = int(meta["gen"])
-            self.nsga.set_population(arrays["pop_X"])
+            self.nsga.set_population(arrays["pop_X"], arrays["pop_crowd"])
         if resume:
             self.t0 -= float(meta["elapsed_s"])
             self.resumed_from = self.step_no

@@ -192,9 +192,13 @@ class ArchCrossover:
     def __call__(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Parents ``X`` of shape ``(2, n_matings, n_var)`` -> children of the same shape; a mating
         recombines with probability ``prob``, otherwise its children are copies of the parents."""
+        mate = rng.random(X.shape[1]) < self.prob
+        return np.where(mate[None, :, None], self.recombine(X, rng), X)
+
+    def recombine(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Children of every mating of ``X`` (``(2, n_matings, n_var)``), ``prob`` aside."""
         _, n_matings, n_var = X.shape
         lay = self.layout
-        mate = rng.random(n_matings) < self.prob
         unit_swap = rng.random((n_matings, lay.n_groups)) < 0.5
         M_unit = unit_swap[:, lay.group]
         M_gene = rng.random((n_matings, n_var)) < 0.5
@@ -204,7 +208,6 @@ class ArchCrossover:
             M = M_gene
         else:
             M = np.where((rng.random(n_matings) < 0.5)[:, None], M_unit, M_gene)
-        M &= mate[:, None]
         a, b = X[0], X[1]
         return np.stack([np.where(M, b, a), np.where(M, a, b)])
 

@@ -19,6 +19,7 @@ from hwnas.predictors.build import ConfigError, plain
 
 #: config key (dotted) -> run_search keyword
 KEYWORDS = {
+    "engine": "engine",
     "pop_size": "pop_size",
     "n_gen": "n_gen",
     "restarts": "restarts",
@@ -48,6 +49,7 @@ _INT = {"pop_size": 4, "n_gen": 1, "restarts": 1, "refine.passes": 0, "refine.me
         "max_evals": 1, "threads": 1}
 _FLOAT = {"max_latency", "crossover.prob", "mutation.rate", "mutation.neighbour", "sampling.structured", "checkpoint_s"}
 _BOOL = {"constraint", "verbose", "plot", "overwrite"}
+_CHOICES = {"engine": ("numpy", "pymoo")}
 _NULLABLE = {"seed", "max_latency", "max_evals", "mutation.rate", "refine.members", "threads"}
 
 
@@ -96,6 +98,10 @@ def _check(key: str, v: Any, default: Any = None) -> Any:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ConfigError(f"{where} is not a number{example}")
         return float(v)
+    if key in _CHOICES:
+        if v not in _CHOICES[key]:
+            raise ConfigError(f"search.{key}={v!r} is unknown; allowed values: {list(_CHOICES[key])}")
+        return v
     if key == "seed":
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ConfigError(f"{where} must be a non-negative whole number (or null for a random seed)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from hwnas.search.nsga import crowding_distance, nondominated_rank, run_search
 from hwnas.search.operators import ArchCrossover, ArchMutation, ArchSampling, GenomeLayout, row_keys, structured_genomes
 from hwnas.search.problem import ArchProblem, hypervolume, pareto_mask
-from hwnas.search.refine import neighbour_matrix, neighbour_moves, pair_moves
+from hwnas.search.refine import neighbour_matrix, neighbour_moves, combo_moves
 from hwnas.search.results import load_front, write_results
 from hwnas.spaces import create_space
 
@@ -164,10 +166,11 @@ def test_neighbour_matrix_is_one_effective_move(space):
     assert len(N) == n_expected
 
 
-def test_pair_moves_change_two_blocks_and_fit_the_estimated_budget(space):
+@pytest.mark.parametrize("size", [2, 3])
+def test_combo_moves_change_blocks_and_fit_the_budget_best_estimate_first(space, size):
     from hwnas.predictors.lut import LookupTableLatency
 
-    lat = LookupTableLatency(space)  # additive: a pair's latency is exactly x's plus both single effects
+    lat = LookupTableLatency(space)  # additive: a combination's latency is exactly x's plus the single effects
     prob = ArchProblem(space, ToyAccuracy(space), lat)
     lay = prob.layout
     x = lay.canonical(space.sample_genomes(1, 11))[0]
@@ -177,13 +180,18 @@ def test_pair_moves_change_two_blocks_and_fit_the_estimated_budget(space):
     a0, l0 = prob.predict(x[None])
     a, l = prob.predict(Y)
     budget = float(l0[0]) + 0.5
-    P = pair_moves(x, a0[0], l0[0], genes, values, a, l, budget, 50)
-    assert 0 < len(P) <= 50
-    assert ((P != x).sum(1) == 2).all()
-    pa, pl = prob.predict(P)
+    P = combo_moves(x, a0[0], l0[0], genes, values, a, l, budget, 50, size=size)
+    assert len(P) == 50 and len({p.tobytes() for p in P}) == 50
+    assert ((P != x).sum(1) == size).all()
+    _, pl = prob.predict(P)
     assert (pl <= budget + 1e-9).all()
     est = a0[0] + np.array([sum(a[(genes == g) & (values == p[g])][0] - a0[0] for g in np.flatnonzero(p != x)) for p in P])
-    assert (np.diff(est) <= 1e-12).all()  # best estimated gain first
+    assert (np.diff(est) <= 1e-12).all()  # best estimated accuracy first
+    if size == 2:  # every pair within the budget that is left out is estimated no better than the last one taken
+        i, j = np.triu_indices(len(genes), 1)
+        ok = (genes[i] != genes[j]) & (l0[0] + (l[i] - l0[0]) + (l[j] - l0[0]) <= budget)
+        all_est = np.sort(a[i[ok]] + a[j[ok]] - a0[0])[::-1]
+        np.testing.assert_allclose(est, all_est[:50])
 
 
 # ---------------------------------------------------------------------------------------------- utilities
@@ -192,8 +200,10 @@ def test_nondominated_rank_and_crowding_by_hand():
     f2 = np.array([3.0, 2.0, 1.0, 3.0, 2.0, 3.0, 4.0])
     # fronts: {0, 1, 2, 5 (equal to 0)}, {3, 4}, {6}
     assert nondominated_rank(f1, f2).tolist() == [0, 0, 0, 1, 1, 0, 2]
-    d = crowding_distance(np.array([1.0, 2.0, 4.0]), np.array([4.0, 2.0, 1.0]))
-    assert d[0] == d[2] == np.inf and d[1] == pytest.approx((4 - 1) / 3 + (4 - 1) / 3)
+    d = crowding_distance(np.array([[1.0, 4.0], [2.0, 2.0], [4.0, 1.0]]))
+    assert d[0] == d[2] == np.inf and d[1] == pytest.approx(((4 - 1) / 3 + (4 - 1) / 3) / 2)
+    # an objective with no spread adds nothing, not even infinity at its ends
+    assert crowding_distance(np.array([[1.0, 5.0], [2.0, 5.0], [4.0, 5.0]])).tolist() == [np.inf, 0.5, np.inf]
     rng = np.random.default_rng(0)
     a, b = rng.random(300), rng.random(300)
     r = nondominated_rank(a, b)
@@ -204,6 +214,57 @@ def test_nondominated_rank_and_crowding_by_hand():
         if k:
             p = np.flatnonzero(r == k - 1)
             assert ((a[p, None] <= a[None, m]) & (b[p, None] <= b[None, m])).any(0).all()
+
+
+def _pymoo_survival(F, cv, n_survive, seed):
+    """pymoo's NSGA-II survival on the same points: (survivor indices, rank, crowding per point)."""
+    from pymoo.core.population import Population
+    from pymoo.core.problem import Problem
+    from pymoo.operators.survival.rank_and_crowding import RankAndCrowding
+
+    pop = Population.new("F", F, "G", cv[:, None])
+    problem = Problem(n_var=1, n_obj=2, n_ieq_constr=1)
+    keep = RankAndCrowding().do(problem, pop, n_survive=n_survive, random_state=np.random.default_rng(seed),
+                                return_indices=True)
+    rank = np.array([-1 if r is None else r for r in pop.get("rank")])
+    crowd = np.array([np.nan if c is None else c for c in pop.get("crowding")], dtype=float)
+    return np.array(keep), rank, crowd
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_survival_selects_what_pymoo_selects(tied):
+    """NSGA-II's survival (fronts, crowding, feasibility split) equals pymoo's RankAndCrowding: the same
+    ranks and crowding distances, and the same survivors -- exactly, where pymoo's choice does not depend
+    on its random tie-break, otherwise the same (rank, crowding) / violation values."""
+    from hwnas.search.nsga import survival
+
+    rng = np.random.default_rng(0)
+    exact = 0
+    for trial in range(40):
+        n = int(rng.integers(20, 80))
+        if tied:  # a coarse grid: duplicate points, equal crowding distances, equal violations
+            F = rng.integers(0, 6, (n, 2)).astype(float)
+            cv = np.where(rng.random(n) < 0.3, rng.integers(1, 4, n), 0).astype(float)
+        else:
+            F = rng.random((n, 2))
+            cv = np.where(rng.random(n) < 0.3, rng.random(n), 0.0)
+        n_survive = int(rng.integers(1, n + 1))
+        keep, rank, crowd = survival(F, cv, n_survive, np.random.default_rng(trial))
+        p_keep, p_rank, p_crowd = _pymoo_survival(F, cv, n_survive, trial)
+        ranked = p_rank >= 0
+        np.testing.assert_array_equal(rank[ranked], p_rank[ranked])
+        np.testing.assert_array_equal(crowd[ranked], p_crowd[ranked])
+        assert len(keep) == len(p_keep) == n_survive and len(set(keep.tolist())) == n_survive
+
+        def keys(idx):  # what survival ranks by: front and crowding, or the violation
+            return [(rank[i], -crowd[i]) if cv[i] <= 0 else (np.inf, cv[i]) for i in idx]
+
+        assert sorted(keys(keep)) == sorted(keys(p_keep))
+        dropped = np.setdiff1d(np.flatnonzero((rank >= 0) | (cv > 0)), keep)
+        if not set(keys(keep)) & set(keys(dropped)):  # no tie at the cut: one possible selection
+            assert set(keep.tolist()) == set(p_keep.tolist())
+            exact += 1
+    assert exact >= (10 if tied else 25)
 
 
 def test_pareto_mask_and_hypervolume_by_hand():
@@ -306,6 +367,33 @@ def test_history_hypervolume_non_decreasing_and_refine_helps(space):
     assert res.hv_ref == plain.hv_ref
 
 
+def test_walkers_try_triples_once_at_a_local_optimum(space):
+    """A budget walker that no single or pair move improves stays for one step with triples in its
+    neighbourhood, then stops; one that improves moves and goes back to pairs."""
+    from hwnas.search.refine import Refiner
+
+    prob = ArchProblem(space, ToyAccuracy(space), ToyLatency(space), max_latency=20.0)
+    prob.predict(space.sample_genomes(300, 2))
+    ref = Refiner(prob, members=4, moves="grid", pairs=20, starts=3, budgets=[14.0, 20.0])
+    seen = {2: 0, 3: 0}
+    for _ in range(60):
+        before = {w.tobytes(): s for w, s in zip(ref.walkers, ref.walker_size)}
+        N = ref.candidates()
+        if ref.seeded and not len(ref.walkers):
+            break
+        after = {w.tobytes(): s for w, s in zip(ref.walkers, ref.walker_size)}
+        for key, size in after.items():
+            seen[int(size)] += 1
+            if size == 3:  # stayed in place after a step at size 2; its neighbourhood holds triples
+                assert before.get(key) == 2
+                w = np.frombuffer(key, dtype=ref.walkers.dtype)
+                changed = ((N != w) & (np.arange(prob.n_var) < prob.layout.n_slots)).sum(1)
+                assert (changed == 3).sum() > 0
+        assert all(before.get(k) != 3 for k in after)  # nobody stays at size 3 without moving
+        prob.predict(N)
+    assert ref.seeded and not len(ref.walkers) and seen[2] > 0 and seen[3] > 0  # every walker stopped
+
+
 def test_bad_settings_raise_clear_errors(space):
     with pytest.raises(ValueError, match="pop_size"):
         small_search(space, pop_size=2)
@@ -315,6 +403,11 @@ def test_bad_settings_raise_clear_errors(space):
         small_search(space, crossover="onepoint")
     with pytest.raises(TypeError, match="predict"):
         run_search(space, object(), ToyLatency(space), pop_size=8, n_gen=1, verbose=False)
+    from hwnas.predictors.build import ConfigError
+    from hwnas.search.settings import search_kwargs
+
+    with pytest.raises(ConfigError, match=r"search.engine='deap' is unknown; allowed values: \['numpy', 'pymoo'\]"):
+        search_kwargs({"engine": "deap"})
 
 
 def test_budgets_checked_against_the_initial_population_before_searching(space):
@@ -341,14 +434,109 @@ def test_without_budgets_quantiles_of_the_sample_are_reported(space):
     assert all(res.best_under(b) is not None for b in res.budgets)
 
 
-def test_max_evals_is_respected_by_nsga_and_refinement(space):
+@pytest.mark.parametrize("engine", ["numpy", "pymoo"])
+def test_max_evals_is_respected_by_nsga_and_refinement(space, engine):
     for m in (30, 100, 400):
         counting = CountingAccuracy(space)
         calls = counting.calls
         res = run_search(space, counting, ToyLatency(space), pop_size=24, n_gen=50, budgets=[14, 20], refine=20,
-                         refine_members=8, max_evals=m, verbose=False)
+                         refine_members=8, max_evals=m, verbose=False, engine=engine)
         assert sum(calls) <= res.n_evals <= m  # over-limit archs skip the accuracy predictor
         assert res.n_evals >= m - 24  # the budget is used, not abandoned early
+
+
+def test_pymoo_engine_runs_pymoos_nsga2_with_the_same_results_contract(space):
+    """search.engine=pymoo: pymoo's NSGA2 class runs hwnas's operators; the front keeps to the budget,
+    holds the predictors' values, is reproducible, and is as good as the default engine's."""
+    import sys
+
+    from pymoo.algorithms.moo.nsga2 import NSGA2 as PymooNSGA2Class
+
+    runs = []
+    original = PymooNSGA2Class.next
+    PymooNSGA2Class.next = lambda self: (runs.append(type(self)), original(self))[1]
+    try:
+        res = small_search(space, engine="pymoo", seed=3)
+    finally:
+        PymooNSGA2Class.next = original
+    assert runs == [PymooNSGA2Class] * 7  # the initial population and 6 generations, all by pymoo
+    assert (res.latency <= 20.0 + 1e-12).all() and len(res) > 5
+    np.testing.assert_allclose(res.accuracy, ToyAccuracy().predict(res.archs))
+    np.testing.assert_allclose(res.latency, ToyLatency().predict(res.archs))
+    again = small_search(space, engine="pymoo", seed=3)
+    np.testing.assert_array_equal(res.genomes, again.genomes)
+    assert "pymoo" in sys.modules
+    # plain NSGA-II, both engines: hypervolumes within a few percent (measured 0.98-1.03 per seed)
+    ratios = []
+    for seed in range(4):
+        hv = [run_search(space, ToyAccuracy(space), ToyLatency(space), engine=e, pop_size=32, n_gen=10, seed=seed,
+                         budgets=[14, 20], refine=0, verbose=False, hv_ref=(0.6, 20)).hypervolume for e in ("pymoo", "numpy")]
+        ratios.append(hv[0] / hv[1])
+    assert 0.94 < min(ratios) and max(ratios) < 1.06 and 0.97 < np.mean(ratios) < 1.03
+
+
+def test_hwnas_operators_run_in_another_pymoo_algorithm(space):
+    """The pymoo operator classes and problem plug into any pymoo genetic algorithm (here SPEA2)."""
+    from pymoo.algorithms.moo.spea2 import SPEA2
+    from pymoo.optimize import minimize
+
+    from hwnas.search.pymoo_nsga import PymooArchProblem, pymoo_operators
+
+    problem = ArchProblem(space, ToyAccuracy(space), ToyLatency(space), max_latency=14.0)
+    ops = pymoo_operators(problem, ArchSampling(space, 0.25), ArchCrossover(space, "unit", 0.9), ArchMutation(space, None, 0.5))
+    res = minimize(PymooArchProblem(problem), SPEA2(pop_size=24, **ops), ("n_gen", 5), seed=1)
+    X, acc, lat = problem.archive()
+    assert problem.n_evals == len(X) and len(X) > 24  # every arch SPEA2 evaluated went through the archive, once
+    assert {r.tobytes() for r in problem.canonical(res.X).astype(np.int16)} <= set(row_keys(X))
+    f = problem.front_indices()
+    assert len(f) > 3 and (lat[f] <= 14.0).all()
+    np.testing.assert_allclose(-res.F[:, 0], ToyAccuracy().predict(space.decode(problem.canonical(res.X))))
+
+
+@pytest.mark.parametrize("engine, stop", [("numpy", 3), ("pymoo", 3), ("numpy", 14)])
+def test_resumed_run_gives_the_uninterrupted_front(space, tmp_path, engine, stop):
+    """A run stopped after step ``stop`` (generation 3 of NSGA-II, or the second refinement pass) and
+    resumed from its checkpoint (a new process's view: arrays and JSON read back) ends with the front of
+    the uninterrupted run, for both engines."""
+    from hwnas.search.checkpoint import SearchCheckpoint
+
+    class Stop(Exception):
+        pass
+
+    class StopAfter3(SearchCheckpoint):
+        def save(self, engine_, problem, gen, *args, **kw):
+            super().save(engine_, problem, gen, *args, **kw)
+            if gen == stop:
+                raise Stop
+
+    args = dict(engine=engine, restarts=2, seed=5, refine=3, refine_starts=2)
+    full = small_search(space, **args)
+    with pytest.raises(Stop):
+        small_search(space, checkpoint=StopAfter3(tmp_path / "ck.npz"), **args)
+    ck = SearchCheckpoint(tmp_path / "ck.npz")
+    resumed = small_search(space, checkpoint=ck, **args)
+    assert ck.resumed_from == stop and [h["phase"] for h in full.history][stop - 1] == ("gen" if stop == 3 else "refine")
+    np.testing.assert_array_equal(resumed.genomes, full.genomes)
+    np.testing.assert_array_equal(resumed.accuracy, full.accuracy)
+    assert resumed.n_evals == full.n_evals
+
+
+def test_the_default_engine_never_imports_pymoo():
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from hwnas.search import run_search\n"
+        "from hwnas.spaces import create_space\n"
+        "class Toy:\n"
+        "    def __init__(self, k): self.k = k\n"
+        "    def predict(self, archs): return np.array([sum(a.e) * self.k + a.r / 100 for a in archs], float)\n"
+        "space = create_space('ofa_mbv3_w12')\n"
+        "run_search(space, Toy(0.01), Toy(1.0), pop_size=8, n_gen=2, refine=1, budgets=[90], verbose=False)\n"
+        "print('pymoo' in sys.modules)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["False"]
 
 
 def test_results_files_round_trip(space, tmp_path):
