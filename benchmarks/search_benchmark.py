@@ -55,7 +55,7 @@ def predictors(mirror: str):
 
 def throughput(pred, space, n: int, repeats: int = 3) -> float:
     """Archs per CPU second through ``pred`` (batched ArchBatch, one BLAS thread, best of ``repeats``)."""
-    from hwnas.search.nsga import limit_threads
+    from hwnas.predictors.threads import limit_threads
 
     G = space.sample_genomes(n, 0)
     best = float("inf")

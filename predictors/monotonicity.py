@@ -17,19 +17,11 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from hwnas.spaces.errors import UserError, error_line
 
 from .assets import atomic_path, atomic_write
-
-
-def srcc(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation of two sequences (NaN with fewer than 3 points or a constant input)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
-        return float("nan")
-    return float(np.corrcoef(rankdata(a), rankdata(b))[0, 1])
+from .metrics import srcc  # noqa: F401  (re-exported: the pipeline and lut_build use it from here)
 
 
 def srcc_matrix(table: dict[str, np.ndarray] | np.ndarray, devices: Sequence[str] | None = None) -> pd.DataFrame:

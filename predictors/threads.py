@@ -7,7 +7,8 @@ smoke training run with a set count and put the old one back afterwards.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import sys
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 
@@ -25,3 +26,30 @@ def torch_threads(n: int | None = 1) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@contextmanager
+def limit_threads(n: int | None = 1) -> Iterator[None]:
+    """Run with at most ``n`` threads in the BLAS libraries (and in torch, when it is already loaded);
+    restored afterwards. Small matrix work repeated many times (the search's batches, the adaptation's
+    evidence grid) runs several times slower on a shared machine when BLAS starts threads for it."""
+    if not n:
+        yield
+        return
+    n = int(n)
+    torch = sys.modules.get("torch")
+    restore = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            ctx = threadpool_limits(limits=n)
+        except Exception:  # noqa: BLE001 - threadpoolctl failing: leave BLAS alone
+            ctx = nullcontext()
+        with ctx:
+            yield
+    finally:
+        if torch is not None and restore is not None:
+            torch.set_num_threads(restore)

@@ -31,12 +31,12 @@ import math
 import sys
 import time
 from bisect import bisect_right
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from hwnas.predictors.threads import limit_threads
 from hwnas.spaces import SearchSpace
 
 from .operators import ArchCrossover, ArchMutation, ArchSampling, GenomeLayout, row_keys
@@ -293,34 +293,6 @@ class NSGA2:
         self._survive(np.concatenate([self.X, Y]), np.concatenate([self.F, FY]), np.concatenate([self.cv, cvY]),
                       self.pop_size)
         self.gen += 1
-
-
-# ============================================================================ threads
-@contextmanager
-def limit_threads(n: int | None):
-    """Run with at most ``n`` threads in the BLAS libraries (and torch, when loaded); restored
-    afterwards. The search evaluates small batches many times; on a small or shared machine thread
-    start-up and contention cost more than they save."""
-    if not n:
-        yield
-        return
-    n = int(n)
-    torch = sys.modules.get("torch")
-    restore = torch.get_num_threads() if torch is not None else None
-    if torch is not None:
-        torch.set_num_threads(n)
-    try:
-        try:
-            from threadpoolctl import threadpool_limits
-
-            ctx = threadpool_limits(limits=n)
-        except Exception:  # threadpoolctl failing: leave BLAS alone
-            ctx = nullcontext()
-        with ctx:
-            yield
-    finally:
-        if torch is not None and restore is not None:
-            torch.set_num_threads(restore)
 
 
 # ============================================================================ search
