@@ -1,154 +1,259 @@
-"""Proxy adaptation on real multi-device data (NAS-Bench-201, proxy pixel3) and sample selection."""
+"""Proxy adaptation on real multi-device data, with the target's family left out of the device library
+(as in benchmarks/proxy_adaptation.py), and sample selection."""
+
+import json
 
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
 
-from hwnas.predictors.adapt import AdaptedLatency, adapt, select_samples
+from hwnas.predictors.adapt import AdaptationError, AdaptedLatency, AdaptedPredictor, DeviceLibrary, adapt, select_samples
 from hwnas.predictors.data import load_dataset
 from hwnas.predictors.linear import LinearLatencyPredictor
+from hwnas.predictors.metrics import srcc
+
+GPU_B1 = ["1080ti_1", "2080ti_1", "titan_rtx_1", "titanx_1", "titanxp_1"]
 
 
-def _setup():
-    ds = load_dataset("nasbench201")
-    P = LinearLatencyPredictor(ds.space).fit(ds.archs, ds["pixel3"])
-    return ds, P, P.predict(ds.archs)
+@pytest.fixture(scope="module")
+def nb201(data_dir):
+    ds = load_dataset("nasbench201", mirror=str(data_dir))  # module scope: before the per-test mirror fixture
+    proxy = LinearLatencyPredictor(ds.space).fit(ds.archs, ds["pixel3"])
+    pool = np.sort(np.random.default_rng(12345).choice(len(ds), 1999, replace=False))
+    return ds, proxy, DeviceLibrary.from_dataset(ds), pool
 
 
-# titan_rtx_1: the lowest proxy SRCC (0.58) of the file; pixel2: a noisy target (a linear model fitted on
-# all its rows reaches only 0.905), the hardest at K=10. Measured K=10 (random, seeds 0-4):
-# titan_rtx_1 mean 0.93, pixel2 mean 0.86 (worst seed 0.81 = the proxy).
-@pytest.mark.parametrize("target, mean_bound", [("titan_rtx_1", 0.88), ("pixel2", 0.84)])
-def test_bayes_k10_never_below_proxy(data_dir, target, mean_bound):
-    ds, P, pp = _setup()
-    y = ds[target]
-    base = spearmanr(pp, y)[0]
+def _draw(ds, pool, k, seed):
+    idx = pool[np.sort(np.random.default_rng(seed).choice(len(pool), k, replace=False))]
+    return idx, [ds.archs[i] for i in idx]
+
+
+def _score(model, ds, pool, target):
+    return srcc(model.predict([ds.archs[i] for i in pool]), ds[target][pool])
+
+
+# titan_rtx_1: the weakest proxy of the file (SRCC 0.59); its whole GPU batch-1 family is left out of the
+# library. Measured (seeds 0-4, K=10): library 0.98 on every seed; one-proxy prior 0.96-0.98.
+@pytest.mark.parametrize("library, bound", [("family-out", 0.95), (None, 0.90)])
+def test_k10_on_a_weak_proxy_target(nb201, library, bound):
+    ds, proxy, lib, pool = nb201
+    lib = lib.without(GPU_B1) if library else None
+    base = srcc(proxy.predict([ds.archs[i] for i in pool]), ds["titan_rtx_1"][pool])
     scores = []
     for seed in range(5):
-        idx = np.random.default_rng(seed).choice(len(ds), 10, replace=False)
-        m = adapt(P, [ds.archs[i] for i in idx], y[idx], method="bayes")
-        s = spearmanr(m.predict(ds.archs), y)[0]
-        assert s >= base - 1e-6, f"seed {seed}: adapted {s:.3f} below the unadapted proxy {base:.3f}"
-        scores.append(s)
-    assert np.mean(scores) > mean_bound
+        idx, archs = _draw(ds, pool, 10, seed)
+        m = adapt(proxy, archs, ds["titan_rtx_1"][idx], library=lib)
+        scores.append(_score(m, ds, pool, "titan_rtx_1"))
+    assert base < 0.65
+    assert min(scores) > bound, scores
 
 
-def test_guard_keeps_the_proxy_when_it_is_right(data_dir):
-    # target = the proxy's own prediction + measurement noise: no correction can order held-out pairs
-    # better, so the guard returns the proxy's ranking (measured: 8 of 8 seeds)
-    ds, P, pp = _setup()
-    for seed in range(4):
+def test_library_prior_helps_at_k5_and_reaches_the_ceiling_at_k50(nb201):
+    # eyeriss (an ASIC, a family of its own): K=5 with the library vs the one-proxy prior, and K=50 vs the
+    # per-position ceiling (0.997). Measured: 0.85 vs 0.78 at K=5 (seeds 0-4 mean), 0.997 at K=50.
+    ds, proxy, lib, pool = nb201
+    lib = lib.without(["eyeriss"])
+    y = ds["eyeriss"]
+    k5 = {"lib": [], "nolib": []}
+    for seed in range(5):
+        idx, archs = _draw(ds, pool, 5, seed)
+        k5["lib"].append(_score(adapt(proxy, archs, y[idx], library=lib), ds, pool, "eyeriss"))
+        k5["nolib"].append(_score(adapt(proxy, archs, y[idx], library=None), ds, pool, "eyeriss"))
+    assert np.mean(k5["lib"]) > np.mean(k5["nolib"]) + 0.02, k5
+    idx, archs = _draw(ds, pool, 50, 0)
+    assert _score(adapt(proxy, archs, y[idx], library=lib), ds, pool, "eyeriss") > 0.98
+
+
+def test_samples_with_too_little_spread_cannot_overturn_the_proxy(nb201):
+    # ten archs whose target latencies lie in a narrow band: the proxy's ranking comes back, scaled
+    ds, proxy, lib, pool = nb201
+    y = ds["samsung_a50"][pool]
+    lo, hi = np.quantile(y, [0.45, 0.52])
+    cand = pool[(y >= lo) & (y <= hi)]
+    idx = np.sort(np.random.default_rng(0).choice(cand, 10, replace=False))
+    archs = [ds.archs[i] for i in idx]
+    m = adapt(proxy, archs, ds["samsung_a50"][idx], library=lib.without(["samsung_a50"]))
+    assert "spread too little" in m.info["fallback"]
+    every = [ds.archs[i] for i in pool]
+    assert srcc(m.predict(every), proxy.predict(every)) > 0.9999
+    assert abs(np.mean(m.predict(archs)) - np.mean(ds["samsung_a50"][idx])) < 0.5  # scaled to the samples
+
+
+def test_a_noisy_copy_of_the_proxy_keeps_its_ranking(nb201):
+    # target = the proxy's prediction x 1.5 + 2% noise: nothing better to learn; the model stays with the proxy
+    ds, proxy, lib, pool = nb201
+    every = [ds.archs[i] for i in pool]
+    pp = proxy.predict(every)
+    for seed in range(3):
         rng = np.random.default_rng(seed)
-        idx = rng.choice(len(ds), 20, replace=False)
-        y = pp[idx] + rng.normal(0.0, 0.5, size=20)
-        m = adapt(P, [ds.archs[i] for i in idx], y)
-        assert spearmanr(m.predict(ds.archs), pp)[0] > 0.999, seed
+        pick = np.sort(rng.choice(len(pool), 20, replace=False))
+        y = 1.5 * pp[pick] * (1 + 0.02 * rng.standard_normal(20))
+        m = adapt(proxy, [every[i] for i in pick], y, library=lib)
+        assert srcc(m.predict(every), pp) > 0.97, (seed, m.summary())
 
 
-def test_lpo_gain_prefers_the_true_model():
-    from hwnas.predictors.adapt import _gp_lpo_gain
-
-    rng = np.random.default_rng(0)
-    K = 16
-    z = rng.normal(size=K)
-    y = 2.0 * z + 0.05 * rng.normal(size=K)
-    C = 4.0 * np.outer(z, z)  # a kernel that contains the truth
-    H = np.ones((K, 1))
-    good, ref_good, se, n = _gp_lpo_gain(C, H, y, ref=rng.normal(size=K))
-    assert n == K * (K - 1) // 2
-    assert good > 0.95 and ref_good < 0.75 and (good - ref_good) > 2 * se
+def test_many_samples_fit_directly_and_fast(nb201):
+    ds, proxy, lib, pool = nb201
+    idx = np.arange(0, len(ds), 7)  # 2,233 samples
+    m = adapt(proxy, [ds.archs[i] for i in idx], ds["titan_rtx_1"][idx], library=None)
+    assert "direct per-position fit" in m.info["fallback"]
+    assert m.info["fit_s"] < 30  # generous: seconds here; the evidence grid would take many minutes
+    assert _score(m, ds, pool, "titan_rtx_1") > 0.96
 
 
-def test_fbnet_k20_beats_nasflat_range(data_dir):
-    # NASFLAT (20 target samples, pretrained on many devices) reports SRCC 0.58-0.96 on FBNet tasks.
-    # One proxy (pixel3) + 20 samples, measured seeds 0-4: eyeriss 0.99, gold_6226 0.96, titan_rtx_64 0.97.
-    ds = load_dataset("fbnet")
-    P = LinearLatencyPredictor(ds.space).fit(ds.archs, ds["pixel3"])
-    pp = P.predict(ds.archs)
-    for target, bound in (("gold_6226", 0.9), ("titan_rtx_64", 0.9)):
-        y = ds[target]
-        idx = np.random.default_rng(0).choice(len(ds), 20, replace=False)
-        m = adapt(P, [ds.archs[i] for i in idx], y[idx])
-        s = spearmanr(m.predict(ds.archs), y)[0]
-        assert s > max(bound, spearmanr(pp, y)[0] + 0.1), (target, s)
+def test_any_latency_predictor_can_be_the_proxy(nb201):
+    # a non-linear proxy (the linear one squared): adapted through its linear fit, with its own detail kept
+    ds, proxy, lib, pool = nb201
+
+    class Squared:
+        metric = "latency_ms"
+        space = ds.space
+
+        def predict(self, archs):
+            return proxy.predict(archs) ** 2
+
+    sq = Squared()
+    every = [ds.archs[i] for i in pool]
+    idx, archs = _draw(ds, pool, 10, 0)
+    m = adapt(sq, archs, sq.predict(archs), library=None)
+    assert m.info["proxy_linear_fidelity"] > 0.95 and m.gamma > 0
+    assert srcc(m.predict(every), sq.predict(every)) > 0.99
+    m2 = adapt(sq, archs, ds["titan_rtx_1"][idx], library=lib.without(GPU_B1))
+    assert _score(m2, ds, pool, "titan_rtx_1") > 0.9
 
 
-def test_plain_adaproxy_is_worse_and_shrinkage_recovers(data_dir):
-    ds, P, pp = _setup()
-    y = ds["titan_rtx_1"]
-    out = {}
-    for method in ("adaproxy_plain", "bayes"):
-        v = []
-        for seed in range(3):
-            idx = np.random.default_rng(seed).choice(len(ds), 10, replace=False)
-            m = adapt(P, [ds.archs[i] for i in idx], y[idx], method=method, **({"rng": seed} if method == "adaproxy_plain" else {}))
-            v.append(spearmanr(m.predict(ds.archs), y)[0])
-        out[method] = np.mean(v)
-    assert out["bayes"] > out["adaproxy_plain"] + 0.1
+def test_round_trip_as_data_and_crafted_files_run_nothing(nb201, tmp_path):
+    ds, proxy, lib, pool = nb201
+    idx, archs = _draw(ds, pool, 10, 1)
+    m = adapt(proxy, archs, ds["gold_6226"][idx], library=lib.without(["gold_6226"]))
+    data = json.loads(json.dumps(m.to_dict()))
+    back = AdaptedPredictor.from_dict(data)
+    every = [ds.archs[i] for i in pool]
+    np.testing.assert_allclose(back.predict(every), m.predict(every), rtol=1e-12)
+    assert back.info["posterior"] == m.info["posterior"]
+    marker = tmp_path / "ran"
+    bad = dict(data, space={"_target_": "os.system", "command": f"touch {marker}"})
+    with pytest.raises(Exception, match="class to build"):
+        AdaptedPredictor.from_dict(bad, source="x.json")
+    with pytest.raises(AdaptationError, match="weights must be 30 finite"):
+        AdaptedPredictor.from_dict(dict(data, weights=[1.0, 2.0]), source="x.json")
+    assert not marker.exists()
 
 
-def test_adapt_input_errors(data_dir):
-    ds, P, _ = _setup()
-    with pytest.raises(ValueError, match="at least 3"):
-        adapt(P, ds.archs[:2], [1.0, 2.0])
-    with pytest.raises(ValueError, match="method='nope'"):
-        adapt(P, ds.archs[:5], np.arange(5.0) + 1, method="nope")
-    with pytest.raises(TypeError, match="fitted LinearLatencyPredictor"):
-        adapt(object(), ds.archs[:5], np.arange(5.0) + 1)
+def test_plain_adaproxy_is_reproducible_and_worse(nb201):
+    ds, proxy, lib, pool = nb201
+    idx, archs = _draw(ds, pool, 10, 2)
+    y = ds["titan_rtx_1"][idx]
+    every = [ds.archs[i] for i in pool]
+    runs = [adapt(proxy, archs, y, method="adaproxy_plain").predict(every) for _ in range(4)]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
+    plain, bayes = [], []
+    for seed in range(3):
+        idx, archs = _draw(ds, pool, 10, seed)
+        y = ds["titan_rtx_1"][idx]
+        plain.append(_score(adapt(proxy, archs, y, method="adaproxy_plain"), ds, pool, "titan_rtx_1"))
+        bayes.append(_score(adapt(proxy, archs, y, library=None), ds, pool, "titan_rtx_1"))
+    assert np.mean(bayes) > np.mean(plain) + 0.1
 
 
-def test_kmeans_selection_distinct(data_dir):
-    ds = load_dataset("fbnet")
-    pool = ds.archs[:1000]
-    idx = select_samples(ds.space, pool, 20, "kmeans", rng=0)
-    assert len(idx) == 20 and len(set(idx.tolist())) == 20 and len({pool[i] for i in idx}) == 20
-    assert idx.min() >= 0 and idx.max() < 1000
-    r = select_samples(ds.space, pool, 20, "random", rng=0)
-    assert len(set(r.tolist())) == 20
-    with pytest.raises(ValueError, match="k=2000"):
-        select_samples(ds.space, pool, 2000)
+def test_input_errors(nb201):
+    ds, proxy, lib, pool = nb201
+    archs = ds.archs[:5]
+    with pytest.raises(AdaptationError, match="at least 3"):
+        adapt(proxy, archs[:2], [1.0, 2.0])
+    with pytest.raises(AdaptationError, match="method='nope'"):
+        adapt(proxy, archs, np.arange(5.0) + 1, method="nope")
+    with pytest.raises(AdaptationError, match="must be > 0"):
+        adapt(proxy, archs, [1.0, 2.0, -3.0, 4.0, 5.0])
+    with pytest.raises(AdaptationError, match="method=multiproxy needs sources"):
+        adapt(proxy, archs, np.arange(5.0) + 1, method="multiproxy")
+    with pytest.raises(TypeError, match="predict"):
+        adapt(object(), archs, np.arange(5.0) + 1)
+
+
+def test_multiproxy_with_sources(nb201):
+    ds, proxy, lib, pool = nb201
+    srcs = {}
+    for d in ("gold_6240", "titanx_32"):
+        p = LinearLatencyPredictor(ds.space)
+        p.weights, p.bias = lib.models[d]
+        srcs[d] = p
+    idx, archs = _draw(ds, pool, 10, 0)
+    m = adapt(proxy, archs, ds["titan_rtx_32"][idx], method="multiproxy", sources=srcs)
+    assert m.info["weights"]["titanx_32"] > 0 and _score(m, ds, pool, "titan_rtx_32") > 0.95
+
+
+def test_selection(data_dir):
+    ds = load_dataset("ofa_mbv3")
+    proxy = LinearLatencyPredictor(ds.space).fit(ds.archs, ds["2080ti_1"])
+    pool = ds.archs[:2000]
+    pp = proxy.predict(pool)
+    for method in ("stratified", "kmeans", "random"):
+        idx = select_samples(ds.space, pool, 10, method, rng=0, proxy=proxy)
+        assert len(set(idx.tolist())) == 10 and idx.min() >= 0 and idx.max() < 2000
+    # stratified: one arch per tenth of the proxy's latency range, the fastest and slowest included
+    idx = select_samples(ds.space, pool, 10, "stratified", rng=0, proxy=proxy)
+    q = np.searchsorted(np.sort(pp), pp[idx]) // 200
+    assert sorted(q.tolist()) == list(range(10))
+    assert np.std(pp[idx]) > 0.8 * np.std(pp)
+    # without a proxy, by the space's physical totals: still spread in latency
+    idx = select_samples(ds.space, pool, 10, "stratified", rng=0)
+    assert np.std(pp[idx]) > 0.6 * np.std(pp) and len({pool[i].r for i in idx}) >= 5
+    assert np.array_equal(select_samples(ds.space, pool, 10, rng=3, proxy=proxy), select_samples(ds.space, pool, 10, rng=3, proxy=proxy))
+    with pytest.raises(ValueError, match="k=2001"):
+        select_samples(ds.space, pool, 2001)
+    with pytest.raises(ValueError, match="selection='nope'"):
+        select_samples(ds.space, pool, 3, "nope")
+
+
+def test_ofa_batch1_proxy_to_batch64_target(data_dir):
+    # a launch-bound batch-1 proxy ranks batch-64 latency poorly (SRCC 0.26); the titan_rtx family is left
+    # out of the library. Measured seeds 0-2, K=10: 0.99 each.
+    ds = load_dataset("ofa_mbv3")
+    P = LinearLatencyPredictor(ds.space).fit(ds.archs, ds["2080ti_1"])
+    lib = DeviceLibrary.from_dataset(ds, exclude=["titan_rtx_1", "titan_rtx_32", "titan_rtx_64"])
+    y = ds["titan_rtx_64"]
+    base = srcc(P.predict(ds.archs), y)
+    for seed in range(2):
+        idx = np.random.default_rng(seed).choice(len(ds), 10, replace=False)
+        m = adapt(P, [ds.archs[i] for i in idx], y[idx], library=lib)
+        assert srcc(m.predict(ds.archs), y) > max(base + 0.5, 0.9)
 
 
 def test_adapted_latency_from_csv(tmp_path, data_dir):
     ds = load_dataset("nasbench201")
-    rng = np.random.default_rng(1)
-    idx = rng.choice(len(ds), 10, replace=False)
-    target = ds.subset(idx).select_devices(["titanx_32"])
-    path = target.to_csv(tmp_path / "target.csv")
+    idx = np.random.default_rng(1).choice(len(ds), 10, replace=False)
+    path = ds.subset(idx).select_devices(["titanx_32"]).to_csv(tmp_path / "target.csv")
     m = AdaptedLatency("nasbench201", proxy="nasbench201", proxy_device="pixel3", target_samples=str(path),
                        target_device="titanx_32", k=None)
     assert len(m.sample_archs) == 10
-    s = spearmanr(m.predict(ds.archs), ds["titanx_32"])[0]
-    assert s > 0.9
+    assert "26 devices" in m.model.info["library"]  # the target itself is left out of the library
+    assert srcc(m.predict(ds.archs), ds["titanx_32"]) > 0.9
+    rep = json.loads(json.dumps(m.report()))
+    assert len(rep["samples"]) == 10 and rep["summary"].startswith("adapt[bayes] K=10")
     g = ds.space.sample_genomes(7, 0)
     assert m.predict(ds.space.batch(g)).shape == (7,)
-    with pytest.raises(ValueError, match="target_device"):
+    with pytest.raises(AdaptationError, match="target_device"):
         AdaptedLatency("nasbench201", target_samples=str(path), target_device=None)
+    with pytest.raises(AdaptationError, match="'nope' is not a column"):
+        AdaptedLatency("nasbench201", target_samples=str(path), target_device="nope")
 
 
-def test_ofa_batch1_proxy_to_batch64_target(data_dir):
-    # OFA-MBv3: a launch-bound batch-1 proxy ranks batch-64 latency poorly (SRCC 0.26); the macro kernel
-    # (input size, depth) fixes that with 10 samples. Measured seeds 0-4: mean 0.95, worst 0.95.
-    ds = load_dataset("ofa_mbv3")
-    P = LinearLatencyPredictor(ds.space).fit(ds.archs, ds["2080ti_1"])
-    y = ds["titan_rtx_64"]
-    base = spearmanr(P.predict(ds.archs), y)[0]
-    for seed in range(2):
-        idx = np.random.default_rng(seed).choice(len(ds), 10, replace=False)
-        m = adapt(P, [ds.archs[i] for i in idx], y[idx])
-        assert spearmanr(m.predict(ds.archs), y)[0] > max(base, 0.85)
+def test_search_with_adapted_latency_logs_and_records_the_fit(tmp_path, data_dir, caplog):
+    """latency=adapted: one summary line in the log and latency_report.json in the run folder."""
+    import logging
 
+    from hydra import compose, initialize_config_module
 
-def test_kmeans_samples_span_the_space_on_mobilenets(data_dir):
-    # k-means picks each cluster's own member nearest its centroid; nearest among all archs picked the
-    # smallest networks for every cluster on OFA-MBv3 (all at r128-144, bottom 5% of latency), and the
-    # adapted predictor ranked titan_rtx_1 at SRCC ~0. Measured now: spread ratio ~1, r in 148-216.
-    ds = load_dataset("ofa_mbv3")
-    P = LinearLatencyPredictor(ds.space).fit(ds.archs, ds["2080ti_1"])
-    pp = P.predict(ds.archs)
-    idx = select_samples(ds.space, ds.archs, 10, "kmeans", rng=0)
-    assert np.std(pp[idx]) > 0.5 * np.std(pp)
-    assert len({ds.archs[i].r for i in idx}) >= 5
-    y = ds["titan_rtx_1"]
-    m = adapt(P, [ds.archs[i] for i in idx], y[idx])
-    assert spearmanr(m.predict(ds.archs), y)[0] >= spearmanr(pp, y)[0] - 0.02
+    from hwnas.search.cli import run_from_config
+
+    with initialize_config_module(config_module="hwnas.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["latency=adapted", "latency.k=10", "latency.target_device=titan_xp_64",
+                                           "search.budgets=[22,30]", "search.n_gen=2", "search.pop_size=8",
+                                           "search.refine.passes=0", "search.verbose=false", "search.plot=false",
+                                           f"assets.mirror={data_dir}"])
+    with caplog.at_level(logging.INFO, logger="hwnas"):
+        run_from_config(cfg, out_dir=tmp_path)
+    rep = json.loads((tmp_path / "latency_report.json").read_text())
+    assert rep["target_device"] == "titan_xp_64" and len(rep["samples"]) == 10
+    assert "8 devices" in rep["info"]["library"]  # the target is left out of the library
+    assert any("adapt[bayes] K=10" in r.getMessage() for r in caplog.records)

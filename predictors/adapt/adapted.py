@@ -1,0 +1,101 @@
+"""``latency=adapted``: a proxy predictor adapted to the target from measured samples, built from a config."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..base import Predictor
+from ..linear import LinearLatencyPredictor
+from .core import AdaptationError, adapt
+from .selection import select_samples
+
+log = logging.getLogger("hwnas.adapt")
+
+
+def _fit_device(space: Any, data: Any, device: str, field: str) -> LinearLatencyPredictor:
+    if device not in data.devices:
+        raise AdaptationError(f"{field}={device!r} is not a column of {data.name or 'the dataset'}; columns: {data.devices}")
+    y = data[device]
+    ok = np.isfinite(y)
+    return LinearLatencyPredictor(space).fit([a for a, o in zip(data.archs, ok) if o], y[ok])
+
+
+class AdaptedLatency(Predictor):
+    """Latency on a target device from a proxy predictor adapted with K target samples.
+
+    proxy: a latency dataset (builtin name or CSV) holding ``proxy_device``, whose linear predictor
+        (fitted on all its rows) is the proxy; or any fitted latency predictor of the space.
+    target_samples: a CSV / dataset / filled plan with the target's measurements in ``target_device``.
+        Rows with a value are the samples; if ``k`` is set and more rows have values, ``k`` of them are
+        picked by ``selection`` (``stratified``, ``kmeans``, ``random``) -- that is how the benchmarks
+        simulate measuring K archs. ``k=null`` takes every row (many rows: a direct fit, seconds).
+    method: an adaptation method (``bayes``, ``adaproxy``, ``adaproxy_plain``, ``multiproxy``, ``proxy``).
+    library: the device library for ``bayes`` (``auto``: the builtin dataset of the space; ``none``;
+        a dataset name or CSV). The target device is always left out of it.
+    sources: device columns of the proxy dataset used by ``multiproxy``.
+    """
+
+    metric = "latency_ms"
+
+    def __init__(self, space: Any, proxy: Any = "nasbench201", proxy_device: str = "pixel3", target_samples: Any = None,
+                 target_device: str | None = None, k: int | None = 10, selection: str = "stratified", method: str = "bayes",
+                 library: Any = "auto", sources: Sequence[str] | None = None, seed: int = 0, mirror: str | None = None,
+                 **method_kwargs: Any) -> None:
+        from hwnas.spaces import create_space
+
+        from ..data import load_dataset
+
+        self.space = create_space(space) if isinstance(space, str) else space
+        pdata = None
+        if hasattr(proxy, "predict"):
+            self.proxy = proxy
+        else:
+            pdata = load_dataset(str(proxy), space=self.space, mirror=mirror)
+            self._check_space(pdata, "proxy")
+            self.proxy = _fit_device(self.space, pdata, proxy_device, "proxy_device")
+        if target_samples is None:
+            raise AdaptationError("target_samples: give a CSV (or dataset name, or a filled plan) with the measured target latencies")
+        if not target_device:
+            raise AdaptationError("target_device: name the column of target_samples that holds the target latencies")
+        tdata = load_dataset(os.fspath(target_samples), space=self.space, mirror=mirror)
+        self._check_space(tdata, "target_samples")
+        if target_device not in tdata.devices:
+            raise AdaptationError(f"target_device={target_device!r} is not a column of {target_samples}; columns: {tdata.devices}")
+        yt = tdata[target_device]
+        rows = np.flatnonzero(np.isfinite(yt))
+        if k is not None and len(rows) > int(k):
+            pick = select_samples(self.space, [tdata.archs[i] for i in rows], int(k), selection, seed, proxy=self.proxy)
+            rows = rows[pick]
+        self.sample_archs = [tdata.archs[i] for i in rows]
+        self.sample_latencies = yt[rows]
+        if method == "multiproxy":
+            if pdata is None or not sources:
+                raise AdaptationError("method=multiproxy needs proxy=<dataset> and sources=[device, ...] of it")
+            method_kwargs["sources"] = {d: _fit_device(self.space, pdata, d, "sources") for d in sources}
+        elif method == "bayes":
+            method_kwargs.setdefault("library", library)
+            method_kwargs.setdefault("mirror", mirror)
+            method_kwargs["exclude"] = list(method_kwargs.get("exclude") or []) + [target_device]
+        self.model = adapt(self.proxy, self.sample_archs, self.sample_latencies, method=method, **method_kwargs)
+        self.target_device = target_device
+        log.info("latency=adapted, target %s: %s", target_device, self.model.summary())
+
+    def _check_space(self, ds: Any, field: str) -> None:
+        if getattr(ds.space, "name", None) != getattr(self.space, "name", None):
+            raise AdaptationError(f"{field}: dataset space {ds.space.name!r} differs from the search space {self.space.name!r}")
+
+    def predict(self, archs: Sequence[Any]) -> np.ndarray:
+        return self.model.predict(archs)
+
+    def report(self) -> dict:
+        """What the run folder records about this predictor: the samples, the fit, the decision."""
+        from hwnas.spaces.io import arch_key
+
+        return {"target_device": self.target_device, "summary": self.model.summary(), "method": self.model.method,
+                "info": self.model.to_dict()["info"],
+                "samples": [{"arch": arch_key(self.space, a), "latency_ms": float(v)}
+                            for a, v in zip(self.sample_archs, self.sample_latencies)]}
