@@ -179,6 +179,18 @@ def _output_dir() -> Path:
         return Path(os.getcwd())
 
 
+def write_predictor_reports(out: Path, **predictors: Any) -> None:
+    """A predictor with ``report()`` (e.g. ``latency=adapted``: its samples, fit and decision) has it
+    logged in one line and written to ``<run>/<key>_report.json``."""
+    from hwnas.predictors.assets import atomic_write
+
+    for key, p in predictors.items():
+        if callable(getattr(p, "report", None)):
+            rep = p.report()
+            log.info(f"{key}: {rep.get('summary', '')}")
+            atomic_write(out / f"{key}_report.json", json.dumps(rep, indent=1, default=str) + "\n")
+
+
 def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
     """Build everything from ``cfg``, search (or resume), write the results into ``out_dir`` (default:
     hydra's run directory); returns the :class:`~hwnas.search.nsga.SearchResult` (None when the folder
@@ -202,6 +214,7 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
                  "(search.overwrite=true searches again)")
         return None
     space, accuracy, latency = build(cfg)
+    write_predictor_reports(out, accuracy=accuracy, latency=latency)
     runner = make_runner(plain(cfg.get("evaluator"), "evaluator"))
     progress = _Progress()
 

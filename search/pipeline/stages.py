@@ -1,8 +1,7 @@
 """The pipeline's stages, one small class each (see :mod:`.runner` for what a stage is).
 
-1. ``01_proxy``     the proxy predictor (config ``latency``); a proxy that is not operator-linear (a
-                    lookup table) also gets a linear surrogate fitted on its predictions, for the
-                    adaptation methods that need one (``proxy.surrogate_n``).
+1. ``01_proxy``     the proxy predictor (config ``latency``; any latency predictor, e.g. a lookup
+                    table), checked to price the space.
 2. ``02_samples``   K target archs picked by the adaptation's selection from a pool, measured on the
                     target (config ``samples``; the target is config ``target``).
 3. ``03_adapt``     monotonicity check: when the lower confidence bound of SRCC(proxy, target) on the K
@@ -48,44 +47,28 @@ class ScaledProxy(Predictor):
         return self.c + self.a * np.asarray(self.proxy.predict(archs), dtype=float)
 
 
-def _linear(space: Any, weights: list, bias: float) -> Any:
-    from hwnas.predictors.linear import LinearLatencyPredictor
-
-    p = LinearLatencyPredictor(space)
-    p.weights, p.bias = np.asarray(weights, dtype=float), float(bias)
-    return p
-
-
 # ============================================================================ 1 proxy
 class ProxyStage(Stage):
     name, title, config_key, outputs = "01_proxy", "proxy predictor", "latency", ("proxy.json",)
 
     def extra_key(self, ctx: Context) -> Any:
-        return [space_spec(ctx.space), ctx.setting("proxy"), ctx.setting("seed")]
+        return [space_spec(ctx.space), ctx.setting("seed")]
 
     def run(self, ctx: Context) -> dict:
-        from hwnas.predictors.linear import LinearLatencyPredictor
-
+        """Check the proxy prices this space and record what it is (any latency predictor works: the
+        adaptation reads a non-linear one, e.g. a lookup table, through its own linear fit)."""
         proxy = ctx.proxy
-        rng = np.random.default_rng(int(ctx.setting("seed")))
-        check = ctx.space.sample(512, rng)
+        check = ctx.space.sample(512, np.random.default_rng(int(ctx.setting("seed"))))
         y = np.asarray(proxy.predict(check), dtype=float)
-        if isinstance(proxy, LinearLatencyPredictor) and proxy.weights is not None:
-            lin, kind, fit = proxy, "linear", 1.0
-        else:  # a linear surrogate of the proxy's own predictions
-            n = int(ctx.setting("proxy.surrogate_n"))
-            train = ctx.space.sample(n, rng)
-            lin = LinearLatencyPredictor(ctx.space).fit(train, np.asarray(proxy.predict(train), dtype=float))
-            kind, fit = "surrogate", srcc(lin.predict(check), y)
-        data = {"kind": kind, "predictor": type(proxy).__name__, "weights": lin.weights.tolist(), "bias": float(lin.bias),
-                "surrogate_srcc": fit}
+        if y.shape != (len(check),) or not np.isfinite(y).all():
+            raise PipelineError(f"latency ({type(proxy).__name__}): the proxy's predictions over random archs of the space "
+                                "are not finite numbers, one per arch; choose a proxy that prices this space")
+        data = {"predictor": type(proxy).__name__, "latency_range_ms": [float(y.min()), float(np.median(y)), float(y.max())]}
         atomic_write(ctx.run_dir / self.name / "proxy.json", json.dumps(data) + "\n")
-        return {"kind": kind, "predictor": type(proxy).__name__, "surrogate_srcc": fit,
-                "latency_range_ms": [float(y.min()), float(np.median(y)), float(y.max())]}
+        return data
 
     def load(self, ctx: Context, meta: dict) -> None:
-        data = json.loads((ctx.run_dir / self.name / "proxy.json").read_text())
-        ctx.put("proxy_linear", _linear(ctx.space, data["weights"], data["bias"]))
+        pass
 
 
 # ============================================================================ 2 samples
@@ -112,7 +95,7 @@ class SamplesStage(Stage):
             if not 3 <= k <= len(pool):
                 raise PipelineError(f"samples.k={k}: choose between 3 and {len(pool)} target samples (samples.pool={pool_n})")
             how = ctx.setting("samples.selection")
-            archs = [pool[i] for i in select_samples(ctx.space, pool, k, how, rng)]
+            archs = [pool[i] for i in select_samples(ctx.space, pool, k, how, rng, proxy=ctx.proxy)]
         y = ctx.ledger.measure(archs, ctx.run_dir / self.name, "sample archs")
         p = np.asarray(ctx.proxy.predict(archs), dtype=float)
         write_csv(ctx.run_dir / self.name / "samples.csv",
@@ -179,7 +162,8 @@ class AdaptStage(Stage):
             from hwnas.predictors.adapt import adapt
 
             archs, y = ctx.get("samples")
-            return adapt(ctx.get("proxy_linear"), archs, y, method=info["method"], **kwargs)
+            extra = {"library": ctx.setting("adapt.library")} if info["method"] == "bayes" else {}
+            return adapt(ctx.proxy, archs, y, method=info["method"], **{**extra, **kwargs})
 
         ctx.lazy("adapted", fit)
 
