@@ -1,16 +1,23 @@
-"""Proxy adaptation benchmark: SRCC over the whole dataset on each target device, before and after
-adapting a proxy-device predictor with K target samples (mean and worst over seeds).
+"""Proxy -> target adaptation, measured on devices the method was not designed on.
 
-    python benchmarks/proxy_adaptation.py                       # all settings, 5 seeds (~ a few minutes)
-    python benchmarks/proxy_adaptation.py --quick               # NB201 only, 3 seeds, K=10
-    python benchmarks/proxy_adaptation.py --settings fbnet:pixel3 --ks 20 --seeds 10 --selection kmeans
-    python benchmarks/proxy_adaptation.py --methods bayes,adaproxy,adaproxy_plain,multiproxy
+    python benchmarks/proxy_adaptation.py                      # every setting, both folds, 10 seeds (~30 min)
+    python benchmarks/proxy_adaptation.py --quick              # NB201 only, evaluation fold, 3 seeds
+    python benchmarks/proxy_adaptation.py --settings fbnet:pixel3 --ks 10,20 --methods bayes,bayes-nolib,adaproxy
+    python benchmarks/proxy_adaptation.py --selections random,kmeans,stratified --ks 10,20
 
-Columns: ``true`` = SRCC of the proxy device's measured latency vs the target; ``pred`` = the
-proxy-fitted linear predictor vs the target (the unadapted predictor); ``K=..`` = adapted predictor,
-mean over seeds (worst seed in brackets). ``multiproxy`` uses linear predictors fitted on *all other*
-devices of the file as sources (a many-device setting, not one proxy). Data: ``$HWNAS_ASSETS_MIRROR``
-(default ../shared/data).
+Protocol (as in issue 12): the proxy predictor is a per-position linear model fitted on every row of the
+proxy device; the candidates are 1,999 random archs of the dataset (fixed seed); each seed draws K of
+them at random (``--selection``) as the measured target samples; the score is the SRCC over the 1,999
+archs. Methods: ``bayes`` (the default, with a device library), ``bayes-nolib`` (the one-proxy prior:
+no other device), ``adaproxy`` / ``adaproxy_plain`` (AdaProxy with and without shrinkage),
+``multiproxy`` (the library's devices as sources).
+
+Honest folds. Devices are grouped into families (one GPU at three batch sizes is three families; five
+GPUs at one batch size are one family). A target's library never holds the target's family. Families
+are split into a *design* fold, on which every choice of the method was made, and an *evaluation* fold,
+which is reported as the result. Baselines printed beside each device: the proxy device's measured
+latency (``raw``), the proxy predictor (``pred``), MACs (``macs``), and the device's ceiling (a
+per-position linear model trained on half of its rows, scored on the other half).
 """
 
 from __future__ import annotations
@@ -22,109 +29,170 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 
 ANCHORS = {
-    "nasbench201": "AdaProxy 60+10 samples: 0.87-0.99",
+    "nasbench201": "AdaProxy (paper) 60+10 samples: 0.87-0.99",
     "fbnet": "NASFLAT 20 samples: 0.58-0.96",
     "ofa_mbv3": "(no published anchor)",
 }
 SETTINGS = ["nasbench201:pixel3", "fbnet:pixel3", "fbnet:2080ti_1", "ofa_mbv3:2080ti_1"]
+GPUS = ("1080ti", "2080ti", "titan_rtx", "titanx", "titanxp")
+FAMILIES = {
+    "nasbench201": {**{f"gpu_b{b}": [f"{g}_{b}" for g in GPUS] for b in (1, 32, 256)},
+                    "xeon": ["gold_6226", "gold_6240", "silver_4114", "silver_4210r"],
+                    "phone": ["pixel2", "pixel3", "samsung_a50", "samsung_s7", "essential_ph_1"]},
+    "fbnet": {**{f"gpu_b{b}": [f"{g}_{b}" for g in GPUS] for b in (1, 32, 64)},
+              "xeon": ["gold_6226", "gold_6240", "silver_4114", "silver_4210r"]},
+    "ofa_mbv3": {g: [f"{g}_{b}" for b in (1, 32, 64)] for g in ("2080ti", "titan_rtx", "titan_xp")},
+}
+#: the families every choice of the adaptation method was made on (the rest is the evaluation fold)
+DESIGN = {"nasbench201": ["gpu_b1", "gpu_b256", "xeon", "eyeriss"],
+          "fbnet": ["gpu_b1", "gpu_b64", "eyeriss", "raspi4"],
+          "ofa_mbv3": ["titan_rtx"]}
+POOL = 1999
 
 
-def _ranks(x):
-    r = rankdata(x)
-    return (r - r.mean()) / (r.std() + 1e-12)
+def family(dataset: str, device: str) -> str:
+    for fam, members in FAMILIES.get(dataset, {}).items():
+        if device in members:
+            return fam
+    return device
 
 
-def srcc_fast(pred, target_ranks):
-    return float(np.mean(_ranks(pred) * target_ranks))
+def fold_of(dataset: str, device: str) -> str:
+    return "design" if family(dataset, device) in DESIGN.get(dataset, []) else "eval"
 
 
-def run_setting(ds_name, proxy, ks, seeds, methods, selection, targets=None, out=print):
+def ceiling(X: np.ndarray, y: np.ndarray, seed: int = 7) -> float:
+    """SRCC of a per-position linear model trained on half of a device's rows, on the other half."""
+    from hwnas.predictors.linear import ridge_fit
+    from hwnas.predictors.metrics import srcc
+
+    perm = np.random.default_rng(seed).permutation(len(y))
+    h = len(y) // 2
+    w, b = ridge_fit(X[perm[:h]], y[perm[:h]])
+    return srcc(X[perm[h:]] @ w + b, y[perm[h:]])
+
+
+class Setting:
+    """One dataset and proxy device: data, proxy predictor, device models, candidates."""
+
+    def __init__(self, dataset: str, proxy: str) -> None:
+        from hwnas.predictors.adapt import DeviceLibrary
+        from hwnas.predictors.data import load_dataset
+        from hwnas.predictors.linear import LinearLatencyPredictor, cost_table, latency_features
+
+        self.dataset, self.proxy_device = dataset, proxy
+        self.ds = load_dataset(dataset)
+        self.space = self.ds.space
+        self.X = latency_features(self.space, self.ds.archs)
+        self.proxy = LinearLatencyPredictor(self.space).fit(self.ds.archs, self.ds[proxy])
+        self.library = DeviceLibrary.from_dataset(self.ds)
+        rng = np.random.default_rng(12345)
+        self.pool = np.sort(rng.choice(len(self.ds), min(POOL, len(self.ds)), replace=False))
+        self.pool_archs = [self.ds.archs[i] for i in self.pool]
+        T = cost_table(self.space)
+        self.macs = None if T is None else self.X @ (T[:, 0] + T[:, 1])
+
+    def targets(self, folds: list[str], only: list[str] | None = None) -> list[str]:
+        out = [d for d in self.ds.devices if d != self.proxy_device]
+        if only:
+            return [d for d in out if d in only]
+        return [d for d in out if fold_of(self.dataset, d) in folds]
+
+    def library_for(self, target: str):
+        fam = family(self.dataset, target)
+        return self.library.without([d for d in self.library.devices if family(self.dataset, d) == fam])
+
+    def baselines(self, target: str) -> dict:
+        from hwnas.predictors.metrics import srcc
+
+        y = self.ds[target][self.pool]
+        out = {"raw": srcc(self.ds[self.proxy_device][self.pool], y), "pred": srcc(self.X[self.pool] @ self.proxy.weights, y),
+               "ceil": ceiling(self.X, self.ds[target])}
+        out["macs"] = srcc(self.macs[self.pool], y) if self.macs is not None else float("nan")
+        return out
+
+
+def run_method(st: Setting, target: str, method: str, K: int, seed: int, selection: str) -> float:
     from hwnas.predictors.adapt import adapt, select_samples
-    from hwnas.predictors.data import load_dataset
-    from hwnas.predictors.linear import LinearLatencyPredictor, latency_features
+    from hwnas.predictors.linear import LinearLatencyPredictor
+    from hwnas.predictors.metrics import standard_ranks
 
-    ds = load_dataset(ds_name)
-    archs = ds.archs
-    space = ds.space
-    X = latency_features(space, archs)  # warm the feature path once
-    t0 = time.perf_counter()
-    P = LinearLatencyPredictor(space).fit(archs, ds[proxy])
-    t_fit_proxy = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    pp = P.predict(archs)
-    t_pred = time.perf_counter() - t0
-    targets = targets or [d for d in ds.devices if d != proxy]
-    src_models = {}
-    if "multiproxy" in methods:
-        for d in ds.devices:
-            src_models[d] = LinearLatencyPredictor(space).fit(archs, ds[d])
-    rows = {}
-    fit_times = {m: [] for m in methods}
-    pools = {}
-    for tgt in targets:
-        y = ds[tgt]
-        tr = _ranks(y)
-        true_s = srcc_fast(ds[proxy], tr)
-        pred_s = srcc_fast(pp, tr)
-        res = {}
+    y = st.ds[target]
+    if selection == "random":
+        pick = np.random.default_rng(1000 * K + seed).choice(len(st.pool), K, replace=False)
+    else:
+        pick = select_samples(st.space, st.pool_archs, K, selection, rng=1000 * K + seed, proxy=st.proxy)
+    idx = st.pool[np.sort(pick)]
+    archs, ys = [st.ds.archs[i] for i in idx], y[idx]
+    if method == "bayes":
+        m = adapt(st.proxy, archs, ys, library=st.library_for(target))
+    elif method == "bayes-nolib":
+        m = adapt(st.proxy, archs, ys, library=None)
+    elif method == "multiproxy":
+        lib = st.library_for(target)
+        srcs = {}
+        for d in lib.devices:
+            p = LinearLatencyPredictor(st.space)
+            p.weights, p.bias = lib.models[d]
+            srcs[d] = p
+        m = adapt(st.proxy, archs, ys, method="multiproxy", sources=srcs)
+    else:
+        m = adapt(st.proxy, archs, ys, method=method, **({"rng": seed} if method == "adaproxy_plain" else {}))
+    tr = standard_ranks(y[st.pool])
+    return float(np.mean(standard_ranks(st.X[st.pool] @ m.weights) * tr)) if not m.gamma else \
+        float(np.mean(standard_ranks(m.predict(st.pool_archs)) * tr))
+
+
+def table(st: Setting, targets: list[str], methods: list[str], ks: list[int], seeds: int, selection: str, out=print) -> dict:
+    res = {}
+    t0 = time.time()
+    for n, tgt in enumerate(targets):
+        b = st.baselines(tgt)
+        row = {"base": b}
         for m in methods:
             for K in ks:
-                vals = []
-                for seed in range(seeds):
-                    key = (K, seed)
-                    if key not in pools:
-                        pools[key] = select_samples(space, archs, K, selection, seed)
-                    idx = pools[key]
-                    sa = [archs[i] for i in idx]
-                    t0 = time.perf_counter()
-                    if m == "multiproxy":
-                        srcs = {d: src_models[d] for d in ds.devices if d not in (tgt, proxy)}
-                        model = adapt(P, sa, y[idx], method=m, sources=srcs)
-                    else:
-                        model = adapt(P, sa, y[idx], method=m)
-                    fit_times[m].append(time.perf_counter() - t0)
-                    vals.append(srcc_fast(model.predict(archs), tr))
-                res[(m, K)] = (float(np.mean(vals)), float(np.min(vals)))
-        rows[tgt] = (true_s, pred_s, res)
-    # ------------------------------------------------------------------ print
-    out(f"\n### {ds_name}: proxy {proxy} -> every other device  ({len(ds)} archs, {seeds} seeds, selection={selection})")
-    out(f"anchor: {ANCHORS.get(ds_name, '')}")
-    out(f"proxy linear fit {t_fit_proxy:.2f} s on {len(ds)} archs; predict {len(ds) / t_pred:,.0f} archs/s")
+                v = [run_method(st, tgt, m, K, s, selection) for s in range(seeds)]
+                row[(m, K)] = (float(np.mean(v)), float(np.min(v)))
+        res[tgt] = row
+        cells = " | ".join(f"{row[(m, K)][0]:.3f} [{row[(m, K)][1]:.2f}]{'*' if row[(m, K)][0] < b['pred'] - 0.005 else ' '}"
+                           for m in methods for K in ks)
+        eta = (time.time() - t0) / (n + 1) * (len(targets) - n - 1)
+        out(f"| {tgt:15s} | {fold_of(st.dataset, tgt):6s} | {b['raw']:.3f} | {b['pred']:.3f} | {b['macs']:.3f} | {b['ceil']:.3f} | "
+            f"{cells} |   ({time.time() - t0:.0f} s, ETA {eta:.0f} s)")
+        sys.stdout.flush()
+    return res
+
+
+def summarise(res: dict, methods: list[str], ks: list[int], label: str, out=print) -> None:
+    if not res:
+        return
+    devs = list(res)
+    base = {k: [res[d]["base"][k] for d in devs] for k in ("raw", "pred", "macs", "ceil")}
     for m in methods:
-        out(f"\nmethod={m}  (mean [worst seed]; fit {1000 * np.mean(fit_times[m]):.1f} ms mean, {1000 * np.max(fit_times[m]):.0f} ms max)")
-        head = f"| {'target':15s} | true | pred | " + " | ".join(f"K={K:<11d}" for K in ks) + " |"
-        out(head)
-        out("|" + "---|" * (3 + len(ks)))
-        for tgt, (ts, ps, res) in rows.items():
-            cells = []
-            for K in ks:
-                mu, mn = res[(m, K)]
-                flag = "*" if mu < ps - 0.005 else " "
-                cells.append(f"{mu:.3f} [{mn:.2f}]{flag}")
-            out(f"| {tgt:15s} | {ts:.3f} | {ps:.3f} | " + " | ".join(cells) + " |")
-        means = [np.mean([r[2][(m, K)][0] for r in rows.values()]) for K in ks]
-        worst = [np.min([r[2][(m, K)][0] for r in rows.values()]) for K in ks]
-        below = [sum(r[2][(m, K)][0] < r[1] - 0.005 for r in rows.values()) for K in ks]
-        out(f"| {'MEAN':15s} | {np.mean([r[0] for r in rows.values()]):.3f} | {np.mean([r[1] for r in rows.values()]):.3f} | "
-            + " | ".join(f"{x:.3f}{'':8s}" for x in means) + " |")
-        out(f"| {'WORST target':15s} | {np.min([r[0] for r in rows.values()]):.3f} | {np.min([r[1] for r in rows.values()]):.3f} | "
-            + " | ".join(f"{x:.3f}{'':8s}" for x in worst) + " |")
-        out(f"| {'# below pred':15s} |      |      | " + " | ".join(f"{x:<12d}" for x in below) + " |")
-    out("(* = mean below the unadapted proxy predictor)")
-    return rows
+        means = [np.mean([res[d][(m, K)][0] for d in devs]) for K in ks]
+        worst = [np.min([res[d][(m, K)][0] for d in devs]) for K in ks]
+        below = [sum(res[d][(m, K)][0] < res[d]["base"]["pred"] - 0.005 for d in devs) for K in ks]
+        gap = [np.mean([res[d]["base"]["ceil"] - res[d][(m, K)][0] for d in devs]) for K in ks]
+        out(f"{label} {m:12s} " + "  ".join(f"K={K}: {mu:.3f} (worst {w:.3f}, {bl} below pred, ceiling gap {g:+.3f})"
+                                          for K, mu, w, bl, g in zip(ks, means, worst, below, gap)))
+    out(f"{label} baselines    raw proxy {np.mean(base['raw']):.3f} (worst {np.min(base['raw']):.3f})  proxy predictor "
+        f"{np.mean(base['pred']):.3f} (worst {np.min(base['pred']):.3f})  MACs {np.nanmean(base['macs']):.3f}  ceiling "
+        f"{np.mean(base['ceil']):.3f} (worst {np.min(base['ceil']):.3f})")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma list of dataset:proxy")
     ap.add_argument("--ks", default="5,10,20,50")
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--methods", default="bayes,adaproxy,multiproxy")
-    ap.add_argument("--selection", default="random", choices=["random", "kmeans"])
-    ap.add_argument("--quick", action="store_true", help="NB201 only, K=10, 3 seeds, bayes")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--methods", default="bayes,bayes-nolib,adaproxy")
+    ap.add_argument("--selection", default="random", help="random | kmeans | stratified (how the K samples are drawn)")
+    ap.add_argument("--selections", default=None, help="compare selections (comma list) for the first method instead")
+    ap.add_argument("--folds", default="eval,design", help="which folds to report (eval = the result; design = what was tuned on)")
+    ap.add_argument("--targets", default=None, help="comma list of devices (overrides --folds)")
+    ap.add_argument("--quick", action="store_true", help="NB201, evaluation fold, K=5,10,20, 3 seeds, bayes")
     ap.add_argument("--mirror", default=None)
     args = ap.parse_args(argv)
     mirror = args.mirror or os.environ.get("HWNAS_ASSETS_MIRROR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -132,14 +200,29 @@ def main(argv=None) -> int:
     settings = [s.split(":") for s in args.settings.split(",") if s]
     ks = [int(k) for k in args.ks.split(",")]
     methods = [m for m in args.methods.split(",") if m]
+    folds = [f for f in args.folds.split(",") if f]
     seeds = args.seeds
     if args.quick:
-        settings, ks, seeds, methods = [["nasbench201", "pixel3"]], [10], 3, ["bayes"]
+        settings, ks, seeds, methods, folds = [["nasbench201", "pixel3"]], [5, 10, 20], 3, ["bayes"], ["eval"]
+    only = args.targets.split(",") if args.targets else None
     t0 = time.time()
     for ds_name, proxy in settings:
-        run_setting(ds_name, proxy, ks, seeds, methods, args.selection)
-        sys.stdout.flush()
-    print(f"\ntotal {time.time() - t0:.0f} s")
+        st = Setting(ds_name, proxy)
+        print(f"\n### {ds_name}: proxy {proxy}   (anchor: {ANCHORS.get(ds_name, '')}; {len(st.pool)} archs, {seeds} seeds, "
+              f"samples: {args.selection})")
+        selections = args.selections.split(",") if args.selections else [args.selection]
+        for fold in (["targets"] if only else folds):
+            targets = st.targets([fold], only)
+            if not targets:
+                continue
+            for sel in selections:
+                cols = [f"{m} K={K}" for m in methods for K in ks]
+                print(f"\n{fold} fold" + (f", selection={sel}" if args.selections else "") +
+                      f" (* = mean below the proxy predictor)\n| target | fold | raw | pred | macs | ceil | " + " | ".join(cols) + " |")
+                print("|" + "---|" * (6 + len(cols)))
+                res = table(st, targets, methods, ks, seeds, sel)
+                summarise(res, methods, ks, f"[{ds_name}:{proxy} {fold}{' ' + sel if args.selections else ''}]")
+        print(f"(total {time.time() - t0:.0f} s)")
     return 0
 
 
