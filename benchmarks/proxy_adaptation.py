@@ -120,6 +120,10 @@ def run_method(st: Setting, target: str, method: str, K: int, seed: int, selecti
     from hwnas.predictors.metrics import standard_ranks
 
     y = st.ds[target]
+    opts = {}
+    if "[" in method:  # method[key=value,...]: options of the method (e.g. bayes[macs_weight=0])
+        method, _, rest = method.partition("[")
+        opts = {k: float(v) for k, v in (kv.split("=") for kv in rest.rstrip("]").split(";") if kv)}
     if selection == "random":
         pick = np.random.default_rng(1000 * K + seed).choice(len(st.pool), K, replace=False)
     else:
@@ -127,9 +131,9 @@ def run_method(st: Setting, target: str, method: str, K: int, seed: int, selecti
     idx = st.pool[np.sort(pick)]
     archs, ys = [st.ds.archs[i] for i in idx], y[idx]
     if method == "bayes":
-        m = adapt(st.proxy, archs, ys, library=st.library_for(target))
+        m = adapt(st.proxy, archs, ys, library=st.library_for(target), **opts)
     elif method == "bayes-nolib":
-        m = adapt(st.proxy, archs, ys, library=None)
+        m = adapt(st.proxy, archs, ys, library=None, **opts)
     elif method == "multiproxy":
         lib = st.library_for(target)
         srcs = {}

@@ -37,6 +37,7 @@ class Basis:
     mean: np.ndarray  # feature mean over the pool
     pool_X: np.ndarray  # centred pool features
     kernels: dict[str, np.ndarray] = field(default_factory=dict)  # weight-space covariances, unit pool variance
+    macs: np.ndarray | None = None  # the per-position MACs direction (unit pool spread), when the space has a geometry
 
     def features(self, archs: Sequence[Any]) -> np.ndarray:
         """Centred per-position features of ``archs``."""
@@ -85,6 +86,8 @@ def basis_for(space: Any) -> Basis:
     if T is not None and np.abs(T).sum() > 0:
         Tn = np.stack([b.unit(T[:, j]) for j in range(T.shape[1]) if np.std(b.pool_X @ T[:, j]) > 0], axis=1)
         b.kernels["physics"] = b.unit_kernel(Tn @ Tn.T)
+        if np.std(b.pool_X @ (T[:, 0] + T[:, 1])) > 0:
+            b.macs = b.unit(T[:, 0] + T[:, 1])
     groups, _ = feature_groups(space)
     G = np.zeros((p, int(groups.max()) + 1))
     G[np.arange(p), groups] = 1.0

@@ -4,9 +4,11 @@ The target's latency is linear in the per-position features (:mod:`.basis`),
 ``y = scale * (c + x . w) + noise``, and the prior on the weights ``w`` says what devices look like:
 
 * **a mixture of candidate directions** ``w = v_j + deviation``: the proxy's direction (prior weight 2),
-  and, when a device library is available (:mod:`.library`), every library device's direction (weight
-  1, shared among near-duplicates) and the library's mean direction. A new device "behaves like one of
-  these, up to a deviation"; the K samples weigh the candidates.
+  the MACs direction (weight 1: a compute-bound device nobody measured before, such as a CPU, ranks by
+  MACs, and the adapted model must never do worse than counting MACs), and, when a device library is
+  available (:mod:`.library`), every library device's direction (weight 1, shared among near-duplicates)
+  and the library's mean direction. A new device "behaves like one of these, up to a deviation"; the K
+  samples weigh the candidates.
 * **a structured deviation** ``N(0, tau^2 v v^T + sum_k theta_k S_k)``: a rescaling of the candidate
   direction, plus kernels from coarse to fine -- the library's covariance (how devices differ from each
   other), the physical totals of the space's geometry (MACs, activations, launches, weights), and a free
@@ -71,7 +73,7 @@ def _scaled_proxy(basis, pdir, y: np.ndarray, Xs: np.ndarray, info: dict, proxy:
 @register_method("bayes")
 def fit_bayes(proxy: Any, archs: Sequence[Any], y: np.ndarray, *, library: Any = "auto", exclude: Sequence[str] = (),
               kernels: Sequence[str] | None = None, temperature: float | None = None, hyperprior: float | None = None,
-              tau: float = 0.5, proxy_weight: float = 2.0, spread: float = 0.25, theta_grid: Sequence[float] = THETA_GRID,
+              tau: float = 0.5, proxy_weight: float = 2.0, macs_weight: float = 1.0, spread: float = 0.25, theta_grid: Sequence[float] = THETA_GRID,
               noise_grid: Sequence[float] = NOISE_GRID, scale_grid: Sequence[float] = SCALE_GRID, mirror: str | None = None,
               max_models: int = 256) -> AdaptedPredictor:
     space = getattr(proxy, "space", None)
@@ -101,6 +103,10 @@ def fit_bayes(proxy: Any, archs: Sequence[Any], y: np.ndarray, *, library: Any =
         cvs += list(lcvs)
         if len(LV) > 1:
             S_lib = basis.unit_kernel(np.cov(LV.T))
+    if basis.macs is not None and macs_weight > 0:
+        names.append("MACs")
+        V.append(basis.macs)
+        weights.append(macs_weight)
     cvs = np.array([c for c in cvs if np.isfinite(c) and c > 0])
     cv0 = float(np.exp(np.mean(np.log(cvs)))) if len(cvs) else 0.3
 
