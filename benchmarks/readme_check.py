@@ -11,8 +11,8 @@ Three explicit tables below say what is not run verbatim, and every use is print
   an abbreviated arch) and what replaces it; some make a stand-in first (a tiny ImageFolder, a search
   run, a supernet file named like the official checkpoint);
 * ``FAST``: the commands of the fast subset (``--fast``) and the small settings appended to them there,
-  so they finish in seconds; ``LONG``: commands that run for days by design (ImageNet training) and get
-  small settings in every mode.
+  so they finish in seconds; ``LONG``: commands that run for hours or days by design (ImageNet
+  training, a supernet-evaluated search) and get small settings in every mode.
 
 Every command runs with ``HWNAS_ASSETS_MIRROR`` set to the data mirror (no internet here), and the
 cache and the user config folder inside the temporary folder. A command that fails (or runs past
@@ -73,8 +73,7 @@ _SEARCH = "search.pop_size=8 search.n_gen=2 search.refine.passes=0 search.plot=f
 #: accuracy=mlp search and smoke training are left out: tests/test_plugins.py, test_acc_predictors.py and
 #: test_train.py run them as written.
 FAST = [
-    (r"^hwnas-search .*accuracy=supernet", f"accuracy.n_calib=4 accuracy.n_val=4 accuracy.num_workers=0 accuracy.batch_size=4 "
-                                           f"search.pop_size=4 search.n_gen=1 search.refine.passes=0 search.plot=false"),
+    (r"^hwnas-search .*accuracy=supernet", ""),  # small settings in every mode (LONG)
     (r"^hwnas-search latency=adapted latency.target_device=", _SEARCH),
     (r"^hwnas-search space=ofa_mbv3_w12 accuracy=ofa_predictor", _SEARCH),
     (r"^hwnas-export .*--checkpoint", "--formats torch --calib-images 4 --no-progress --top 1"),
@@ -86,6 +85,13 @@ FAST = [
 
 #: (regex, appended in every mode, why)
 LONG = [
+    (r"-m hwnas\.supernet\.evaluate .*--random", "--n-calib 4 --n-val 4 --workers 0 --batch-size 4",
+     "each subnet is BN-recalibrated on 2,000 images and evaluated on all of ImageNet's validation set (a GPU's "
+     "minutes per subnet): 4 images each on the stand-in data shows that it runs"),
+    (r"^hwnas-search .*accuracy=supernet", "accuracy.n_calib=4 accuracy.n_val=4 accuracy.num_workers=0 accuracy.batch_size=4 "
+                                           "search.pop_size=4 search.n_gen=1 search.refine.passes=0 search.plot=false",
+     "a search that evaluates every candidate on the supernet (2,000 calibration + 10,000 validation images each) runs for "
+     "hours on a GPU: a tiny one on the stand-in data shows that it runs"),
     (r"^hwnas-train .*imagenet", "stop_after=1 train.batch_size=2 data.num_workers=0 space.resolutions=[128] threads=1",
      "progressive shrinking on ImageNet runs for days: one step on the stand-in data shows that it starts"),
 ]
