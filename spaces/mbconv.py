@@ -282,6 +282,8 @@ class MBConvSpace(SearchSpace):
 
     arch_type = MBConvArch
     family = "mbconv"
+    #: the adaptation's sample selection for ``selection=auto`` (see hwnas.predictors.adapt.selection)
+    adapt_selection = "kmeans"
     default_kernels: tuple[int, ...] = (3, 5, 7)
     default_expands: tuple[int, ...] = (3, 4, 6)
     default_depths: tuple[int, ...] = (2, 3, 4)

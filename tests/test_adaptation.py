@@ -203,6 +203,11 @@ def test_selection(data_dir):
         select_samples(ds.space, pool, 2001)
     with pytest.raises(ValueError, match="selection='nope'"):
         select_samples(ds.space, pool, 3, "nope")
+    # auto: what each kind of space preferred on the design devices -- k-means on MBConv, else stratified
+    assert np.array_equal(select_samples(ds.space, pool, 10, rng=5), select_samples(ds.space, pool, 10, "kmeans", rng=5))
+    nb = load_dataset("nasbench201")
+    npool = nb.archs[:500]
+    assert np.array_equal(select_samples(nb.space, npool, 8, rng=5), select_samples(nb.space, npool, 8, "stratified", rng=5))
 
 
 def test_ofa_batch1_proxy_to_batch64_target(data_dir):

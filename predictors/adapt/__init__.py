@@ -10,7 +10,7 @@ few (K) measured target samples, and the choice of which K archs to measure.
 * :mod:`.library`: other devices of the space as a prior (:class:`DeviceLibrary`);
 * :mod:`.bayes` (default), :mod:`.adaproxy` (AdaProxy, plain AdaProxy, the scaled proxy),
   :mod:`.multiproxy`: the methods;
-* :mod:`.selection`: :func:`select_samples` (``stratified``, ``kmeans``, ``random``);
+* :mod:`.selection`: :func:`select_samples` (``auto``, ``stratified``, ``kmeans``, ``random``);
 * :mod:`.adapted`: :class:`AdaptedLatency`, the ``latency=adapted`` config predictor.
 """
 

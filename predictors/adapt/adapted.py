@@ -31,7 +31,7 @@ class AdaptedLatency(Predictor):
         (fitted on all its rows) is the proxy; or any fitted latency predictor of the space.
     target_samples: a CSV / dataset / filled plan with the target's measurements in ``target_device``.
         Rows with a value are the samples; if ``k`` is set and more rows have values, ``k`` of them are
-        picked by ``selection`` (``stratified``, ``kmeans``, ``random``) -- that is how the benchmarks
+        picked by ``selection`` (``auto``, ``stratified``, ``kmeans``, ``random``) -- that is how the benchmarks
         simulate measuring K archs. ``k=null`` takes every row (many rows: a direct fit, seconds).
     method: an adaptation method (``bayes``, ``adaproxy``, ``adaproxy_plain``, ``multiproxy``, ``proxy``).
     library: the device library for ``bayes`` (``auto``: the builtin dataset of the space; ``none``;
@@ -42,7 +42,7 @@ class AdaptedLatency(Predictor):
     metric = "latency_ms"
 
     def __init__(self, space: Any, proxy: Any = "nasbench201", proxy_device: str = "pixel3", target_samples: Any = None,
-                 target_device: str | None = None, k: int | None = 10, selection: str = "stratified", method: str = "bayes",
+                 target_device: str | None = None, k: int | None = 10, selection: str = "auto", method: str = "bayes",
                  library: Any = "auto", sources: Sequence[str] | None = None, seed: int = 0, mirror: str | None = None,
                  **method_kwargs: Any) -> None:
         from hwnas.spaces import create_space

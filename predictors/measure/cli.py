@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--plan", type=int, metavar="K", help="write the K archs worth measuring (ONNX + TorchScript + plan.csv) into --out")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ap.add_argument("--pool", type=int, default=2000, help="--plan: random archs the K are selected from (default 2000)")
-    ap.add_argument("--selection", default="stratified", help="--plan: stratified (default, the adaptation's), kmeans or random")
+    ap.add_argument("--selection", default="auto", help="--plan: auto (default, the adaptation's: kmeans on MBConv spaces, else stratified), stratified, kmeans or random")
     ap.add_argument("--device", default=None, help="device name in the store/CSV/plan (default local-<backend>-t<threads>)")
     ap.add_argument("--scheduler", default=None, help="measure on a remote device: the Dask scheduler, e.g. tcp://HOST:8786")
     ap.add_argument("--resource", default="hwnas-device", help="the Dask resource the device's worker holds (default hwnas-device)")

@@ -70,7 +70,7 @@ def plan_started(path: str | os.PathLike) -> bool:
     return csv_path.is_file() and any((r.get(COLUMN) or "").strip() for r in _read_rows(csv_path))
 
 
-def select_plan_archs(space: Any, k: int, seed: int = 0, pool: int = 2000, selection: str = "stratified") -> list:
+def select_plan_archs(space: Any, k: int, seed: int = 0, pool: int = 2000, selection: str = "auto") -> list:
     """The ``k`` archs the adaptation would measure: ``selection`` over ``pool`` random archs."""
     from hwnas.predictors.adapt import select_samples
 
