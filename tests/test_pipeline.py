@@ -279,3 +279,17 @@ def test_presets_build_through_the_config_groups(name, space, proxy, target, dat
     assert type(build_predictor(cfg, "latency", sp)).__name__ == proxy
     assert type(build_predictor(cfg, "target", sp)).__name__ == target
     assert cfg.search.budgets is None and cfg.search.pop_size == 100  # target budgets; the search's own settings
+
+
+def test_derived_budgets_are_taken_over_the_reduced_space(tmp_path, data_dir):
+    # FBNet on raspi4: the reduction drops the fastest choices, so quantiles of the full space's latency put
+    # the smallest budget below every arch that is searched (the README's preset command failed there).
+    # Budgets the pipeline chooses come from the space it searches; budgets the user gives are kept.
+    cfg = compose_pipeline(["target.device=raspi4", "search.n_gen=4", "search.pop_size=12", "search.refine.passes=0",
+                            "search.verbose=false", "search.plot=false", "report=false", f"assets.mirror={data_dir}"],
+                           name="pipeline_fbnet")
+    s = run_pipeline(cfg, tmp_path / "run")
+    adapt_budgets = json.loads((tmp_path / "run" / "03_adapt" / "adapt.json").read_text())["budgets"]
+    assert "searched space" in s["budgets_from"] and s["budgets"] != adapt_budgets
+    assert len(s["budgets"]) == 4 and min(s["budgets"]) > min(adapt_budgets)
+    assert s["dropped"]  # the reduction did drop choices

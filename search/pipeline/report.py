@@ -148,7 +148,7 @@ def write_report(run_dir: str | Path, summary: dict) -> Path:
           f"| decision | {a.get('decision')} |"]
     if "eval_srcc_proxy_full" in a:
         L.append(f"| SRCC over all target data (evaluation only): proxy -> adapted | {_f(a.get('eval_srcc_proxy_full'))} -> {_f(a.get('eval_srcc_adapted_full'))} |")
-    L += [f"| budgets (ms) | {summary.get('budgets')} ({a.get('budgets_from')}) |",
+    L += [f"| budgets (ms) | {summary.get('budgets')} ({summary.get('budgets_from') or a.get('budgets_from')}) |",
           f"| searched front / kept after re-measuring | {summary.get('front_size')} / {summary.get('final_size')} |",
           f"| hypervolume on measured latency | {_f(summary.get('hv_measured'), 4)} (ref {summary.get('hv_ref')}) |"]
     for b, r in (summary.get("best_at_budgets") or {}).items():

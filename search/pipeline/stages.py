@@ -25,7 +25,8 @@ import numpy as np
 
 from hwnas.predictors.assets import atomic_write
 from hwnas.predictors.base import Predictor
-from hwnas.predictors.monotonicity import srcc
+from hwnas.predictors.metrics import srcc
+from hwnas.spaces.errors import UserError
 from hwnas.spaces.io import arch_key, space_from_spec, space_spec
 
 from .evaluate import choose_budgets, front_hv, read_csv, srcc_lower_bound, write_csv
@@ -236,6 +237,14 @@ class SearchStage(Stage):
         d = ctx.run_dir / self.name
         s = dict(ctx.setting("search"))
         s["budgets"] = ctx.get("budgets")
+        budgets_from = "search.budgets"
+        if not ctx.setting("search.budgets") and s["budgets"]:
+            # derived budgets: quantiles over the space that is searched (the reduction may have removed the
+            # fastest choices, leaving budgets below every arch of the reduced space)
+            q = list(ctx.setting("budget_quantiles"))
+            s["budgets"] = choose_budgets(ctx.get("adapted"), ctx.get("search_space"), q, seed=int(ctx.setting("seed")))
+            budgets_from = f"quantiles {q} of the adapted latency over 2000 random archs of the searched space"
+            log.info(f"budgets {s['budgets']} ms: {budgets_from} (set search.budgets to choose them)")
         if s.get("max_latency") is None and s["budgets"]:
             s["max_latency"] = float(ctx.setting("search_margin")) * max(s["budgets"])
         skw = search_kwargs(s)
@@ -246,14 +255,23 @@ class SearchStage(Stage):
         runner = make_runner(ctx.setting("evaluator"))
         try:
             preds = wrap_predictors(ctx.setting("evaluator"), runner, accuracy=ctx.accuracy, latency=ctx.get("adapted"))
-            res = run_search(ctx.get("search_space"), preds["accuracy"], preds["latency"], log=log.info, checkpoint=ck, **skw)
+            try:
+                res = run_search(ctx.get("search_space"), preds["accuracy"], preds["latency"], log=log.info, checkpoint=ck, **skw)
+            except ValueError as exc:  # settings the search refuses (budgets out of range, ...): one line
+                if isinstance(exc, UserError):
+                    raise
+                raise PipelineError(str(exc)) from exc
         finally:
             runner.close()
         write_results(res, d, plot=bool(s["plot"]))
-        return {"n_evals": res.n_evals, "front_size": len(res), "resumed_from_gen": ck.resumed_from, "budgets": skw["budgets"]}
+        return {"n_evals": res.n_evals, "front_size": len(res), "resumed_from_gen": ck.resumed_from, "budgets": skw["budgets"],
+                "budgets_from": budgets_from}
 
     def load(self, ctx: Context, meta: dict) -> None:
         from hwnas.search.results import load_front
+
+        if meta.get("budgets"):  # what the search used (and what the front is judged against)
+            ctx.put("budgets", [float(b) for b in meta["budgets"]])
 
         ctx.put("front", load_front(ctx.run_dir / self.name / "pareto.json", space=ctx.get("search_space")))
 
@@ -377,6 +395,7 @@ def summarise_run(ctx: Context) -> dict:
         "target_measure_s": round(ctx.ledger.seconds, 3),
         "adapt": {k: v for k, v in a.items()},
         "budgets": budgets,
+        "budgets_from": (ctx.info.get("05_search") or {}).get("budgets_from") or a.get("budgets_from"),
         "reduced_space": space_spec(ctx.get("search_space")),
         "dropped": ctx.get("dropped"),
         "front_size": len(ctx.get("remeasured")),
