@@ -133,12 +133,21 @@ def parse_phases(cfg_phases: Sequence[dict], net: ElasticMBConvNet) -> list[Phas
             )
         except KeyError as exc:
             raise TrainConfigError(f"train.phases[{i}] has no {exc.args[0]!r}; each phase needs steps (and kernel/expand/depth lists)") from None
-        for k in ph.kernel:
-            if k not in net.kernel_choices:
-                raise TrainConfigError(f"train.phases[{i}].kernel contains {k}; allowed: {net.kernel_choices}")
-        for e in ph.expand:
-            if e not in net.expand_choices:
-                raise TrainConfigError(f"train.phases[{i}].expand contains {e}; allowed: {net.expand_choices}")
+        # a schedule written for one space (OFA's, in the configs) serves another: choices the space does
+        # not have are left out of the phase, and said; a phase left with none of its choices is an error
+        for field, allowed in (("kernel", net.kernel_choices), ("expand", net.expand_choices)):
+            got = getattr(ph, field)
+            keep = [v for v in got if v in allowed]
+            if not keep:
+                raise TrainConfigError(f"train.phases[{i}].{field}={got}: none is a choice of space {net.space.name}; "
+                                       f"allowed: {list(allowed)}")
+            if len(keep) < len(got):
+                log.warning("train.phases[%d] (%s): %s %s not choices of space %s (%s); the phase samples %s",
+                            i, ph.name, field, [v for v in got if v not in allowed], net.space.name, list(allowed), keep)
+                setattr(ph, field, keep)
+        if ph.reorganize is not None and ph.reorganize > len(ph.expand) - 1:
+            # the staged channel ordering keeps the widths of the smaller expand ratios already trained
+            ph.reorganize = len(ph.expand) - 1
         if ph.steps < 0:
             raise TrainConfigError(f"train.phases[{i}].steps={ph.steps} must be >= 0")
         phases.append(ph)

@@ -94,14 +94,36 @@ def test_progressive_shrinking_resumes_exactly(tmp_path):
 def test_bad_training_config_is_refused(tmp_path):
     cfg = _cfg(tmp_path)
     cfg["train"]["phases"][1]["kernel"] = [9]
-    with pytest.raises(TrainConfigError, match=r"phases\[1\]\.kernel contains 9"):
+    with pytest.raises(TrainConfigError, match=r"phases\[1\]\.kernel=\[9\]: none is a choice of space"):
         train(cfg)
     with pytest.raises(TrainConfigError, match="data.kind"):
         train(_cfg(tmp_path, data={"kind": "webdataset"}))
 
 
+def test_ofa_schedule_serves_a_space_with_other_choices(caplog):
+    # the configs' schedule is OFA's (expand 3/4/6); ProxylessNAS-mobile has expand 3 and 6 only
+    from hydra import compose, initialize_config_dir
+
+    import hwnas.conf  # noqa: F401  (registers ${hwnas_user_conf:}, as hwnas-train does)
+    from hwnas.spaces import create_space
+    from hwnas.supernet.elastic import ElasticMBConvNet
+    from hwnas.supernet.train import parse_phases
+
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("default", overrides=["data.train=/data/imagenet/train"])
+    net = ElasticMBConvNet(create_space("proxyless_mobile", resolutions=[32]), n_classes=3)
+    phases = parse_phases(cfg.train.phases, net)
+    assert [p.expand for p in phases] == [[6], [6], [6], [6], [6], [3, 6]]
+    assert [p.reorganize for p in phases[4:]] == [0, 1]  # staged ordering over the widths the space has
+    assert "expand [4] not choices of space proxyless_mobile" in caplog.text
+    with pytest.raises(TrainConfigError, match=r"phases\[0\]\.expand=\[4\]: none is a choice of space proxyless_mobile"):
+        parse_phases([{"steps": 1, "expand": [4]}], net)
+
+
 def test_hydra_configs_compose():
     from hydra import compose, initialize_config_dir
+
+    import hwnas.conf  # noqa: F401  (registers ${hwnas_user_conf:}, as hwnas-train does)
 
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         cfg = compose("default", overrides=["data.train=/data/imagenet/train"])
