@@ -60,6 +60,8 @@ PLACEHOLDERS = [
     ("'r224:k3e4.k5e6/...'", "{arch}", None, "'...' abbreviates the arch; a whole OFA-MBv3 arch at r224"),
     ("ofa_mbv3_d234_e346_k357_w1.2", "ofa_mbv3_d234_e346_k357_w1.2", "checkpoint",
      "the official supernet is not in the mirror: a randomly initialised supernet file of that name stands in"),
+    ("runs/proxyless/supernet.pth", "runs/proxyless/supernet.pth", "proxyless_checkpoint",
+     "stands for a ProxylessNAS-mobile supernet you trained: a randomly initialised one is written there first"),
     ("accuracy=supernet", "accuracy=supernet", "checkpoint",
      "checkpoint=auto takes the official supernet, not in the mirror: a randomly initialised supernet file of that name stands in"),
     ("-m hwnas.supernet.evaluate", "-m hwnas.supernet.evaluate", "checkpoint",
@@ -85,6 +87,10 @@ FAST = [
 
 #: (regex, appended in every mode, why)
 LONG = [
+    (r"pipeline_proxyless .*accuracy\.checkpoint=", "accuracy.n_calib=4 accuracy.n_val=4 accuracy.num_workers=0 accuracy.batch_size=4 "
+                                                    "search.pop_size=4 search.n_gen=1 search.refine.passes=0 samples.k=5 reduce.n_samples=4",
+     "every candidate is evaluated on the supernet (2,000 calibration + 10,000 validation images each): hours on a GPU; "
+     "a tiny run on the stand-in data shows that it runs"),
     (r"-m hwnas\.supernet\.evaluate .*--random", "--n-calib 4 --n-val 4 --workers 0 --batch-size 4",
      "each subnet is BN-recalibrated on 2,000 images and evaluated on all of ImageNet's validation set (a GPU's "
      "minutes per subnet): 4 images each on the stand-in data shows that it runs"),
@@ -180,6 +186,9 @@ def plan(cmd: str, fast: bool) -> tuple[str | None, list[str]]:
     for text, _, _, why in PLACEHOLDERS:
         if text in cmd:
             notes.append(f"{text}: {why}")
+    for pat, _, why in FILLED_BEFORE:
+        if re.search(pat, cmd):
+            notes.append(f"filled first: {why}")
     return cmd, notes
 
 
@@ -208,6 +217,16 @@ def make_checkpoint(tmp: Path) -> None:
     save_checkpoint(tmp / "ofa_mbv3_d234_e346_k357_w1.2", {"state_dict": ElasticMBConvNet(create_space("ofa_mbv3_w12")).state_dict()})
 
 
+def make_proxyless_checkpoint(tmp: Path) -> None:
+    from hwnas.spaces import create_space
+    from hwnas.supernet.checkpoint import save_checkpoint
+    from hwnas.supernet.elastic import ElasticMBConvNet
+
+    f = tmp / "runs" / "proxyless" / "supernet.pth"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(f, {"state_dict": ElasticMBConvNet(create_space("proxyless_mobile")).state_dict()})
+
+
 def make_acc_mlp(tmp: Path) -> None:
     from hwnas.predictors.acc_mlp import MLPAccuracyPredictor
     from hwnas.spaces import create_space
@@ -216,6 +235,36 @@ def make_acc_mlp(tmp: Path) -> None:
     archs = space.sample(64, 0)
     MLPAccuracyPredictor(space, hidden=32, epochs=1, min_steps=20).fit(archs, [0.6 + 2e-11 * space.macs(a) for a in archs]).save(
         tmp / "acc_mlp.pt")
+
+
+def fill_plan(csv_path: Path) -> None:
+    """Fill a plan's latency_ms column as the user's own tools would: a plausible device (30 GMAC/s)."""
+    import csv
+    import json
+
+    from hwnas.predictors.measure.plan import plan_paths
+    from hwnas.spaces.io import space_from_spec
+
+    csv_path, meta_path = plan_paths(csv_path)
+    space = space_from_spec(json.loads(meta_path.read_text())["space"], meta_path)
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["latency_ms"] = f"{space.macs(space.validate(r['arch'])) / 30e9 * 1e3:.3f}"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+#: (regex, why): commands that first stop and ask for a plan to be filled with the user's own tools; the
+#: check fills the plan it names (:func:`fill_plan`) and runs the same command again
+PLAN_FILL = re.compile(r"fill the latency_ms column of (\S+plan\.csv)")
+#: (regex in the command, plan the user filled before it, why)
+FILLED_BEFORE = [
+    (r"latency\.target_samples=plan/plan\.csv", "plan/plan.csv",
+     "the '# ... time plan/models/...' step: the plan written above is filled as your tools would (30 GMAC/s)"),
+]
 
 
 def make_run(tmp: Path, env: dict, timeout: float) -> None:
@@ -261,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     values = {"tmp": str(tmp), "arch": "'" + create_space("ofa_mbv3_w12", resolutions=[224]).sample(1, 0)[0].to_str() + "'"}
     makers: dict[str, Callable[[], None]] = {
         "imagenet": lambda: make_imagenet(tmp), "checkpoint": lambda: make_checkpoint(tmp),
+        "proxyless_checkpoint": lambda: make_proxyless_checkpoint(tmp),
         "acc_mlp": lambda: make_acc_mlp(tmp), "run": lambda: make_run(tmp, env, args.timeout),
     }
     made: set[str] = set()
@@ -278,10 +328,19 @@ def main(argv: list[str] | None = None) -> int:
                 run = run.replace(text_, repl.format(**values))
         for n in notes:
             print(f"    - {n}")
+        for pat, rel, _ in FILLED_BEFORE:
+            if re.search(pat, run) and (tmp / rel).is_file():
+                fill_plan(tmp / rel)
         t0 = time.perf_counter()
         try:
             p = _run(run, tmp, env, args.timeout)
             ok, tail = p.returncode == 0, (p.stderr or p.stdout)[-1500:]
+            asked = PLAN_FILL.search((p.stderr or "") + (p.stdout or ""))
+            if not ok and asked:  # the command stopped for a plan to be filled: fill it, run it again
+                fill_plan(Path(asked.group(1)))
+                print(f"    - stopped for its plan, as the README says; filled {asked.group(1)} and ran it again", flush=True)
+                p = _run(run, tmp, env, args.timeout)
+                ok, tail = p.returncode == 0, (p.stderr or p.stdout)[-1500:]
         except subprocess.TimeoutExpired:
             ok, tail = False, f"ran past --timeout {args.timeout:g} s"
         ran += 1
