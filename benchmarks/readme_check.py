@@ -21,6 +21,7 @@ cache and the user config folder inside the temporary folder. A command that fai
     python benchmarks/readme_check.py --fast      # the fast subset (what tests/test_readme.py runs)
     python benchmarks/readme_check.py             # every command (long: searches, pipelines, measurements)
     python benchmarks/readme_check.py --list      # how each command would be treated, and why
+    python benchmarks/readme_check.py --only 'target=plan'   # only the commands matching a regex
 """
 
 from __future__ import annotations
@@ -285,10 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="print how each command is treated, run nothing")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per command (default 1800)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--only", default=None, help="run only the commands matching this regex (the others are listed as not run)")
     args = ap.parse_args(argv)
     text = Path(args.readme).read_text()
     cmds = commands(text)
     planned = [(c, *plan(c.text, args.fast)) for c in cmds]
+    if args.only:
+        planned = [(c, run, notes) if re.search(args.only, c.text) else (c, None, ["not matched by --only"])
+                   for c, run, notes in planned]
     if args.list:
         for c, run, notes in planned:
             print(f"README.md:{c.line}: {c.text}\n    {'RUN ' + run if run else 'NOT RUN'}" + "".join(f"\n    - {n}" for n in notes))
@@ -335,8 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             p = _run(run, tmp, env, args.timeout)
             ok, tail = p.returncode == 0, (p.stderr or p.stdout)[-1500:]
-            asked = PLAN_FILL.search((p.stderr or "") + (p.stdout or ""))
-            if not ok and asked:  # the command stopped for a plan to be filled: fill it, run it again
+            for _ in range(4):  # the command stopped for a plan to be filled (samples, then front): fill it, run again
+                asked = PLAN_FILL.search((p.stderr or "") + (p.stdout or ""))
+                if ok or not asked:
+                    break
                 fill_plan(Path(asked.group(1)))
                 print(f"    - stopped for its plan, as the README says; filled {asked.group(1)} and ran it again", flush=True)
                 p = _run(run, tmp, env, args.timeout)
