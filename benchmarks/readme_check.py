@@ -258,8 +258,8 @@ def fill_plan(csv_path: Path) -> None:
         w.writerows(rows)
 
 
-#: (regex, why): commands that first stop and ask for a plan to be filled with the user's own tools; the
-#: check fills the plan it names (:func:`fill_plan`) and runs the same command again
+#: what a command prints when it stops for a plan to be filled with the user's own tools (group 1: the
+#: plan's CSV); the check fills that plan (:func:`fill_plan`) and runs the same command again
 PLAN_FILL = re.compile(r"fill the latency_ms column of (\S+plan\.csv)")
 #: (regex in the command, plan the user filled before it, why)
 FILLED_BEFORE = [
