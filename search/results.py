@@ -10,8 +10,9 @@
   name and plain options, :mod:`hwnas.spaces.io`), never a class to build;
 * ``history.csv`` -- per step (generation or refinement pass): ``gen, phase, n_evals, front_size,
   hypervolume, time_s, best_acc@<budget>...``;
-* ``pareto.png`` -- the front, every budget as a vertical line with its best arch marked (legend, no
-  labels that can overlap); an older ``pareto.png`` is removed when no plot is written;
+* ``pareto.svg`` -- the front, every budget as a vertical line with its best arch marked (legend, no
+  labels that can overlap; :mod:`hwnas.search.svgplot`, no plotting library); an older plot is
+  removed when no plot is written;
 * ``config.yaml`` -- the resolved config (when given).
 
 ``read_front(path)`` / ``load_front(path, space)`` read ``pareto.json`` back (file or run folder) into
@@ -34,7 +35,7 @@ from hwnas.spaces.errors import UserError
 from .nsga import SearchResult
 
 #: the files a search writes into its run folder
-RESULT_FILES = ("pareto.csv", "pareto.json", "history.csv", "pareto.png", "config.yaml")
+RESULT_FILES = ("pareto.csv", "pareto.json", "history.csv", "pareto.svg", "config.yaml")
 
 
 class ResultsError(UserError, ValueError):
@@ -122,52 +123,21 @@ def write_results(result: SearchResult, out_dir: str | os.PathLike, config: Any 
             text = json.dumps(config, indent=1, default=str)
         paths["config.yaml"] = atomic_write(out / "config.yaml", text)
 
+    (out / "pareto.png").unlink(missing_ok=True)  # the plot of an older hwnas version: stale
     if plot:
-        paths["pareto.png"] = plot_front(result, out / "pareto.png")
+        paths["pareto.svg"] = plot_front(result, out / "pareto.svg")
     else:
-        (out / "pareto.png").unlink(missing_ok=True)  # a plot of older results would be stale
+        (out / "pareto.svg").unlink(missing_ok=True)  # a plot of older results would be stale
     # pareto.json last: its "partial" flag and key describe the whole set
     paths["pareto.json"] = atomic_write(out / "pareto.json", json.dumps(front_json(result, key), indent=1) + "\n")
     return paths
 
 
 def plot_front(result: SearchResult, path: str | os.PathLike) -> Path:
-    """Write :func:`front_figure` as a PNG (atomically)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    """Write the front as an SVG (:func:`hwnas.search.svgplot.front_svg`, atomically)."""
+    from .svgplot import front_svg
 
-    buf = io.BytesIO()
-    FigureCanvasAgg(front_figure(result)).print_png(buf)
-    return atomic_write(Path(path), buf.getvalue())
-
-
-def front_figure(result: SearchResult) -> Any:
-    """Accuracy vs latency of the front; each budget a dashed line with its best arch starred, named
-    in the legend (so no two labels can overlap, however close the budgets)."""
-    from matplotlib.figure import Figure
-
-    scale = 100.0 if len(result.accuracy) and abs(result.accuracy).max() <= 1.0 else 1.0
-    unit = "%" if scale == 100 else ""
-    fig = Figure(figsize=(6.4, 4.4), dpi=110)
-    ax = fig.add_subplot()
-    ax.step(result.latency, result.accuracy * scale, where="post", color="tab:blue", lw=1, alpha=0.6)
-    ax.plot(result.latency, result.accuracy * scale, "o", ms=3, color="tab:blue", label=f"front ({len(result)} archs)")
-    colors = ["tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
-    for i, (b, item) in enumerate(result.best_at_budgets().items()):
-        c = colors[i % len(colors)]
-        ax.axvline(b, color=c, ls="--", lw=0.8)
-        if item is None:
-            ax.plot([], [], "*", color=c, label=f"≤ {b:g}: none")
-        else:
-            _, acc, lat = item
-            ax.plot([lat], [acc * scale], "*", ms=11, color=c, label=f"≤ {b:g}: {acc * scale:.2f}{unit} at {lat:.4g}")
-    ax.set_xlabel("latency")
-    ax.set_ylabel("predicted top-1 (%)" if scale == 100 else "accuracy")
-    title = f"{getattr(result.space, 'name', 'space')}: {result.n_evals} evals"
-    ax.set_title(title + (" (partial)" if result.partial else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig
+    return atomic_write(Path(path), front_svg(result))
 
 
 def read_front(path: str | os.PathLike, space: Any = None) -> tuple[Any, list[dict], dict]:

@@ -53,7 +53,7 @@ def test_tiny_search_end_to_end(tmp_path, data_dir):
         extra_env={"HWNAS_ASSETS_MIRROR": ""},
     )
     assert p.returncode == 0, p.stderr[-3000:]
-    for name in ("pareto.csv", "pareto.json", "history.csv", "pareto.png", "config.yaml", ".hydra/config.yaml"):
+    for name in ("pareto.csv", "pareto.json", "history.csv", "pareto.svg", "config.yaml", ".hydra/config.yaml"):
         assert (run_dir / name).is_file(), name
     log = p.stdout + p.stderr
     assert "gen   3" in log and "@25" in log  # per-generation progress line
@@ -79,21 +79,21 @@ def test_tiny_search_end_to_end(tmp_path, data_dir):
 
 
 def test_predictor_only_search_never_imports_torch(tmp_path, data_dir):
-    """The README command's objects and search run without torch (and without matplotlib unless plotting)."""
+    """The README command's objects, search and results (its plot included) need neither torch nor matplotlib."""
     code = (
         "import sys\n"
         "from hydra import compose, initialize_config_module\n"
         "from hwnas.search.cli import run_from_config\n"
         "with initialize_config_module(config_module='hwnas.conf', version_base='1.3'):\n"
         f"    cfg = compose('config', overrides=['assets.mirror={data_dir}', 'search.n_gen=2', 'search.pop_size=16',\n"
-        "                                       'search.refine.passes=1', 'search.plot=false', 'search.verbose=false'])\n"
+        "                                       'search.refine.passes=1', 'search.verbose=false'])\n"
         f"run_from_config(cfg, out_dir={str(tmp_path / 'run')!r})\n"
         "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1] == "[]"
-    assert (tmp_path / "run" / "pareto.json").is_file() and not (tmp_path / "run" / "pareto.png").exists()
+    assert (tmp_path / "run" / "pareto.json").is_file() and (tmp_path / "run" / "pareto.svg").is_file()
 
 
 def test_custom_predictors_by_target(tmp_path):

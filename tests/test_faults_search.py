@@ -100,7 +100,7 @@ def test_signal_writes_partial_front_and_checkpoint_then_the_same_command_resume
     assert lines[-1].startswith(f"hwnas-search: interrupted ({sig.name})") and "run the same command again" in lines[-1]
     assert "Traceback" not in err
     partial, data = front(run)
-    assert data["partial"] is True and (run / "checkpoint.npz").is_file() and not (run / "pareto.png").exists()
+    assert data["partial"] is True and (run / "checkpoint.npz").is_file() and not (run / "pareto.svg").exists()
     assert 0 < len(partial)
     p = search(args, cwd=tmp_path)  # the same command
     assert p.returncode == 0, p.stderr[-2000:]
@@ -130,7 +130,7 @@ def test_rerun_into_a_used_folder(tmp_path, reference):
     run = tmp_path / "run"
     args = [*TOY, f"hydra.run.dir={run}"]
     p = search([*args, "search.plot=true"], cwd=tmp_path)
-    assert p.returncode == 0 and (run / "pareto.png").is_file()
+    assert p.returncode == 0 and (run / "pareto.svg").is_file()
     stamp = (run / "pareto.json").stat().st_mtime_ns
     # the same settings: reported as finished, nothing redone
     p = search([*args, "search.plot=true"], cwd=tmp_path)
@@ -144,7 +144,7 @@ def test_rerun_into_a_used_folder(tmp_path, reference):
     # overwrite: the new results and no stale plot beside them
     p = search([*args, "search.seed=5", "search.overwrite=true"], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert not (run / "pareto.png").exists() and front(run)[0] != reference
+    assert not (run / "pareto.svg").exists() and front(run)[0] != reference
     assert json.loads((run / "pareto.json").read_text())["seed"] == 5
 
 

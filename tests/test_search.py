@@ -542,7 +542,7 @@ def test_the_default_engine_never_imports_pymoo():
 def test_results_files_round_trip(space, tmp_path):
     res = small_search(space)
     paths = write_results(res, tmp_path, config={"search": {"seed": 1}})
-    for name in ("pareto.csv", "pareto.json", "history.csv", "pareto.png", "config.yaml"):
+    for name in ("pareto.csv", "pareto.json", "history.csv", "pareto.svg", "config.yaml"):
         assert paths[name].is_file() and paths[name].stat().st_size > 0
     rows = load_front(tmp_path)  # space rebuilt from the file
     assert [r["arch"] for r in rows] == res.archs
@@ -555,23 +555,34 @@ def test_results_files_round_trip(space, tmp_path):
     assert len(hist) == 1 + len(res.history)
 
 
-def test_budget_labels_never_overlap(space):
-    """Budgets 0.1 apart: every label sits in the legend, none on the plot."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+def test_front_plot_is_valid_svg_with_every_budget_in_the_legend(space):
+    """Budgets 0.1 apart: every label sits in the legend (one line each, none on the plot), every
+    budget with a best arch gets its star, every front member its dot, and the file parses as XML."""
+    import xml.etree.ElementTree as ET
 
-    from hwnas.search.results import front_figure
+    from hwnas.search.svgplot import front_svg
 
     res = small_search(space, budgets=[14.0, 14.1, 14.2, 14.3], constraint=False)
-    fig = front_figure(res)
-    FigureCanvasAgg(fig).draw()
-    renderer = fig.canvas.get_renderer()
-    ax = fig.axes[0]
-    assert len(ax.texts) == 0  # no free-floating annotations
-    boxes = [t.get_window_extent(renderer) for t in ax.get_legend().get_texts()]
-    assert len(boxes) == 1 + 4
-    for i in range(len(boxes)):
-        for j in range(i + 1, len(boxes)):
-            assert not boxes[i].overlaps(boxes[j])
+    root = ET.fromstring(front_svg(res))
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = [t.text for t in root.iter(ns + "text")]
+    legend = [t for t in texts if t.startswith("≤ ") or t.startswith("front (")]
+    assert legend[0] == f"front ({len(res)} archs)" and len(legend) == 1 + 4
+    best = res.best_at_budgets()
+    for b, item in best.items():
+        assert any(t.startswith(f"≤ {b:g}: {item[1] * 100:.2f}%") for t in legend)
+    ys = [float(t.get("y")) for t in root.iter(ns + "text") if t.text in legend]
+    assert len(set(ys)) == len(ys) and min(np.diff(sorted(ys))) >= 14  # one line each: no overlap
+    assert len(list(root.iter(ns + "circle"))) == len(res) + 1  # the members and the legend's dot
+    assert len(list(root.iter(ns + "polygon"))) == 2 * sum(v is not None for v in best.values())  # star + legend star
+
+
+def test_nice_ticks():
+    from hwnas.search.svgplot import nice_ticks
+
+    assert nice_ticks(9.3, 30.4) == [10.0, 15.0, 20.0, 25.0, 30.0]
+    assert nice_ticks(0.7512, 0.8331) == [0.76, 0.78, 0.8, 0.82]
+    assert nice_ticks(3.0, 3.0) == [3.0]
 
 
 def test_real_predictors_small_search(space, data_dir):
