@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| gap: mean / worst seed | " + " | ".join(f"{gap[:, i].mean():.3f} / {gap[:, i].max():.3f}" for i in range(len(BUDGETS)))
           + f" | min {min(r['hv'] for r in rows):.4f} | | | |")
     print(f"\nCPU split (median): start-up {med['startup']:.2f} s (interpreter, imports, config, predictors), search "
-          f"{med['search']:.2f} s, writing {med['writing']:.2f} s (results files and pareto.png); the whole process "
+          f"{med['search']:.2f} s, writing {med['writing']:.2f} s (results files and pareto.svg); the whole process "
           f"{med['process_cpu']:.2f} s, peak memory {med['peak_mb']:.0f} MB.")
 
     if args.update_best:
