@@ -299,7 +299,7 @@ class NSGA2:
 _FROM_CONFIG = object()  # run_search's seed default: the config's (None is a valid seed: a random one)
 _SETTINGS = ("engine", "pop_size", "n_gen", "restarts", "seed", "budgets", "constraint", "max_latency", "max_evals", "hv_ref",
              "structured", "crossover", "crossover_prob", "mutation_rate", "neighbour", "refine", "refine_members",
-             "refine_moves", "refine_pairs", "refine_starts", "threads", "verbose")
+             "refine_moves", "refine_pairs", "refine_starts", "refine_band", "threads", "verbose")
 
 
 def run_search(
@@ -327,6 +327,7 @@ def run_search(
     refine_moves: str | None = None,
     refine_pairs: int | None = None,
     refine_starts: int | None = None,
+    refine_band: float | None = None,
     threads: int | None = None,
     verbose: bool | None = None,
     log: Callable[[str], None] | None = None,
@@ -343,7 +344,8 @@ def run_search(
     archs plus the smallest and largest) before the first generation; without budgets, quantiles of
     that sample are reported. ``max_evals``: stop after that many distinct evaluations (for expensive
     predictors). ``refine``: passes of Pareto local search (0 = plain NSGA-II), each expanding at most
-    ``refine_members`` front members with ``refine_moves`` single moves, and walks from the best arch
+    ``refine_members`` front members with ``refine_moves`` single moves (every move for those within
+    ``refine_band`` below a budget), and walks from the best arch
     of the ``refine_starts`` best (depth, resolution) classes under each budget by single and
     ``refine_pairs`` pair moves, and as many triples at a local optimum (see :mod:`hwnas.search.refine`).
     ``verbose``: one line per step through ``log`` (default: stderr); ``callback(row)`` gets each history
@@ -415,7 +417,7 @@ class _Search:
         self.crossover = ArchCrossover(space, s["crossover"], s["crossover_prob"])
         self.mutation = ArchMutation(space, s["mutation_rate"], s["neighbour"])
         self.refiner = Refiner(self.problem, s["refine_members"], s["refine_moves"], s["refine_pairs"],
-                               s["refine_starts"], self.budgets)
+                               s["refine_starts"], self.budgets, s["refine_band"])
         seq = np.random.SeedSequence(s["seed"])
         self.entropy = seq.entropy
         self.seeds = seq.spawn(int(s["restarts"]))

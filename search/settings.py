@@ -39,6 +39,7 @@ KEYWORDS = {
     "refine.moves": "refine_moves",
     "refine.pairs": "refine_pairs",
     "refine.starts": "refine_starts",
+    "refine.budget_band": "refine_band",
     "threads": "threads",
     "verbose": "verbose",
 }
@@ -47,7 +48,7 @@ CLI_KEYS = {"algorithm", "plot", "overwrite", "checkpoint_s"}
 
 _INT = {"pop_size": 4, "n_gen": 1, "restarts": 1, "refine.passes": 0, "refine.members": 1, "refine.pairs": 0, "refine.starts": 0,
         "max_evals": 1, "threads": 1}
-_FLOAT = {"max_latency", "crossover.prob", "mutation.rate", "mutation.neighbour", "sampling.structured", "checkpoint_s"}
+_FLOAT = {"refine.budget_band", "max_latency", "crossover.prob", "mutation.rate", "mutation.neighbour", "sampling.structured", "checkpoint_s"}
 _BOOL = {"constraint", "verbose", "plot", "overwrite"}
 _CHOICES = {"engine": ("numpy", "pymoo")}
 _NULLABLE = {"seed", "max_latency", "max_evals", "mutation.rate", "refine.members", "threads"}
@@ -97,6 +98,8 @@ def _check(key: str, v: Any, default: Any = None) -> Any:
     if key in _FLOAT:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ConfigError(f"{where} is not a number{example}")
+        if key == "refine.budget_band" and not 0.0 <= v < 1.0:
+            raise ConfigError(f"{where} is not a fraction in [0, 1){example}")
         return float(v)
     if key in _CHOICES:
         if v not in _CHOICES[key]:

@@ -394,6 +394,31 @@ def test_walkers_try_triples_once_at_a_local_optimum(space):
     assert ref.seeded and not len(ref.walkers) and seen[2] > 0 and seen[3] > 0  # every walker stopped
 
 
+def test_members_near_a_budget_get_every_move(space):
+    """Pareto local search: front members within ``band`` below a budget are expanded with every
+    move (as ``moves="all"``), the others with grid moves; ``band=0`` is grid moves for all."""
+    from hwnas.search.refine import Refiner
+
+    def expansions(band):
+        prob = ArchProblem(space, ToyAccuracy(space), ToyLatency(space), max_latency=30.0)
+        prob.predict(space.sample_genomes(300, 2))
+        X, _, lat = prob.archive()
+        front = prob.front_indices()
+        budget = float(np.median(lat[front]))
+        ref = Refiner(prob, members=None, moves="grid", pairs=0, starts=0, budgets=[budget], band=band)
+        return X[front], lat[front], budget, ref.candidates()
+
+    F, L, b, N = expansions(0.2)
+    near = (L <= b) & (L >= 0.8 * b)
+    assert near.any() and (~near).any()
+    lay = GenomeLayout(space)
+    want = np.concatenate([neighbour_matrix(lay, F[near], "all"), neighbour_matrix(lay, F[~near], "grid")])
+    assert sorted(row_keys(N)) == sorted(row_keys(want))
+    _, _, _, N0 = expansions(0.0)
+    assert sorted(row_keys(N0)) == sorted(row_keys(neighbour_matrix(lay, F, "grid")))
+    assert len(N) > len(N0)
+
+
 def test_bad_settings_raise_clear_errors(space):
     with pytest.raises(ValueError, match="pop_size"):
         small_search(space, pop_size=2)
@@ -408,6 +433,9 @@ def test_bad_settings_raise_clear_errors(space):
 
     with pytest.raises(ConfigError, match=r"search.engine='deap' is unknown; allowed values: \['numpy', 'pymoo'\]"):
         search_kwargs({"engine": "deap"})
+    with pytest.raises(ConfigError, match=r"search.refine.budget_band=1.5 is not a fraction in \[0, 1\); write e.g. search.refine.budget_band=0.1"):
+        search_kwargs({"refine": {"budget_band": 1.5}})
+    assert search_kwargs({"refine": {"budget_band": 0}})["refine_band"] == 0.0
 
 
 def test_budgets_checked_against_the_initial_population_before_searching(space):
