@@ -6,10 +6,10 @@
                     target (config ``samples``; the target is config ``target``).
 3. ``03_adapt``     monotonicity check: when the lower confidence bound of SRCC(proxy, target) on the K
                     samples reaches ``adapt.threshold`` the proxy is reused, scaled; else it is adapted.
-                    Budgets: ``search.budgets``, or quantiles (``budget_quantiles``) of the result.
 4. ``04_reduce``    the space profiled with the adapted latency and the accuracy source, and reduced.
 5. ``05_search``    NSGA-II (+ refinement) in the reduced space, checkpointed every generation, up to
-                    ``search_margin`` x the largest budget.
+                    ``search_margin`` x the largest budget. Budgets: ``search.budgets``, or quantiles
+                    (``budget_quantiles``) of the adapted latency over the reduced space.
 6. ``06_remeasure`` the front measured on the target; what is not Pareto-optimal there is dropped.
 7. ``07_export``    ``archs.json``; MBConv spaces also get networks with weights (config ``export``).
 """
@@ -114,9 +114,6 @@ class AdaptStage(Stage):
     name, title, config_key, outputs = "03_adapt", "monotonicity check and adaptation", "adapt", ("adapt.json",)
     upstream = ("02_samples",)
 
-    def extra_key(self, ctx: Context) -> Any:
-        return [ctx.setting("search.budgets"), ctx.setting("budget_quantiles")]
-
     def run(self, ctx: Context) -> dict:
         archs, y = ctx.get("samples")
         p = np.asarray(ctx.proxy.predict(archs), dtype=float)
@@ -136,14 +133,6 @@ class AdaptStage(Stage):
         self._set_predictor(ctx, out)
         model = ctx.get("adapted")
         out["srcc_on_samples_after"] = srcc(np.asarray(model.predict(archs), dtype=float), y)
-        budgets = ctx.setting("search.budgets")
-        if budgets:
-            out["budgets"], out["budgets_from"] = [float(b) for b in budgets], "search.budgets"
-        else:
-            q = list(ctx.setting("budget_quantiles"))
-            out["budgets"] = choose_budgets(model, ctx.space, q, seed=int(ctx.setting("seed")))
-            out["budgets_from"] = f"quantiles {q} of the adapted latency over 2000 random archs"
-            log.info(f"budgets {out['budgets']} ms: {out['budgets_from']} (set search.budgets to choose them)")
         target = ctx.target
         if hasattr(target, "data") and hasattr(target, "y"):  # a study: the target's whole column, evaluation only
             m = np.isfinite(target.y)
@@ -172,7 +161,6 @@ class AdaptStage(Stage):
         info = json.loads((ctx.run_dir / self.name / "adapt.json").read_text())
         if not ctx.has("adapted"):
             self._set_predictor(ctx, info)
-        ctx.put("budgets", [float(b) for b in info["budgets"]])
         ctx.put("adapt_info", info)
 
 
@@ -225,7 +213,7 @@ class SearchStage(Stage):
     upstream = ("04_reduce",)
 
     def extra_key(self, ctx: Context) -> Any:
-        return [ctx.setting("evaluator.objectives"), ctx.setting("search_margin")]
+        return [ctx.setting("evaluator.objectives"), ctx.setting("search_margin"), ctx.setting("budget_quantiles")]
 
     def run(self, ctx: Context) -> dict:
         from hwnas.search.checkpoint import SearchCheckpoint
@@ -236,11 +224,11 @@ class SearchStage(Stage):
 
         d = ctx.run_dir / self.name
         s = dict(ctx.setting("search"))
-        s["budgets"] = ctx.get("budgets")
-        budgets_from = "search.budgets"
-        if not ctx.setting("search.budgets") and s["budgets"]:
-            # derived budgets: quantiles over the space that is searched (the reduction may have removed the
-            # fastest choices, leaving budgets below every arch of the reduced space)
+        if ctx.setting("search.budgets"):
+            s["budgets"], budgets_from = [float(b) for b in ctx.setting("search.budgets")], "search.budgets"
+        else:
+            # derived budgets, decided here only: quantiles over the space that is searched (the reduction may
+            # have removed the fastest choices, leaving budgets of the full space below every arch searched)
             q = list(ctx.setting("budget_quantiles"))
             s["budgets"] = choose_budgets(ctx.get("adapted"), ctx.get("search_space"), q, seed=int(ctx.setting("seed")))
             budgets_from = f"quantiles {q} of the adapted latency over 2000 random archs of the searched space"
@@ -270,8 +258,7 @@ class SearchStage(Stage):
     def load(self, ctx: Context, meta: dict) -> None:
         from hwnas.search.results import load_front
 
-        if meta.get("budgets"):  # what the search used (and what the front is judged against)
-            ctx.put("budgets", [float(b) for b in meta["budgets"]])
+        ctx.put("budgets", [float(b) for b in meta["budgets"]])  # what the search used (and what the front is judged against)
 
         ctx.put("front", load_front(ctx.run_dir / self.name / "pareto.json", space=ctx.get("search_space")))
 
@@ -395,7 +382,7 @@ def summarise_run(ctx: Context) -> dict:
         "target_measure_s": round(ctx.ledger.seconds, 3),
         "adapt": {k: v for k, v in a.items()},
         "budgets": budgets,
-        "budgets_from": (ctx.info.get("05_search") or {}).get("budgets_from") or a.get("budgets_from"),
+        "budgets_from": (ctx.info.get("05_search") or {}).get("budgets_from"),
         "reduced_space": space_spec(ctx.get("search_space")),
         "dropped": ctx.get("dropped"),
         "front_size": len(ctx.get("remeasured")),
