@@ -3,8 +3,9 @@ proxy as well as a lookup table built on the target itself, for a fraction of th
 
 Target: this CPU through ONNX Runtime (1 thread, the default protocol). Proxy: the Samsung Note10
 lookup tables (a phone). Accuracy: the official OFA predictor. Space: OFA-MobileNetV3 w1.2 at the
-tables' resolutions. Three fronts, each re-measured on the target (at most ``--front-cap`` members,
-spread over latency, the same for all):
+tables' resolutions. Three fronts, each re-measured on the target by the pipeline's own rule, the same
+for all: ``--front-cap`` members spread over predicted latency, and ``remeasure.near_budget`` members on
+each side of every budget:
 
 (a) the proxy's front reused as is (NSGA-II on the Note10 tables, the README's main search);
 (b) ``hwnas-pipeline`` with K target measurements (``--ks``), taken through a loopback Dask worker
@@ -70,11 +71,12 @@ def search(cfg, budgets, max_latency=None):
     return space, [{"arch": a, "accuracy": float(x), "latency": float(y)} for a, x, y in zip(res.archs, res.accuracy, res.latency)]
 
 
-def spread(front: list[dict], cap: int) -> list[dict]:
-    front = sorted(front, key=lambda r: r["latency"])
-    if len(front) <= cap:
-        return front
-    return [front[i] for i in np.unique(np.linspace(0, len(front) - 1, cap).round().astype(int))]
+def spread(front: list[dict], cap: int, budgets: list[float], near: int) -> list[dict]:
+    """The members of ``front`` that are measured: the pipeline's own rule (``remeasure_picks``), the
+    same for every front: ``cap`` spread over predicted latency, and ``near`` on each side of every budget."""
+    from hwnas.search.pipeline.evaluate import remeasure_picks
+
+    return [front[i] for i in remeasure_picks([r["latency"] for r in front], cap, budgets, near)]
 
 
 def judge(acc, lat, budgets, ref):
@@ -226,9 +228,10 @@ def main() -> int:
 
     # ---------------------------------------------------------------- re-measure every front on the target
     target = MeasuredLatency(space, device=DEVICE, store=store, config=MeasureConfig(seed=args.seed), progress=True)
+    near = int(compose("pipeline", [mirror_o]).remeasure.near_budget)
     table = []
     for name, r in rows.items():
-        fr = spread(r["front"], args.front_cap)
+        fr = spread(r["front"], args.front_cap, budgets, near)
         t0 = time.perf_counter()
         meas = target.predict([x["arch"] for x in fr])
         log(f"{name}: {len(fr)} front members re-measured ({time.perf_counter() - t0:.0f} s)")
@@ -237,7 +240,8 @@ def main() -> int:
     hv_c = table[0][2]
     best_c = table[0][3]
     print(f"\n## Target = this CPU (ONNX Runtime, 1 thread), proxy = Note10 tables, accuracy = OFA predictor\n")
-    print(f"Budgets {budgets} ms; hypervolume reference (0.70, {ref[1]} ms); fronts re-measured (<= {args.front_cap} members each).\n")
+    print(f"Budgets {budgets} ms; hypervolume reference (0.70, {ref[1]} ms); fronts re-measured ({args.front_cap} members spread "
+          f"over latency and {near} on each side of every budget, the pipeline's rule, for every front).\n")
     print("| front | target measurements | measuring (s) | HV (measured) | HV / (c) | " + " | ".join(f"best top-1 @{b:g} ms" for b in budgets) + " |")
     print("|---|---|---|---|---|" + "---|" * len(budgets))
     order = [t for t in table if t[0].startswith("(a)")] + [t for t in table if t[0].startswith("(b)")] + [table[0]]
@@ -247,7 +251,7 @@ def main() -> int:
     for name, r, *_ in order:
         if "decision" in r:
             print(f"\n{name}: {r['decision']}; dropped {r['dropped']}")
-    keys = {arch_key(space, x["arch"]) for _, r, *_ in table for x in spread(r["front"], args.front_cap)}
+    keys = {arch_key(space, x["arch"]) for _, r, *_ in table for x in spread(r["front"], args.front_cap, budgets, near)}
     recs = store.get_many(DEVICE, space.name, list(keys))
     print(f"\nre-measuring (the evaluation): {len(keys)} distinct archs, median {np.median([v.value for v in recs.values()]):.1f} ms; "
           f"total wall time {time.perf_counter() - t_all:.0f} s (this run)")

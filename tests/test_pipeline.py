@@ -27,6 +27,38 @@ def _ledger(run_dir):
     return {r.arch: r.value for r in MeasurementStore(run_dir / "measurements.sqlite").records()}
 
 
+def test_remeasure_picks_spread_and_the_members_around_each_budget():
+    from hwnas.search.pipeline.evaluate import remeasure_picks
+
+    pred = np.array([7.0, 1.0, 10.0, 3.0, 5.0, 2.0, 9.0, 4.0, 8.0, 6.0])  # index i has latency pred[i]
+    val = lambda idx: [pred[i] for i in idx]  # noqa: E731
+    assert val(remeasure_picks(pred, 3, [], 2)) == [1.0, 5.0, 10.0]  # the spread: first, middle, last
+    assert val(remeasure_picks(pred, 3, [6.5], 2)) == [1.0, 5.0, 6.0, 7.0, 8.0, 10.0]  # + 2 under, 2 over 6.5
+    assert val(remeasure_picks(pred, 3, [6.0, 0.5, 99.0], 1)) == [1.0, 5.0, 6.0, 7.0, 10.0]  # a budget on a member counts it under
+    assert val(remeasure_picks(pred, None, [6.5], 0)) == sorted(pred.tolist())
+    assert len(remeasure_picks(pred[:0], 3, [6.5], 2)) == 0
+
+
+def test_remeasure_takes_the_members_around_each_budget(tmp_path, data_dir):
+    """A spread of 2 measures the fastest and the slowest member; near_budget=1 adds the member on
+    each side of every budget, so the best arch under each budget is one of its measured neighbours."""
+    from hwnas.search.pipeline import run_pipeline
+    from hwnas.search.pipeline.evaluate import remeasure_picks
+
+    cfg = compose_pipeline(SMALL + ["remeasure.max_archs=2", "remeasure.near_budget=1", "report=false", f"assets.mirror={data_dir}"])
+    s = run_pipeline(cfg, tmp_path / "run")
+    searched = sorted(json.loads((tmp_path / "run" / "05_search" / "pareto.json").read_text())["front"], key=lambda r: r["latency"])
+    front = read_csv(tmp_path / "run" / "06_remeasure" / "front.csv")
+    picks = remeasure_picks([r["latency"] for r in searched], 2, s["budgets"], 1)
+    assert [r["arch"] for r in front] == [searched[i]["arch_str"] for i in picks]
+    assert len(front) > 2  # the budgets added members the spread left out
+    lat = [r["latency"] for r in searched]
+    for b in s["budgets"]:
+        under = [i for i in range(len(lat)) if lat[i] <= b]
+        if under:
+            assert searched[under[-1]]["arch_str"] in {r["arch"] for r in front}
+
+
 def test_stages_outputs_and_counts(small_pipeline_run):
     d, s = small_pipeline_run
     assert s["stages_ran"] == STAGES and s["stages_skipped"] == []
@@ -52,6 +84,12 @@ def test_stages_outputs_and_counts(small_pipeline_run):
     lat = np.array([float(r["measured_latency"]) for r in front])
     np.testing.assert_array_equal(pareto_mask(acc, lat), [bool(int(r["pareto_on_target"])) for r in front])
     assert s["final_size"] == int(pareto_mask(acc, lat).sum())
+    # the members measured: the spread over latency and the 2 on each side of every budget
+    from hwnas.search.pipeline.evaluate import remeasure_picks
+
+    searched = sorted(json.loads((d / "05_search" / "pareto.json").read_text())["front"], key=lambda r: r["latency"])
+    picks = remeasure_picks([r["latency"] for r in searched], 30, s["budgets"], 2)
+    assert [r["arch"] for r in front] == [searched[i]["arch_str"] for i in picks]
     assert 0.6 < s["evaluation"]["hv_ratio"] <= 1.0 + 1e-9
     # budgets: quantiles of the adapted latency, increasing, and the best arch under each is under it
     b = s["budgets"]

@@ -125,6 +125,27 @@ def choose_budgets(predictor: Any, space: Any, quantiles: Sequence[float], n: in
     return [float(f"{q:.3g}") for q in np.quantile(y[np.isfinite(y)], list(quantiles))]
 
 
+def remeasure_picks(pred: Sequence[float], cap: int | None, budgets: Sequence[float], near: int = 0) -> np.ndarray:
+    """Which front members to measure on the target, as indices into ``pred`` (their predicted
+    latencies), by increasing predicted latency: ``cap`` of them spread over the latency range (all
+    when ``cap`` is None), plus the ``near`` members on each side of every budget. The best arch under
+    a budget is then chosen among measured archs around it: a spread alone leaves gaps there as wide
+    as its step, and a prediction a little off moves the best arch across the budget."""
+    pred = np.asarray(pred, dtype=float)
+    n = len(pred)
+    order = np.argsort(pred, kind="stable")
+    if cap is None or n <= int(cap):
+        picks = set(order.tolist())
+    else:
+        picks = set(order[np.unique(np.linspace(0, n - 1, int(cap)).round().astype(int))].tolist())
+    near = int(near)
+    if near > 0:
+        for b in budgets:
+            pos = int(np.searchsorted(pred[order], float(b), side="right"))  # order[:pos] are predicted under b
+            picks.update(order[max(0, pos - near): pos + near].tolist())
+    return np.array(sorted(picks, key=lambda i: (pred[i], i)), dtype=int)
+
+
 def front_hv(acc: np.ndarray, lat: np.ndarray, ref: Sequence[float]) -> float:
     """Hypervolume of the Pareto-optimal points of (accuracy, latency) against ``ref = (acc, lat)``."""
     acc, lat = np.asarray(acc, dtype=float), np.asarray(lat, dtype=float)

@@ -10,7 +10,9 @@
 5. ``05_search``    NSGA-II (+ refinement) in the reduced space, checkpointed every generation, up to
                     ``search_margin`` x the largest budget. Budgets: ``search.budgets``, or quantiles
                     (``budget_quantiles``) of the adapted latency over the reduced space.
-6. ``06_remeasure`` the front measured on the target; what is not Pareto-optimal there is dropped.
+6. ``06_remeasure`` the front measured on the target (``max_archs`` spread over latency, and the
+                    ``near_budget`` members on each side of every budget); what is not Pareto-optimal
+                    there is dropped.
 7. ``07_export``    ``archs.json``; MBConv spaces also get networks with weights (config ``export``).
 """
 
@@ -29,7 +31,7 @@ from hwnas.predictors.metrics import srcc
 from hwnas.spaces.errors import UserError
 from hwnas.spaces.io import arch_key, space_from_spec, space_spec
 
-from .evaluate import choose_budgets, front_hv, read_csv, srcc_lower_bound, write_csv
+from .evaluate import choose_budgets, front_hv, read_csv, remeasure_picks, srcc_lower_bound, write_csv
 from .runner import Context, PipelineError, Stage
 
 log = logging.getLogger("hwnas.pipeline")
@@ -270,10 +272,9 @@ class RemeasureStage(Stage):
 
     def run(self, ctx: Context) -> dict:
         front = ctx.get("front")
-        cap = ctx.setting("remeasure.max_archs")
-        if cap is not None and len(front) > int(cap):  # spread over the latency range
-            idx = np.unique(np.linspace(0, len(front) - 1, int(cap)).round().astype(int))
-            front = [sorted(front, key=lambda r: r["latency"])[i] for i in idx]
+        idx = remeasure_picks([float(r["latency"]) for r in front], ctx.setting("remeasure.max_archs"), ctx.get("budgets"),
+                              int(ctx.setting("remeasure.near_budget")))
+        front = [front[i] for i in idx]
         archs = [r["arch"] for r in front]
         acc = np.array([float(r["accuracy"]) for r in front])
         pred = np.array([float(r["latency"]) for r in front])
