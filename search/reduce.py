@@ -611,6 +611,42 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
                      dropped_resolutions=[r for r in space.resolutions if r not in resolutions], front_loss=hv_loss)
 
 
+def agreed_reduction(space: Any, first: Reduction, second: Reduction, name: str | None = None) -> Reduction:
+    """The reduction both agree on: a block choice, depth or resolution is dropped only when both
+    ``first`` and ``second`` (reductions of ``space``, e.g. under an adapted predictor and under
+    the proxy it was adapted from) drop it; everything either keeps stays.
+
+    Why: a predictor adapted from a few whole-network measurements ranks networks well, but the K
+    samples cannot tell what one block costs; its per-choice costs can move far from the device's
+    (measured: at K=20 an adapted model of a CPU made k5e3 faster than k3e3, and the reduction under it
+    dropped k3e3, the fastest block). Requiring the proxy's profile to agree keeps that from removing
+    what the target needs; the drops both see are the ones a few samples can support.
+    """
+    full = space
+    n_units = len(first.block_choices)
+    keep_blocks, dropped = [], []
+    for u in range(n_units):
+        union = set(first.block_choices[u]) | set(second.block_choices[u])
+        order = [tuple(b) for b in full.block_choices[u]]
+        keep_blocks.append([b for b in order if b in union])
+        dropped.append([d for d in first.dropped[u] if d in set(second.dropped[u])])
+    depths = [sorted(set(a) | set(b)) for a, b in zip(first.depth_choices, second.depth_choices)]
+    resolutions = sorted(set(first.resolutions) | set(second.resolutions))
+    spec = space_spec(full)
+    spec["options"].update(name=name or first.space.name, depth_choices=[list(d) for d in depths],
+                           block_choices=[[block_name(k, e) for k, e in bc] for bc in keep_blocks], resolutions=resolutions)
+    new_space = space_from_spec(spec, f"the agreed reduction of {full.name}")
+    decisions = first.decisions.copy()
+    if len(decisions) and len(second.decisions):
+        other = {(r.rule, r.scope, r.choice): bool(r.dropped) for r in second.decisions.itertuples()}
+        decisions["dropped"] = [bool(d) and other.get((r, sc, c), False)
+                                for r, sc, c, d in zip(decisions["rule"], decisions["scope"], decisions["choice"], decisions["dropped"])]
+    return Reduction(space=new_space, device=first.device, accuracy=first.accuracy, block_choices=keep_blocks,
+                     depth_choices=depths, dropped=dropped, decisions=decisions, rules=first.rules,
+                     exchange_rate=first.exchange_rate, config=new_space.to_config(), resolutions=resolutions,
+                     dropped_resolutions=[r for r in full.resolutions if r not in resolutions], front_loss=float("nan"))
+
+
 # ============================================================================ config io
 def _slug(text: str) -> str:
     s = re.sub(r"[^A-Za-z0-9_]+", "_", str(text)).strip("_").lower()

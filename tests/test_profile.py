@@ -370,3 +370,26 @@ def test_srcc_heatmap_labels_never_round_up_to_one():
 
     assert [cell_label(v) for v in (0.5, 0.994, 0.996, 0.9996, 1.0, -0.123, 0.0)] == [
         ".50", ".99", ".996", ">.999", "1", "-.12", ".00"]
+
+
+def test_agreed_reduction_drops_only_what_both_drop(space):
+    """The pipeline's reduction under an adapted latency and its proxy: a choice, depth or resolution
+    goes only when both reductions drop it; the space keeps the union, in the original order."""
+    from hwnas.search.reduce import agreed_reduction
+
+    prof2 = profile_space(space, latency={"adapted": SynLatency(space), "proxy": SynLatency(space, k7=1.0)},
+                          accuracy={"acc": SynAccuracy(space)}, n_samples=N, seed=3)
+    rules = {"scope": "unit", "cap_depth": True}
+    a, p = reduce_space(prof2, "adapted", "acc", rules=rules), reduce_space(prof2, "proxy", "acc", rules=rules)
+    both = agreed_reduction(space, a, p)
+    assert any(set(x) != set(y) for x, y in zip(a.dropped, p.dropped))  # the two disagree somewhere
+    for u in range(len(space.block_choices)):
+        assert set(both.dropped[u]) == set(a.dropped[u]) & set(p.dropped[u])
+        kept = set(a.block_choices[u]) | set(p.block_choices[u])
+        assert both.space.block_choices[u] == [b for b in space.block_choices[u] if b in kept]
+        assert set(both.space.depth_choices[u]) == set(a.depth_choices[u]) | set(p.depth_choices[u])
+    assert set(both.space.resolutions) == set(a.resolutions) | set(p.resolutions)
+    assert both.dropped_resolutions == [r for r in space.resolutions if r not in both.space.resolutions]
+    # agreeing with itself changes nothing
+    same = agreed_reduction(space, a, a)
+    assert same.space.block_choices == a.space.block_choices and same.space.depth_choices == a.space.depth_choices

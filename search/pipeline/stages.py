@@ -6,7 +6,8 @@
                     target (config ``samples``; the target is config ``target``).
 3. ``03_adapt``     monotonicity check: when the lower confidence bound of SRCC(proxy, target) on the K
                     samples reaches ``adapt.threshold`` the proxy is reused, scaled; else it is adapted.
-4. ``04_reduce``    the space profiled with the adapted latency and the accuracy source, and reduced.
+4. ``04_reduce``    the space profiled with the adapted latency and the accuracy source, and reduced
+                    (MBConv spaces, ``agree_with_proxy``: only by what the proxy's profile drops too).
 5. ``05_search``    NSGA-II (+ refinement) in the reduced space, checkpointed every generation, up to
                     ``search_margin`` x the largest budget. Budgets: ``search.budgets``, or quantiles
                     (``budget_quantiles``) of the adapted latency over the reduced space.
@@ -192,12 +193,18 @@ class ReduceStage(Stage):
             info["dropped"] = [{"position": x["position"], "op": x["op"]} for x in rows if not x["kept"]]
         else:
             from hwnas.search.profile import profile_space
-            from hwnas.search.reduce import reduce_space
+            from hwnas.search.reduce import agreed_reduction, reduce_space
 
-            prof = profile_space(space, latency={"target": ctx.get("adapted")}, accuracy={"accuracy": ctx.accuracy},
+            agree = bool(ctx.setting("reduce.agree_with_proxy"))
+            latency = {"target": ctx.get("adapted"), **({"proxy": ctx.proxy} if agree else {})}
+            prof = profile_space(space, latency=latency, accuracy={"accuracy": ctx.accuracy},
                                  n_samples=int(ctx.setting("reduce.n_samples")), seed=seed)
             prof.to_csv(d / "profile.csv")
             red = reduce_space(prof, "target", "accuracy", rules=ctx.setting("reduce.rules"))
+            if agree:  # drop only what the proxy's profile drops too (see agreed_reduction)
+                alone = red
+                red = agreed_reduction(space, alone, reduce_space(prof, "proxy", "accuracy", rules=ctx.setting("reduce.rules")))
+                info["dropped_by_the_adapted_latency_alone"] = [[b for b in a if b not in set(k)] for a, k in zip(alone.dropped, red.dropped)]
             reduced = red.space
             info.update(dropped=red.dropped, describe=red.describe(), dropped_resolutions=red.dropped_resolutions)
         atomic_write(d / "space.json", json.dumps(space_spec(reduced), indent=1) + "\n")
