@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEVICE = "bench-cpu-ort-t1"
+DEVICE = "bench-cpu-ort-t1"  # with --threads N: bench-cpu-ort-tN
 
 
 def log(msg: str) -> None:
@@ -123,11 +123,14 @@ def main() -> int:
     ap.add_argument("--ks", nargs="+", type=int, default=[10, 20])
     ap.add_argument("--front-cap", type=int, default=40, help="re-measure at most this many members of each front")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the target (another \"device\"; use its own --out)")
     ap.add_argument("--chunked", action="store_true", help="also run (b) with the K samples timed in one task (chunk K), "
                     "the batching the lookup table's layers get (64 per timing process)")
     ap.add_argument("--full-space", action="store_true", help="also run (b) without the space reduction stage")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 resolutions, small searches, K=5, cap 8")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = f"bench-cpu-ort-t{args.threads}"
     logging.disable(logging.INFO)
     os.environ.setdefault("HWNAS_ASSETS_MIRROR", args.mirror)
     out = Path(args.out).resolve()
@@ -158,7 +161,7 @@ def main() -> int:
     had = len(store.records(device=DEVICE + "-layers"))
     log(f"(c) building the lookup table of this CPU: {n_layers} layers at r={res} ({had} already stored)")
     t0 = time.perf_counter()
-    build_lut(space, out / "lut", resolutions=res, config=MeasureConfig(seed=args.seed, **LAYER_DEFAULTS), store=store,
+    build_lut(space, out / "lut", resolutions=res, config=MeasureConfig(seed=args.seed, threads=args.threads, **LAYER_DEFAULTS), store=store,
               device=DEVICE + "-layers", progress=True)
     t_lut = cost(out, "lut", time.perf_counter() - t0, fresh=len(store.records(device=DEVICE + "-layers")) > had)
     log(f"(c) table built: {t_lut:.0f} s of measuring")
@@ -185,7 +188,7 @@ def main() -> int:
         for k, reduce in variants:
             log(f"(b) hwnas-pipeline, K={k}, target = loopback Dask worker" + ("" if reduce else ", no space reduction"))
             cfg_b = compose("pipeline", ["target=remote", f"target.scheduler={cluster.scheduler_address}", f"target.device={DEVICE}",
-                                         f"target.store={out / 'cpu.sqlite'}", "target.progress=false", f"samples.k={k}",
+                                         f"target.store={out / 'cpu.sqlite'}", "target.progress=false", f"+target.threads={args.threads}", f"samples.k={k}",
                                          f"seed={args.seed}", f"search.budgets=[{','.join(map(str, budgets))}]",
                                          f"remeasure.max_archs={args.front_cap}", "export.formats=[]", "search.verbose=false",
                                          "search.plot=false", f"reduce.enabled={str(reduce).lower()}", res_o, mirror_o, *small])
@@ -214,7 +217,7 @@ def main() -> int:
                 samples = [space.validate(r["key"]) for r in read_csv(run / "02_samples" / "samples.csv")]
                 t0 = time.perf_counter()
                 chunked = MeasuredLatency(space, device=DEVICE, store=out / f"cpu_chunk{k}.sqlite", scheduler=cluster.scheduler_address,
-                                          config=MeasureConfig(seed=args.seed, chunk=k))
+                                          config=MeasureConfig(seed=args.seed, chunk=k, threads=args.threads))
                 fresh = chunked.n_measured
                 chunked.predict(samples)
                 chunked.close()
@@ -227,7 +230,7 @@ def main() -> int:
         cluster.close()
 
     # ---------------------------------------------------------------- re-measure every front on the target
-    target = MeasuredLatency(space, device=DEVICE, store=store, config=MeasureConfig(seed=args.seed), progress=True)
+    target = MeasuredLatency(space, device=DEVICE, store=store, config=MeasureConfig(seed=args.seed, threads=args.threads), progress=True)
     near = int(compose("pipeline", [mirror_o]).remeasure.near_budget)
     table = []
     for name, r in rows.items():
@@ -239,7 +242,7 @@ def main() -> int:
         table.append((name, r, hv, best, len(fr)))
     hv_c = table[0][2]
     best_c = table[0][3]
-    print(f"\n## Target = this CPU (ONNX Runtime, 1 thread), proxy = Note10 tables, accuracy = OFA predictor\n")
+    print(f"\n## Target = this CPU (ONNX Runtime, {args.threads} thread{'s' if args.threads > 1 else ''}), proxy = Note10 tables, accuracy = OFA predictor\n")
     print(f"Budgets {budgets} ms; hypervolume reference (0.70, {ref[1]} ms); fronts re-measured ({args.front_cap} members spread "
           f"over latency and {near} on each side of every budget, the pipeline's rule, for every front).\n")
     print("| front | target measurements | measuring (s) | HV (measured) | HV / (c) | " + " | ".join(f"best top-1 @{b:g} ms" for b in budgets) + " |")
