@@ -127,6 +127,8 @@ def main() -> int:
     ap.add_argument("--chunked", action="store_true", help="also run (b) with the K samples timed in one task (chunk K), "
                     "the batching the lookup table's layers get (64 per timing process)")
     ap.add_argument("--full-space", action="store_true", help="also run (b) without the space reduction stage")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting for (b)'s pipeline runs, e.g. --set reduce.agree_with_proxy=false (repeatable)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 resolutions, small searches, K=5, cap 8")
     args = ap.parse_args()
     global DEVICE
@@ -191,7 +193,7 @@ def main() -> int:
                                          f"target.store={out / 'cpu.sqlite'}", "target.progress=false", f"+target.threads={args.threads}", f"samples.k={k}",
                                          f"seed={args.seed}", f"search.budgets=[{','.join(map(str, budgets))}]",
                                          f"remeasure.max_archs={args.front_cap}", "export.formats=[]", "search.verbose=false",
-                                         "search.plot=false", f"reduce.enabled={str(reduce).lower()}", res_o, mirror_o, *small])
+                                         "search.plot=false", f"reduce.enabled={str(reduce).lower()}", res_o, mirror_o, *small, *args.set])
             from hwnas.search.pipeline import run_pipeline
             from hwnas.search.pipeline.evaluate import read_csv
 

@@ -269,6 +269,36 @@ def test_ofa_preset_with_note10_proxy_exports_networks(tmp_path, data_dir):
         assert out.shape == (shape[0], 1000) and np.isfinite(out).all()
 
 
+def test_ofa_reduction_agrees_with_the_proxy(tmp_path, data_dir):
+    """MBConv spaces: the reduce stage drops a choice only when the proxy's profile drops it too; with
+    agree_with_proxy=false the adapted latency alone decides. Both spaces are what the stage says."""
+    from hwnas.search.pipeline import run_pipeline
+    from hwnas.spaces.io import space_from_spec
+
+    base = ["target=custom", "target._target_=_pipeline_helpers.MacsLatency", "samples.pool=200", "samples.k=10",
+            "adapt.threshold=2", "reduce.n_samples=24", "search.n_gen=2", "search.pop_size=12", "search.refine.passes=0",
+            "search.verbose=false", "search.plot=false", "report=false", "export.formats=[]", "remeasure.max_archs=4",
+            "remeasure.near_budget=0", "space.resolutions=[160,224]", f"assets.mirror={data_dir}"]
+    runs = {}
+    for agree in (True, False):
+        run = tmp_path / f"agree_{agree}"
+        run_pipeline(compose_pipeline(base + [f"reduce.agree_with_proxy={str(agree).lower()}"], name="pipeline"), run)
+        st = json.loads((run / "04_reduce" / "stage.json").read_text())
+        f = run / "04_reduce" / "space.json"
+        runs[agree] = (st, space_from_spec(json.loads(f.read_text()), f))
+    (st_t, sp_t), (st_f, sp_f) = runs[True], runs[False]
+    alone = st_f["dropped"]  # the adapted latency alone (the same samples and profile seed in both runs)
+    assert st_t["dropped_by_the_adapted_latency_alone"] == [[b for b in a if b not in set(k)] for a, k in zip(alone, st_t["dropped"])]
+    for u, (kept, dropped) in enumerate(zip(st_t["dropped"], alone)):
+        assert set(kept) <= set(dropped)  # agreeing only ever keeps more
+    assert sum(map(len, st_t["dropped"])) < sum(map(len, alone))  # here the proxy disagrees with a MACs-priced device
+    from hwnas.search.profile import block_name
+
+    for sp, st in ((sp_t, st_t), (sp_f, st_f)):
+        for u, bc in enumerate(sp.block_choices):
+            assert not {block_name(k, e) for k, e in bc} & set(st["dropped"][u])
+
+
 @pytest.mark.slow
 def test_plan_target_stops_for_numbers_and_resumes(tmp_path, data_dir, capsys):
     """target=plan: the pipeline writes the K samples as a plan and stops; filled, the run goes on to
