@@ -599,16 +599,22 @@ def reduce_space(profile: SpaceProfile, device: str, accuracy: str | None = None
                     r["dropped"] = True
 
     # ------------------------------------------------------------------ new space
-    spec = space_spec(space)
-    spec["options"].update(name=name or f"reduced_{_slug(device)}", depth_choices=[list(d) for d in depth_keep],
-                           block_choices=[[block_name(k, e) for k, e in bc] for bc in keep], resolutions=list(resolutions))
-    new_space = space_from_spec(spec, f"the reduction of {space.name}")
+    new_space = _narrowed(space, name or f"reduced_{_slug(device)}", keep, depth_keep, resolutions, "the reduction")
     decisions = pd.DataFrame(rows, columns=["rule", "scope", "choice", "latency_delta", "accuracy_delta",
                                             "latency_se", "accuracy_se", "efficiency", "gap", "dominated_by", "dropped"])
     return Reduction(space=new_space, device=device, accuracy=accuracy, block_choices=[list(map(tuple, b)) for b in keep],
                      depth_choices=depth_keep, dropped=dropped, decisions=decisions, rules=rules,
                      exchange_rate=float(rho), config=new_space.to_config(), resolutions=list(resolutions),
                      dropped_resolutions=[r for r in space.resolutions if r not in resolutions], front_loss=hv_loss)
+
+
+def _narrowed(space: Any, name: str, blocks: list, depths: list, resolutions: list, what: str) -> Any:
+    """``space`` with only these block choices (per unit), depths (per unit) and resolutions, built
+    from its spec (data) under the new ``name``."""
+    spec = space_spec(space)
+    spec["options"].update(name=name, depth_choices=[list(d) for d in depths],
+                           block_choices=[[block_name(k, e) for k, e in bc] for bc in blocks], resolutions=list(resolutions))
+    return space_from_spec(spec, f"{what} of {space.name}")
 
 
 def agreed_reduction(space: Any, first: Reduction, second: Reduction, name: str | None = None) -> Reduction:
@@ -632,10 +638,7 @@ def agreed_reduction(space: Any, first: Reduction, second: Reduction, name: str 
         dropped.append([d for d in first.dropped[u] if d in set(second.dropped[u])])
     depths = [sorted(set(a) | set(b)) for a, b in zip(first.depth_choices, second.depth_choices)]
     resolutions = sorted(set(first.resolutions) | set(second.resolutions))
-    spec = space_spec(full)
-    spec["options"].update(name=name or first.space.name, depth_choices=[list(d) for d in depths],
-                           block_choices=[[block_name(k, e) for k, e in bc] for bc in keep_blocks], resolutions=resolutions)
-    new_space = space_from_spec(spec, f"the agreed reduction of {full.name}")
+    new_space = _narrowed(full, name or first.space.name, keep_blocks, depths, resolutions, "the agreed reduction")
     decisions = first.decisions.copy()
     if len(decisions) and len(second.decisions):
         other = {(r.rule, r.scope, r.choice): bool(r.dropped) for r in second.decisions.itertuples()}
