@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 
-DEVICE = "bench-cpu-ort-t1"  # with --threads N: bench-cpu-ort-tN
 
 
 def log(msg: str) -> None:
@@ -131,8 +130,7 @@ def main() -> int:
                     help="a setting for (b)'s pipeline runs, e.g. --set reduce.agree_with_proxy=false (repeatable)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 resolutions, small searches, K=5, cap 8")
     args = ap.parse_args()
-    global DEVICE
-    DEVICE = f"bench-cpu-ort-t{args.threads}"
+    device = f"bench-cpu-ort-t{args.threads}"  # the target's name in the store
     logging.disable(logging.INFO)
     os.environ.setdefault("HWNAS_ASSETS_MIRROR", args.mirror)
     out = Path(args.out).resolve()
@@ -160,12 +158,12 @@ def main() -> int:
 
     space = build_space(cfg_c)
     n_layers = len({k for table in distinct_layers(space, res).values() for k in table})
-    had = len(store.records(device=DEVICE + "-layers"))
+    had = len(store.records(device=device + "-layers"))
     log(f"(c) building the lookup table of this CPU: {n_layers} layers at r={res} ({had} already stored)")
     t0 = time.perf_counter()
     build_lut(space, out / "lut", resolutions=res, config=MeasureConfig(seed=args.seed, threads=args.threads, **LAYER_DEFAULTS), store=store,
-              device=DEVICE + "-layers", progress=True)
-    t_lut = cost(out, "lut", time.perf_counter() - t0, fresh=len(store.records(device=DEVICE + "-layers")) > had)
+              device=device + "-layers", progress=True)
+    t_lut = cost(out, "lut", time.perf_counter() - t0, fresh=len(store.records(device=device + "-layers")) > had)
     log(f"(c) table built: {t_lut:.0f} s of measuring")
     from hwnas.predictors.build import build_predictor
 
@@ -189,7 +187,7 @@ def main() -> int:
         variants = [(k, True) for k in args.ks] + ([(k, False) for k in args.ks] if args.full_space else [])
         for k, reduce in variants:
             log(f"(b) hwnas-pipeline, K={k}, target = loopback Dask worker" + ("" if reduce else ", no space reduction"))
-            cfg_b = compose("pipeline", ["target=remote", f"target.scheduler={cluster.scheduler_address}", f"target.device={DEVICE}",
+            cfg_b = compose("pipeline", ["target=remote", f"target.scheduler={cluster.scheduler_address}", f"target.device={device}",
                                          f"target.store={out / 'cpu.sqlite'}", "target.progress=false", f"+target.threads={args.threads}", f"samples.k={k}",
                                          f"seed={args.seed}", f"search.budgets=[{','.join(map(str, budgets))}]",
                                          f"remeasure.max_archs={args.front_cap}", "export.formats=[]", "search.verbose=false",
@@ -218,7 +216,7 @@ def main() -> int:
             if args.chunked:  # the same K archs timed in one task, as the table's layers are timed 64 per process
                 samples = [space.validate(r["key"]) for r in read_csv(run / "02_samples" / "samples.csv")]
                 t0 = time.perf_counter()
-                chunked = MeasuredLatency(space, device=DEVICE, store=out / f"cpu_chunk{k}.sqlite", scheduler=cluster.scheduler_address,
+                chunked = MeasuredLatency(space, device=device, store=out / f"cpu_chunk{k}.sqlite", scheduler=cluster.scheduler_address,
                                           config=MeasureConfig(seed=args.seed, chunk=k, threads=args.threads))
                 fresh = chunked.n_measured
                 chunked.predict(samples)
@@ -232,7 +230,7 @@ def main() -> int:
         cluster.close()
 
     # ---------------------------------------------------------------- re-measure every front on the target
-    target = MeasuredLatency(space, device=DEVICE, store=store, config=MeasureConfig(seed=args.seed, threads=args.threads), progress=True)
+    target = MeasuredLatency(space, device=device, store=store, config=MeasureConfig(seed=args.seed, threads=args.threads), progress=True)
     near = int(compose("pipeline", [mirror_o]).remeasure.near_budget)
     table = []
     for name, r in rows.items():
@@ -257,7 +255,7 @@ def main() -> int:
         if "decision" in r:
             print(f"\n{name}: {r['decision']}; dropped {r['dropped']}")
     keys = {arch_key(space, x["arch"]) for _, r, *_ in table for x in spread(r["front"], args.front_cap, budgets, near)}
-    recs = store.get_many(DEVICE, space.name, list(keys))
+    recs = store.get_many(device, space.name, list(keys))
     print(f"\nre-measuring (the evaluation): {len(keys)} distinct archs, median {np.median([v.value for v in recs.values()]):.1f} ms; "
           f"total wall time {time.perf_counter() - t_all:.0f} s (this run)")
     return 0
