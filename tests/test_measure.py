@@ -137,6 +137,33 @@ def test_measure_module_and_wall_clock():
         measure_module(module, shape, MeasureConfig(backend="torch"))
 
 
+def test_onnx_bytes_are_the_file_and_keep_their_labels(tmp_path):
+    """The measured model travels as bytes (onnx_bytes); the file export writes the same bytes, labelled,
+    and both compute torch's output."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from hwnas.predictors.measure.models import export_spec, spec_onnx
+    from hwnas.supernet.onnx import read_metadata
+
+    spec = ModelSpec("hwnas.predictors.measure.models:tiny_cnn", {"width": 8, "depth": 2, "resolution": 32}, key="t")
+    data, shape = spec_onnx(spec)
+    path, shape2 = export_spec(spec, tmp_path / "m.onnx")
+    assert shape == shape2 == [1, 3, 32, 32]
+    assert (tmp_path / "m.onnx").read_bytes() == data
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary file left beside it
+    meta = read_metadata(path)
+    assert json.loads(meta["hwnas.input_shape"]) == [1, 3, 32, 32] and json.loads(meta["hwnas.dynamic_axes"]) == {}
+    model = onnx.load_from_string(data)
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]
+    module, _ = tiny_cnn(width=8, depth=2, resolution=32)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(x).numpy(), atol=1e-5, rtol=1e-4)
+
+
 def test_torch_eager_backend():
     spec = ModelSpec("hwnas.predictors.measure.models:tiny_cnn", {"width": 8, "depth": 1, "resolution": 32}, key="t")
     m = measure_specs([spec], MeasureConfig(backend="torch", processes=1, repeats=5, warmup=1))[0]

@@ -135,13 +135,22 @@ def layer_model(layer: dict, pool_first: bool = False, pool_in: Sequence[int] | 
 # ============================================================================ preparation
 def export_spec(spec: ModelSpec, path: str | os.PathLike) -> tuple[str, list[int]]:
     """Build ``spec`` and export it to ONNX at ``path`` (every axis fixed); returns ``(path, shape)``."""
+    from hwnas.predictors.assets import atomic_write
+
+    data, shape = spec_onnx(spec)
+    atomic_write(path, data)
+    return os.fspath(path), shape
+
+
+def spec_onnx(spec: ModelSpec) -> tuple[bytes, list[int]]:
+    """Build ``spec`` and export it to ONNX in memory (every axis fixed); returns ``(bytes, shape)``."""
     from hwnas.predictors.threads import torch_threads
-    from hwnas.supernet.onnx import export_onnx
+    from hwnas.supernet.onnx import onnx_bytes
 
     with torch_threads(1):
         module, shape = spec.build()
-        export_onnx(module, shape, path, dynamic="none")
-    return os.fspath(path), list(shape)
+        data = onnx_bytes(module, shape, dynamic="none")
+    return data, list(shape)
 
 
 def prepare(specs: Sequence[ModelSpec], cfg: MeasureConfig, workdir: str, ids: Sequence[int]) -> list[dict]:

@@ -32,8 +32,8 @@ from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 from . import worker
-from .measurer import OnResult, workdir
-from .models import ModelSpec, export_spec
+from .measurer import OnResult
+from .models import ModelSpec, spec_onnx
 from .protocol import MeasureConfig, MeasureError, Measurement
 
 #: tasks kept queued at the scheduler beside the running one (the device never waits for an export)
@@ -124,39 +124,36 @@ class DaskMeasurer:
         chunks = [list(range(s, min(s + step, len(specs)))) for s in range(0, len(specs), step)]
         pending: dict[Any, list[int]] = {}
         nxt = 0
-        with workdir() as wd:
-            try:
-                while nxt < len(chunks) or pending:
-                    while nxt < len(chunks) and len(pending) < WINDOW:
-                        pending[self._submit(task, [specs[i] for i in chunks[nxt]], nxt, settings, script, wd)] = chunks[nxt]
-                        nxt += 1
-                    try:
-                        done, _ = wait(list(pending), timeout=5.0, return_when="FIRST_COMPLETED")
-                    except TimeoutError:
-                        done = set()
-                    if not done:
-                        self._check_device_still_there()
-                        continue
-                    for fut in done:
-                        idx = pending.pop(fut)
-                        for i, m in zip(idx, self._results(fut, [specs[i] for i in idx])):
-                            results[i] = m
-                            if on_result is not None:
-                                on_result(i, m)
-                        if progress is not None:
-                            progress.update(len(idx))
-            finally:
-                for fut in pending:  # interrupted: nothing half-measured stays queued on the device
-                    fut.cancel()
+        try:
+            while nxt < len(chunks) or pending:
+                while nxt < len(chunks) and len(pending) < WINDOW:
+                    pending[self._submit(task, [specs[i] for i in chunks[nxt]], nxt, settings, script)] = chunks[nxt]
+                    nxt += 1
+                try:
+                    done, _ = wait(list(pending), timeout=5.0, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    done = set()
+                if not done:
+                    self._check_device_still_there()
+                    continue
+                for fut in done:
+                    idx = pending.pop(fut)
+                    for i, m in zip(idx, self._results(fut, [specs[i] for i in idx])):
+                        results[i] = m
+                        if on_result is not None:
+                            on_result(i, m)
+                    if progress is not None:
+                        progress.update(len(idx))
+        finally:
+            for fut in pending:  # interrupted: nothing half-measured stays queued on the device
+                fut.cancel()
         return results  # type: ignore[return-value]
 
-    def _submit(self, task: Callable, specs: list[ModelSpec], c: int, settings: dict, script: str, wd: str) -> Any:
+    def _submit(self, task: Callable, specs: list[ModelSpec], c: int, settings: dict, script: str) -> Any:
         payload = []
-        for j, spec in enumerate(specs):
-            path, shape = export_spec(spec, os.path.join(wd, f"model{c}_{j}.onnx"))
-            with open(path, "rb") as f:
-                payload.append({"onnx": f.read(), "shape": shape, "key": spec.key})
-            os.unlink(path)
+        for spec in specs:
+            data, shape = spec_onnx(spec)
+            payload.append({"onnx": data, "shape": shape, "key": spec.key})
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sending large graph")  # the ONNX files travel with their task
             return self.client.submit(task, payload, settings, script, resources={self.resource: 1}, pure=False,
