@@ -84,7 +84,8 @@ def test_measure_kill9_keeps_each_finished_arch_leaves_no_worker_and_resumes(tmp
     tmp.mkdir()
     env = dict(os.environ, TMPDIR=str(tmp))
     store = tmp_path / "m.sqlite"
-    p = subprocess.Popen(_measure_cmd(store, "-n", "4"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # --chunk 1: one timing task per arch, so that some archs are done while others are not
+    p = subprocess.Popen(_measure_cmd(store, "-n", "4", "--chunk", "1"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert _wait(lambda: _rows(store) >= 1 or p.poll() is not None), "no arch was stored"
     assert p.poll() is None, p.stderr.read()
     assert _wait(lambda: bool(_children(p.pid)), timeout=60), "no timing process seen"

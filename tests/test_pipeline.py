@@ -39,6 +39,35 @@ def test_remeasure_picks_spread_and_the_members_around_each_budget():
     assert len(remeasure_picks(pred[:0], 3, [6.5], 2)) == 0
 
 
+@pytest.mark.parametrize("own_store, calls", [(False, [2, 2, 1]), (True, [5])])
+def test_ledger_hands_a_measurer_with_its_own_store_every_arch_at_once(tmp_path, own_store, calls):
+    """A target that commits each arch to its own store gets the whole list (so that it can export the next
+    chunk while the device times this one); any other target one protocol chunk at a time, each chunk
+    committed to the run's ledger before the next is asked for."""
+    from types import SimpleNamespace
+
+    from hwnas.predictors.measure.store import MeasurementStore
+    from hwnas.search.pipeline.evaluate import TargetLedger
+
+    space = create_space("nasbench201")
+    asked = []
+
+    class Target:
+        config = SimpleNamespace(chunk=2)
+        store = MeasurementStore(tmp_path / "own.sqlite") if own_store else None
+
+        def predict(self, archs):
+            asked.append(len(archs))
+            return np.arange(1.0, len(archs) + 1)
+
+    archs = space.sample(5, np.random.default_rng(0))
+    ledger = TargetLedger(tmp_path, space, Target(), {"device": "fake"})
+    got = ledger.measure(archs, tmp_path, "archs")
+    assert asked == calls and len(got) == 5 and (got > 0).all()
+    assert ledger.count == 5 and ledger.new == 5
+    assert (ledger.measure(archs, tmp_path, "archs") == got).all() and asked == calls  # stored: nothing asked again
+
+
 def test_remeasure_takes_the_members_around_each_budget(tmp_path, data_dir):
     """A spread of 2 measures the fastest and the slowest member; near_budget=1 adds the member on
     each side of every budget, so the best arch under each budget is one of its measured neighbours."""

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pin", default=None, help="CPU ids to pin workers to ('1', '0,1'), 'auto' (least busy) or none")
     ap.add_argument("--clock", default=None, help="wall, cpu (process CPU time, 1 thread) or auto (default)")
     ap.add_argument("--max-spread", type=float, default=None, help="re-measure when (max-min)/median across processes exceeds this (default 0.15)")
-    ap.add_argument("--chunk", type=int, default=None, help="models per worker process (default 1; 64 for layers)")
+    ap.add_argument("--chunk", type=int, default=None, help="models per worker process (default 4; 64 for layers)")
     ap.add_argument("--store", default="measurements.sqlite", help="SQLite store (default measurements.sqlite)")
     ap.add_argument("--out", default=None, help="output CSV (arch + one column per device); with --plan: the plan folder")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")

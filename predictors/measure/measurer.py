@@ -64,8 +64,8 @@ class workdir:
 
 
 class LocalMeasurer:
-    """The protocol on this machine: ``config.chunk`` models per timing process (1 by default, so every
-    model is stored as soon as its own processes are done)."""
+    """The protocol on this machine: ``config.chunk`` models per timing process (4 by default: the
+    models of a chunk are stored as soon as their processes are done)."""
 
     where = "local"
 

@@ -57,7 +57,7 @@ class MeasureConfig:
     overlap: bool = False  # export the next chunk while this one is timed (the export competes with the timing)
     max_spread: float = 0.15
     max_extra: int = 3
-    chunk: int = 1  # models per timing process; a model is stored when its chunk is done
+    chunk: int = 4  # models per timing process (its start-up is shared); a model is stored when its chunk is done
     timeout_s: float = 600.0
     seed: int = 0
 

@@ -112,8 +112,9 @@ class DaskMeasurer:
 
     # ------------------------------------------------------------------ measuring
     def measure(self, specs: Sequence[ModelSpec], on_result: OnResult | None = None, progress: Any = None) -> list[Measurement]:
-        """One task per ``config.chunk`` models (1 by default: every arch is handed back, and stored, as
-        soon as it is done), at most :data:`WINDOW` tasks queued."""
+        """One task per ``config.chunk`` models (4 by default; a chunk's archs are handed back, and
+        stored, as soon as its task is done), at most :data:`WINDOW` tasks queued, so the next chunk is
+        exported here while the device times this one."""
         from distributed import wait
 
         self.wait_for_device()

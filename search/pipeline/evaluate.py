@@ -85,8 +85,13 @@ class TargetLedger:
                     values = self._from_plan(todo_archs, stage_dir / "plan", what)
                     for k, v in zip(todo, values):
                         self._commit(k, v, known)
-                else:  # one arch (or one chunk of the measuring protocol) at a time, committed when measured
+                else:  # a chunk of the measuring protocol at a time, committed when measured; a measurer that
+                    # commits each arch to its own store gets them all at once (it overlaps export and timing)
                     step = getattr(getattr(self.target, "config", None), "chunk", 1)
+                    from hwnas.predictors.measure.store import MeasurementStore
+
+                    if isinstance(getattr(self.target, "store", None), MeasurementStore):
+                        step = len(todo)
                     for s in range(0, len(todo), step):
                         values = np.asarray(self.target.predict(todo_archs[s:s + step]), dtype=float).reshape(-1)
                         for k, v in zip(todo[s:s + step], values):
