@@ -15,15 +15,18 @@ each side of every budget:
 Budgets: three target latencies spanning the front (quantiles 0.2/0.5/0.8 of (c)'s table over 2,000
 random archs); (b) and (c) search up to the pipeline's ``search_margin`` x the largest one. Reported:
 hypervolume on measured latency (reference: accuracy 0.70, the largest budget), best accuracy under
-each budget, and the target measurements each method needed (count and wall seconds; the fronts'
-re-measuring is the evaluation, shared, and reported apart). ``--chunked`` adds the cost of timing the
+each budget, and the target measurements each method needed (count and wall seconds). The evaluation
+is a measurement of its own (stored as ``<target>-eval``): the picked members of every front, pooled
+and shuffled, 5 timing processes each; it is not counted as any method's cost. ``--chunked`` adds the cost of timing the
 same K archs in one task (as the table's layers are timed, 64 per process); ``--full-space`` adds (b)
 without the space reduction stage.
 
     nice -n 10 python benchmarks/device_pipeline.py --mirror ../shared/data --out outputs/device_pipeline --chunked --full-space
     python benchmarks/device_pipeline.py --quick          # a smoke run (2 resolutions, small searches)
+    nice -n 10 python benchmarks/device_pipeline.py --out outputs/device_pipeline --seeds 0 1 2   # (b) once per seed, and the mean
 
 Every measurement is kept in ``<out>/cpu.sqlite``: a rerun with the same ``--out`` measures nothing twice.
+The evaluated members of every front (accuracy, predicted and measured latency) go to ``<out>/fronts.json``.
 Goal (issue 14): (b) >= 0.99 of (c)'s HV, the same best accuracy within 0.1 point per budget, for
 <= 1/10 of (c)'s measurement time.
 """
@@ -41,6 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
+
+
+#: timing processes per arch of the evaluation (the pipeline's own measurements use the default, 3)
+EVAL_PROCESSES = 5
 
 
 def log(msg: str) -> None:
@@ -122,6 +129,9 @@ def main() -> int:
     ap.add_argument("--ks", nargs="+", type=int, default=[10, 20])
     ap.add_argument("--front-cap", type=int, default=40, help="re-measure at most this many members of each front")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", nargs="+", type=int, default=None,
+                    help="run (b) once per seed (its samples and search); the table adds the mean over seeds. "
+                         "(a) and (c) do not depend on it")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the target (another \"device\"; use its own --out)")
     ap.add_argument("--chunked", action="store_true", help="also run (b) with the K samples timed in one task (chunk K), "
                     "the batching the lookup table's layers get (64 per timing process)")
@@ -184,36 +194,39 @@ def main() -> int:
     # ---------------------------------------------------------------- (b) the pipeline, K through Dask
     cluster, worker = start_loopback_device(out)
     try:
+        seeds = args.seeds or [args.seed]
         variants = [(k, True) for k in args.ks] + ([(k, False) for k in args.ks] if args.full_space else [])
-        for k, reduce in variants:
+        for seed, (k, reduce) in [(sd, v) for sd in seeds for v in variants]:
+            tag = f", seed {seed}" if len(seeds) > 1 else ""
+            sfx = f"_s{seed}" if seed != 0 else ""
             log(f"(b) hwnas-pipeline, K={k}, target = loopback Dask worker" + ("" if reduce else ", no space reduction"))
             cfg_b = compose("pipeline", ["target=remote", f"target.scheduler={cluster.scheduler_address}", f"target.device={device}",
                                          f"target.store={out / 'cpu.sqlite'}", "target.progress=false", f"+target.threads={args.threads}", f"samples.k={k}",
-                                         f"seed={args.seed}", f"search.budgets=[{','.join(map(str, budgets))}]",
+                                         f"seed={seed}", f"search.budgets=[{','.join(map(str, budgets))}]",
                                          f"remeasure.max_archs={args.front_cap}", "export.formats=[]", "search.verbose=false",
                                          "search.plot=false", f"reduce.enabled={str(reduce).lower()}", res_o, mirror_o, *small, *args.set])
             from hwnas.search.pipeline import run_pipeline
             from hwnas.search.pipeline.evaluate import read_csv
 
-            s = run_pipeline(cfg_b, out / (f"pipeline_k{k}" + ("" if reduce else "_full")))
-            run = out / f"pipeline_k{k}"  # the K samples are the same archs: their cost is that run's
+            s = run_pipeline(cfg_b, out / (f"pipeline_k{k}" + ("" if reduce else "_full") + sfx))
+            run = out / f"pipeline_k{k}{sfx}"  # the K samples are the same archs: their cost is that run's
             if not reduce:
                 fr = [{"arch": space.validate(r["key"]), "accuracy": float(r["accuracy"]), "latency": float(r["predicted_latency"])}
-                      for r in read_csv(out / f"pipeline_k{k}_full" / "06_remeasure" / "front.csv")]
+                      for r in read_csv(out / f"pipeline_k{k}_full{sfx}" / "06_remeasure" / "front.csv")]
                 st = json.loads((run / "02_samples" / "stage.json").read_text())
-                rows[f"(b) K={k}, without space reduction"] = {"front": fr, "count": st["k"], "seconds": st["seconds"],
+                rows[f"(b) K={k}, without space reduction{tag}"] = {"front": fr, "count": st["k"], "seconds": st["seconds"],
                                                                "what": f"{st['k']} archs", "decision": s["adapt"]["decision"],
                                                                "dropped": []}
                 continue
             st = json.loads((run / "02_samples" / "stage.json").read_text())
             fr = [{"arch": space.validate(r["key"]), "accuracy": float(r["accuracy"]), "latency": float(r["predicted_latency"])}
                   for r in read_csv(run / "06_remeasure" / "front.csv")]
-            rows[f"(b) hwnas adapted, K={k} via Dask"] = {"front": fr, "count": st["k"], "seconds": st["seconds"],
+            rows[f"(b) hwnas adapted, K={k} via Dask{tag}"] = {"front": fr, "count": st["k"], "seconds": st["seconds"],
                                                          "what": f"{st['k']} archs", "decision": s["adapt"]["decision"],
                                                          "dropped": s["dropped"]}
-            log(f"(b) K={k}: {s['adapt']['decision']}; SRCC on samples {s['adapt']['srcc_proxy_on_samples']:.3f}; "
+            log(f"(b) K={k}{tag}: {s['adapt']['decision']}; SRCC on samples {s['adapt']['srcc_proxy_on_samples']:.3f}; "
                 f"K samples measured in {st['seconds']:.0f} s")
-            if args.chunked:  # the same K archs timed in one task, as the table's layers are timed 64 per process
+            if args.chunked and seed == seeds[0]:  # the same K archs timed in one task, as the table's layers are timed 64 per process
                 samples = [space.validate(r["key"]) for r in read_csv(run / "02_samples" / "samples.csv")]
                 t0 = time.perf_counter()
                 chunked = MeasuredLatency(space, device=device, store=out / f"cpu_chunk{k}.sqlite", scheduler=cluster.scheduler_address,
@@ -230,32 +243,57 @@ def main() -> int:
         cluster.close()
 
     # ---------------------------------------------------------------- re-measure every front on the target
-    target = MeasuredLatency(space, device=device, store=store, config=MeasureConfig(seed=args.seed, threads=args.threads), progress=True)
+    # The evaluation is its own measurement (device "<target>-eval"), not the numbers the pipeline chose
+    # with: the picked members of all fronts together, in one shuffled list, 5 processes each, so that
+    # neither the time at which a front was measured nor one lucky reading favours a front.
+    target = MeasuredLatency(space, device=device + "-eval", store=store, progress=True,
+                             config=MeasureConfig(seed=args.seed + 1, threads=args.threads, processes=EVAL_PROCESSES))
     near = int(compose("pipeline", [mirror_o]).remeasure.near_budget)
-    table = []
+    picked = {name: spread(r["front"], args.front_cap, budgets, near) for name, r in rows.items()}
+    union = list({arch_key(space, x["arch"]): x["arch"] for fr in picked.values() for x in fr}.values())
+    np.random.default_rng(args.seed).shuffle(union)
+    t0 = time.perf_counter()
+    target.predict(union)
+    log(f"evaluation: {len(union)} distinct front members measured ({time.perf_counter() - t0:.0f} s; {EVAL_PROCESSES} processes each)")
+    table, measured = [], {}
     for name, r in rows.items():
-        fr = spread(r["front"], args.front_cap, budgets, near)
-        t0 = time.perf_counter()
+        fr = picked[name]
         meas = target.predict([x["arch"] for x in fr])
-        log(f"{name}: {len(fr)} front members re-measured ({time.perf_counter() - t0:.0f} s)")
         hv, best = judge([x["accuracy"] for x in fr], meas, budgets, ref)
         table.append((name, r, hv, best, len(fr)))
+        measured[name] = [{"key": arch_key(space, x["arch"]), "accuracy": x["accuracy"], "predicted_ms": x["latency"], "measured_ms": float(v)}
+                          for x, v in zip(fr, meas)]
+    from hwnas.predictors.assets import atomic_write
+
+    atomic_write(out / "fronts.json", json.dumps({"budgets": budgets, "hv_ref": list(ref), "fronts": measured}, indent=1) + "\n")
     hv_c = table[0][2]
     best_c = table[0][3]
     print(f"\n## Target = this CPU (ONNX Runtime, {args.threads} thread{'s' if args.threads > 1 else ''}), proxy = Note10 tables, accuracy = OFA predictor\n")
     print(f"Budgets {budgets} ms; hypervolume reference (0.70, {ref[1]} ms); fronts re-measured ({args.front_cap} members spread "
-          f"over latency and {near} on each side of every budget, the pipeline's rule, for every front).\n")
+          f"over latency and {near} on each side of every budget, the pipeline's rule, for every front), measured together "
+          f"for the evaluation ({EVAL_PROCESSES} processes each).\n")
     print("| front | target measurements | measuring (s) | HV (measured) | HV / (c) | " + " | ".join(f"best top-1 @{b:g} ms" for b in budgets) + " |")
     print("|---|---|---|---|---|" + "---|" * len(budgets))
     order = [t for t in table if t[0].startswith("(a)")] + [t for t in table if t[0].startswith("(b)")] + [table[0]]
     for name, r, hv, best, n in order:
         cells = " | ".join("-" if np.isnan(b) else f"{100 * b:.2f} ({100 * (b - c):+.2f})" for b, c in zip(best, best_c))
         print(f"| {name} | {r['what']} | {r['seconds']:.0f} | {hv:.5f} | {hv / hv_c:.4f} | {cells} |")
+    if len(seeds) > 1:  # the mean over seeds of each (b) variant
+        print(f"\nMean over seeds {seeds} (min .. max of HV / (c)):\n")
+        print("| (b) | measuring (s) | HV / (c) | " + " | ".join(f"best top-1 - (c) @{b:g} ms" for b in budgets) + " |")
+        print("|---|---|---|" + "---|" * len(budgets))
+        for k, reduce in variants:
+            name = f"(b) hwnas adapted, K={k} via Dask" if reduce else f"(b) K={k}, without space reduction"
+            got = [t for t in table if t[0].startswith(name + ", seed ")]
+            ratios = [t[2] / hv_c for t in got]
+            diffs = np.array([[b - c for b, c in zip(t[3], best_c)] for t in got], dtype=float)
+            cells = " | ".join(f"{100 * np.nanmean(d):+.2f}" for d in diffs.T)
+            print(f"| {name} | {np.mean([t[1]['seconds'] for t in got]):.0f} | {np.mean(ratios):.4f} ({min(ratios):.3f} .. {max(ratios):.3f}) | {cells} |")
     for name, r, *_ in order:
         if "decision" in r:
             print(f"\n{name}: {r['decision']}; dropped {r['dropped']}")
-    keys = {arch_key(space, x["arch"]) for _, r, *_ in table for x in spread(r["front"], args.front_cap, budgets, near)}
-    recs = store.get_many(device, space.name, list(keys))
+    keys = [arch_key(space, a) for a in union]
+    recs = store.get_many(device + "-eval", space.name, keys)
     print(f"\nre-measuring (the evaluation): {len(keys)} distinct archs, median {np.median([v.value for v in recs.values()]):.1f} ms; "
           f"total wall time {time.perf_counter() - t_all:.0f} s (this run)")
     return 0
