@@ -4,8 +4,9 @@ proxy as well as a lookup table built on the target itself, for a fraction of th
 Target: this CPU through ONNX Runtime (1 thread, the default protocol). Proxy: the Samsung Note10
 lookup tables (a phone). Accuracy: the official OFA predictor. Space: OFA-MobileNetV3 w1.2 at the
 tables' resolutions. Three fronts, each re-measured on the target by the pipeline's own rule, the same
-for all: ``--front-cap`` members spread over predicted latency, and ``remeasure.near_budget`` members on
-each side of every budget:
+for all (``measure_front``): ``--front-cap`` members spread over predicted latency and
+``remeasure.near_budget`` members on each side of every budget, then the members around each budget
+moved by the first round's measured / predicted ratio:
 
 (a) the proxy's front reused as is (NSGA-II on the Note10 tables, the README's main search);
 (b) ``hwnas-pipeline`` with K target measurements (``--ks``), taken through a loopback Dask worker
@@ -77,9 +78,9 @@ def search(cfg, budgets, max_latency=None):
     return space, [{"arch": a, "accuracy": float(x), "latency": float(y)} for a, x, y in zip(res.archs, res.accuracy, res.latency)]
 
 
-def spread(front: list[dict], cap: int, budgets: list[float], near: int) -> list[dict]:
-    """The members of ``front`` that are measured: the pipeline's own rule (``remeasure_picks``), the
-    same for every front: ``cap`` spread over predicted latency, and ``near`` on each side of every budget."""
+def first_round(front: list[dict], cap: int, budgets: list[float], near: int) -> list[dict]:
+    """The members of ``front`` the pipeline's rule measures first (``remeasure_picks``): ``cap`` spread over
+    predicted latency, and ``near`` on each side of every budget."""
     from hwnas.search.pipeline.evaluate import remeasure_picks
 
     return [front[i] for i in remeasure_picks([r["latency"] for r in front], cap, budgets, near)]
@@ -156,6 +157,7 @@ def main() -> int:
     from hwnas.predictors.measure import MeasureConfig, MeasuredLatency
     from hwnas.predictors.measure.lut_build import LAYER_DEFAULTS, build_lut, distinct_layers
     from hwnas.predictors.measure.store import MeasurementStore
+    from hwnas.search.pipeline.evaluate import measure_front
     from hwnas.spaces.io import arch_key
 
     t_all = time.perf_counter()
@@ -248,13 +250,26 @@ def main() -> int:
     # neither the time at which a front was measured nor one lucky reading favours a front.
     target = MeasuredLatency(space, device=device + "-eval", store=store, progress=True,
                              config=MeasureConfig(seed=args.seed + 1, threads=args.threads, processes=EVAL_PROCESSES))
-    near = int(compose("pipeline", [mirror_o]).remeasure.near_budget)
-    picked = {name: spread(r["front"], args.front_cap, budgets, near) for name, r in rows.items()}
-    union = list({arch_key(space, x["arch"]): x["arch"] for fr in picked.values() for x in fr}.values())
+    remeasure = compose("pipeline", [mirror_o]).remeasure
+    near, calibrate = int(remeasure.near_budget), bool(remeasure.calibrate)
+    # (b) is judged on the members its pipeline measured; (a) and (c) on those the same rule picks
+    # (measure_front: a first round, then the members around each budget moved by the measured ratio)
+    first = {name: (r["front"] if name.startswith("(b)") else first_round(r["front"], args.front_cap, budgets, near))
+             for name, r in rows.items()}
+    union = list({arch_key(space, x["arch"]): x["arch"] for fr in first.values() for x in fr}.values())
     np.random.default_rng(args.seed).shuffle(union)
     t0 = time.perf_counter()
     target.predict(union)
-    log(f"evaluation: {len(union)} distinct front members measured ({time.perf_counter() - t0:.0f} s; {EVAL_PROCESSES} processes each)")
+    picked = {}
+    for name, r in rows.items():
+        fr = r["front"]
+        if not name.startswith("(b)"):
+            idx, _, _ = measure_front([x["latency"] for x in fr], args.front_cap, budgets, near,
+                                      lambda ii, fr=fr: target.predict([fr[i]["arch"] for i in ii]), calibrate=calibrate)
+            fr = [fr[i] for i in idx]
+        picked[name] = fr
+    n_eval = len({arch_key(space, x["arch"]) for fr in picked.values() for x in fr})
+    log(f"evaluation: {n_eval} distinct front members measured ({time.perf_counter() - t0:.0f} s; {EVAL_PROCESSES} processes each)")
     table, measured = [], {}
     for name, r in rows.items():
         fr = picked[name]
@@ -292,7 +307,7 @@ def main() -> int:
     for name, r, *_ in order:
         if "decision" in r:
             print(f"\n{name}: {r['decision']}; dropped {r['dropped']}")
-    keys = [arch_key(space, a) for a in union]
+    keys = list({arch_key(space, x["arch"]) for fr in picked.values() for x in fr})
     recs = store.get_many(device + "-eval", space.name, keys)
     print(f"\nre-measuring (the evaluation): {len(keys)} distinct archs, median {np.median([v.value for v in recs.values()]):.1f} ms; "
           f"total wall time {time.perf_counter() - t_all:.0f} s (this run)")

@@ -39,6 +39,31 @@ def test_remeasure_picks_spread_and_the_members_around_each_budget():
     assert len(remeasure_picks(pred[:0], 3, [6.5], 2)) == 0
 
 
+def test_measure_front_moves_the_budgets_by_the_measured_ratio():
+    """The front's predictions err low by 25 %: the members predicted around 6.5 measure 7.5-10, so a
+    second round measures those around 6.5 / 1.25 = 5.2 (predicted 4, 5 under it; 6, 7 over it)."""
+    from hwnas.search.pipeline.evaluate import measure_front
+
+    pred = np.array([7.0, 1.0, 10.0, 3.0, 5.0, 2.0, 9.0, 4.0, 8.0, 6.0])
+    asked = []
+
+    def measure(idx):
+        asked.append(sorted(pred[i] for i in idx))
+        return [1.25 * pred[i] for i in idx]
+
+    idx, meas, ratio = measure_front(pred, 3, [6.5], 2, measure)
+    assert asked == [[1.0, 5.0, 6.0, 7.0, 8.0, 10.0], [4.0]]  # the second round asks only what is new
+    assert ratio == pytest.approx(1.25)
+    assert [pred[i] for i in idx] == [1.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0] and meas == pytest.approx(1.25 * pred[idx])
+    assert (meas[pred[idx] <= 5.2] <= 6.5).all() and (meas <= 6.5).sum() == 3  # 4 and 5 are measured under the budget
+    asked.clear()
+    idx, _, ratio = measure_front(pred, 3, [6.5], 2, measure, calibrate=False)
+    assert asked == [[1.0, 5.0, 6.0, 7.0, 8.0, 10.0]] and ratio == 1.0 and len(idx) == 6
+    asked.clear()  # predictions right on average: the moved budget has the same neighbours, nothing more is measured
+    idx, _, ratio = measure_front(pred, 3, [6.5], 2, lambda ii: [pred[i] for i in ii])
+    assert ratio == 1.0 and len(idx) == 6
+
+
 @pytest.mark.parametrize("own_store, calls", [(False, [2, 2, 1]), (True, [5])])
 def test_ledger_hands_a_measurer_with_its_own_store_every_arch_at_once(tmp_path, own_store, calls):
     """A target that commits each arch to its own store gets the whole list (so that it can export the next

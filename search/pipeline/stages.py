@@ -32,7 +32,7 @@ from hwnas.predictors.metrics import srcc
 from hwnas.spaces.errors import UserError
 from hwnas.spaces.io import arch_key, space_from_spec, space_spec
 
-from .evaluate import choose_budgets, front_hv, read_csv, remeasure_picks, srcc_lower_bound, write_csv
+from .evaluate import choose_budgets, front_hv, measure_front, read_csv, srcc_lower_bound, write_csv
 from .runner import Context, PipelineError, Stage
 
 log = logging.getLogger("hwnas.pipeline")
@@ -279,13 +279,15 @@ class RemeasureStage(Stage):
 
     def run(self, ctx: Context) -> dict:
         front = ctx.get("front")
-        idx = remeasure_picks([float(r["latency"]) for r in front], ctx.setting("remeasure.max_archs"), ctx.get("budgets"),
-                              int(ctx.setting("remeasure.near_budget")))
+        pred_all = [float(r["latency"]) for r in front]
+        idx, meas, ratio = measure_front(pred_all, ctx.setting("remeasure.max_archs"), ctx.get("budgets"),
+                                         int(ctx.setting("remeasure.near_budget")),
+                                         lambda ii: ctx.ledger.measure([front[i]["arch"] for i in ii], ctx.run_dir / self.name, "front archs"),
+                                         calibrate=bool(ctx.setting("remeasure.calibrate")))
         front = [front[i] for i in idx]
         archs = [r["arch"] for r in front]
         acc = np.array([float(r["accuracy"]) for r in front])
         pred = np.array([float(r["latency"]) for r in front])
-        meas = ctx.ledger.measure(archs, ctx.run_dir / self.name, "front archs")
         from hwnas.search.problem import pareto_mask
 
         keep = pareto_mask(acc, meas)
@@ -293,7 +295,8 @@ class RemeasureStage(Stage):
                   [{"key": arch_key(ctx.space, a), "arch": str(a), "accuracy": repr(float(x)), "predicted_latency": repr(float(p)),
                     "measured_latency": repr(float(m)), "pareto_on_target": int(k)}
                    for a, x, p, m, k in zip(archs, acc, pred, meas, keep)])
-        return {"front_size": len(archs), "kept": int(keep.sum()), "srcc_pred_vs_measured_on_front": srcc(pred, meas)}
+        return {"front_size": len(archs), "kept": int(keep.sum()), "srcc_pred_vs_measured_on_front": srcc(pred, meas),
+                "measured_over_predicted": ratio}
 
     def load(self, ctx: Context, meta: dict) -> None:
         rows = read_csv(ctx.run_dir / self.name / "front.csv")
