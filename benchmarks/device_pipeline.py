@@ -78,6 +78,16 @@ def search(cfg, budgets, max_latency=None):
     return space, [{"arch": a, "accuracy": float(x), "latency": float(y)} for a, x, y in zip(res.archs, res.accuracy, res.latency)]
 
 
+def searched_front(space, run: Path) -> list[dict]:
+    """The front the pipeline's search found (``05_search/pareto.csv``: accuracy and the adapted predicted
+    latency). It is judged like (a)'s and (c)'s, by the evaluation's own measurements; the pipeline's own
+    re-measuring (``06_remeasure``) is its way to choose, measured at another time."""
+    from hwnas.search.pipeline.evaluate import read_csv
+
+    return [{"arch": space.validate(r["arch_str"]), "accuracy": float(r["accuracy"]), "latency": float(r["latency"])}
+            for r in read_csv(run / "05_search" / "pareto.csv")]
+
+
 def first_round(front: list[dict], cap: int, budgets: list[float], near: int) -> list[dict]:
     """The members of ``front`` the pipeline's rule measures first (``remeasure_picks``): ``cap`` spread over
     predicted latency, and ``near`` on each side of every budget."""
@@ -213,16 +223,14 @@ def main() -> int:
             s = run_pipeline(cfg_b, out / (f"pipeline_k{k}" + ("" if reduce else "_full") + sfx))
             run = out / f"pipeline_k{k}{sfx}"  # the K samples are the same archs: their cost is that run's
             if not reduce:
-                fr = [{"arch": space.validate(r["key"]), "accuracy": float(r["accuracy"]), "latency": float(r["predicted_latency"])}
-                      for r in read_csv(out / f"pipeline_k{k}_full{sfx}" / "06_remeasure" / "front.csv")]
+                fr = searched_front(space, out / f"pipeline_k{k}_full{sfx}")
                 st = json.loads((run / "02_samples" / "stage.json").read_text())
                 rows[f"(b) K={k}, without space reduction{tag}"] = {"front": fr, "count": st["k"], "seconds": st["seconds"],
                                                                "what": f"{st['k']} archs", "decision": s["adapt"]["decision"],
                                                                "dropped": []}
                 continue
             st = json.loads((run / "02_samples" / "stage.json").read_text())
-            fr = [{"arch": space.validate(r["key"]), "accuracy": float(r["accuracy"]), "latency": float(r["predicted_latency"])}
-                  for r in read_csv(run / "06_remeasure" / "front.csv")]
+            fr = searched_front(space, run)
             rows[f"(b) hwnas adapted, K={k} via Dask{tag}"] = {"front": fr, "count": st["k"], "seconds": st["seconds"],
                                                          "what": f"{st['k']} archs", "decision": s["adapt"]["decision"],
                                                          "dropped": s["dropped"]}
@@ -252,10 +260,9 @@ def main() -> int:
                              config=MeasureConfig(seed=args.seed + 1, threads=args.threads, processes=EVAL_PROCESSES))
     remeasure = compose("pipeline", [mirror_o]).remeasure
     near, calibrate = int(remeasure.near_budget), bool(remeasure.calibrate)
-    # (b) is judged on the members its pipeline measured; (a) and (c) on those the same rule picks
-    # (measure_front: a first round, then the members around each budget moved by the measured ratio)
-    first = {name: (r["front"] if name.startswith("(b)") else first_round(r["front"], args.front_cap, budgets, near))
-             for name, r in rows.items()}
+    # every front is judged on the members the pipeline's rule picks (measure_front: a first round, then
+    # the members around each budget moved by the measured ratio), measured by the evaluation
+    first = {name: first_round(r["front"], args.front_cap, budgets, near) for name, r in rows.items()}
     union = list({arch_key(space, x["arch"]): x["arch"] for fr in first.values() for x in fr}.values())
     np.random.default_rng(args.seed).shuffle(union)
     t0 = time.perf_counter()
@@ -263,11 +270,9 @@ def main() -> int:
     picked = {}
     for name, r in rows.items():
         fr = r["front"]
-        if not name.startswith("(b)"):
-            idx, _, _ = measure_front([x["latency"] for x in fr], args.front_cap, budgets, near,
-                                      lambda ii, fr=fr: target.predict([fr[i]["arch"] for i in ii]), calibrate=calibrate)
-            fr = [fr[i] for i in idx]
-        picked[name] = fr
+        idx, _, _ = measure_front([x["latency"] for x in fr], args.front_cap, budgets, near,
+                                  lambda ii, fr=fr: target.predict([fr[i]["arch"] for i in ii]), calibrate=calibrate)
+        picked[name] = [fr[i] for i in idx]
     n_eval = len({arch_key(space, x["arch"]) for fr in picked.values() for x in fr})
     log(f"evaluation: {n_eval} distinct front members measured ({time.perf_counter() - t0:.0f} s; {EVAL_PROCESSES} processes each)")
     table, measured = [], {}

@@ -190,6 +190,20 @@ def test_remote_device_measures_with_the_protocol_and_nothing_twice(scheduler, t
         stop(dev)
 
 
+def test_exports_overlap_the_timing_except_on_this_machine_with_the_wall_clock():
+    """The next chunk is exported while the device times this one, unless the device is this machine
+    and the timing reads the wall clock (2 threads): there the export would slow the timing down."""
+    from hwnas.predictors.measure import MeasureConfig
+    from hwnas.predictors.measure.remote import WINDOW, queue_window
+
+    one, two = MeasureConfig(threads=1), MeasureConfig(threads=2)
+    assert WINDOW > 1
+    assert queue_window(["tcp://127.0.0.1:40123"], two) == 1
+    assert queue_window(["tcp://localhost:40123"], two) == 1
+    assert queue_window(["tcp://127.0.0.1:40123"], one) == WINDOW  # CPU time: the export does not inflate it
+    assert queue_window(["tcp://192.0.2.7:40123"], two) == WINDOW  # another machine (a documentation address)
+
+
 def test_no_worker_with_the_resource_names_the_command(scheduler, tmp_path, tiny):
     from hwnas.predictors.measure import MeasureError
 

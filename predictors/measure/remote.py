@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from asyncio import CancelledError
 from functools import lru_cache
 from typing import Any, Callable, Sequence
 
@@ -49,6 +50,35 @@ def device_task() -> tuple[Callable, str]:
     ns: dict[str, Any] = {"__name__": "hwnas_device_task", "__file__": worker.__file__}
     exec(compile(source, worker.__file__, "exec"), ns)  # noqa: S102 - hwnas's own module source
     return ns["measure_on_device"], source
+
+
+def _local_hosts() -> set[str]:
+    import socket
+
+    hosts = {"127.0.0.1", "::1", "localhost"}
+    try:
+        name = socket.gethostname()
+        hosts.update({name, *socket.gethostbyname_ex(name)[2]})
+    except OSError:
+        pass
+    return hosts
+
+
+def queue_window(worker_addresses: Sequence[str], config: MeasureConfig) -> int:
+    """How many tasks to keep queued: :data:`WINDOW` (the next chunk is exported while the device times
+    this one), or 1 when a worker holding the resource runs on this machine and the clock is the wall
+    clock (several threads): there the export would take CPU from the timing and slow it down. A
+    single-threaded timing reads its process's CPU time, which the export does not inflate."""
+    if config.clock == "cpu":
+        return WINDOW
+    from urllib.parse import urlsplit
+
+    here = _local_hosts()
+    for a in worker_addresses:
+        host = urlsplit(a if "://" in a else f"tcp://{a}").hostname or ""
+        if host in here or host.startswith("127."):
+            return 1
+    return WINDOW
 
 
 def worker_command(scheduler: str, resource: str) -> str:
@@ -114,10 +144,8 @@ class DaskMeasurer:
     def measure(self, specs: Sequence[ModelSpec], on_result: OnResult | None = None, progress: Any = None) -> list[Measurement]:
         """One task per ``config.chunk`` models (4 by default; a chunk's archs are handed back, and
         stored, as soon as its task is done), at most :data:`WINDOW` tasks queued, so the next chunk is
-        exported here while the device times this one."""
-        from distributed import wait
-
-        self.wait_for_device()
+        exported here while the device times this one (see :func:`queue_window`)."""
+        window = queue_window(self.wait_for_device(), self.config)
         task, script = device_task()
         settings = self.config.settings()
         results: list[Measurement | None] = [None] * len(specs)
@@ -127,13 +155,10 @@ class DaskMeasurer:
         nxt = 0
         try:
             while nxt < len(chunks) or pending:
-                while nxt < len(chunks) and len(pending) < WINDOW:
+                while nxt < len(chunks) and len(pending) < window:
                     pending[self._submit(task, [specs[i] for i in chunks[nxt]], nxt, settings, script)] = chunks[nxt]
                     nxt += 1
-                try:
-                    done, _ = wait(list(pending), timeout=5.0, return_when="FIRST_COMPLETED")
-                except TimeoutError:
-                    done = set()
+                done = self._first_done(pending, 5.0)
                 if not done:
                     self._check_device_still_there()
                     continue
@@ -149,6 +174,18 @@ class DaskMeasurer:
             for fut in pending:  # interrupted: nothing half-measured stays queued on the device
                 fut.cancel()
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _first_done(pending: dict, seconds: float) -> list:
+        """The futures of ``pending`` that are done, waiting up to ``seconds`` for one. It polls the
+        futures' own state: ``distributed.wait`` with a timeout can end in an UnboundLocalError when a
+        task is cancelled under it (a worker lost mid-task)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            done = [f for f in pending if f.done()]
+            if done or time.monotonic() >= deadline:
+                return done
+            time.sleep(0.05)
 
     def _submit(self, task: Callable, specs: list[ModelSpec], c: int, settings: dict, script: str) -> Any:
         payload = []
@@ -167,7 +204,7 @@ class DaskMeasurer:
     def _results(self, fut: Any, specs: list[ModelSpec]) -> list[Measurement]:
         try:
             out = fut.result()
-        except Exception as exc:  # noqa: BLE001 - KilledWorker, ProtocolError, unpickling errors on the device
+        except (Exception, CancelledError) as exc:  # noqa: BLE001 - KilledWorker, a cancelled task, errors on the device
             name = type(exc).__name__
             hint = ""
             if name == "KilledWorker":
