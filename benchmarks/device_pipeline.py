@@ -19,10 +19,10 @@ hypervolume on measured latency (reference: accuracy 0.70, the largest budget), 
 each budget, and the target measurements each method needed (count and wall seconds). The evaluation
 is a measurement of its own (stored as ``<target>-eval``): the picked members of every front, pooled
 and shuffled, 5 timing processes each; it is not counted as any method's cost. ``--chunked`` adds the cost of timing the
-same K archs in one task (as the table's layers are timed, 64 per process); ``--full-space`` adds (b)
-without the space reduction stage.
+same K archs in one task (as the table's layers are timed, 64 per process); ``--reduced`` adds (b)
+with the space reduction applied (``reduce.apply=true``).
 
-    nice -n 10 python benchmarks/device_pipeline.py --mirror ../shared/data --out outputs/device_pipeline --chunked --full-space
+    nice -n 10 python benchmarks/device_pipeline.py --mirror ../shared/data --out outputs/device_pipeline --chunked --reduced
     python benchmarks/device_pipeline.py --quick          # a smoke run (2 resolutions, small searches)
     nice -n 10 python benchmarks/device_pipeline.py --out outputs/device_pipeline --seeds 0 1 2   # (b) once per seed, and the mean
 
@@ -146,7 +146,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the target (another \"device\"; use its own --out)")
     ap.add_argument("--chunked", action="store_true", help="also run (b) with the K samples timed in one task (chunk K), "
                     "the batching the lookup table's layers get (64 per timing process)")
-    ap.add_argument("--full-space", action="store_true", help="also run (b) without the space reduction stage")
+    ap.add_argument("--reduced", action="store_true", help="also run (b) with the space reduction applied (reduce.apply=true)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting for (b)'s pipeline runs, e.g. --set reduce.agree_with_proxy=false (repeatable)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 resolutions, small searches, K=5, cap 8")
@@ -207,33 +207,33 @@ def main() -> int:
     cluster, worker = start_loopback_device(out)
     try:
         seeds = args.seeds or [args.seed]
-        variants = [(k, True) for k in args.ks] + ([(k, False) for k in args.ks] if args.full_space else [])
+        variants = [(k, False) for k in args.ks] + ([(k, True) for k in args.ks] if args.reduced else [])
         for seed, (k, reduce) in [(sd, v) for sd in seeds for v in variants]:
             tag = f", seed {seed}" if len(seeds) > 1 else ""
             sfx = f"_s{seed}" if seed != 0 else ""
-            log(f"(b) hwnas-pipeline, K={k}, target = loopback Dask worker" + ("" if reduce else ", no space reduction"))
+            log(f"(b) hwnas-pipeline, K={k}, target = loopback Dask worker" + (", space reduced" if reduce else ""))
             cfg_b = compose("pipeline", ["target=remote", f"target.scheduler={cluster.scheduler_address}", f"target.device={device}",
                                          f"target.store={out / 'cpu.sqlite'}", "target.progress=false", f"+target.threads={args.threads}", f"samples.k={k}",
                                          f"seed={seed}", f"search.budgets=[{','.join(map(str, budgets))}]",
                                          f"remeasure.max_archs={args.front_cap}", "export.formats=[]", "search.verbose=false",
-                                         "search.plot=false", f"reduce.enabled={str(reduce).lower()}", res_o, mirror_o, *small, *args.set])
+                                         "search.plot=false", f"reduce.apply={str(reduce).lower()}", res_o, mirror_o, *small, *args.set])
             from hwnas.search.pipeline import run_pipeline
             from hwnas.search.pipeline.evaluate import read_csv
 
-            s = run_pipeline(cfg_b, out / (f"pipeline_k{k}" + ("" if reduce else "_full") + sfx))
+            s = run_pipeline(cfg_b, out / (f"pipeline_k{k}" + ("_reduced" if reduce else "") + sfx))
             run = out / f"pipeline_k{k}{sfx}"  # the K samples are the same archs: their cost is that run's
-            if not reduce:
-                fr = searched_front(space, out / f"pipeline_k{k}_full{sfx}")
+            if reduce:
+                fr = searched_front(space, out / f"pipeline_k{k}_reduced{sfx}")
                 st = json.loads((run / "02_samples" / "stage.json").read_text())
-                rows[f"(b) K={k}, without space reduction{tag}"] = {"front": fr, "count": st["k"], "seconds": st["seconds"],
-                                                               "what": f"{st['k']} archs", "decision": s["adapt"]["decision"],
-                                                               "dropped": []}
+                rows[f"(b) K={k}, space reduced{tag}"] = {"front": fr, "count": st["k"], "seconds": st["seconds"],
+                                                         "what": f"{st['k']} archs", "decision": s["adapt"]["decision"],
+                                                         "dropped": s["dropped"]}
                 continue
             st = json.loads((run / "02_samples" / "stage.json").read_text())
             fr = searched_front(space, run)
             rows[f"(b) hwnas adapted, K={k} via Dask{tag}"] = {"front": fr, "count": st["k"], "seconds": st["seconds"],
                                                          "what": f"{st['k']} archs", "decision": s["adapt"]["decision"],
-                                                         "dropped": s["dropped"]}
+                                                         "dropped": s["unfriendly"]}
             log(f"(b) K={k}{tag}: {s['adapt']['decision']}; SRCC on samples {s['adapt']['srcc_proxy_on_samples']:.3f}; "
                 f"K samples measured in {st['seconds']:.0f} s")
             if args.chunked and seed == seeds[0]:  # the same K archs timed in one task, as the table's layers are timed 64 per process
@@ -303,7 +303,7 @@ def main() -> int:
         print("| (b) | measuring (s) | HV / (c) | " + " | ".join(f"best top-1 - (c) @{b:g} ms" for b in budgets) + " |")
         print("|---|---|---|" + "---|" * len(budgets))
         for k, reduce in variants:
-            name = f"(b) hwnas adapted, K={k} via Dask" if reduce else f"(b) K={k}, without space reduction"
+            name = f"(b) K={k}, space reduced" if reduce else f"(b) hwnas adapted, K={k} via Dask"
             got = [t for t in table if t[0].startswith(name + ", seed ")]
             ratios = [t[2] / hv_c for t in got]
             diffs = np.array([[b - c for b, c in zip(t[3], best_c)] for t in got], dtype=float)
@@ -311,7 +311,7 @@ def main() -> int:
             print(f"| {name} | {np.mean([t[1]['seconds'] for t in got]):.0f} | {np.mean(ratios):.4f} ({min(ratios):.3f} .. {max(ratios):.3f}) | {cells} |")
     for name, r, *_ in order:
         if "decision" in r:
-            print(f"\n{name}: {r['decision']}; dropped {r['dropped']}")
+            print(f"\n{name}: {r['decision']}; {'dropped' if 'reduced' in name else 'unfriendly (kept)'} {r['dropped']}")
     keys = list({arch_key(space, x["arch"]) for fr in picked.values() for x in fr})
     recs = store.get_many(device + "-eval", space.name, keys)
     print(f"\nre-measuring (the evaluation): {len(keys)} distinct archs, median {np.median([v.value for v in recs.values()]):.1f} ms; "

@@ -35,7 +35,7 @@ def main() -> None:
     from hwnas.search.pipeline import run_pipeline
 
     variants = {"proxy": ["adapt.threshold=-1", "adapt.confidence=null"], "adapted": [],
-                "adapted, full space": ["reduce.enabled=false"]}
+                "adapted, space reduced": ["reduce.apply=true"]}
     out = Path(args.out or tempfile.mkdtemp(prefix="pipeline_demo_"))
     print(f"runs in {out}")
     print("| target | K | variant | SRCC proxy (full) | SRCC used (full) | decision | target meas. | final front | HV ratio | s |")

@@ -105,7 +105,8 @@ if __name__ == "__main__":  # python _pipeline_helpers.py OUT_DIR CKPT
 # --------------------------------------------------------------------------- pytest fixture
 import pytest  # noqa: E402
 
-SMALL = ["target.device=titan_rtx_1", "samples.pool=400", "samples.k=10", "reduce.n_samples=32", "search.n_gen=6",
+# reduce.apply=true: the small run also covers the reduced (restricted) space through every later stage
+SMALL = ["target.device=titan_rtx_1", "samples.pool=400", "samples.k=10", "reduce.n_samples=32", "reduce.apply=true", "search.n_gen=6",
          "search.pop_size=16", "search.refine.passes=1", "search.verbose=false", "search.plot=false"]
 
 

@@ -99,7 +99,8 @@ def test_remeasure_takes_the_members_around_each_budget(tmp_path, data_dir):
     from hwnas.search.pipeline import run_pipeline
     from hwnas.search.pipeline.evaluate import remeasure_picks
 
-    cfg = compose_pipeline(SMALL + ["remeasure.max_archs=2", "remeasure.near_budget=1", "report=false", f"assets.mirror={data_dir}"])
+    cfg = compose_pipeline(SMALL + ["remeasure.max_archs=2", "remeasure.near_budget=1", "remeasure.calibrate=false", "report=false",
+                                    f"assets.mirror={data_dir}"])
     s = run_pipeline(cfg, tmp_path / "run")
     searched = sorted(json.loads((tmp_path / "run" / "05_search" / "pareto.json").read_text())["front"], key=lambda r: r["latency"])
     front = read_csv(tmp_path / "run" / "06_remeasure" / "front.csv")
@@ -337,7 +338,7 @@ def test_ofa_reduction_agrees_with_the_proxy(tmp_path, data_dir):
     runs = {}
     for agree in (True, False):
         run = tmp_path / f"agree_{agree}"
-        run_pipeline(compose_pipeline(base + [f"reduce.agree_with_proxy={str(agree).lower()}"], name="pipeline"), run)
+        run_pipeline(compose_pipeline(base + [f"reduce.agree_with_proxy={str(agree).lower()}", "reduce.apply=true"], name="pipeline"), run)
         st = json.loads((run / "04_reduce" / "stage.json").read_text())
         f = run / "04_reduce" / "space.json"
         runs[agree] = (st, space_from_spec(json.loads(f.read_text()), f))
@@ -354,6 +355,17 @@ def test_ofa_reduction_agrees_with_the_proxy(tmp_path, data_dir):
     for sp, st in ((sp_t, st_t), (sp_f, st_f)):
         for u, bc in enumerate(sp.block_choices):
             assert not {block_name(k, e) for k, e in bc} & set(st["dropped"][u])
+    # by default (reduce.apply=false) the same profile is reported and the search keeps every choice
+    run = tmp_path / "not_applied"
+    s = run_pipeline(compose_pipeline(base + ["report=true"], name="pipeline"), run)
+    st = json.loads((run / "04_reduce" / "stage.json").read_text())
+    f = run / "04_reduce" / "space.json"
+    searched = space_from_spec(json.loads(f.read_text()), f)
+    full = space_from_spec(json.loads((run / "run.json").read_text())["space"], f)
+    assert searched.block_choices == full.block_choices and len(searched.block_choices[0]) == 9
+    assert st["dropped"] == [] and st["applied"] is False and any(st["unfriendly"]) and st["unfriendly"] == st_t["dropped"]
+    assert s["dropped"] == [] and s["unfriendly"] == st_t["dropped"]
+    assert "Unfriendly choices on the target" in (run / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -410,7 +422,7 @@ def test_derived_budgets_are_taken_over_the_reduced_space(tmp_path, data_dir):
     # FBNet on raspi4: the reduction drops the fastest choices, so quantiles of the full space's latency put
     # the smallest budget below every arch that is searched (the README's preset command failed there).
     # Budgets the pipeline chooses come from the space it searches; budgets the user gives are kept.
-    cfg_overrides = ["target.device=raspi4", "search.n_gen=4", "search.pop_size=12", "search.refine.passes=0",
+    cfg_overrides = ["target.device=raspi4", "reduce.apply=true", "search.n_gen=4", "search.pop_size=12", "search.refine.passes=0",
                      "search.verbose=false", "search.plot=false", "report=false", f"assets.mirror={data_dir}"]
     s = run_pipeline(compose_pipeline(cfg_overrides, name="pipeline_fbnet"), tmp_path / "run")
     assert "searched space" in s["budgets_from"] and len(s["budgets"]) == 4

@@ -162,6 +162,9 @@ def write_report(run_dir: str | Path, summary: dict) -> Path:
               "count), a capacity proxy and **not** an accuracy estimate; the benchmark data have no accuracy for this space.", ""]
     dropped = summary.get("dropped") or []
     L += ["## Reduced space", ""]
+    if not dropped and summary.get("unfriendly"):  # profiled, not applied
+        dropped = summary["unfriendly"]
+        L += ["Unfriendly choices on the target (profiled; the search kept them, `reduce.apply=true` drops them):", ""]
     if dropped and isinstance(dropped[0], dict):
         by: dict[int, list[str]] = {}
         for d in dropped:

@@ -6,8 +6,9 @@
                     target (config ``samples``; the target is config ``target``).
 3. ``03_adapt``     monotonicity check: when the lower confidence bound of SRCC(proxy, target) on the K
                     samples reaches ``adapt.threshold`` the proxy is reused, scaled; else it is adapted.
-4. ``04_reduce``    the space profiled with the adapted latency and the accuracy source, and reduced
-                    (MBConv spaces, ``agree_with_proxy``: only by what the proxy's profile drops too).
+4. ``04_reduce``    the space profiled with the adapted latency and the accuracy source; the unfriendly
+                    choices are reported, and dropped from the search with ``reduce.apply`` (MBConv
+                    spaces, ``agree_with_proxy``: only what the proxy's profile drops too).
 5. ``05_search``    NSGA-II (+ refinement) in the reduced space, checkpointed every generation, up to
                     ``search_margin`` x the largest budget. Budgets: ``search.budgets``, or quantiles
                     (``budget_quantiles``) of the adapted latency over the reduced space.
@@ -207,6 +208,9 @@ class ReduceStage(Stage):
                 info["dropped_by_the_adapted_latency_alone"] = [[b for b in a if b not in set(k)] for a, k in zip(alone.dropped, red.dropped)]
             reduced = red.space
             info.update(dropped=red.dropped, describe=red.describe(), dropped_resolutions=red.dropped_resolutions)
+        if not ctx.setting("reduce.apply") and reduced is not space:  # profiled and reported, the search keeps every choice
+            info.update(unfriendly=info["dropped"], dropped=[], applied=False)
+            reduced = space
         atomic_write(d / "space.json", json.dumps(space_spec(reduced), indent=1) + "\n")
         return info
 
@@ -214,6 +218,7 @@ class ReduceStage(Stage):
         f = ctx.run_dir / self.name / "space.json"
         ctx.put("search_space", space_from_spec(json.loads(f.read_text()), f))
         ctx.put("dropped", meta.get("dropped") or [])
+        ctx.put("unfriendly", meta.get("unfriendly") or [])
 
 
 # ============================================================================ 5 search
@@ -396,6 +401,7 @@ def summarise_run(ctx: Context) -> dict:
         "budgets_from": (ctx.info.get("05_search") or {}).get("budgets_from"),
         "reduced_space": space_spec(ctx.get("search_space")),
         "dropped": ctx.get("dropped"),
+        "unfriendly": ctx.get("unfriendly"),
         "front_size": len(ctx.get("remeasured")),
         "final_size": len(final),
         "best_at_budgets": {b: (None if r is None else {"arch": str(r["arch"]), "accuracy": r["accuracy"], "measured": r["measured"]})
