@@ -277,7 +277,7 @@ def test_register_device_race_has_one_winner(tmp_path):
 # ============================================================================ pipeline
 def _pipeline_cmd(run_dir, mirror, *extra):
     return [sys.executable, "-m", "hwnas.search.pipeline.cli", "--config-name", "pipeline_nasbench201", "target.device=titan_rtx_1",
-            "samples.pool=400", "samples.k=10", "reduce.n_samples=32", "search.n_gen=40", "search.pop_size=24",
+            "samples.pool=400", "samples.k=10", "reduce.n_samples=32", "search.n_gen=300", "search.pop_size=24",
             "search.refine.passes=1", "search.verbose=false", "search.plot=false", "report=false", f"assets.mirror={mirror}",
             f"hydra.run.dir={run_dir}", *extra]
 
