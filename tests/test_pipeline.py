@@ -384,20 +384,24 @@ def test_plan_target_stops_for_numbers_and_resumes(tmp_path, data_dir, capsys):
     space = create_space("ofa_mbv3_w12", resolutions=[160, 176, 192, 208, 224])
     device = MacsLatency(space)
 
-    def fill(plan_csv):
-        return len(fill_plan(plan_csv, lambda r: repr(float(device.predict([space.validate(r["arch"])])[0]))))
+    def fill(plan_csv, scale=1.0):
+        return len(fill_plan(plan_csv, lambda r: repr(scale * float(device.predict([space.validate(r["arch"])])[0]))))
 
     with pytest.raises(WaitingForMeasurements, match="02_samples/plan"):
         run_pipeline(cfg, run)
     assert fill(run / "02_samples" / "plan" / "plan.csv") == 5
     with pytest.raises(WaitingForMeasurements, match="06_remeasure/plan"):
         run_pipeline(cfg, run)
-    n_front = fill(run / "06_remeasure" / "plan" / "plan.csv")
+    # the front measures 30 % slower than predicted: the calibrated round asks for its own plan
+    n_front = fill(run / "06_remeasure" / "plan" / "plan.csv", 1.3)
+    with pytest.raises(WaitingForMeasurements, match="06_remeasure/calibrated/plan"):
+        run_pipeline(cfg, run)
+    n_more = fill(run / "06_remeasure" / "calibrated" / "plan" / "plan.csv", 1.3)
     s = run_pipeline(cfg, run)
     assert s["stages_ran"] == ["06_remeasure", "07_export"] and s["final_size"] >= 1
-    assert s["target_measurements"] == len(_ledger(run)) <= 5 + n_front
+    assert s["target_measurements"] == len(_ledger(run)) == 5 + n_front + n_more and n_more >= 1
     for r in read_csv(run / "06_remeasure" / "front.csv"):
-        assert float(r["measured_latency"]) == pytest.approx(device.predict([space.validate(r["key"])])[0])
+        assert float(r["measured_latency"]) == pytest.approx(1.3 * device.predict([space.validate(r["key"])])[0])
 
 
 @pytest.mark.parametrize("name, space, proxy, target", [

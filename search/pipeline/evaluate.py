@@ -152,7 +152,7 @@ def remeasure_picks(pred: Sequence[float], cap: int | None, budgets: Sequence[fl
 
 
 def measure_front(pred: Sequence[float], cap: int | None, budgets: Sequence[float], near: int, measure: Any,
-                  calibrate: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+                  calibrate: bool = True, measure_more: Any = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Measure the front members that :func:`remeasure_picks` names; with ``calibrate``, then also the
     ``near`` members on each side of every budget *as the measurements place it*.
 
@@ -160,7 +160,8 @@ def measure_front(pred: Sequence[float], cap: int | None, budgets: Sequence[floa
     winner's curse: 8-9 % on this machine's CPU with K=10-20 samples), and the members predicted just
     under a budget are measured over it. The median ratio measured / predicted of the first round
     moves each budget into the predictor's scale (``budget / ratio``), and the members around the moved
-    budgets are measured too. ``measure(indices)`` returns their latencies. Returns the measured
+    budgets are measured too. ``measure(indices)`` returns their latencies
+    (``measure_more``, if given, measures the second round: a plan target writes it as a plan of its own). Returns the measured
     indices (by increasing predicted latency), their latencies and the ratio (1.0 without a second round).
     """
     pred = np.asarray(pred, dtype=float)
@@ -172,7 +173,7 @@ def measure_front(pred: Sequence[float], cap: int | None, budgets: Sequence[floa
         ratio = float(np.median([got[i] / pred[i] for i in ok])) if ok else 1.0
         more = np.array([i for i in remeasure_picks(pred, 0, [float(b) / ratio for b in budgets], near).tolist() if i not in got], dtype=int)
         if len(more):
-            got.update(zip(more.tolist(), np.asarray(measure(more), dtype=float).tolist()))
+            got.update(zip(more.tolist(), np.asarray((measure_more or measure)(more), dtype=float).tolist()))
     order = np.array(sorted(got, key=lambda i: (pred[i], i)), dtype=int)
     return order, np.array([got[i] for i in order], dtype=float), ratio
 

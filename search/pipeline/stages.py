@@ -288,7 +288,10 @@ class RemeasureStage(Stage):
         idx, meas, ratio = measure_front(pred_all, ctx.setting("remeasure.max_archs"), ctx.get("budgets"),
                                          int(ctx.setting("remeasure.near_budget")),
                                          lambda ii: ctx.ledger.measure([front[i]["arch"] for i in ii], ctx.run_dir / self.name, "front archs"),
-                                         calibrate=bool(ctx.setting("remeasure.calibrate")))
+                                         calibrate=bool(ctx.setting("remeasure.calibrate")),
+                                         measure_more=lambda ii: ctx.ledger.measure([front[i]["arch"] for i in ii],
+                                                                                     ctx.run_dir / self.name / "calibrated",
+                                                                                     "front archs around the calibrated budgets"))
         front = [front[i] for i in idx]
         archs = [r["arch"] for r in front]
         acc = np.array([float(r["accuracy"]) for r in front])
