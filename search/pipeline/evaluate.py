@@ -160,9 +160,10 @@ def measure_front(pred: Sequence[float], cap: int | None, budgets: Sequence[floa
     winner's curse: 8-9 % on this machine's CPU with K=10-20 samples), and the members predicted just
     under a budget are measured over it. The median ratio measured / predicted of the first round
     moves each budget into the predictor's scale (``budget / ratio``), and the members around the moved
-    budgets are measured too. ``measure(indices)`` returns their latencies
-    (``measure_more``, if given, measures the second round: a plan target writes it as a plan of its own). Returns the measured
-    indices (by increasing predicted latency), their latencies and the ratio (1.0 without a second round).
+    budgets are measured too. ``measure(indices)`` returns their latencies; ``measure_more``, if
+    given, measures the second round (a plan target writes it as a plan of its own). Returns the
+    measured indices (by increasing predicted latency), their latencies and the ratio (1.0 without a
+    second round).
     """
     pred = np.asarray(pred, dtype=float)
     idx = remeasure_picks(pred, cap, budgets, near)
@@ -171,7 +172,8 @@ def measure_front(pred: Sequence[float], cap: int | None, budgets: Sequence[floa
     if calibrate and int(near) > 0 and len(got) >= 3:
         ok = [i for i in got if pred[i] > 0]
         ratio = float(np.median([got[i] / pred[i] for i in ok])) if ok else 1.0
-        more = np.array([i for i in remeasure_picks(pred, 0, [float(b) / ratio for b in budgets], near).tolist() if i not in got], dtype=int)
+        moved = remeasure_picks(pred, 0, [float(b) / ratio for b in budgets], near)
+        more = np.array([i for i in moved.tolist() if i not in got], dtype=int)
         if len(more):
             got.update(zip(more.tolist(), np.asarray((measure_more or measure)(more), dtype=float).tolist()))
     order = np.array(sorted(got, key=lambda i: (pred[i], i)), dtype=int)
