@@ -270,15 +270,14 @@ def main() -> int:
     picked = {}
     for name, r in rows.items():
         fr = r["front"]
-        idx, _, _ = measure_front([x["latency"] for x in fr], args.front_cap, budgets, near,
-                                  lambda ii, fr=fr: target.predict([fr[i]["arch"] for i in ii]), calibrate=calibrate)
-        picked[name] = [fr[i] for i in idx]
-    n_eval = len({arch_key(space, x["arch"]) for fr in picked.values() for x in fr})
+        idx, meas, _ = measure_front([x["latency"] for x in fr], args.front_cap, budgets, near,
+                                     lambda ii, fr=fr: target.predict([fr[i]["arch"] for i in ii]), calibrate=calibrate)
+        picked[name] = ([fr[i] for i in idx], meas)
+    n_eval = len({arch_key(space, x["arch"]) for fr, _ in picked.values() for x in fr})
     log(f"evaluation: {n_eval} distinct front members measured ({time.perf_counter() - t0:.0f} s; {EVAL_PROCESSES} processes each)")
     table, measured = [], {}
     for name, r in rows.items():
-        fr = picked[name]
-        meas = target.predict([x["arch"] for x in fr])
+        fr, meas = picked[name]
         hv, best = judge([x["accuracy"] for x in fr], meas, budgets, ref)
         table.append((name, r, hv, best, len(fr)))
         measured[name] = [{"key": arch_key(space, x["arch"]), "accuracy": x["accuracy"], "predicted_ms": x["latency"], "measured_ms": float(v)}
@@ -312,7 +311,7 @@ def main() -> int:
     for name, r, *_ in order:
         if "decision" in r:
             print(f"\n{name}: {r['decision']}; {'dropped' if 'reduced' in name else 'unfriendly (kept)'} {r['dropped']}")
-    keys = list({arch_key(space, x["arch"]) for fr in picked.values() for x in fr})
+    keys = list({arch_key(space, x["arch"]) for fr, _ in picked.values() for x in fr})
     recs = store.get_many(device + "-eval", space.name, keys)
     print(f"\nre-measuring (the evaluation): {len(keys)} distinct archs, median {np.median([v.value for v in recs.values()]):.1f} ms; "
           f"total wall time {time.perf_counter() - t_all:.0f} s (this run)")
