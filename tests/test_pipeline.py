@@ -64,6 +64,33 @@ def test_measure_front_moves_the_budgets_by_the_measured_ratio():
     assert ratio == 1.0 and len(idx) == 6
 
 
+def test_measure_front_searches_again_at_the_moved_budgets():
+    """With ``search_again``, the second round picks from the front searched at budget / ratio (indices
+    after the first front's), and only when the ratio is off by more than the tolerance."""
+    from hwnas.search.pipeline.evaluate import SEARCH_AGAIN_TOL, measure_front
+
+    pred = np.array([7.0, 1.0, 10.0, 3.0, 5.0, 2.0, 9.0, 4.0, 8.0, 6.0])
+    second = np.array([5.1, 4.9, 5.3, 3.5, 6.5])  # a front searched at 5.2: its best archs are around 5.2
+    calls, asked = [], []
+
+    def again(budgets):
+        calls.append(budgets)
+        return second
+
+    def measure(idx):
+        asked.append(sorted(idx.tolist()))
+        allp = np.concatenate([pred, second])
+        return [1.25 * allp[i] for i in idx]
+
+    idx, meas, ratio = measure_front(pred, 3, [6.5], 2, measure, search_again=again)
+    assert calls == [[pytest.approx(5.2)]] and ratio == pytest.approx(1.25)
+    assert asked[1] == [10, 11, 12, 14]  # by predicted latency 3.5, 4.9, 5.1 | 5.2 | 5.3, 6.5: two on each side
+    assert len(idx) == 6 + 4
+    calls.clear()
+    idx, _, ratio = measure_front(pred, 3, [6.5], 2, lambda ii: [(1 + SEARCH_AGAIN_TOL / 2) * pred[i] for i in ii], search_again=again)
+    assert calls == [] and len(idx) == 6  # within the tolerance: no second search
+
+
 @pytest.mark.parametrize("own_store, calls", [(False, [2, 2, 1]), (True, [5])])
 def test_ledger_hands_a_measurer_with_its_own_store_every_arch_at_once(tmp_path, own_store, calls):
     """A target that commits each arch to its own store gets the whole list (so that it can export the next
@@ -402,6 +429,17 @@ def test_plan_target_stops_for_numbers_and_resumes(tmp_path, data_dir, capsys):
     assert s["target_measurements"] == len(_ledger(run)) == 5 + n_front + n_more and n_more >= 1
     for r in read_csv(run / "06_remeasure" / "front.csv"):
         assert float(r["measured_latency"]) == pytest.approx(1.3 * device.predict([space.validate(r["key"])])[0])
+    # the calibrated round came from a second search at the budgets moved by the measured ratio
+    from hwnas.search.results import load_front
+    from hwnas.spaces.io import arch_key
+
+    st = json.loads((run / "06_remeasure" / "stage.json").read_text())
+    budgets = json.loads((run / "05_search" / "stage.json").read_text())["budgets"]
+    assert st["measured_over_predicted"] > 1.1
+    assert st["searched_again_at"] == pytest.approx([b / st["measured_over_predicted"] for b in budgets], rel=1e-5)
+    again = {arch_key(space, r["arch"]) for r in load_front(run / "06_remeasure" / "again" / "pareto.json", space=space)}
+    asked = {arch_key(space, space.validate(r["arch"])) for r in read_csv(run / "06_remeasure" / "calibrated" / "plan" / "plan.csv")}
+    assert asked and asked <= again
 
 
 @pytest.mark.parametrize("name, space, proxy, target", [

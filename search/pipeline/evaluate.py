@@ -151,8 +151,13 @@ def remeasure_picks(pred: Sequence[float], cap: int | None, budgets: Sequence[fl
     return np.array(sorted(picks, key=lambda i: (pred[i], i)), dtype=int)
 
 
+#: measure_front searches again only when the front's measured / predicted ratio is off by more than this
+#: (closer, the moved budgets move less than one measurement's noise)
+SEARCH_AGAIN_TOL = 0.01
+
+
 def measure_front(pred: Sequence[float], cap: int | None, budgets: Sequence[float], near: int, measure: Any,
-                  calibrate: bool = True, measure_more: Any = None) -> tuple[np.ndarray, np.ndarray, float]:
+                  calibrate: bool = True, measure_more: Any = None, search_again: Any = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Measure the front members that :func:`remeasure_picks` names; with ``calibrate``, then also the
     ``near`` members on each side of every budget *as the measurements place it*.
 
@@ -161,7 +166,13 @@ def measure_front(pred: Sequence[float], cap: int | None, budgets: Sequence[floa
     under a budget are measured over it. The median ratio measured / predicted of the first round
     moves each budget into the predictor's scale (``budget / ratio``), and the members around the moved
     budgets are measured too. ``measure(indices)`` returns their latencies; ``measure_more``, if
-    given, measures the second round (a plan target writes it as a plan of its own). Returns the
+    given, measures the second round (a plan target writes it as a plan of its own).
+
+    ``search_again(moved_budgets)``, if given, is called when the ratio is off by more than
+    :data:`SEARCH_AGAIN_TOL`; it returns the predicted latencies of another front, searched at the moved
+    budgets (its refinement finds the best arch the predictor knows under each of them; the first
+    front has them at the original budgets, which the measurements put over). The second round then
+    picks among those, whose indices follow the first front's (``len(pred) + j``). Returns the
     measured indices (by increasing predicted latency), their latencies and the ratio (1.0 without a
     second round).
     """
@@ -172,7 +183,13 @@ def measure_front(pred: Sequence[float], cap: int | None, budgets: Sequence[floa
     if calibrate and int(near) > 0 and len(got) >= 3:
         ok = [i for i in got if pred[i] > 0]
         ratio = float(np.median([got[i] / pred[i] for i in ok])) if ok else 1.0
-        moved = remeasure_picks(pred, 0, [float(b) / ratio for b in budgets], near)
+        moved_budgets = [float(b) / ratio for b in budgets]
+        if search_again is not None and abs(ratio - 1.0) > SEARCH_AGAIN_TOL:
+            n = len(pred)
+            pred = np.concatenate([pred, np.asarray(search_again(moved_budgets), dtype=float)])
+            moved = n + remeasure_picks(pred[n:], 0, moved_budgets, near)
+        else:
+            moved = remeasure_picks(pred, 0, moved_budgets, near)
         more = np.array([i for i in moved.tolist() if i not in got], dtype=int)
         if len(more):
             got.update(zip(more.tolist(), np.asarray((measure_more or measure)(more), dtype=float).tolist()))

@@ -13,8 +13,10 @@
                     ``search_margin`` x the largest budget. Budgets: ``search.budgets``, or quantiles
                     (``budget_quantiles``) of the adapted latency over the reduced space.
 6. ``06_remeasure`` the front measured on the target (``max_archs`` spread over latency, and the
-                    ``near_budget`` members on each side of every budget); what is not Pareto-optimal
-                    there is dropped.
+                    ``near_budget`` members on each side of every budget); then, with ``calibrate``,
+                    the budgets are moved by the median measured / predicted ratio, the search is run
+                    again at the moved budgets (``search_again``, in ``again/``) and the members
+                    around them are measured too. What is not Pareto-optimal on the target is dropped.
 7. ``07_export``    ``archs.json``; MBConv spaces also get networks with weights (config ``export``).
 """
 
@@ -222,6 +224,40 @@ class ReduceStage(Stage):
 
 
 # ============================================================================ 5 search
+def search_front(ctx: Context, s: dict, d: Path, settings_key: str) -> tuple[Any, Any]:
+    """NSGA-II of the pipeline (the ``search`` settings ``s`` with their ``budgets``) over the searched
+    space, on the accuracy and the adapted latency; results and checkpoint in ``d``. Returns the
+    search result and its checkpoint."""
+    from hwnas.search.checkpoint import SearchCheckpoint
+    from hwnas.search.cli import CHECKPOINT, search_kwargs
+    from hwnas.search.evaluators import make_runner, wrap_predictors
+    from hwnas.search.nsga import run_search
+    from hwnas.search.results import write_results
+
+    s = dict(s)
+    if s.get("max_latency") is None and s["budgets"]:
+        s["max_latency"] = float(ctx.setting("search_margin")) * max(s["budgets"])
+    skw = search_kwargs(s)
+    d.mkdir(parents=True, exist_ok=True)
+    ck = SearchCheckpoint(d / CHECKPOINT, settings=settings_key)
+    stale = ck.archive_if_stale()  # the checkpoint of other settings: start afresh
+    if stale is not None:
+        stale.unlink()
+    runner = make_runner(ctx.setting("evaluator"))
+    try:
+        preds = wrap_predictors(ctx.setting("evaluator"), runner, accuracy=ctx.accuracy, latency=ctx.get("adapted"))
+        try:
+            res = run_search(ctx.get("search_space"), preds["accuracy"], preds["latency"], log=log.info, checkpoint=ck, **skw)
+        except ValueError as exc:  # settings the search refuses (budgets out of range, ...): one line
+            if isinstance(exc, UserError):
+                raise
+            raise PipelineError(str(exc)) from exc
+    finally:
+        runner.close()
+    write_results(res, d, plot=bool(s["plot"]))
+    return res, ck
+
+
 class SearchStage(Stage):
     name, title, config_key, outputs = "05_search", "NSGA-II", "search", ("pareto.json",)
     upstream = ("04_reduce",)
@@ -230,12 +266,6 @@ class SearchStage(Stage):
         return [ctx.setting("evaluator.objectives"), ctx.setting("search_margin"), ctx.setting("budget_quantiles")]
 
     def run(self, ctx: Context) -> dict:
-        from hwnas.search.checkpoint import SearchCheckpoint
-        from hwnas.search.cli import CHECKPOINT, search_kwargs
-        from hwnas.search.evaluators import make_runner, wrap_predictors
-        from hwnas.search.nsga import run_search
-        from hwnas.search.results import write_results
-
         d = ctx.run_dir / self.name
         s = dict(ctx.setting("search"))
         if ctx.setting("search.budgets"):
@@ -247,26 +277,8 @@ class SearchStage(Stage):
             s["budgets"] = choose_budgets(ctx.get("adapted"), ctx.get("search_space"), q, seed=int(ctx.setting("seed")))
             budgets_from = f"quantiles {q} of the adapted latency over 2000 random archs of the searched space"
             log.info(f"budgets {s['budgets']} ms: {budgets_from} (set search.budgets to choose them)")
-        if s.get("max_latency") is None and s["budgets"]:
-            s["max_latency"] = float(ctx.setting("search_margin")) * max(s["budgets"])
-        skw = search_kwargs(s)
-        ck = SearchCheckpoint(d / CHECKPOINT, settings=ctx.keys[self.name])
-        stale = ck.archive_if_stale()  # the checkpoint of other settings: start afresh
-        if stale is not None:
-            stale.unlink()
-        runner = make_runner(ctx.setting("evaluator"))
-        try:
-            preds = wrap_predictors(ctx.setting("evaluator"), runner, accuracy=ctx.accuracy, latency=ctx.get("adapted"))
-            try:
-                res = run_search(ctx.get("search_space"), preds["accuracy"], preds["latency"], log=log.info, checkpoint=ck, **skw)
-            except ValueError as exc:  # settings the search refuses (budgets out of range, ...): one line
-                if isinstance(exc, UserError):
-                    raise
-                raise PipelineError(str(exc)) from exc
-        finally:
-            runner.close()
-        write_results(res, d, plot=bool(s["plot"]))
-        return {"n_evals": res.n_evals, "front_size": len(res), "resumed_from_gen": ck.resumed_from, "budgets": skw["budgets"],
+        res, ck = search_front(ctx, s, d, ctx.keys[self.name])
+        return {"n_evals": res.n_evals, "front_size": len(res), "resumed_from_gen": ck.resumed_from, "budgets": s["budgets"],
                 "budgets_from": budgets_from}
 
     def load(self, ctx: Context, meta: dict) -> None:
@@ -283,16 +295,42 @@ class RemeasureStage(Stage):
     upstream = ("05_search",)
 
     def run(self, ctx: Context) -> dict:
-        front = ctx.get("front")
+        from hwnas.search.checkpoint import fingerprint
+
+        front = list(ctx.get("front"))
         pred_all = [float(r["latency"]) for r in front]
+        again: dict[str, Any] = {}
+
+        def search_again(budgets: list[float]) -> list[float]:
+            # the front's best archs sit at the budgets as predicted; the measurements put them over: the
+            # same search at the moved budgets finds the best archs under the budgets as measured
+            s = {**dict(ctx.setting("search")), "budgets": [float(f"{b:.6g}") for b in budgets], "plot": False}
+            log.info(f"measured / predicted on the front: {ctx.get('budgets')[0] / s['budgets'][0]:.3f}; searching again "
+                     f"at budgets {s['budgets']} ms (remeasure.search_again)")
+            res, _ = search_front(ctx, s, ctx.run_dir / self.name / "again", fingerprint([ctx.keys[self.name], s["budgets"]]))
+            new = [{"arch": a, "accuracy": float(x), "latency": float(y)} for a, x, y in zip(res.archs, res.accuracy, res.latency)]
+            again.update(budgets=s["budgets"], front_size=len(new))
+            front.extend(new)
+            return [r["latency"] for r in new]
+
         idx, meas, ratio = measure_front(pred_all, ctx.setting("remeasure.max_archs"), ctx.get("budgets"),
                                          int(ctx.setting("remeasure.near_budget")),
                                          lambda ii: ctx.ledger.measure([front[i]["arch"] for i in ii], ctx.run_dir / self.name, "front archs"),
                                          calibrate=bool(ctx.setting("remeasure.calibrate")),
                                          measure_more=lambda ii: ctx.ledger.measure([front[i]["arch"] for i in ii],
                                                                                      ctx.run_dir / self.name / "calibrated",
-                                                                                     "front archs around the calibrated budgets"))
-        front = [front[i] for i in idx]
+                                                                                     "front archs around the calibrated budgets"),
+                                         search_again=search_again if ctx.setting("remeasure.search_again") else None)
+        seen: set = set()  # the second search may find archs of the first front again: keep each arch once
+        keep_idx = []
+        for i in idx:
+            k = arch_key(ctx.space, front[i]["arch"])
+            if k not in seen:
+                seen.add(k)
+                keep_idx.append(i)
+        kept = set(keep_idx)
+        meas = np.array([m for i, m in zip(idx, meas) if i in kept], dtype=float)
+        front = [front[i] for i in keep_idx]
         archs = [r["arch"] for r in front]
         acc = np.array([float(r["accuracy"]) for r in front])
         pred = np.array([float(r["latency"]) for r in front])
@@ -304,7 +342,7 @@ class RemeasureStage(Stage):
                     "measured_latency": repr(float(m)), "pareto_on_target": int(k)}
                    for a, x, p, m, k in zip(archs, acc, pred, meas, keep)])
         return {"front_size": len(archs), "kept": int(keep.sum()), "srcc_pred_vs_measured_on_front": srcc(pred, meas),
-                "measured_over_predicted": ratio}
+                "measured_over_predicted": ratio, "searched_again_at": again.get("budgets")}
 
     def load(self, ctx: Context, meta: dict) -> None:
         rows = read_csv(ctx.run_dir / self.name / "front.csv")
