@@ -6,7 +6,9 @@ lookup tables (a phone). Accuracy: the official OFA predictor. Space: OFA-Mobile
 tables' resolutions. Three fronts, each re-measured on the target by the pipeline's own rule, the same
 for all (``measure_front``): ``--front-cap`` members spread over predicted latency and
 ``remeasure.near_budget`` members on each side of every budget, then the members around each budget
-moved by the first round's measured / predicted ratio:
+moved by the first round's measured / predicted ratio, taken from the front searched again at the moved
+budgets where the method did so (``remeasure.search_again``: (b)'s pipeline; (c)'s table, its ratio
+measured through the worker as (b)'s pipeline measures its front; (a) is reused as is):
 
 (a) the proxy's front reused as is (NSGA-II on the Note10 tables, the README's main search);
 (b) ``hwnas-pipeline`` with K target measurements (``--ks``), taken through a loopback Dask worker
@@ -88,6 +90,17 @@ def searched_front(space, run: Path) -> list[dict]:
             for r in read_csv(run / "05_search" / "pareto.csv")]
 
 
+def searched_again(space, run: Path) -> list[dict] | None:
+    """The front the pipeline searched again at the budgets its measurements moved (``06_remeasure/again``),
+    or None when it did not."""
+    from hwnas.search.pipeline.evaluate import read_csv
+
+    if json.loads((run / "06_remeasure" / "stage.json").read_text()).get("searched_again_at") is None:
+        return None
+    return [{"arch": space.validate(r["arch_str"]), "accuracy": float(r["accuracy"]), "latency": float(r["latency"])}
+            for r in read_csv(run / "06_remeasure" / "again" / "pareto.csv")]
+
+
 def first_round(front: list[dict], cap: int, budgets: list[float], near: int) -> list[dict]:
     """The members of ``front`` the pipeline's rule measures first (``remeasure_picks``): ``cap`` spread over
     predicted latency, and ``near`` on each side of every budget."""
@@ -149,6 +162,8 @@ def main() -> int:
     ap.add_argument("--reduced", action="store_true", help="also run (b) with the space reduction applied (reduce.apply=true)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting for (b)'s pipeline runs, e.g. --set reduce.agree_with_proxy=false (repeatable)")
+    ap.add_argument("--eval-name", default="eval", help="the evaluation is stored as device <target>-<name>: a new name "
+                    "measures every judged member afresh, all together (an existing name reuses what it has)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 resolutions, small searches, K=5, cap 8")
     args = ap.parse_args()
     device = f"bench-cpu-ort-t{args.threads}"  # the target's name in the store
@@ -203,6 +218,9 @@ def main() -> int:
     _, front_a = search(cfg_a, list(cfg_a.search.budgets))
     rows["(a) Note10 front reused"] = {"front": front_a, "count": 0, "seconds": 0.0, "what": "-"}
 
+    remeasure = compose("pipeline", [mirror_o, *args.set]).remeasure  # the pipeline's rule, for every front
+    near, calibrate, search_again = int(remeasure.near_budget), bool(remeasure.calibrate), bool(remeasure.search_again)
+
     # ---------------------------------------------------------------- (b) the pipeline, K through Dask
     cluster, worker = start_loopback_device(out)
     try:
@@ -227,13 +245,13 @@ def main() -> int:
                 st = json.loads((run / "02_samples" / "stage.json").read_text())
                 rows[f"(b) K={k}, space reduced{tag}"] = {"front": fr, "count": st["k"], "seconds": st["seconds"],
                                                          "what": f"{st['k']} archs", "decision": s["adapt"]["decision"],
-                                                         "dropped": s["dropped"]}
+                                                         "dropped": s["dropped"], "again": searched_again(space, out / f"pipeline_k{k}_reduced{sfx}")}
                 continue
             st = json.loads((run / "02_samples" / "stage.json").read_text())
             fr = searched_front(space, run)
             rows[f"(b) hwnas adapted, K={k} via Dask{tag}"] = {"front": fr, "count": st["k"], "seconds": st["seconds"],
                                                          "what": f"{st['k']} archs", "decision": s["adapt"]["decision"],
-                                                         "dropped": s["unfriendly"]}
+                                                         "dropped": s["unfriendly"], "again": searched_again(space, run)}
             log(f"(b) K={k}{tag}: {s['adapt']['decision']}; SRCC on samples {s['adapt']['srcc_proxy_on_samples']:.3f}; "
                 f"K samples measured in {st['seconds']:.0f} s")
             if args.chunked and seed == seeds[0]:  # the same K archs timed in one task, as the table's layers are timed 64 per process
@@ -247,6 +265,23 @@ def main() -> int:
                 rows[f"(b) K={k} samples timed in one Dask task (chunk {k})"] = {
                     "front": fr, "count": k, "what": f"{k} archs",
                     "seconds": cost(out, f"chunk{k}", time.perf_counter() - t0, fresh=chunked.n_measured > fresh)}
+        # (c) finished as the pipeline finishes its front (06_remeasure): measured on the target through the
+        # worker, the budgets moved by the measured / predicted ratio, and the table searched again there
+        if search_again:
+            log("(c) the table's front measured on the target; searching again at the budgets the measurements move")
+            tgt = MeasuredLatency(space, device=device, store=store, scheduler=cluster.scheduler_address,
+                                  config=MeasureConfig(seed=args.seed, threads=args.threads))
+            row_c = rows["(c) LUT built on the target, searched"]
+
+            def again_c(bs):
+                _, row_c["again"] = search(cfg_c, bs, max_latency=margin * max(bs))
+                return [x["latency"] for x in row_c["again"]]
+
+            _, _, r_c = measure_front([x["latency"] for x in front_c], args.front_cap, budgets, near,
+                                      lambda ii: tgt.predict([(front_c + row_c.get("again", []))[i]["arch"] for i in ii]),
+                                      calibrate=calibrate, search_again=again_c)
+            tgt.close()
+            log(f"(c) measured / predicted {r_c:.3f} on its front")
     finally:
         worker.kill()
         worker.wait()
@@ -256,23 +291,39 @@ def main() -> int:
     # The evaluation is its own measurement (device "<target>-eval"), not the numbers the pipeline chose
     # with: the picked members of all fronts together, in one shuffled list, 5 processes each, so that
     # neither the time at which a front was measured nor one lucky reading favours a front.
-    target = MeasuredLatency(space, device=device + "-eval", store=store, progress=True,
+    target = MeasuredLatency(space, device=f"{device}-{args.eval_name}", store=store, progress=True,
                              config=MeasureConfig(seed=args.seed + 1, threads=args.threads, processes=EVAL_PROCESSES))
-    remeasure = compose("pipeline", [mirror_o]).remeasure
-    near, calibrate = int(remeasure.near_budget), bool(remeasure.calibrate)
-    # every front is judged on the members the pipeline's rule picks (measure_front: a first round, then
-    # the members around each budget moved by the measured ratio), measured by the evaluation
-    first = {name: first_round(r["front"], args.front_cap, budgets, near) for name, r in rows.items()}
-    union = list({arch_key(space, x["arch"]): x["arch"] for fr in first.values() for x in fr}.values())
-    np.random.default_rng(args.seed).shuffle(union)
-    t0 = time.perf_counter()
-    target.predict(union)
-    picked = {}
-    for name, r in rows.items():
-        fr = r["front"]
+
+    def judge_front(r, measure):
+        """The members the pipeline's rule picks (measure_front: a first round, then the members around each
+        budget moved by the measured ratio, from the second front when the method searched again)."""
+        fr, ag = r["front"], r.get("again") or []
+        allf = fr + ag
         idx, meas, _ = measure_front([x["latency"] for x in fr], args.front_cap, budgets, near,
-                                     lambda ii, fr=fr: target.predict([fr[i]["arch"] for i in ii]), calibrate=calibrate)
-        picked[name] = ([fr[i] for i in idx], meas)
+                                     lambda ii: measure([allf[i]["arch"] for i in ii]), calibrate=calibrate,
+                                     search_again=(lambda bs: [x["latency"] for x in ag]) if ag else None)
+        return [allf[i] for i in idx], meas
+
+    def pooled(archs):  # measure what is not stored yet, all together in a shuffled order
+        todo = list({arch_key(space, a): a for a in archs}.values())
+        np.random.default_rng(args.seed + len(todo)).shuffle(todo)
+        if todo:
+            target.predict(todo)
+
+    first = {name: first_round(r["front"], args.front_cap, budgets, near) for name, r in rows.items()}
+    t0 = time.perf_counter()
+    pooled([x["arch"] for fr in first.values() for x in fr])
+    wanted = []  # the second rounds, known once the first rounds are measured: pooled too
+
+    def known_or_wanted(archs):
+        got = store.get_many(target.device, space.name, [arch_key(space, a) for a in archs])
+        wanted.extend(a for a in archs if arch_key(space, a) not in got)
+        return [got[arch_key(space, a)].value if arch_key(space, a) in got else 1.0 for a in archs]
+
+    for r in rows.values():
+        judge_front(r, known_or_wanted)
+    pooled(wanted)
+    picked = {name: judge_front(r, target.predict) for name, r in rows.items()}
     n_eval = len({arch_key(space, x["arch"]) for fr, _ in picked.values() for x in fr})
     log(f"evaluation: {n_eval} distinct front members measured ({time.perf_counter() - t0:.0f} s; {EVAL_PROCESSES} processes each)")
     table, measured = [], {}
@@ -312,7 +363,7 @@ def main() -> int:
         if "decision" in r:
             print(f"\n{name}: {r['decision']}; {'dropped' if 'reduced' in name else 'unfriendly (kept)'} {r['dropped']}")
     keys = list({arch_key(space, x["arch"]) for fr, _ in picked.values() for x in fr})
-    recs = store.get_many(device + "-eval", space.name, keys)
+    recs = store.get_many(target.device, space.name, keys)
     print(f"\nre-measuring (the evaluation): {len(keys)} distinct archs, median {np.median([v.value for v in recs.values()]):.1f} ms; "
           f"total wall time {time.perf_counter() - t_all:.0f} s (this run)")
     return 0

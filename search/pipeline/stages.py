@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +322,8 @@ class RemeasureStage(Stage):
                                                                                      ctx.run_dir / self.name / "calibrated",
                                                                                      "front archs around the calibrated budgets"),
                                          search_again=search_again if ctx.setting("remeasure.search_again") else None)
+        if not again:  # a second front of an earlier run (other measurements) is not this run's
+            shutil.rmtree(ctx.run_dir / self.name / "again", ignore_errors=True)
         seen: set = set()  # the second search may find archs of the first front again: keep each arch once
         keep_idx = []
         for i in idx:
