@@ -154,6 +154,9 @@ def test_stages_outputs_and_counts(small_pipeline_run):
     front = read_csv(d / "06_remeasure" / "front.csv")
     assert len(samples) == s["k"] == 10
     assert set(ledger) == samples | {r["key"] for r in front}
+    # search_again is off by default: no second search, whatever the measured ratio
+    st6 = json.loads((d / "06_remeasure" / "stage.json").read_text())
+    assert st6["searched_again_at"] is None and not (d / "06_remeasure" / "again").exists()
     assert s["target_measurements"] == len(ledger) == s["new_measurements_this_run"]
     # the simulated measurements are the dataset's true values
     from hwnas.predictors.data import load_dataset
@@ -406,7 +409,8 @@ def test_plan_target_stops_for_numbers_and_resumes(tmp_path, data_dir, capsys):
     cfg = compose_pipeline(
         ["target=plan", "target.device=npu", "samples.pool=200", "samples.k=5", "reduce.enabled=false", "search.n_gen=3",
          "search.pop_size=10", "search.refine.passes=0", "search.verbose=false", "search.plot=false", "report=false",
-         "remeasure.max_archs=3", "export.formats=[]", f"assets.mirror={data_dir}"], name="pipeline")
+         "remeasure.max_archs=3", "remeasure.search_again=true", "export.formats=[]", f"assets.mirror={data_dir}"],
+        name="pipeline")
     run = tmp_path / "run"
     space = create_space("ofa_mbv3_w12", resolutions=[160, 176, 192, 208, 224])
     device = MacsLatency(space)

@@ -14,9 +14,10 @@
                     (``budget_quantiles``) of the adapted latency over the reduced space.
 6. ``06_remeasure`` the front measured on the target (``max_archs`` spread over latency, and the
                     ``near_budget`` members on each side of every budget); then, with ``calibrate``,
-                    the budgets are moved by the median measured / predicted ratio, the search is run
-                    again at the moved budgets (``search_again``, in ``again/``) and the members
-                    around them are measured too. What is not Pareto-optimal on the target is dropped.
+                    the budgets are moved by the median measured / predicted ratio and the members
+                    around them are measured too (with ``search_again``, taken from a second search
+                    at the moved budgets, in ``again/``). What is not Pareto-optimal on the target is
+                    dropped.
 7. ``07_export``    ``archs.json``; MBConv spaces also get networks with weights (config ``export``).
 """
 
