@@ -20,9 +20,11 @@ random archs); (b) and (c) search up to the pipeline's ``search_margin`` x the l
 hypervolume on measured latency (reference: accuracy 0.70, the largest budget), best accuracy under
 each budget, and the target measurements each method needed (count and wall seconds). The evaluation
 is a measurement of its own (stored as ``<target>-eval``): the picked members of every front, pooled
-and shuffled, 5 timing processes each; it is not counted as any method's cost. ``--chunked`` adds the cost of timing the
-same K archs in one task (as the table's layers are timed, 64 per process); ``--reduced`` adds (b)
-with the space reduction applied (``reduce.apply=true``).
+and shuffled, 5 timing processes each; it is not counted as any method's cost. "What the measurement
+resolves" then compares the methods' measurements of the same archs with the evaluation's, and ranks
+every evaluated arch by each latency model (SRCC), beside the target's own table. ``--chunked`` adds
+the cost of timing the same K archs in one task (as the table's layers are timed, 64 per process);
+``--reduced`` adds (b) with the space reduction applied (``reduce.apply=true``).
 
     nice -n 10 python benchmarks/device_pipeline.py --mirror ../shared/data --out outputs/device_pipeline --chunked --reduced
     python benchmarks/device_pipeline.py --quick          # a smoke run (2 resolutions, small searches)
@@ -131,6 +133,55 @@ def cost(out: Path, name: str, seconds: float, fresh: bool) -> float:
 
         atomic_write(f, json.dumps(costs, indent=1) + "\n")
     return float(costs[name])
+
+
+def adapted_model(cfg, run: Path):
+    """The target-latency model a finished pipeline run searched with, rebuilt by the pipeline's own stages
+    from its run folder (the K samples and ``adapt.json``; nothing is measured)."""
+    from hwnas.predictors.build import plain
+    from hwnas.search.pipeline.runner import Context
+    from hwnas.search.pipeline.stages import AdaptStage, SamplesStage
+
+    ctx = Context(cfg, run, plain(cfg, "config"))
+    SamplesStage().load(ctx, {})
+    AdaptStage().load(ctx, {})
+    return ctx.get("adapted")
+
+
+def resolution(store, device: str, eval_device: str, space, keys: list[str], order, measured: dict, lut, cfg_a) -> None:
+    """What the evaluation can tell apart: the same archs measured by the methods (through the worker)
+    and by the evaluation, each measurement's own spread; how each latency model ranks every evaluated
+    arch (what a search needs) and each front's own judged members (beside the target's own table)."""
+    from hwnas.predictors.adapt.core import macs_of
+    from hwnas.predictors.build import build_predictor
+    from hwnas.predictors.metrics import srcc
+
+    ours = store.get_many(device, space.name, keys)
+    ev = store.get_many(eval_device, space.name, keys)
+    both = [k for k in keys if k in ours and k in ev]
+    print("\n## What the measurement resolves\n")
+    if both:
+        q = np.array([ours[k].value / ev[k].value for k in both])
+        sp = [np.median([r.spread for r in recs.values() if r.spread is not None] or [np.nan]) for recs in (ours, ev)]
+        print(f"- the same {len(both)} archs measured by the methods (through the worker) and by the evaluation: ratio median "
+              f"{np.median(q):.3f}, 10-90 % {np.quantile(q, 0.1):.3f} .. {np.quantile(q, 0.9):.3f}; SRCC "
+              f"{srcc([ours[k].value for k in both], [ev[k].value for k in both]):.3f}; each measurement's own relative "
+              f"spread (median): {sp[0]:.3f} and {sp[1]:.3f}")
+    pool = {x["key"]: x["measured_ms"] for m in measured.values() for x in m}
+    archs, y = [space.validate(k) for k in pool], np.array(list(pool.values()))
+    print(f"\nSRCC with the evaluation's measurements: over all {len(y)} evaluated archs (how well the model ranks what a "
+          "search compares), and over the front's own judged members (beside the target's table on the same members):\n")
+    print("| latency model | SRCC, all evaluated archs | front members | SRCC on them | the target's table on them |")
+    print("|---|---|---|---|---|")
+    proxy = build_predictor(cfg_a, "latency", space)
+    for name, p in (("Note10 proxy (tables)", proxy.predict(archs)), ("MACs", macs_of(space, archs)), ("the target's table, (c)", lut.predict(archs))):
+        print(f"| {name} | {srcc(np.asarray(p, dtype=float), y):.3f} | | | |")
+    for name, r, *_ in order:
+        m = measured[name]
+        ym = [x["measured_ms"] for x in m]
+        t = lut.predict([space.validate(x["key"]) for x in m])
+        allv = f"{srcc(np.asarray(adapted_model(*r['model']).predict(archs), dtype=float), y):.3f}" if "model" in r else ""
+        print(f"| {name} | {allv} | {len(m)} | {srcc([x['predicted_ms'] for x in m], ym):.3f} | {srcc(t, ym):.3f} |")
 
 
 def start_loopback_device(tmp: Path):
@@ -251,7 +302,8 @@ def main() -> int:
             fr = searched_front(space, run)
             rows[f"(b) hwnas adapted, K={k} via Dask{tag}"] = {"front": fr, "count": st["k"], "seconds": st["seconds"],
                                                          "what": f"{st['k']} archs", "decision": s["adapt"]["decision"],
-                                                         "dropped": s["unfriendly"], "again": searched_again(space, run)}
+                                                         "dropped": s["unfriendly"], "again": searched_again(space, run),
+                                                         "model": (cfg_b, run)}
             log(f"(b) K={k}{tag}: {s['adapt']['decision']}; SRCC on samples {s['adapt']['srcc_proxy_on_samples']:.3f}; "
                 f"K samples measured in {st['seconds']:.0f} s")
             if args.chunked and seed == seeds[0]:  # the same K archs timed in one task, as the table's layers are timed 64 per process
@@ -364,6 +416,7 @@ def main() -> int:
             print(f"\n{name}: {r['decision']}; {'dropped' if 'reduced' in name else 'unfriendly (kept)'} {r['dropped']}")
     keys = list({arch_key(space, x["arch"]) for fr, _ in picked.values() for x in fr})
     recs = store.get_many(target.device, space.name, keys)
+    resolution(store, device, target.device, space, keys, order, measured, lut, cfg_a)
     print(f"\nre-measuring (the evaluation): {len(keys)} distinct archs, median {np.median([v.value for v in recs.values()]):.1f} ms; "
           f"total wall time {time.perf_counter() - t_all:.0f} s (this run)")
     return 0
