@@ -82,25 +82,27 @@ def search(cfg, budgets, max_latency=None):
     return space, [{"arch": a, "accuracy": float(x), "latency": float(y)} for a, x, y in zip(res.archs, res.accuracy, res.latency)]
 
 
-def searched_front(space, run: Path) -> list[dict]:
-    """The front the pipeline's search found (``05_search/pareto.csv``: accuracy and the adapted predicted
-    latency). It is judged like (a)'s and (c)'s, by the evaluation's own measurements; the pipeline's own
-    re-measuring (``06_remeasure``) is its way to choose, measured at another time."""
+def pareto_csv(space, path: Path) -> list[dict]:
+    """A search's ``pareto.csv``: each arch with its accuracy and the predicted latency it was searched on."""
     from hwnas.search.pipeline.evaluate import read_csv
 
     return [{"arch": space.validate(r["arch_str"]), "accuracy": float(r["accuracy"]), "latency": float(r["latency"])}
-            for r in read_csv(run / "05_search" / "pareto.csv")]
+            for r in read_csv(path)]
+
+
+def searched_front(space, run: Path) -> list[dict]:
+    """The front the pipeline's search found (``05_search``, on the adapted latency). It is judged like (a)'s
+    and (c)'s, by the evaluation's own measurements; the pipeline's own re-measuring (``06_remeasure``)
+    is its way to choose, measured at another time."""
+    return pareto_csv(space, run / "05_search" / "pareto.csv")
 
 
 def searched_again(space, run: Path) -> list[dict] | None:
     """The front the pipeline searched again at the budgets its measurements moved (``06_remeasure/again``),
     or None when it did not."""
-    from hwnas.search.pipeline.evaluate import read_csv
-
     if json.loads((run / "06_remeasure" / "stage.json").read_text()).get("searched_again_at") is None:
         return None
-    return [{"arch": space.validate(r["arch_str"]), "accuracy": float(r["accuracy"]), "latency": float(r["latency"])}
-            for r in read_csv(run / "06_remeasure" / "again" / "pareto.csv")]
+    return pareto_csv(space, run / "06_remeasure" / "again" / "pareto.csv")
 
 
 def first_round(front: list[dict], cap: int, budgets: list[float], near: int) -> list[dict]:
@@ -148,7 +150,7 @@ def adapted_model(cfg, run: Path):
     return ctx.get("adapted")
 
 
-def resolution(store, device: str, eval_device: str, space, keys: list[str], order, measured: dict, lut, cfg_a) -> None:
+def resolution(store, device: str, ev: dict, space, keys: list[str], order, measured: dict, lut, cfg_a) -> None:
     """What the evaluation can tell apart: the same archs measured by the methods (through the worker)
     and by the evaluation, each measurement's own spread; how each latency model ranks every evaluated
     arch (what a search needs) and each front's own judged members (beside the target's own table)."""
@@ -156,8 +158,7 @@ def resolution(store, device: str, eval_device: str, space, keys: list[str], ord
     from hwnas.predictors.build import build_predictor
     from hwnas.predictors.metrics import srcc
 
-    ours = store.get_many(device, space.name, keys)
-    ev = store.get_many(eval_device, space.name, keys)
+    ours = store.get_many(device, space.name, keys)  # ev: the evaluation's records of the same keys
     both = [k for k in keys if k in ours and k in ev]
     print("\n## What the measurement resolves\n")
     if both:
@@ -416,7 +417,7 @@ def main() -> int:
             print(f"\n{name}: {r['decision']}; {'dropped' if 'reduced' in name else 'unfriendly (kept)'} {r['dropped']}")
     keys = list({arch_key(space, x["arch"]) for fr, _ in picked.values() for x in fr})
     recs = store.get_many(target.device, space.name, keys)
-    resolution(store, device, target.device, space, keys, order, measured, lut, cfg_a)
+    resolution(store, device, recs, space, keys, order, measured, lut, cfg_a)
     print(f"\nre-measuring (the evaluation): {len(keys)} distinct archs, median {np.median([v.value for v in recs.values()]):.1f} ms; "
           f"total wall time {time.perf_counter() - t_all:.0f} s (this run)")
     return 0
