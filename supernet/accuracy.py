@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hwnas.predictors.base import Predictor
+from hwnas.predictors.fingerprint import local_file_fingerprint
 from hwnas.spaces import create_space
 from hwnas.spaces.io import arch_key
 from hwnas.spaces.mbconv import MBConvSpace
@@ -108,9 +109,17 @@ class SupernetAccuracy(Predictor):
         )
         n_classes = self.data.train.n_classes if checkpoint is None and supernet is None else None
         if supernet is None:
-            supernet = ElasticMBConvNet(self.space, n_classes=n_classes)
-            if checkpoint is not None:
-                load_checkpoint(supernet, checkpoint, mirror=mirror)
+            if checkpoint is not None:  # the classifier's size comes from the file: a supernet trained
+                # with hwnas-train on one's own classes is evaluated on that data
+                from .checkpoint import read_state_dict, resolve_checkpoint
+
+                path = resolve_checkpoint(checkpoint, mirror)
+                head = read_state_dict(path).get("classifier.linear.weight")
+                n_classes = int(head.shape[0]) if head is not None and head.dim() == 2 else None
+                supernet = ElasticMBConvNet(self.space, n_classes=n_classes)
+                load_checkpoint(supernet, path)
+            else:
+                supernet = ElasticMBConvNet(self.space, n_classes=n_classes)
         head, n_data = int(supernet.n_classes), self.data.train.n_classes
         if head != n_data:
             raise DataError(
@@ -131,6 +140,9 @@ class SupernetAccuracy(Predictor):
             "n_val": None if n_val is None else int(n_val),
             "seed": int(seed),
         }
+        contents = local_file_fingerprint(checkpoint) if checkpoint is not None else None
+        if contents is not None:  # a local file retrained into the same path must not be served the old
+            proto["checkpoint_contents"] = contents  # cached accuracies (official names keep their keys)
         self.fingerprint = hashlib.sha1(json.dumps(proto, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self._mem: dict[str, dict] = {}
         self._lock = threading.Lock()

@@ -42,10 +42,11 @@ def resolve_checkpoint(src: str | os.PathLike, mirror: str | os.PathLike | None 
     s = str(src)
     if "/" not in s and s.startswith("ofa_"):
         return fetch(OFA_NETS_PREFIX + s, mirror=mirror)
-    if not p.is_absolute() and not s.startswith("."):
-        return fetch(s, mirror=mirror)
-    raise CheckpointError(f"checkpoint={s!r}: no such file; give a path, an official name such as "
-                          "'ofa_mbv3_d234_e346_k357_w1.2', or an asset path like 'ofa/ofa_nets/<name>'")
+    if s.startswith(OFA_NETS_PREFIX):  # an asset path; any other missing name is a local path (a
+        return fetch(s, mirror=mirror)   # typo in runs/x/supernet.pth must not become a download)
+    where = "is a folder, not a file" if p.is_dir() else f"does not exist (looked for {p.resolve()})"
+    raise CheckpointError(f"checkpoint={s!r} {where}; give the path of a checkpoint file, an official name "
+                          "such as 'ofa_mbv3_d234_e346_k357_w1.2', or an asset path like 'ofa/ofa_nets/<name>'")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -179,6 +179,9 @@ class WeightsSource:
     supernet: nn.Module | None = None
     checkpoint: str = ""
     calibration: Any = None
+    #: the checkpoint file's contents (:func:`~hwnas.predictors.fingerprint.file_fingerprint`): an export
+    #: folder of the same path retrained is another export, not "already exported"
+    checkpoint_fingerprint: str = ""
 
     @property
     def trained(self) -> bool:
@@ -206,7 +209,8 @@ class WeightsSource:
     def describe(self) -> dict:
         bn = self.calibration.describe() if self.calibration is not None else None
         if self.trained:
-            d = {"trained": True, "source": "supernet checkpoint", "checkpoint": self.checkpoint}
+            d = {"trained": True, "source": "supernet checkpoint", "checkpoint": self.checkpoint,
+                 "checkpoint_fingerprint": self.checkpoint_fingerprint}
         else:
             d = {"trained": False, "checkpoint": None,
                  "source": "random initialisation (NOT trained: fine-tune or pass a supernet checkpoint before use)"}
@@ -233,7 +237,9 @@ def load_weights_source(space: MBConvSpace, checkpoint: str | os.PathLike | None
     net = ElasticMBConvNet(space, n_classes=int(head.shape[0]) if head is not None and head.dim() == 2 else None)
     net.load_state_dict(match_state_dict(net, state, source=f"checkpoint {path}"), strict=True)
     net.eval()
-    return WeightsSource(net, str(path))
+    from hwnas.predictors.fingerprint import file_fingerprint
+
+    return WeightsSource(net, str(path), checkpoint_fingerprint=file_fingerprint(path))
 
 
 def _calibration(calib_data: Any, calib_images: int, seed: int = 0) -> Any:
@@ -371,7 +377,8 @@ def _request(space: SearchSpace, item: ExportItem, arch: Any, weights: WeightsSo
         "arch": arch_key(space, arch),
         "formats": sorted(formats),
         "opset": opset if "onnx" in formats else None,
-        "weights": {k: v for k, v in weights.describe().items() if k in ("checkpoint", "bn_calibration")},
+        "weights": {k: v for k, v in weights.describe().items()
+                    if k in ("checkpoint", "checkpoint_fingerprint", "bn_calibration")},
         "accuracy": [item.accuracy, item.accuracy_kind],
         "latency": [item.latency, item.latency_kind],
     }

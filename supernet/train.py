@@ -20,6 +20,7 @@ The space comes from the same ``space`` config group as ``hwnas-search`` and is 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -205,7 +206,41 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
 
 
 # ============================================================================ training
-def _resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, space: MBConvSpace) -> dict:
+#: settings that do not change what is trained: how it runs (device, threads, loader workers), where it
+#: is written, when it stops or checkpoints, how often it logs
+_RUN_ONLY = {"device", "threads", "out", "stop_after", "checkpoint", "hydra", "space"}
+
+
+def training_settings(cfg: dict, space: MBConvSpace) -> dict:
+    """The settings that decide a training run's trajectory, as plain JSON data: the space (a
+    registered name and its options), the seed, the data, the classes, the initial weights and every
+    ``train.*`` value but ``log_every``. A checkpoint records them; resuming under other ones would
+    continue one run's weights and optimiser state on another run's schedule (a finished ``seed=0``
+    run "resumed" as ``seed=1`` would train nothing and rewrite ``supernet.pth``), so it is refused."""
+    from hwnas.spaces.io import space_spec
+
+    out = {k: v for k, v in cfg.items() if k not in _RUN_ONLY}
+    out["train"] = {k: v for k, v in dict(cfg.get("train") or {}).items() if k != "log_every"}
+    out["data"] = {k: v for k, v in dict(cfg.get("data") or {}).items() if k != "num_workers"}
+    try:
+        out["space"] = space_spec(space)
+    except UserError:  # a space class the registry does not know: its name and options
+        out["space"] = {"name": space.name, "options": space.to_config()}
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
+
+
+def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
+    """The dotted names of the settings that differ between two plain JSON trees."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        diff: list[str] = []
+        for k in sorted(set(saved) | set(now), key=str):
+            diff += _differences(saved.get(k), now.get(k), f"{where}.{k}" if where else str(k))
+        return diff
+    return [] if saved == now else [where or "settings"]
+
+
+def _resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, space: MBConvSpace,
+            settings: dict | None = None) -> dict:
     """The state of ``path`` loaded into ``net`` and ``opt``; a file that does not fit is one error."""
     fix = f"start in another folder (out=<new folder>) or set checkpoint.resume=false to overwrite {path}"
     try:
@@ -219,6 +254,16 @@ def _resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, space: MBCon
         raise CheckpointError(f"cannot resume: {path} is not an hwnas-train checkpoint (no {missing}); {fix}")
     if state.get("space", space.name) != space.name:
         raise CheckpointError(f"cannot resume: {path} trains space {state['space']!r}, this run space {space.name!r}; {fix}")
+    if settings is not None and isinstance(state.get("settings"), str):
+        try:
+            saved = json.loads(state["settings"])
+        except ValueError:
+            raise CheckpointError(f"cannot resume: {path} records unreadable settings; {fix}") from None
+        diff = _differences(saved, settings)
+        if diff:
+            shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
+            raise CheckpointError(f"cannot resume: {path} was trained with other settings ({shown}); "
+                                  f"use the same settings to resume it, or {fix}")
     try:
         net.load_state_dict(match_state_dict(net, state["state_dict"], source=f"training checkpoint {path}"))
         opt.load_state_dict(state["optimizer"])
@@ -276,9 +321,10 @@ def _train(cfg: dict) -> dict:
     last_path = out / "last.pth"
     rng = random.Random(seed)
     step, history = 0, []
+    settings = training_settings(cfg, space)
 
     if ck.get("resume", True) and last_path.is_file():
-        state = _resume(last_path, net, opt, space)
+        state = _resume(last_path, net, opt, space, settings)
         step = int(state["step"])
         history = [float(v) for v in state.get("history", [])]
         rng.setstate(_rng_from_list(state["py_rng"]))
@@ -294,6 +340,7 @@ def _train(cfg: dict) -> dict:
             "py_rng": _rng_to_list(rng.getstate()),
             "torch_rng": torch.get_rng_state(),
             "space": space.name,
+            "settings": json.dumps(settings, sort_keys=True),
         })
 
     # the channel ordering of finished phases is part of the saved weights; the phase-start hook below

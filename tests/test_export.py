@@ -128,6 +128,10 @@ def test_export_files_and_atomicity(exported):
         export_arch(space, item, out, weights=weights, allow_uncalibrated=True, formats=["torch"])
     with pytest.raises(ExportError, match="BN statistics re-calibrated"):
         export_arch(space, item, out, weights=weights)
+    # the same checkpoint path with other contents (retrained) is another export, not "already exported"
+    retrained = WeightsSource(_Supernet(space, 5), "fake.pth", checkpoint_fingerprint="sha256:other")
+    with pytest.raises(ExportError, match=r"other settings \(weights"):
+        export_arch(space, item, out, weights=retrained, allow_uncalibrated=True)
 
 
 def test_export_onnx_torchscript_timm_equal_torch(exported):

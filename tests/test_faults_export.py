@@ -145,10 +145,21 @@ def test_truncated_and_other_network_training_checkpoints_are_one_line(tmp_path)
     saved = (out / "last.pth").read_bytes()
     with pytest.raises(CheckpointError, match="trains space 'ofa_proxyless_w0.25', this run space 'ofa_proxyless_w0.35'"):
         train(_train_cfg(out, 0.35))
+    with pytest.raises(CheckpointError, match=r"other settings \(data.n_classes\)"):  # the checkpoint records them
+        train(_train_cfg(out, 0.25, n_classes=5))
+    assert (out / "last.pth").read_bytes() == saved
+    # a checkpoint without recorded settings (an older hwnas): the tensors of another shape, one line
+    import torch
+
+    state = torch.load(out / "last.pth", weights_only=True)
+    del state["settings"]
+    torch.save(state, out / "last.pth")
+    older = (out / "last.pth").read_bytes()
     with pytest.raises(CheckpointError) as ei:  # the same space with 5 classes: a tensor of another shape
         train(_train_cfg(out, 0.25, n_classes=5))
     assert "wrong shapes" in str(ei.value) and "classifier.linear.weight" in str(ei.value) and "\n" not in str(ei.value)
-    assert (out / "last.pth").read_bytes() == saved
+    assert (out / "last.pth").read_bytes() == older
+    (out / "last.pth").write_bytes(saved)
     (out / "last.pth").write_bytes(saved[: len(saved) // 2])
     with pytest.raises(CheckpointError, match="is not a readable training checkpoint"):
         train(_train_cfg(out, 0.25))

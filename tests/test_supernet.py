@@ -334,3 +334,39 @@ def test_evaluate_cli_writes_csv_and_refuses_bad_arch(tiny_folder, tmp_path, cap
     assert ei.value.code == 2
     err = capsys.readouterr().err
     assert "python -m hwnas.supernet.evaluate: error: " in err and "r=100" in err
+
+
+def test_supernet_accuracy_cache_key_follows_the_checkpoint_contents(tiny_folder, tmp_path):
+    """A checkpoint retrained into the same path is another supernet: its cached accuracies are not
+    served; the same contents keep the key."""
+    from hwnas.supernet.accuracy import SupernetAccuracy
+    from hwnas.supernet.checkpoint import save_checkpoint
+
+    space = create_space("ofa_mbv3_w10", resolutions=[32])
+    ck = tmp_path / "supernet.pth"
+    kw = dict(checkpoint=str(ck), data=tiny_folder, n_calib=4, n_val=4, batch_size=4, device="cpu")
+    torch.manual_seed(0)
+    save_checkpoint(ck, {"state_dict": ElasticMBConvNet(space, n_classes=4).state_dict()})
+    a = SupernetAccuracy(space, **kw).fingerprint
+    assert SupernetAccuracy(space, **kw).fingerprint == a
+    torch.manual_seed(1)
+    save_checkpoint(ck, {"state_dict": ElasticMBConvNet(space, n_classes=4).state_dict()})
+    assert SupernetAccuracy(space, **kw).fingerprint != a
+
+
+def test_a_missing_local_checkpoint_is_one_error_not_a_download(tmp_path, monkeypatch):
+    """``runs/x/supernet.pth`` (relative, missing) used to be taken for an asset name and fetched from the
+    asset site (a minute's timeout offline, then a misleading message)."""
+    import hwnas.supernet.checkpoint as ck_mod
+    from hwnas.supernet.checkpoint import CheckpointError, resolve_checkpoint
+
+    def no_fetch(*a, **k):
+        raise AssertionError("fetched")
+
+    monkeypatch.setattr(ck_mod, "fetch", no_fetch)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"checkpoint='runs/x/supernet.pth' does not exist \(looked for "):
+        resolve_checkpoint("runs/x/supernet.pth")
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(CheckpointError, match="is a folder"):
+        resolve_checkpoint("runs")

@@ -145,3 +145,27 @@ def test_hwnas_train_entry_point_runs_smoke_config(tmp_path, monkeypatch):
     main()
     state = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
     assert int(state["step"]) == 2 and len(state["history"]) == 2
+
+
+def test_resume_under_other_settings_is_refused_and_leaves_the_checkpoint(tmp_path):
+    """A checkpoint records the settings that decide the run: resuming with another seed or schedule is
+    one error naming them (it used to continue silently, a finished run "resumed" with another seed
+    trained nothing and rewrote supernet.pth); settings that only change how it runs resume."""
+    from hwnas.supernet.checkpoint import CheckpointError
+
+    out = tmp_path / "run"
+    part = train(_cfg(out, stop_after=4))
+    assert part["step"] == 4
+    saved = (out / "last.pth").read_bytes()
+    with pytest.raises(CheckpointError, match=r"other settings \(seed\)") as e:
+        train(_cfg(out, seed=2))
+    assert "checkpoint.resume=false" in str(e.value)
+    other = _cfg(out)
+    other["train"]["phases"][0]["steps"] = 9
+    with pytest.raises(CheckpointError, match=r"train\.phases"):
+        train(other)
+    assert (out / "last.pth").read_bytes() == saved and not (out / "supernet.pth").exists()
+    # how it runs (log interval, loader workers, where it stops) is not part of the identity
+    same = _cfg(out, stop_after=6)
+    same["train"]["log_every"] = 1
+    assert train(same)["step"] == 6
