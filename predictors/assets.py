@@ -17,6 +17,7 @@ Offline with no mirror, one error says which file to put where.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -110,7 +111,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same extension) to write to; when the block ends
     without error it atomically replaces ``path``, otherwise it is removed. Readers never see a
     half-written file, and a crash leaves the old file (if any) as it was; what a killed process
-    leaves, :func:`remove_stale_temps` removes."""
+    leaves, :func:`remove_stale_temps` removes.
+
+    The temporary file is flushed to the disk (``fsync``) before the rename, and the folder after it:
+    without that, a power loss shortly after the rename can leave ``path`` empty or truncated (the
+    rename reached the disk, the data not yet), e.g. an empty ``pareto.json`` beside a checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp" + path.suffix)
@@ -120,10 +125,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give them the usual permissions
     try:
         yield Path(tmp)
+        _fsync(tmp, required=True)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent, required=False)  # the rename itself; best effort (not every system opens folders)
+
+
+def _fsync(path: str | os.PathLike, required: bool) -> None:
+    """``fsync`` a file (or, when the writer made ``path`` a folder, that folder). Filesystems that
+    cannot sync (EINVAL/ENOTSUP: some FUSE and network mounts) are let be; a failing disk (EIO) is
+    an error when ``required``."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if required and not os.path.isdir(path):
+            raise
+        return  # e.g. Windows opens no folders: the rename is as durable as the system makes it
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if required and exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:

@@ -12,33 +12,59 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any, Iterable
 
-#: files larger than this are fingerprinted by size and modification time instead of their contents
-#: (a multi-GB checkpoint would otherwise be read whole at every start); any rewrite changes the time
-FULL_HASH_MAX_BYTES = 256 * 1024 * 1024
+#: files up to this size are fingerprinted by their contents (sha256), larger ones (supernet
+#: checkpoints) by size and modification time (reading gigabytes at every start is too slow; a file
+#: rewritten in place gets a new mtime); a folder's files are hashed up to this many bytes in all
+HASH_BYTES = 64 * 2**20
+#: at most this many files of a folder are looked at (a dataset folder is never walked whole); a larger
+#: folder adds its own modification time
+MAX_FILES = 2000
+
+
+def fingerprint_paths(paths: Iterable[str | os.PathLike]) -> str:
+    """``sha256:<hex>`` over the names and contents of ``paths`` (files, or folders walked in sorted
+    order; hidden and temporary ``*.tmp*`` files inside folders left out)."""
+    h = hashlib.sha256()
+    budget = [HASH_BYTES]
+    for p in map(Path, paths):
+        h.update(b"\0" + p.name.encode(errors="replace"))
+        if p.is_dir():
+            files: list[Path] = []
+            for root, dirs, names in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                files += [Path(root) / n for n in sorted(names) if not n.startswith(".") and ".tmp" not in n]
+                if len(files) > MAX_FILES:
+                    break
+            for f in files[:MAX_FILES]:
+                h.update(b"\0" + f.relative_to(p).as_posix().encode(errors="replace"))
+                _hash_file(h, f, budget)
+            if len(files) > MAX_FILES:
+                h.update(f"\0more:{p.stat().st_mtime_ns}".encode())
+        else:
+            _hash_file(h, p, budget)
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def _hash_file(h: Any, f: Path, budget: list[int]) -> None:
+    try:
+        st = f.stat()
+    except OSError:  # a dangling link in a folder: its name counts, it has no contents
+        h.update(b"\0missing")
+        return
+    if st.st_size > min(HASH_BYTES, budget[0]):
+        h.update(f"\0stat:{st.st_size}:{st.st_mtime_ns}".encode())
+        return
+    budget[0] -= st.st_size
+    with open(f, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
-    """``sha256:<hex>`` of a file's contents (``stat:<size>:<mtime_ns>`` above
-    :data:`FULL_HASH_MAX_BYTES`); for a folder, one digest over its files' relative names and
-    fingerprints (hidden files and temporary ``*.tmp*`` files left out)."""
-    p = Path(path)
-    if p.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
-            rel = f.relative_to(p).as_posix()
-            if any(part.startswith(".") for part in rel.split("/")) or ".tmp" in f.name:
-                continue
-            h.update(f"{rel}\0{file_fingerprint(f)}\n".encode())
-        return "dir-sha256:" + h.hexdigest()
-    st = p.stat()
-    if st.st_size > FULL_HASH_MAX_BYTES:
-        return f"stat:{st.st_size}:{st.st_mtime_ns}"
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+    """The fingerprint of one file or folder (:func:`fingerprint_paths`)."""
+    return fingerprint_paths([path])
 
 
 def local_file_fingerprint(value: object) -> str | None:
@@ -48,11 +74,9 @@ def local_file_fingerprint(value: object) -> str | None:
         return None
     p = Path(os.fspath(value)).expanduser()
     try:
-        if p.is_file() or p.is_dir():
-            return file_fingerprint(p)
+        return file_fingerprint(p) if p.exists() else None
     except OSError:
         return None
-    return None
 
 
-__all__ = ["FULL_HASH_MAX_BYTES", "file_fingerprint", "local_file_fingerprint"]
+__all__ = ["HASH_BYTES", "MAX_FILES", "file_fingerprint", "fingerprint_paths", "local_file_fingerprint"]

@@ -17,10 +17,16 @@ never silently replaced.
 
 ``every``: save after every ``every``-th step; ``interval_s``: and at most once per that many seconds
 (a fast search is not slowed down by its checkpoints; an expensive one saves after each step). An
-interrupt always saves.
+interrupt always saves. Each initial population (of the first run and of each restart) is offered to
+:meth:`SearchCheckpoint.save_population` too, under ``interval_s`` alone (it is not a step): it is
+saved when ``interval_s`` has passed since the last save, so the first one of a fresh run always is
+(it takes the place of the first step's save, which then waits like any other) and a later one is
+always saved with an objective whose initial population takes longer than that (supernet accuracy,
+on-device measurement), whose evaluations a kill during the next generation would otherwise lose.
 
 For tests and fault-injection drills: ``HWNAS_KILL_AFTER_GEN=k`` makes the process ``os._exit(137)``
-right after the checkpoint of step ``k`` is written (as ``kill -9`` would, no clean-up).
+right after the checkpoint of step ``k`` is written (as ``kill -9`` would, no clean-up); ``k=0``: right
+after the checkpoint of the first initial population.
 """
 
 from __future__ import annotations
@@ -102,7 +108,8 @@ class SearchCheckpoint:
         self.every = max(1, int(every))
         self.interval_s = float(interval_s)
         self.resumed_from: int | None = None
-        self.saved: list[int] = []
+        self.saved: list[int] = []  # the steps whose checkpoint was written
+        self.saved_populations: list[int] = []  # initial populations saved (the step before each)
         self._last = -math.inf
 
     # ------------------------------------------------------------------ run_search hooks
@@ -129,14 +136,23 @@ class SearchCheckpoint:
     def save(self, engine: Any, problem: Any, gen: int, history: list, hv_ref: tuple, force: bool = False) -> None:
         due = gen % self.every == 0 and time.monotonic() - self._last >= self.interval_s
         if force or due:
-            arrays, state = engine.state()
-            write_state(self.path, arrays, {"format": FORMAT, "key": self.key, "state": state})
-            self._last = time.monotonic()
+            self._write(engine)
             self.saved.append(int(gen))
-            self.on_saved(engine)
-        kill = os.environ.get(KILL_ENV)
-        if kill and int(kill) == int(gen):
-            os._exit(137)  # simulated kill -9 (no clean-up, no flush)
+        _maybe_kill(gen)
+
+    def save_population(self, engine: Any, problem: Any, gen: int, history: list, hv_ref: tuple) -> None:
+        """After an initial population (``gen``: the steps done before it): saved when ``interval_s``
+        has passed since the last save (see the module doc)."""
+        if time.monotonic() - self._last >= self.interval_s:
+            self._write(engine)
+            self.saved_populations.append(int(gen))
+        _maybe_kill(gen)
+
+    def _write(self, engine: Any) -> None:
+        arrays, state = engine.state()
+        write_state(self.path, arrays, {"format": FORMAT, "key": self.key, "state": state})
+        self._last = time.monotonic()
+        self.on_saved(engine)
 
     def on_saved(self, engine: Any) -> None:
         """Called after each save (the command writes its partial results here)."""
@@ -159,6 +175,25 @@ class SearchCheckpoint:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _maybe_kill(gen: int) -> None:
+    kill = os.environ.get(KILL_ENV)
+    if kill and int(kill) == int(gen):
+        os._exit(137)  # simulated kill -9 (no clean-up, no flush)
+
+
+def checkpoint_key(path: str | os.PathLike) -> str | None:
+    """The settings fingerprint a checkpoint file was written with (compare with
+    ``SearchCheckpoint(path, settings=...).key``); None when there is no readable checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        key = read_meta(path).get("key")
+    except (CheckpointError, OSError):
+        return None
+    return key if isinstance(key, str) else None
 
 
 def _check(path: Path, arrays: dict, meta: dict, problem: Any) -> None:

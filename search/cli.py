@@ -8,10 +8,12 @@
 The config tree ships in the package ``hwnas.conf`` (``config.yaml`` + groups ``space/``,
 ``accuracy/``, ``latency/``, ``search/``, ``evaluator/``); objects are built by
 :func:`hwnas.predictors.build.build`. The run folder is ``outputs/search/<space>-<key>``, where the key
-is a fingerprint of the settings that decide the results, so the same command finds its own folder
-again:
+is a fingerprint of the settings that decide the results and of the contents of the local files they
+name (``accuracy.path=acc_mlp.pt``, ``latency.tables=luts``: retrained or re-measured, they are another
+search), so the same command finds its own folder again:
 
-* an unfinished search there (killed, Ctrl-C, SIGTERM) resumes from its checkpoint;
+* an unfinished search there (killed, Ctrl-C, SIGTERM) resumes from its checkpoint -- also with
+  ``search.overwrite=true``, and also when a power loss left ``pareto.json`` unreadable;
 * a finished one is reported, not redone (``search.overwrite=true`` searches again);
 * results of *other* settings there (``hydra.run.dir=`` given twice) are never overwritten silently.
 
@@ -24,9 +26,11 @@ Under ``--multirun`` a failing job is recorded (``failed.json`` in its folder) a
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -58,7 +62,11 @@ _COSMETIC = {"verbose", "plot", "threads", "overwrite", "checkpoint_s"}
 # ============================================================================ settings key / run folder
 def settings_key(cfg: Any) -> str:
     """Fingerprint of what decides a search's results: space, predictors (asset mirrors aside),
-    evaluator, search settings (display settings aside)."""
+    evaluator, search settings (display settings aside), and the contents of the local files those
+    settings name (:func:`local_files`): a predictor retrained, or latencies re-measured, into the same
+    path are other results, so they get another key (another run folder, no stale "nothing to do", no
+    archive of the old predictor resumed with the new one). Settings that name no local file keep the
+    key they always had, so existing run folders stay valid."""
     from .checkpoint import fingerprint
 
     def node(name: str) -> Any:
@@ -74,7 +82,55 @@ def settings_key(cfg: Any) -> str:
         if isinstance(v, dict):
             v = {k: x for k, x in v.items() if k != "mirror" and not (name == "search" and k in _COSMETIC)}
         parts[name] = v
+    files = local_files({k: parts[k] for k in _FILE_NODES})
+    if files:  # only then: the key of settings without local files is unchanged
+        parts["files"] = files
     return fingerprint(parts)
+
+
+#: the config nodes whose string values may name local files (search settings name none)
+_FILE_NODES = ("space", "accuracy", "latency", "evaluator")
+#: keys that never name an input of the results: class paths, asset mirrors, and files the run itself
+#: writes and grows -- measurement stores and caches of evaluations (``latency.store``,
+#: ``accuracy.cache``): keyed by content, a killed run's store would change its key and the rerun would
+#: not find its folder to resume
+_NOT_INPUTS = {"_target_", "_convert_", "_recursive_", "_partial_", "mirror", "store", "cache"}
+
+
+def local_files(settings: Any, prefix: str = "") -> dict[str, str]:
+    """``{"accuracy.path": "sha256:...", ...}``: a content fingerprint of every existing local file or
+    folder a string value of ``settings`` names (relative to the directory the command was started
+    in, as the predictors read them; ``{r}``-style templates are matched like globs). Asset names
+    (``ofa/acc_predictor.pth``: fetched from the mirror or the cache), class paths and other words
+    name no local file and add nothing. Large files and folders: see
+    :mod:`hwnas.predictors.fingerprint`."""
+    from hwnas.predictors.build import abs_path
+    from hwnas.predictors.fingerprint import fingerprint_paths
+
+    out: dict[str, str] = {}
+    if isinstance(settings, dict):
+        for k, v in settings.items():
+            if str(k) not in _NOT_INPUTS:
+                out.update(local_files(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(settings, (list, tuple)):
+        for i, v in enumerate(settings):
+            out.update(local_files(v, f"{prefix}[{i}]"))
+    elif isinstance(settings, str) and settings.strip() not in ("", ".", "..") and "\n" not in settings:
+        try:
+            text = os.path.expanduser(settings)
+            if "{" in text:  # a template such as luts/{r}_lookup_table.yaml: every file it matches
+                pattern = abs_path(re.sub(r"\{[^{}]*\}", "*", glob.escape(text)))
+                found = sorted(Path(p) for p in glob.glob(pattern))
+            else:
+                p = Path(abs_path(text))
+                found = [p] if p.exists() else []
+            cwd = Path.cwd().resolve()
+            found = [p for p in found if p.resolve() not in (cwd, *cwd.parents)]  # never the run's own tree
+            if found:
+                out[prefix] = fingerprint_paths(found)
+        except (OSError, ValueError):  # a name that is no path here (too long, bad characters)
+            pass
+    return out
 
 
 def _key_resolver(*, _root_: Any) -> str:
@@ -86,27 +142,49 @@ if not OmegaConf.has_resolver("hwnas_search_key"):
 
 
 def _prepare_run_dir(out: Path, key: str, overwrite: bool) -> str:
-    """What to do in ``out``: "fresh", "resume" or "done". Results of other settings are refused
-    (or removed with ``overwrite``)."""
+    """What to do in ``out``: "fresh", "resume" or "done".
+
+    * The checkpoint of *this* search (same settings key) and no finished results of it: "resume",
+      with or without ``overwrite`` (a rerun after a kill must not start from zero), and also when
+      ``pareto.json`` is unreadable (a power loss can leave it empty; the checkpoint is what counts).
+    * Finished results of this search: "done"; with ``overwrite`` they are removed ("fresh").
+    * Results or a checkpoint of other settings: refused, or removed with ``overwrite``.
+    """
+    from .checkpoint import SearchCheckpoint, checkpoint_key
     from .results import RESULT_FILES
 
     ck = out / CHECKPOINT
     pj = out / "pareto.json"
-    old_key, partial = None, True
+    old_key, partial, readable = None, True, False
     if pj.is_file():
         try:
             data = json.loads(pj.read_text(encoding="utf-8"))
             old_key, partial = data.get("settings_key"), bool(data.get("partial", False))
+            readable = True
         except (OSError, ValueError, AttributeError):
             old_key = "unreadable"
+    own_ck = ck.exists() and checkpoint_key(ck) == SearchCheckpoint(ck, settings=key).key
+    finished = readable and old_key == key and not partial
+    if own_ck and not finished and (overwrite or not pj.is_file() or old_key in (key, "unreadable")):
+        if pj.is_file() and old_key != key:  # another search's results, or an unreadable file: not ours
+            for name in RESULT_FILES:
+                (out / name).unlink(missing_ok=True)
+        why = [f"{pj.name} was unreadable" if old_key == "unreadable" else "",
+               "search.overwrite=true replaces finished or other searches' results only" if overwrite else ""]
+        why = "; ".join(w for w in why if w)
+        log.info(f"{out} holds the checkpoint of this unfinished search: resuming it"
+                 + (f" ({why})" if why else "") + f"; delete {ck} to start from scratch")
+        return "resume"
     if overwrite:
         for name in (*RESULT_FILES, CHECKPOINT):
             (out / name).unlink(missing_ok=True)
         return "fresh"
     if pj.is_file() and old_key != key:
+        what = (f"an unreadable {pj.name} (and no checkpoint of this search to resume)" if old_key == "unreadable"
+                else f"the results of another search (settings key {old_key} here, {key} now)")
         raise ConfigError(
-            f"{out} already holds the results of another search (settings key {old_key} here, {key} now); choose "
-            "another folder (hydra.run.dir=...) or add search.overwrite=true to replace them"
+            f"{out} already holds {what}; choose another folder (hydra.run.dir=...) or add search.overwrite=true "
+            "to replace them"
         )
     if pj.is_file() and not partial and not ck.exists():
         return "done"

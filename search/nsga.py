@@ -353,7 +353,8 @@ def run_search(
 
     ``checkpoint``: an object with ``restore(engine, problem) -> dict | None`` (called once; a dict
     resumes the run) and ``save(engine, problem, gen, history, hv_ref)`` (called after every step),
-    e.g. :class:`hwnas.search.checkpoint.SearchCheckpoint`.
+    and optionally ``save_population`` (same arguments; called after each initial population), e.g.
+    :class:`hwnas.search.checkpoint.SearchCheckpoint`.
     """
     from .settings import defaults, search_kwargs
 
@@ -366,16 +367,11 @@ def run_search(
 
 
 def _parse_ref(hv_ref: Any) -> tuple[float | None, float | None]:
-    if hv_ref is None:
-        return None, None
-    if hasattr(hv_ref, "get") and not isinstance(hv_ref, (list, tuple)):
-        a, l = hv_ref.get("accuracy"), hv_ref.get("latency")
-    else:
-        vals = list(hv_ref)
-        if len(vals) != 2:
-            raise ValueError(f"search.hv_ref={hv_ref!r} must be (accuracy, latency) or {{accuracy: .., latency: ..}}")
-        a, l = vals
-    return (None if a is None else float(a)), (None if l is None else float(l))
+    """``hv_ref`` -> (accuracy, latency); a wrong form is one ConfigError (a ValueError) naming
+    search.hv_ref and the accepted forms (:func:`hwnas.search.settings.parse_hv_ref`)."""
+    from .settings import parse_hv_ref
+
+    return parse_hv_ref(hv_ref)
 
 
 def _rng_state(rng: np.random.Generator) -> dict:
@@ -393,7 +389,8 @@ def _rng_from_state(state: dict) -> np.random.Generator:
 class _Search:
     """The steps of one :func:`run_search` call: phases ``start`` (initial population of restart
     ``r``), ``nsga`` (its generations), ``refine`` (passes), ``done``. After each step the state is
-    committed (and offered to the checkpoint); an interrupt goes back to the last commit."""
+    committed (and offered to the checkpoint), and so it is after each initial population (offered to
+    the checkpoint's ``save_population``); an interrupt goes back to the last commit."""
 
     def __init__(self, space: SearchSpace, accuracy: Any, latency: Any, s: dict, log: Any, callback: Any,
                  checkpoint: Any) -> None:
@@ -634,10 +631,13 @@ class _Search:
         if ck is not None:
             restored = ck.restore(self, self.problem)
             if restored is not None:
-                self.log(f"resuming the search from step {self.step_no} ({self.problem.n_evals} evaluations)")
+                where = (f" (after the initial population of restart {self.restart})"
+                         if self.phase == "nsga" and self.nsga is not None and self.nsga.gen == 0 else "")
+                self.log(f"resuming the search from step {self.step_no}{where} ({self.problem.n_evals} evaluations)")
         self._commit()
         try:
             while self.phase != "done":
+                started = self.phase == "start"
                 phase = self._advance()
                 if phase is not None:
                     self.step_no += 1
@@ -645,6 +645,11 @@ class _Search:
                 self._commit()
                 if phase is not None and ck is not None:
                     ck.save(self, self.problem, self.step_no, self.history, (self.ref_acc, self.ref_lat))
+                elif started and self.phase == "nsga" and callable(getattr(ck, "save_population", None)):
+                    # An initial population is not a step (no history row) but, with an expensive
+                    # objective, the costliest part of a restart: offered to the checkpoint too, so a
+                    # kill during the first generation does not throw every evaluation of it away.
+                    ck.save_population(self, self.problem, self.step_no, self.history, (self.ref_acc, self.ref_lat))
         except KeyboardInterrupt as exc:
             self._rollback()
             if ck is not None:
@@ -659,9 +664,14 @@ class _Search:
     def result(self, partial: bool = False) -> SearchResult:
         X, acc, lat = self.problem.archive()
         idx = self.problem.front_indices()
-        if self.ref_acc is None or self.ref_lat is None:  # interrupted before the first step
-            self.ref_acc = float(np.nanmin(acc)) if np.isfinite(acc).any() else 0.0
-            self.ref_lat = float(lat.max()) if len(lat) else 1.0
+        ref_acc, ref_lat = self.ref_acc, self.ref_lat
+        # before the first step (an interrupt, the partial results of an initial population): local
+        # values, as the run's own reference is fixed by its first recorded step, so writing partial
+        # results does not change the history that follows
+        if ref_acc is None:
+            ref_acc = float(np.nanmin(acc)) if np.isfinite(acc).any() else 0.0
+        if ref_lat is None:
+            ref_lat = float(lat.max()) if len(lat) else 1.0
         t_total = time.perf_counter() - self.t0
         s = self.s
         return SearchResult(
@@ -674,7 +684,7 @@ class _Search:
             wall_time=t_total,
             n_evals=self.problem.n_evals,
             seed=s["seed"],
-            hv_ref=(float(self.ref_acc), float(self.ref_lat)),
+            hv_ref=(float(ref_acc), float(ref_lat)),
             timings={"nsga2_s": self.nsga_s, "refine_s": t_total - self.nsga_s if self.nsga_s else 0.0,
                      "refine_passes": self.refiner.passes, "cpu_s": time.process_time() - self.c0,
                      "predict_s": self.problem.predict_s},

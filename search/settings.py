@@ -52,6 +52,53 @@ _FLOAT = {"refine.budget_band", "max_latency", "crossover.prob", "mutation.rate"
 _BOOL = {"constraint", "verbose", "plot", "overwrite"}
 _CHOICES = {"engine": ("numpy", "pymoo")}
 _NULLABLE = {"seed", "max_latency", "max_evals", "mutation.rate", "refine.members", "threads"}
+#: float keys with a range: (low, high, what the message calls it); _POSITIVE excludes 0 as well
+_RANGE = {
+    "crossover.prob": (0.0, 1.0, "a probability in [0, 1]"),
+    "mutation.rate": (0.0, 1.0, "a probability in [0, 1] (or null: 1.5 / number of effective genes)"),
+    "mutation.neighbour": (0.0, 1.0, "a probability in [0, 1]"),
+    "sampling.structured": (0.0, 1.0, "a fraction of the initial population in [0, 1]"),
+    "max_latency": (0.0, math.inf, "a latency > 0 (or null: the largest budget)"),
+    "checkpoint_s": (0.0, math.inf, "a number of seconds >= 0"),
+}
+_POSITIVE = {"max_latency"}
+_HV_FORMS = ("write search.hv_ref={accuracy: 0.7, latency: 30} or search.hv_ref.accuracy=0.7 (a number or null for "
+             "each: null takes it from the initial population; run_search also takes a pair (accuracy, latency))")
+
+
+def parse_hv_ref(v: Any) -> tuple[float | None, float | None]:
+    """``search.hv_ref`` -> ``(accuracy, latency)`` of the hypervolume reference point (None: chosen
+    by the search). Accepted: null, a mapping ``{accuracy: .., latency: ..}`` or a pair
+    ``[accuracy, latency]``, each value a number or null. Anything else is one :class:`ConfigError`
+    naming the key and the accepted forms (not a TypeError from deep inside the search)."""
+    if v is None:
+        return None, None
+    where = f"search.hv_ref={v!r}"
+    if isinstance(v, dict) or (hasattr(v, "get") and hasattr(v, "keys")):
+        extra = sorted(str(k) for k in v.keys() if k not in ("accuracy", "latency"))
+        if extra:
+            raise ConfigError(f"{where} has unknown key(s) {extra}; {_HV_FORMS}")
+        pair = [v.get("accuracy"), v.get("latency")]
+        names = ["search.hv_ref.accuracy", "search.hv_ref.latency"]
+    elif not isinstance(v, (str, bytes)) and hasattr(v, "__len__") and hasattr(v, "__getitem__") and len(v) == 2:
+        # a list or tuple (also a numpy array, an omegaconf ListConfig)
+        pair = list(v)
+        names = ["search.hv_ref[0] (accuracy)", "search.hv_ref[1] (latency)"]
+    else:
+        raise ConfigError(f"{where} is not a reference point; {_HV_FORMS}")
+    out: list[float | None] = []
+    for name, x in zip(names, pair):
+        if x is None:
+            out.append(None)
+            continue
+        try:
+            f = float(x) if not isinstance(x, bool) else math.nan
+        except (TypeError, ValueError):
+            f = math.nan
+        if not math.isfinite(f):
+            raise ConfigError(f"{where}: {name}={x!r} is not a number; {_HV_FORMS}")
+        out.append(f)
+    return out[0], out[1]
 
 
 @functools.lru_cache(maxsize=1)
@@ -100,7 +147,17 @@ def _check(key: str, v: Any, default: Any = None) -> Any:
             raise ConfigError(f"{where} is not a number{example}")
         if key == "refine.budget_band" and not 0.0 <= v < 1.0:
             raise ConfigError(f"{where} is not a fraction in [0, 1){example}")
+        lo, hi, what = _RANGE.get(key, (-math.inf, math.inf, ""))
+        if not lo <= v <= hi or (key in _POSITIVE and v <= 0):
+            raise ConfigError(f"{where} is not {what}{example}")
         return float(v)
+    if key == "hv_ref":
+        parse_hv_ref(v)  # checked here (one line naming the key); run_search parses it again
+        return v
+    if key == "budgets":
+        if isinstance(v, bool) or not isinstance(v, (int, float, list, tuple)):
+            raise ConfigError(f"{where} is not a list of latency budgets; write e.g. search.budgets=[15,20] (or [] for none)")
+        return v
     if key in _CHOICES:
         if v not in _CHOICES[key]:
             raise ConfigError(f"search.{key}={v!r} is unknown; allowed values: {list(_CHOICES[key])}")
