@@ -26,7 +26,7 @@ from hwnas.predictors.build import ConfigError, apply_assets, build_predictor, b
 from hwnas.spaces.errors import cli_errors, writable_dir
 
 from .profile import profile_space
-from .reduce import ReductionRules, _slug, reduce_space, space_yaml, write_space_config
+from .reduce import ReductionRules, RulesError, _slug, reduce_space, space_yaml, write_space_config
 
 CONF_MODULE = "hwnas.conf"
 CONFIG_NAME = "profile/default"
@@ -47,6 +47,20 @@ def device_name_from_choice(choice: str | None) -> str:
     return choice[:-4] if choice.endswith("_lut") else choice
 
 
+def reduction_rules(node: Any, field: str = "reduce.rules") -> ReductionRules:
+    """``reduce.rules`` (a mapping of :class:`~hwnas.search.reduce.ReductionRules` fields, or null) checked;
+    a wrong one is one :class:`ConfigError` naming the field and the allowed keys or values."""
+    if node is not None and not isinstance(node, dict):
+        raise ConfigError(f"{field}={node!r} is not a mapping; write e.g. {field}.scope=unit (allowed keys: "
+                          f"{sorted(ReductionRules.__dataclass_fields__)})")
+    try:
+        return ReductionRules.from_dict(node or {})
+    except RulesError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+    except TypeError as exc:  # a value of the wrong kind the dataclass itself trips over
+        raise ConfigError(f"{field}: {exc}; see hwnas.search.reduce.ReductionRules for the fields") from None
+
+
 def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | None = None,
                 accuracy_name: str | None = None, log=None) -> dict:
     """Run profile + reduce + plots + YAML from a config (the structure of ``conf/profile/default.yaml``:
@@ -60,6 +74,7 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
     out = Path(writable_dir(Path(output_dir or cfg.get("output_dir") or "."), "output_dir"))
     rc = cfg.get("reduce") or {}
     conf_dir = Path(rc.get("conf_dir") or user_config_dir())
+    rules = reduction_rules(rc.get("rules"))  # before the profiling, so that a typo does not wait for it
     apply_assets(cfg)
     space = build_space(cfg)
     latency: dict[str, Any] = {}
@@ -89,7 +104,6 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
     log(f"profiled {space.name}: {prof.n_evaluations} evaluations per metric in {t_prof:.1f} s -> {out / 'profile.csv'}")
     summary: dict[str, Any] = {**prof.summary(), "profile_seconds": t_prof, "output_dir": str(out), "devices": {}}
     acc_name = next(iter(accuracy)) if accuracy else None
-    rules = ReductionRules.from_dict(rc.get("rules") or {})
     for dev in latency:
         entry: dict[str, Any] = {}
         red = None

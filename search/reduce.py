@@ -63,12 +63,18 @@ from typing import Any
 import numpy as np
 
 from hwnas.predictors.assets import atomic_write
+from hwnas.spaces.errors import UserError
 from hwnas.spaces.io import space_from_spec, space_spec
 
 from .profile import SpaceProfile, block_name
 
 SCOPES = ("global", "unit")
 RULES = ("front", "hull", "dominance")
+
+
+class RulesError(UserError, ValueError):
+    """A :class:`ReductionRules` field is unknown or out of range: one line naming it and the allowed
+    values (a ``ValueError`` too, as it was before)."""
 
 
 @dataclass
@@ -109,17 +115,17 @@ class ReductionRules:
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
-            raise ValueError(f"rules.rule={self.rule!r} is unknown; use one of {list(RULES)}")
+            raise RulesError(f"rules.rule={self.rule!r} is unknown; use one of {list(RULES)}")
         if self.scope not in SCOPES:
-            raise ValueError(f"rules.scope={self.scope!r} is unknown; use one of {list(SCOPES)}")
+            raise RulesError(f"rules.scope={self.scope!r} is unknown; use one of {list(SCOPES)}")
         for name in ("latency_tol", "accuracy_tol", "z", "depth_efficiency", "front_tol"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"rules.{name}={v!r} must be a finite number >= 0")
+                raise RulesError(f"rules.{name}={v!r} must be a finite number >= 0")
         for name in ("min_blocks", "min_depths", "min_resolutions"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"rules.{name}={v!r} must be an integer >= 1")
+                raise RulesError(f"rules.{name}={v!r} must be an integer >= 1")
 
     @classmethod
     def from_dict(cls, obj: Any) -> "ReductionRules":
@@ -129,7 +135,7 @@ class ReductionRules:
         known = set(cls.__dataclass_fields__)
         extra = sorted(set(obj) - known)
         if extra:
-            raise ValueError(f"reduction rules have unknown key(s) {extra}; allowed keys: {sorted(known)}")
+            raise RulesError(f"reduction rules have unknown key(s) {extra}; allowed keys: {sorted(known)}")
         return cls(**obj)
 
 

@@ -22,7 +22,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from hwnas.spaces.errors import UserError
+
 from .basis import basis_for, proxy_direction
+
+
+class SelectionError(UserError, ValueError):
+    """An unknown selection or an impossible K; one line naming the value and the choices (a
+    ``ValueError`` too, as it was before)."""
+
 
 SELECTIONS: dict[str, Callable[..., np.ndarray]] = {}
 
@@ -49,11 +57,11 @@ def select_samples(space: Any, archs: Sequence[Any], k: int, method: str = "auto
     ``proxy``: a latency predictor whose predictions define the strata of ``stratified`` (optional)."""
     n = len(archs)
     if not 1 <= k <= n:
-        raise ValueError(f"k={k} target samples requested from {n} candidate archs; need 1 <= k <= {n}")
+        raise SelectionError(f"k={k} target samples requested from {n} candidate archs; need 1 <= k <= {n}")
     if method == "auto":
         method = auto_selection(space)
     if method not in SELECTIONS:
-        raise ValueError(f"selection={method!r} is unknown; choose from {['auto'] + sorted(SELECTIONS)}")
+        raise SelectionError(f"selection={method!r} is unknown; choose from {['auto'] + sorted(SELECTIONS)}")
     rng = np.random.default_rng(rng)
     idx = np.asarray(SELECTIONS[method](space, list(archs), int(k), rng, proxy), dtype=int)
     return np.sort(idx)

@@ -14,27 +14,37 @@ The filled ``plan.csv`` is a latency dataset with one device column (the plan's 
 line: an empty cell, a value that is not a positive number, a duplicated id or arch, a row that is not
 in the plan, and values in the wrong unit -- some rows 1000x off the others, or all of them implying
 a speed no device has (seconds or microseconds typed as milliseconds; the bounds are in
-:data:`THROUGHPUT_GMACS`, set ``"check_units": false`` in ``plan.json`` for a device beyond them).
+:data:`THROUGHPUT_GMACS`, set ``"check_units": false`` in ``plan.json`` for a device beyond them); a
+``plan.json`` that is not valid JSON any more is one line naming it.
+
+A plan folder is written whole (built beside it, renamed into place) and never over a filled plan. A
+plan that asks for other archs than the ones now wanted (:meth:`PlanLatency.request`: the pipeline's
+stage ran again with other settings) is renamed ``plan.old-N``, never deleted: it holds the user's numbers.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from hwnas.predictors.assets import atomic_path, atomic_write
+from hwnas.predictors.assets import atomic_path, atomic_write, remove_stale_temps, temp_prefix
 from hwnas.spaces.errors import UserError
 
 FORMAT = "hwnas.plan/1"
 CSV_NAME, META_NAME, README_NAME = "plan.csv", "plan.json", "INSTRUCTIONS.md"
 COLUMN = "latency_ms"
 FIELDS = ["id", "arch", "onnx", "torchscript", "input_shape", COLUMN]
+#: what :func:`write_plan` puts into a plan folder (a folder holding anything else is not replaced)
+PLAN_FILES = {CSV_NAME, META_NAME, README_NAME, "models"}
 #: implied work per second (GMAC/s, batch included) outside which a plan's values are taken for the wrong unit
 THROUGHPUT_GMACS = (0.05, 3000.0)
 #: rows whose ms per MAC is this far from the median row's are taken for another unit
@@ -53,15 +63,69 @@ def plan_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def is_plan(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a plan's CSV (a ``plan.json`` written by :func:`write_plan` beside it)."""
+    """Whether ``path`` is a plan's CSV (a ``plan.json`` written by :func:`write_plan` beside it).
+
+    A ``plan.json`` beside it that is not valid JSON counts as a plan: users edit that file (``check_units``),
+    and a broken edit must be reported by :func:`read_plan` naming it, not make the filled plan be read
+    as some other CSV (or ignored)."""
     csv_path, meta = plan_paths(path)
     if not meta.is_file():
         return False
     try:
         m = json.loads(meta.read_text())
-    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return csv_path.name == CSV_NAME
+    except OSError:
         return False
     return isinstance(m, dict) and m.get("format") == FORMAT and m.get("csv") == csv_path.name
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The checked ``plan.json`` of the plan at ``path``; a missing or broken one is one :class:`PlanError`
+    naming the file and the fix."""
+    _, meta_path = plan_paths(path)
+    if not meta_path.is_file():
+        raise PlanError(f"{meta_path} is missing; a plan's CSV is read with the plan.json written beside it by hwnas-measure --plan")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{meta_path} is not valid JSON ({exc}); it describes the plan and only its \"check_units\": true/false "
+                        "may be edited: undo the edit (keep the quotes, commas and braces), or write the plan again") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("archs"), dict):
+        raise PlanError(f"{meta_path} is not the description of an hwnas plan (format {FORMAT!r} with the plan's archs); "
+                        "restore the file hwnas-measure --plan wrote, or write the plan again")
+    return meta
+
+
+def plan_keys(path: str | os.PathLike) -> set[str]:
+    """The arch keys a plan asks for (from its ``plan.json``; :func:`read_meta` checks it)."""
+    return {str(k) for k in read_meta(path)["archs"].values()}
+
+
+def plan_fingerprint(path: str | os.PathLike) -> dict:
+    """What identifies the numbers of a plan: its resolved path and the sha256 of its ``plan.csv`` and
+    ``plan.json`` (a result computed from a plan is stale once either changes)."""
+    from hwnas.predictors.fingerprint import fingerprint_paths
+
+    csv_path, meta_path = plan_paths(path)
+    return {"plan": str(csv_path.resolve()), "sha256": fingerprint_paths([csv_path, meta_path])}
+
+
+def set_aside(folder: str | os.PathLike) -> Path:
+    """Rename ``folder`` to ``<name>.old-<N>`` (the first free N) beside it and return the new path: a plan
+    that is no longer wanted still holds what the user measured, so it is kept, never deleted."""
+    folder = Path(folder)
+    n = 1
+    while True:
+        dest = folder.with_name(f"{folder.name}.old-{n}")
+        if not dest.exists() and not dest.is_symlink():
+            try:
+                os.rename(folder, dest)  # one rename: the folder is either here or there
+                return dest
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+        n += 1
 
 
 def plan_started(path: str | os.PathLike) -> bool:
@@ -72,8 +136,10 @@ def plan_started(path: str | os.PathLike) -> bool:
 
 def select_plan_archs(space: Any, k: int, seed: int = 0, pool: int = 2000, selection: str = "auto") -> list:
     """The ``k`` archs the adaptation would measure: ``selection`` over ``pool`` random archs."""
-    from hwnas.predictors.adapt import select_samples
+    from hwnas.predictors.adapt import SELECTIONS, select_samples
 
+    if selection != "auto" and selection not in SELECTIONS:
+        raise PlanError(f"--selection {selection!r} is unknown; choose from {['auto'] + sorted(SELECTIONS)}")
     rng = np.random.default_rng(seed)
     cands = list(dict.fromkeys(space.sample(int(pool), rng)))
     if not 1 <= int(k) <= len(cands):
@@ -85,7 +151,11 @@ def write_plan(space: Any, archs: Sequence[Any], out_dir: str | os.PathLike, dev
                formats: Sequence[str] = ("onnx", "torchscript"), note: str = "") -> Path:
     """Write a plan for ``archs`` into ``out_dir`` (see the module doc); returns the ``plan.csv`` path.
 
-    An existing filled plan is never overwritten: a folder whose ``plan.csv`` has values is refused."""
+    The plan is built in a temporary folder beside ``out_dir`` and renamed into place when complete: a run
+    killed during the (long) model export leaves the folder as it was, never new models beside an older
+    ``plan.csv`` (they would be measured into the old rows), and no model of an earlier, larger plan
+    survives into this one. An existing unfilled plan is replaced; a filled one is never overwritten (nor a
+    folder holding anything else than a plan): it is refused with one line."""
     import torch
 
     from hwnas.spaces.io import arch_key, space_spec
@@ -96,42 +166,72 @@ def write_plan(space: Any, archs: Sequence[Any], out_dir: str | os.PathLike, dev
 
     out = Path(out_dir)
     csv_path = out / CSV_NAME
-    if plan_started(csv_path):
-        raise PlanError(f"{csv_path} already holds measured latencies; choose another --out folder (nothing was overwritten)")
-    (out / "models").mkdir(parents=True, exist_ok=True)
-    archs = [space.validate(a) for a in archs]
-    rows, keys = [], {}
-    with torch_threads(1):
-        for i, a in enumerate(archs):
-            pid = f"a{i:03d}"
-            shape = [int(batch_size), 3, int(a.r), int(a.r)]
-            torch.manual_seed(i)
-            net = build_static(space, a).eval()
-            onnx_rel = ts_rel = ""
-            if "onnx" in formats:
-                onnx_rel = f"models/{pid}.onnx"
-                export_onnx(net, shape, out / onnx_rel, dynamic="none", metadata={"hwnas.arch": arch_key(space, a), "hwnas.plan_id": pid})
-            if "torchscript" in formats:
-                import warnings
 
-                ts_rel = f"models/{pid}.pt"
-                with warnings.catch_warnings(), torch.no_grad():
-                    warnings.simplefilter("ignore")
-                    ts = torch.jit.trace(net, torch.randn(*shape), check_trace=False)
-                with atomic_path(out / ts_rel) as tmp:
-                    ts.save(str(tmp))
-            rows.append({"id": pid, "arch": a.to_str(), "onnx": onnx_rel, "torchscript": ts_rel,
-                         "input_shape": "x".join(map(str, shape)), COLUMN: ""})
-            keys[pid] = arch_key(space, a)
-    meta = {"format": FORMAT, "csv": CSV_NAME, "space": space_spec(space), "device": str(device), "batch_size": int(batch_size),
-            "column": COLUMN, "unit": "ms", "check_units": True, "archs": keys, "note": note}
-    atomic_write(out / META_NAME, json.dumps(meta, indent=1) + "\n")
-    atomic_write(out / README_NAME, instructions(out, len(rows), device, batch_size))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write(csv_path, buf.getvalue())
+    def refuse_if_kept() -> None:
+        if out.exists() and not out.is_dir():
+            raise PlanError(f"--out {out} is a file; give a folder for the plan (it is created if missing)")
+        if plan_started(csv_path):
+            raise PlanError(f"{csv_path} already holds measured latencies; choose another --out folder (nothing was overwritten)")
+        other = sorted(p.name for p in out.iterdir() if p.name not in PLAN_FILES) if out.is_dir() else []
+        if other:
+            raise PlanError(f"--out {out} holds files that are not a plan's ({', '.join(other[:3])}); choose a new or empty "
+                            "folder for the plan (nothing was written)")
+
+    if out.is_dir():
+        remove_stale_temps(out)  # what the writes of a killed run left inside
+    refuse_if_kept()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent)  # the half-built plans of killed runs
+    archs = [space.validate(a) for a in archs]
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out), suffix=".tmp"))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders; give it the usual permissions
+        (tmp / "models").mkdir()
+        rows, keys = [], {}
+        with torch_threads(1):
+            for i, a in enumerate(archs):
+                pid = f"a{i:03d}"
+                shape = [int(batch_size), 3, int(a.r), int(a.r)]
+                torch.manual_seed(i)
+                net = build_static(space, a).eval()
+                onnx_rel = ts_rel = ""
+                if "onnx" in formats:
+                    onnx_rel = f"models/{pid}.onnx"
+                    export_onnx(net, shape, tmp / onnx_rel, dynamic="none", metadata={"hwnas.arch": arch_key(space, a), "hwnas.plan_id": pid})
+                if "torchscript" in formats:
+                    import warnings
+
+                    ts_rel = f"models/{pid}.pt"
+                    with warnings.catch_warnings(), torch.no_grad():
+                        warnings.simplefilter("ignore")
+                        ts = torch.jit.trace(net, torch.randn(*shape), check_trace=False)
+                    with atomic_path(tmp / ts_rel) as t:
+                        ts.save(str(t))
+                rows.append({"id": pid, "arch": a.to_str(), "onnx": onnx_rel, "torchscript": ts_rel,
+                             "input_shape": "x".join(map(str, shape)), COLUMN: ""})
+                keys[pid] = arch_key(space, a)
+        meta = {"format": FORMAT, "csv": CSV_NAME, "space": space_spec(space), "device": str(device), "batch_size": int(batch_size),
+                "column": COLUMN, "unit": "ms", "check_units": True, "archs": keys, "note": note}
+        atomic_write(tmp / META_NAME, json.dumps(meta, indent=1) + "\n")
+        atomic_write(tmp / README_NAME, instructions(out, len(rows), device, batch_size))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(tmp / CSV_NAME, buf.getvalue())
+        refuse_if_kept()  # filled while the models were exported: kept as it is
+        if out.exists():  # an unfilled plan (checked above): out of the way in one rename, then removed
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out), suffix=".old"))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return csv_path
 
 
@@ -168,16 +268,17 @@ def _read_rows(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def read_plan(path: str | os.PathLike) -> tuple[Any, list, np.ndarray, dict]:
-    """A filled plan: ``(space, archs, latencies_ms, meta)``, checked row by row (see the module doc)."""
+def read_plan(path: str | os.PathLike, partial: bool = False) -> tuple[Any, list, np.ndarray, dict]:
+    """A filled plan: ``(space, archs, latencies_ms, meta)``, checked row by row (see the module doc).
+
+    ``partial``: only the rows filled so far (an empty cell is skipped, not an error; the filled ones are
+    checked as always) -- what a plan that is set aside still holds."""
     from hwnas.spaces.io import arch_key, space_from_spec
 
     csv_path, meta_path = plan_paths(path)
     if not csv_path.is_file():
         raise PlanError(f"{csv_path}: no such plan; write one with hwnas-measure --plan K --out <folder>")
-    if not meta_path.is_file():
-        raise PlanError(f"{meta_path} is missing; a plan's CSV is read with the plan.json written beside it by hwnas-measure --plan")
-    meta = json.loads(meta_path.read_text())
+    meta = read_meta(csv_path)
     space = space_from_spec(meta.get("space"), meta_path)
     keys: dict[str, str] = dict(meta.get("archs") or {})
     rows = _read_rows(csv_path)
@@ -185,7 +286,7 @@ def read_plan(path: str | os.PathLike) -> tuple[Any, list, np.ndarray, dict]:
         raise PlanError(f"{csv_path}: the header must keep the columns {FIELDS}; fill only the {COLUMN} column")
     seen_ids: dict[str, int] = {}
     seen_archs: dict[str, str] = {}
-    archs, values = [], []
+    archs, values, ids = [], [], []
     for line, r in enumerate(rows, start=2):
         pid = (r.get("id") or "").strip()
         where = f"{csv_path} line {line} (id {pid or '?'})"
@@ -204,6 +305,8 @@ def read_plan(path: str | os.PathLike) -> tuple[Any, list, np.ndarray, dict]:
             raise PlanError(f"{where}: the same arch as id {seen_archs[key]}; keep one row per arch")
         seen_ids[pid], seen_archs[key] = line, pid
         text = (r.get(COLUMN) or "").strip()
+        if not text and partial:
+            continue
         if not text:
             raise PlanError(f"{where}: {COLUMN} is empty; measure models/{pid}.onnx and write its median in ms "
                             f"(see {csv_path.parent / README_NAME})")
@@ -215,12 +318,13 @@ def read_plan(path: str | os.PathLike) -> tuple[Any, list, np.ndarray, dict]:
             raise PlanError(f"{where}: {COLUMN}={text} must be a positive number of milliseconds")
         archs.append(space.validate(key))
         values.append(v)
+        ids.append(pid)
     missing = [p for p in keys if p not in seen_ids]
-    if missing:
+    if missing and not partial:
         raise PlanError(f"{csv_path}: ids {missing[:5]} of the plan have no row; restore them and fill their {COLUMN}")
     y = np.asarray(values, dtype=float)
-    if meta.get("check_units", True):
-        _check_units(csv_path, space, archs, y, int(meta.get("batch_size", 1)), list(seen_ids))
+    if meta.get("check_units", True) and len(y):
+        _check_units(csv_path, space, archs, y, int(meta.get("batch_size", 1)), ids)
     return space, archs, y, meta
 
 
@@ -274,22 +378,33 @@ class PlanLatency:
         self.space, self.device = space, str(device)
         self.values: dict[str, float] = {}
         self.plans: list[str] = []
+        self.given: list[dict] = []
         if plan:
             self.add_plan(plan)
+            self.given.append(plan_fingerprint(plan))
 
     @property
     def identity(self) -> dict:
+        """The measurer (the device): measurements of any plan of it are the same device's numbers."""
         return {"plan_device": self.device}
 
-    def add_plan(self, path: str | os.PathLike) -> None:
+    @property
+    def plan_identity(self) -> list[dict] | None:
+        """The plan given at construction (path and contents), or None: what decides :attr:`fixed_samples`
+        (a result computed from them is stale once the plan is another one or was edited)."""
+        return list(self.given) or None
+
+    def add_plan(self, path: str | os.PathLike, partial: bool = False) -> None:
+        """Take the latencies of the plan at ``path`` (``partial``: its filled rows only, see :func:`read_plan`)."""
         from hwnas.spaces.io import arch_key
 
-        space, archs, y, meta = read_plan(path)
+        space, archs, y, meta = read_plan(path, partial=partial)
         if meta.get("device") != self.device:
             raise PlanError(f"{plan_paths(path)[0]} was made for device {meta.get('device')!r}, not {self.device!r}; "
                             f"set target.device={meta.get('device')} or use that device's plan")
         self.values.update({arch_key(self.space, a): float(v) for a, v in zip(archs, y)})
-        self.plans.append(str(plan_paths(path)[0]))
+        if not partial:
+            self.plans.append(str(plan_paths(path)[0]))
 
     @property
     def fixed_samples(self) -> list | None:
@@ -306,8 +421,22 @@ class PlanLatency:
         return np.array([self.values[k] for k in keys], dtype=float)
 
     def request(self, archs: Sequence[Any], out_dir: str | os.PathLike, note: str = "") -> Path:
-        """Write a plan for ``archs`` into ``out_dir`` (unless one is already there); returns its CSV."""
-        csv_path = Path(out_dir) / CSV_NAME
-        if not csv_path.is_file():
-            write_plan(self.space, archs, out_dir, device=self.device, note=note)
+        """Have a plan for ``archs`` in ``out_dir``; returns its CSV.
+
+        A plan already there that asks for every one of ``archs`` is kept (the user may be filling it). One
+        for other archs (the same stage ran again with other settings) would be filled and asked for again
+        forever: its filled rows are taken (:attr:`values`), the folder is set aside as ``plan.old-N``
+        (:func:`set_aside`, in :attr:`set_aside_to`) and a new plan asks for ``archs``."""
+        from hwnas.spaces.io import arch_key
+
+        out = Path(out_dir)
+        csv_path = out / CSV_NAME
+        self.set_aside_to: Path | None = None
+        if csv_path.is_file() or (out / META_NAME).is_file():
+            if csv_path.is_file() and {arch_key(self.space, a) for a in archs} <= plan_keys(csv_path):
+                return csv_path
+            if plan_started(csv_path):
+                self.add_plan(csv_path, partial=True)
+            self.set_aside_to = set_aside(out)
+        write_plan(self.space, archs, out_dir, device=self.device, note=note)
         return csv_path

@@ -82,15 +82,15 @@ class TargetLedger:
             t0 = time.perf_counter()
             try:
                 if hasattr(self.target, "request"):  # numbers from the user's own tools
-                    values = self._from_plan(todo_archs, stage_dir / "plan", what)
-                    for k, v in zip(todo, values):
-                        self._commit(k, v, known)
+                    self._from_plan(todo, todo_archs, stage_dir / "plan", what, known)
                 else:  # a chunk of the measuring protocol at a time, committed when measured; a measurer that
-                    # commits each arch to its own store gets them all at once (it overlaps export and timing)
+                    # commits each arch to its own store file gets them all at once (it overlaps export and
+                    # timing). An in-memory store (target.store=null) keeps nothing over a kill: chunk by chunk.
                     step = getattr(getattr(self.target, "config", None), "chunk", 1)
                     from hwnas.predictors.measure.store import MeasurementStore
 
-                    if isinstance(getattr(self.target, "store", None), MeasurementStore):
+                    own = getattr(self.target, "store", None)
+                    if isinstance(own, MeasurementStore) and own.path != ":memory:":
                         step = len(todo)
                     for s in range(0, len(todo), step):
                         values = np.asarray(self.target.predict(todo_archs[s:s + step]), dtype=float).reshape(-1)
@@ -107,20 +107,57 @@ class TargetLedger:
         known[key] = value
         self.new += 1
 
-    def _from_plan(self, archs: list, plan_dir: Path, what: str) -> np.ndarray:
-        from hwnas.predictors.measure.plan import PlanMissing, is_plan, plan_started
+    def _from_plan(self, todo: list[str], archs: list, plan_dir: Path, what: str, known: dict) -> None:
+        """Commit the latencies of ``archs`` (keys ``todo``) from the user's filled plans; raise
+        :class:`WaitingForMeasurements` when some are in none (a plan for them is written in ``plan_dir``).
+
+        The plan in ``plan_dir`` may have been written by an earlier run of this stage with other settings
+        (``search.budgets`` changed after the front's plan was written): it asks for other archs, and
+        filling it would end in the same request again, forever. What is filled in it is real measurements
+        of this target: they go into the ledger; the plan is set aside (``plan.old-N``, kept) and a new one
+        asks for what is still missing."""
+        from hwnas.predictors.measure.plan import PlanMissing, plan_keys, plan_started, read_plan, set_aside
 
         csv_path = plan_dir / "plan.csv"
-        if is_plan(csv_path) and plan_started(csv_path) and str(csv_path) not in self.target.plans:
-            self.target.add_plan(csv_path)  # a partly filled plan: the error names the first empty row
+        moved: Path | None = None
+        if csv_path.is_file() or (plan_dir / "plan.json").is_file():
+            if csv_path.is_file() and set(todo) <= plan_keys(csv_path):  # a broken plan.json: one PlanError naming it
+                if plan_started(csv_path) and str(csv_path) not in self.target.plans:
+                    self.target.add_plan(csv_path)  # a partly filled plan: the error names the first empty row
+            else:
+                if plan_started(csv_path):
+                    self.target.add_plan(csv_path, partial=True)  # device and filled rows checked
+                    _, got, y, _ = read_plan(csv_path, partial=True)
+                    keys = [arch_key(self.space, a) for a in got]
+                    stored = self.store.get_many(self.device, self.space.name, keys)
+                    for k, v in zip(keys, y):
+                        if k not in stored:
+                            self._commit(k, float(v), known)
+                moved = set_aside(plan_dir)
+                if str(csv_path) in self.target.plans:  # the path now names the next plan
+                    self.target.plans.remove(str(csv_path))
+        rest = [(k, a) for k, a in zip(todo, archs) if k not in known]
+        if not rest:
+            return
         try:
-            return self.target.predict(archs)
+            values = self.target.predict([a for _, a in rest])
         except PlanMissing as exc:
+            missing = {arch_key(self.space, a) for a in exc.archs}
+            have = [(k, a) for k, a in rest if k not in missing]
+            if have:  # measured in a plan already: kept whatever happens next
+                for (k, _), v in zip(have, self.target.predict([a for _, a in have])):
+                    self._commit(k, float(v), known)
             path = self.target.request(exc.archs, plan_dir, note=what)
+            moved = moved or getattr(self.target, "set_aside_to", None)
+            before = (f"; the plan there before asked for other archs (this stage ran again with other settings): its filled "
+                      f"rows were kept, the folder is now {moved}") if moved else ""
             raise WaitingForMeasurements(
                 f"the target is measured with your own tools: measure the {len(exc.archs)} {what} in {path.parent} and fill "
                 f"the latency_ms column of {path} (see {path.parent / 'INSTRUCTIONS.md'}), then run the same command again"
+                + before
             ) from None
+        for (k, _), v in zip(rest, values):
+            self._commit(k, float(v), known)
 
 
 def choose_budgets(predictor: Any, space: Any, quantiles: Sequence[float], n: int = 2000, seed: int = 0) -> list[float]:

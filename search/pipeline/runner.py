@@ -5,7 +5,8 @@ A stage (:class:`Stage`) is one small class: its folder (``02_samples``), the co
 hash (``key``) of all of that. The runner (:func:`run_stages`) goes through the stages in order; a stage
 whose ``stage.json`` carries the current key and whose outputs exist is finished: it is not run again,
 its outputs are read back (``load``) instead. Changing a setting re-runs that stage and the ones
-downstream of it, nothing upstream.
+downstream of it, nothing upstream. A stage that runs again loses its ``stage.json`` first, and gets
+the new one only after all its outputs are written, so a run killed in between is never read back.
 
 Everything a stage reads back from the run folder is data: CSV/JSON numbers, arch keys, and spaces as
 :func:`hwnas.spaces.io.space_spec` (rebuilt through the space registry). Nothing in a run folder is
@@ -174,7 +175,10 @@ def run_stages(ctx: Context, stages: Sequence[Stage], log: Callable[[str], None]
         meta = st.done(ctx, k)
         if meta is None:
             log(f"[{st.name}] {st.title}")
-            ctx.dir(st.name)
+            # the stage's old stage.json goes before it runs again: a run killed halfway through (new outputs
+            # beside the old ones, e.g. a new archs.json while the models are exported) is then run again,
+            # never read back as the old result; the new stage.json is written once every output is complete
+            (ctx.dir(st.name) / "stage.json").unlink(missing_ok=True)
             t0 = time.perf_counter()
             info = st.run(ctx)
             meta = {"stage": st.name, "key": k, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hwnas.predictors.assets import atomic_write
+from hwnas.predictors.assets import atomic_write, temp_prefix
 from hwnas.predictors.base import Predictor
 from hwnas.predictors.metrics import srcc
 from hwnas.spaces.errors import UserError
@@ -56,12 +58,63 @@ class ScaledProxy(Predictor):
         return self.c + self.a * np.asarray(self.proxy.predict(archs), dtype=float)
 
 
+# ============================================================================ settings
+# Every stage checks its settings in ``check`` (called for all stages before the run folder is touched),
+# so that a typo in a late stage's setting is one line at once, not a traceback after minutes of work.
+def whole(ctx: Context, path: str, low: int, null: bool = False, what: str = "") -> int | None:
+    """The setting ``path`` as a whole number >= ``low`` (or None with ``null``); else one PipelineError."""
+    v = ctx.setting(path)
+    if v is None and null:
+        return None
+    if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())) or int(v) < low:
+        raise PipelineError(f"{path}={v!r} is not a whole number >= {low}{' or null' if null else ''}"
+                            f"{'; ' + what if what else ''}; see hwnas/conf/pipeline_base.yaml")
+    return int(v)
+
+
+def number(ctx: Context, path: str, low: float | None = None, high: float | None = None, null: bool = False,
+           what: str = "") -> float | None:
+    """The setting ``path`` as a finite number in ``[low, high]`` (or None with ``null``); else one PipelineError."""
+    v = ctx.setting(path)
+    if v is None and null:
+        return None
+    bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
+    if bad or (low is not None and v < low) or (high is not None and v > high):
+        rng = (f" in [{low:g}, {high:g}]" if low is not None and high is not None else f" >= {low:g}" if low is not None
+               else f" <= {high:g}" if high is not None else "")
+        raise PipelineError(f"{path}={v!r} is not a number{rng}{' or null' if null else ''}{'; ' + what if what else ''}; "
+                            "see hwnas/conf/pipeline_base.yaml")
+    return float(v)
+
+
+def flag(ctx: Context, path: str) -> bool:
+    v = ctx.setting(path)
+    if not isinstance(v, bool):
+        raise PipelineError(f"{path}={v!r} is not true or false")
+    return v
+
+
+def number_list(ctx: Context, path: str, low: float, high: float | None, what: str) -> list[float]:
+    """The setting ``path`` as a list of numbers in ``(low, high]``; else one PipelineError saying how to write it."""
+    v = ctx.setting(path)
+    ok = isinstance(v, (list, tuple)) and all(not isinstance(x, bool) and isinstance(x, (int, float)) and np.isfinite(x)
+                                              and x > low and (high is None or x <= high) for x in v)
+    if not ok:
+        rng = f" in ({low:g}, {high:g}]" if high is not None else f" > {low:g}"
+        raise PipelineError(f"{path}={v!r} is not a list of numbers{rng}; {what}")
+    return [float(x) for x in v]
+
+
 # ============================================================================ 1 proxy
 class ProxyStage(Stage):
     name, title, config_key, outputs = "01_proxy", "proxy predictor", "latency", ("proxy.json",)
 
     def extra_key(self, ctx: Context) -> Any:
         return [space_spec(ctx.space), ctx.setting("seed")]
+
+    def check(self, ctx: Context) -> None:
+        whole(ctx, "seed", 0, what="the seed of every random choice of the run")
+        flag(ctx, "report")
 
     def run(self, ctx: Context) -> dict:
         """Check the proxy prices this space and record what it is (any latency predictor works: the
@@ -86,7 +139,22 @@ class SamplesStage(Stage):
     upstream = ("01_proxy",)
 
     def extra_key(self, ctx: Context) -> Any:
-        return [ctx.identity, ctx.setting("seed")]
+        key = [ctx.identity, ctx.setting("seed")]
+        plan = getattr(ctx.target, "plan_identity", None)
+        if plan:  # the samples of target.plan are its archs: another plan (or an edited one) is other samples
+            key.append(plan)
+        return key
+
+    def check(self, ctx: Context) -> None:
+        from hwnas.predictors.adapt import SELECTIONS
+
+        k = whole(ctx, "samples.k", 3, what="the number of target samples")
+        pool = whole(ctx, "samples.pool", 3, what="the random archs the samples are chosen from")
+        if k > pool:
+            raise PipelineError(f"samples.k={k} is more than samples.pool={pool}; choose k <= pool")
+        how = ctx.setting("samples.selection")
+        if how != "auto" and how not in SELECTIONS:
+            raise PipelineError(f"samples.selection={how!r} is unknown; choose from {['auto'] + sorted(SELECTIONS)}")
 
     def run(self, ctx: Context) -> dict:
         from hwnas.predictors.adapt import select_samples
@@ -97,10 +165,10 @@ class SamplesStage(Stage):
         if fixed:  # the archs of a filled plan are the samples
             archs, how = list(fixed), "plan"
         else:
-            pool_n = int(ctx.setting("samples.pool"))
+            pool_n = whole(ctx, "samples.pool", 3)
             pool = target.candidates(pool_n, rng) if hasattr(target, "candidates") else ctx.space.sample(pool_n, rng)
             pool = list(dict.fromkeys(pool))
-            k = int(ctx.setting("samples.k"))
+            k = whole(ctx, "samples.k", 3)
             if not 3 <= k <= len(pool):
                 raise PipelineError(f"samples.k={k}: choose between 3 and {len(pool)} target samples (samples.pool={pool_n})")
             how = ctx.setting("samples.selection")
@@ -121,6 +189,29 @@ class SamplesStage(Stage):
 class AdaptStage(Stage):
     name, title, config_key, outputs = "03_adapt", "monotonicity check and adaptation", "adapt", ("adapt.json",)
     upstream = ("02_samples",)
+
+    def check(self, ctx: Context) -> None:
+        import inspect
+
+        from hwnas.predictors.adapt import METHODS
+
+        number(ctx, "adapt.threshold", what="the lower confidence bound of SRCC(proxy, target) that reuses the proxy (above 1: always adapt)")
+        number(ctx, "adapt.confidence", 0.0, 1.0, null=True, what="e.g. 0.95 (null: the point estimate)")
+        method = ctx.setting("adapt.method")
+        if method not in METHODS:
+            raise PipelineError(f"adapt.method={method!r} is unknown; choose from {sorted(METHODS)}")
+        kwargs = ctx.setting("adapt.kwargs")
+        if kwargs is None:
+            return
+        if not isinstance(kwargs, dict):
+            raise PipelineError(f"adapt.kwargs={kwargs!r} is not a mapping; write e.g. adapt.kwargs={{}} or +adapt.kwargs.<option>=<value>")
+        params = list(inspect.signature(METHODS[method]).parameters.values())[3:]  # after (proxy, archs, latencies)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):  # else checked when the method runs
+            allowed = sorted(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+            bad = sorted(set(kwargs) - set(allowed))
+            if bad:
+                raise PipelineError(f"adapt.kwargs has option(s) {bad} that adapt.method={method} does not take; "
+                                    f"its options: {allowed}")
 
     def run(self, ctx: Context) -> dict:
         archs, y = ctx.get("samples")
@@ -161,7 +252,13 @@ class AdaptStage(Stage):
 
             archs, y = ctx.get("samples")
             extra = {"library": ctx.setting("adapt.library")} if info["method"] == "bayes" else {}
-            return adapt(ctx.proxy, archs, y, method=info["method"], **{**extra, **kwargs})
+            try:
+                return adapt(ctx.proxy, archs, y, method=info["method"], **{**extra, **kwargs})
+            except TypeError as exc:  # an option the method does not take (one with **kwargs is checked only here)
+                if not kwargs:
+                    raise
+                raise PipelineError(f"adapt.kwargs={kwargs!r}: adapt.method={info['method']} refuses them ({exc}); "
+                                    "remove the option or fix its value") from None
 
         ctx.lazy("adapted", fit)
 
@@ -179,6 +276,17 @@ class ReduceStage(Stage):
 
     def extra_key(self, ctx: Context) -> Any:
         return [ctx.setting("accuracy"), ctx.setting("seed")]
+
+    def check(self, ctx: Context) -> None:
+        from hwnas.search.profile_cli import reduction_rules
+
+        for name in ("enabled", "apply", "agree_with_proxy"):
+            flag(ctx, f"reduce.{name}")
+        whole(ctx, "reduce.n_samples", 1, what="background archs per (position, choice) cell")
+        whole(ctx, "reduce.min_choices", 1)
+        number(ctx, "reduce.latency_tol", 0.0)
+        number(ctx, "reduce.accuracy_tol", 0.0)
+        reduction_rules(ctx.setting("reduce.rules"))
 
     def run(self, ctx: Context) -> dict:
         d = ctx.run_dir / self.name
@@ -198,6 +306,7 @@ class ReduceStage(Stage):
             info["dropped"] = [{"position": x["position"], "op": x["op"]} for x in rows if not x["kept"]]
         else:
             from hwnas.search.profile import profile_space
+            from hwnas.search.profile_cli import reduction_rules
             from hwnas.search.reduce import agreed_reduction, reduce_space
 
             agree = bool(ctx.setting("reduce.agree_with_proxy"))
@@ -205,10 +314,11 @@ class ReduceStage(Stage):
             prof = profile_space(space, latency=latency, accuracy={"accuracy": ctx.accuracy},
                                  n_samples=int(ctx.setting("reduce.n_samples")), seed=seed)
             prof.to_csv(d / "profile.csv")
-            red = reduce_space(prof, "target", "accuracy", rules=ctx.setting("reduce.rules"))
+            rules = reduction_rules(ctx.setting("reduce.rules"))
+            red = reduce_space(prof, "target", "accuracy", rules=rules)
             if agree:  # drop only what the proxy's profile drops too (see agreed_reduction)
                 alone = red
-                red = agreed_reduction(space, alone, reduce_space(prof, "proxy", "accuracy", rules=ctx.setting("reduce.rules")))
+                red = agreed_reduction(space, alone, reduce_space(prof, "proxy", "accuracy", rules=rules))
                 info["dropped_by_the_adapted_latency_alone"] = [[b for b in a if b not in set(k)] for a, k in zip(alone.dropped, red.dropped)]
             reduced = red.space
             info.update(dropped=red.dropped, describe=red.describe(), dropped_resolutions=red.dropped_resolutions)
@@ -267,6 +377,23 @@ class SearchStage(Stage):
     def extra_key(self, ctx: Context) -> Any:
         return [ctx.setting("evaluator.objectives"), ctx.setting("search_margin"), ctx.setting("budget_quantiles")]
 
+    def check(self, ctx: Context) -> None:
+        from hwnas.search.cli import search_kwargs
+
+        s = ctx.setting("search")
+        budgets = s.get("budgets") if isinstance(s, dict) else None
+        if budgets is not None:
+            number_list(ctx, "search.budgets", 0.0, None, "write the target latency budgets in ms, e.g. "
+                        "search.budgets=[20,30] (null: budget_quantiles of the adapted latency)")
+        if not budgets:
+            q = number_list(ctx, "budget_quantiles", 0.0, 1.0, "write e.g. "
+                            "budget_quantiles=[0.25,0.5,0.75] (or give search.budgets)")
+            if not q:
+                raise PipelineError("budget_quantiles=[] gives no budget; write e.g. budget_quantiles=[0.25,0.5,0.75], or give "
+                                    "search.budgets")
+        number(ctx, "search_margin", 1.0, what="the factor over the largest budget the search goes up to")
+        search_kwargs({**s, "budgets": [1.0]})  # the search's own settings (budgets: above), each checked with one line
+
     def run(self, ctx: Context) -> dict:
         d = ctx.run_dir / self.name
         s = dict(ctx.setting("search"))
@@ -295,6 +422,12 @@ class SearchStage(Stage):
 class RemeasureStage(Stage):
     name, title, config_key, outputs = "06_remeasure", "re-measure the front on the target", "remeasure", ("front.csv",)
     upstream = ("05_search",)
+
+    def check(self, ctx: Context) -> None:
+        whole(ctx, "remeasure.max_archs", 1, null=True, what="front members measured on the target")
+        whole(ctx, "remeasure.near_budget", 0, what="front members measured on each side of every budget")
+        flag(ctx, "remeasure.calibrate")
+        flag(ctx, "remeasure.search_again")
 
     def run(self, ctx: Context) -> dict:
         from hwnas.search.checkpoint import fingerprint
@@ -366,12 +499,23 @@ def best_under_budgets(final: list[dict], budgets: list[float]) -> dict[str, dic
     return out
 
 
+#: in ``07_export/models``: the key of the stage whose networks the folder holds
+KEY_FILE = "pipeline_key.json"
+
+
 class ExportStage(Stage):
     name, title, config_key, outputs = "07_export", "export", "export", ("archs.json",)
     upstream = ("06_remeasure",)
 
     def check(self, ctx: Context) -> None:
         ex = ctx.setting("export")
+        formats = ex.get("formats")
+        if formats is not None and not (isinstance(formats, list) and all(isinstance(f, str) for f in formats)):
+            raise PipelineError(f"export.formats={formats!r} is not a list of formats; write e.g. export.formats=[onnx,torch] "
+                                "([] for archs.json only)")
+        whole(ctx, "export.max_archs", 1, null=True, what="networks exported with weights")
+        whole(ctx, "export.calib_images", 1, what="images for the BN re-calibration")
+        flag(ctx, "export.no_calib")
         if ex["checkpoint"] and ex["formats"] and not ex["calib_data"] and not ex["no_calib"]:
             raise PipelineError(
                 f"export.checkpoint={ex['checkpoint']!r} without export.calib_data: subnets extracted from a supernet need "
@@ -398,7 +542,7 @@ class ExportStage(Stage):
         """Networks with weights for the best arch under each budget (then the most accurate ones), at
         most ``export.max_archs``, through :func:`hwnas.supernet.export.export_many`."""
         from hwnas.predictors.build import abs_path
-        from hwnas.supernet.export import ExportItem, export_many, load_weights_source
+        from hwnas.supernet.export import ExportError, ExportItem, export_many, load_weights_source
 
         chosen: list[dict] = []
         for r in best_under_budgets(final, ctx.get("budgets")).values():
@@ -412,9 +556,29 @@ class ExportStage(Stage):
         weights = load_weights_source(ctx.space, ex["checkpoint"])
         todo = [ExportItem(r["arch"], accuracy=r["accuracy"], latency=r["measured"], latency_kind="measured",
                            extra={"target": ctx.identity}) for r in chosen]
-        paths = export_many(ctx.space, todo, out, weights=weights, formats=formats, overwrite=True,
-                            calib_data=abs_path(ex["calib_data"]) if ex["calib_data"] else None,
-                            calib_images=int(ex["calib_images"]), allow_uncalibrated=bool(ex["no_calib"]))
+        # A rerun after a kill keeps the networks already exported (export_many skips a folder that holds
+        # the same export); networks of other settings (this stage's key changed) are not this run's: the
+        # folder goes first, in one rename, and a key file says which settings the folder is for.
+        key, key_file = ctx.keys[self.name], out / KEY_FILE
+        try:
+            same = json.loads(key_file.read_text()).get("key") == key
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if out.exists() and not same:
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out), suffix=".old"))
+            os.replace(out, old / out.name)
+            shutil.rmtree(old, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(key_file, json.dumps({"key": key}) + "\n")
+        kw = dict(weights=weights, formats=formats, calib_data=abs_path(ex["calib_data"]) if ex["calib_data"] else None,
+                  calib_images=int(ex["calib_images"]), allow_uncalibrated=bool(ex["no_calib"]))
+        try:
+            paths = export_many(ctx.space, todo, out, overwrite=False, **kw)
+        except ExportError as exc:  # a folder of these settings that does not hold the same export (an older hwnas)
+            if "other settings" not in str(exc) and "not a complete hwnas export" not in str(exc):
+                raise
+            log.info(f"{exc}; exporting every network again")
+            paths = export_many(ctx.space, todo, out, overwrite=True, **kw)
         return [str(Path(p).relative_to(out.parent)) for p in paths]
 
     def load(self, ctx: Context, meta: dict) -> None:
