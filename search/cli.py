@@ -45,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hwnas.predictors.assets import remove_stale_temps
 from hwnas.predictors.build import ConfigError, apply_assets, build, plain  # noqa: F401  (ConfigError re-exported)
-from hwnas.spaces.errors import UserError, cli_errors, error_line
+from hwnas.spaces.errors import UserError, cli_errors, error_line, run_hydra
 
 from .settings import cli_settings, search_kwargs  # noqa: F401  (search_kwargs re-exported for the pipeline)
 
@@ -372,7 +372,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def main() -> None:
     """Console-script entry point (``hwnas-search``)."""
-    _hydra_main()
+    run_hydra(PROG, _hydra_main)
 
 
 # ============================================================================ sweeps

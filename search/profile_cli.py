@@ -23,7 +23,7 @@ from typing import Any
 
 from hwnas.predictors.assets import atomic_write
 from hwnas.predictors.build import ConfigError, apply_assets, build_predictor, build_space, instantiate_node, plain
-from hwnas.spaces.errors import cli_errors, writable_dir
+from hwnas.spaces.errors import cli_errors, run_hydra, writable_dir
 
 from .profile import profile_space
 from .reduce import ReductionRules, RulesError, _slug, reduce_space, space_yaml, write_space_config
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             run_profile(cfg, output_dir=out, device=device_name_from_choice(choices.get("/latency") or choices.get("latency")),
                         accuracy_name=choices.get("/accuracy") or choices.get("accuracy") or "accuracy")
 
-    _app()
+    run_hydra("hwnas-profile", _app)
 
 
 if __name__ == "__main__":  # pragma: no cover

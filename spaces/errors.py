@@ -16,7 +16,7 @@ import errno
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 
 class UserError(Exception):
@@ -42,12 +42,79 @@ def os_error_message(exc: OSError) -> str:
     return f"{where}{fix}"
 
 
+def one_line(text: str) -> str:
+    """``text`` as one line: its non-empty lines stripped and joined (a line repeating the one before,
+    as wrapped import errors do, is dropped)."""
+    lines: list[str] = []
+    for ln in str(text).splitlines():
+        ln = ln.strip()
+        if ln and (not lines or ln != lines[-1]):
+            lines.append(ln)
+    return " ".join(lines)
+
+
 def error_line(prog: str, exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, UserError):
         msg = os_error_message(exc)
     else:
-        msg = str(exc).strip() or type(exc).__name__
+        msg = one_line(str(exc)) or type(exc).__name__
     return f"{prog}: error: {msg}"
+
+
+def hydra_error_message(exc: BaseException) -> str:
+    """One line for an error hydra raises while composing the config (an unknown group value, a
+    misspelt key, bad override syntax): its own message, without the search-path listing, with the
+    available options on one line, and with the cause hydra chains (omegaconf's "Key 'x' is not in
+    struct")."""
+    text = str(exc).split("Config search path:")[0]
+    text = text.replace("set env var HYDRA_FULL_ERROR=1 to see chained exception.", "")
+    parts: list[str] = []
+    options: list[str] = []
+    for raw in text.splitlines():
+        ln = raw.strip()
+        if not ln:
+            continue
+        if raw.startswith(("\t", "    ")) and parts and parts[-1].endswith(":"):
+            options.append(ln)  # the list under "Available options in 'space':"
+            continue
+        if options:
+            parts[-1] += " " + ", ".join(options)
+            options = []
+        parts.append(ln)
+    if options:
+        parts[-1] += " " + ", ".join(options)
+    cause = exc.__cause__
+    if cause is not None and type(cause).__module__.startswith("omegaconf"):
+        first = one_line(str(cause).split("full_key:")[0])
+        if first and first not in parts:
+            parts.append(f"({first})")
+    return " ".join(parts) or type(exc).__name__
+
+
+def run_hydra(prog: str, app: Callable[[], Any]) -> Any:
+    """Run a ``@hydra.main`` app so that hydra's own errors -- an unknown config group value, a
+    misspelt key, bad override syntax, a run folder that is a file -- are one line and exit status 2,
+    like every other bad input (hydra prints them as several lines or a traceback, exit 1). With
+    ``HYDRA_FULL_ERROR=1`` set by the user, hydra's full reports are left as they are."""
+    if os.environ.get("HYDRA_FULL_ERROR"):
+        return app()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # hydra then raises instead of printing: the errors come here
+    try:
+        return app()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as exc:
+        mod = type(exc).__module__
+        if mod.startswith(("hydra", "omegaconf")):  # (hydra's MissingConfigException is an OSError too)
+            print(f"{prog}: error: {hydra_error_message(exc)}", file=sys.stderr)
+        elif isinstance(exc, (UserError, OSError)):  # e.g. hydra.run.dir names a file
+            print(error_line(prog, exc), file=sys.stderr)
+        else:
+            raise  # a bug: its traceback
+        raise SystemExit(2) from None
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 @contextmanager

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hwnas.predictors.build import build_space, plain
 from hwnas.predictors.threads import torch_threads
-from hwnas.spaces.errors import UserError, cli_errors, writable_dir
+from hwnas.spaces.errors import UserError, cli_errors, run_hydra, writable_dir
 from hwnas.spaces.mbconv import MBConvArch, MBConvSpace
 
 from .checkpoint import CheckpointError, load_checkpoint, match_state_dict, save_checkpoint
@@ -423,7 +423,7 @@ def main() -> None:
         h = res["history"]
         return float(np.mean(h[-10:])) if h else float("nan")
 
-    _main()
+    run_hydra("hwnas-train", _main)
 
 
 if __name__ == "__main__":  # pragma: no cover

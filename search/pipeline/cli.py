@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from hwnas.spaces.errors import cli_errors
+from hwnas.spaces.errors import cli_errors, run_hydra
 
 PROG = "hwnas-pipeline"
 
@@ -42,7 +42,7 @@ def _hydra_main_factory():
 
 def main() -> None:
     """Console-script entry point (``hwnas-pipeline``)."""
-    _hydra_main_factory()()
+    run_hydra(PROG, _hydra_main_factory())
 
 
 if __name__ == "__main__":
