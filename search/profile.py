@@ -33,9 +33,31 @@ import numpy as np
 
 from hwnas.predictors.assets import atomic_path, atomic_write
 from hwnas.predictors.base import as_predictor, predict_array
+from hwnas.spaces.errors import UserError
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 KINDS = ("latency", "accuracy")
+
+
+class ProfileError(UserError, ValueError):
+    """A profiling argument is invalid; the message names it and the fix."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_profile_args(n_samples: Any, seed: Any = 0, batch_size: Any = 16384, prefix: str = "") -> None:
+    """``n_samples`` an integer >= 2, ``seed`` an integer >= 0 (or a numpy Generator), ``batch_size`` an
+    integer >= 1; else one :class:`ProfileError` naming the argument (``prefix`` + its name)."""
+    if not _is_int(n_samples) or n_samples < 2:
+        raise ProfileError(f"{prefix}n_samples={n_samples!r} must be an integer >= 2 (statistics need at least two "
+                           f"samples); e.g. {prefix}n_samples=256")
+    if not isinstance(seed, np.random.Generator) and (not _is_int(seed) or seed < 0):
+        raise ProfileError(f"{prefix}seed={seed!r} must be an integer >= 0; e.g. {prefix}seed=0")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ProfileError(f"{prefix}batch_size={batch_size!r} must be an integer >= 1 (archs per predictor call); "
+                           f"e.g. {prefix}batch_size=16384")
 
 
 def block_name(k: int, e: int) -> str:
@@ -318,9 +340,8 @@ def profile_genomes(space: Any, n_samples: int, seed: int | np.random.Generator 
     ``("depth", u, d, -1, rows)``, resolution cells ``("resolution", -1, index, -1, rows)`` (only when
     the space has more than one resolution)."""
     _check_space(space)
+    check_profile_args(n_samples, 0 if seed is None else seed)
     n = int(n_samples)
-    if n < 2:
-        raise ValueError(f"n_samples={n_samples} must be >= 2 (statistics need at least two samples)")
     rng = np.random.default_rng(seed)
     ns, nu = int(space.n_slots), int(space.n_units)
     G0 = space.sample_genomes(n, rng)
@@ -405,6 +426,7 @@ def profile_space(
     Costs ``n_samples * (1 + sum_positions n_choices + sum_units n_depths + n_resolutions)`` evaluations
     per metric (reported in ``profile.n_evaluations``; no resolution cells for a single resolution).
     """
+    check_profile_args(n_samples, seed, batch_size)
     specs = _metric_specs(latency, accuracy)
     G, cells = profile_genomes(space, n_samples, seed, depth_profiles, resolution_profiles)
     n = int(n_samples)

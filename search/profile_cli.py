@@ -5,7 +5,8 @@
     hwnas-search space=reduced_note10 ...
 
 Writes into the run directory (``output_dir=...`` or hydra's run dir): ``profile.csv`` (all
-statistics), ``summary.json`` (cost, decisions), per device ``heatmap_<device>.png`` (dropped choices
+statistics), ``summary.json`` (cost, decisions, and the settings of the profile: a folder holding a
+profile of other settings is refused, ``overwrite=true`` replaces it), per device ``heatmap_<device>.png`` (dropped choices
 hatched), ``decisions_<device>.csv`` and ``reduced_<device>.yaml``. The reduced space configs also go
 (atomically) to ``<reduce.conf_dir>/space/`` — by default the user config folder
 (:func:`hwnas.conf.user_config_dir`), which the commands' configs put on hydra's search path — so
@@ -16,6 +17,7 @@ Space and predictors are built by :mod:`hwnas.predictors.build`, as in ``hwnas-s
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ from hwnas.predictors.assets import atomic_write
 from hwnas.predictors.build import ConfigError, apply_assets, build_predictor, build_space, instantiate_node, plain
 from hwnas.spaces.errors import cli_errors, run_hydra, writable_dir
 
-from .profile import profile_space
+from .profile import ProfileError, check_profile_args, profile_space
 from .reduce import ReductionRules, RulesError, _slug, reduce_space, space_yaml, write_space_config
 
 CONF_MODULE = "hwnas.conf"
@@ -61,6 +63,125 @@ def reduction_rules(node: Any, field: str = "reduce.rules") -> ReductionRules:
         raise ConfigError(f"{field}: {exc}; see hwnas.search.reduce.ReductionRules for the fields") from None
 
 
+#: the keys of the ``profile`` and ``reduce`` sections (conf/profile/default.yaml)
+PROFILE_KEYS = ("n_samples", "seed", "depth_profiles", "resolution_profiles", "batch_size", "progress")
+REDUCE_KEYS = ("enabled", "name", "conf_dir", "rules")
+#: a reduced space's name: a file name in the config folder, nothing that leaves it or hides
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+#: settings that do not change what a profile holds: where it goes, what it shows while running
+_RUN_ONLY = ("output_dir", "overwrite", "plots", "assets", "hydra")
+#: what a profile writes into its folder (besides <reduce.name>.yaml per device)
+_OUTPUTS = ("profile.csv", "summary.json", "heatmap_*.png", "decisions_*.csv")
+
+
+def _section(node: Any, field: str, known: tuple[str, ...]) -> dict:
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        raise ConfigError(f"{field}={node!r} is not a mapping; write e.g. {field}.{known[0]}=<value>")
+    unknown = sorted(str(k) for k in node if k not in known)
+    if unknown:
+        raise ConfigError(f"{field}.{unknown[0]} is not a setting of {field} (a typo?); known keys: {list(known)}")
+    return node
+
+
+def _flag(v: Any, field: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{field}={v!r} must be true or false")
+    return v
+
+
+def space_config_name(pattern: Any, device: str, field: str = "reduce.name") -> str:
+    """``reduce.name`` for one device (``{device}`` -> its slug), checked: a file name of letters, digits,
+    ``_``, ``.`` and ``-`` not starting with ``.`` (no folder, nothing outside the config folder)."""
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise ConfigError(f"{field}={pattern!r} is not a name; give e.g. {field}=reduced_{{device}}")
+    try:
+        name = pattern.format(device=_slug(device))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"{field}={pattern!r} cannot be filled in ({type(exc).__name__}: {exc}); the only "
+                          f"placeholder is {{device}}, e.g. {field}=reduced_{{device}}") from None
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{field}={pattern!r} gives the name {name!r}; a space name is letters, digits, '_', '.' "
+                          f"and '-', not starting with '.' (no folders); e.g. {field}=reduced_{{device}}")
+    return name
+
+
+def check_settings(cfg: dict) -> None:
+    """The settings of ``hwnas-profile`` that need no predictor checked before anything is built, read or
+    written; a wrong one is one :class:`ConfigError` naming it and the fix."""
+    pc = _section(cfg.get("profile"), "profile", PROFILE_KEYS)
+    try:
+        check_profile_args(pc.get("n_samples", 256), pc.get("seed", 0), pc.get("batch_size", 16384), prefix="profile.")
+    except ProfileError as exc:
+        raise ConfigError(str(exc)) from None
+    for k in ("depth_profiles", "resolution_profiles", "progress"):
+        _flag(pc.get(k, True), f"profile.{k}")
+    rc = _section(cfg.get("reduce"), "reduce", REDUCE_KEYS)
+    _flag(rc.get("enabled", True), "reduce.enabled")
+    space_config_name(rc.get("name", "reduced_{device}"), "device")
+    _flag(cfg.get("plots", True), "plots")
+    _flag(cfg.get("overwrite", False), "overwrite")
+    devices = cfg.get("devices")
+    if devices is not None and not isinstance(devices, dict):
+        raise ConfigError(f"devices={devices!r} is not a mapping; add a device with "
+                          "+devices.<name>._target_=<predictor class> (or leave devices={})")
+    for k, v in (devices or {}).items():
+        if not isinstance(v, dict):
+            raise ConfigError(f"devices.{k}={v!r} is not a predictor config; give devices.{k}._target_=<predictor class>")
+    for k in ("device", "output_dir"):
+        v = cfg.get(k)
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise ConfigError(f"{k}={v!r} must be a name (or null)")
+
+
+def profile_settings(cfg: dict, device: str | None, accuracy_name: str | None) -> dict:
+    """What decides a profile's files, as plain JSON data: every setting but where it is written and how
+    it runs (``profile.progress``, ``profile.batch_size``, ``reduce.conf_dir``, plots, asset folders)."""
+    out = {k: v for k, v in cfg.items() if k not in _RUN_ONLY}
+    out["profile"] = {k: v for k, v in dict(cfg.get("profile") or {}).items() if k not in ("progress", "batch_size")}
+    out["reduce"] = {k: v for k, v in dict(cfg.get("reduce") or {}).items() if k != "conf_dir"}
+    out["names"] = {"device": device, "accuracy": accuracy_name}
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
+
+
+def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
+    """The dotted names of the settings that differ between two plain JSON trees."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        diff: list[str] = []
+        for k in sorted(set(saved) | set(now), key=str):
+            diff += _differences(saved.get(k), now.get(k), f"{where}.{k}" if where else str(k))
+        return diff
+    return [] if saved == now else [where or "settings"]
+
+
+def check_output_dir(out: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse a folder that holds a profile of other settings (or of unrecorded ones): its profile.csv and
+    summary.json would be silently replaced. The same settings profile again (the same files, the same
+    numbers); ``overwrite=true`` removes the earlier profile's files first."""
+    summary, csv = out / "summary.json", out / "profile.csv"
+    if not summary.exists() and not csv.exists():
+        return
+    fix = "give another output_dir, or overwrite=true to replace it"
+    saved = None
+    try:
+        saved = json.loads(summary.read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if saved is not None:
+        diff = _differences(saved, settings)
+        if not diff:
+            return
+        what = f"a profile of other settings ({', '.join(diff[:6])}{f' and {len(diff) - 6} more' if len(diff) > 6 else ''})"
+    else:
+        what = "a profile whose settings are not recorded (no readable settings in summary.json)"
+    if not overwrite:
+        raise ConfigError(f"output_dir {out} holds {what}; {fix}")
+    for pattern in _OUTPUTS:
+        for f in out.glob(pattern):
+            f.unlink(missing_ok=True)
+
+
 def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | None = None,
                 accuracy_name: str | None = None, log=None) -> dict:
     """Run profile + reduce + plots + YAML from a config (the structure of ``conf/profile/default.yaml``:
@@ -71,10 +192,11 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     cfg = plain(cfg)
-    out = Path(writable_dir(Path(output_dir or cfg.get("output_dir") or "."), "output_dir"))
+    check_settings(cfg)  # before anything is built, read or written
     rc = cfg.get("reduce") or {}
-    conf_dir = Path(rc.get("conf_dir") or user_config_dir())
     rules = reduction_rules(rc.get("rules"))  # before the profiling, so that a typo does not wait for it
+    out = Path(writable_dir(Path(output_dir or cfg.get("output_dir") or "."), "output_dir"))
+    conf_dir = Path(rc.get("conf_dir") or user_config_dir())
     apply_assets(cfg)
     space = build_space(cfg)
     latency: dict[str, Any] = {}
@@ -89,8 +211,15 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
     accuracy = {}
     if cfg.get("accuracy"):
         accuracy[accuracy_name or "accuracy"] = build_predictor(cfg, "accuracy", space)
+    names = {dev: space_config_name(rc.get("name", "reduced_{device}"), dev) for dev in latency}
     if rc.get("enabled", True) and accuracy:
+        taken = [n for n in names.values() if list(names.values()).count(n) > 1]
+        if taken:
+            raise ConfigError(f"reduce.name={rc.get('name')!r} gives the name {taken[0]!r} to several devices "
+                              f"({[d for d, n in names.items() if n == taken[0]]}); put {{device}} in it")
         writable_dir(conf_dir / "space", "reduce.conf_dir")  # before the profiling, not after it
+    settings = profile_settings(cfg, device, accuracy_name)
+    check_output_dir(out, settings, bool(cfg.get("overwrite", False)))
     pc = cfg.get("profile") or {}
     t0 = time.perf_counter()
     prof = profile_space(
@@ -108,7 +237,7 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
         entry: dict[str, Any] = {}
         red = None
         if rc.get("enabled", True) and acc_name is not None:
-            name = str(rc.get("name", "reduced_{device}")).format(device=_slug(dev))
+            name = names[dev]
             red = reduce_space(prof, dev, acc_name, rules, name=name)
             atomic_write(out / f"decisions_{_slug(dev)}.csv", red.decisions.to_csv(index=False, float_format="%.6g"))
             note = (f"profile: space {space.name}, N={prof.n_samples} samples per cell, seed {prof.seed}, "
@@ -138,6 +267,7 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
             entry["heatmap"] = str(out / f"heatmap_{_slug(dev)}.png")
         summary["devices"][dev] = entry
     summary["rules"] = dict(rules.__dict__)
+    summary["settings"] = settings
     atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 

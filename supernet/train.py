@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hwnas.predictors.build import build_space, plain
 from hwnas.predictors.threads import torch_threads
-from hwnas.spaces.errors import UserError, cli_errors, run_hydra, writable_dir
+from hwnas.spaces.errors import UserError, cli_errors, one_line, run_hydra, writable_dir
 from hwnas.spaces.mbconv import MBConvArch, MBConvSpace
 
 from .checkpoint import CheckpointError, load_checkpoint, match_state_dict, save_checkpoint
@@ -247,7 +248,7 @@ def _resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, space: MBCon
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file, pickled code
         raise CheckpointError(f"cannot resume: {path} is not a readable training checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); {fix}") from None
+                              f"({type(exc).__name__}: {one_line(str(exc))[:120] or 'no message'}); {fix}") from None
     keys = ("state_dict", "optimizer", "step", "py_rng", "torch_rng")
     missing = [k for k in keys if not isinstance(state, dict) or k not in state]
     if missing:
@@ -272,9 +273,148 @@ def _resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, space: MBCon
     return state
 
 
+# ============================================================================ settings check
+#: the keys of the ``train``, ``data``, ``checkpoint`` sections and of one phase (conf/train/base.yaml)
+TRAIN_KEYS = ("batch_size", "sandwich", "n_random", "distill_weight", "distill_temperature", "label_smoothing",
+              "weight_decay", "momentum", "warmup_steps", "grad_clip", "dropout", "log_every", "phases")
+DATA_KEYS = ("kind", "train", "num_workers", "n", "n_classes")
+CHECKPOINT_KEYS = ("every", "resume")
+PHASE_KEYS = ("name", "steps", "kernel", "expand", "depth", "lr", "reorganize")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_int(v: Any, field: str, lo: int, example: Any, null: bool = False) -> None:
+    if v is None and null:
+        return
+    if not _is_int(v) or v < lo:
+        alt = " or null" if null else ""
+        raise TrainConfigError(f"{field}={v!r} must be an integer >= {lo}{alt}; e.g. {field}={example}")
+
+
+def _check_number(v: Any, field: str, lo: float, hi: float | None, example: Any, lo_open: bool = False,
+                  hi_open: bool = True, null: bool = False) -> None:
+    if v is None and null:
+        return
+    ok = _is_number(v) and math.isfinite(float(v))
+    if ok:
+        x = float(v)
+        ok = (x > lo if lo_open else x >= lo) and (hi is None or (x < hi if hi_open else x <= hi))
+    if not ok:
+        span = f"{'(' if lo_open else '['}{lo:g}, {'inf)' if hi is None else f'{hi:g}' + (')' if hi_open else ']')}"
+        alt = " or null" if null else ""
+        raise TrainConfigError(f"{field}={v!r} must be a finite number in {span}{alt}; e.g. {field}={example}")
+
+
+def _check_bool(v: Any, field: str) -> None:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TrainConfigError(f"{field}={v!r} must be true or false")
+
+
+def _check_keys(node: Any, field: str, known: Sequence[str]) -> dict:
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        raise TrainConfigError(f"{field}={node!r} is not a mapping; write e.g. {field}.{known[0]}=<value>")
+    unknown = sorted(str(k) for k in node if k not in known)
+    if unknown:
+        raise TrainConfigError(f"{field}.{unknown[0]} is not a setting of {field} (a typo?); known keys: {list(known)}")
+    return node
+
+
+def check_device(device: Any, field: str = "device") -> None:
+    """``device`` is null, cpu, cuda, cuda:<index> or mps, and present on this machine."""
+    if device is None:
+        return
+    m = re.fullmatch(r"(cpu|mps|cuda)(?::(\d+))?", str(device)) if isinstance(device, str) else None
+    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise TrainConfigError(f"{field}={device!r} is unknown; use cpu, cuda, cuda:<index>, mps or null "
+                               "(cuda when available, else cpu)")
+    if m.group(1) == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(m.group(2) or 0)
+        if index >= n:
+            raise TrainConfigError(f"{field}={device!r} is not available on this machine ({n} CUDA device(s)); "
+                                   f"use {field}=cpu{f' or {field}=cuda:0' if n else ''}")
+    if m.group(1) == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise TrainConfigError(f"{field}='mps' is not available on this machine; use {field}=cpu")
+
+
+def check_settings(cfg: dict) -> None:
+    """Every setting of a training run checked once, before anything is built, read or written: a wrong
+    one is one :class:`TrainConfigError` naming the key and the fix (it used to surface mid-run as a
+    ZeroDivisionError, a torch RuntimeError, NaN weights, or not at all)."""
+    _check_int(cfg.get("seed", 0), "seed", 0, 0)
+    _check_int(cfg.get("threads"), "threads", 1, 1, null=True)
+    _check_int(cfg.get("stop_after"), "stop_after", 1, 100, null=True)
+    _check_int(cfg.get("n_classes"), "n_classes", 2, 1000, null=True)
+    check_device(cfg.get("device"))
+    for key in ("out", "init_from"):
+        v = cfg.get(key)
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise TrainConfigError(f"{key}={v!r} must be a path (or null)")
+
+    d = _check_keys(cfg.get("data"), "data", DATA_KEYS)
+    kind = d.get("kind", "imagefolder")
+    if kind not in ("imagefolder", "synthetic"):
+        raise TrainConfigError(f"data.kind={kind!r} is not allowed; allowed values: ['imagefolder', 'synthetic']")
+    _check_int(d.get("num_workers"), "data.num_workers", 0, 0, null=True)
+    if kind == "imagefolder" and d.get("train") in (None, "", "???"):
+        raise TrainConfigError("data.train is not set; give an ImageFolder root (data.train=/path/to/imagenet/train) or data.kind=synthetic")
+    if kind == "synthetic":
+        _check_int(d.get("n", 512), "data.n", 1, 512)
+        _check_int(d.get("n_classes", 4), "data.n_classes", 2, 4)
+
+    t = _check_keys(cfg.get("train"), "train", TRAIN_KEYS)
+    _check_int(t.get("batch_size", 64), "train.batch_size", 1, 64)
+    _check_bool(t.get("sandwich", True), "train.sandwich")
+    _check_int(t.get("n_random", 2), "train.n_random", 0, 2)
+    _check_number(t.get("distill_weight", 1.0), "train.distill_weight", 0.0, None, 1.0)
+    _check_number(t.get("distill_temperature", 1.0), "train.distill_temperature", 0.0, None, 1.0, lo_open=True)
+    _check_number(t.get("label_smoothing", 0.1), "train.label_smoothing", 0.0, 1.0, 0.1)
+    _check_number(t.get("weight_decay", 3e-5), "train.weight_decay", 0.0, None, 3.0e-5)
+    _check_number(t.get("momentum", 0.9), "train.momentum", 0.0, 1.0, 0.9, lo_open=True)
+    _check_int(t.get("warmup_steps", 0), "train.warmup_steps", 0, 0)
+    _check_number(t.get("grad_clip"), "train.grad_clip", 0.0, None, 5.0, lo_open=True, null=True)
+    _check_number(t.get("dropout", 0.1), "train.dropout", 0.0, 1.0, 0.1)
+    _check_int(t.get("log_every", 20), "train.log_every", 1, 20)
+    phases = t.get("phases")
+    if phases is not None and not isinstance(phases, (list, tuple)):
+        raise TrainConfigError(f"train.phases={phases!r} is not a list; give a list of phases "
+                               "({name: ..., steps: ..., lr: ..., kernel/expand/depth: [...]})")
+    for i, p in enumerate(phases or []):
+        field = f"train.phases[{i}]"
+        p = _check_keys(p, field, PHASE_KEYS)
+        if "steps" not in p:
+            raise TrainConfigError(f"{field} has no 'steps'; each phase needs steps (and kernel/expand/depth lists)")
+        _check_int(p["steps"], f"{field}.steps", 0, 1000)
+        if "lr" not in p:
+            raise TrainConfigError(f"{field} has no 'lr'; give the phase's learning rate, e.g. {field}.lr=0.01")
+        _check_number(p["lr"], f"{field}.lr", 0.0, None, 0.01, lo_open=True)
+        for name in ("kernel", "expand", "depth"):
+            v = p.get(name)
+            if v is not None and (not isinstance(v, (list, tuple)) or not v or not all(_is_int(x) and x >= 1 for x in v)):
+                raise TrainConfigError(f"{field}.{name}={v!r} must be a non-empty list of positive integers, e.g. [3, 5, 7]")
+        _check_int(p.get("reorganize"), f"{field}.reorganize", 0, 1, null=True)
+
+    ck = _check_keys(cfg.get("checkpoint"), "checkpoint", CHECKPOINT_KEYS)
+    _check_int(ck.get("every", 500), "checkpoint.every", 0, 500)
+    _check_bool(ck.get("resume", True), "checkpoint.resume")
+
+
 def train(cfg: Any) -> dict:
-    """Run (or resume) progressive shrinking as configured; returns a summary with the loss history."""
+    """Run (or resume) progressive shrinking as configured; returns a summary with the loss history.
+    Every setting is checked first (:func:`check_settings`): a wrong one is one error, before any work."""
     cfg = plain(cfg)
+    check_settings(cfg)
     with torch_threads(cfg.get("threads")):
         return _train(cfg)
 

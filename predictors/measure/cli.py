@@ -20,14 +20,22 @@ Examples::
 
 A rerun with the same ``--store`` and ``--device`` measures only what is missing (every arch is stored
 as soon as it is measured); the CSV (``arch`` + one column per device) is what
-:class:`hwnas.predictors.data.LatencyDataset` reads.
+:class:`hwnas.predictors.data.LatencyDataset` reads. An existing ``--out`` file is extended only when it
+is an earlier ``hwnas-measure`` CSV of the same device and space (its rows are kept, this run's added);
+any other file is refused, as is a folder, or a folder that does not exist (like ``--store``: create it
+first). A ``--build-lut`` folder records its device and protocol (``lut.json``) and takes no tables of
+another.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import math
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from hwnas.spaces.errors import UserError, cli_errors
@@ -73,6 +81,72 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The numbers given on the command line checked before anything is read, opened or measured."""
+    for flag, v, lo in (("-n", args.n, 1), ("--plan", args.plan, 1), ("--pool", args.pool, 1), ("--seed", args.seed, 0),
+                        ("--threads", args.threads, 1), ("--processes", args.processes, 1), ("--repeats", args.repeats, 1),
+                        ("--warmup", args.warmup, 0), ("--batch-size", args.batch_size, 1), ("--chunk", args.chunk, 1)):
+        if v is not None and v < lo:
+            raise UsageError(f"{flag} {v}: give an integer >= {lo}")
+    if not (math.isfinite(args.wait) and args.wait > 0):
+        raise UsageError(f"--wait {args.wait}: give the seconds to wait for a device's worker, a number > 0 (e.g. --wait 60)")
+    if args.max_spread is not None and not (math.isfinite(args.max_spread) and args.max_spread > 0):
+        raise UsageError(f"--max-spread {args.max_spread}: give a relative spread > 0 (e.g. --max-spread 0.15)")
+    for flag, v in (("--device", args.device), ("--store", args.store), ("--out", args.out), ("--build-lut", args.build_lut)):
+        if v is not None and not str(v).strip():
+            raise UsageError(f"{flag} is empty; give a {'name' if flag == '--device' else 'path'}")
+
+
+def earlier_output(path: str, space: Any, device: str) -> Any:
+    """Check ``--out`` before anything is measured. Returns the dataset of an earlier ``hwnas-measure``
+    CSV of ``device`` and ``space`` at ``path`` (extended by this run), or ``None`` when there is no file
+    yet; a folder, a missing folder or another file is one :class:`UsageError`."""
+    from hwnas.predictors.data import LatencyDataset
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UsageError(f"--out {path} is a folder; give a CSV file path such as {p / 'latency.csv'}")
+    parent = p.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {path}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: folder {parent} cannot be written; choose a folder you can write to")
+    if not p.exists():
+        return None
+    fix = "give another --out file, or remove it"
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            header = [h.strip() for h in next(csv.reader(f), [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UsageError(f"--out {path} already exists and is not a CSV that hwnas-measure wrote ({type(exc).__name__}); {fix}") from None
+    if header != ["arch", device]:
+        raise UsageError(f"--out {path} already exists and is not an hwnas-measure CSV of device {device!r} (its columns: "
+                         f"{header[:6]}); this run would replace it: {fix}")
+    try:
+        return LatencyDataset.from_csv(p, space)
+    except (UserError, ValueError) as exc:
+        raise UsageError(f"--out {path} already exists and is not an hwnas-measure CSV of space {space.name!r} ({exc}); {fix}") from None
+
+
+def write_output(store: Any, path: str, space: Any, device: str, archs: list, earlier: Any) -> str:
+    """This run's archs (with an earlier CSV of the same device: its rows first, kept, then the new
+    ones) and their values from the store, written atomically; returns what was written."""
+    if earlier is None:
+        return store.export_csv(path, space, [device], archs=archs)
+    import numpy as np
+
+    from hwnas.predictors.data import LatencyDataset
+
+    rows = list(dict.fromkeys([*earlier.archs, *archs]))
+    vals = np.array(store.dataset(space, [device], archs=rows).table[device], dtype=float)
+    old = dict(zip(earlier.archs, earlier.table[device]))
+    for i, a in enumerate(rows):
+        if not np.isfinite(vals[i]) and a in old:
+            vals[i] = old[a]  # measured into another store: the earlier file's value stays
+    LatencyDataset(space, rows, {device: vals}, name=Path(path).stem).to_csv(path)
+    return f"{path} ({len(rows)} archs: {len(earlier.archs)} kept from the earlier file, {len(rows) - len(earlier.archs)} added)"
+
+
 def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds like Ctrl-C: timing processes killed, temporary files removed
 
@@ -97,6 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     from .protocol import MeasureConfig
     from .store import MeasurementStore
 
+    check_args(args)
     try:
         space = create_space(args.space, **({"resolutions": args.resolutions} if args.resolutions else {}))
     except (SpaceError, TypeError) as exc:
@@ -112,6 +187,12 @@ def _run(args: argparse.Namespace) -> int:
               f"(see {path.parent / 'INSTRUCTIONS.md'})", file=sys.stderr)
         return 0
     layer_mode = args.build_lut is not None
+    from hwnas.spaces.mbconv import MBConvSpace
+
+    if not isinstance(space, MBConvSpace):  # the timed networks are built as MBConv networks
+        raise UsageError(f"--space {args.space}: hwnas-measure times MBConv networks (OFA-MobileNetV3 / ProxylessNAS spaces "
+                         f"such as ofa_mbv3_w12), not {type(space).__name__}; for another space write a plan (--plan K --out DIR) "
+                         "and time its models with your own tools")
     given = {"backend": args.backend, "threads": args.threads, "processes": args.processes, "batch_size": args.batch_size,
              "pin": args.pin, "clock": args.clock, "max_spread": args.max_spread, "repeats": args.repeats,
              "warmup": args.warmup, "chunk": args.chunk}
@@ -126,9 +207,17 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--scheduler needs --device NAME: the name the remote device's measurements are stored under")
     if layer_mode and args.scheduler:
         raise UsageError("--build-lut times layers on this machine; it cannot be combined with --scheduler")
-    archs = None
+    archs, earlier = None, None
     if not layer_mode:  # bad input is reported before anything is opened or measured
         archs = read_archs(args.archs, space, "--archs") if args.archs else space.sample(args.n if args.n is not None else 20, args.seed)
+        if not archs:
+            raise UsageError(f"--archs {args.archs} holds no archs; give a file with at least one")
+        if args.out:
+            earlier = earlier_output(args.out, space, device)
+    else:
+        from .lut_build import check_lut_dir, lut_info
+
+        check_lut_dir(args.build_lut, lut_info(space, device, cfg))
     store = MeasurementStore(args.store)
     measurer = make_measurer(cfg, args.scheduler, args.resource, wait_s=args.wait)
     store.register_device(device, cfg, getattr(measurer, "platform", None) if not args.scheduler else None)
@@ -166,7 +255,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"latency ms: min {vals[0]:.3f}  median {vals[len(vals) // 2]:.3f}  max {vals[-1]:.3f}; "
               f"{unstable} arch(s) still above max_spread={cfg.max_spread}", file=sys.stderr)
     if args.out:
-        print(f"wrote {store.export_csv(args.out, space, [device], archs=uniq)}", file=sys.stderr)
+        print(f"wrote {write_output(store, args.out, space, device, uniq, earlier)}", file=sys.stderr)
     return 0
 
 

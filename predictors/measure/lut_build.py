@@ -12,6 +12,11 @@ them back::
 Per-layer timings go through a :class:`~hwnas.predictors.measure.store.MeasurementStore` (space key
 ``"<space>:layers"``, arch key = the table key), so an interrupted build resumes where it stopped.
 
+``{out_dir}/lut.json`` records who made the tables (device, protocol, space, format, resolutions); a
+folder holding tables of another device or protocol, or tables without that record, is refused (one
+line) instead of having a table replaced by another device's. The table loader reads only the
+``*_lookup_table.yaml`` files.
+
 The distinct layers are found from the space's own layer description: for each block choice, the
 network whose every unit has its maximum depth and uses that block in every slot; together these
 cover every (unit, first-or-not, kernel, expand) layer and the fixed layers.
@@ -19,13 +24,16 @@ cover every (unit, first-or-not, kernel, expand) layer and the fixed layers.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from hwnas.predictors.assets import atomic_write
 from hwnas.predictors.data import _space
+from hwnas.spaces.errors import UserError
 
 from .measurer import LocalMeasurer
 from .models import ModelSpec
@@ -34,6 +42,55 @@ from .store import MeasurementStore
 
 #: protocol defaults for single layers: short calls, so more of them
 LAYER_DEFAULTS = dict(warmup=10, repeats=30, min_time_s=0.02, chunk=64)
+
+#: the record of a lookup-table folder: which device, protocol, space and format made its tables
+LUT_INFO = "lut.json"
+_IDENTITY = ("device", "protocol", "space", "format")
+
+
+class LutFolderError(UserError, ValueError):
+    """A lookup-table folder holds tables of another device or protocol (or of unknown origin)."""
+
+
+def lut_info(space: Any, device: str, config: Any, format: str = "ofa") -> dict:
+    """What ``{out_dir}/lut.json`` records of a build (without its resolutions)."""
+    fp = config.fingerprint() if hasattr(config, "fingerprint") else dict(config)
+    return {"made_by": "hwnas-measure --build-lut", "device": str(device), "protocol": fp,
+            "space": _space(space).name, "format": format}
+
+
+def _describe(info: dict) -> str:
+    proto = info.get("protocol") or {}
+    text = ", ".join(f"{k}={v}" for k, v in proto.items()) if isinstance(proto, dict) else str(proto)
+    return f"device {info.get('device')!r} ({text}), space {info.get('space')!r}"
+
+
+def check_lut_dir(out_dir: str | os.PathLike, info: dict) -> dict | None:
+    """Check that the tables of ``info`` (see :func:`lut_info`) may go into ``out_dir``: a new or empty
+    folder, or one whose ``lut.json`` records the same device, protocol, space and format (another
+    resolution, or a rerun). Returns the folder's record, if any; else one :class:`LutFolderError`."""
+    d = Path(out_dir).expanduser()
+    fix = "give --build-lut another folder (one folder per device and protocol)"
+    if d.exists() and not d.is_dir():
+        raise LutFolderError(f"lookup-table folder {d} is a file; give --build-lut a folder (it is created if missing)")
+    rec = d / LUT_INFO
+    if rec.exists():
+        try:
+            saved = json.loads(rec.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise LutFolderError(f"{rec} cannot be read ({exc}), so the device of the tables in {d} is unknown; {fix}") from None
+        diff = [k for k in _IDENTITY if saved.get(k) != info.get(k)]
+        if diff:
+            raise LutFolderError(f"{d} holds lookup tables of {_describe(saved)}, not of {_describe(info)} "
+                                 f"(another {', '.join(diff)}); {fix}")
+        return saved
+    tables = sorted(p.name for p in d.glob("*_lookup_table.yaml")) if d.is_dir() else []
+    if tables:
+        raise LutFolderError(f"{d} holds lookup tables ({', '.join(tables[:3])}) with no {LUT_INFO} saying which device "
+                             f"and protocol made them; {fix}")
+    return None
 
 
 def cover_archs(space: Any, resolution: int) -> list:
@@ -100,6 +157,8 @@ def build_lut(
 
     sp = _space(space)
     cfg = config or MeasureConfig(**LAYER_DEFAULTS)
+    info = lut_info(sp, device, cfg, format)
+    check_lut_dir(out_dir, info)  # before anything is timed
     measurer = LocalMeasurer(cfg)
     st = store if isinstance(store, MeasurementStore) else MeasurementStore(store if store is not None else ":memory:")
     st.register_device(device, cfg, measurer.platform)
@@ -127,6 +186,9 @@ def build_lut(
             if bar is not None:
                 bar.close()
     out_dir = Path(out_dir)
+    saved = check_lut_dir(out_dir, info) or {}  # again: another build may have claimed the folder meanwhile
+    done = {int(r) for r in saved.get("resolutions", []) if isinstance(r, int)}
+    atomic_write(out_dir / LUT_INFO, json.dumps({**info, "resolutions": sorted(done | set(layers))}, indent=2) + "\n")
     paths = {}
     for r, table in layers.items():
         got = st.get_many(device, skey, list(table))
