@@ -20,15 +20,19 @@ collapses): ``calib_data=<ImageFolder>`` re-computes them on ``calib_images`` tr
 export (Once-for-All's protocol), and trained weights without calibration are refused unless
 ``allow_uncalibrated=True`` — then every file says so (``weights.bn_calibrated = false``).
 
-A rerun into the same folder skips the archs already exported with the same settings, removes the
-temporary folders of killed runs, and refuses (naming the difference) a folder exported with other
-settings unless ``overwrite=True``.
+A rerun into the same folder skips the archs already exported with the same settings -- when every file
+``metadata.json`` lists is there with its size; an incomplete folder is exported again, atomically --,
+removes the temporary folders of killed runs, and refuses (naming the difference) a folder exported with
+other settings unless ``overwrite=True``. Everything is checked before the output folder is created:
+the space, the formats, and the accuracy (a fraction in [0, 1] or a percentage) and latency (ms, > 0) of
+each arch; the JSON files are strict JSON (no NaN).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -54,7 +58,9 @@ __all__ = [
     "ExportItem",
     "FORMATS",
     "WeightsSource",
+    "check_exportable",
     "check_opset",
+    "check_values",
     "export_arch",
     "export_many",
     "load_timm",
@@ -126,6 +132,8 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
         if "space" not in header:
             raise ExportError(f"{p} does not name its space; pass the space name (--space NAME)")
         space = space_from_spec(header["space"], p)
+    else:
+        _check_same_space(space, header.get("space"), p)
     items = []
     for i, row in enumerate(rows):
         try:
@@ -161,6 +169,19 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
     if not chosen:
         raise ExportError(f"{p}: no arch meets any budget of the run ({list(best)}); export the front with --all")
     return space, list(chosen.values()), notes
+
+
+def _check_same_space(space: SearchSpace, spec: Any, p: Path) -> None:
+    """Refuse a space given for a file of another space (the same arch strings would build other networks,
+    labelled with the file's accuracy and latency). Options of the same space (a reduced one) are allowed."""
+    recorded = spec.get("space") if isinstance(spec, dict) else None
+    try:
+        given = space_spec(space)["space"]
+    except SpaceError:  # an unregistered space object: the archs are validated against it
+        return
+    if isinstance(recorded, str) and recorded != given:
+        raise ExportError(f"{p} holds archs of space {recorded}, not {given} (--space); leave out --space to export them "
+                          f"in their own space, or give a file of space {given}")
 
 
 def _number(v: Any) -> float | None:
@@ -251,6 +272,43 @@ def _calibration(calib_data: Any, calib_images: int, seed: int = 0) -> Any:
 
 
 # ============================================================================ export of one arch
+def check_values(accuracy: Any, latency: Any, where: str) -> None:
+    """Refuse what would be written as an arch's top-1 accuracy or latency and is none: NaN, infinity, an
+    accuracy outside [0, 100] (a fraction in [0, 1], or a percentage), a latency <= 0 ms. None (unknown) is
+    allowed. One :class:`ExportError` naming ``where`` (the flag or the arch)."""
+    def num(v: Any) -> float | None:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return math.nan
+        return float(v)
+
+    a, lat = num(accuracy), num(latency)
+    if a is not None and not (math.isfinite(a) and 0.0 <= a <= 100.0):
+        raise ExportError(f"{where}: accuracy {accuracy!r} is not a top-1 accuracy; give a fraction in [0, 1] (e.g. 0.781) "
+                          "or a percentage in [0, 100], or leave it out")
+    if lat is not None and not (math.isfinite(lat) and lat > 0.0):
+        raise ExportError(f"{where}: latency {latency!r} is not a latency; give a positive number of ms, or leave it out")
+
+
+def check_exportable(space: Any, formats: Sequence[str]) -> None:
+    """Refuse a space export cannot build networks of, or unknown formats (before anything is written)."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ExportError(f"formats {list(formats)}: unknown {bad}; allowed formats: {list(FORMATS)}")
+    if not isinstance(space, MBConvSpace):
+        raise ExportError(f"space {getattr(space, 'name', space)!r}: export supports MBConv spaces (OFA-MobileNetV3, ProxylessNAS); "
+                          "NAS-Bench-201 and FBNet archs are exported as arch files only")
+
+
+def _dumps(obj: Any, what: str) -> str:
+    """Strict JSON (no NaN or infinity: other readers refuse them)."""
+    try:
+        return json.dumps(obj, indent=1, default=str, allow_nan=False) + "\n"
+    except ValueError as exc:
+        raise ExportError(f"{what}: {exc} (NaN or infinity); fix the value in the input") from None
+
+
 def check_opset(opset: Any) -> int:
     try:
         v = int(opset)
@@ -385,17 +443,36 @@ def _request(space: SearchSpace, item: ExportItem, arch: Any, weights: WeightsSo
 
 
 def _is_done(final: Path, request: dict) -> bool:
-    """Whether ``final`` already holds this export; raises when it holds another one."""
+    """Whether ``final`` already holds this export, whole (every file it lists, with its size); False when
+    it is this export with a file missing or cut (exported again); raises when it holds another one."""
     try:
-        old = json.loads((final / "metadata.json").read_text()).get("request")
+        meta = json.loads((final / "metadata.json").read_text())
+        old = meta.get("request")
     except (OSError, ValueError, AttributeError):
         raise ExportError(f"{final} exists but is not a complete hwnas export (no readable metadata.json); "
                           "remove it, or pass --overwrite") from None
     if old == request:
-        return True
+        return not missing_files(final, meta)
     diff = sorted(k for k in request if not isinstance(old, dict) or old.get(k) != request[k])
     raise ExportError(f"{final} was exported with other settings ({', '.join(diff) or 'an older hwnas'}); "
                       "pass --overwrite to replace it, or choose another output folder (--out)")
+
+
+def missing_files(folder: Path, meta: dict) -> list[str]:
+    """The files of export ``folder`` (``metadata.json`` read as ``meta``) that are missing, or of another size
+    than when written (``file_bytes``; exports of an older hwnas record no sizes)."""
+    files = meta.get("files") if isinstance(meta.get("files"), dict) else {}
+    sizes = meta.get("file_bytes") if isinstance(meta.get("file_bytes"), dict) else {}
+    out = []
+    for f in dict.fromkeys(["arch.json", "README.md", *files.values()]):
+        try:
+            n = (folder / f).stat().st_size
+        except OSError:
+            out.append(f)
+            continue
+        if f in sizes and sizes[f] != n:
+            out.append(f)
+    return out
 
 
 def export_arch(
@@ -419,11 +496,8 @@ def _export_one(space, item, out_dir, weights, formats, atol, timm_atol, opset, 
                 allow_uncalibrated) -> tuple[Path, bool]:
     if not isinstance(item, ExportItem):
         item = ExportItem(arch=item)
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ExportError(f"formats {list(formats)}: unknown {bad}; allowed formats: {list(FORMATS)}")
-    if not isinstance(space, MBConvSpace):
-        raise ExportError(f"space {getattr(space, 'name', space)!r}: export supports MBConv spaces (OFA-MobileNetV3, ProxylessNAS)")
+    check_exportable(space, formats)
+    check_values(item.accuracy, item.latency, f"arch {item.name or item.arch}")
     opset = check_opset(opset)
     weights = weights or WeightsSource()
     if weights.trained and not weights.calibrated and not allow_uncalibrated:
@@ -487,8 +561,8 @@ def _write_export(tmp: Path, space, item: ExportItem, arch, weights: WeightsSour
         "request": request,
         "versions": {"torch": torch.__version__},
     }
-    (tmp / "arch.json").write_text(json.dumps({"space": spec, "arch": arch.to_dict(), "arch_str": arch.to_str(),
-                                               "num_classes": n_classes, "weights": meta["weights"]}, indent=1) + "\n")
+    (tmp / "arch.json").write_text(_dumps({"space": spec, "arch": arch.to_dict(), "arch_str": arch.to_str(),
+                                           "num_classes": n_classes, "weights": meta["weights"]}, f"{name}/arch.json"))
     if "torch" in formats:
         torch.save(net.state_dict(), tmp / "model_state_dict.pth")
         files["torch"] = "model_state_dict.pth"
@@ -520,8 +594,11 @@ def _write_export(tmp: Path, space, item: ExportItem, arch, weights: WeightsSour
     meta["files"] = files
     if "onnx" in formats:
         _write_onnx_metadata(tmp / "model.onnx", meta)
-    (tmp / "metadata.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
-    (tmp / "README.md").write_text(_model_card(meta, files))
+    card = _model_card(meta, files)
+    (tmp / "README.md").write_text(card)
+    # the sizes of what metadata.json lists: a rerun re-exports a folder whose file went missing or was cut
+    meta["file_bytes"] = {f: (tmp / f).stat().st_size for f in ["arch.json", "README.md", *files.values()]}
+    (tmp / "metadata.json").write_text(_dumps(meta, f"{name}/metadata.json"))
 
 
 def _export_onnx(net: nn.Module, x: torch.Tensor, ref: torch.Tensor, path: Path, meta: dict, opset: int, atol: float) -> float:
@@ -572,22 +649,36 @@ def export_many(
     fixed random subset) re-calibrate every subnet's BN statistics before export. Trained weights
     without it are refused unless ``allow_uncalibrated``. Archs already exported into ``out_dir`` with
     the same settings are skipped (so a killed export resumes); temporary folders of killed runs are
-    removed. ``progress(i, n, folder, skipped)`` is called after each arch."""
-    out_dir = writable_dir(out_dir)
-    remove_stale_temps(out_dir)  # what killed exports left
-    weights = weights or WeightsSource()
-    if calib_data not in (None, ""):
-        weights = WeightsSource(weights.supernet, weights.checkpoint, _calibration(calib_data, calib_images))
-    out, index = [], []
+    removed. ``progress(i, n, folder, skipped)`` is called after each arch.
+
+    The space, the formats and every item's accuracy and latency are checked before ``out_dir`` is
+    created; a failed call leaves no empty ``out_dir`` it created."""
+    check_exportable(space, formats)
     for i, it in enumerate(items):
-        p, skipped = _export_one(space, it, out_dir, weights, formats, atol, timm_atol, opset, overwrite, None,
-                                 allow_uncalibrated)
-        out.append(p)
-        meta = json.loads((p / "metadata.json").read_text())
-        index.append({k: meta[k] for k in ("name", "arch_str", "resolution", "accuracy", "latency", "checks")})
-        atomic_write(out_dir / "index.json", json.dumps({"space": space_spec(space), "exports": index}, indent=1) + "\n")
-        if progress is not None:
-            progress(i + 1, len(items), p, skipped)
+        if isinstance(it, ExportItem):
+            check_values(it.accuracy, it.latency, f"arch {it.name or it.arch}")
+    check_opset(opset)
+    created = not Path(out_dir).exists()
+    out_dir = writable_dir(out_dir)
+    try:
+        remove_stale_temps(out_dir)  # what killed exports left
+        weights = weights or WeightsSource()
+        if calib_data not in (None, ""):
+            weights = WeightsSource(weights.supernet, weights.checkpoint, _calibration(calib_data, calib_images))
+        out, index = [], []
+        for i, it in enumerate(items):
+            p, skipped = _export_one(space, it, out_dir, weights, formats, atol, timm_atol, opset, overwrite, None,
+                                     allow_uncalibrated)
+            out.append(p)
+            meta = json.loads((p / "metadata.json").read_text())
+            index.append({k: meta[k] for k in ("name", "arch_str", "resolution", "accuracy", "latency", "checks")})
+            atomic_write(out_dir / "index.json", _dumps({"space": space_spec(space), "exports": index}, "index.json"))
+            if progress is not None:
+                progress(i + 1, len(items), p, skipped)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # this call made it and nothing was written into it
+        raise
     return out
 
 

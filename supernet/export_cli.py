@@ -24,7 +24,8 @@ from typing import Sequence
 
 from hwnas.spaces.errors import cli_errors
 
-from .export import CALIB_IMAGES, FORMATS, ExportError, check_opset, export_many, load_weights_source, read_items
+from .export import (CALIB_IMAGES, FORMATS, ExportError, check_exportable, check_opset, check_values, export_many,
+                     load_weights_source, read_items)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", default=None, help="assets mirror folder (for official checkpoints)")
     p.add_argument("--out", default=None, help="output folder (default: <run folder>/export, or ./export)")
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
-    p.add_argument("--accuracy", type=float, default=None, help="accuracy of an arch given inline")
-    p.add_argument("--latency", type=float, default=None, help="latency (ms) of an arch given inline")
+    p.add_argument("--accuracy", type=float, default=None,
+                   help="top-1 accuracy of an arch given inline: a fraction in [0, 1] (e.g. 0.781) or a percentage")
+    p.add_argument("--latency", type=float, default=None, help="latency (ms, > 0) of an arch given inline")
     p.add_argument("--accuracy-kind", default="predicted", choices=["predicted", "measured"])
     p.add_argument("--latency-kind", default="predicted", choices=["predicted", "measured"])
     p.add_argument("--opset", default="17", help="ONNX opset (default 17)")
@@ -82,6 +84,8 @@ def _run(args: argparse.Namespace) -> int:
     if bad or not formats:
         raise ExportError(f"--formats {args.formats!r}: unknown {bad}; allowed: {','.join(FORMATS)}")
     opset = check_opset(args.opset)
+    check_values(args.accuracy, None, "--accuracy")
+    check_values(None, args.latency, "--latency")
     if args.calib_images < 1:
         raise ExportError(f"--calib-images {args.calib_images} must be a positive number of images (default {CALIB_IMAGES})")
     if args.checkpoint and not args.calib_data and not args.no_calib:
@@ -92,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     select = "all" if (args.all or args.top is not None or args.select) else "best"
     space, items, notes = read_items(args.source, args.space, select=select)
+    check_exportable(space, formats)  # before the output folder is made
     for line in notes:
         print(f"hwnas-export: note: {line}", file=sys.stderr)
     if args.select:

@@ -8,6 +8,12 @@ its outputs are read back (``load``) instead. Changing a setting re-runs that st
 downstream of it, nothing upstream. A stage that runs again loses its ``stage.json`` first, and gets
 the new one only after all its outputs are written, so a run killed in between is never read back.
 
+An output that cannot be read back -- truncated, edited, half-copied: its size or checksum is not the
+one ``stage.json`` records, or ``load`` fails on it -- makes its stage not finished: the runner logs one
+line naming the file and runs the stage again, and the stages downstream of it too. Target
+measurements are kept in ``measurements.sqlite`` (:class:`.evaluate.TargetLedger`), not in the stage
+outputs, so a stage that runs again measures nothing twice.
+
 Everything a stage reads back from the run folder is data: CSV/JSON numbers, arch keys, and spaces as
 :func:`hwnas.spaces.io.space_spec` (rebuilt through the space registry). Nothing in a run folder is
 unpickled or names a class to build.
@@ -26,11 +32,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hwnas.predictors.assets import atomic_write, remove_stale_temps
+from hwnas.predictors.assets import atomic_write, file_sha256, remove_stale_temps
 from hwnas.predictors.build import ConfigError
 from hwnas.search.checkpoint import fingerprint
+from hwnas.spaces.errors import UserError, one_line, os_error_message
 
 RUN_FILE = "run.json"
+#: what reading a stage's outputs back raises when one is truncated, edited or half-written. Only the read
+#: back of a finished stage is guarded: a stage that runs again reads its fresh outputs without this net,
+#: so a bug in a ``load`` still shows
+READ_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, UserError)
+#: how the readers of run-folder files (hwnas.spaces.io, hwnas.predictors.tensorfile) end the refusal of a file that
+#: names code to build or run: such a file is not a cut output to write again but a tampered folder, refused
+REFUSED = "nothing was run"
 
 
 class PipelineError(ConfigError):
@@ -160,6 +174,40 @@ class Stage:
             return None
         return meta
 
+    def output_files(self, ctx: Context) -> dict:
+        """Size and checksum of each output, recorded in ``stage.json`` (:meth:`changed_output` compares them)."""
+        d = ctx.run_dir / self.name
+        return {o: {"bytes": (d / o).stat().st_size, "sha256": file_sha256(d / o)} for o in self.outputs}
+
+    def changed_output(self, ctx: Context, meta: dict) -> str | None:
+        """Why an output is not the file this stage wrote (size or checksum not those of ``stage.json``;
+        a ``stage.json`` of an older hwnas records none), or None."""
+        rec = meta.get("output_files")
+        for o in self.outputs:
+            want = rec.get(o) if isinstance(rec, dict) else None
+            if not isinstance(want, dict):
+                continue
+            f = ctx.run_dir / self.name / o
+            try:
+                if f.stat().st_size != want.get("bytes") or file_sha256(f) != want.get("sha256"):
+                    return f"{f} is not the file this stage wrote (its size or checksum differs from {self.name}/stage.json)"
+            except OSError as exc:
+                return f"{f} cannot be read ({os_error_message(exc)})"
+        return None
+
+    def read_back(self, ctx: Context, meta: dict) -> str | None:
+        """Hand a finished stage's outputs downstream (:meth:`load`); returns why they cannot be read
+        back (one line naming the file), or None. The read errors of every stage are caught here."""
+        why = self.changed_output(ctx, meta)
+        try:
+            self.load(ctx, meta)  # reads data only (see the module doc), also when the checksum differs
+        except READ_ERRORS as exc:
+            if isinstance(exc, UserError) and REFUSED in str(exc):
+                raise  # a file crafted to name code to run: the folder was tampered with; refused, not replaced
+            files = ", ".join(str(ctx.run_dir / self.name / o) for o in self.outputs)
+            return why or f"{files} cannot be read back ({type(exc).__name__}: {one_line(str(exc))})"
+        return why
+
     def run(self, ctx: Context) -> dict:
         raise NotImplementedError
 
@@ -168,26 +216,32 @@ class Stage:
 
 
 def run_stages(ctx: Context, stages: Sequence[Stage], log: Callable[[str], None] = print) -> None:
-    """Run every stage that is not finished, in order; finished ones are read back."""
+    """Run every stage that is not finished, in order; finished ones are read back. A finished stage
+    whose outputs cannot be read back, or whose upstream ran again, runs again (one line says why)."""
     for st in stages:
         k = st.key(ctx)
         ctx.keys[st.name] = k
         meta = st.done(ctx, k)
-        if meta is None:
-            log(f"[{st.name}] {st.title}")
-            # the stage's old stage.json goes before it runs again: a run killed halfway through (new outputs
-            # beside the old ones, e.g. a new archs.json while the models are exported) is then run again,
-            # never read back as the old result; the new stage.json is written once every output is complete
-            (ctx.dir(st.name) / "stage.json").unlink(missing_ok=True)
-            t0 = time.perf_counter()
-            info = st.run(ctx)
-            meta = {"stage": st.name, "key": k, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "seconds": round(time.perf_counter() - t0, 3), **info}
-            atomic_write(ctx.run_dir / st.name / "stage.json", json.dumps(meta, indent=1, default=json_default) + "\n")
-            ctx.ran.append(st.name)
-        else:
-            log(f"[{st.name}] finished before, read back")
-            ctx.skipped.append(st.name)
+        if meta is not None:
+            ctx.info[st.name] = meta
+            again = [u for u in st.upstream if u in ctx.ran]  # ran with the same key: its outputs were unreadable
+            why = f"its upstream {', '.join(again)} ran again" if again else st.read_back(ctx, meta)
+            if why is None:
+                log(f"[{st.name}] finished before, read back")
+                ctx.skipped.append(st.name)
+                continue
+            log(f"[{st.name}] {why}; running it again")
+        log(f"[{st.name}] {st.title}")
+        # the stage's old stage.json goes before it runs again: a run killed halfway through (new outputs
+        # beside the old ones, e.g. a new archs.json while the models are exported) is then run again,
+        # never read back as the old result; the new stage.json is written once every output is complete
+        (ctx.dir(st.name) / "stage.json").unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        info = st.run(ctx)
+        meta = {"stage": st.name, "key": k, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "seconds": round(time.perf_counter() - t0, 3), **info, "output_files": st.output_files(ctx)}
+        atomic_write(ctx.run_dir / st.name / "stage.json", json.dumps(meta, indent=1, default=json_default) + "\n")
+        ctx.ran.append(st.name)
         ctx.info[st.name] = meta
         st.load(ctx, meta)
 
@@ -210,6 +264,39 @@ def check_run_dir(run_dir: Path, identity: dict) -> None:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(f, json.dumps(identity, indent=1, sort_keys=True) + "\n")
+
+
+def known_settings() -> dict:
+    """The pipeline's settings as ``conf/pipeline_base.yaml`` defines them (every preset builds on it):
+    its keys, and the config groups of its defaults list."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.to_container(OmegaConf.create((files("hwnas.conf") / "pipeline_base.yaml").read_text()), resolve=False)
+    groups = {str(next(iter(d))) if isinstance(d, dict) else str(d) for d in base.pop("defaults", [])}
+    base.pop("hydra", None)
+    return {**{g: None for g in groups - {"_self_"}}, **base}
+
+
+def check_known_keys(c: dict) -> None:
+    """Refuse a key the pipeline does not know (``+samples.kk=3``: a typo that would be ignored), at the top
+    level and in each settings block of ``pipeline_base.yaml``; the config groups (space, target, search
+    ...) are checked by what they build. One line naming the key and the known ones."""
+    known = known_settings()
+    where = "see hwnas/conf/pipeline_base.yaml for each setting and its default"
+    bad = sorted(k for k in c if k not in known)
+    if bad:
+        raise PipelineError(f"unknown setting(s) {bad}; the known ones: {sorted(known)}; {where}")
+    for block, default in known.items():
+        if isinstance(default, dict) and block not in GROUP_BLOCKS and isinstance(c.get(block), dict):
+            bad = sorted(k for k in c[block] if k not in default)
+            if bad:
+                raise PipelineError(f"{block} has unknown key(s) {bad}; the known ones: {sorted(default)}; {where}")
+
+
+#: blocks of ``pipeline_base.yaml`` that add to a config group (their other keys come from the group)
+GROUP_BLOCKS = ("search",)
 
 
 def json_default(o: Any) -> Any:
@@ -239,6 +326,7 @@ def run_pipeline(cfg: Any, run_dir: str | Path, log: Callable[[str], None] | Non
     ctx = Context(cfg, Path(run_dir), c)
     t0 = time.perf_counter()
     try:
+        check_known_keys(c)
         for st in STAGES:
             st.check(ctx)
         check_run_dir(ctx.run_dir, {"space": space_spec(ctx.space), "target": ctx.identity})

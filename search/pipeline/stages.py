@@ -105,6 +105,44 @@ def number_list(ctx: Context, path: str, low: float, high: float | None, what: s
     return [float(x) for x in v]
 
 
+def check_target(ctx: Context) -> None:
+    """Refuse a target config that its class cannot be built from, with one line naming the keys and the
+    fix: target=plan on a space it cannot write models of, and keys the class does not take -- e.g. the
+    dataset options (target.dataset, target.outside) a dataset preset (pipeline_nasbench201, pipeline_fbnet)
+    sets, left under ``target=plan``. A class taking ``**kwargs`` checks its own keys when built."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    from hwnas.predictors.measure.plan import PlanLatency
+    from hwnas.spaces.mbconv import MBConvSpace
+
+    node = ctx.setting("target")
+    if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
+        return  # refused when the target is built, naming target._target_
+    try:
+        cls = get_method(node["_target_"])
+        params = inspect.signature(cls).parameters
+    except Exception:  # noqa: BLE001 - an import error or a callable without a signature: refused (or built) later, with the cause
+        return
+    name = node["_target_"].rsplit(".", 1)[-1]
+    if cls is PlanLatency and not isinstance(ctx.space, MBConvSpace):
+        raise PipelineError(
+            f"target=plan ({name}) writes ONNX/TorchScript models of the archs for your own tools to measure and needs an "
+            f"MBConv space (ofa_mbv3_w12, proxyless_mobile, ...), not space {ctx.space.name}; run target=plan with "
+            f"--config-name pipeline (space=<MBConv space>) target.device=<name>, or keep this preset's dataset target")
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    bad = sorted(k for k, v in node.items() if not k.startswith("_") and v is not None and k not in params)
+    if bad:
+        takes = sorted(f"target.{k}" for k, p in params.items() if k != "space" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        drop = " ".join(f"~target.{k}" for k in bad)
+        raise PipelineError(
+            f"target ({name}) does not take {', '.join('target.' + k for k in bad)}; it takes {takes}. Options of another "
+            f"target (a dataset preset sets target.dataset/target.outside for its dataset target) do not apply: remove them "
+            f"({drop}) or choose the target they belong to")
+
+
 # ============================================================================ 1 proxy
 class ProxyStage(Stage):
     name, title, config_key, outputs = "01_proxy", "proxy predictor", "latency", ("proxy.json",)
@@ -130,7 +168,9 @@ class ProxyStage(Stage):
         return data
 
     def load(self, ctx: Context, meta: dict) -> None:
-        pass
+        data = json.loads((ctx.run_dir / self.name / "proxy.json").read_text())
+        if not isinstance(data, dict) or "predictor" not in data:
+            raise ValueError("not the proxy.json of an hwnas pipeline")
 
 
 # ============================================================================ 2 samples
@@ -148,6 +188,7 @@ class SamplesStage(Stage):
     def check(self, ctx: Context) -> None:
         from hwnas.predictors.adapt import SELECTIONS
 
+        check_target(ctx)  # the first stage that builds the target
         k = whole(ctx, "samples.k", 3, what="the number of target samples")
         pool = whole(ctx, "samples.pool", 3, what="the random archs the samples are chosen from")
         if k > pool:
@@ -182,6 +223,8 @@ class SamplesStage(Stage):
 
     def load(self, ctx: Context, meta: dict) -> None:
         rows = read_csv(ctx.run_dir / self.name / "samples.csv")
+        if len(rows) != meta.get("k", len(rows)):
+            raise ValueError(f"{len(rows)} rows, the stage wrote {meta['k']}")
         ctx.put("samples", ([ctx.space.validate(r["key"]) for r in rows], np.array([float(r["target_latency"]) for r in rows])))
 
 
@@ -483,6 +526,8 @@ class RemeasureStage(Stage):
 
     def load(self, ctx: Context, meta: dict) -> None:
         rows = read_csv(ctx.run_dir / self.name / "front.csv")
+        if len(rows) != meta.get("front_size", len(rows)):
+            raise ValueError(f"{len(rows)} rows, the stage wrote {meta['front_size']}")
         final = [{"arch": ctx.space.validate(r["key"]), "accuracy": float(r["accuracy"]), "predicted": float(r["predicted_latency"]),
                   "measured": float(r["measured_latency"])} for r in rows if int(r["pareto_on_target"])]
         ctx.put("final", sorted(final, key=lambda r: r["measured"]))
@@ -513,6 +558,13 @@ class ExportStage(Stage):
         if formats is not None and not (isinstance(formats, list) and all(isinstance(f, str) for f in formats)):
             raise PipelineError(f"export.formats={formats!r} is not a list of formats; write e.g. export.formats=[onnx,torch] "
                                 "([] for archs.json only)")
+        if formats:
+            from hwnas.supernet.export import FORMATS
+
+            bad = [f for f in formats if f not in FORMATS]
+            if bad:
+                raise PipelineError(f"export.formats={formats!r}: unknown {bad}; the allowed formats: {list(FORMATS)} "
+                                    "([] for archs.json only)")
         whole(ctx, "export.max_archs", 1, null=True, what="networks exported with weights")
         whole(ctx, "export.calib_images", 1, what="images for the BN re-calibration")
         flag(ctx, "export.no_calib")
@@ -582,7 +634,17 @@ class ExportStage(Stage):
         return [str(Path(p).relative_to(out.parent)) for p in paths]
 
     def load(self, ctx: Context, meta: dict) -> None:
-        pass
+        """Check what the stage wrote is there and whole: ``archs.json`` and each network's files (a broken
+        one makes the stage run again; the networks that are complete are kept, see :meth:`_models`)."""
+        d = ctx.run_dir / self.name
+        data = json.loads((d / "archs.json").read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("archs"), list) or len(data["archs"]) != meta.get("n"):
+            raise ValueError(f"{d / 'archs.json'} does not hold the {meta.get('n')} archs this stage wrote")
+        for m in meta.get("models") or []:
+            files = json.loads((d / m / "metadata.json").read_text()).get("files") or {}
+            for f in ["arch.json", *files.values()]:
+                if not (d / m / f).is_file():
+                    raise FileNotFoundError(2, "a file of the exported network is missing", str(d / m / f))
 
 
 STAGES = (ProxyStage(), SamplesStage(), AdaptStage(), ReduceStage(), SearchStage(), RemeasureStage(), ExportStage())
