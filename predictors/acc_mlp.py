@@ -272,10 +272,13 @@ class MLPAccuracyPredictor(Predictor):
         path = Path(abs_path(path))
         if not path.is_file():
             raise PredictorLoadError(f"accuracy predictor file {path} does not exist; train one and save() it first")
+        from .tensorfile import TensorFileError, torch_load_weights
+
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise PredictorLoadError(f"{path} is not a readable predictor file ({type(exc).__name__}: {str(exc)[:200]})") from None
+            blob = torch_load_weights(path)
+        except TensorFileError as exc:
+            raise PredictorLoadError(f"{exc.source} is not a readable predictor file: {exc.reason} (an MLP predictor: "
+                                     "MLPAccuracyPredictor.save(path))") from None
         if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
             raise PredictorLoadError(f"{path} is not an MLPAccuracyPredictor file (format {_FORMAT!r} expected)")
         saved = _saved_space(blob, path)

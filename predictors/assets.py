@@ -179,14 +179,23 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, hint:
     when given, then renamed); a failed or mismatching download leaves nothing behind and is one
     :class:`AssetError` ending with ``hint`` (where to put the file by hand)."""
     dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
-                shutil.copyfileobj(resp, out)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            raise AssetError(f"could not download {url} ({exc}); {hint}") from None
-        if sha256 and file_sha256(tmp) != sha256:
-            raise AssetError(f"{url} does not match its checksum (expected sha256 {sha256[:12]}…), so it was not kept; {hint}")
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # deepest first
+    try:
+        with atomic_path(dest) as tmp:
+            try:
+                with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
+                    shutil.copyfileobj(resp, out)
+            except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:  # ValueError: not a URL
+                raise AssetError(f"could not download {url} ({exc}); {hint}") from None
+            if sha256 and file_sha256(tmp) != sha256:
+                raise AssetError(f"{url} does not match its checksum (expected sha256 {sha256[:12]}…), so it was not kept; {hint}")
+    except BaseException:
+        for p in made:  # no empty cache folders for a download that failed
+            try:
+                p.rmdir()
+            except OSError:
+                pass
+        raise
     return dest
 
 
@@ -222,15 +231,16 @@ def fetch(rel: str, mirror: str | os.PathLike | None = None, sha256: str | None 
     return download(url or BASE_URL + rel, cached, sha256 or CHECKSUMS.get(rel), f"put the file at {where}")
 
 
-def find_file(name: str | os.PathLike, mirror: str | os.PathLike | None = None, field: str = "path") -> Path:
+def find_file(name: str | os.PathLike, mirror: str | os.PathLike | None = None, field: str = "path",
+              example: str | None = None) -> Path:
     """A local file, or else an asset name for :func:`fetch`. A name written as a local path (absolute,
     ``~``, ``./``, ``../``) is never turned into a download: if it does not exist, the error says so
-    and names ``field``."""
+    and names ``field`` (``example``: an asset name to show)."""
     text = os.fspath(name)
     p = Path(text).expanduser()
     if p.is_file():
         return p
     if p.is_absolute() or text.startswith(("~", "./", "../", ".\\", "..\\")):
         what = "is a folder, not a file" if p.is_dir() else "does not exist"
-        raise AssetError(f"{field}={text!r}: {p} {what}; give an existing file or an asset name such as {next(iter(CHECKSUMS))}")
+        raise AssetError(f"{field}={text!r}: {p} {what}; give an existing file or an asset name such as {example or next(iter(CHECKSUMS))}")
     return fetch(text, mirror=mirror)

@@ -95,11 +95,24 @@ def _wants(target: Any, name: str) -> bool:
     return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
+def _null_is_a_choice(target: Any, name: str) -> bool:
+    """Whether a null for keyword ``name`` of ``target`` means something else than leaving it out: the
+    parameter is named in the signature with a default that is not None."""
+    try:
+        param = inspect.signature(target).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.default is not inspect.Parameter.empty and param.default is not None
+
+
 def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
     """Build ``node`` (``_target_`` + keyword values, from a user config) with extra ``kwargs``.
 
-    Null values are dropped so constructors keep their own defaults; keyword arguments the target does
-    not take (e.g. ``space=`` for a class without one) are not passed. Errors name ``key``.
+    A null value keeps the constructor's own default where that default is null anyway, or where the
+    target takes the value only through ``**kwargs`` (``space.resolutions: null``: the space's default
+    choices); a null for a named parameter whose default is something else is passed on, since it is an
+    explicit choice (``latency.k=null``: every row, not the default K). Keyword arguments the target
+    does not take (e.g. ``space=`` for a class without one) are not passed. Errors name ``key``.
     """
     from hydra.utils import get_method, instantiate
     from omegaconf import OmegaConf
@@ -109,7 +122,6 @@ def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
     cfg = plain(node, key)
     if not isinstance(cfg, dict) or cfg.get("_target_") in (None, "", "???"):
         raise ConfigError(f"{key}._target_ is not set; choose a config ({key}=<name>) or set {key}._target_=<module.Class>")
-    cfg = {k: v for k, v in cfg.items() if v is not None}
     _user_import_path()
     target = cfg["_target_"]
     try:
@@ -119,6 +131,7 @@ def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
             f"{key}._target_={target!r} cannot be imported ({_cause(exc)}); check the module path (the current "
             "folder is on the import path)"
         ) from None
+    cfg = {k: v for k, v in cfg.items() if v is not None or _null_is_a_choice(fn, k)}
     kwargs = {k: v for k, v in kwargs.items() if k not in cfg and _wants(fn, k)}
     try:
         return instantiate({"_convert_": "all", **cfg}, **kwargs)

@@ -46,7 +46,7 @@ import yaml
 from hwnas.spaces.base import ArchBatch, SpaceError
 from hwnas.spaces.mbconv import LayerSpec, MBConvSpace
 
-from .assets import CHECKSUMS, AssetError, atomic_write, fetch
+from .assets import CHECKSUMS, AssetError, atomic_write, find_file
 from .base import Predictor
 from hwnas.spaces.errors import UserError
 
@@ -163,7 +163,33 @@ def lut_keys(layers: Sequence[LayerSpec], format: str = "ofa") -> list[tuple[str
 
 
 # ============================================================================ files
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader, refusing a key given twice in one mapping (yaml would keep the last silently:
+    an entry measured twice with different means must not be priced by whichever came last)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base constructor reports unhashable keys
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        super().__init__(key, first, again)
+        self.key, self.first, self.again = key, first, again
+
+
+#: per-resolution totals (divided by r^2) this far apart are taken for tables in different units
+MIXED_UNITS = 30.0
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(-[A-Za-z_]+:[0-9x.]+)*$")
 
 
@@ -175,6 +201,11 @@ def read_lut(path: str | os.PathLike) -> dict[str, dict[str, float]]:
             obj = yaml.load(f, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise LatencyTableError(f"{path} is not valid yaml ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError as exc:
+        raise LatencyTableError(f"{path} is not a text file (byte {exc.start} is not UTF-8); give a lookup-table yaml") from None
+    except _DuplicateKey as dup:
+        raise LatencyTableError(f"{path} line {dup.again}: entry {dup.key!r} is given again (first on line {dup.first}); "
+                                "keep one entry per key (the one measured last, or their mean)") from None
     if not isinstance(obj, dict) or not obj:
         raise LatencyTableError(f"{path} does not hold a lookup table (a mapping key -> {{count, mean, std|var}})")
     out: dict[str, dict[str, float]] = {}
@@ -273,6 +304,7 @@ class LookupTableLatency(Predictor):
         self.format = next(iter(formats.values()))
         self._build()
         self._validate()
+        self._check_units()
 
     def _validate(self) -> None:
         """One error for every entry the space needs that is missing or not a finite positive mean."""
@@ -295,12 +327,41 @@ class LookupTableLatency(Predictor):
                 "or measure the missing layers (hwnas-measure --build-lut)"
             )
 
+    def _check_units(self) -> None:
+        """Tables of one device are in one unit: the latency of a network grows about with r^2, so each
+        resolution's cost of a reference subnet (the fixed layers plus the median entry of every slot),
+        divided by r^2, is close to the others'; one that is :data:`MIXED_UNITS` times off (a table in
+        seconds or microseconds among tables in ms, or another device's) is one error naming its file."""
+        if len(self._res) < 2:
+            return
+        slots = np.nanmedian(self._cost.reshape(len(self._res), self.space.n_slots, -1), axis=2).sum(axis=1)
+        per_px = (self.fixed_costs + slots) / self._res.astype(float) ** 2
+        if not np.all(np.isfinite(per_px) & (per_px > 0)):
+            return
+        med = float(np.median(per_px))
+        off = np.flatnonzero((per_px > med * MIXED_UNITS) | (per_px < med / MIXED_UNITS))
+        if len(off):
+            i = int(off[0])
+            factor = per_px[i] / med
+            how = f"{factor:.0f}x" if factor >= 1 else f"1/{1 / factor:.0f}"
+        else:
+            hi, lo = int(np.argmax(per_px)), int(np.argmin(per_px))
+            if per_px[hi] <= per_px[lo] * MIXED_UNITS:
+                return
+            i, how = hi, f"{per_px[hi] / per_px[lo]:.0f}x"
+        r = int(self._res[i])
+        others = sorted({self._sources[int(x)] for x in self._res if int(x) != r})
+        raise LatencyTableError(
+            f"lookup table {self._sources[r]} (r={r}) prices a subnet at {how} the latency the other tables give it "
+            f"(scaled by resolution^2; {others[0]}{' ...' if len(others) > 1 else ''}): a table in another unit "
+            "(seconds or microseconds) or of another device? write every table's means in milliseconds, measured on one device"
+        )
+
     # ------------------------------------------------------------------ loading
     def _resolve(self, name: str | os.PathLike) -> Path:
-        p = Path(os.fspath(name)).expanduser()
-        if p.is_file():
-            return p
-        return fetch(str(name), mirror=self.mirror)
+        """A local file, or else an asset name (a local-looking path that does not exist is an error,
+        never a download)."""
+        return find_file(name, mirror=self.mirror, field="tables", example="ofa/note10/{r}_lookup_table.yaml")
 
     def _available(self, pattern: str) -> list[int]:
         """Resolutions for which a file of ``pattern`` exists (local dir, mirror, cache, known assets)."""
@@ -351,6 +412,13 @@ class LookupTableLatency(Predictor):
             spec = os.path.join(spec, "{r}_lookup_table.yaml")
         if "{r}" in spec:
             available = self._available(spec)
+            folder = Path(os.fspath(tables)).expanduser()
+            if not available and "{r}" not in os.fspath(tables) and folder.is_dir():
+                raise LatencyTableError(
+                    f"tables={os.fspath(tables)!r} is a folder without <r>_lookup_table.yaml files (one per resolution, as "
+                    "hwnas-measure --build-lut writes them); give such a folder, a pattern such as <dir>/{r}_lookup_table.yaml "
+                    "or one table file"
+                )
             missing = [r for r in wanted if available and r not in available]
             if missing:
                 raise LatencyTableError(

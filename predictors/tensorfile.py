@@ -27,7 +27,7 @@ import numpy as np
 
 from hwnas.spaces.errors import UserError
 
-__all__ = ["TensorFileError", "read_tensors"]
+__all__ = ["TensorFileError", "read_tensors", "torch_load_weights"]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -52,6 +52,34 @@ class TensorFileError(UserError, ValueError):
     def __init__(self, source: str, reason: str) -> None:
         super().__init__(f"{source}: {reason}")
         self.source, self.reason = source, reason
+
+
+#: why a file that ``torch.load(weights_only=True)`` refuses is not read (torch's own message advises
+#: loading it with ``weights_only=False``, which runs whatever the file names)
+NOT_WEIGHTS = ("not a weights-only torch file (tensors and plain data written by torch.save): it is a pickle that may "
+               "contain code, or another kind of file, and hwnas never loads such files; re-save the weights with "
+               "torch.save(model.state_dict(), path)")
+
+
+def torch_load_weights(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, without torch's warnings; a file it cannot read
+    is one :class:`TensorFileError` with our own reason (:data:`NOT_WEIGHTS` for one it refuses to unpickle)."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4 in the checkpoint ..."
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickled code, truncated archive, not a torch file
+        if isinstance(exc, pickle.UnpicklingError):  # (torch's message advises weights_only=False: never)
+            raise TensorFileError(str(path), NOT_WEIGHTS) from None
+        if isinstance(exc, OSError) and exc.filename is not None:  # missing, unreadable: an OS error's one line
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise TensorFileError(str(path), f"{type(exc).__name__}: {first}; is the file complete and written by "
+                                         "torch.save?") from None
 
 
 class _Storage:

@@ -15,7 +15,10 @@ search), so the same command finds its own folder again:
 * an unfinished search there (killed, Ctrl-C, SIGTERM) resumes from its checkpoint -- also with
   ``search.overwrite=true``, and also when a power loss left ``pareto.json`` unreadable;
 * a finished one is reported, not redone (``search.overwrite=true`` searches again);
-* results of *other* settings there (``hydra.run.dir=`` given twice) are never overwritten silently.
+* results of *other* settings there (``hydra.run.dir=`` given twice), and result files hwnas did not
+  write (``pareto.csv`` ... without a ``pareto.json`` or checkpoint), are never overwritten silently;
+* a run refused before any result (one line, exit 2) leaves no run folder behind if it made one (a
+  folder that existed before is kept); the space name, part of the folder's path, is a plain name.
 
 SIGINT/SIGTERM write the front found so far (``pareto.json`` with ``"partial": true``) and the
 checkpoint, then exit with 130/143. During a long search the same partial results are refreshed
@@ -186,6 +189,13 @@ def _prepare_run_dir(out: Path, key: str, overwrite: bool) -> str:
             f"{out} already holds {what}; choose another folder (hydra.run.dir=...) or add search.overwrite=true "
             "to replace them"
         )
+    foreign = [name for name in RESULT_FILES if (out / name).exists()]
+    if foreign and not pj.is_file() and not ck.exists():  # results hwnas did not write (or whose pareto.json is gone)
+        raise ConfigError(
+            f"{out} already holds {', '.join(foreign)} but no pareto.json or checkpoint of an hwnas search, so they are "
+            "not this search's results; choose another folder (hydra.run.dir=...) or add search.overwrite=true to "
+            "replace them"
+        )
     if pj.is_file() and not partial and not ck.exists():
         return "done"
     if ck.exists():
@@ -269,6 +279,86 @@ def write_predictor_reports(out: Path, **predictors: Any) -> None:
             atomic_write(out / f"{key}_report.json", json.dumps(rep, indent=1, default=str) + "\n")
 
 
+def _finished_best(path: Path) -> str:
+    """``@<budget>: <accuracy> (<latency>), ...`` of a finished search's ``pareto.json``; a file that lacks
+    them (edited, or not written by hwnas) is one error naming it and the fix."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        best = data["best"]
+        if not isinstance(best, dict):
+            raise TypeError(f"'best' is {type(best).__name__}, not a mapping budget -> best arch")
+        return ", ".join(f"@{b}: " + ("-" if r is None else f"{float(r['accuracy']):.4f} ({float(r['latency']):.4g})")
+                         for b, r in best.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        what = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"{path} has the settings key of this search but is not a whole results file of hwnas ({what}); add "
+            "search.overwrite=true to search again and replace it (or choose another folder: hydra.run.dir=...)"
+        ) from None
+
+
+#: characters a space name may have where it names the run folder (outputs/search/<space>-<key>)
+_SPACE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_space_name(cfg: Any) -> None:
+    """The space name is part of the run folder's path: it must stay a plain folder name."""
+    try:
+        name = OmegaConf.select(cfg, "space.name", default=None) if OmegaConf.is_config(cfg) else (cfg.get("space") or {}).get("name")
+    except Exception:  # noqa: BLE001 - an unresolved name: the build reports it
+        return
+    if name is not None and not (isinstance(name, str) and _SPACE_NAME.fullmatch(name)):
+        raise ConfigError(
+            f"space.name={name!r} names the run folder (outputs/search/<space>-<key>) and may only hold letters, digits "
+            "and the characters _ . - (no / or spaces); rename the space"
+        )
+
+
+def check_space_options(cfg: Any) -> None:
+    """A space without options (nasbench201, fbnet) given options by a config group rather than by the
+    command line -- the default ``latency=note10_lut`` sets ``space.resolutions`` for its OFA tables --
+    is one error naming that config and what to pass instead."""
+    from hwnas.spaces.base import space_factory
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        choices, task = dict(hc.runtime.choices), list(hc.overrides.task)
+    except (ValueError, ImportError):  # not inside hydra
+        return
+    node = cfg.get("space") if hasattr(cfg, "get") else None
+    if not OmegaConf.is_dict(node) or node.get("_target_") != "hwnas.spaces.create_space":
+        return
+    name = node.get("name")
+    extra = [k for k in node.keys() if k not in ("_target_", "name") and node.get(k) is not None]
+    if name not in _NO_OPTION_SPACES or not extra:
+        return
+    try:
+        space_factory(name)  # a registered space (a user's own one may take options)
+    except Exception:  # noqa: BLE001
+        return
+    given = {o.split("=", 1)[0].lstrip("+~") for o in task}
+    injected = [k for k in extra if f"space.{k}" not in given]
+    if not injected:
+        return
+    lat = choices.get("latency")
+    by = f"latency={lat}" + (" (the default latency)" if f"latency={lat}" not in task else "")
+    raise ConfigError(
+        f"space={name} takes no options, but {by} sets space.{injected[0]} for the spaces its tables price; choose a "
+        f"latency for {name}: {_NO_OPTION_SPACES[name]}"
+    )
+
+
+#: spaces that take no options, and the settings that search them
+_NO_OPTION_SPACES = {
+    "nasbench201": "latency=dataset_linear accuracy=capacity (pixel3's linear predictor; latency.device=<a column of "
+                   "latency/nasbench201.csv> for another device)",
+    "fbnet": "latency=dataset_linear latency.dataset=fbnet latency.device=pixel3 accuracy=capacity (latency.device=<a column "
+             "of latency/fbnet.csv> for another device)",
+}
+
+
 def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
     """Build everything from ``cfg``, search (or resume), write the results into ``out_dir`` (default:
     hydra's run directory); returns the :class:`~hwnas.search.nsga.SearchResult` (None when the folder
@@ -278,6 +368,8 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
     from .nsga import SearchInterrupted, run_search
     from .results import write_results
 
+    check_space_name(cfg)
+    check_space_options(cfg)
     apply_assets(cfg)
     kwargs = search_kwargs(cfg.get("search"))
     opts = cli_settings(cfg.get("search"))
@@ -286,8 +378,7 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
     remove_stale_temps(out)  # the temporary files of a killed run (atomic writes: its results are whole)
     state = _prepare_run_dir(out, key, opts["overwrite"])
     if state == "done":
-        data = json.loads((out / "pareto.json").read_text(encoding="utf-8"))
-        best = ", ".join(f"@{b}: " + ("-" if r is None else f"{r['accuracy']:.4f} ({r['latency']:.4g})") for b, r in data["best"].items())
+        best = _finished_best(out / "pareto.json")
         log.info(f"{out} already holds the finished results of this search ({best}); nothing to do "
                  "(search.overwrite=true searches again)")
         return None
@@ -365,9 +456,55 @@ def _hydra_main(cfg: DictConfig) -> float:
             atomic_write(_output_dir() / "failed.json", json.dumps({"error": line, "type": type(exc).__name__}) + "\n")
             return float("nan")
         return float("nan") if result is None else float(result.hypervolume)
-    with cli_errors(PROG):
-        result = run_from_config(cfg)
+    try:
+        with cli_errors(PROG):
+            result = run_from_config(cfg)
+    except SystemExit as exc:
+        if exc.code == 2:  # refused: a run folder this command made for nothing is not left behind
+            remove_bare_run_dir(_output_dir())
+        raise
     return float("nan") if result is None else float(result.hypervolume)  # sweepers (e.g. optuna) maximise it
+
+
+#: run folder (absolute) -> the folders of its path that did not exist before hydra made them (deepest first)
+_NEW_RUN_DIRS: dict[str, list[Path]] = {}
+
+
+def note_run_dir(config: Any) -> None:
+    """Before hydra makes the run folder: remember whether it (and which of its parents) is new."""
+    try:
+        run_dir = OmegaConf.select(config, "hydra.run.dir")
+    except Exception:  # noqa: BLE001 - hydra reports an unresolvable folder itself
+        return
+    if not run_dir:
+        return
+    d = Path(str(run_dir))
+    new = [p for p in (d, *d.parents) if not p.exists()]
+    if new and new[0] == d:
+        _NEW_RUN_DIRS[os.path.abspath(d)] = new
+
+
+def remove_bare_run_dir(out: Path) -> bool:
+    """Remove the run folder ``out`` if this command made it and it holds nothing but hydra's own files
+    (``.hydra/`` and the log), and the parents made with it that are empty; a folder that existed before
+    is never touched. Returns whether it was removed."""
+    new = _NEW_RUN_DIRS.pop(os.path.abspath(out), None)
+    if not new or not out.is_dir():
+        return False
+    hydra_files = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    for p in out.iterdir():
+        if p.name == ".hydra" and p.is_dir() and not p.is_symlink() and all(q.name in hydra_files and q.is_file() for q in p.iterdir()):
+            continue
+        if p.suffix == ".log" and p.is_file() and not p.is_symlink():
+            continue
+        return False
+    shutil.rmtree(out, ignore_errors=True)
+    for p in new[1:]:  # (only empty ones go; a path with ".." may name one that is not empty yet)
+        try:
+            p.rmdir()
+        except OSError:
+            pass
+    return not out.exists()
 
 
 def main() -> None:
@@ -379,7 +516,11 @@ def main() -> None:
 class SweepSummary(Callback):
     """Hydra callback: after ``--multirun``, ``summary.md`` + ``summary.csv`` (one row per job: its
     overrides, status, evaluations, hypervolume, best accuracy at each budget) and ``fronts.png`` (every
-    job's front on one plot) in the sweep folder."""
+    job's front on one plot) in the sweep folder. Before a single run it notes whether the run folder is
+    new (:func:`note_run_dir`), so that a refused run removes it again."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        note_run_dir(config)  # (a single run: a folder made for a refused run is removed again)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)

@@ -51,11 +51,12 @@ def resolve_checkpoint(src: str | os.PathLike, mirror: str | os.PathLike | None 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file (``{"state_dict": ...}`` or a raw state dict), names canonical."""
+    from hwnas.predictors.tensorfile import TensorFileError, torch_load_weights
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated / not a torch file / pickled code
-        raise CheckpointError(f"checkpoint {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
-                              "is the file complete and a torch state dict?") from None
+        obj = torch_load_weights(path)
+    except TensorFileError as exc:  # truncated / not a torch file / pickled code
+        raise CheckpointError(f"checkpoint {exc.source} could not be read: {exc.reason}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -24,6 +24,20 @@ def _fit_device(space: Any, data: Any, device: str, field: str) -> LinearLatency
     return LinearLatencyPredictor(space).fit([a for a, o in zip(data.archs, ok) if o], y[ok])
 
 
+def _sample_count(k: Any) -> int | None:
+    """``k`` as a number of samples (None: every row); anything else is one error naming the setting."""
+    if k is None:
+        return None
+    try:
+        n = int(k) if not isinstance(k, bool) and float(k) == int(float(k)) else None
+    except (TypeError, ValueError, OverflowError):
+        n = None
+    if n is None or n < 1:
+        raise AdaptationError(f"k={k!r} is not a number of samples; give latency.k=<a whole number >= 1> (e.g. latency.k=20) "
+                              "or latency.k=null to take every row of target_samples")
+    return n
+
+
 class AdaptedLatency(Predictor):
     """Latency on a target device from a proxy predictor adapted with K target samples.
 
@@ -37,6 +51,9 @@ class AdaptedLatency(Predictor):
     library: the device library for ``bayes`` (``auto``: the builtin dataset of the space; ``none``;
         a dataset name or CSV). The target device is always left out of it.
     sources: device columns of the proxy dataset used by ``multiproxy``.
+    check_units: a CSV of target samples is checked like a filled plan (one positive value in ms per
+        arch, in one unit some device can have: :func:`~hwnas.predictors.data.datasets.check_measured`);
+        ``False`` skips the unit part, for a device beyond the bounds.
     """
 
     metric = "latency_ms"
@@ -44,27 +61,31 @@ class AdaptedLatency(Predictor):
     def __init__(self, space: Any, proxy: Any = "nasbench201", proxy_device: str = "pixel3", target_samples: Any = None,
                  target_device: str | None = None, k: int | None = 10, selection: str = "auto", method: str = "bayes",
                  library: Any = "auto", sources: Sequence[str] | None = None, seed: int = 0, mirror: str | None = None,
-                 **method_kwargs: Any) -> None:
+                 check_units: bool = True, **method_kwargs: Any) -> None:
         from hwnas.spaces import create_space
 
-        from ..data import load_dataset
+        from ..data import check_measured, is_user_file, load_dataset
+
+        k = _sample_count(k)
 
         self.space = create_space(space) if isinstance(space, str) else space
         pdata = None
         if hasattr(proxy, "predict"):
             self.proxy = proxy
         else:
-            pdata = load_dataset(str(proxy), space=self.space, mirror=mirror)
+            pdata = load_dataset(str(proxy), space=self.space, mirror=mirror, field="proxy")
             self._check_space(pdata, "proxy")
             self.proxy = _fit_device(self.space, pdata, proxy_device, "proxy_device")
         if target_samples is None:
             raise AdaptationError("target_samples: give a CSV (or dataset name, or a filled plan) with the measured target latencies")
         if not target_device:
             raise AdaptationError("target_device: name the column of target_samples that holds the target latencies")
-        tdata = load_dataset(os.fspath(target_samples), space=self.space, mirror=mirror)
+        tdata = load_dataset(os.fspath(target_samples), space=self.space, mirror=mirror, field="target_samples")
         self._check_space(tdata, "target_samples")
         if target_device not in tdata.devices:
             raise AdaptationError(f"target_device={target_device!r} is not a column of {target_samples}; columns: {tdata.devices}")
+        if is_user_file(target_samples):  # builtins are reference data; filled plans are checked when read
+            check_measured(tdata, target_device, os.fspath(target_samples), "target_samples", check_units=check_units)
         yt = tdata[target_device]
         rows = np.flatnonzero(np.isfinite(yt))
         if k is not None and len(rows) > int(k):

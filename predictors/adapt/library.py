@@ -160,7 +160,7 @@ def resolve_library(library: Any, space: Any, exclude: Sequence[str] = (), mirro
                 else:
                     from ..data import load_dataset
 
-                    ds = load_dataset(os.fspath(library), space=space, mirror=mirror)
+                    ds = load_dataset(os.fspath(library), space=space, mirror=mirror, field="library")
             except Exception as exc:  # noqa: BLE001 - no data, no library
                 if not auto:
                     raise

@@ -173,8 +173,15 @@ class LatencyDataset:
         path = Path(path)
         if not path.is_file():
             raise DatasetError(f"latency dataset {path} does not exist")
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
+        try:  # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                rows = list(csv.reader(f))
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path} is not a text CSV file (byte {exc.start} is not UTF-8); give a CSV with a header "
+                               "'arch,<device>,...' and one row per arch, saved as UTF-8 text") from None
+        except csv.Error as exc:
+            raise DatasetError(f"{path} is not a readable CSV file ({exc}); save it as a plain CSV with a header "
+                               "'arch,<device>,...' and one row per arch") from None
         if len(rows) < 2:
             raise DatasetError(f"{path} has no data rows; expected a header 'arch,<device>,...' and one row per arch")
         header = [h.strip() for h in rows[0]]
@@ -212,9 +219,11 @@ class LatencyDataset:
 _CACHE: dict[tuple[str, str], LatencyDataset] = {}
 
 
-def load_dataset(name_or_path: str | os.PathLike, space: Any = None, mirror: str | None = None) -> LatencyDataset:
+def load_dataset(name_or_path: str | os.PathLike, space: Any = None, mirror: str | None = None,
+                 field: str = "dataset") -> LatencyDataset:
     """A builtin dataset by name (``nasbench201``, ``fbnet``, ``ofa_mbv3``; fetched through the assets
-    mirror/cache) or any dataset file by path. Builtins are cached in memory (treat them as read-only)."""
+    mirror/cache) or any dataset file by path. Builtins are cached in memory (treat them as read-only).
+    ``field``: the setting that named it, for the error when it is neither."""
     key = str(name_or_path)
     if key in BUILTIN:
         rel, sp = BUILTIN[key]
@@ -225,7 +234,9 @@ def load_dataset(name_or_path: str | os.PathLike, space: Any = None, mirror: str
         return _CACHE[ck]
     p = Path(key).expanduser()
     if not p.is_file():
-        raise DatasetError(f"dataset={key!r} is neither a builtin ({sorted(BUILTIN)}) nor an existing CSV file")
+        what = "is a folder" if p.is_dir() else "does not exist"
+        raise DatasetError(f"{field}={key!r} is neither a builtin dataset ({sorted(BUILTIN)}) nor an existing CSV file "
+                           f"({p} {what}); give one of those names or the path of a latency CSV")
     from hwnas.predictors.measure.plan import is_plan, plan_dataset
 
     if is_plan(p):  # a filled plan of hwnas-measure --plan: checked row by row
@@ -235,6 +246,60 @@ def load_dataset(name_or_path: str | os.PathLike, space: Any = None, mirror: str
             raise DatasetError(f"{p} is a plan for space {ds.space.name!r}, not {want!r}")
         return ds
     return LatencyDataset.from_csv(p, space)
+
+
+def is_user_file(name_or_path: str | os.PathLike) -> bool:
+    """Whether :func:`load_dataset` reads ``name_or_path`` as a CSV of the user's (not a builtin, not a
+    filled plan, which :func:`~hwnas.predictors.measure.plan.read_plan` checks itself)."""
+    from hwnas.predictors.measure.plan import is_plan
+
+    key = os.fspath(name_or_path)
+    return key not in BUILTIN and Path(key).expanduser().is_file() and not is_plan(Path(key).expanduser())
+
+
+def check_measured(ds: LatencyDataset, device: str, path: str | os.PathLike, field: str = "target_samples",
+                   check_units: bool = True) -> None:
+    """Check the column ``device`` of a dataset file read by :meth:`LatencyDataset.from_csv` (row ``i`` on
+    line ``i + 2``) as measured latencies, like a filled plan's: every value given is a finite positive
+    number of milliseconds, an arch has one row, and the values are in one unit that some device can
+    have (the plan's bounds: :data:`~hwnas.predictors.measure.plan.THROUGHPUT_GMACS` and its per-row
+    check). The first problem is one :class:`DatasetError` naming the file, the line and the fix; an
+    empty cell is an arch not measured and is skipped. ``check_units=False`` skips the unit check (a
+    device beyond the bounds)."""
+    from hwnas.predictors.measure.plan import THROUGHPUT_GMACS, PlanError, _check_units
+
+    y = ds.latency(device)
+    first: dict[Any, int] = {}
+    rows = []
+    for i, (a, v) in enumerate(zip(ds.archs, y)):
+        where = f"{field}: {path} line {i + 2}"
+        if np.isnan(v):
+            continue
+        if not (np.isfinite(v) and v > 0):
+            raise DatasetError(f"{where}: {device}={v:g} is not a positive number of milliseconds; write the measured "
+                               "median latency in ms, or leave the cell empty for an arch that was not measured")
+        if a in first:
+            j = first[a]
+            same = "with the same value" if y[j] == v else f"with another value ({y[j]:g} there, {v:g} here)"
+            raise DatasetError(f"{where}: the same arch as line {j + 2} {same}; keep one row per arch (measure it "
+                               "again if the two disagree)")
+        first[a] = i
+        rows.append(i)
+    if not check_units or not rows or not callable(getattr(ds.space, "macs", None)):
+        return
+    archs = [ds.archs[i] for i in rows]
+    macs = np.array([ds.space.macs(a) for a in archs], dtype=float)
+    gmacs = float(np.median(macs / (y[rows] * 1e-3) / 1e9))
+    lo, hi = THROUGHPUT_GMACS
+    bound = (f"faster than any device ({hi:g} GMAC/s); are they in seconds? write milliseconds (x1000)" if gmacs > hi else
+             f"slower than any device ({lo:g} GMAC/s); are they in microseconds? write milliseconds (/1000)" if gmacs < lo else "")
+    if bound:
+        raise DatasetError(f"{field}: {path}: the {device} values imply {gmacs:.4g} GMAC/s, {bound}, or pass "
+                           "+latency.check_units=false for a device beyond that")
+    try:
+        _check_units(Path(path), ds.space, archs, y[rows], 1, [f"line {i + 2}" for i in rows])
+    except PlanError as exc:
+        raise DatasetError(f"{field}: {str(exc).replace(' id line ', ' line ')}") from None
 
 
 class DatasetLatency(Predictor):
