@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from hwnas.spaces.errors import UserError
+from hwnas.spaces.errors import CraftedFileError, UserError
 
 __all__ = ["TensorFileError", "read_tensors", "torch_load_weights"]
 
@@ -52,6 +52,10 @@ class TensorFileError(UserError, ValueError):
     def __init__(self, source: str, reason: str) -> None:
         super().__init__(f"{source}: {reason}")
         self.source, self.reason = source, reason
+
+
+class CraftedTensorFileError(TensorFileError, CraftedFileError):
+    """A tensor file names a callable to run (see :class:`~hwnas.spaces.errors.CraftedFileError`)."""
 
 
 #: why a file that ``torch.load(weights_only=True)`` refuses is not read (torch's own message advises
@@ -150,7 +154,7 @@ class _Unpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise TensorFileError(
+            raise CraftedTensorFileError(
                 self.source,
                 f"names {module}.{name}, which a tensor file has no need of; it was refused and nothing was run "
                 "(only tensors, storages and OrderedDict are read)",

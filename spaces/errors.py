@@ -23,6 +23,12 @@ class UserError(Exception):
     """Bad input or environment, explained in one line that names the field or file and the fix."""
 
 
+class CraftedFileError(UserError):
+    """A data file names code to run (a class to build, a pickled callable): refused, nothing run. A
+    caller that would otherwise rebuild an unreadable file's contents must not: the file was tampered
+    with, and replacing it would hide that."""
+
+
 def os_error_message(exc: OSError) -> str:
     """One line for an ``OSError`` a user can fix: the file, what happened, what to do."""
     path = exc.filename if exc.filename is not None else ""

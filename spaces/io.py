@@ -15,6 +15,11 @@ import os
 from typing import Any
 
 from .base import SearchSpace, SpaceError, list_spaces, space_factory
+from .errors import CraftedFileError
+
+
+class CraftedSpecError(SpaceError, CraftedFileError):
+    """A saved space names a class to build (see :class:`~hwnas.spaces.errors.CraftedFileError`)."""
 
 #: hwnas's own space classes -> a registry name whose factory builds that class from the options that
 #: ``to_config`` lists (width included). Spaces built from a config ``_target_`` (reduced spaces) are
@@ -92,7 +97,7 @@ def space_from_spec(spec: Any, source: str | os.PathLike = "space") -> SearchSpa
     if "_target_" in spec:
         target = spec.get("_target_")
         if target not in _CLASS_KEYS:
-            raise SpaceError(
+            raise CraftedSpecError(
                 f"{src}: the space names a class to build ({target!r}); files are data and may only name a "
                 f"registered space ({list_spaces()}); nothing was run"
             )

@@ -35,16 +35,13 @@ import numpy as np
 from hwnas.predictors.assets import atomic_write, file_sha256, remove_stale_temps
 from hwnas.predictors.build import ConfigError
 from hwnas.search.checkpoint import fingerprint
-from hwnas.spaces.errors import UserError, one_line, os_error_message
+from hwnas.spaces.errors import CraftedFileError, UserError, one_line, os_error_message
 
 RUN_FILE = "run.json"
 #: what reading a stage's outputs back raises when one is truncated, edited or half-written. Only the read
 #: back of a finished stage is guarded: a stage that runs again reads its fresh outputs without this net,
 #: so a bug in a ``load`` still shows
 READ_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, UserError)
-#: how the readers of run-folder files (hwnas.spaces.io, hwnas.predictors.tensorfile) end the refusal of a file that
-#: names code to build or run: such a file is not a cut output to write again but a tampered folder, refused
-REFUSED = "nothing was run"
 
 
 class PipelineError(ConfigError):
@@ -202,7 +199,7 @@ class Stage:
         try:
             self.load(ctx, meta)  # reads data only (see the module doc), also when the checksum differs
         except READ_ERRORS as exc:
-            if isinstance(exc, UserError) and REFUSED in str(exc):
+            if isinstance(exc, CraftedFileError):
                 raise  # a file crafted to name code to run: the folder was tampered with; refused, not replaced
             files = ", ".join(str(ctx.run_dir / self.name / o) for o in self.outputs)
             return why or f"{files} cannot be read back ({type(exc).__name__}: {one_line(str(exc))})"
