@@ -152,6 +152,21 @@ def _fsync(path: str | os.PathLike, required: bool) -> None:
         os.close(fd)
 
 
+def replace_folder(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Put the complete folder ``tmp`` at ``final`` (both in one folder): an existing ``final`` is moved
+    out of the way in one rename, then removed, so a reader sees the old folder or the new one, never a
+    mix; what a crash in between leaves is a temporary folder :func:`remove_stale_temps` removes."""
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=temp_prefix(final), suffix=".old"))
+        os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write text or bytes to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:

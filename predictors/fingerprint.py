@@ -79,4 +79,15 @@ def local_file_fingerprint(value: object) -> str | None:
         return None
 
 
-__all__ = ["HASH_BYTES", "MAX_FILES", "file_fingerprint", "fingerprint_paths", "local_file_fingerprint"]
+def differences(saved: Any, now: Any, where: str = "") -> list[str]:
+    """The dotted names of the settings that differ between two plain JSON trees (what a refusal to
+    resume or to reuse a folder names)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        diff: list[str] = []
+        for k in sorted(set(saved) | set(now), key=str):
+            diff += differences(saved.get(k), now.get(k), f"{where}.{k}" if where else str(k))
+        return diff
+    return [] if saved == now else [where or "settings"]
+
+
+__all__ = ["HASH_BYTES", "MAX_FILES", "differences", "file_fingerprint", "fingerprint_paths", "local_file_fingerprint"]

@@ -25,7 +25,8 @@ from typing import Any
 
 from hwnas.predictors.assets import atomic_write
 from hwnas.predictors.build import ConfigError, apply_assets, build_predictor, build_space, instantiate_node, plain
-from hwnas.spaces.errors import cli_errors, run_hydra, writable_dir
+from hwnas.predictors.fingerprint import differences
+from hwnas.spaces.errors import check_section, cli_errors, run_hydra, writable_dir
 
 from .profile import ProfileError, check_profile_args, profile_space
 from .reduce import ReductionRules, RulesError, _slug, reduce_space, space_yaml, write_space_config
@@ -75,14 +76,7 @@ _OUTPUTS = ("profile.csv", "summary.json", "heatmap_*.png", "decisions_*.csv")
 
 
 def _section(node: Any, field: str, known: tuple[str, ...]) -> dict:
-    if node is None:
-        return {}
-    if not isinstance(node, dict):
-        raise ConfigError(f"{field}={node!r} is not a mapping; write e.g. {field}.{known[0]}=<value>")
-    unknown = sorted(str(k) for k in node if k not in known)
-    if unknown:
-        raise ConfigError(f"{field}.{unknown[0]} is not a setting of {field} (a typo?); known keys: {list(known)}")
-    return node
+    return check_section(node, field, known, ConfigError)
 
 
 def _flag(v: Any, field: str) -> bool:
@@ -145,16 +139,6 @@ def profile_settings(cfg: dict, device: str | None, accuracy_name: str | None) -
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
-def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
-    """The dotted names of the settings that differ between two plain JSON trees."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        diff: list[str] = []
-        for k in sorted(set(saved) | set(now), key=str):
-            diff += _differences(saved.get(k), now.get(k), f"{where}.{k}" if where else str(k))
-        return diff
-    return [] if saved == now else [where or "settings"]
-
-
 def check_output_dir(out: Path, settings: dict, overwrite: bool) -> None:
     """Refuse a folder that holds a profile of other settings (or of unrecorded ones): its profile.csv and
     summary.json would be silently replaced. The same settings profile again (the same files, the same
@@ -169,7 +153,7 @@ def check_output_dir(out: Path, settings: dict, overwrite: bool) -> None:
     except (OSError, ValueError, AttributeError):
         pass
     if saved is not None:
-        diff = _differences(saved, settings)
+        diff = differences(saved, settings)
         if not diff:
             return
         what = f"a profile of other settings ({', '.join(diff[:6])}{f' and {len(diff) - 6} more' if len(diff) > 6 else ''})"

@@ -16,7 +16,7 @@ import errno
 import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 
 class UserError(Exception):
@@ -134,6 +134,19 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
     except (UserError, OSError, *extra) as exc:
         print(error_line(prog, exc), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_section(node: Any, field: str, known: Sequence[str], error: type = UserError) -> dict:
+    """A settings block ``field`` checked for typos: ``{}`` for null, else the mapping, whose keys must all
+    be in ``known``; anything else is one ``error`` naming the key and the known ones."""
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        raise error(f"{field}={node!r} is not a mapping; write e.g. {field}.{known[0]}=<value>")
+    unknown = sorted(str(k) for k in node if k not in known)
+    if unknown:
+        raise error(f"{field}.{unknown[0]} is not a setting of {field} (a typo?); known keys: {list(known)}")
+    return node
 
 
 def writable_dir(path: str | os.PathLike, what: str = "output folder") -> "os.PathLike":

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.predictors.assets import atomic_write, remove_stale_temps, temp_prefix
+from hwnas.predictors.assets import atomic_write, remove_stale_temps, replace_folder, temp_prefix
 from hwnas.spaces.base import SearchSpace, SpaceError, create_space
 from hwnas.spaces.errors import UserError, writable_dir
 from hwnas.spaces.io import arch_key, read_arch_file, space_from_spec, space_spec
@@ -518,13 +518,7 @@ def _export_one(space, item, out_dir, weights, formats, atol, timm_atol, opset, 
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give them the usual permissions
         _write_export(tmp, space, item, arch, weights, formats, atol, timm_atol, opset, name, request)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(dir=out_dir, prefix=temp_prefix(name), suffix=".old"))
-            os.replace(final, old / name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_folder(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

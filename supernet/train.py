@@ -37,8 +37,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hwnas.predictors.build import build_space, plain
+from hwnas.predictors.fingerprint import differences
 from hwnas.predictors.threads import torch_threads
-from hwnas.spaces.errors import UserError, cli_errors, one_line, run_hydra, writable_dir
+from hwnas.spaces.errors import UserError, check_section, cli_errors, one_line, run_hydra, writable_dir
 from hwnas.spaces.mbconv import MBConvArch, MBConvSpace
 
 from .checkpoint import CheckpointError, load_checkpoint, match_state_dict, save_checkpoint
@@ -230,16 +231,6 @@ def training_settings(cfg: dict, space: MBConvSpace) -> dict:
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
-def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
-    """The dotted names of the settings that differ between two plain JSON trees."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        diff: list[str] = []
-        for k in sorted(set(saved) | set(now), key=str):
-            diff += _differences(saved.get(k), now.get(k), f"{where}.{k}" if where else str(k))
-        return diff
-    return [] if saved == now else [where or "settings"]
-
-
 def _resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, space: MBConvSpace,
             settings: dict | None = None) -> dict:
     """The state of ``path`` loaded into ``net`` and ``opt``; a file that does not fit is one error."""
@@ -260,7 +251,7 @@ def _resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, space: MBCon
             saved = json.loads(state["settings"])
         except ValueError:
             raise CheckpointError(f"cannot resume: {path} records unreadable settings; {fix}") from None
-        diff = _differences(saved, settings)
+        diff = differences(saved, settings)
         if diff:
             shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
             raise CheckpointError(f"cannot resume: {path} was trained with other settings ({shown}); "
@@ -318,14 +309,7 @@ def _check_bool(v: Any, field: str) -> None:
 
 
 def _check_keys(node: Any, field: str, known: Sequence[str]) -> dict:
-    if node is None:
-        return {}
-    if not isinstance(node, dict):
-        raise TrainConfigError(f"{field}={node!r} is not a mapping; write e.g. {field}.{known[0]}=<value>")
-    unknown = sorted(str(k) for k in node if k not in known)
-    if unknown:
-        raise TrainConfigError(f"{field}.{unknown[0]} is not a setting of {field} (a typo?); known keys: {list(known)}")
-    return node
+    return check_section(node, field, known, TrainConfigError)
 
 
 def check_device(device: Any, field: str = "device") -> None:

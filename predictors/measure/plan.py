@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hwnas.predictors.assets import atomic_path, atomic_write, remove_stale_temps, temp_prefix
+from hwnas.predictors.assets import atomic_path, atomic_write, remove_stale_temps, replace_folder, temp_prefix
 from hwnas.spaces.errors import UserError
 
 FORMAT = "hwnas.plan/1"
@@ -222,13 +222,7 @@ def write_plan(space: Any, archs: Sequence[Any], out_dir: str | os.PathLike, dev
         w.writerows(rows)
         atomic_write(tmp / CSV_NAME, buf.getvalue())
         refuse_if_kept()  # filled while the models were exported: kept as it is
-        if out.exists():  # an unfilled plan (checked above): out of the way in one rename, then removed
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out), suffix=".old"))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)  # an unfilled plan (checked above) is replaced whole
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
