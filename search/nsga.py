@@ -99,6 +99,17 @@ class SearchResult:
         return ("PARTIAL | " if self.partial else "") + " | ".join(parts)
 
 
+#: signals that asked the running search to stop (:func:`request_stop`); checked after every step
+_STOP: list[str] = []
+
+
+def request_stop(signal: str = "SIGINT") -> None:
+    """Ask the running search to stop after its current step, as if ``signal`` had interrupted it. A
+    signal handler calls this besides raising: if the exception is swallowed where it lands (a
+    library's callback that ignores exceptions), the search still stops, at the next step."""
+    _STOP.append(signal)
+
+
 class SearchInterrupted(KeyboardInterrupt):
     """The search was stopped (Ctrl-C, or a signal the caller turned into this); ``result`` holds the
     front found up to the last completed step (``partial=True``), ``signal`` the signal's name."""
@@ -635,6 +646,7 @@ class _Search:
                          if self.phase == "nsga" and self.nsga is not None and self.nsga.gen == 0 else "")
                 self.log(f"resuming the search from step {self.step_no}{where} ({self.problem.n_evals} evaluations)")
         self._commit()
+        _STOP.clear()  # a request left over from an earlier search of this process is not for this one
         try:
             while self.phase != "done":
                 started = self.phase == "start"
@@ -650,7 +662,10 @@ class _Search:
                     # objective, the costliest part of a restart: offered to the checkpoint too, so a
                     # kill during the first generation does not throw every evaluation of it away.
                     ck.save_population(self, self.problem, self.step_no, self.history, (self.ref_acc, self.ref_lat))
+                if _STOP:  # a signal whose exception was swallowed where it landed
+                    raise SearchInterrupted(None, _STOP[-1])
         except KeyboardInterrupt as exc:
+            _STOP.clear()
             self._rollback()
             if ck is not None:
                 ck.save(self, self.problem, self.step_no, self.history, (self.ref_acc, self.ref_lat), force=True)

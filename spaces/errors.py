@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
@@ -107,6 +108,9 @@ def run_hydra(prog: str, app: Callable[[], Any]) -> Any:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # hydra then raises instead of printing: the errors come here
     try:
         return app()
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM); run the same command again to go on", file=sys.stderr)
+        raise SystemExit(143) from None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
@@ -123,11 +127,41 @@ def run_hydra(prog: str, app: Callable[[], Any]) -> Any:
         os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so that the same clean-up runs (timing processes
+    stopped, temporary files removed, the checkpoint kept) and the command says so in one line."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated("SIGTERM")
+
+
 @contextmanager
-def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
-    """Run a command's body; user errors become one line on stderr and exit status 2."""
+def _sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` -- unless a handler of the command's
+    own is installed already (``hwnas-search``, ``hwnas-measure``), or this is not the main thread."""
+    try:
+        own = signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+        old = None if own else signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: signals are not ours to set
+        old, own = None, True
     try:
         yield
+    finally:
+        if not own:
+            signal.signal(signal.SIGTERM, old)
+
+
+@contextmanager
+def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Run a command's body; user errors become one line on stderr and exit status 2; Ctrl-C and
+    SIGTERM one line too (exit 130 and 143), after the body's own clean-up has run."""
+    try:
+        with _sigterm_raises():
+            yield
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM); run the same command again to go on", file=sys.stderr)
+        raise SystemExit(143) from None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
