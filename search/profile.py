@@ -32,15 +32,16 @@ from typing import Any, Mapping
 import numpy as np
 
 from hwnas.predictors.assets import atomic_path, atomic_write
-from hwnas.predictors.base import as_predictor, predict_array
-from hwnas.spaces.errors import UserError
+from hwnas.predictors.base import as_predictor
+from hwnas.spaces.errors import UserError, one_line
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 KINDS = ("latency", "accuracy")
 
 
 class ProfileError(UserError, ValueError):
-    """A profiling argument is invalid; the message names it and the fix."""
+    """A profiling argument is invalid, or a predictor returned values a profile cannot use; the message
+    names it and the fix."""
 
 
 def _is_int(v: Any) -> bool:
@@ -389,9 +390,36 @@ def profile_genomes(space: Any, n_samples: int, seed: int | np.random.Generator 
     return np.concatenate(blocks, axis=0), cells
 
 
+def _predict(predictor: Any, batch: Any, field: str) -> np.ndarray:
+    """``predictor.predict(batch)`` as a float vector of one value per arch (``(n, 1)`` and ``(1, n)`` are
+    taken as such); a result of another kind or length is one :class:`ProfileError` naming ``field``
+    (what the predictor itself raises is its own error, with its traceback: a bug to fix there)."""
+    raw = predictor.predict(batch)
+    n = len(batch)
+    fix = f"it must return one number per arch (e.g. a numpy array of shape ({n},))"
+    try:
+        out = np.asarray(raw, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ProfileError(f"{field}: predict() returned {type(raw).__name__} values that are not numbers "
+                           f"({one_line(exc)}); {fix}") from None
+    if raw is None:
+        raise ProfileError(f"{field}: predict() returned None for {n} archs; {fix}")
+    if out.ndim == 0 and n == 1 or out.ndim > 1 and out.size == n and max(out.shape) == n:
+        out = out.reshape(-1)
+    if out.ndim != 1:
+        what = "a single number" if out.ndim == 0 else f"an array of shape {tuple(out.shape)}"
+        raise ProfileError(f"{field}: predict() returned {what} for {n} archs; {fix}")
+    if out.shape[0] != n:
+        raise ProfileError(f"{field}: predict() returned {out.shape[0]} values for {n} archs; {fix}")
+    return out
+
+
 def evaluate(space: Any, predictor: Any, genomes: np.ndarray, batch_size: int = 16384, field: str = "predictor",
-             progress: bool = False) -> np.ndarray:
-    """Predict every genome row in batches of ``space.batch`` (vectorised fast paths apply)."""
+             progress: bool = False, positive: bool = False) -> np.ndarray:
+    """Predict every genome row in batches of ``space.batch`` (vectorised fast paths apply). A predictor
+    that returns the wrong number of values, a non-finite value or (``positive``: a latency) a value
+    <= 0 is one :class:`ProfileError` naming ``field``, the number of bad values and an example arch."""
+    who = f"{field} ({type(predictor).__name__})"  # the errors name a plug-in's class too, for its author
     out = np.empty(len(genomes), dtype=float)
     starts = range(0, len(genomes), batch_size)
     it = starts
@@ -401,11 +429,27 @@ def evaluate(space: Any, predictor: Any, genomes: np.ndarray, batch_size: int = 
         it = tqdm(starts, desc=field, unit="batch")
     for s in it:
         batch = space.batch(genomes[s : s + batch_size])
-        out[s : s + len(batch)] = predict_array(predictor, batch, field)
-    if not np.isfinite(out).all():
-        bad = int(np.argmax(~np.isfinite(out)))
-        raise ValueError(f"{field}: predicted a non-finite value for genome row {bad}")
+        out[s : s + len(batch)] = _predict(predictor, batch, who)
+    checks = [(~np.isfinite(out), "a non-finite value")]
+    if positive:
+        with np.errstate(invalid="ignore"):
+            checks.append((np.isfinite(out) & (out <= 0), "a latency <= 0"))
+    for bad, what in checks:
+        if bad.any():
+            i = int(np.argmax(bad))
+            fix = ("a latency must be a positive number (e.g. milliseconds)" if positive and what != "a non-finite value"
+                   else "every value must be a finite number")
+            raise ProfileError(f"{who}: predicted {what} for {int(bad.sum())} of {len(out)} archs, e.g. {float(out[i]):.6g} "
+                               f"for arch {_arch_text(space, genomes[i : i + 1])}; {fix}: check the predictor")
     return out
+
+
+def _arch_text(space: Any, genome: np.ndarray) -> str:
+    """One genome row as its arch (for messages); the genome itself where the space cannot decode it."""
+    try:
+        return str(space.decode(genome)[0])
+    except Exception:  # a message helper: never hide the error being reported
+        return str(genome[0].tolist())
 
 
 def profile_space(
@@ -436,7 +480,7 @@ def profile_space(
     n_res = sum(1 for c in cells if c[0] == "resolution")
     for m in specs:
         t0 = time.perf_counter()
-        vals = evaluate(space, m.predictor, G, batch_size, f"{m.kind}[{m.name!r}]", progress)
+        vals = evaluate(space, m.predictor, G, batch_size, f"{m.kind}[{m.name!r}]", progress, positive=m.kind == "latency")
         seconds[m.name] = time.perf_counter() - t0
         B = np.full((nu, ml, npairs, n), np.nan)
         D = np.full((nu, ml, n), np.nan)

@@ -6,7 +6,9 @@
 
 Writes into the run directory (``output_dir=...`` or hydra's run dir): ``profile.csv`` (all
 statistics), ``summary.json`` (cost, decisions, and the settings of the profile: a folder holding a
-profile of other settings is refused, ``overwrite=true`` replaces it), per device ``heatmap_<device>.png`` (dropped choices
+profile of other settings is refused, ``overwrite=true`` replaces it), ``profile_settings.json`` (the
+settings again, written before any other file: a run killed before ``summary.json`` is run again by the
+same command), per device ``heatmap_<device>.png`` (dropped choices
 hatched), ``decisions_<device>.csv`` and ``reduced_<device>.yaml``. The reduced space configs also go
 (atomically) to ``<reduce.conf_dir>/space/`` — by default the user config folder
 (:func:`hwnas.conf.user_config_dir`), which the commands' configs put on hydra's search path — so
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hwnas.predictors.assets import atomic_write
+from hwnas.predictors.assets import atomic_write, remove_stale_temps
 from hwnas.predictors.build import ConfigError, apply_assets, build_predictor, build_space, instantiate_node, plain
 from hwnas.predictors.fingerprint import differences
 from hwnas.spaces.errors import check_section, cli_errors, run_hydra, writable_dir
@@ -71,8 +73,11 @@ REDUCE_KEYS = ("enabled", "name", "conf_dir", "rules")
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 #: settings that do not change what a profile holds: where it goes, what it shows while running
 _RUN_ONLY = ("output_dir", "overwrite", "plots", "assets", "hydra")
+#: the settings of the profile in a folder, written before its first output (summary.json, written last,
+#: records them too): a run killed in between is recognised, and the same command runs it again
+SETTINGS_FILE = "profile_settings.json"
 #: what a profile writes into its folder (besides <reduce.name>.yaml per device)
-_OUTPUTS = ("profile.csv", "summary.json", "heatmap_*.png", "decisions_*.csv")
+_OUTPUTS = ("profile.csv", "summary.json", "heatmap_*.png", "decisions_*.csv", SETTINGS_FILE)
 
 
 def _section(node: Any, field: str, known: tuple[str, ...]) -> dict:
@@ -139,26 +144,33 @@ def profile_settings(cfg: dict, device: str | None, accuracy_name: str | None) -
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
+def _recorded_settings(path: Path) -> dict | None:
+    """The ``settings`` that ``path`` (summary.json or profile_settings.json) records; None if unreadable."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def check_output_dir(out: Path, settings: dict, overwrite: bool) -> None:
     """Refuse a folder that holds a profile of other settings (or of unrecorded ones): its profile.csv and
     summary.json would be silently replaced. The same settings profile again (the same files, the same
-    numbers); ``overwrite=true`` removes the earlier profile's files first."""
+    numbers) -- also after a run killed before it wrote summary.json (its settings are in
+    profile_settings.json, written before any output); ``overwrite=true`` removes the earlier profile's
+    files first."""
     summary, csv = out / "summary.json", out / "profile.csv"
     if not summary.exists() and not csv.exists():
-        return
+        return  # nothing profiled here (a profile_settings.json alone: a run that failed before its outputs)
     fix = "give another output_dir, or overwrite=true to replace it"
-    saved = None
-    try:
-        saved = json.loads(summary.read_text(encoding="utf-8")).get("settings")
-    except (OSError, ValueError, AttributeError):
-        pass
-    if saved is not None:
-        diff = differences(saved, settings)
-        if not diff:
-            return
+    saved = [r for r in (_recorded_settings(out / SETTINGS_FILE), _recorded_settings(summary)) if r is not None]
+    diff = next((d for d in (differences(r, settings) for r in saved) if d), [])
+    if saved and not diff:
+        return
+    if saved:
         what = f"a profile of other settings ({', '.join(diff[:6])}{f' and {len(diff) - 6} more' if len(diff) > 6 else ''})"
     else:
-        what = "a profile whose settings are not recorded (no readable settings in summary.json)"
+        what = f"a profile whose settings are not recorded (no readable settings in {SETTINGS_FILE} or summary.json)"
     if not overwrite:
         raise ConfigError(f"output_dir {out} holds {what}; {fix}")
     for pattern in _OUTPUTS:
@@ -180,6 +192,7 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
     rc = cfg.get("reduce") or {}
     rules = reduction_rules(rc.get("rules"))  # before the profiling, so that a typo does not wait for it
     out = Path(writable_dir(Path(output_dir or cfg.get("output_dir") or "."), "output_dir"))
+    remove_stale_temps(out)  # what the atomic writes of a killed run left (its finished files are whole)
     conf_dir = Path(rc.get("conf_dir") or user_config_dir())
     apply_assets(cfg)
     space = build_space(cfg)
@@ -202,6 +215,7 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
             raise ConfigError(f"reduce.name={rc.get('name')!r} gives the name {taken[0]!r} to several devices "
                               f"({[d for d, n in names.items() if n == taken[0]]}); put {{device}} in it")
         writable_dir(conf_dir / "space", "reduce.conf_dir")  # before the profiling, not after it
+        remove_stale_temps(conf_dir / "space")  # the half-written space configs of killed runs
     settings = profile_settings(cfg, device, accuracy_name)
     check_output_dir(out, settings, bool(cfg.get("overwrite", False)))
     pc = cfg.get("profile") or {}
@@ -213,6 +227,8 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
         batch_size=int(pc.get("batch_size", 16384)), progress=bool(pc.get("progress", False)),
     )
     t_prof = time.perf_counter() - t0
+    # the settings first: a run killed from here on leaves a folder the same command profiles again
+    atomic_write(out / SETTINGS_FILE, json.dumps({"settings": settings}, indent=2, sort_keys=True) + "\n")
     prof.to_csv(out / "profile.csv")
     log(f"profiled {space.name}: {prof.n_evaluations} evaluations per metric in {t_prof:.1f} s -> {out / 'profile.csv'}")
     summary: dict[str, Any] = {**prof.summary(), "profile_seconds": t_prof, "output_dir": str(out), "devices": {}}

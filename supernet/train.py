@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from hwnas.predictors.assets import remove_stale_temps
 from hwnas.predictors.build import build_space, plain
 from hwnas.predictors.fingerprint import differences
 from hwnas.predictors.threads import torch_threads
@@ -408,6 +409,7 @@ def _train(cfg: dict) -> dict:
     seed = int(cfg.get("seed", 0))
     device = cfg.get("device") or default_device()
     out = Path(writable_dir(Path(cfg.get("out") or "outputs/train").expanduser(), "out"))
+    remove_stale_temps(out)  # the half-written checkpoints of killed runs (last.pth itself is whole)
     torch.manual_seed(seed)
 
     space = build_space(cfg)

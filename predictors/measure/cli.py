@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from hwnas.predictors.assets import remove_stale_temps
 from hwnas.spaces.errors import UserError, cli_errors
 
 PROG = "hwnas-measure"
@@ -214,10 +215,12 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"--archs {args.archs} holds no archs; give a file with at least one")
         if args.out:
             earlier = earlier_output(args.out, space, device)
+            remove_stale_temps(Path(args.out).expanduser().absolute().parent)  # killed runs' half-written CSVs
     else:
         from .lut_build import check_lut_dir, lut_info
 
         check_lut_dir(args.build_lut, lut_info(space, device, cfg))
+        remove_stale_temps(Path(args.build_lut).expanduser())  # killed runs' half-written tables
     store = MeasurementStore(args.store)
     measurer = make_measurer(cfg, args.scheduler, args.resource, wait_s=args.wait)
     store.register_device(device, cfg, getattr(measurer, "platform", None) if not args.scheduler else None)
