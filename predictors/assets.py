@@ -79,14 +79,20 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.(?:tmp|old)(?:\.[^.]+
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (another user's process counts as alive)."""
+    """Whether process ``pid`` exists and runs (another user's process counts as alive; a killed one
+    that its parent has not reaped yet, a zombie, does not: it writes nothing more)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):  # no /proc (macOS): os.kill said it exists
+        return True
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:

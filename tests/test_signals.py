@@ -100,3 +100,26 @@ def test_a_swallowed_interrupt_still_stops_the_search_at_the_next_step(tmp_path)
     res = run_search(space, ToyAccuracy(space), ToyLatency(space), pop_size=16, n_gen=20, refine=0, budgets=[12], seed=1,
                      verbose=False, checkpoint=SearchCheckpoint(tmp_path / "ck.npz"))
     assert not res.partial and len(res.history) == 20
+
+
+def test_a_killed_process_not_yet_reaped_is_not_alive(tmp_path):
+    """The temporary files of a process killed a moment ago are removed at once: its zombie (not yet
+    reaped by its parent) writes nothing more."""
+    from hwnas.predictors.assets import pid_alive, remove_stale_temps, temp_prefix
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert pid_alive(p.pid)
+        os.kill(p.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        while pid_alive(p.pid) and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        assert not pid_alive(p.pid)
+        assert p.poll() is None or p.returncode == -signal.SIGKILL  # not necessarily reaped yet
+        stale = tmp_path / f".out.csv.{p.pid}.abc.tmp.csv"
+        stale.write_text("half")
+        assert remove_stale_temps(tmp_path) == [stale] and not stale.exists()
+    finally:
+        p.kill()
+        p.wait()
+    assert pid_alive(os.getpid()) and temp_prefix(tmp_path / "x").startswith(".x.")
