@@ -14,6 +14,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from hwnas.spaces.errors import UserError
+
 
 @runtime_checkable
 class PredictorProtocol(Protocol):
@@ -48,9 +50,73 @@ def as_predictor(obj: Any, field: str = "predictor") -> PredictorProtocol:
     return obj
 
 
-def predict_array(pred: PredictorProtocol, archs: Sequence[Any], field: str = "predictor") -> np.ndarray:
-    """Call ``pred.predict`` and check the result is a finite float vector of the right length."""
-    out = np.asarray(pred.predict(archs), dtype=float).reshape(-1)
-    if out.shape[0] != len(archs):
-        raise ValueError(f"{field}: predict() returned {out.shape[0]} values for {len(archs)} archs; it must return one per arch")
+class PredictionError(UserError, ValueError):
+    """A predictor (or a measuring target) returned values that cannot be used: not one number per arch,
+    NaN / infinite, or a latency <= 0. Nothing computed from them is kept."""
+
+
+def arch_text(arch: Any, limit: int = 120) -> str:
+    """An arch for an error message: its compact string where it has one, else ``str`` (shortened)."""
+    to_str = getattr(arch, "to_str", None)
+    try:
+        text = to_str() if callable(to_str) else str(arch)
+    except Exception:  # noqa: BLE001 - only a message
+        text = repr(arch)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _arch_at(archs: Sequence[Any], i: int) -> str:
+    """The text of ``archs[i]``; of an :class:`~hwnas.spaces.ArchBatch` only that row is decoded."""
+    genomes, space = getattr(archs, "genomes", None), getattr(archs, "space", None)
+    if genomes is not None and space is not None:
+        return arch_text(space.decode(genomes[i : i + 1])[0])
+    return arch_text(archs[i])
+
+
+def check_values(values: Any, archs: Sequence[Any], field: str = "predictor", *, finite: bool = False,
+                 positive: bool = False) -> np.ndarray:
+    """``values`` (what ``predict(archs)`` returned) as a float vector of ``len(archs)``, checked: one number
+    per arch; with ``finite``, no NaN or infinity; with ``positive`` (a latency), every value > 0. Anything
+    else is one :class:`PredictionError` naming ``field`` (e.g. ``latency (MyLatency)``), what was wrong, how
+    many values and an example arch -- raised before the caller stores or uses any of them."""
+    n = len(archs)
+    of = f"{n} arch" if n == 1 else f"{n} archs"
+    try:
+        out = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as exc:
+        what = type(values).__name__ if not isinstance(values, np.ndarray) else f"an array of {values.dtype}"
+        raise PredictionError(f"{field}: predict() returned {what}, not numbers ({str(exc).splitlines()[0]}); it must "
+                              f"return one float per arch (an array of shape ({n},))") from None
+    if out.ndim == 0 and n == 1 and values is not None:
+        out = out.reshape(1)  # one arch, one number
+    if out.ndim > 1 and out.size == n and max(out.shape) == n:
+        out = out.reshape(-1)  # (n, 1) or (1, n): one value per arch
+    if out.ndim != 1:
+        shape = "a scalar" if out.ndim == 0 else f"an array of shape {tuple(out.shape)}"
+        if values is None:
+            shape = "None"
+        raise PredictionError(f"{field}: predict() returned {shape} for {of}; it must return one value per arch "
+                              f"(an array of shape ({n},))")
+    if out.shape[0] != n:
+        raise PredictionError(f"{field}: predict() returned {out.shape[0]} values for {of}; it must return one per arch")
+    if finite or positive:
+        bad = ~np.isfinite(out)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise PredictionError(f"{field}: predict() returned a non-finite value ({out[i]}) for {int(bad.sum())} of {of}, "
+                                  f"e.g. {_arch_at(archs, i)}; every value must be a finite number")
+    if positive:
+        bad = out <= 0
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise PredictionError(f"{field}: predict() returned a latency <= 0 ({out[i]:g}) for {int(bad.sum())} of {of}, "
+                                  f"e.g. {_arch_at(archs, i)}; a latency must be > 0")
     return out
+
+
+def predict_array(pred: PredictorProtocol, archs: Sequence[Any], field: str = "predictor", *, finite: bool = False,
+                  positive: bool = False) -> np.ndarray:
+    """Call ``pred.predict`` and check the result (:func:`check_values`): a float vector of the right length;
+    with ``finite`` / ``positive``, finite / > 0. Errors name ``field`` and the predictor's class."""
+    inner = getattr(pred, "__wrapped__", pred)  # a wrapper (e.g. a DistributedPredictor) names what it wraps
+    return check_values(pred.predict(archs), archs, f"{field} ({type(inner).__name__})", finite=finite, positive=positive)

@@ -23,8 +23,10 @@ search), so the same command finds its own folder again:
 SIGINT/SIGTERM write the front found so far (``pareto.json`` with ``"partial": true``) and the
 checkpoint, then exit with 130/143. During a long search the same partial results are refreshed
 whenever the checkpoint is (``search.checkpoint_s``). Errors are one line (``hwnas-search: error:``).
-Under ``--multirun`` a failing job is recorded (``failed.json`` in its folder) and the sweep goes on;
-:class:`SweepSummary` writes ``summary.md`` / ``summary.csv`` and ``fronts.png`` into the sweep folder.
+Under ``--multirun`` each job runs in the folder a single run of its settings uses (so the same sweep
+run again reports its finished jobs and resumes the unfinished ones); a failing job is recorded
+(``failed.json`` in its folder) and the sweep goes on, then exits with status 2; :class:`SweepSummary`
+writes ``jobs.json``, ``summary.md`` / ``summary.csv`` and ``fronts.png`` into the sweep folder.
 """
 
 from __future__ import annotations
@@ -142,6 +144,8 @@ def _key_resolver(*, _root_: Any) -> str:
 
 if not OmegaConf.has_resolver("hwnas_search_key"):
     OmegaConf.register_new_resolver("hwnas_search_key", _key_resolver, use_cache=False)
+if not OmegaConf.has_resolver("hwnas_abspath"):  # hydra.sweep.subdir: a sweep job runs in its settings' own folder
+    OmegaConf.register_new_resolver("hwnas_abspath", lambda path: os.path.abspath(str(path)), use_cache=False)
 
 
 def _prepare_run_dir(out: Path, key: str, overwrite: bool) -> str:
@@ -205,23 +209,31 @@ def _prepare_run_dir(out: Path, key: str, overwrite: bool) -> str:
 
 # ============================================================================ signals / progress
 @contextmanager
-def interrupt_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into :class:`~hwnas.search.nsga.SearchInterrupted` while the search runs (SIGINT
-    already raises KeyboardInterrupt), so both save the checkpoint and the front found so far."""
-    from .nsga import SearchInterrupted
+def interrupt_on_signals() -> Iterator[None]:
+    """While the search runs, SIGTERM raises :class:`~hwnas.search.nsga.SearchInterrupted` and SIGINT
+    KeyboardInterrupt, so both save the checkpoint and the front found so far. Each is also recorded
+    (:func:`~hwnas.search.nsga.request_stop`): an exception raised where a library swallows it (a Dask
+    client's garbage-collection callback "ignores" it) still stops the search at the next step."""
+    from .nsga import SearchInterrupted, request_stop
 
-    def handler(signum: int, frame: Any) -> None:
-        raise SearchInterrupted(None, signal.Signals(signum).name)
+    def on_term(signum: int, frame: Any) -> None:
+        request_stop("SIGTERM")
+        raise SearchInterrupted(None, "SIGTERM")
+
+    def on_int(signum: int, frame: Any) -> None:
+        request_stop("SIGINT")
+        raise KeyboardInterrupt
 
     try:
-        old = signal.signal(signal.SIGTERM, handler)
+        old = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, on_term), (signal.SIGINT, on_int))}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 class _Progress:
@@ -395,7 +407,7 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
     cpu_start = time.process_time()
     try:
         preds = wrap_predictors(plain(cfg.get("evaluator"), "evaluator"), runner, accuracy=accuracy, latency=latency)
-        with interrupt_on_sigterm():
+        with interrupt_on_signals():
             try:
                 result = run_search(space, preds["accuracy"], preds["latency"], log=progress, checkpoint=ck,
                                     callback=lambda row: progress.fraction(row["done"]), **kwargs)
@@ -445,15 +457,17 @@ def _in_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> float:
-    if _in_multirun():  # a failing job is recorded, the sweep goes on
+    if _in_multirun():  # a failing job is recorded, the sweep goes on (and exits 2 at its end)
+        failed = _output_dir() / "failed.json"
         try:
+            failed.unlink(missing_ok=True)  # an earlier sweep's failure of this job: this run decides again
             result = run_from_config(cfg)
         except Exception as exc:  # noqa: BLE001 - every failure of one job, recorded in its folder
             from .results import atomic_write
 
             line = error_line(PROG, exc)
             log.error(line, exc_info=not isinstance(exc, (UserError, OSError)))
-            atomic_write(_output_dir() / "failed.json", json.dumps({"error": line, "type": type(exc).__name__}) + "\n")
+            atomic_write(failed, json.dumps({"error": line, "type": type(exc).__name__}) + "\n")
             return float("nan")
         return float("nan") if result is None else float(result.hypervolume)
     try:
@@ -513,42 +527,132 @@ def main() -> None:
 
 
 # ============================================================================ sweeps
+#: the list of a sweep's jobs, in its folder: each job's number, folder and overrides
+JOBS_FILE = "jobs.json"
+
+
 class SweepSummary(Callback):
-    """Hydra callback: after ``--multirun``, ``summary.md`` + ``summary.csv`` (one row per job: its
-    overrides, status, evaluations, hypervolume, best accuracy at each budget) and ``fronts.png`` (every
-    job's front on one plot) in the sweep folder. Before a single run it notes whether the run folder is
-    new (:func:`note_run_dir`), so that a refused run removes it again."""
+    """Hydra callback. Before a single run it notes whether the run folder is new (:func:`note_run_dir`), so
+    that a refused run removes it again. Under ``--multirun`` each job runs in the folder a single run of its
+    settings uses (``outputs/search/<space>-<key>``; ``hydra.sweep.subdir`` in ``conf/config.yaml``), so the
+    same sweep run again finds its finished jobs done and resumes the unfinished ones from their
+    checkpoints. The sweep folder (``hydra.sweep.dir``) lists the jobs' folders in ``jobs.json`` as they
+    start; after the sweep it gets ``summary.md`` + ``summary.csv`` (one row per job: its folder, overrides,
+    status, evaluations, hypervolume, best accuracy at each budget) and ``fronts.png`` (every job's front on
+    one plot). A sweep in which a job failed then exits with status 2, naming the jobs' ``failed.json``."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         note_run_dir(config)  # (a single run: a folder made for a refused run is removed again)
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            from hydra.types import RunMode
+
+            if config.hydra.mode != RunMode.MULTIRUN:
+                return
+            sweep, job = Path(str(config.hydra.sweep.dir)), Path(str(config.hydra.runtime.output_dir))
+            num = int(config.hydra.job.num)
+            overrides = [str(o) for o in config.hydra.overrides.task]
+        except Exception:  # noqa: BLE001 - not a sweep job hydra describes as usual: nothing to record
+            return
+        record_sweep_job(sweep, num, job, overrides)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        if sweep.is_dir():
-            write_sweep_summary(sweep)
+        if not sweep.is_dir():
+            return
+        (sweep / ".jobs.lock").unlink(missing_ok=True)
+        write_sweep_summary(sweep)
+        failed = [p for p in sweep_jobs(sweep) if (p / "failed.json").is_file()]  # (removed when a job starts)
+        if failed:
+            names = ", ".join(_shown(p / "failed.json") for p in failed)
+            print(f"{PROG}: error: {len(failed)} of {len(sweep_jobs(sweep))} sweep jobs failed ({names}; summary in "
+                  f"{_shown(sweep / 'summary.md')}); fix them and run the same command again (finished jobs are not "
+                  "redone)", file=sys.stderr)
+            raise SystemExit(2)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it, else absolute."""
+    p = Path(os.path.abspath(path))
+    try:
+        return p.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def record_sweep_job(sweep: Path, num: int, job: Path, overrides: list[str]) -> Path:
+    """Add job ``num`` (its folder ``job`` and its ``overrides``) to the sweep's ``jobs.json`` (read, updated
+    and replaced atomically under a lock: launchers may start jobs in parallel)."""
+    import fcntl
+
+    from .results import atomic_write
+
+    sweep.mkdir(parents=True, exist_ok=True)
+    path = sweep / JOBS_FILE
+    with open(sweep / ".jobs.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        jobs = _read_jobs(path) or []
+        jobs = [j for j in jobs if j.get("num") != num]
+        jobs.append({"num": num, "dir": os.path.abspath(job), "overrides": overrides})
+        jobs.sort(key=lambda j: j.get("num", 0))
+        atomic_write(path, json.dumps({"jobs": jobs}, indent=1) + "\n")
+    return path
+
+
+def _read_jobs(path: Path) -> list[dict] | None:
+    """The jobs a sweep's ``jobs.json`` lists (None: no such file, or not readable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        jobs = data["jobs"]
+        return [j for j in jobs if isinstance(j, dict) and isinstance(j.get("dir"), str)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def sweep_jobs(sweep: str | os.PathLike) -> list[Path]:
+    """The job folders of a sweep: as its ``jobs.json`` lists them, in job order (a sweep written before
+    jobs ran in their own folders: the folders under it holding a ``pareto.json`` or a ``failed.json``)."""
+    sweep = Path(sweep)
+    jobs = _read_jobs(sweep / JOBS_FILE)
+    if jobs is not None:
+        return list(dict.fromkeys(Path(j["dir"]) for j in jobs))
+    return sorted({p.parent for p in sweep.rglob("pareto.json")} | {p.parent for p in sweep.rglob("failed.json")})
 
 
 def write_sweep_summary(sweep: str | os.PathLike) -> dict[str, Path]:
-    """The sweep summary of the job folders under ``sweep`` (see :class:`SweepSummary`)."""
+    """The sweep summary of the jobs of ``sweep`` (see :class:`SweepSummary`, :func:`sweep_jobs`)."""
     import yaml
 
     from .results import _csv, atomic_write
 
     sweep = Path(sweep)
-    jobs = sorted({p.parent for p in sweep.rglob("pareto.json")} | {p.parent for p in sweep.rglob("failed.json")})
+    listed = {os.path.abspath(j["dir"]): j.get("overrides") for j in (_read_jobs(sweep / JOBS_FILE) or [])}
     rows, fronts, budgets = [], [], []
-    for job in jobs:
-        ov_file = job / ".hydra" / "overrides.yaml"
-        try:
-            overrides = " ".join(yaml.safe_load(ov_file.read_text()) or []) if ov_file.is_file() else ""
-        except (OSError, yaml.YAMLError):
-            overrides = "?"
-        row: dict[str, Any] = {"job": job.relative_to(sweep).as_posix(), "overrides": overrides}
-        if (job / "failed.json").is_file() and not (job / "pareto.json").is_file():
+    for job in sweep_jobs(sweep):
+        overrides = listed.get(os.path.abspath(job))
+        if isinstance(overrides, list):
+            overrides = " ".join(str(o) for o in overrides)
+        else:
+            ov_file = job / ".hydra" / "overrides.yaml"
+            try:
+                overrides = " ".join(yaml.safe_load(ov_file.read_text()) or []) if ov_file.is_file() else ""
+            except (OSError, yaml.YAMLError):
+                overrides = "?"
+        try:  # a job folder under the sweep's: relative to it; the settings' own folder: as the user sees it
+            name = Path(os.path.abspath(job)).relative_to(Path(os.path.abspath(sweep))).as_posix()
+        except ValueError:
+            name = _shown(job)
+        row: dict[str, Any] = {"job": name, "overrides": overrides}
+        if (job / "failed.json").is_file():  # the last job run there failed (a job starts by removing it)
             try:
                 row["status"] = "failed: " + json.loads((job / "failed.json").read_text())["error"]
             except (OSError, ValueError, KeyError, TypeError):
                 row["status"] = "failed"
+            rows.append(row)
+            continue
+        if not (job / "pareto.json").is_file():
+            row["status"] = "not finished (no pareto.json): run the same command again to resume it"
             rows.append(row)
             continue
         try:

@@ -127,7 +127,7 @@ class DistributedPredictor(Predictor):
     """A predictor whose batches are evaluated element-wise by ``runner`` (same values, same order)."""
 
     def __init__(self, predictor: Any, runner: Any) -> None:
-        self.predictor = predictor
+        self.predictor = self.__wrapped__ = predictor  # (__wrapped__: error messages name the wrapped class)
         self.runner = runner
         self.metric = getattr(predictor, "metric", None)
         self.n_calls = 0

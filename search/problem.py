@@ -82,19 +82,14 @@ class ArchProblem:
             U = X[uniq]
             t = time.perf_counter()
             batch = self.space.batch(U)
-            lat = predict_array(self.latency, batch, "latency")
-            if not np.isfinite(lat).all():
-                raise ValueError(f"the latency predictor returned a non-finite value for arch {self.space.decode(U[~np.isfinite(lat)][:1])[0]}")
+            lat = predict_array(self.latency, batch, "latency", positive=True)  # NaN, inf, <= 0: one error
             ok = np.ones(len(U), dtype=bool) if self.max_latency is None else lat <= self.max_latency
             acc = np.full(len(U), np.nan)
             if ok.all():
-                acc = predict_array(self.accuracy, batch, "accuracy")
+                acc = predict_array(self.accuracy, batch, "accuracy", finite=True)  # any finite number
             elif ok.any():
-                acc[ok] = predict_array(self.accuracy, self.space.batch(U[ok]), "accuracy")
+                acc[ok] = predict_array(self.accuracy, self.space.batch(U[ok]), "accuracy", finite=True)
             self.predict_s += time.perf_counter() - t
-            if not np.isfinite(acc[ok]).all():
-                bad = U[ok][~np.isfinite(acc[ok])][:1]
-                raise ValueError(f"the accuracy predictor returned a non-finite value for arch {self.space.decode(bad)[0]}")
             base = len(self._acc)
             self._append(U, acc, lat)
             for j, k in enumerate(first):
@@ -104,7 +99,7 @@ class ArchProblem:
             fill = np.unique(idx[np.isnan(self._acc[idx])])
             if len(fill):
                 t = time.perf_counter()
-                acc = predict_array(self.accuracy, self.space.batch(self._X[fill].astype(int)), "accuracy")
+                acc = predict_array(self.accuracy, self.space.batch(self._X[fill].astype(int)), "accuracy", finite=True)
                 self.predict_s += time.perf_counter() - t
                 self._acc = self._acc.copy()
                 self._acc[fill] = acc

@@ -36,6 +36,28 @@ class DataError(UserError, ValueError):
     """A dataset folder is missing or malformed; the message says what to provide."""
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def check_loader_settings(names: dict[str, str] | None = None, **values: object) -> None:
+    """The subset and loader settings (``n_calib``, ``n_val``, ``batch_size``, ``seed``, ``num_workers``)
+    checked before any image is read: each a whole number, ``n_calib``/``batch_size`` >= 1, ``n_val`` None
+    or >= 1, ``seed``/``num_workers`` >= 0. A bad one is one :class:`DataError` naming it as ``names`` spells
+    it (``{"batch_size": "--batch-size"}`` for a command line; default: the parameter's name)."""
+    lowest = {"n_calib": 1, "n_val": 1, "batch_size": 1, "seed": 0, "num_workers": 0}
+    what = {"n_calib": "a number of calibration images", "n_val": "a number of validation images (or none: all)",
+            "batch_size": "a batch size", "seed": "a seed", "num_workers": "a number of loader worker processes"}
+    for key, v in values.items():
+        if key not in lowest:
+            raise TypeError(f"check_loader_settings: unknown setting {key!r}")  # a caller's bug
+        if v is None and key == "n_val":
+            continue
+        name = (names or {}).get(key, key)
+        if not _is_int(v) or int(v) < lowest[key]:
+            raise DataError(f"{name}={v!r} must be {what[key]}: a whole number >= {lowest[key]}")
+
+
 # ============================================================================ transforms
 def eval_transform(r: int, crop_ratio: float = 0.875) -> Callable:
     """Resize the short side to ``ceil(r / crop_ratio)``, centre-crop ``r`` → uint8 CHW tensor."""
@@ -167,6 +189,8 @@ class CalibrationSet:
 
     def __init__(self, source: "ImageFolderSource | str | os.PathLike", n_images: int = 2000, batch_size: int = 100,
                  seed: int = 0, num_workers: int = 0, max_resolutions: int = 4) -> None:
+        check_loader_settings({"n_calib": "n_images"}, n_calib=n_images, batch_size=batch_size, seed=seed,
+                              num_workers=num_workers)
         self.source = source if isinstance(source, ImageFolderSource) else ImageFolderSource(source)
         self.n_images, self.batch_size, self.seed = int(n_images), int(batch_size), int(seed)
         self.num_workers, self.max_resolutions = int(num_workers), int(max_resolutions)
@@ -207,6 +231,7 @@ class TensorCache:
         num_workers: int = 0,
         max_resolutions: int = 4,
     ) -> None:
+        check_loader_settings(n_calib=n_calib, n_val=n_val, batch_size=batch_size, seed=seed, num_workers=num_workers)
         self.calibration = CalibrationSet(train, n_calib, batch_size, seed, num_workers, max_resolutions)
         self.train = self.calibration.source
         self.val_src = val if isinstance(val, ImageFolderSource) else ImageFolderSource(val)

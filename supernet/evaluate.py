@@ -15,6 +15,9 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
+import sqlite3
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -23,9 +26,10 @@ from hwnas.predictors.assets import atomic_write
 from hwnas.spaces import create_space
 from hwnas.spaces.base import SpaceError
 
-from hwnas.spaces.errors import cli_errors
+from hwnas.spaces.errors import UserError, cli_errors, os_error_message, writable_dir
 
 from .accuracy import SupernetAccuracy
+from .data import check_loader_settings
 
 PROG = "python -m hwnas.supernet.evaluate"
 
@@ -50,9 +54,57 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every argument checked before any work (no image read, no supernet loaded): a bad one is one
+    :class:`~hwnas.spaces.errors.UserError` naming the option and the fix (they used to surface as a
+    ZeroDivisionError, an AssertionError deep in torch, an sqlite3 traceback, or -- ``--out`` a folder --
+    only after the whole evaluation)."""
+    from .train import check_device
+
+    if args.random < 0:
+        raise UserError(f"--random={args.random} must be a number of random subnets: a whole number >= 0")
+    check_loader_settings({"n_calib": "--n-calib", "n_val": "--n-val", "batch_size": "--batch-size", "seed": "--seed",
+                           "num_workers": "--workers"}, n_calib=args.n_calib, n_val=args.n_val,
+                          batch_size=args.batch_size, seed=args.seed, num_workers=args.workers)
+    check_device(args.device, "--device")
+    if args.out:
+        _check_out(Path(args.out).expanduser())
+    if args.cache:
+        _check_cache(Path(args.cache).expanduser())
+
+
+def _check_out(p: Path) -> None:
+    """``--out``: a CSV file path whose folder can be written (the folder is created if missing)."""
+    if p.is_dir():
+        raise UserError(f"--out {p} is a folder; give a CSV file path (e.g. --out {p / 'accuracy.csv'})")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UserError(f"--out {p} is not writable; give another file")
+    writable_dir(p.parent, "--out folder")
+
+
+def _check_cache(p: Path) -> None:
+    """``--cache``: an SQLite file this command wrote before, or a new file in a writable folder."""
+    if p.is_dir():
+        raise UserError(f"--cache {p} is a folder; give an SQLite file path (created if missing)")
+    if not p.exists():
+        writable_dir(p.parent, "--cache folder")
+        return
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise UserError(f"--cache {p} cannot be read: {os_error_message(exc)}") from None
+    if head and head != b"SQLite format 3\x00":
+        raise UserError(f"--cache {p} is not an SQLite file (not an accuracy cache of this command); it was left "
+                        "untouched: give another file")
+    if not os.access(p, os.W_OK):
+        raise UserError(f"--cache {p} is not writable; give another file")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    with cli_errors(PROG):
+    with cli_errors(PROG, extra=(sqlite3.DatabaseError,)):  # (a cache with an SQLite header but broken inside)
+        check_args(args)
         space = create_space(args.space)
         archs = [space.validate(a) for a in args.arch]
         if args.random:

@@ -381,15 +381,16 @@ def _model_card(meta: dict, files: dict[str, str]) -> str:
     lines += ["", "## Load", ""]
     if "timm" in files:
         lines += [
-            "timm (`register_timm` makes this folder a timm model name; fine-tune it with timm's scripts):",
+            "timm (`register_timm` makes this folder a timm model name; fine-tune it with timm's scripts). Import hwnas "
+            "first: it makes `import timm` work next to a torch / torchvision pair of mismatched builds:",
             "",
             "```python",
-            "import timm",
             "from hwnas.supernet.timm_export import register_timm",
+            "import timm",
             "",
             f"name = register_timm('.')   # '{meta['timm_name']}'",
             "model = timm.create_model(name, pretrained=True).eval()     # these weights",
-            "model = timm.create_model(name, pretrained=True, num_classes=10)   # new classifier for fine-tuning",
+            "finetune = timm.create_model(name, pretrained=True, num_classes=10)   # a new classifier, to fine-tune",
             "```",
             "",
         ]

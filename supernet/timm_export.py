@@ -35,8 +35,14 @@ from torch import nn
 
 from hwnas.spaces.mbconv import MBConvSpace
 
-from ._compat import import_timm
 from hwnas.spaces.errors import UserError
+
+from ._compat import ensure_torchvision, import_timm
+
+# Importing this module makes ``import timm`` work next to a mismatched torch / torchvision build (see
+# :mod:`hwnas.supernet._compat`): ``from hwnas.supernet.timm_export import register_timm`` first, then
+# ``import timm``, as the model card of every export folder does.
+ensure_torchvision()
 
 __all__ = ["TimmExportError", "timm_config", "create_timm_model", "copy_weights", "to_timm", "register_timm", "timm_model_name"]
 

@@ -181,11 +181,14 @@ def test_bad_values_raise_config_error(overrides, match, tmp_path):
 
 @pytest.mark.slow
 def test_multirun_summary_and_a_failing_job_recorded(tmp_path):
-    """A sweep writes one summary of every job; a job with impossible budgets is recorded, not fatal."""
+    """A sweep writes one summary of every job; a job with impossible budgets is recorded, the sweep goes on,
+    and the process then exits 2 with one line naming the failed job's failed.json."""
     p = run_cli(["--multirun", "accuracy=custom", "accuracy._target_=test_cli.ToyAccuracy", "latency=custom",
                  "latency._target_=test_cli.ToyLatency", "search.budgets=[10],[0.001],[14]", *TINY,
                  f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=${hydra.job.num}"], cwd=tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 2, p.stderr[-3000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("hwnas-search: error: 1 of 3 sweep jobs failed") and "sweep/1/failed.json" in last, last
     sweep = tmp_path / "sweep"
     for i, b in ((0, 10), (2, 14)):
         data = json.loads((sweep / str(i) / "pareto.json").read_text())

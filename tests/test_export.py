@@ -331,13 +331,13 @@ def test_model_card_timm_code_runs(exported, monkeypatch):
 
     space, arch, out, path = exported
     card = (path / "README.md").read_text()
-    code = re.search(r"```python\n(import timm\n.*?)```", card, re.S).group(1)
+    code = re.search(r"```python\n(from hwnas.supernet.timm_export import register_timm\nimport timm\n.*?)```", card, re.S).group(1)
     assert "timm.models._" not in card and "timm.layers" not in card
     monkeypatch.chdir(path)
     ns: dict = {}
     exec(code, ns)
     assert ns["name"] == "hwnas_" + path.name
-    ft, model = ns["model"], None
+    ft, model = ns["finetune"], None
     assert ft.get_classifier().out_features == 10
     import timm
 

@@ -28,7 +28,7 @@ def reduce_categorical(space: Any, latency: Any, accuracy: Any, n_samples: int =
             G[:, p] = v
             cells.append(G)
     batch = space.batch(np.concatenate(cells))
-    L = predict_array(latency, batch, "latency").reshape(len(cells), n_samples)
+    L = predict_array(latency, batch, "latency", positive=True).reshape(len(cells), n_samples)
     A = predict_array(accuracy, batch, "accuracy").reshape(len(cells), n_samples)
     tau_L = latency_tol * float(L.mean())
     allowed, rows = [], []

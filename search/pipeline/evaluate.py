@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hwnas.predictors.assets import atomic_write
+from hwnas.predictors.base import predict_array
 from hwnas.spaces.errors import UserError
 from hwnas.spaces.io import arch_key
 
@@ -93,12 +94,18 @@ class TargetLedger:
                     if isinstance(own, MeasurementStore) and own.path != ":memory:":
                         step = len(todo)
                     for s in range(0, len(todo), step):
-                        values = np.asarray(self.target.predict(todo_archs[s:s + step]), dtype=float).reshape(-1)
+                        values = self._predict(todo_archs[s:s + step])  # checked before any is committed
                         for k, v in zip(todo[s:s + step], values):
                             self._commit(k, float(v), known)
             finally:
                 self.seconds += time.perf_counter() - t0
         return np.array([known[k] for k in keys], dtype=float)
+
+    def _predict(self, archs: list) -> np.ndarray:
+        """The target's latencies of ``archs``, checked as a whole before any is committed: one number per arch
+        asked, finite and > 0 -- else one error naming the target's class and what was wrong (a value too
+        many would otherwise shift every latency onto the wrong arch, and stay in the ledger)."""
+        return predict_array(self.target, archs, "target", positive=True)
 
     def _commit(self, key: str, value: float, known: dict) -> None:
         if not (math.isfinite(value) and value > 0):
@@ -140,12 +147,12 @@ class TargetLedger:
         if not rest:
             return
         try:
-            values = self.target.predict([a for _, a in rest])
+            values = self._predict([a for _, a in rest])
         except PlanMissing as exc:
             missing = {arch_key(self.space, a) for a in exc.archs}
             have = [(k, a) for k, a in rest if k not in missing]
             if have:  # measured in a plan already: kept whatever happens next
-                for (k, _), v in zip(have, self.target.predict([a for _, a in have])):
+                for (k, _), v in zip(have, self._predict([a for _, a in have])):
                     self._commit(k, float(v), known)
             path = self.target.request(exc.archs, plan_dir, note=what)
             moved = moved or getattr(self.target, "set_aside_to", None)
