@@ -103,6 +103,9 @@ class LinearLatencyPredictor(Predictor):
     """``latency = w . features(arch) + b`` fitted by least squares with a small ridge.
 
     ``weights`` (per feature) and ``feature_names`` give the per-operator costs (a learned lookup table).
+    A prediction is never below ``floor``, half the fastest latency it was fitted on: a linear fit can
+    extrapolate below zero for archs far from its data (NAS-Bench-201's cells of ``none`` ops), and
+    a latency must be a positive number.
     """
 
     metric = "latency_ms"
@@ -116,6 +119,7 @@ class LinearLatencyPredictor(Predictor):
         self.ridge = float(ridge)
         self.weights: np.ndarray | None = None
         self.bias = 0.0
+        self.floor = 0.0
 
     def features(self, archs: Sequence[Any]) -> np.ndarray:
         if self.space is None:
@@ -129,12 +133,14 @@ class LinearLatencyPredictor(Predictor):
         if not np.isfinite(y).all():
             raise ValueError("fit: latencies contain NaN/inf; drop those archs first")
         self.weights, self.bias = ridge_fit(self.features(archs), y, self.ridge)
+        self.floor = 0.5 * float(y.min()) if len(y) and y.min() > 0 else 0.0
         return self
 
     def predict(self, archs: Sequence[Any]) -> np.ndarray:
         if self.weights is None:
             raise RuntimeError("LinearLatencyPredictor.predict before fit(); call fit(archs, latencies) first")
-        return self.features(archs) @ self.weights + self.bias
+        out = self.features(archs) @ self.weights + self.bias
+        return np.maximum(out, self.floor) if self.floor > 0 else out
 
     @property
     def feature_names(self) -> list[str]:
