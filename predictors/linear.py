@@ -103,7 +103,7 @@ class LinearLatencyPredictor(Predictor):
     """``latency = w . features(arch) + b`` fitted by least squares with a small ridge.
 
     ``weights`` (per feature) and ``feature_names`` give the per-operator costs (a learned lookup table).
-    A prediction is never below ``floor``, half the fastest latency it was fitted on: a linear fit can
+    A prediction is never below ``floor``, a hundredth of the fastest latency it was fitted on: a linear fit can
     extrapolate below zero for archs far from its data (NAS-Bench-201's cells of ``none`` ops), and
     a latency must be a positive number.
     """
@@ -133,7 +133,7 @@ class LinearLatencyPredictor(Predictor):
         if not np.isfinite(y).all():
             raise ValueError("fit: latencies contain NaN/inf; drop those archs first")
         self.weights, self.bias = ridge_fit(self.features(archs), y, self.ridge)
-        self.floor = 0.5 * float(y.min()) if len(y) and y.min() > 0 else 0.0
+        self.floor = 0.01 * float(y.min()) if len(y) and y.min() > 0 else 0.0
         return self
 
     def predict(self, archs: Sequence[Any]) -> np.ndarray:

@@ -287,3 +287,25 @@ def test_never_worse_than_counting_macs_on_a_compute_bound_device(data_dir, with
         scores.append(srcc(m.predict(pool), y))
     assert base_proxy < 0.6 < base_macs
     assert np.mean(scores) > base_macs - 0.01 and min(scores) > base_macs - 0.03, (scores, base_macs)
+
+
+def test_adapted_latency_is_floored_at_a_hundredth_of_the_fastest_sample_and_round_trips():
+    """A per-position linear target model can extrapolate below zero; a latency must be positive."""
+    import numpy as np
+
+    from hwnas.predictors.adapt import adapt
+    from hwnas.predictors.adapt.core import AdaptedPredictor
+    from hwnas.predictors.linear import LinearLatencyPredictor
+    from hwnas.spaces import create_space
+
+    space = create_space("nasbench201")
+    archs = space.sample(60, 1)
+    X = LinearLatencyPredictor(space).features(archs)
+    proxy = LinearLatencyPredictor(space).fit(archs, 1.0 + X @ np.linspace(0.2, 1.0, X.shape[1]))
+    y = 0.5 + X[:12] @ np.linspace(1.0, 0.1, X.shape[1])
+    m = adapt(proxy, archs[:12], y, method="adaproxy")
+    assert m.floor == 0.01 * y.min()
+    m.bias -= 100.0  # pushed far below zero: every prediction stops at the floor
+    assert np.all(m.predict(archs) == m.floor)
+    back = AdaptedPredictor.from_dict(m.to_dict(), proxy=proxy)
+    np.testing.assert_array_equal(back.predict(archs), m.predict(archs))

@@ -25,14 +25,17 @@ class AdaptedPredictor(Predictor):
     """Target latency ``= features(arch) . weights + bias [+ gamma * (proxy(arch) - proxy_linear(arch))]``.
 
     Every method ends in this form: a per-position linear model of the target (the last term keeps a
-    non-linear proxy's own detail, e.g. a lookup table's). ``info`` says how it was fitted;
+    non-linear proxy's own detail, e.g. a lookup table's), never below ``floor`` (:func:`adapt` sets it to
+    a hundredth of the fastest target sample: a linear model can extrapolate below zero for archs far from its
+    samples, and a latency must be positive; above it the predictions are as fitted). ``info`` says how it was fitted;
     :meth:`summary` is one line for logs; :meth:`to_dict` / :meth:`from_dict` round-trip it as plain
     JSON data (no pickle)."""
 
     metric = "latency_ms"
 
     def __init__(self, space: Any, weights: np.ndarray, bias: float, method: str, info: dict | None = None,
-                 proxy: Any = None, gamma: float = 0.0, proxy_w: np.ndarray | None = None, proxy_b: float = 0.0) -> None:
+                 proxy: Any = None, gamma: float = 0.0, proxy_w: np.ndarray | None = None, proxy_b: float = 0.0,
+                 floor: float = 0.0) -> None:
         self.space = space
         self.weights = np.asarray(weights, dtype=float)
         self.bias = float(bias)
@@ -42,13 +45,14 @@ class AdaptedPredictor(Predictor):
         self.gamma = float(gamma)
         self.proxy_w = None if proxy_w is None else np.asarray(proxy_w, dtype=float)
         self.proxy_b = float(proxy_b)
+        self.floor = float(floor)
 
     def predict(self, archs: Sequence[Any]) -> np.ndarray:
         X = latency_features(self.space, archs)
         out = X @ self.weights + self.bias
         if self.gamma and self.proxy is not None:
             out = out + self.gamma * (np.asarray(self.proxy.predict(archs), dtype=float) - (X @ self.proxy_w + self.proxy_b))
-        return out
+        return np.maximum(out, self.floor) if self.floor > 0 else out
 
     def summary(self) -> str:
         """One line: method, K, what the fit decided, SRCC on the samples."""
@@ -73,6 +77,7 @@ class AdaptedPredictor(Predictor):
         return {"format": "hwnas.adapted/1", "space": space_spec(self.space), "method": self.method,
                 "weights": self.weights.tolist(), "bias": self.bias, "gamma": self.gamma,
                 "proxy_weights": None if self.proxy_w is None else self.proxy_w.tolist(), "proxy_bias": self.proxy_b,
+                "floor": self.floor,
                 "info": json.loads(json.dumps(self.info, default=_plain))}
 
     @classmethod
@@ -87,6 +92,7 @@ class AdaptedPredictor(Predictor):
         try:
             w = np.asarray(data["weights"], dtype=float)
             gamma = float(data.get("gamma") or 0.0)
+            floor = float(data.get("floor") or 0.0)
             pw = data.get("proxy_weights")
         except (TypeError, ValueError, KeyError) as exc:
             raise AdaptationError(f"{source}: weights must be a list of numbers ({exc})") from None
@@ -96,7 +102,8 @@ class AdaptedPredictor(Predictor):
         if gamma and proxy is None:
             raise AdaptationError(f"{source}: this predictor refines a non-linear proxy; pass proxy= to load it")
         return cls(space, w, float(data["bias"]), str(data.get("method", "?")), data.get("info") or {}, proxy, gamma,
-                   None if pw is None else np.asarray(pw, dtype=float), float(data.get("proxy_bias") or 0.0))
+                   None if pw is None else np.asarray(pw, dtype=float), float(data.get("proxy_bias") or 0.0),
+                   floor if np.isfinite(floor) and floor > 0 else 0.0)
 
 
 def _plain(o: Any) -> Any:
@@ -165,6 +172,7 @@ def adapt(proxy: Any, target_archs: Sequence[Any], target_latencies: Sequence[fl
     with limit_threads(1):
         model = METHODS[method](proxy, list(target_archs), y, **kwargs)
     model.info.setdefault("k", int(len(y)))
+    model.floor = 0.01 * float(np.min(y))  # only what would be ~0 or below: rankings above it are kept
     model.info["fit_s"] = time.process_time() - t0
     try:
         model.info["srcc_samples_proxy"] = srcc(np.asarray(proxy.predict(list(target_archs)), dtype=float), y)
