@@ -108,12 +108,8 @@ def run_hydra(prog: str, app: Callable[[], Any]) -> Any:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # hydra then raises instead of printing: the errors come here
     try:
         return app()
-    except Terminated:
-        print(f"{prog}: terminated (SIGTERM); run the same command again to go on", file=sys.stderr)
-        raise SystemExit(143) from None
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:
+        raise _interrupted(prog, exc) from None
     except Exception as exc:
         mod = type(exc).__module__
         if mod.startswith(("hydra", "omegaconf")):  # (hydra's MissingConfigException is an OSError too)
@@ -152,6 +148,15 @@ def _sigterm_raises() -> Iterator[None]:
             signal.signal(signal.SIGTERM, old)
 
 
+def _interrupted(prog: str, exc: KeyboardInterrupt) -> SystemExit:
+    """Say in one line that Ctrl-C (exit 130) or SIGTERM (:class:`Terminated`, 143) stopped ``prog``."""
+    if isinstance(exc, Terminated):
+        print(f"{prog}: terminated (SIGTERM); run the same command again to go on", file=sys.stderr)
+        return SystemExit(143)
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return SystemExit(130)
+
+
 @contextmanager
 def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Run a command's body; user errors become one line on stderr and exit status 2; Ctrl-C and
@@ -159,12 +164,8 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
     try:
         with _sigterm_raises():
             yield
-    except Terminated:
-        print(f"{prog}: terminated (SIGTERM); run the same command again to go on", file=sys.stderr)
-        raise SystemExit(143) from None
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:
+        raise _interrupted(prog, exc) from None
     except (UserError, OSError, *extra) as exc:
         print(error_line(prog, exc), file=sys.stderr)
         raise SystemExit(2) from None
