@@ -47,6 +47,11 @@ def fingerprint_paths(paths: Iterable[str | os.PathLike]) -> str:
     return "sha256:" + h.hexdigest()[:32]
 
 
+#: contents digests of files already read in this process, by (path, size, mtime, inode): a settings key
+#: is computed many times per command (hydra resolves the run folder's interpolation at every access)
+_DIGESTS: dict[tuple, bytes] = {}
+
+
 def _hash_file(h: Any, f: Path, budget: list[int]) -> None:
     try:
         st = f.stat()
@@ -57,9 +62,14 @@ def _hash_file(h: Any, f: Path, budget: list[int]) -> None:
         h.update(f"\0stat:{st.st_size}:{st.st_mtime_ns}".encode())
         return
     budget[0] -= st.st_size
-    with open(f, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    key = (str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _DIGESTS:
+        d = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                d.update(chunk)
+        _DIGESTS[key] = d.digest()
+    h.update(_DIGESTS[key])
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
