@@ -33,7 +33,7 @@ import numpy as np
 
 from hwnas.predictors.assets import atomic_path, atomic_write
 from hwnas.predictors.base import as_predictor
-from hwnas.spaces.errors import UserError, one_line
+from hwnas.spaces.errors import UserError
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 KINDS = ("latency", "accuracy")
@@ -391,27 +391,15 @@ def profile_genomes(space: Any, n_samples: int, seed: int | np.random.Generator 
 
 
 def _predict(predictor: Any, batch: Any, field: str) -> np.ndarray:
-    """``predictor.predict(batch)`` as a float vector of one value per arch (``(n, 1)`` and ``(1, n)`` are
-    taken as such); a result of another kind or length is one :class:`ProfileError` naming ``field``
+    """``predictor.predict(batch)`` as a float vector of one value per arch, checked by the one checker
+    of predictions (:func:`~hwnas.predictors.base.check_values`), its error a :class:`ProfileError`
     (what the predictor itself raises is its own error, with its traceback: a bug to fix there)."""
-    raw = predictor.predict(batch)
-    n = len(batch)
-    fix = f"it must return one number per arch (e.g. a numpy array of shape ({n},))"
+    from hwnas.predictors.base import PredictionError, check_values
+
     try:
-        out = np.asarray(raw, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise ProfileError(f"{field}: predict() returned {type(raw).__name__} values that are not numbers "
-                           f"({one_line(exc)}); {fix}") from None
-    if raw is None:
-        raise ProfileError(f"{field}: predict() returned None for {n} archs; {fix}")
-    if out.ndim == 0 and n == 1 or out.ndim > 1 and out.size == n and max(out.shape) == n:
-        out = out.reshape(-1)
-    if out.ndim != 1:
-        what = "a single number" if out.ndim == 0 else f"an array of shape {tuple(out.shape)}"
-        raise ProfileError(f"{field}: predict() returned {what} for {n} archs; {fix}")
-    if out.shape[0] != n:
-        raise ProfileError(f"{field}: predict() returned {out.shape[0]} values for {n} archs; {fix}")
-    return out
+        return check_values(predictor.predict(batch), batch, field)
+    except PredictionError as exc:
+        raise ProfileError(str(exc)) from None
 
 
 def evaluate(space: Any, predictor: Any, genomes: np.ndarray, batch_size: int = 16384, field: str = "predictor",
