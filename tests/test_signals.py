@@ -123,3 +123,36 @@ def test_a_killed_process_not_yet_reaped_is_not_alive(tmp_path):
         p.kill()
         p.wait()
     assert pid_alive(os.getpid()) and temp_prefix(tmp_path / "x").startswith(".x.")
+
+
+def test_every_console_script_starts_in_the_light_launcher():
+    """The scripts start in hwnas.search.launch, which imports nothing heavy, and each runs its command's main."""
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    from hwnas.search import launch
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == set(launch.COMMANDS)
+    for prog, target in scripts.items():
+        module, func = target.split(":")
+        assert module == "hwnas.search.launch"
+        assert func == prog.removeprefix("hwnas-")
+        assert callable(importlib.import_module(launch.COMMANDS[prog]).main)
+    probe = "import sys, hwnas.search.launch; print(sorted(m for m in ('numpy', 'torch', 'hydra') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", probe], env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_ctrl_c_while_a_command_imports_is_one_line(tmp_path):
+    """An interrupt during the start-up imports (before any handler of the command exists) is one line and
+    exit 130, not a KeyboardInterrupt traceback from inside an import."""
+    (tmp_path / "slow_to_import.py").write_text("raise KeyboardInterrupt\n")
+    code = ("from hwnas.search import launch; launch.COMMANDS['hwnas-search'] = 'slow_to_import'; launch.search()")
+    env = cli_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH", "")) if p)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr == "hwnas-search: interrupted\n"
