@@ -110,6 +110,34 @@ def test_signal_writes_partial_front_and_checkpoint_then_the_same_command_resume
     assert not (run / "checkpoint.npz").exists()
 
 
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_with_a_dask_evaluator_is_one_line(tmp_path, reference):
+    """Ctrl-C in a terminal reaches the whole process group, Dask's worker processes included. They
+    used to print a KeyboardInterrupt traceback each, the scheduler a CommClosedError traceback per
+    cancelled task and the cluster 30 INFO lines; now only the search's line, and the same command resumes."""
+    run = tmp_path / "run"
+    args = [*TOY, f"hydra.run.dir={run}", "evaluator=dask", "evaluator.n_workers=1", "evaluator.processes=true"]
+    proc = subprocess.Popen([sys.executable, "-m", "hwnas.search", *args], cwd=tmp_path,
+                            env=cli_env({SLOW_ENV: "0.15", HOLD_ENV: "8"}), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(run / "checkpoint.npz", proc)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1].startswith("hwnas-search: interrupted (SIGINT)"), err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert "distributed" not in out + err  # not one of Dask's log records
+    p = search(args, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resuming the search from step" in p.stdout + p.stderr
+    assert front(run)[0] == reference
+
+
 def test_kill9_then_the_same_command_resumes(tmp_path, reference):
     run = tmp_path / "run"
     args = [*TOY, f"hydra.run.dir={run}"]
