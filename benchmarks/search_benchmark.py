@@ -13,7 +13,8 @@ arch at every budget (mean and worst seed), beside the OFA finder's published fi
 
 The best known front (``search_best_known.json`` beside this script) is the non-dominated set of long
 hwnas runs (8 restarts x 100 x 50 generations, 300 refinement passes with every move) and of an
-iterated local search over pair moves; ``--update-best`` merges the fronts of this run into it. The
+iterated local search over pair moves; ``--update-best`` merges the fronts of this run into it, and
+``--add-arch ARCH_STR`` an arch found elsewhere (a beam search over slots found the 30 ms one, 83.19 %). The
 best known accuracy at a budget is the larger of that front's and the figure of issue 15 (an
 independent iterated local search).
 """
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--best-known", type=Path, default=HERE / "search_best_known.json")
     ap.add_argument("--update-best", action="store_true", help="merge this run's fronts into --best-known")
+    ap.add_argument("--add-arch", action="append", default=[], metavar="ARCH_STR",
+                    help="an arch found elsewhere (another tool, an experiment): evaluated with the command's "
+                    "predictors and merged into --best-known with this run's fronts (implies --update-best)")
     ap.add_argument("overrides", nargs="*", help="settings for the command, e.g. search.engine=pymoo "
                     "search.refine.starts=8 (default: none, the README command)")
     args = ap.parse_args(argv)
@@ -157,10 +161,14 @@ def main(argv: list[str] | None = None) -> None:
           f"{med['search']:.2f} s, writing {med['writing']:.2f} s (results files and pareto.svg); the whole process "
           f"{med['process_cpu']:.2f} s, peak memory {med['peak_mb']:.0f} MB.")
 
-    if args.update_best:
-        allA = np.concatenate([bA] + [front_arrays(r["front"])[0] for r in rows])
-        allL = np.concatenate([bL] + [front_arrays(r["front"])[1] for r in rows])
-        fronts = best["front"] + [f for r in rows for f in r["front"]]
+    if args.update_best or args.add_arch:
+        extra = [{"arch_str": str(a), "accuracy": float(acc.predict([a])[0]), "latency": float(lat.predict([a])[0])}
+                 for a in map(space.parse, args.add_arch)]
+        for e in extra:
+            print(f"added: {e['arch_str']}: {100 * e['accuracy']:.2f} % at {e['latency']:.2f} ms")
+        allA = np.concatenate([bA] + [front_arrays(r["front"])[0] for r in rows] + [front_arrays(extra)[0]])
+        allL = np.concatenate([bL] + [front_arrays(r["front"])[1] for r in rows] + [front_arrays(extra)[1]])
+        fronts = best["front"] + [f for r in rows for f in r["front"]] + extra
         keep = np.flatnonzero(pareto_mask(allA, allL))
         best["front"] = sorted(({k: fronts[i][k] for k in ("arch_str", "accuracy", "latency")} for i in keep),
                                key=lambda f: f["latency"])
