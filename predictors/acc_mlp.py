@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from hwnas.spaces.base import ArchBatch, SearchSpace, SpaceError, create_space
+from hwnas.spaces.checks import check_int
 from hwnas.spaces.mbconv import OFAMobileNetV3Space, ofa_predictor_features, ofa_predictor_features_arrays
 
 from .assets import atomic_path
@@ -117,8 +118,7 @@ class MLPAccuracyPredictor(Predictor):
                 f"space {space.name} is not one — use encoding='onehot'"
             )
         for name, v in (("hidden", hidden), ("n_layers", n_layers), ("epochs", epochs), ("batch_size", batch_size)):
-            if int(v) < 1:
-                raise ValueError(f"{name}={v!r} must be a positive integer")
+            check_int(v, name, 1, error=ValueError)
         self.encoding = encoding
         self.hidden, self.n_layers = int(hidden), int(n_layers)
         self.epochs, self.batch_size, self.min_steps = int(epochs), int(batch_size), int(min_steps)

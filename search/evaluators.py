@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from hwnas.predictors.base import Predictor
+from hwnas.spaces.checks import check_bool, check_int
 from hwnas.spaces.errors import UserError
 
 
@@ -147,8 +148,9 @@ class DaskRunner:
                 except Exception as exc:  # noqa: BLE001
                     raise EvaluatorError(f"evaluator.address={address!r}: cannot connect to the Dask scheduler ({exc})") from None
             else:
-                if int(n_workers) < 1:
-                    raise EvaluatorError(f"evaluator.n_workers={n_workers} must be >= 1")
+                check_int(n_workers, "evaluator.n_workers", 1, example=2, error=EvaluatorError)
+                check_int(threads_per_worker, "evaluator.threads_per_worker", 1, example=1, error=EvaluatorError)
+                check_bool(processes, "evaluator.processes", error=EvaluatorError)
                 log = logging.getLogger("distributed")
                 self._log_level = log.level  # restored by close()
                 if log.getEffectiveLevel() < logging.WARNING:

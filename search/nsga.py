@@ -39,7 +39,7 @@ import numpy as np
 from hwnas.predictors.threads import limit_threads
 from hwnas.spaces import SearchSpace
 
-from .operators import ArchCrossover, ArchMutation, ArchSampling, GenomeLayout, row_keys
+from .operators import ArchCrossover, ArchMutation, ArchSampling, row_keys
 from .problem import ArchProblem, as_budgets, best_under, hypervolume
 from .refine import Refiner, neighbour_matrix  # noqa: F401  (neighbour_matrix re-exported)
 
@@ -367,12 +367,12 @@ def run_search(
     and optionally ``save_population`` (same arguments; called after each initial population), e.g.
     :class:`hwnas.search.checkpoint.SearchCheckpoint`.
     """
-    from .settings import defaults, search_kwargs
+    from .settings import check_kwargs, defaults, search_kwargs
 
     given = {k: v for k, v in locals().items() if k in _SETTINGS and v is not None and v is not _FROM_CONFIG}
     if seed is None:  # a random seed
         given["seed"] = None
-    s = {**search_kwargs(defaults()), **given}
+    s = {**search_kwargs(defaults()), **check_kwargs(given)}
     with limit_threads(s["threads"]):
         return _Search(space, accuracy, latency, s, log, callback, checkpoint).run()
 
@@ -405,10 +405,6 @@ class _Search:
 
     def __init__(self, space: SearchSpace, accuracy: Any, latency: Any, s: dict, log: Any, callback: Any,
                  checkpoint: Any) -> None:
-        if s["pop_size"] < 4:
-            raise ValueError(f"search.pop_size={s['pop_size']} is too small; use at least 4 (e.g. 100)")
-        if s["n_gen"] < 1:
-            raise ValueError(f"search.n_gen={s['n_gen']} must be >= 1")
         self.space, self.s = space, s
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.callback, self.checkpoint = callback, checkpoint

@@ -33,6 +33,7 @@ import numpy as np
 
 from hwnas.predictors.assets import atomic_path, atomic_write
 from hwnas.predictors.base import as_predictor
+from hwnas.spaces.checks import check_int
 from hwnas.spaces.errors import UserError
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -44,21 +45,14 @@ class ProfileError(UserError, ValueError):
     names it and the fix."""
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
 def check_profile_args(n_samples: Any, seed: Any = 0, batch_size: Any = 16384, prefix: str = "") -> None:
     """``n_samples`` an integer >= 2, ``seed`` an integer >= 0 (or a numpy Generator), ``batch_size`` an
     integer >= 1; else one :class:`ProfileError` naming the argument (``prefix`` + its name)."""
-    if not _is_int(n_samples) or n_samples < 2:
-        raise ProfileError(f"{prefix}n_samples={n_samples!r} must be an integer >= 2 (statistics need at least two "
-                           f"samples); e.g. {prefix}n_samples=256")
-    if not isinstance(seed, np.random.Generator) and (not _is_int(seed) or seed < 0):
-        raise ProfileError(f"{prefix}seed={seed!r} must be an integer >= 0; e.g. {prefix}seed=0")
-    if not _is_int(batch_size) or batch_size < 1:
-        raise ProfileError(f"{prefix}batch_size={batch_size!r} must be an integer >= 1 (archs per predictor call); "
-                           f"e.g. {prefix}batch_size=16384")
+    check_int(n_samples, f"{prefix}n_samples", 2, what="statistics need at least two samples", example=256,
+              error=ProfileError)
+    if not isinstance(seed, np.random.Generator):
+        check_int(seed, f"{prefix}seed", 0, example=0, error=ProfileError)
+    check_int(batch_size, f"{prefix}batch_size", 1, what="archs per predictor call", example=16384, error=ProfileError)
 
 
 def block_name(k: int, e: int) -> str:

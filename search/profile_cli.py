@@ -28,6 +28,7 @@ from typing import Any
 from hwnas.predictors.assets import atomic_write, remove_stale_temps
 from hwnas.predictors.build import ConfigError, apply_assets, build_predictor, build_space, instantiate_node, plain
 from hwnas.predictors.fingerprint import differences
+from hwnas.spaces.checks import check_bool
 from hwnas.spaces.errors import check_section, cli_errors, run_hydra, writable_dir
 
 from .profile import ProfileError, check_profile_args, profile_space
@@ -85,9 +86,7 @@ def _section(node: Any, field: str, known: tuple[str, ...]) -> dict:
 
 
 def _flag(v: Any, field: str) -> bool:
-    if not isinstance(v, bool):
-        raise ConfigError(f"{field}={v!r} must be true or false")
-    return v
+    return check_bool(v, field, error=ConfigError)
 
 
 def space_config_name(pattern: Any, device: str, field: str = "reduce.name") -> str:

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from hwnas.predictors.assets import atomic_write
+from hwnas.spaces.checks import check_int, check_number
 from hwnas.spaces.errors import UserError
 from hwnas.spaces.io import space_from_spec, space_spec
 
@@ -119,13 +120,9 @@ class ReductionRules:
         if self.scope not in SCOPES:
             raise RulesError(f"rules.scope={self.scope!r} is unknown; use one of {list(SCOPES)}")
         for name in ("latency_tol", "accuracy_tol", "z", "depth_efficiency", "front_tol"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise RulesError(f"rules.{name}={v!r} must be a finite number >= 0")
+            check_number(getattr(self, name), f"rules.{name}", 0.0, error=RulesError)
         for name in ("min_blocks", "min_depths", "min_resolutions"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise RulesError(f"rules.{name}={v!r} must be an integer >= 1")
+            check_int(getattr(self, name), f"rules.{name}", 1, error=RulesError)
 
     @classmethod
     def from_dict(cls, obj: Any) -> "ReductionRules":

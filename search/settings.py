@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from hwnas.predictors.build import ConfigError, plain
+from hwnas.spaces.checks import check_bool, check_choice, check_int, check_number
 
 #: config key (dotted) -> run_search keyword
 KEYWORDS = {
@@ -50,7 +51,7 @@ _INT = {"pop_size": 4, "n_gen": 1, "restarts": 1, "refine.passes": 0, "refine.me
         "max_evals": 1, "threads": 1}
 _FLOAT = {"refine.budget_band", "max_latency", "crossover.prob", "mutation.rate", "mutation.neighbour", "sampling.structured", "checkpoint_s"}
 _BOOL = {"constraint", "verbose", "plot", "overwrite"}
-_CHOICES = {"engine": ("numpy", "pymoo")}
+_CHOICES = {"engine": ("numpy", "pymoo"), "crossover.mode": ("unit", "uniform", "mixed"), "refine.moves": ("grid", "all")}
 _NULLABLE = {"seed", "max_latency", "max_evals", "mutation.rate", "refine.members", "threads"}
 #: float keys with a range: (low, high, what the message calls it); _POSITIVE excludes 0 as well
 _RANGE = {
@@ -62,6 +63,8 @@ _RANGE = {
     "checkpoint_s": (0.0, math.inf, "a number of seconds >= 0"),
 }
 _POSITIVE = {"max_latency"}
+#: what null means for the nullable whole-number keys (said in their error line)
+_NULL_MEANS = {"max_evals": "null: no limit", "refine.members": "null: every front member", "threads": "null: leave the BLAS settings alone"}
 _HV_FORMS = ("write search.hv_ref={accuracy: 0.7, latency: 30} or search.hv_ref.accuracy=0.7 (a number or null for "
              "each: null takes it from the initial population; run_search also takes a pair (accuracy, latency))")
 
@@ -126,46 +129,35 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _check(key: str, v: Any, default: Any = None) -> Any:
-    where = f"search.{key}={v!r}"
-    example = f"; write e.g. search.{key}={default}" if default is not None else ""
+    field = f"search.{key}"
+    example = default if default is not None else None
     if v is None:
         if key in _NULLABLE or key == "hv_ref":
             return None
-        raise ConfigError(f"{where}: a value is required")
+        raise ConfigError(f"{field}=None: a value is required{f'; e.g. {field}={default}' if default is not None else ''}")
     if key in _BOOL:
-        if not isinstance(v, bool):
-            raise ConfigError(f"{where} is not true or false{example}")
-        return v
+        return check_bool(v, field, error=ConfigError)
     if key in _INT:
-        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
-            raise ConfigError(f"{where} is not a whole number{example}")
-        if int(v) < _INT[key]:
-            raise ConfigError(f"{where} is too small; use at least {_INT[key]}")
-        return int(v)
+        return check_int(v, field, _INT[key], null=key in _NULLABLE, what=_NULL_MEANS.get(key), example=example,
+                         error=ConfigError)
     if key in _FLOAT:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConfigError(f"{where} is not a number{example}")
-        if key == "refine.budget_band" and not 0.0 <= v < 1.0:
-            raise ConfigError(f"{where} is not a fraction in [0, 1){example}")
-        lo, hi, what = _RANGE.get(key, (-math.inf, math.inf, ""))
-        if not lo <= v <= hi or (key in _POSITIVE and v <= 0):
-            raise ConfigError(f"{where} is not {what}{example}")
-        return float(v)
+        if key == "refine.budget_band":
+            return check_number(v, field, 0.0, 1.0, hi_open=True, desc="a fraction in [0, 1)", example=example,
+                                error=ConfigError)
+        lo, hi, what = _RANGE.get(key, (None, None, None))
+        return check_number(v, field, lo, None if hi == math.inf else hi, lo_open=key in _POSITIVE, desc=what,
+                            example=example, error=ConfigError)
     if key == "hv_ref":
         parse_hv_ref(v)  # checked here (one line naming the key); run_search parses it again
         return v
     if key == "budgets":
         if isinstance(v, bool) or not isinstance(v, (int, float, list, tuple)):
-            raise ConfigError(f"{where} is not a list of latency budgets; write e.g. search.budgets=[15,20] (or [] for none)")
+            raise ConfigError(f"{field}={v!r} must be a list of latency budgets; e.g. search.budgets=[15,20] (or [] for none)")
         return v
     if key in _CHOICES:
-        if v not in _CHOICES[key]:
-            raise ConfigError(f"search.{key}={v!r} is unknown; allowed values: {list(_CHOICES[key])}")
-        return v
+        return check_choice(v, field, _CHOICES[key], error=ConfigError)
     if key == "seed":
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ConfigError(f"{where} must be a non-negative whole number (or null for a random seed)")
-        return v
+        return check_int(v, field, 0, null=True, what="null: a random seed", example=0, error=ConfigError)
     return v
 
 
@@ -187,6 +179,14 @@ def search_kwargs(s: Any) -> dict:
     for key, kw in KEYWORDS.items():
         out[kw] = _check(key, merged[key], base[key])
     return out
+
+
+def check_kwargs(given: dict) -> dict:
+    """Keyword arguments given to :func:`hwnas.search.nsga.run_search` (a library call), checked like
+    the same settings in a config: one :class:`ConfigError` naming the setting (``search.<key>``)."""
+    keys = {kw: key for key, kw in KEYWORDS.items()}
+    base = _flat(defaults())
+    return {kw: _check(keys[kw], v, base[keys[kw]]) if kw in keys else v for kw, v in given.items()}
 
 
 def cli_settings(s: Any) -> dict:

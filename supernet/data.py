@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ._compat import ensure_torchvision
 from hwnas.spaces.errors import UserError
+from hwnas.spaces.checks import check_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,26 +37,20 @@ class DataError(UserError, ValueError):
     """A dataset folder is missing or malformed; the message says what to provide."""
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 def check_loader_settings(names: dict[str, str] | None = None, **values: object) -> None:
     """The subset and loader settings (``n_calib``, ``n_val``, ``batch_size``, ``seed``, ``num_workers``)
     checked before any image is read: each a whole number, ``n_calib``/``batch_size`` >= 1, ``n_val`` None
     or >= 1, ``seed``/``num_workers`` >= 0. A bad one is one :class:`DataError` naming it as ``names`` spells
     it (``{"batch_size": "--batch-size"}`` for a command line; default: the parameter's name)."""
     lowest = {"n_calib": 1, "n_val": 1, "batch_size": 1, "seed": 0, "num_workers": 0}
-    what = {"n_calib": "a number of calibration images", "n_val": "a number of validation images (or none: all)",
+    what = {"n_calib": "a number of calibration images", "n_val": "a number of validation images, or none: all",
             "batch_size": "a batch size", "seed": "a seed", "num_workers": "a number of loader worker processes"}
     for key, v in values.items():
         if key not in lowest:
             raise TypeError(f"check_loader_settings: unknown setting {key!r}")  # a caller's bug
         if v is None and key == "n_val":
             continue
-        name = (names or {}).get(key, key)
-        if not _is_int(v) or int(v) < lowest[key]:
-            raise DataError(f"{name}={v!r} must be {what[key]}: a whole number >= {lowest[key]}")
+        check_int(v, (names or {}).get(key, key), lowest[key], what=what[key], error=DataError)
 
 
 # ============================================================================ transforms

@@ -25,6 +25,7 @@ import numpy as np
 from hwnas.predictors.assets import atomic_write
 from hwnas.spaces import create_space
 from hwnas.spaces.base import SpaceError
+from hwnas.spaces.checks import check_int
 
 from hwnas.spaces.errors import UserError, cli_errors, os_error_message, writable_dir
 
@@ -61,8 +62,7 @@ def check_args(args: argparse.Namespace) -> None:
     only after the whole evaluation)."""
     from .train import check_device
 
-    if args.random < 0:
-        raise UserError(f"--random={args.random} must be a number of random subnets: a whole number >= 0")
+    check_int(args.random, "--random", 0, what="a number of random subnets", example=100)
     check_loader_settings({"n_calib": "--n-calib", "n_val": "--n-val", "batch_size": "--batch-size", "seed": "--seed",
                            "num_workers": "--workers"}, n_calib=args.n_calib, n_val=args.n_val,
                           batch_size=args.batch_size, seed=args.seed, num_workers=args.workers)

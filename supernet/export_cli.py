@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from hwnas.spaces.checks import check_int
 from hwnas.spaces.errors import cli_errors
 
 from .export import (CALIB_IMAGES, FORMATS, ExportError, check_exportable, check_opset, check_values, export_many,
@@ -86,8 +87,7 @@ def _run(args: argparse.Namespace) -> int:
     opset = check_opset(args.opset)
     check_values(args.accuracy, None, "--accuracy")
     check_values(None, args.latency, "--latency")
-    if args.calib_images < 1:
-        raise ExportError(f"--calib-images {args.calib_images} must be a positive number of images (default {CALIB_IMAGES})")
+    check_int(args.calib_images, "--calib-images", 1, what="a number of images", example=CALIB_IMAGES, error=ExportError)
     if args.checkpoint and not args.calib_data and not args.no_calib:
         raise ExportError(
             "--checkpoint without --calib-data: subnets extracted from a supernet need their BN statistics "
@@ -109,8 +109,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ExportError(f"--select {out_of} out of range; the front has {len(items)} archs (0..{len(items) - 1})")
         items = [items[i] for i in idx]
     if args.top is not None:
-        if args.top < 1:
-            raise ExportError("--top must be a positive integer")
+        check_int(args.top, "--top", 1, what="the best archs by accuracy", example=3, error=ExportError)
         items = items[: args.top]
     for it in items:
         if args.accuracy is not None:

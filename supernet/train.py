@@ -41,6 +41,7 @@ from hwnas.predictors.build import build_space, plain
 from hwnas.predictors.fingerprint import differences
 from hwnas.predictors.threads import torch_threads
 from hwnas.spaces.errors import UserError, check_section, cli_errors, one_line, run_hydra, writable_dir
+from hwnas.spaces.checks import check_bool, check_int, check_number, is_whole
 from hwnas.spaces.mbconv import MBConvArch, MBConvSpace
 
 from .checkpoint import CheckpointError, load_checkpoint, match_state_dict, save_checkpoint
@@ -274,39 +275,20 @@ CHECKPOINT_KEYS = ("every", "resume")
 PHASE_KEYS = ("name", "steps", "kernel", "expand", "depth", "lr", "reorganize")
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+_is_int = is_whole
 
 
 def _check_int(v: Any, field: str, lo: int, example: Any, null: bool = False) -> None:
-    if v is None and null:
-        return
-    if not _is_int(v) or v < lo:
-        alt = " or null" if null else ""
-        raise TrainConfigError(f"{field}={v!r} must be an integer >= {lo}{alt}; e.g. {field}={example}")
+    check_int(v, field, lo, example=example, null=null, error=TrainConfigError)
 
 
 def _check_number(v: Any, field: str, lo: float, hi: float | None, example: Any, lo_open: bool = False,
                   hi_open: bool = True, null: bool = False) -> None:
-    if v is None and null:
-        return
-    ok = _is_number(v) and math.isfinite(float(v))
-    if ok:
-        x = float(v)
-        ok = (x > lo if lo_open else x >= lo) and (hi is None or (x < hi if hi_open else x <= hi))
-    if not ok:
-        span = f"{'(' if lo_open else '['}{lo:g}, {'inf)' if hi is None else f'{hi:g}' + (')' if hi_open else ']')}"
-        alt = " or null" if null else ""
-        raise TrainConfigError(f"{field}={v!r} must be a finite number in {span}{alt}; e.g. {field}={example}")
+    check_number(v, field, lo, hi, lo_open=lo_open, hi_open=hi_open, example=example, null=null, error=TrainConfigError)
 
 
 def _check_bool(v: Any, field: str) -> None:
-    if not isinstance(v, (bool, np.bool_)):
-        raise TrainConfigError(f"{field}={v!r} must be true or false")
+    check_bool(v, field, error=TrainConfigError)
 
 
 def _check_keys(node: Any, field: str, known: Sequence[str]) -> dict:

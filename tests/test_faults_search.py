@@ -255,17 +255,17 @@ def test_crafted_predictor_file_runs_nothing(tmp_path):
 
 # ------------------------------------------------------------------ one line for bad input
 @pytest.mark.parametrize("override, expect", [
-    ("search.pop_size=abc", "search.pop_size='abc' is not a whole number; write e.g. search.pop_size=100"),
+    ("search.pop_size=abc", "search.pop_size='abc' must be an integer >= 4; e.g. search.pop_size=100"),
     ("accuracy.path=/typo/x.pth", "accuracy.path='/typo/x.pth': /typo/x.pth does not exist"),
     # no raw TypeError / float() message: the key and the accepted forms
     ("search.hv_ref=0.7", "search.hv_ref=0.7 is not a reference point; write search.hv_ref={accuracy: 0.7, latency: 30} "
                           "or search.hv_ref.accuracy=0.7"),
     ("search.hv_ref={accuracy:abc}", "search.hv_ref.accuracy='abc' is not a number; write search.hv_ref={accuracy:"),
-    ("search.budgets=abc", "search.budgets='abc' is not a list of latency budgets; write e.g. search.budgets=[15,20]"),
-    ("search.checkpoint_s=abc", "search.checkpoint_s='abc' is not a number; write e.g. search.checkpoint_s=10"),
-    ("search.sampling.structured=5", "search.sampling.structured=5 is not a fraction of the initial population in [0, 1]"),
-    ("search.crossover.prob=2", "search.crossover.prob=2 is not a probability in [0, 1]; write e.g. search.crossover.prob=0.9"),
-    ("search.max_latency=-3", "search.max_latency=-3 is not a latency > 0"),
+    ("search.budgets=abc", "search.budgets='abc' must be a list of latency budgets; e.g. search.budgets=[15,20]"),
+    ("search.checkpoint_s=abc", "search.checkpoint_s='abc' must be a number of seconds >= 0; e.g. search.checkpoint_s=10"),
+    ("search.sampling.structured=5", "search.sampling.structured=5 must be a fraction of the initial population in [0, 1]"),
+    ("search.crossover.prob=2", "search.crossover.prob=2 must be a probability in [0, 1]; e.g. search.crossover.prob=0.9"),
+    ("search.max_latency=-3", "search.max_latency=-3 must be a latency > 0"),
 ])
 def test_bad_values_are_one_line(tmp_path, override, expect):
     p = search(["assets.mirror=" + str(TESTS.parents[1] / "shared" / "data"), override, f"hydra.run.dir={tmp_path / 'r'}"],

@@ -433,7 +433,7 @@ def test_bad_settings_raise_clear_errors(space):
 
     with pytest.raises(ConfigError, match=r"search.engine='deap' is unknown; allowed values: \['numpy', 'pymoo'\]"):
         search_kwargs({"engine": "deap"})
-    with pytest.raises(ConfigError, match=r"search.refine.budget_band=1.5 is not a fraction in \[0, 1\); write e.g. search.refine.budget_band=0.1"):
+    with pytest.raises(ConfigError, match=r"search.refine.budget_band=1.5 must be a fraction in \[0, 1\); e.g. search.refine.budget_band=0.1"):
         search_kwargs({"refine": {"budget_band": 1.5}})
     assert search_kwargs({"refine": {"budget_band": 0}})["refine_band"] == 0.0
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
 from hwnas.spaces.errors import UserError
+from hwnas.spaces.checks import check_bool, check_int, check_number
 
 from . import worker
 from .worker import available_cpus, relative_spread  # noqa: F401  (re-exported)
@@ -67,13 +67,10 @@ class MeasureConfig:
             raise MeasureConfigError(f"backend={self.backend!r} is unknown; use one of {list(BACKENDS)}")
         object.__setattr__(self, "backend", b)
         for name, lo in (("threads", 1), ("processes", 1), ("warmup", 0), ("repeats", 1), ("batch_size", 1),
-                         ("max_extra", 0), ("chunk", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise MeasureConfigError(f"{name}={v!r} must be an integer >= {lo}")
-            object.__setattr__(self, name, int(v))
-        if not (self.max_spread > 0):
-            raise MeasureConfigError(f"max_spread={self.max_spread!r} must be > 0 (relative spread, e.g. 0.15)")
+                         ("max_extra", 0), ("chunk", 1), ("seed", 0)):
+            object.__setattr__(self, name, check_int(getattr(self, name), name, lo, error=MeasureConfigError))
+        check_number(self.max_spread, "max_spread", 0.0, lo_open=True, desc="a relative spread > 0", example=0.15,
+                     error=MeasureConfigError)
         clock = str(self.clock).lower()
         if clock == "auto":
             clock = "cpu" if self.threads == 1 else "wall"
@@ -83,11 +80,10 @@ class MeasureConfig:
             raise MeasureConfigError(f"clock='cpu' sums the CPU time of all threads, so it needs threads=1 (got "
                                      f"threads={self.threads}); use clock='wall' with several threads")
         object.__setattr__(self, "clock", clock)
-        if not isinstance(self.overlap, (bool, np.bool_)):
-            raise MeasureConfigError(f"overlap={self.overlap!r} must be true or false")
-        object.__setattr__(self, "overlap", bool(self.overlap))
-        if self.min_time_s < 0:
-            raise MeasureConfigError(f"min_time_s={self.min_time_s!r} must be >= 0")
+        object.__setattr__(self, "overlap", check_bool(self.overlap, "overlap", error=MeasureConfigError))
+        check_number(self.min_time_s, "min_time_s", 0.0, error=MeasureConfigError)
+        check_number(self.timeout_s, "timeout_s", 0.0, lo_open=True, desc="a number of seconds > 0", example=600,
+                     error=MeasureConfigError)
         object.__setattr__(self, "pin", _pin(self.pin))
 
     def settings(self) -> dict:

@@ -37,6 +37,7 @@ from hwnas.predictors.assets import atomic_write, temp_prefix
 from hwnas.predictors.base import Predictor
 from hwnas.predictors.metrics import srcc
 from hwnas.spaces.errors import UserError
+from hwnas.spaces.checks import check_bool, check_int, check_number
 from hwnas.spaces.io import arch_key, space_from_spec, space_spec
 
 from .evaluate import choose_budgets, front_hv, measure_front, read_csv, srcc_lower_bound, write_csv
@@ -61,37 +62,24 @@ class ScaledProxy(Predictor):
 # ============================================================================ settings
 # Every stage checks its settings in ``check`` (called for all stages before the run folder is touched),
 # so that a typo in a late stage's setting is one line at once, not a traceback after minutes of work.
+_DEFAULTS = "defaults in hwnas/conf/pipeline_base.yaml"
+
+
 def whole(ctx: Context, path: str, low: int, null: bool = False, what: str = "") -> int | None:
-    """The setting ``path`` as a whole number >= ``low`` (or None with ``null``); else one PipelineError."""
-    v = ctx.setting(path)
-    if v is None and null:
-        return None
-    if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())) or int(v) < low:
-        raise PipelineError(f"{path}={v!r} is not a whole number >= {low}{' or null' if null else ''}"
-                            f"{'; ' + what if what else ''}; see hwnas/conf/pipeline_base.yaml")
-    return int(v)
+    """The setting ``path`` as an integer >= ``low`` (or None with ``null``); else one PipelineError."""
+    return check_int(ctx.setting(path), path, low, null=null, what="; ".join(filter(None, (what, _DEFAULTS))),
+                     error=PipelineError)
 
 
 def number(ctx: Context, path: str, low: float | None = None, high: float | None = None, null: bool = False,
            what: str = "") -> float | None:
     """The setting ``path`` as a finite number in ``[low, high]`` (or None with ``null``); else one PipelineError."""
-    v = ctx.setting(path)
-    if v is None and null:
-        return None
-    bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
-    if bad or (low is not None and v < low) or (high is not None and v > high):
-        rng = (f" in [{low:g}, {high:g}]" if low is not None and high is not None else f" >= {low:g}" if low is not None
-               else f" <= {high:g}" if high is not None else "")
-        raise PipelineError(f"{path}={v!r} is not a number{rng}{' or null' if null else ''}{'; ' + what if what else ''}; "
-                            "see hwnas/conf/pipeline_base.yaml")
-    return float(v)
+    return check_number(ctx.setting(path), path, low, high, null=null, what="; ".join(filter(None, (what, _DEFAULTS))),
+                        error=PipelineError)
 
 
 def flag(ctx: Context, path: str) -> bool:
-    v = ctx.setting(path)
-    if not isinstance(v, bool):
-        raise PipelineError(f"{path}={v!r} is not true or false")
-    return v
+    return check_bool(ctx.setting(path), path, error=PipelineError)
 
 
 def number_list(ctx: Context, path: str, low: float, high: float | None, what: str) -> list[float]:
