@@ -14,7 +14,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from hwnas.spaces.errors import UserError
+from hwnas.spaces.errors import PluginFailed, UserError, is_plugin
 
 
 @runtime_checkable
@@ -40,10 +40,14 @@ class Predictor:
         return self.predict(archs)
 
 
+class NotAPredictor(UserError, TypeError):
+    """An object given as a predictor has no ``predict(archs)`` method."""
+
+
 def as_predictor(obj: Any, field: str = "predictor") -> PredictorProtocol:
     """Check that ``obj`` has a callable ``predict``; raise one clear error otherwise."""
     if not callable(getattr(obj, "predict", None)):
-        raise TypeError(
+        raise NotAPredictor(
             f"{field}: {type(obj).__name__} has no predict(archs) method; a predictor must define "
             "predict(archs) -> np.ndarray (see hwnas.predictors.Predictor)"
         )
@@ -119,4 +123,23 @@ def predict_array(pred: PredictorProtocol, archs: Sequence[Any], field: str = "p
     """Call ``pred.predict`` and check the result (:func:`check_values`): a float vector of the right length;
     with ``finite`` / ``positive``, finite / > 0. Errors name ``field`` and the predictor's class."""
     inner = getattr(pred, "__wrapped__", pred)  # a wrapper (e.g. a DistributedPredictor) names what it wraps
-    return check_values(pred.predict(archs), archs, f"{field} ({type(inner).__name__})", finite=finite, positive=positive)
+    return check_values(call_predict(pred, archs, field), archs, f"{field} ({type(inner).__name__})", finite=finite,
+                        positive=positive)
+
+
+def call_predict(pred: Any, archs: Sequence[Any], field: str = "predictor") -> Any:
+    """``pred.predict(archs)``, unchecked. What a user's plug-in (a class outside hwnas) raises, other than a
+    :class:`UserError`, becomes :class:`~hwnas.spaces.errors.PluginFailed` naming ``field``, the class and
+    the exception (the commands print the plug-in's traceback, then that line); hwnas's own predictors'
+    exceptions pass as they are."""
+    inner = getattr(pred, "__wrapped__", pred)
+    try:
+        return pred.predict(archs)
+    except UserError:
+        raise
+    except Exception as exc:
+        if not is_plugin(inner):
+            raise  # a bug of hwnas's own: its traceback as it is
+        cls = type(inner)
+        raise PluginFailed(f"{field} ({cls.__module__}.{cls.__qualname__}) raised {type(exc).__name__} in predict(): "
+                           f"{str(exc).splitlines()[0] if str(exc) else '(no message)'}") from exc

@@ -86,6 +86,52 @@ def _user_import_path() -> None:
         sys.path.insert(0, cwd)
 
 
+def import_target(target: str, key: str) -> Any:
+    """The object a ``_target_`` names (``package.module.Class``, or an attribute of an attribute), imported
+    with the current folder on the import path. One :class:`ConfigError` naming ``key`` and what is wrong:
+    no such module, a module without that name in it, or a module that fails while being imported (its
+    own error and line); hydra's ``get_method`` logs an ERROR record first and says the same thing for
+    all three."""
+    import importlib
+    import traceback
+
+    _user_import_path()
+    names = str(target).split(".")
+    if not all(n.isidentifier() for n in names) or len(names) < 2:
+        raise ConfigError(f"{key}._target_={target!r} is not a dotted path such as mypackage.mymodule.MyClass")
+    module, found = None, 0
+    for i in range(len(names) - 1, 0, -1):
+        name = ".".join(names[:i])
+        try:
+            module = importlib.import_module(name)
+            found = i
+            break
+        except ModuleNotFoundError as exc:
+            if exc.name is None or name == exc.name or name.startswith(exc.name + "."):
+                continue  # this prefix is no module: try a shorter one
+            raise ConfigError(f"{key}._target_={target!r}: importing it failed: it needs module {exc.name!r}, which is "
+                              "not installed") from None
+        except Exception as exc:  # noqa: BLE001 - the user's module fails while it is imported
+            frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+            where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+            text = str(exc)
+            if isinstance(exc, SyntaxError) and exc.filename:
+                text, where = exc.msg, f" ({exc.filename}, line {exc.lineno})"
+            raise ConfigError(f"{key}._target_={target!r}: importing it failed: {type(exc).__name__}: {text}{where}") from None
+    if module is None:
+        raise ConfigError(f"{key}._target_={target!r}: there is no module {names[0]!r} (the current folder is on the "
+                          "import path; check the spelling, or install the package)")
+    obj = module
+    for j, attr in enumerate(names[found:], start=found):
+        if not hasattr(obj, attr):
+            raise ConfigError(f"{key}._target_={target!r}: {'module' if j == found else 'object'} "
+                              f"{'.'.join(names[:j])} has no {attr!r}")
+        obj = getattr(obj, attr)
+    if not callable(obj):
+        raise ConfigError(f"{key}._target_={target!r} is not a class or function")
+    return obj
+
+
 def _wants(target: Any, name: str) -> bool:
     """Whether the callable ``target`` accepts the keyword ``name``."""
     try:
@@ -114,7 +160,7 @@ def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
     explicit choice (``latency.k=null``: every row, not the default K). Keyword arguments the target
     does not take (e.g. ``space=`` for a class without one) are not passed. Errors name ``key``.
     """
-    from hydra.utils import get_method, instantiate
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     if OmegaConf.is_dict(node) and "_target_" in node.keys() and OmegaConf.is_missing(node, "_target_"):
@@ -122,15 +168,8 @@ def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
     cfg = plain(node, key)
     if not isinstance(cfg, dict) or cfg.get("_target_") in (None, "", "???"):
         raise ConfigError(f"{key}._target_ is not set; choose a config ({key}=<name>) or set {key}._target_=<module.Class>")
-    _user_import_path()
     target = cfg["_target_"]
-    try:
-        fn = get_method(target)
-    except Exception as exc:  # noqa: BLE001 - import errors of the user's module
-        raise ConfigError(
-            f"{key}._target_={target!r} cannot be imported ({_cause(exc)}); check the module path (the current "
-            "folder is on the import path)"
-        ) from None
+    fn = import_target(target, key)
     cfg = {k: v for k, v in cfg.items() if v is not None or _null_is_a_choice(fn, k)}
     kwargs = {k: v for k, v in kwargs.items() if k not in cfg and _wants(fn, k)}
     try:

@@ -87,7 +87,7 @@ def settings_key(cfg: Any) -> str:
         if isinstance(v, dict):
             v = {k: x for k, x in v.items() if k != "mirror" and not (name == "search" and k in _COSMETIC)}
         parts[name] = v
-    files = local_files({k: parts[k] for k in _FILE_NODES})
+    files = {**local_files({k: parts[k] for k in _FILE_NODES}), **plugin_files({k: parts[k] for k in _FILE_NODES})}
     if files:  # only then: the key of settings without local files is unchanged
         parts["files"] = files
     return fingerprint(parts)
@@ -135,6 +135,41 @@ def local_files(settings: Any, prefix: str = "") -> dict[str, str]:
                 out[prefix] = fingerprint_paths(found)
         except (OSError, ValueError):  # a name that is no path here (too long, bad characters)
             pass
+    return out
+
+
+def plugin_files(settings: Any, prefix: str = "") -> dict[str, str]:
+    """``{"accuracy._target_": "sha256:...", ...}``: a content fingerprint of the source file of every
+    plug-in a ``_target_`` names outside hwnas (``plug.preds.MyAcc`` -> ``plug/preds.py``), found on
+    ``sys.path`` without running it (only its parent packages are imported). Editing your predictor's
+    code is another search: it gets another run folder, not the old results as "nothing to do" nor the
+    old checkpoint resumed under the new code. (Other modules that file imports are not followed.)"""
+    import importlib.util
+
+    from hwnas.predictors.build import _user_import_path
+    from hwnas.predictors.fingerprint import fingerprint_paths
+
+    _user_import_path()  # where the plug-in will be imported from
+    out: dict[str, str] = {}
+    if isinstance(settings, dict):
+        for k, v in settings.items():
+            where = f"{prefix}.{k}" if prefix else str(k)
+            if k == "_target_" and isinstance(v, str) and not v.startswith("hwnas."):
+                names = v.split(".")
+                for i in range(len(names) - 1, 0, -1):  # the longest prefix that is a module with a source file
+                    try:
+                        spec = importlib.util.find_spec(".".join(names[:i]))
+                    except (ImportError, ValueError, AttributeError):
+                        continue
+                    origin = getattr(spec, "origin", None) if spec is not None else None
+                    if origin and origin.endswith(".py") and os.path.isfile(origin):
+                        out[where] = fingerprint_paths([Path(origin)])
+                        break
+            else:
+                out.update(plugin_files(v, where))
+    elif isinstance(settings, (list, tuple)):
+        for i, v in enumerate(settings):
+            out.update(plugin_files(v, f"{prefix}[{i}]"))
     return out
 
 

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from hwnas.predictors.base import Predictor
+from hwnas.predictors.base import Predictor, check_values
 from hwnas.spaces.checks import check_bool, check_int
 from hwnas.spaces.errors import UserError
 
@@ -52,17 +52,19 @@ class LocalRunner:
         pass
 
 
-def _call_remote(pred: Any, arch: Any) -> float:
-    return float(np.asarray(pred.predict([arch]), dtype=float).reshape(-1)[0])
+def _call_remote(pred: Any, arch: Any) -> Any:
+    """``pred.predict([arch])`` as it came (checked by the caller: one number)."""
+    return pred.predict([arch])
 
 
 class _Elementwise:
-    """``f(arch) = predictor.predict([arch])[0]``; the predictor may be a Dask future (scattered)."""
+    """``f(arch) = predictor.predict([arch])`` (checked by :class:`DistributedPredictor`: one number); the
+    predictor may be a Dask future (scattered)."""
 
     def __init__(self, predictor: Any) -> None:
         self.predictor = predictor
 
-    def __call__(self, arch: Any) -> float:
+    def __call__(self, arch: Any) -> Any:
         return _call_remote(self.predictor, arch)
 
 
@@ -127,8 +129,9 @@ class DaskRunner:
     """pymoo's Dask parallelization on a client (``address`` or a new ``LocalCluster``).
 
     A cluster of our own logs warnings and errors only (its INFO records are start-up chatter), its
-    worker processes errors only (closing the cluster cancels their running tasks, each a warning);
-    closing it is silent, and so is everything its tasks report after an interrupt: the search has said in one
+    worker processes nothing below CRITICAL (closing the cluster cancels their running tasks, each a
+    warning; a failing task is an ERROR record per task, and the same failure reaches this process,
+    which reports it once); closing it is silent, and so is everything its tasks report after an interrupt: the search has said in one
     line what happened and where its checkpoint is."""
 
     def __init__(self, address: str | None = None, n_workers: int = 2, threads_per_worker: int = 1,
@@ -158,7 +161,7 @@ class DaskRunner:
                 with _workers_ignore_ctrl_c():
                     self.cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=int(threads_per_worker),
                                                 processes=bool(processes), dashboard_address=None,
-                                                **{"silence_logs": logging.ERROR, **cluster_kwargs})
+                                                **{"silence_logs": logging.CRITICAL, **cluster_kwargs})
                 client = Client(self.cluster)
         self.client = client
         logging.getLogger("tornado.application").addFilter(_SYNC_CANCEL_BUG)  # (adding it again is a no-op)
@@ -170,9 +173,21 @@ class DaskRunner:
         return len(self.client.scheduler_info().get("workers", {}))
 
     def scatter(self, predictor: Any) -> Any:
-        """The predictor as a Dask future on every worker (sent once)."""
+        """The predictor as a Dask future on every worker (sent once). One that cannot be sent (it holds a
+        lock, an open file, a GPU context) is one :class:`EvaluatorError` before Dask tries (and logs a
+        traceback per attempt)."""
         k = id(predictor)
         if k not in self._scattered:
+            import cloudpickle
+
+            try:
+                cloudpickle.dumps(predictor)
+            except Exception as exc:  # noqa: BLE001 - whatever the object holds
+                name = f"{type(predictor).__module__}.{type(predictor).__qualname__}"
+                raise EvaluatorError(
+                    f"evaluator=dask: {name} cannot be sent to the workers ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); make it picklable (open files, locks, sessions "
+                    "in predict() or __setstate__, not kept from __init__) or use evaluator=local") from None
             self._scattered[k] = self.client.scatter(predictor, broadcast=True, hash=False)
         return self._scattered[k]
 
@@ -208,6 +223,7 @@ class DistributedPredictor(Predictor):
     def __init__(self, predictor: Any, runner: Any) -> None:
         self.predictor = self.__wrapped__ = predictor  # (__wrapped__: error messages name the wrapped class)
         self.runner = runner
+        self.field = "predictor"  # what the errors call it (wrap_predictors: accuracy, latency)
         self.metric = getattr(predictor, "metric", None)
         self.n_calls = 0
 
@@ -220,7 +236,8 @@ class DistributedPredictor(Predictor):
             vals = self.runner.map_predict(self.predictor, archs)
         else:
             vals = self.runner(_Elementwise(self.predictor), archs)
-        return np.asarray(vals, dtype=float)
+        field = f"{self.field} ({type(self.predictor).__name__})"
+        return np.array([check_values(v, [a], field)[0] for v, a in zip(vals, archs)], dtype=float)
 
 
 def make_runner(cfg: Any) -> Any:
@@ -248,4 +265,8 @@ def wrap_predictors(cfg: Any, runner: Any, **predictors: Any) -> dict:
         raise EvaluatorError(f"evaluator.objectives={names}: unknown {bad}; allowed values: {sorted(predictors)}")
     if isinstance(runner, LocalRunner):
         return dict(predictors)  # local: keep batched evaluation
-    return {k: (DistributedPredictor(p, runner) if k in names else p) for k, p in predictors.items()}
+    out = {k: (DistributedPredictor(p, runner) if k in names else p) for k, p in predictors.items()}
+    for k, p in out.items():
+        if isinstance(p, DistributedPredictor):
+            p.field = k
+    return out

@@ -38,6 +38,7 @@ import numpy as np
 
 from hwnas.predictors.threads import limit_threads
 from hwnas.spaces import SearchSpace
+from hwnas.spaces.errors import is_plugin
 
 from .operators import ArchCrossover, ArchMutation, ArchSampling, row_keys
 from .problem import ArchProblem, as_budgets, best_under, hypervolume
@@ -496,6 +497,7 @@ class _Search:
     def _check_budgets(self) -> None:
         """Budgets against the latency of the initial population (a random sample plus the smallest
         and the largest arch); without budgets, report quantiles of it."""
+        self._check_units()
         _, _, lat = self.problem.archive()
         lo, hi = float(lat.min()), float(lat.max())
         q = [float(f"{v:.3g}") for v in np.quantile(lat, [0.2, 0.4, 0.6, 0.8])]
@@ -512,12 +514,29 @@ class _Search:
                     f"search.budgets={_fmt_list(self.budgets)} are all above the slowest")
             raise ValueError(
                 f"{what} of {len(lat)} sampled archs (latency {lo:.4g}-{hi:.4g}, {unit}, smallest and largest arch "
-                f"included); the budgets may be for another device. Set budgets in that range, e.g. "
+                f"included); the budgets may be for another device, or in another unit than the predictor's (ms, not s or "
+                f"µs). Set budgets in that range, e.g. "
                 f"search.budgets={_fmt_list(q)}, or search.constraint=false"
             )
         high = [b for b in self.budgets if b > hi]
         if high:
             self.log(f"search.budgets {_fmt_list(high)} are above the slowest sampled arch ({hi:.4g}): every arch fits them")
+
+    def _check_units(self) -> None:
+        """A plug-in latency whose values imply a throughput no device has (seconds or microseconds read as
+        ms) gets one warning; the search itself works in any unit. From the initial population: no extra
+        evaluation (a plug-in may measure a device)."""
+        inner = getattr(self.problem.latency, "__wrapped__", self.problem.latency)
+        if not is_plugin(inner):
+            return
+        from hwnas.predictors.measure.plan import unit_warning
+
+        X, _, lat = self.problem.archive()
+        n = min(len(lat), 64)
+        note = unit_warning(self.space, self.space.decode(np.asarray(X[:n], dtype=int)), lat[:n],
+                            f"latency ({type(inner).__name__})")
+        if note:
+            self.log(f"warning: {note}")
 
     def _check_front(self) -> None:
         if self.problem.max_latency is not None and len(self.problem.front_indices()) == 0:

@@ -387,11 +387,11 @@ def profile_genomes(space: Any, n_samples: int, seed: int | np.random.Generator 
 def _predict(predictor: Any, batch: Any, field: str) -> np.ndarray:
     """``predictor.predict(batch)`` as a float vector of one value per arch, checked by the one checker
     of predictions (:func:`~hwnas.predictors.base.check_values`), its error a :class:`ProfileError`
-    (what the predictor itself raises is its own error, with its traceback: a bug to fix there)."""
-    from hwnas.predictors.base import PredictionError, check_values
+    (what a plug-in itself raises is its traceback and a line naming it: a bug to fix there)."""
+    from hwnas.predictors.base import PredictionError, call_predict, check_values
 
     try:
-        return check_values(predictor.predict(batch), batch, field)
+        return check_values(call_predict(predictor, batch, field), batch, f"{field} ({type(predictor).__name__})")
     except PredictionError as exc:
         raise ProfileError(str(exc)) from None
 
@@ -411,7 +411,7 @@ def evaluate(space: Any, predictor: Any, genomes: np.ndarray, batch_size: int = 
         it = tqdm(starts, desc=field, unit="batch")
     for s in it:
         batch = space.batch(genomes[s : s + batch_size])
-        out[s : s + len(batch)] = _predict(predictor, batch, who)
+        out[s : s + len(batch)] = _predict(predictor, batch, field)
     checks = [(~np.isfinite(out), "a non-finite value")]
     if positive:
         with np.errstate(invalid="ignore"):

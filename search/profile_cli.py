@@ -206,7 +206,10 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
         raise ConfigError("latency: no device given; choose latency=<config> (e.g. note10_lut) or add devices.<name>=<predictor config>")
     accuracy = {}
     if cfg.get("accuracy"):
-        accuracy[accuracy_name or "accuracy"] = build_predictor(cfg, "accuracy", space)
+        name = accuracy_name or "accuracy"
+        if name in latency:  # accuracy=custom latency=custom: both named after their config; not an error of the user's
+            name = "accuracy" if "accuracy" not in latency else f"{name}_accuracy"
+        accuracy[name] = build_predictor(cfg, "accuracy", space)
     names = {dev: space_config_name(rc.get("name", "reduced_{device}"), dev) for dev in latency}
     if rc.get("enabled", True) and accuracy:
         taken = [n for n in names.values() if list(names.values()).count(n) > 1]
@@ -290,7 +293,11 @@ def main(argv: list[str] | None = None) -> None:
         out = cfg.get("output_dir") or hc.runtime.output_dir
         choices = hc.runtime.choices
         with cli_errors("hwnas-profile"):
-            run_profile(cfg, output_dir=out, device=device_name_from_choice(choices.get("/latency") or choices.get("latency")),
+            lat = cfg.get("latency")
+            own = lat.get("target_device") if hasattr(lat, "get") else None  # latency=adapted: the device adapted to
+            device = str(own) if isinstance(own, str) and own else device_name_from_choice(choices.get("/latency") or
+                                                                                            choices.get("latency"))
+            run_profile(cfg, output_dir=out, device=device,
                         accuracy_name=choices.get("/accuracy") or choices.get("accuracy") or "accuracy")
 
     run_hydra("hwnas-profile", _app)

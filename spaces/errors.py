@@ -24,6 +24,28 @@ class UserError(Exception):
     """Bad input or environment, explained in one line that names the field or file and the fix."""
 
 
+class PluginFailed(Exception):
+    """A user's plug-in (a class outside hwnas, named by a ``_target_``) raised inside one of its methods.
+    Not a :class:`UserError`: its own traceback is what its author needs, so the commands print that
+    traceback and then one line naming the plug-in and the method (exit status 1). The plug-in's
+    exception is ``__cause__``."""
+
+
+def plugin_failed(prog: str, exc: PluginFailed) -> SystemExit:
+    """Print the plug-in's own traceback (without hwnas's frames above its call) and one line naming it."""
+    import traceback
+
+    cause = exc.__cause__ or exc
+    traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
+    print(f"{prog}: error: {exc} (the plug-in's traceback is above)", file=sys.stderr)
+    return SystemExit(1)
+
+
+def is_plugin(obj: Any) -> bool:
+    """Whether ``obj`` is an instance of a class from outside hwnas (a user's plug-in)."""
+    return not str(getattr(type(obj), "__module__", "")).startswith("hwnas.")
+
+
 class CraftedFileError(UserError):
     """A data file names code to run (a class to build, a pickled callable): refused, nothing run. A
     caller that would otherwise rebuild an unreadable file's contents must not: the file was tampered
@@ -110,6 +132,8 @@ def run_hydra(prog: str, app: Callable[[], Any]) -> Any:
         return app()
     except KeyboardInterrupt as exc:
         raise _interrupted(prog, exc) from None
+    except PluginFailed as exc:
+        raise plugin_failed(prog, exc) from None
     except Exception as exc:
         mod = type(exc).__module__
         if mod.startswith(("hydra", "omegaconf")):  # (hydra's MissingConfigException is an OSError too)
@@ -166,6 +190,8 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
             yield
     except KeyboardInterrupt as exc:
         raise _interrupted(prog, exc) from None
+    except PluginFailed as exc:
+        raise plugin_failed(prog, exc) from None
     except (UserError, OSError, *extra) as exc:
         print(error_line(prog, exc), file=sys.stderr)
         raise SystemExit(2) from None

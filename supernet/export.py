@@ -338,7 +338,8 @@ def _fmt(v: float | None, kind: str, unit: str = "") -> str:
         return "unknown"
     if unit == "%" and abs(v) <= 1.0:
         return f"{v * 100:.2f}% ({kind})"
-    return f"{v:.4g}{unit if unit != '%' else '%'} ({kind})"
+    suffix = "%" if unit == "%" else (f" {unit}" if unit else "")
+    return f"{v:.4g}{suffix} ({kind})"
 
 
 def _model_card(meta: dict, files: dict[str, str]) -> str:
@@ -358,7 +359,7 @@ def _model_card(meta: dict, files: dict[str, str]) -> str:
         "",
         f"- arch: `{meta['arch_str']}`",
         f"- top-1: {_fmt(meta['accuracy']['value'], meta['accuracy']['kind'], '%')}; "
-        f"latency: {_fmt(meta['latency']['value'], meta['latency']['kind'])}",
+        f"latency: {_fmt(meta['latency']['value'], meta['latency']['kind'], meta['latency'].get('unit', ''))}",
         f"- MACs: {meta['macs'] / 1e6:.1f} M; parameters: {meta['params'] / 1e6:.2f} M",
         f"- weights: {w['source']}" + (f" (`{w['checkpoint']}`)" if w.get("checkpoint") else ""),
         "- BN statistics: " + (f"re-calibrated on {bn['n_images']} training images of `{bn['data']}`" if bn

@@ -17,6 +17,7 @@ skips the archs already exported, so an interrupted export resumes.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -59,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace export folders made with other settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _not_top1(v: object) -> bool:
+    """A finite number that no top-1 accuracy is (outside [0, 100]); NaN and infinity are refused elsewhere."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and not 0.0 <= v <= 100.0
 
 
 def _out_dir(source: str, out: str | None) -> Path:
@@ -117,6 +123,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.latency is not None:
             it.latency = args.latency
         it.accuracy_kind, it.latency_kind = args.accuracy_kind, args.latency_kind
+    scores = [it for it in items if _not_top1(it.accuracy)]
+    if scores:  # a search on a proxy score (zero-cost proxy, a loss, percent beyond 100): not a top-1 to write as one
+        for it in scores:
+            it.extra["search_score"], it.accuracy = float(it.accuracy), None
+        print(f"hwnas-export: note: the search's accuracy values are not top-1 accuracies (e.g. {scores[0].extra['search_score']:g}: "
+              "a proxy score?); each export records its value as search_score and the top-1 as unknown (--accuracy "
+              "sets one)", file=sys.stderr)
     out = _out_dir(args.source, args.out)
     weights = load_weights_source(space, args.checkpoint, mirror=args.mirror)
     if not weights.trained:

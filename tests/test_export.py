@@ -331,6 +331,7 @@ def test_model_card_timm_code_runs(exported, monkeypatch):
 
     space, arch, out, path = exported
     card = (path / "README.md").read_text()
+    assert "- top-1: 77.12% (predicted); latency: 18.5 ms (measured)" in card  # the unit (it used to be "18.5")
     code = re.search(r"```python\n(from hwnas.supernet.timm_export import register_timm\nimport timm\n.*?)```", card, re.S).group(1)
     assert "timm.models._" not in card and "timm.layers" not in card
     monkeypatch.chdir(path)

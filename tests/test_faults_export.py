@@ -278,3 +278,20 @@ def test_malformed_export_inputs_are_one_line(tmp_path):
     for argv, want in cases[:3]:
         assert want in _one_error_line(_cli(["-m", "hwnas.supernet.export_cli", *argv], tmp_path), "hwnas-export")
     assert not (tmp_path / "o1").exists()
+
+
+def test_a_search_on_a_proxy_score_exports_the_score_as_such(tmp_path):
+    """A search whose 'accuracy' is a proxy score (here negative) used to be refused by hwnas-export ('not a top-1
+    accuracy ... or leave it out', which a run folder cannot do): the score is kept as search_score, the top-1
+    is unknown, and one note says so."""
+    space = create_space("ofa_proxyless_w13", resolutions=[R])
+    run = _run_folder(tmp_path, space, space.sample(1, 3), {"12": 0})
+    data = json.loads((run / "pareto.json").read_text())
+    for row in [*data["front"], *data["best"].values()]:
+        row["accuracy"] = -0.25
+    (run / "pareto.json").write_text(json.dumps(data))
+    p = _cli(["-m", "hwnas.supernet.export_cli", str(run), "--formats", "torch", "--no-progress"], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "not top-1 accuracies (e.g. -0.25: a proxy score?)" in p.stderr
+    (meta,) = [json.loads(f.read_text()) for f in (run / "export").glob("*/metadata.json")]
+    assert meta["accuracy"]["value"] is None and meta["extra"]["search_score"] == -0.25

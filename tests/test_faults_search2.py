@@ -72,8 +72,17 @@ def test_settings_key_of_settings_without_local_files_is_unchanged(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert key_of([]) == DEFAULT_KEY
     assert key_of(["assets.mirror=/somewhere/else"]) == DEFAULT_KEY  # the mirror is no setting
-    assert key_of(TOY) == TOY_KEY
     assert key_of(MLP) == MLP_KEY
+    # plug-ins (classes outside hwnas) add their source files, and only them
+    import hwnas.search.cli as search_cli
+    from hwnas.search.cli import plugin_files
+
+    files = plugin_files({"accuracy": {"_target_": "test_cli.ToyAccuracy"}, "latency": {"_target_": "test_faults_search.SlowLatency"},
+                          "space": {"_target_": "hwnas.spaces.create_space"}})
+    assert set(files) == {"accuracy._target_", "latency._target_"} and all(v.startswith("sha256:") for v in files.values())
+    assert key_of(TOY) != TOY_KEY
+    monkeypatch.setattr(search_cli, "plugin_files", lambda *a, **k: {})
+    assert key_of(TOY) == TOY_KEY
     # a measurement store / evaluation cache grows while the search runs: never part of the key
     (tmp_path / "measurements.sqlite").write_bytes(b"rows")
     base = key_of(["latency=measured"])
@@ -175,8 +184,11 @@ def test_a_kill_after_an_initial_population_loses_none_of_it(tmp_path, engine, r
     # has new archs); the crash is the first call of the generation after the crash_after-th population
     crash_at = 2 if crash_after == 1 else 1 + SMALL["n_gen"] + 2
     acc, lat = Counting(ToyAccuracy(space)), Counting(ToyLatency(space), crash_at=crash_at)
-    with pytest.raises(Crash):
+    from hwnas.spaces.errors import PluginFailed
+
+    with pytest.raises(PluginFailed) as crashed:  # the plug-in's exception, named (its traceback kept as the cause)
         run_search(space, acc, lat, checkpoint=ck, **args)
+    assert isinstance(crashed.value.__cause__, Crash)
     arrays, meta = read_state(tmp_path / "ck.npz")
     state = meta["state"]
     assert state["phase"] == "nsga" and state["gen"] == 0 and state["restart"] == crash_after - 1

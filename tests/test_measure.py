@@ -453,3 +453,23 @@ def test_cli_plan_writes_models_that_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--plan", "2", "--space", "ofa_mbv3_w12", "--resolutions", "160", "--pool", "50", "--out", str(out)])
     assert "already holds measured latencies" in capsys.readouterr().err
+
+
+def test_a_plan_of_another_space_is_refused_by_the_pipeline_naming_the_fix(plan_dir):
+    """hwnas-measure --plan's default resolutions (128..224 step 4) against the pipeline's OFA preset (160..224):
+    the error named neither the plan nor the fix ('r=144 is not allowed'); the instructions' pipeline line
+    lacked target.device."""
+    from hwnas.predictors.measure.plan import PlanError, PlanLatency
+
+    d, space, archs = plan_dir
+    fill_plan(d / "plan.csv", lambda r: "2.5")
+    assert "target=plan target.plan=" in (d / "INSTRUCTIONS.md").read_text()
+    assert "target.device=npu" in (d / "INSTRUCTIONS.md").read_text()
+    pipeline_space = create_space("ofa_mbv3_w12", resolutions=[160, 176, 192, 208, 224])
+    if all(a.r in pipeline_space.resolutions for a in archs):
+        pytest.skip("every planned arch happens to be at a resolution of the pipeline's space")
+    with pytest.raises(PlanError) as e:
+        PlanLatency(pipeline_space, d / "plan.csv", device="npu")
+    msg = str(e.value)
+    assert str(d / "plan.csv") in msg and "is not in this run's space" in msg
+    assert "--resolutions 160 176 192 208 224" in msg and "target=plan target.device=npu" in msg

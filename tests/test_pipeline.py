@@ -446,6 +446,46 @@ def test_plan_target_stops_for_numbers_and_resumes(tmp_path, data_dir, capsys):
     assert asked and asked <= again
 
 
+@pytest.mark.slow
+def test_a_later_plan_in_another_unit_and_an_edited_plan_are_refused(tmp_path, data_dir):
+    """The front's plan filled in microseconds was stored as ms and the run ended 'successfully' with an empty
+    front; a filled plan corrected after its numbers were taken was ignored for good. Each is one PlanError."""
+    from hwnas.predictors.measure.plan import PlanError
+    from hwnas.search.pipeline.evaluate import WaitingForMeasurements
+
+    from _pipeline_helpers import MacsLatency
+
+    cfg = compose_pipeline(
+        ["target=plan", "target.device=npu", "samples.pool=200", "samples.k=5", "reduce.enabled=false", "search.n_gen=3",
+         "search.pop_size=10", "search.refine.passes=0", "search.verbose=false", "search.plot=false", "report=false",
+         "remeasure.max_archs=3", "remeasure.calibrate=false", "export.formats=[]", f"assets.mirror={data_dir}"],
+        name="pipeline")
+    run = tmp_path / "run"
+    space = create_space("ofa_mbv3_w12", resolutions=[160, 176, 192, 208, 224])
+    device = MacsLatency(space)
+
+    def fill(plan_csv, scale=1.0):
+        return fill_plan(plan_csv, lambda r: repr(scale * float(device.predict([space.validate(r["arch"])])[0])))
+
+    with pytest.raises(WaitingForMeasurements):
+        run_pipeline(cfg, run)
+    fill(run / "02_samples" / "plan" / "plan.csv")
+    with pytest.raises(WaitingForMeasurements, match="06_remeasure/plan"):
+        run_pipeline(cfg, run)
+    front_plan = run / "06_remeasure" / "plan" / "plan.csv"
+    fill(front_plan, 1000.0)  # microseconds
+    with pytest.raises(PlanError, match=r"plan.csv: its values are 1000x this device's earlier measurements per MAC \(5 in "):
+        run_pipeline(cfg, run)
+    assert len(_ledger(run)) == 5  # nothing of it stored
+    fill(front_plan, 1.0)
+    run_pipeline(cfg, run)
+    rows = fill(run / "02_samples" / "plan" / "plan.csv", 1.0)
+    rows[0]["latency_ms"] = repr(2 * float(rows[0]["latency_ms"]))  # a value corrected afterwards
+    fill_plan(run / "02_samples" / "plan" / "plan.csv", [r["latency_ms"] for r in rows])
+    with pytest.raises(PlanError, match=r"02_samples/plan/plan.csv: the value of .* is now .* was taken from it before"):
+        run_pipeline(cfg, run)
+
+
 @pytest.mark.parametrize("name, space, proxy, target", [
     ("pipeline", "ofa_mbv3_w12", "LookupTableLatency", "MeasuredLatency"),
     ("pipeline_proxyless", "proxyless_mobile", "LookupTableLatency", "MeasuredLatency"),

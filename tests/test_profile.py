@@ -393,3 +393,42 @@ def test_agreed_reduction_drops_only_what_both_drop(space):
     # agreeing with itself changes nothing
     same = agreed_reduction(space, a, a)
     assert same.space.block_choices == a.space.block_choices and same.space.depth_choices == a.space.depth_choices
+
+
+def test_custom_accuracy_and_custom_latency_profile_without_naming_a_device(tmp_path, monkeypatch):
+    """hwnas-profile accuracy=custom latency=custom (the natural plug-in call) named both metrics 'custom' and
+    stopped with a ValueError traceback; the accuracy is now called 'accuracy' and the device 'custom'."""
+    from hydra import compose, initialize_config_module
+
+    from hwnas.search.profile_cli import run_profile
+
+    monkeypatch.setenv("HWNAS_CONFIG_DIR", str(tmp_path / "user_conf"))
+    with initialize_config_module(config_module="hwnas.conf", version_base=None):
+        cfg = compose(config_name="profile/default", overrides=[
+            "space.resolutions=[160,224]", "latency=custom", "+latency._target_=test_profile.SynLatency",
+            "accuracy=custom", "accuracy._target_=test_profile.SynAccuracy", "profile.n_samples=8",
+            "profile.progress=false"])
+    summary = run_profile(cfg, output_dir=tmp_path / "out", device="custom", accuracy_name="custom", log=lambda s: None)
+    assert list(summary["devices"]) == ["custom"]
+    import csv
+
+    with open(tmp_path / "out" / "profile.csv", newline="") as f:
+        metrics = {r["metric"] for r in csv.DictReader(f)}
+    assert metrics == {"custom", "accuracy"} and (tmp_path / "user_conf" / "space" / "reduced_custom.yaml").is_file()
+
+
+def test_profile_of_an_adapted_latency_is_named_after_its_target_device(tmp_path, data_dir):
+    """hwnas-profile latency=adapted named every device 'adapted': a second device's reduction replaced the first's
+    reduced_adapted.yaml. The device is now latency.target_device."""
+    import subprocess
+    import sys
+
+    from _pipeline_helpers import cli_env
+
+    for dev in ("titan_xp_1", "2080ti_1"):
+        p = subprocess.run([sys.executable, "-m", "hwnas.search.profile_cli", "latency=adapted", f"latency.target_device={dev}",
+                            "profile.n_samples=8", "profile.progress=false", f"assets.mirror={data_dir}",
+                            f"hydra.run.dir={tmp_path / dev}"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env=cli_env({"HWNAS_CONFIG_DIR": str(tmp_path / "conf")}))
+        assert p.returncode == 0, p.stderr[-2000:]
+    assert sorted(f.name for f in (tmp_path / "conf" / "space").glob("*.yaml")) == ["reduced_2080ti_1.yaml", "reduced_titan_xp_1.yaml"]

@@ -245,7 +245,11 @@ This folder holds {n} networks picked by hwnas to adapt a latency predictor to y
 3. Give the numbers to hwnas:
 
        hwnas-search latency=adapted latency.target_samples={out / CSV_NAME} latency.target_device={device} latency.k=null
-       hwnas-pipeline target=plan target.plan={out / CSV_NAME}
+       hwnas-pipeline target=plan target.plan={out / CSV_NAME} target.device={device}
+
+   (the pipeline searches its own space: for it, a plan must hold archs of that space -- e.g.
+   `--resolutions 160 176 192 208 224` for its OFA preset -- or let it write its plan itself:
+   `hwnas-pipeline target=plan target.device={device}`)
 
 hwnas checks the fill when it reads it and names the row of the first problem (an empty cell, a value
 that is not a positive number, a duplicated or unknown row, values 1000x off: seconds or microseconds).
@@ -322,6 +326,36 @@ def read_plan(path: str | os.PathLike, partial: bool = False) -> tuple[Any, list
     return space, archs, y, meta
 
 
+def implied_gmacs(macs: np.ndarray, latency_ms: np.ndarray) -> float:
+    """The median throughput (GMAC/s) that latencies in ms imply for networks of ``macs`` multiply-adds."""
+    return float(np.median(np.asarray(macs, float) / (np.asarray(latency_ms, float) * 1e-3) / 1e9))
+
+
+def unit_warning(space: Any, archs: Sequence[Any], latency_ms: np.ndarray, who: str) -> str | None:
+    """A sentence if the latencies ``who`` gave for ``archs`` imply a throughput no device has (outside
+    :data:`THROUGHPUT_GMACS`: seconds or microseconds taken for milliseconds); None if they are plausible or
+    the space counts no MACs."""
+    macs_of = getattr(space, "macs", None)
+    if not callable(macs_of) or not len(archs):
+        return None
+    try:
+        macs = np.array([macs_of(a) for a in archs], dtype=float)
+    except Exception:  # noqa: BLE001 - a space without a MAC count for these archs: nothing to say
+        return None
+    y = np.asarray(latency_ms, float)
+    if not (np.isfinite(y).all() and (y > 0).all() and (macs > 0).all()):
+        return None
+    g = implied_gmacs(macs, y)
+    lo, hi = THROUGHPUT_GMACS
+    if g > hi:
+        return (f"{who} gives latencies that imply {g:,.0f} GMAC/s, faster than any device ({hi:g}): are they in seconds? "
+                "hwnas reads latencies as milliseconds (budgets, reports)")
+    if g < lo:
+        return (f"{who} gives latencies that imply {g:.3g} GMAC/s, slower than any device ({lo:g}): are they in "
+                "microseconds? hwnas reads latencies as milliseconds (budgets, reports)")
+    return None
+
+
 def _check_units(csv_path: Path, space: Any, archs: list, y: np.ndarray, batch: int, ids: list[str]) -> None:
     macs = np.array([space.macs(a) for a in archs], dtype=float) * batch
     per_mac = y / macs
@@ -332,7 +366,7 @@ def _check_units(csv_path: Path, space: Any, archs: list, y: np.ndarray, batch: 
         factor = per_mac[i] / med
         raise PlanError(f"{csv_path} id {ids[i]}: {COLUMN}={y[i]:g} is {factor:.0f}x the other rows' time per MAC "
                         f"(a different unit?); write every value in milliseconds")
-    gmacs = float(np.median(macs / (y * 1e-3) / 1e9))
+    gmacs = implied_gmacs(macs, y)
     lo, hi = THROUGHPUT_GMACS
     if gmacs > hi:
         raise PlanError(f"{csv_path}: the values imply {gmacs:.0f} GMAC/s, faster than any device ({hi:g}); are they in "
@@ -396,6 +430,18 @@ class PlanLatency:
         if meta.get("device") != self.device:
             raise PlanError(f"{plan_paths(path)[0]} was made for device {meta.get('device')!r}, not {self.device!r}; "
                             f"set target.device={meta.get('device')} or use that device's plan")
+        from hwnas.spaces import SpaceError
+
+        for a in archs:
+            try:
+                self.space.validate(a)
+            except SpaceError as exc:  # e.g. a plan of hwnas-measure's default resolutions 128..224 step 4
+                res = getattr(self.space, "resolutions", None)
+                hint = f" --resolutions {' '.join(map(str, res))}" if res else ""
+                raise PlanError(
+                    f"{plan_paths(path)[0]}: arch {a.to_str() if hasattr(a, 'to_str') else a} is not in this run's space "
+                    f"({exc}); make the plan in it (hwnas-measure --plan K --space {space.name}{hint} ...), or let the "
+                    f"pipeline write its own plan (target=plan target.device={self.device}, no target.plan)") from None
         self.values.update({arch_key(self.space, a): float(v) for a, v in zip(archs, y)})
         if not partial:
             self.plans.append(str(plan_paths(path)[0]))

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hwnas.predictors.assets import atomic_write
-from hwnas.predictors.base import predict_array
+from hwnas.predictors.base import arch_text, predict_array
 from hwnas.spaces.errors import UserError
 from hwnas.spaces.io import arch_key
 
@@ -163,8 +163,51 @@ class TargetLedger:
                 f"the latency_ms column of {path} (see {path.parent / 'INSTRUCTIONS.md'}), then run the same command again"
                 + before
             ) from None
+        self._check_units([a for _, a in rest], values, csv_path)
         for (k, _), v in zip(rest, values):
             self._commit(k, float(v), known)
+
+    def _check_units(self, archs: list, values: np.ndarray, csv_path: Path) -> None:
+        """Numbers of a later plan against this device's earlier ones (time per MAC): 30x off or more is a
+        different unit (a re-measure plan filled in microseconds was stored as ms, and the run ended with an
+        empty front). A plan's own check (:func:`~hwnas.predictors.measure.plan.read_plan`) cannot see it
+        when the device is fast enough for microseconds to look like a plausible throughput."""
+        from hwnas.predictors.measure.plan import MIXED_UNITS, PlanError
+
+        macs_of = getattr(self.space, "macs", None)
+        earlier = self.store.records(device=self.device, space=self.space.name)
+        if not callable(macs_of) or len(earlier) < 3 or not len(archs):
+            return
+        before = np.median([r.value / max(macs_of(self.space.validate(r.arch)), 1.0) for r in earlier])
+        now = np.median([float(v) / max(macs_of(a), 1.0) for a, v in zip(archs, values)])
+        ratio = float(now / before)
+        if ratio > MIXED_UNITS or ratio < 1 / MIXED_UNITS:
+            size = f"{ratio:.0f}x" if ratio > 1 else f"1/{1 / ratio:.0f} of"
+            raise PlanError(
+                f"{csv_path}: its values are {size} this device's earlier measurements per MAC ({len(earlier)} in "
+                f"{self.store.path}); a different unit? write every value in milliseconds")
+
+    def check_plans_unchanged(self, run_dir: Path) -> None:
+        """A filled plan of this run edited after its numbers were taken (a value corrected, or filled in
+        another unit and fixed) used to be ignored for good: the ledger answers first. One error naming the
+        row and what to do instead."""
+        from hwnas.predictors.measure.plan import PlanError, plan_started, read_plan
+
+        for csv_path in sorted(Path(run_dir).glob("*/**/plan/plan.csv")):
+            if not plan_started(csv_path):
+                continue
+            try:
+                _, got, y, meta = read_plan(csv_path, partial=True)
+            except PlanError:
+                continue  # a plan being filled: read (and checked) when its stage asks for it
+            keys = [arch_key(self.space, a) for a in got]
+            stored = self.store.get_many(self.device, self.space.name, keys)
+            for k, v in zip(keys, y):
+                if k in stored and stored[k].value != float(v):
+                    raise PlanError(
+                        f"{csv_path}: the value of {arch_text(self.space.validate(k))} is now {float(v):g} ms; {stored[k].value:g} ms was taken from it before and the stages after "
+                        f"it used that. To use corrected numbers, run the pipeline again in a new folder "
+                        f"(hydra.run.dir=...) with target.plan= a plan holding them, or restore the value")
 
 
 def choose_budgets(predictor: Any, space: Any, quantiles: Sequence[float], n: int = 2000, seed: int = 0) -> list[float]:

@@ -215,6 +215,10 @@ class Stage:
 def run_stages(ctx: Context, stages: Sequence[Stage], log: Callable[[str], None] = print) -> None:
     """Run every stage that is not finished, in order; finished ones are read back. A finished stage
     whose outputs cannot be read back, or whose upstream ran again, runs again (one line says why)."""
+    node = ctx.c.get("target") if isinstance(ctx.c, dict) else None
+    plan_target = isinstance(node, dict) and str(node.get("_target_", "")).endswith("measure.plan.PlanLatency")
+    if plan_target and (ctx.run_dir / "measurements.sqlite").is_file():
+        ctx.ledger.check_plans_unchanged(ctx.run_dir)  # numbers from the user's tools: an edited plan is refused
     for st in stages:
         k = st.key(ctx)
         ctx.keys[st.name] = k

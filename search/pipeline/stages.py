@@ -100,18 +100,17 @@ def check_target(ctx: Context) -> None:
     sets, left under ``target=plan``. A class taking ``**kwargs`` checks its own keys when built."""
     import inspect
 
-    from hydra.utils import get_method
-
+    from hwnas.predictors.build import import_target
     from hwnas.predictors.measure.plan import PlanLatency
     from hwnas.spaces.mbconv import MBConvSpace
 
     node = ctx.setting("target")
     if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
         return  # refused when the target is built, naming target._target_
+    cls = import_target(node["_target_"], "target")
     try:
-        cls = get_method(node["_target_"])
         params = inspect.signature(cls).parameters
-    except Exception:  # noqa: BLE001 - an import error or a callable without a signature: refused (or built) later, with the cause
+    except (TypeError, ValueError):  # a callable without a signature: built later, checking its own keys
         return
     name = node["_target_"].rsplit(".", 1)[-1]
     if cls is PlanLatency and not isinstance(ctx.space, MBConvSpace):
@@ -141,6 +140,14 @@ class ProxyStage(Stage):
     def check(self, ctx: Context) -> None:
         whole(ctx, "seed", 0, what="the seed of every random choice of the run")
         flag(ctx, "report")
+        space = ctx.space
+        mbconv = hasattr(space, "all_block_choices") and hasattr(space, "n_slots")
+        categorical = hasattr(space, "n_positions") and hasattr(space, "choices")
+        if not (mbconv or categorical):
+            raise PipelineError(
+                f"space {getattr(space, 'name', '?')!r} ({type(space).__name__}): the pipeline adapts a per-operator "
+                "latency model, which needs an MBConv space (ofa_mbv3_w12, proxyless_mobile, ...) or a space of positions x "
+                "choices (nasbench201, fbnet: a hwnas.spaces.nasbench201.CategoricalSpace subclass); search this space with hwnas-search")
 
     def run(self, ctx: Context) -> dict:
         """Check the proxy prices this space and record what it is (any latency predictor works: the
