@@ -394,6 +394,10 @@ def test_plan_picks_the_adaptations_samples_and_reads_back(plan_dir):
     (lambda rows: rows[3].update(arch=rows[4]["arch"]), r"its arch is not the one the plan gave this id"),
     (lambda rows: rows.pop(5), r"ids \['a005'\] of the plan have no row"),
     (lambda rows: rows[4].update(latency_ms=str(float(rows[4]["latency_ms"]) * 1000)), r"id a004: .* the other rows' time per MAC"),
+    (lambda rows: rows[4].update(latency_ms=str(float(rows[4]["latency_ms"]) / 1000)),
+     r"id a004: latency_ms=\S+ is 1/1000 of the other rows' time per MAC .*\"check_units\": false in plan.json"),
+    (lambda rows: rows[4].update(latency_ms=str(float(rows[4]["latency_ms"]) * 50)), r"is 50x the other rows' time per MAC \(a "
+     r"different unit\?\); write every value in milliseconds \(if it is right .*set \"check_units\": false in plan.json\)"),
     (lambda rows: [r.update(latency_ms=str(float(r["latency_ms"]) / 1000)) for r in rows], r"GMAC/s.*seconds\? write milliseconds"),
     (lambda rows: [r.update(latency_ms=str(float(r["latency_ms"]) * 1000)) for r in rows], r"GMAC/s.*microseconds\?"),
 ])
@@ -414,6 +418,26 @@ def test_bad_fills_get_one_clear_error_each(plan_dir, edit, message):
     with pytest.raises(PlanError, match=message) as e:
         read_plan(d / "plan.csv")
     assert "\n" not in str(e.value)
+
+
+def test_spreadsheet_habits_get_a_message_naming_them(plan_dir):
+    """Semicolons, spaces around a column name and a legacy encoding used to be 'the header must keep the
+    columns' or 'not a text CSV file'; the empty ',,,,' rows a spreadsheet leaves are accepted."""
+    from hwnas.predictors.measure.plan import PlanError, read_plan
+
+    d, space, archs = plan_dir
+    rows = fill_plan(d / "plan.csv", [f"{space.macs(a) / 1e9 / 30 * 1e3:.3f}" for a in archs])
+    text = (d / "plan.csv").read_text()
+    (d / "plan.csv").write_text(text + ",,,,\n,,,,\n")
+    assert len(read_plan(d / "plan.csv")[1]) == len(rows)
+    for bad, message in ((text.replace(",", ";"), "separated by semicolons: save it with commas"),
+                         (text.replace("id,", "id ,", 1), "a column name has spaces around it: 'id '")):
+        (d / "plan.csv").write_text(bad)
+        with pytest.raises(PlanError, match=message):
+            read_plan(d / "plan.csv")
+    (d / "plan.csv").write_bytes(text.replace("arch", "arch", 1).encode("utf-8") + "# é\n".encode("latin-1"))
+    with pytest.raises(PlanError, match=r"is not UTF-8 text .* save it as 'CSV UTF-8'"):
+        read_plan(d / "plan.csv")
 
 
 def test_adapted_latency_takes_a_filled_plan(plan_dir, data_dir):

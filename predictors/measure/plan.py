@@ -260,10 +260,18 @@ GMAC/s, set `"check_units": false` in `{META_NAME}`.
 
 def _read_rows(path: Path) -> list[dict]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PlanError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    if b"\0" in raw[:4096]:
+        raise PlanError(f"{path} is not a text CSV file; fill the {COLUMN} column of the plan's plan.csv and save it as CSV")
+    try:
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise PlanError(f"{path} is not a text CSV file; fill the {COLUMN} column of the plan's plan.csv and save it as CSV") from None
-    return list(csv.DictReader(io.StringIO(text)))
+        raise PlanError(f"{path} is not UTF-8 text (saved in another encoding, e.g. by a spreadsheet's plain 'CSV'); "
+                        "save it as 'CSV UTF-8'") from None
+    rows = list(csv.DictReader(io.StringIO(text)))
+    return [r for r in rows if any((v or "").strip() for k, v in r.items() if k is not None)]  # a spreadsheet's ",,,," rows
 
 
 def read_plan(path: str | os.PathLike, partial: bool = False) -> tuple[Any, list, np.ndarray, dict]:
@@ -281,7 +289,16 @@ def read_plan(path: str | os.PathLike, partial: bool = False) -> tuple[Any, list
     keys: dict[str, str] = dict(meta.get("archs") or {})
     rows = _read_rows(csv_path)
     if not rows or COLUMN not in rows[0] or "id" not in rows[0]:
-        raise PlanError(f"{csv_path}: the header must keep the columns {FIELDS}; fill only the {COLUMN} column")
+        header = [str(k) for k in (rows[0] if rows else {}) if k is not None]
+        first = header[0] if header else ""
+        why = ""
+        if ";" in first or "\t" in first:
+            why = f" (its columns are separated by {'semicolons' if ';' in first else 'tabs'}: save it with commas)"
+        elif any(h != h.strip() for h in header):
+            why = f" (a column name has spaces around it: {[h for h in header if h != h.strip()][0]!r})"
+        elif header:
+            why = f" (it has {header})"
+        raise PlanError(f"{csv_path}: the header must keep the columns {FIELDS}{why}; fill only the {COLUMN} column")
     seen_ids: dict[str, int] = {}
     seen_archs: dict[str, str] = {}
     archs, values, ids = [], [], []
@@ -356,7 +373,8 @@ def unit_warning(space: Any, archs: Sequence[Any], latency_ms: np.ndarray, who: 
     return None
 
 
-def _check_units(csv_path: Path, space: Any, archs: list, y: np.ndarray, batch: int, ids: list[str]) -> None:
+def _check_units(csv_path: Path, space: Any, archs: list, y: np.ndarray, batch: int, ids: list[str],
+                 switch_off: str = f'"check_units": false in {META_NAME}') -> None:
     macs = np.array([space.macs(a) for a in archs], dtype=float) * batch
     per_mac = y / macs
     med = float(np.median(per_mac))
@@ -364,8 +382,10 @@ def _check_units(csv_path: Path, space: Any, archs: list, y: np.ndarray, batch: 
     if len(off):
         i = int(off[0])
         factor = per_mac[i] / med
-        raise PlanError(f"{csv_path} id {ids[i]}: {COLUMN}={y[i]:g} is {factor:.0f}x the other rows' time per MAC "
-                        f"(a different unit?); write every value in milliseconds")
+        size = f"{factor:.0f}x" if factor > 1 else f"1/{1 / factor:.0f} of"
+        raise PlanError(f"{csv_path} id {ids[i]}: {COLUMN}={y[i]:g} is {size} the other rows' time per MAC "
+                        f"(a different unit?); write every value in milliseconds (if it is right -- e.g. a layer the "
+                        f"device runs elsewhere -- set {switch_off})")
     gmacs = implied_gmacs(macs, y)
     lo, hi = THROUGHPUT_GMACS
     if gmacs > hi:
