@@ -473,6 +473,8 @@ def test_a_later_plan_in_another_unit_and_an_edited_plan_are_refused(tmp_path, d
     with pytest.raises(WaitingForMeasurements, match="06_remeasure/plan"):
         run_pipeline(cfg, run)
     front_plan = run / "06_remeasure" / "plan" / "plan.csv"
+    text = (front_plan.parent / "INSTRUCTIONS.md").read_text()  # not a command that would start the run over
+    assert "Run the same `hwnas-pipeline` command again" in text and "target.plan=" not in text
     fill(front_plan, 1000.0)  # microseconds
     with pytest.raises(PlanError, match=r"plan.csv: its values are 1000x this device's earlier measurements per MAC \(5 in "):
         run_pipeline(cfg, run)

@@ -148,7 +148,7 @@ def select_plan_archs(space: Any, k: int, seed: int = 0, pool: int = 2000, selec
 
 
 def write_plan(space: Any, archs: Sequence[Any], out_dir: str | os.PathLike, device: str = "my-device", batch_size: int = 1,
-               formats: Sequence[str] = ("onnx", "torchscript"), note: str = "") -> Path:
+               formats: Sequence[str] = ("onnx", "torchscript"), note: str = "", then: str | None = None) -> Path:
     """Write a plan for ``archs`` into ``out_dir`` (see the module doc); returns the ``plan.csv`` path.
 
     The plan is built in a temporary folder beside ``out_dir`` and renamed into place when complete: a run
@@ -215,7 +215,7 @@ def write_plan(space: Any, archs: Sequence[Any], out_dir: str | os.PathLike, dev
         meta = {"format": FORMAT, "csv": CSV_NAME, "space": space_spec(space), "device": str(device), "batch_size": int(batch_size),
                 "column": COLUMN, "unit": "ms", "check_units": True, "archs": keys, "note": note}
         atomic_write(tmp / META_NAME, json.dumps(meta, indent=1) + "\n")
-        atomic_write(tmp / README_NAME, instructions(out, len(rows), device, batch_size))
+        atomic_write(tmp / README_NAME, instructions(out, len(rows), device, batch_size, then))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
         w.writeheader()
@@ -229,10 +229,20 @@ def write_plan(space: Any, archs: Sequence[Any], out_dir: str | os.PathLike, dev
     return csv_path
 
 
-def instructions(out: Path, n: int, device: str, batch_size: int) -> str:
+def instructions(out: Path, n: int, device: str, batch_size: int, then: str | None = None) -> str:
+    """The plan's INSTRUCTIONS.md; ``then``: step 3 for a plan a running command asked for (the pipeline:
+    run the same command again), instead of the commands that take a plan of ``hwnas-measure --plan``."""
+    step3 = then or f"""Give the numbers to hwnas:
+
+       hwnas-search latency=adapted latency.target_samples={out / CSV_NAME} latency.target_device={device} latency.k=null
+       hwnas-pipeline target=plan target.plan={out / CSV_NAME} target.device={device}
+
+   (the pipeline searches its own space: for it, a plan must hold archs of that space -- e.g.
+   `--resolutions 160 176 192 208 224` for its OFA preset -- or let it write its plan itself:
+   `hwnas-pipeline target=plan target.device={device}`)"""
     return f"""# Measuring this plan on `{device}`
 
-This folder holds {n} networks picked by hwnas to adapt a latency predictor to your device.
+This folder holds {n} networks picked by hwnas{' for the run that asked for them' if then else ' to adapt a latency predictor to your device'}.
 
 1. Time every network of `{CSV_NAME}` on the device with your own tool, at the input shape of its
    `input_shape` column (batch {batch_size}, NCHW, float32):
@@ -242,14 +252,7 @@ This folder holds {n} networks picked by hwnas to adapt a latency predictor to y
      **median** of many runs.
 2. Write each median, **in milliseconds**, into the `{COLUMN}` column of its row. Keep the other
    columns and the rows as they are: every row needs a positive number; do not add, repeat or edit rows.
-3. Give the numbers to hwnas:
-
-       hwnas-search latency=adapted latency.target_samples={out / CSV_NAME} latency.target_device={device} latency.k=null
-       hwnas-pipeline target=plan target.plan={out / CSV_NAME} target.device={device}
-
-   (the pipeline searches its own space: for it, a plan must hold archs of that space -- e.g.
-   `--resolutions 160 176 192 208 224` for its OFA preset -- or let it write its plan itself:
-   `hwnas-pipeline target=plan target.device={device}`)
+3. {step3}
 
 hwnas checks the fill when it reads it and names the row of the first problem (an empty cell, a value
 that is not a positive number, a duplicated or unknown row, values 1000x off: seconds or microseconds).
@@ -498,5 +501,7 @@ class PlanLatency:
             if plan_started(csv_path):
                 self.add_plan(csv_path, partial=True)
             self.set_aside_to = set_aside(out)
-        write_plan(self.space, archs, out_dir, device=self.device, note=note)
+        write_plan(self.space, archs, out_dir, device=self.device, note=note,
+                   then=f"Run the same `hwnas-pipeline` command again (the one that wrote this plan): it reads this plan "
+                        f"and goes on. Numbers of this plan cannot be changed once read; write them carefully.")
         return csv_path

@@ -200,6 +200,9 @@ class SamplesStage(Stage):
         fixed = getattr(target, "fixed_samples", None)
         if fixed:  # the archs of a filled plan are the samples
             archs, how = list(fixed), "plan"
+            if ctx.setting("samples.k") != len(archs):
+                log.info(f"[{self.name}] target.plan holds {len(archs)} measured archs: they are the samples "
+                         f"(samples.k={ctx.setting('samples.k')} is not used, nor samples.pool and samples.selection)")
         else:
             pool_n = whole(ctx, "samples.pool", 3)
             pool = target.candidates(pool_n, rng) if hasattr(target, "candidates") else ctx.space.sample(pool_n, rng)
