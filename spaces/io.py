@@ -131,6 +131,15 @@ def dumps_spec(space: SearchSpace) -> str:
 _LIST_KEYS = ("front", "archs", "pareto", "population", "results")
 
 
+
+def space_cache_key(space: Any) -> str:
+    """A key for caches of things computed per space: its spec as JSON (equal spaces share it), or the
+    object's id for a space that is not registered."""
+    try:
+        return dumps_spec(space)
+    except Exception:  # noqa: BLE001 - an unregistered space: one entry per object
+        return f"id:{id(space)}"
+
 def _text_of(path: str | os.PathLike, what: str) -> str:
     """The text of ``path``; a missing, unreadable or binary file is one error naming it."""
     from pathlib import Path

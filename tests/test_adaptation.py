@@ -309,3 +309,24 @@ def test_adapted_latency_is_floored_at_a_hundredth_of_the_fastest_sample_and_rou
     assert np.all(m.predict(archs) == m.floor)
     back = AdaptedPredictor.from_dict(m.to_dict(), proxy=proxy)
     np.testing.assert_array_equal(back.predict(archs), m.predict(archs))
+
+
+def test_the_pipelines_ofa_space_has_its_device_library(data_dir):
+    """The OFA pipeline preset searches resolutions 160..224 step 16; the builtin dataset also holds other
+    resolutions, and reading it for that space stopped at its first such row: the device library was dropped
+    without a word ('the one-proxy prior is used'). Now the rows of the space are read."""
+    from hwnas.predictors.adapt.library import resolve_library
+    from hwnas.predictors.assets import set_default_mirror
+    from hwnas.predictors.data import load_dataset
+    from hwnas.spaces import create_space
+
+    set_default_mirror(str(data_dir))
+    space = create_space("ofa_mbv3_w12", resolutions=[160, 176, 192, 208, 224])
+    full = load_dataset("ofa_mbv3")
+    ds = load_dataset("ofa_mbv3", space=space)
+    want = [i for i, a in enumerate(full.archs) if a.r in space.resolutions]
+    assert 0 < len(ds) == len(want) < len(full) and ds.space is space
+    assert [a.to_str() for a in ds.archs] == [full.archs[i].to_str() for i in want]
+    assert ds.matrix().tolist() == full.matrix()[want].tolist()
+    lib = resolve_library("auto", space)
+    assert lib is not None and len(lib) == len(full.devices)

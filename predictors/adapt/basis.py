@@ -63,12 +63,9 @@ _CACHE: dict[str, Basis] = {}
 
 
 def _space_key(space: Any) -> str:
-    try:
-        from hwnas.spaces.io import dumps_spec
+    from hwnas.spaces.io import space_cache_key
 
-        return dumps_spec(space)
-    except Exception:  # noqa: BLE001 - an unregistered space: one basis per object
-        return f"id:{id(space)}"
+    return space_cache_key(space)
 
 
 def basis_for(space: Any) -> Basis:

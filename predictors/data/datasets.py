@@ -15,6 +15,7 @@ columns such as NAS-Bench-201's ``index`` are kept in ``dataset.meta``. Missing 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ import numpy as np
 from hwnas.predictors.assets import atomic_path, fetch
 from hwnas.predictors.base import Predictor
 from hwnas.spaces.errors import UserError
+
+log = logging.getLogger("hwnas.data")
 
 #: builtin datasets: name -> (asset path, space name)
 BUILTIN = {
@@ -134,6 +137,33 @@ class LatencyDataset:
             name=self.name,
         )
 
+    def within(self, space: Any, field: str = "dataset") -> "LatencyDataset":
+        """The rows whose arch is one of ``space`` (a space with fewer resolutions, e.g. the pipeline's OFA
+        preset at 160..224 step 16 against a file measured at 128..224 step 4), as archs of ``space``. A
+        builtin file read for such a space used to stop at its first other row, which silently cost the
+        adaptation its device library. No row left is one error naming ``field``."""
+        from hwnas.spaces import SpaceError
+
+        if getattr(space, "name", None) == getattr(self.space, "name", None) and space.to_config() == self.space.to_config():
+            return self
+        keep, archs = [], []
+        for i, a in enumerate(self.archs):
+            try:
+                archs.append(space.validate(a.to_dict() if hasattr(a, "to_dict") else a))
+            except SpaceError:
+                continue
+            keep.append(i)
+        if not keep:
+            raise DatasetError(f"{field}: no arch of dataset {self.name or ''} is in space {getattr(space, 'name', space)!r} "
+                               f"(its rows are archs of {getattr(self.space, 'name', '?')}); give a dataset of this space")
+        idx = np.asarray(keep)
+        out = LatencyDataset(space, archs, {d: v[idx] for d, v in self.table.items()},
+                             {k: np.asarray(v)[idx] for k, v in self.meta.items()}, name=self.name)
+        if len(keep) < len(self.archs):
+            log.info("%s %s: %d of its %d rows are archs of space %s (the others are outside it)", field, self.name,
+                     len(keep), len(self.archs), getattr(space, "name", space))
+        return out
+
     def select_devices(self, devices: Sequence[str]) -> "LatencyDataset":
         return LatencyDataset(self.space, self.archs, {d: self.latency(d) for d in devices}, dict(self.meta), self.name)
 
@@ -230,8 +260,17 @@ def load_dataset(name_or_path: str | os.PathLike, space: Any = None, mirror: str
         path = fetch(rel, mirror=mirror)
         ck = (key, str(path))
         if ck not in _CACHE:
-            _CACHE[ck] = LatencyDataset.from_csv(path, space or sp, name=key)
-        return _CACHE[ck]
+            _CACHE[ck] = LatencyDataset.from_csv(path, sp, name=key)  # in the space the file was measured in
+        full = _CACHE[ck]
+        if space is None:
+            return full
+        want = _space(space)
+        from hwnas.spaces.io import space_cache_key
+
+        sk = (ck, space_cache_key(want))
+        if sk not in _CACHE:
+            _CACHE[sk] = full.within(want, field)
+        return _CACHE[sk]
     p = Path(key).expanduser()
     if not p.is_file():
         what = "is a folder" if p.is_dir() else "does not exist"
