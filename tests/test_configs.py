@@ -67,3 +67,19 @@ def test_every_command_config_finds_reduced_spaces_in_the_user_config_folder(pri
     with init:
         cfg = compose(name, overrides=["space=reduced_mydev"])
     assert cfg.space.name == "reduced_mydev"
+
+
+def test_adapted_presets_budgets_are_only_for_its_own_target():
+    """latency=adapted's budgets are the Titan RTX's; with your own device they used to be applied silently."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(config_module="hwnas.conf", version_base="1.3"):
+        def budgets(*ov):
+            cfg = compose(config_name="config", overrides=["latency=adapted", *ov])
+            return OmegaConf.to_container(cfg.search, resolve=True)["budgets"]
+
+        assert budgets() == [4.5, 5, 5.5, 6]
+        assert budgets("latency.target_samples=plan/plan.csv", "latency.target_device=my-npu") == []
+        assert budgets("latency.target_device=titan_xp_64") == []
+        assert budgets("latency.target_device=titan_xp_64", "search.budgets=[22,26]") == [22, 26]
