@@ -33,7 +33,8 @@ def _is_mbconv(space: Any) -> bool:
 def latency_features(space: Any, archs: Sequence[Any]) -> np.ndarray:
     """Feature matrix ``(n, n_features)`` float64 used by the linear latency predictors."""
     if _is_mbconv(space):
-        if hasattr(archs, "arrays") and getattr(archs, "space", None) is space:
+        given = getattr(archs, "space", None) if hasattr(archs, "arrays") else None
+        if given is not None and (given is space or given.is_restriction_of(space)):  # e.g. a reduced space's batch
             ks, es, d, r = archs.arrays
         else:
             archs = [space.validate(a) for a in archs]

@@ -23,7 +23,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from hwnas.predictors.assets import atomic_write, remove_stale_temps
 from hwnas.predictors.build import ConfigError, apply_assets, build_predictor, build_space, instantiate_node, plain
@@ -133,6 +133,18 @@ def check_settings(cfg: dict) -> None:
             raise ConfigError(f"{k}={v!r} must be a name (or null)")
 
 
+def use_line(name: str, red: Any, main_device: bool, overrides: Sequence[str]) -> str:
+    """The hwnas-search command for a reduced space: with the profile's own latency and accuracy settings
+    for the device of ``latency`` (a preset of those may set ``space.resolutions``, which would undo a
+    reduction of the resolutions: they are given explicitly then)."""
+    parts = [f"hwnas-search space={name}"]
+    if main_device:
+        parts += [o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] in ("latency", "accuracy", "assets")]
+    if getattr(red, "dropped_resolutions", None):
+        parts.append(f"space.resolutions=[{','.join(map(str, red.resolutions))}]")
+    return " ".join(parts)
+
+
 def profile_settings(cfg: dict, device: str | None, accuracy_name: str | None) -> dict:
     """What decides a profile's files, as plain JSON data: every setting but where it is written and how
     it runs (``profile.progress``, ``profile.batch_size``, ``reduce.conf_dir``, plots, asset folders)."""
@@ -178,7 +190,7 @@ def check_output_dir(out: Path, settings: dict, overwrite: bool) -> None:
 
 
 def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | None = None,
-                accuracy_name: str | None = None, log=None) -> dict:
+                accuracy_name: str | None = None, log=None, search_overrides: Sequence[str] = ()) -> dict:
     """Run profile + reduce + plots + YAML from a config (the structure of ``conf/profile/default.yaml``:
     ``space``, ``accuracy``, ``latency`` predictor configs, optional extra ``devices``).
     Returns the summary dict (also written to ``summary.json``)."""
@@ -198,6 +210,7 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
     latency: dict[str, Any] = {}
     if cfg.get("latency"):
         latency[str(cfg.get("device") or device or "device")] = build_predictor(cfg, "latency", space)
+    latency_from_cfg = set(latency)  # the device of the `latency` setting (not of devices.<name>)
     for k, v in (cfg.get("devices") or {}).items():
         if str(k) in latency:
             raise ConfigError(f"devices.{k}: the name is already used by `latency` (device={k!r}); pick another name")
@@ -257,7 +270,7 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
                 log(f"note: hwnas ships a space config named {name} ({shipped}), which hwnas-search takes before yours; "
                     f"to search this reduction, profile again with reduce.name=<another name>")
             else:
-                log(f"{red.describe()} -> {path}  (use: hwnas-search space={name})")
+                log(f"{red.describe()} -> {path}  (use: {use_line(name, red, dev in latency_from_cfg, search_overrides)})")
         elif acc_name is None:
             log(f"{dev}: no accuracy source, so no reduction (profile and heatmap only)")
         if cfg.get("plots", True):
@@ -298,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
             device = str(own) if isinstance(own, str) and own else device_name_from_choice(choices.get("/latency") or
                                                                                             choices.get("latency"))
             run_profile(cfg, output_dir=out, device=device,
-                        accuracy_name=choices.get("/accuracy") or choices.get("accuracy") or "accuracy")
+                        accuracy_name=choices.get("/accuracy") or choices.get("accuracy") or "accuracy",
+                        search_overrides=list(hc.overrides.task))
 
     run_hydra("hwnas-profile", _app)
 

@@ -582,6 +582,17 @@ class MBConvSpace(SearchSpace):
         """Multiply-accumulates of the subnet (convolutions, SE and classifier)."""
         return int(sum(float(c[0] + c[1]) for c in map(layer_costs, self.layers(arch))))
 
+    def is_restriction_of(self, other: Any) -> bool:
+        """Whether every arch of this space is an arch of ``other``: the same network family (class, widths,
+        units) with a subset of its blocks, depths and resolutions per unit -- e.g. a space reduced by
+        ``hwnas-profile``. Latency features and data of ``other`` then serve this space too."""
+        if type(other) is not type(self) or getattr(other, "width_mult", None) != getattr(self, "width_mult", None):
+            return False
+        if other.n_units != self.n_units or not set(self.resolutions) <= set(other.resolutions):
+            return False
+        return all(set(map(tuple, a)) <= set(map(tuple, b)) for a, b in zip(self.block_choices, other.block_choices)) and \
+            all(set(a) <= set(b) for a, b in zip(self.depth_choices, other.depth_choices))
+
     # ------------------------------------------------------------------ config
     def to_config(self) -> dict:
         full_blocks = [list(self.all_block_choices) for _ in range(self.n_units)]

@@ -330,3 +330,29 @@ def test_the_pipelines_ofa_space_has_its_device_library(data_dir):
     assert ds.matrix().tolist() == full.matrix()[want].tolist()
     lib = resolve_library("auto", space)
     assert lib is not None and len(lib) == len(full.devices)
+
+
+def test_adapted_latency_on_a_reduced_space_is_fitted_in_the_full_one(data_dir):
+    """A space reduced by hwnas-profile (blocks, depths and resolutions dropped) with latency=adapted stopped at
+    the proxy dataset's first row with a dropped block; it is fitted in the dataset's own space now and
+    predicts the reduced space's archs (the search's batches, fast path) as that space's archs."""
+    from hwnas.predictors.adapt import AdaptedLatency
+    from hwnas.predictors.assets import set_default_mirror
+    from hwnas.spaces import create_space
+
+    set_default_mirror(str(data_dir))
+    full = create_space("ofa_mbv3_w12")
+    keep = ["k3e3", "k3e4", "k5e3", "k5e6", "k7e6"]
+    from hwnas.spaces.mbconv import OFAMobileNetV3Space
+
+    reduced = OFAMobileNetV3Space(name="reduced_test", resolutions=[176, 224],
+                                  depth_choices=[[2, 3], [2, 3, 4], [2, 3, 4], [3, 4], [2, 3, 4]], block_choices=[keep] * 5)
+    assert reduced.is_restriction_of(full) and not full.is_restriction_of(reduced)
+    assert not create_space("ofa_mbv3_w10").is_restriction_of(full)
+    lat = AdaptedLatency(reduced, proxy="ofa_mbv3", proxy_device="2080ti_1", target_samples="ofa_mbv3",
+                         target_device="titan_xp_1", k=10)
+    assert lat.work.to_config() == full.to_config() and len(lat.sample_archs) == 10
+    batch = reduced.batch(reduced.sample_genomes(64, 0))  # what the search hands it
+    as_full = [full.validate(a.to_dict()) for a in batch]
+    np.testing.assert_allclose(lat.predict(batch), lat.predict(as_full), rtol=1e-12)
+    assert lat.report()["samples"][0]["arch"]  # the samples are named in the fitted space

@@ -431,4 +431,7 @@ def test_profile_of_an_adapted_latency_is_named_after_its_target_device(tmp_path
                             f"hydra.run.dir={tmp_path / dev}"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                            env=cli_env({"HWNAS_CONFIG_DIR": str(tmp_path / "conf")}))
         assert p.returncode == 0, p.stderr[-2000:]
+        # the printed search command carries the device's latency settings (it searched with Note10's)
+        assert f"(use: hwnas-search space=reduced_{dev} latency=adapted latency.target_device={dev} assets.mirror=" \
+            in p.stdout + p.stderr, (p.stdout + p.stderr)[-2000:]
     assert sorted(f.name for f in (tmp_path / "conf" / "space").glob("*.yaml")) == ["reduced_2080ti_1.yaml", "reduced_titan_xp_1.yaml"]

@@ -69,19 +69,19 @@ class AdaptedLatency(Predictor):
         k = _sample_count(k)
 
         self.space = create_space(space) if isinstance(space, str) else space
+        self.work = self._work_space(proxy, mirror)
         pdata = None
         if hasattr(proxy, "predict"):
             self.proxy = proxy
         else:
-            pdata = load_dataset(str(proxy), space=self.space, mirror=mirror, field="proxy")
-            self._check_space(pdata, "proxy")
-            self.proxy = _fit_device(self.space, pdata, proxy_device, "proxy_device")
+            pdata = self._check_space(load_dataset(str(proxy), space=self.work, mirror=mirror, field="proxy"), "proxy")
+            self.proxy = _fit_device(self.work, pdata, proxy_device, "proxy_device")
         if target_samples is None:
             raise AdaptationError("target_samples: give a CSV (or dataset name, or a filled plan) with the measured target latencies")
         if not target_device:
             raise AdaptationError("target_device: name the column of target_samples that holds the target latencies")
-        tdata = load_dataset(os.fspath(target_samples), space=self.space, mirror=mirror, field="target_samples")
-        self._check_space(tdata, "target_samples")
+        tdata = self._check_space(load_dataset(os.fspath(target_samples), space=self.work, mirror=mirror,
+                                               field="target_samples"), "target_samples")
         if target_device not in tdata.devices:
             raise AdaptationError(f"target_device={target_device!r} is not a column of {target_samples}; columns: {tdata.devices}")
         if is_user_file(target_samples):  # builtins are reference data; filled plans are checked when read
@@ -89,14 +89,14 @@ class AdaptedLatency(Predictor):
         yt = tdata[target_device]
         rows = np.flatnonzero(np.isfinite(yt))
         if k is not None and len(rows) > int(k):
-            pick = select_samples(self.space, [tdata.archs[i] for i in rows], int(k), selection, seed, proxy=self.proxy)
+            pick = select_samples(self.work, [tdata.archs[i] for i in rows], int(k), selection, seed, proxy=self.proxy)
             rows = rows[pick]
         self.sample_archs = [tdata.archs[i] for i in rows]
         self.sample_latencies = yt[rows]
         if method == "multiproxy":
             if pdata is None or not sources:
                 raise AdaptationError("method=multiproxy needs proxy=<dataset> and sources=[device, ...] of it")
-            method_kwargs["sources"] = {d: _fit_device(self.space, pdata, d, "sources") for d in sources}
+            method_kwargs["sources"] = {d: _fit_device(self.work, pdata, d, "sources") for d in sources}
         elif method == "bayes":
             method_kwargs.setdefault("library", library)
             method_kwargs.setdefault("mirror", mirror)
@@ -105,9 +105,29 @@ class AdaptedLatency(Predictor):
         self.target_device = target_device
         log.info("latency=adapted, target %s: %s", target_device, self.model.summary())
 
-    def _check_space(self, ds: Any, field: str) -> None:
-        if getattr(ds.space, "name", None) != getattr(self.space, "name", None):
-            raise AdaptationError(f"{field}: dataset space {ds.space.name!r} differs from the search space {self.space.name!r}")
+    def _work_space(self, proxy: Any, mirror: str | None) -> Any:
+        """The space the adaptation is fitted in: the builtin proxy dataset's own space when the search
+        space is a restriction of it (a space reduced by ``hwnas-profile``: fewer blocks, depths or
+        resolutions), so that the dataset's rows with the dropped choices still inform the fit; the
+        search's archs are archs of it too. Otherwise the search space."""
+        from ..data import BUILTIN, load_dataset
+
+        if hasattr(proxy, "predict") or str(proxy) not in BUILTIN or not hasattr(self.space, "is_restriction_of"):
+            return self.space
+        full = load_dataset(str(proxy), mirror=mirror, field="proxy").space
+        if self.space.to_config() != full.to_config() and self.space.is_restriction_of(full):
+            log.info("latency=adapted: fitted in space %s (the search space %s is a restriction of it)", full.name,
+                     self.space.name)
+            return full
+        return self.space
+
+    def _check_space(self, ds: Any, field: str) -> Any:
+        """``ds`` as data of the work space (a filled plan of a reduced space: its archs are archs of it)."""
+        if getattr(ds.space, "name", None) == getattr(self.work, "name", None):
+            return ds
+        if hasattr(ds.space, "is_restriction_of") and ds.space.is_restriction_of(self.work):
+            return ds.within(self.work, field)
+        raise AdaptationError(f"{field}: dataset space {ds.space.name!r} differs from the search space {self.space.name!r}")
 
     def predict(self, archs: Sequence[Any]) -> np.ndarray:
         return self.model.predict(archs)
@@ -118,5 +138,5 @@ class AdaptedLatency(Predictor):
 
         return {"target_device": self.target_device, "summary": self.model.summary(), "method": self.model.method,
                 "info": self.model.to_dict()["info"],
-                "samples": [{"arch": arch_key(self.space, a), "latency_ms": float(v)}
+                "samples": [{"arch": arch_key(self.work, a), "latency_ms": float(v)}
                             for a, v in zip(self.sample_archs, self.sample_latencies)]}

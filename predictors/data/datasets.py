@@ -280,9 +280,11 @@ def load_dataset(name_or_path: str | os.PathLike, space: Any = None, mirror: str
 
     if is_plan(p):  # a filled plan of hwnas-measure --plan: checked row by row
         ds = plan_dataset(p)
-        want = getattr(_space(space), "name", None) if space is not None else None
-        if want is not None and want != ds.space.name:
-            raise DatasetError(f"{p} is a plan for space {ds.space.name!r}, not {want!r}")
+        want = _space(space) if space is not None else None
+        if want is not None and want.name != ds.space.name:
+            if hasattr(ds.space, "is_restriction_of") and ds.space.is_restriction_of(want):
+                return ds.within(want, field)  # a plan of a reduced space: its archs are archs of the full one
+            raise DatasetError(f"{p} is a plan for space {ds.space.name!r}, not {want.name!r}")
         return ds
     return LatencyDataset.from_csv(p, space)
 
