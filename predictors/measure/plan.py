@@ -502,6 +502,6 @@ class PlanLatency:
                 self.add_plan(csv_path, partial=True)
             self.set_aside_to = set_aside(out)
         write_plan(self.space, archs, out_dir, device=self.device, note=note,
-                   then=f"Run the same `hwnas-pipeline` command again (the one that wrote this plan): it reads this plan "
-                        f"and goes on. Numbers of this plan cannot be changed once read; write them carefully.")
+                   then="Run the same `hwnas-pipeline` command again (the one that wrote this plan): it reads this plan "
+                        "and goes on. Numbers of this plan cannot be changed once read; write them carefully.")
         return csv_path
