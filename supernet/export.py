@@ -121,10 +121,16 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
             raise ExportError("an arch given inline needs the space (--space NAME)")
         return space, [ExportItem(arch=space.validate(source))], []
     p = Path(text)
+    notes: list[str] = []
     if p.is_dir():
-        if not (p / "pareto.json").is_file():
-            raise ExportError(f"{p} is a folder without pareto.json; give a search run folder, a pareto.json or an arch file")
-        p = p / "pareto.json"
+        if (p / "pareto.json").is_file():
+            p = p / "pareto.json"
+        elif (p / "07_export" / "archs.json").is_file():  # a pipeline run: its final front, measured on the target
+            p = p / "07_export" / "archs.json"
+            notes.append(f"a pipeline run folder: exporting its final front, {p} (latencies measured on its target)")
+        else:
+            raise ExportError(f"{p} is a folder without pareto.json; give a search run folder, a pipeline run folder, "
+                              "a pareto.json or an arch file")
     if not p.exists():
         raise ExportError(f"{p} does not exist; give a search run folder, a pareto.json, an arch file or an arch string")
     header, rows = read_arch_file(p, "pareto.json" if p.name == "pareto.json" else "arch file")
@@ -141,9 +147,15 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
         except SpaceError as exc:
             raise SpaceError(f"{p} entry {i}: {exc}") from None
         extra = {k: v for k, v in row.items() if k not in ("arch", "arch_str", "accuracy", "latency")}
-        items.append(ExportItem(arch, _number(row.get("accuracy")), _number(row.get("latency")), name=f"rank{i:03d}", extra=extra))
+        measured = row.get("latency") is None and row.get("latency_measured") is not None  # a pipeline's archs.json
+        latency = _number(row.get("latency_measured") if measured else row.get("latency"))
+        items.append(ExportItem(arch, _number(row.get("accuracy")), latency, name=f"rank{i:03d}", extra=extra,
+                                latency_kind="measured" if measured else "predicted"))
+    if isinstance(header.get("target"), dict):  # the device the latencies were measured on
+        for it in items:
+            it.extra.setdefault("target", header["target"])
     if select == "all" or "budgets" not in header:
-        return space, items, []
+        return space, items, notes
     best = header.get("best") or {}
     if not isinstance(best, dict) or not best:
         raise ExportError(
@@ -151,7 +163,7 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
             f"export the front with --all ({len(items)} archs) or a part of it with --top K / --select i,j"
         )
     chosen: dict[str, ExportItem] = {}
-    notes = []
+    # (notes: a line per budget no arch met, after what the source said)
     for b, row in best.items():
         if row is None:
             notes.append(f"budget {b}: no arch of the front meets it; nothing to export for it")

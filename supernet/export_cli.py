@@ -54,8 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--accuracy", type=float, default=None,
                    help="top-1 accuracy of an arch given inline: a fraction in [0, 1] (e.g. 0.781) or a percentage")
     p.add_argument("--latency", type=float, default=None, help="latency (ms, > 0) of an arch given inline")
-    p.add_argument("--accuracy-kind", default="predicted", choices=["predicted", "measured"])
-    p.add_argument("--latency-kind", default="predicted", choices=["predicted", "measured"])
+    p.add_argument("--accuracy-kind", default=None, choices=["predicted", "measured"],
+                   help="what the accuracy is (default: what the source says, else predicted)")
+    p.add_argument("--latency-kind", default=None, choices=["predicted", "measured"],
+                   help="what the latency is (default: what the source says -- a pipeline's archs.json: measured -- else predicted)")
     p.add_argument("--opset", default="17", help="ONNX opset (default 17)")
     p.add_argument("--overwrite", action="store_true", help="replace export folders made with other settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -122,7 +124,8 @@ def _run(args: argparse.Namespace) -> int:
             it.accuracy = args.accuracy
         if args.latency is not None:
             it.latency = args.latency
-        it.accuracy_kind, it.latency_kind = args.accuracy_kind, args.latency_kind
+        it.accuracy_kind = args.accuracy_kind or it.accuracy_kind
+        it.latency_kind = args.latency_kind or it.latency_kind
     scores = [it for it in items if _not_top1(it.accuracy)]
     if scores:  # a search on a proxy score (zero-cost proxy, a loss, percent beyond 100): not a top-1 to write as one
         for it in scores:

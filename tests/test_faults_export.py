@@ -295,3 +295,24 @@ def test_a_search_on_a_proxy_score_exports_the_score_as_such(tmp_path):
     assert "not top-1 accuracies (e.g. -0.25: a proxy score?)" in p.stderr
     (meta,) = [json.loads(f.read_text()) for f in (run / "export").glob("*/metadata.json")]
     assert meta["accuracy"]["value"] is None and meta["extra"]["search_score"] == -0.25
+
+
+def test_a_pipeline_run_folder_exports_its_front_with_the_measured_latency(tmp_path):
+    """hwnas-export <pipeline run> said 'folder without pareto.json'; its 07_export/archs.json exported with
+    latency None although each row holds latency_measured. Both are read now, the target recorded."""
+    space = create_space("ofa_proxyless_w13", resolutions=[R])
+    arch = space.sample(1, 5)[0]
+    (tmp_path / "prun" / "07_export").mkdir(parents=True)
+    (tmp_path / "prun" / "07_export" / "archs.json").write_text(json.dumps({
+        "space": space_spec(space), "target": {"plan_device": "npu"},
+        "archs": [{"arch": arch.to_dict(), "arch_str": arch.to_str(), "accuracy": 0.75, "latency_measured": 2.5,
+                   "latency_predicted": 2.4}]}))
+    p = _cli(["-m", "hwnas.supernet.export_cli", str(tmp_path / "prun"), "--formats", "torch", "--no-progress",
+              "--out", str(tmp_path / "ex")], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "a pipeline run folder: exporting its final front" in p.stderr
+    (meta,) = [json.loads(f.read_text()) for f in (tmp_path / "ex").glob("*/metadata.json")]
+    assert meta["latency"] == {"value": 2.5, "kind": "measured", "unit": "ms"}
+    assert meta["extra"]["target"] == {"plan_device": "npu"} and meta["accuracy"]["value"] == 0.75
+    card = next((tmp_path / "ex").glob("*/README.md")).read_text()
+    assert "latency: 2.5 ms (measured)" in card
