@@ -4,6 +4,7 @@ counting, adaptation decision, reduced space, re-measured front, report, the OFA
 from __future__ import annotations
 
 import json
+import re
 import math
 import sys
 
@@ -183,6 +184,7 @@ def test_stages_outputs_and_counts(small_pipeline_run):
         assert best is None or best["measured"] <= float(budget)
     report = (d / "report.md").read_text()
     assert "hypervolume" in report and f"{s['target_measurements']}" in report and "capacity proxy" in report
+    assert re.search(r"\(ref \(\d\.\d{1,4}, [\d.]+ ms\)\)", report), report  # not a raw float list
     # the reduced space is data: a registered name and plain options
     space = json.loads((d / "04_reduce" / "space.json").read_text())
     assert space["space"] == "restricted" and space["options"]["base"] == "nasbench201"

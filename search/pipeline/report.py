@@ -47,6 +47,15 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _ref(ref: Any) -> str:
+    """A hypervolume reference point (accuracy, latency) as text: ``(0.7531, 3.33 ms)``."""
+    try:
+        a, lat = (float(v) for v in ref)
+    except (TypeError, ValueError):
+        return str(ref)
+    return f"({a:.4g}, {lat:.4g} ms)"
+
+
 def _f(x: Any, nd: int = 3) -> str:
     try:
         v = float(x)
@@ -150,12 +159,12 @@ def write_report(run_dir: str | Path, summary: dict) -> Path:
         L.append(f"| SRCC over all target data (evaluation only): proxy -> adapted | {_f(a.get('eval_srcc_proxy_full'))} -> {_f(a.get('eval_srcc_adapted_full'))} |")
     L += [f"| budgets (ms) | {summary.get('budgets')} ({summary.get('budgets_from') or a.get('budgets_from')}) |",
           f"| searched front / kept after re-measuring | {summary.get('front_size')} / {summary.get('final_size')} |",
-          f"| hypervolume on measured latency | {_f(summary.get('hv_measured'), 4)} (ref {summary.get('hv_ref')}) |"]
+          f"| hypervolume on measured latency | {_f(summary.get('hv_measured'), 4)} (ref {_ref(summary.get('hv_ref'))}) |"]
     for b, r in (summary.get("best_at_budgets") or {}).items():
         best = "-" if r is None else f"{_f(r['accuracy'], 4)} at {_f(r['measured'])} ms"
         L.append(f"| best under {b} ms (measured) | {best} |")
     if ev:
-        L.append(f"| hypervolume: final front (true latency) / true front of full data | {_f(ev['hv_final'], 4)} / {_f(ev['hv_true_front'], 4)} = **{_f(ev['hv_ratio'], 4)}** (ref {ev['hv_ref']}) |")
+        L.append(f"| hypervolume: final front (true latency) / true front of full data | {_f(ev['hv_final'], 4)} / {_f(ev['hv_true_front'], 4)} = **{_f(ev['hv_ratio'], 4)}** (ref {_ref(ev['hv_ref'])}) |")
     L += [f"| stages run / skipped | {', '.join(summary.get('stages_ran') or []) or '-'} / {', '.join(summary.get('stages_skipped') or []) or '-'} |", ""]
     if not str(summary.get("space", "")).startswith(("ofa", "proxyless")):
         L += ["Accuracy source: unless `accuracy._target_` was set, `CapacityAccuracy` (log of the relative parameter "
