@@ -498,6 +498,7 @@ class _Search:
         """Budgets against the latency of the initial population (a random sample plus the smallest
         and the largest arch); without budgets, report quantiles of it."""
         self._check_units()
+        self._check_cost()
         _, _, lat = self.problem.archive()
         lo, hi = float(lat.min()), float(lat.max())
         q = [float(f"{v:.3g}") for v in np.quantile(lat, [0.2, 0.4, 0.6, 0.8])]
@@ -521,6 +522,22 @@ class _Search:
         high = [b for b in self.budgets if b > hi]
         if high:
             self.log(f"search.budgets {_fmt_list(high)} are above the slowest sampled arch ({hi:.4g}): every arch fits them")
+
+    def _check_cost(self) -> None:
+        """One hint when the predictors are slow (an expensive objective without search.max_evals): the
+        refinement evaluates far more archs than NSGA-II, and the ETA of the generations does not show it."""
+        n, secs = self.problem.n_evals, self.problem.predict_s
+        if self.s["max_evals"] is not None or not self.s["refine"] or n < 8 or secs <= 0:
+            return
+        rate = n / secs
+        if rate >= 2000:
+            return
+        nsga = int(self.s["pop_size"]) * (int(self.s["n_gen"]) + 1) * int(self.s["restarts"])
+        t = nsga / rate
+        self.log(f"note: the predictors take {1e3 / rate:.3g} ms per arch ({rate:.0f} archs/s): NSGA-II's {nsga:,} "
+                 f"evaluations take about {f'{t:.1f} s' if t < 60 else _fmt_s(t)}, and the refinement after it often 10-20x as many (the README's "
+                 f"main search: 4k, then 80k). For an expensive objective set search.max_evals=<N> (a total), or "
+                 f"search.refine.passes=0, or spread it with evaluator=dask")
 
     def _check_units(self) -> None:
         """A plug-in latency whose values imply a throughput no device has (seconds or microseconds read as

@@ -103,6 +103,14 @@ class NoPredict:
         pass
 
 
+class Slow(Acc):
+    def predict(self, archs):
+        import time
+
+        time.sleep(0.002 * len(archs))
+        return super().predict(archs)
+
+
 class Seconds(Lat):
     def predict(self, archs):
         return super().predict(archs) / 1000
@@ -219,3 +227,18 @@ def test_a_plugin_latency_in_seconds_gets_a_warning(tmp_path):
                      r"\(3000\): are they in seconds\?", p.stdout + p.stderr), p.stdout[-2000:]
     p = _run([*common, "latency._target_=plug.preds.Lat"], tmp_path)
     assert p.returncode == 0 and "GMAC/s" not in p.stdout + p.stderr, p.stdout[-2000:]
+
+
+def test_a_slow_plugin_gets_a_hint_about_the_refinements_cost(tmp_path):
+    """A predictor at a few ms per arch: the ETA of the generations said '1s', then the refinement ran for
+    minutes without a word. One note says what it will cost and how to bound it."""
+    _plug(tmp_path)
+    common = ["-m", "hwnas.search", "latency=custom", "latency._target_=plug.preds.Lat", "search.budgets=[15]",
+              "search.pop_size=16", "search.n_gen=1", "search.refine.passes=1", "search.refine.members=2",
+              "search.refine.pairs=0", "search.plot=false", "accuracy=custom"]
+    p = _run([*common, "accuracy._target_=plug.preds.Slow"], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert re.search(r"note: the predictors take [\d.]+ ms per arch \(\d+ archs/s\).*search\.max_evals=<N>",
+                     p.stdout + p.stderr), (p.stdout + p.stderr)[-2000:]
+    p = _run([*common, "accuracy._target_=plug.preds.Acc"], tmp_path)
+    assert p.returncode == 0 and "ms per arch" not in p.stdout + p.stderr
