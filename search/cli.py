@@ -334,7 +334,9 @@ def _finished_best(path: Path) -> str:
         best = data["best"]
         if not isinstance(best, dict):
             raise TypeError(f"'best' is {type(best).__name__}, not a mapping budget -> best arch")
-        return ", ".join(f"@{b}: " + ("-" if r is None else f"{float(r['accuracy']):.4f} ({float(r['latency']):.4g})")
+        from .nsga import _fmt_acc
+
+        return ", ".join(f"@{b}: " + ("-" if r is None else f"{_fmt_acc(float(r['accuracy']))} ({float(r['latency']):.4g})")
                          for b, r in best.items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         what = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0] if str(exc) else type(exc).__name__

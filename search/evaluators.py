@@ -160,7 +160,7 @@ class DaskRunner:
                     log.setLevel(logging.WARNING)
                 with _workers_ignore_ctrl_c():
                     self.cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=int(threads_per_worker),
-                                                processes=bool(processes), dashboard_address=None,
+                                                processes=bool(processes), dashboard_address=":0",  # a free port (None still takes 8787)
                                                 **{"silence_logs": logging.CRITICAL, **cluster_kwargs})
                 client = Client(self.cluster)
         self.client = client

@@ -96,7 +96,7 @@ class SearchResult:
         cpu = f" (cpu {self.timings['cpu_s']:.2f} s)" if "cpu_s" in self.timings else ""
         parts = [f"front {len(self)} archs", f"{self.n_evals} evals", f"{self.wall_time:.2f} s{cpu}", f"hv {self.hypervolume:.4f}"]
         for b, best in self.best_at_budgets().items():
-            parts.append(f"@{b:g}: " + ("-" if best is None else f"{_fmt_acc(best[1])} ({best[2]:.2f})"))
+            parts.append(f"@{b:g}: " + ("-" if best is None else f"{_fmt_acc(best[1])} ({best[2]:.4g})"))
         return ("PARTIAL | " if self.partial else "") + " | ".join(parts)
 
 

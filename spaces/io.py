@@ -108,7 +108,8 @@ def space_from_spec(spec: Any, source: str | os.PathLike = "space") -> SearchSpa
         raise SpaceError(f"{src}: unknown space keys {extra}; a space is {{\"space\": name, \"options\": {{...}}}}")
     name, options = spec.get("space"), spec.get("options") or {}
     if not isinstance(name, str) or name not in list_spaces():
-        raise SpaceError(f"{src}: space={name!r} is not a registered space; registered: {list_spaces()}")
+        raise SpaceError(f"{src}: space={name!r} is not a registered space; registered: {list_spaces()} (a space of "
+                         "your own is registered when its module, with @register_space, is imported: import it first)")
     if not isinstance(options, dict):
         raise SpaceError(f"{src}: space options must be an object, not {type(options).__name__}")
     _check_plain(options, "options", src)

@@ -111,7 +111,7 @@ sys.meta_path.insert(0, _NotOnThisDevice())
 def scheduler():
     from distributed import LocalCluster
 
-    cluster = LocalCluster(n_workers=0, protocol="tcp", host="127.0.0.1", scheduler_port=0, dashboard_address=None)
+    cluster = LocalCluster(n_workers=0, protocol="tcp", host="127.0.0.1", scheduler_port=0, dashboard_address=":0")
     yield cluster.scheduler_address
     cluster.close()
 
