@@ -497,3 +497,11 @@ def test_a_plan_of_another_space_is_refused_by_the_pipeline_naming_the_fix(plan_
     msg = str(e.value)
     assert str(d / "plan.csv") in msg and "is not in this run's space" in msg
     assert "--resolutions 160 176 192 208 224" in msg and "target=plan target.device=npu" in msg
+
+
+def test_the_plans_json_given_as_samples_names_the_csv(plan_dir):
+    from hwnas.predictors.data import DatasetError, load_dataset
+
+    d, space, archs = plan_dir
+    with pytest.raises(DatasetError, match=r"is the plan's settings file; give the filled table, .*plan\.csv"):
+        load_dataset(d / "plan.json", space=space, field="latency.target_samples")

@@ -276,8 +276,10 @@ def load_dataset(name_or_path: str | os.PathLike, space: Any = None, mirror: str
         what = "is a folder" if p.is_dir() else "does not exist"
         raise DatasetError(f"{field}={key!r} is neither a builtin dataset ({sorted(BUILTIN)}) nor an existing CSV file "
                            f"({p} {what}); give one of those names or the path of a latency CSV")
-    from hwnas.predictors.measure.plan import is_plan, plan_dataset
+    from hwnas.predictors.measure.plan import CSV_NAME, META_NAME, is_plan, plan_dataset
 
+    if p.name == META_NAME and (p.parent / CSV_NAME).is_file():
+        raise DatasetError(f"{field}={key!r} is the plan's settings file; give the filled table, {p.parent / CSV_NAME}")
     if is_plan(p):  # a filled plan of hwnas-measure --plan: checked row by row
         ds = plan_dataset(p)
         want = _space(space) if space is not None else None
