@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from typing import Any, Callable
 
 #: command -> module whose ``main()`` runs it
 COMMANDS = {
@@ -35,29 +35,19 @@ def run(prog: str) -> Any:
     return main()
 
 
-def search() -> Any:
-    return run("hwnas-search")
+def _entry(prog: str) -> Callable[[], Any]:
+    def main() -> Any:
+        return run(prog)
+
+    main.__qualname__ = main.__name__ = prog.removeprefix("hwnas-")
+    main.__doc__ = f"``{prog}``"
+    return main
 
 
-def measure() -> Any:
-    return run("hwnas-measure")
-
-
-def monotonicity() -> Any:
-    return run("hwnas-monotonicity")
-
-
-def export() -> Any:
-    return run("hwnas-export")
-
-
-def train() -> Any:
-    return run("hwnas-train")
-
-
-def profile() -> Any:
-    return run("hwnas-profile")
-
-
-def pipeline() -> Any:
-    return run("hwnas-pipeline")
+search = _entry("hwnas-search")
+measure = _entry("hwnas-measure")
+monotonicity = _entry("hwnas-monotonicity")
+export = _entry("hwnas-export")
+train = _entry("hwnas-train")
+profile = _entry("hwnas-profile")
+pipeline = _entry("hwnas-pipeline")

@@ -400,25 +400,34 @@ def test_ofa_reduction_agrees_with_the_proxy(tmp_path, data_dir):
     assert "Unfriendly choices on the target" in (run / "report.md").read_text()
 
 
+def _plan_run(tmp_path, data_dir, *extra):
+    """A small OFA pipeline with target=plan (device 'npu'): (cfg, run folder, space, a MACs 'device', fill)
+    where ``fill(plan_csv, scale)`` writes that device's latencies x ``scale`` into a plan (returns its rows)."""
+    from _pipeline_helpers import MacsLatency
+
+    cfg = compose_pipeline(
+        ["target=plan", "target.device=npu", "samples.pool=200", "samples.k=5", "reduce.enabled=false", "search.n_gen=3",
+         "search.pop_size=10", "search.refine.passes=0", "search.verbose=false", "search.plot=false", "report=false",
+         "remeasure.max_archs=3", "export.formats=[]", f"assets.mirror={data_dir}", *extra], name="pipeline")
+    space = create_space("ofa_mbv3_w12", resolutions=[160, 176, 192, 208, 224])
+    device = MacsLatency(space)
+
+    def fill(plan_csv, scale=1.0):
+        return fill_plan(plan_csv, lambda r: repr(scale * float(device.predict([space.validate(r["arch"])])[0])))
+
+    return cfg, tmp_path / "run", space, device, fill
+
+
 @pytest.mark.slow
 def test_plan_target_stops_for_numbers_and_resumes(tmp_path, data_dir, capsys):
     """target=plan: the pipeline writes the K samples as a plan and stops; filled, the run goes on to
     the front, writes a second plan and stops; filled again, it finishes. Nothing is measured twice."""
     from hwnas.search.pipeline.evaluate import WaitingForMeasurements
 
-    from _pipeline_helpers import MacsLatency
-
-    cfg = compose_pipeline(
-        ["target=plan", "target.device=npu", "samples.pool=200", "samples.k=5", "reduce.enabled=false", "search.n_gen=3",
-         "search.pop_size=10", "search.refine.passes=0", "search.verbose=false", "search.plot=false", "report=false",
-         "remeasure.max_archs=3", "remeasure.search_again=true", "export.formats=[]", f"assets.mirror={data_dir}"],
-        name="pipeline")
-    run = tmp_path / "run"
-    space = create_space("ofa_mbv3_w12", resolutions=[160, 176, 192, 208, 224])
-    device = MacsLatency(space)
+    cfg, run, space, device, fill_rows = _plan_run(tmp_path, data_dir, "remeasure.search_again=true")
 
     def fill(plan_csv, scale=1.0):
-        return len(fill_plan(plan_csv, lambda r: repr(scale * float(device.predict([space.validate(r["arch"])])[0]))))
+        return len(fill_rows(plan_csv, scale))
 
     with pytest.raises(WaitingForMeasurements, match="02_samples/plan"):
         run_pipeline(cfg, run)
@@ -455,19 +464,7 @@ def test_a_later_plan_in_another_unit_and_an_edited_plan_are_refused(tmp_path, d
     from hwnas.predictors.measure.plan import PlanError
     from hwnas.search.pipeline.evaluate import WaitingForMeasurements
 
-    from _pipeline_helpers import MacsLatency
-
-    cfg = compose_pipeline(
-        ["target=plan", "target.device=npu", "samples.pool=200", "samples.k=5", "reduce.enabled=false", "search.n_gen=3",
-         "search.pop_size=10", "search.refine.passes=0", "search.verbose=false", "search.plot=false", "report=false",
-         "remeasure.max_archs=3", "remeasure.calibrate=false", "export.formats=[]", f"assets.mirror={data_dir}"],
-        name="pipeline")
-    run = tmp_path / "run"
-    space = create_space("ofa_mbv3_w12", resolutions=[160, 176, 192, 208, 224])
-    device = MacsLatency(space)
-
-    def fill(plan_csv, scale=1.0):
-        return fill_plan(plan_csv, lambda r: repr(scale * float(device.predict([space.validate(r["arch"])])[0])))
+    cfg, run, space, device, fill = _plan_run(tmp_path, data_dir, "remeasure.calibrate=false")
 
     with pytest.raises(WaitingForMeasurements):
         run_pipeline(cfg, run)
