@@ -131,8 +131,8 @@ class DaskRunner:
     A cluster of our own logs warnings and errors only (its INFO records are start-up chatter), its
     worker processes nothing below CRITICAL (closing the cluster cancels their running tasks, each a
     warning; a failing task is an ERROR record per task, and the same failure reaches this process,
-    which reports it once); closing it is silent, and so is everything its tasks report after an interrupt: the search has said in one
-    line what happened and where its checkpoint is."""
+    which reports it once). Closing it is silent, and so is everything its tasks report after an
+    interrupt: the search has said in one line what happened and where its checkpoint is."""
 
     def __init__(self, address: str | None = None, n_workers: int = 2, threads_per_worker: int = 1,
                  processes: bool = True, client: Any = None, **cluster_kwargs: Any) -> None:
@@ -201,14 +201,14 @@ class DaskRunner:
 
     def close(self) -> None:
         if self._own:
-            with _dask_logs(logging.CRITICAL + 1):
-                try:
+            try:
+                with _dask_logs(logging.CRITICAL + 1):
                     self.client.close()
                     if self.cluster is not None:
                         self.cluster.close()
-                finally:
-                    if self._log_level is not None:
-                        logging.getLogger("distributed").setLevel(self._log_level)
+            finally:  # the level the user had before our cluster started (after _dask_logs put back its own)
+                if self._log_level is not None:
+                    logging.getLogger("distributed").setLevel(self._log_level)
 
     def __enter__(self) -> "DaskRunner":
         return self
