@@ -43,6 +43,44 @@ def _adapted_budgets(budgets: list, *, _root_: object) -> list:
     return [] if own else list(budgets)
 
 
+def _space_preset_resolutions() -> list | None:
+    """The ``resolutions`` the chosen ``space`` preset file itself sets (a reduced space's), or None: no hydra
+    job (the compose API), no such file, or a preset that leaves them to the class (null)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get("space")
+    except Exception:  # noqa: BLE001 - not inside a hydra job
+        return None
+    if not choice:
+        return None
+    import yaml
+
+    for root in (Path(__file__).resolve().parent, user_config_dir()):
+        f = root / "space" / f"{choice}.yaml"
+        if f.is_file():
+            try:
+                data = yaml.safe_load(f.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                return None  # reported when the space is built
+            res = data.get("resolutions") if isinstance(data, dict) else None
+            return [int(r) for r in res] if isinstance(res, list) and all(isinstance(r, int) for r in res) else None
+    return None
+
+
+def _priced_resolutions(priced: list) -> list:
+    """``space.resolutions`` set by a latency preset: the resolutions its data prices -- or, when the space
+    preset chosen with it sets its own (a space reduced by ``hwnas-profile``), those of them the data
+    prices. The latency preset comes later in the defaults and used to replace a reduced space's
+    resolutions with all of its own, silently undoing the reduction. ``space.resolutions=[...]`` on the
+    command line still decides."""
+    own = _space_preset_resolutions()
+    if not own:
+        return list(priced)
+    both = [r for r in own if r in priced]
+    return both or list(priced)  # none priced: the space's own check names the mismatch
+
+
 def _register() -> None:
     try:
         from omegaconf import OmegaConf
@@ -50,6 +88,7 @@ def _register() -> None:
         return
     OmegaConf.register_new_resolver("hwnas_user_conf", _searchpath_entry, replace=True)
     OmegaConf.register_new_resolver("hwnas_adapted_budgets", _adapted_budgets, replace=True)
+    OmegaConf.register_new_resolver("hwnas_priced_resolutions", _priced_resolutions, replace=True)
 
 
 _register()

@@ -189,8 +189,11 @@ def _prepare_run_dir(out: Path, key: str, overwrite: bool) -> str:
     * The checkpoint of *this* search (same settings key) and no finished results of it: "resume",
       with or without ``overwrite`` (a rerun after a kill must not start from zero), and also when
       ``pareto.json`` is unreadable (a power loss can leave it empty; the checkpoint is what counts).
-    * Finished results of this search: "done"; with ``overwrite`` they are removed ("fresh").
-    * Results or a checkpoint of other settings: refused, or removed with ``overwrite``.
+    * Finished results of this search: "done"; with ``overwrite`` "replace": they are removed when the
+      new search writes its first results, so that a run refused before that (a missing predictor file,
+      budgets out of range) leaves them as they were.
+    * Results or a checkpoint of other settings: refused; with ``overwrite`` the checkpoint is removed
+      and the results are replaced as above.
     """
     from .checkpoint import SearchCheckpoint, checkpoint_key
     from .results import RESULT_FILES
@@ -217,10 +220,9 @@ def _prepare_run_dir(out: Path, key: str, overwrite: bool) -> str:
         log.info(f"{out} holds the checkpoint of this unfinished search: resuming it"
                  + (f" ({why})" if why else "") + f"; delete {ck} to start from scratch")
         return "resume"
-    if overwrite:
-        for name in (*RESULT_FILES, CHECKPOINT):
-            (out / name).unlink(missing_ok=True)
-        return "fresh"
+    if overwrite:  # the old results stay until the new search writes its first ones (run_from_config)
+        ck.unlink(missing_ok=True)
+        return "replace" if any((out / name).exists() for name in RESULT_FILES) else "fresh"
     if pj.is_file() and old_key != key:
         what = (f"an unreadable {pj.name} (and no checkpoint of this search to resume)" if old_key == "unreadable"
                 else f"the results of another search (settings key {old_key} here, {key} now)")
@@ -431,6 +433,16 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
         log.info(f"{out} already holds the finished results of this search ({best}); nothing to do "
                  "(search.overwrite=true searches again)")
         return None
+    from .results import RESULT_FILES
+
+    replaced = [out / name for name in RESULT_FILES] if state == "replace" else []
+
+    def write(result: Any, plot: bool) -> None:
+        for f in replaced:  # search.overwrite=true: the old results go when the new ones are written
+            f.unlink(missing_ok=True)
+        replaced.clear()
+        write_results(result, out, config=cfg, plot=plot, key=key)
+
     space, accuracy, latency = build(cfg)
     write_predictor_reports(out, accuracy=accuracy, latency=latency)
     runner = make_runner(plain(cfg.get("evaluator"), "evaluator"))
@@ -438,7 +450,7 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
 
     class _Checkpoint(SearchCheckpoint):
         def on_saved(self, engine: Any) -> None:  # partial results on disk as the search goes
-            write_results(engine.result(partial=True), out, config=cfg, plot=False, key=key)
+            write(engine.result(partial=True), plot=False)
 
     ck = _Checkpoint(out / CHECKPOINT, settings=key, interval_s=opts["checkpoint_s"])
     cpu_start = time.process_time()
@@ -455,7 +467,7 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
     except SearchInterrupted as exc:
         progress.clear()
         if exc.result is not None:
-            write_results(exc.result, out, config=cfg, plot=False, key=key)
+            write(exc.result, plot=False)
         code = 143 if exc.signal == "SIGTERM" else 130
         print(f"{PROG}: interrupted ({exc.signal}); the front so far is in {out / 'pareto.json'} (partial) and the "
               "checkpoint beside it: run the same command again to resume", file=sys.stderr)
@@ -464,7 +476,7 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
         progress.clear()
         runner.close()
     cpu_search = time.process_time()
-    write_results(result, out, config=cfg, plot=opts["plot"], key=key)
+    write(result, plot=opts["plot"])
     ck.clear()
     cpu_end = time.process_time()
     if not kwargs["verbose"]:

@@ -83,3 +83,23 @@ def test_adapted_presets_budgets_are_only_for_its_own_target():
         assert budgets("latency.target_samples=plan/plan.csv", "latency.target_device=my-npu") == []
         assert budgets("latency.target_device=titan_xp_64") == []
         assert budgets("latency.target_device=titan_xp_64", "search.budgets=[22,26]") == [22, 26]
+
+
+def test_a_reduced_space_keeps_its_resolutions_under_a_latency_preset(tmp_path, data_dir):
+    """The latency presets set space.resolutions (what their data prices) after the space preset, and replaced a
+    reduced space's own resolutions with all of theirs: the reduction was silently undone."""
+    import json
+    import subprocess
+    import sys
+
+    from _pipeline_helpers import cli_env
+
+    run = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "hwnas.search", "space=reduced_titan_rtx_1", "latency=adapted",
+                        "search.pop_size=16", "search.n_gen=2", "search.refine.passes=1", "search.plot=false",
+                        f"assets.mirror={data_dir}", f"hydra.run.dir={run}"], cwd=tmp_path, env=cli_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    data = json.loads((run / "pareto.json").read_text())
+    assert data["space"]["options"]["resolutions"] == [156, 224]
+    assert {r["arch"]["r"] for r in data["front"]} <= {156, 224}

@@ -288,7 +288,23 @@ def test_prepare_run_dir_with_overwrite(tmp_path):
     assert ck.is_file() and not pj.exists() and not svg.exists()
     # this search's finished results (killed before the checkpoint was removed): searched again
     pj.write_text(json.dumps({"settings_key": "mine", "partial": False}))
-    assert _prepare_run_dir(tmp_path, "mine", overwrite=True) == "fresh" and not ck.exists() and not pj.exists()
+    assert _prepare_run_dir(tmp_path, "mine", overwrite=True) == "replace" and not ck.exists()
+    assert pj.exists()  # removed when the new search writes its first results (not if it is refused before)
+
+
+def test_overwrite_keeps_the_old_results_when_the_new_run_is_refused(tmp_path):
+    """search.overwrite=true deleted the finished results first; a run then refused (budgets out of range, a
+    missing predictor file) left the folder empty."""
+    run = tmp_path / "run"
+    args = [*TOY, f"hydra.run.dir={run}"]
+    p = hwnas_search(args, tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file() and f.suffix in (".json", ".csv", ".yaml")}
+    p = hwnas_search([*args, "search.overwrite=true", "search.budgets=[1000000]"], tmp_path)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert {f: (run / f).read_bytes() for f in before} == before
+    p = hwnas_search([*args, "search.overwrite=true", "search.seed=7"], tmp_path)  # another search replaces them
+    assert p.returncode == 0 and json.loads((run / "pareto.json").read_text())["seed"] == 7
 
 
 # ------------------------------------------------------------------ 4. unreadable pareto.json, durable writes
