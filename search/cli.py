@@ -430,8 +430,9 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
     state = _prepare_run_dir(out, key, opts["overwrite"])
     if state == "done":
         best = _finished_best(out / "pareto.json")
-        log.info(f"{out} already holds the finished results of this search ({best}); nothing to do "
-                 "(search.overwrite=true searches again)")
+        again = ("search.seed=null: this is the random search already run here; search.overwrite=true or another "
+                 "hydra.run.dir for a new one" if kwargs.get("seed") is None else "search.overwrite=true searches again")
+        log.info(f"{out} already holds the finished results of this search ({best}); nothing to do ({again})")
         return None
     from .results import RESULT_FILES
 

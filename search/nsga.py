@@ -59,6 +59,8 @@ class SearchResult:
     wall_time: float = 0.0
     n_evals: int = 0
     seed: int | None = None
+    #: with ``seed=None``: the seed drawn (``search.seed=<it>`` repeats the search)
+    seed_drawn: int | None = None
     hv_ref: tuple[float, float] = (0.0, 0.0)
     timings: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -731,6 +733,7 @@ class _Search:
             wall_time=t_total,
             n_evals=self.problem.n_evals,
             seed=s["seed"],
+            seed_drawn=None if s["seed"] is not None else int(self.entropy),
             hv_ref=(float(ref_acc), float(ref_lat)),
             timings={"nsga2_s": self.nsga_s, "refine_s": t_total - self.nsga_s if self.nsga_s else 0.0,
                      "refine_passes": self.refiner.passes, "cpu_s": time.process_time() - self.c0,

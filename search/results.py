@@ -83,6 +83,7 @@ def front_json(result: SearchResult, key: str | None = None) -> dict:
         "n_evals": result.n_evals,
         "wall_time_s": result.wall_time,
         "seed": result.seed,
+        **({"seed_drawn": str(result.seed_drawn)} if getattr(result, "seed_drawn", None) is not None else {}),
         "best": best,
         "front": rows,
     }

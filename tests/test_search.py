@@ -624,3 +624,22 @@ def test_real_predictors_small_search(space, data_dir):
     np.testing.assert_allclose(res.latency, lat.predict(archs), rtol=0, atol=1e-9)
     best = res.best_under(25)
     assert best is not None and 0.78 < best[1] < 0.85 and best[2] <= 25
+
+
+def test_a_random_seed_is_recorded_and_repeats_the_search(tmp_path):
+    """search.seed=null drew a seed and recorded none: the run could not be repeated."""
+    import json
+
+    from test_cli import ToyAccuracy, ToyLatency
+
+    from hwnas.search import run_search, write_results
+    from hwnas.spaces import create_space
+
+    space = create_space("ofa_mbv3_w12")
+    kw = dict(pop_size=16, n_gen=3, refine=1, budgets=[12], verbose=False)
+    a = run_search(space, ToyAccuracy(space), ToyLatency(space), seed=None, **kw)
+    assert a.seed is None and isinstance(a.seed_drawn, int)
+    b = run_search(space, ToyAccuracy(space), ToyLatency(space), seed=a.seed_drawn, **kw)
+    assert [x.to_str() for x in a.archs] == [x.to_str() for x in b.archs] and b.seed_drawn is None
+    write_results(a, tmp_path, plot=False)
+    assert int(json.loads((tmp_path / "pareto.json").read_text())["seed_drawn"]) == a.seed_drawn
