@@ -510,6 +510,7 @@ def _hydra_main(cfg: DictConfig) -> float:
     if _in_multirun():  # a failing job is recorded, the sweep goes on (and exits 2 at its end)
         failed = _output_dir() / "failed.json"
         try:
+            _check_own_folder()
             failed.unlink(missing_ok=True)  # an earlier sweep's failure of this job: this run decides again
             result = run_from_config(cfg)
         except Exception as exc:  # noqa: BLE001 - every failure of one job, recorded in its folder
@@ -616,7 +617,8 @@ class SweepSummary(Callback):
         failed = [p for p in sweep_jobs(sweep) if (p / "failed.json").is_file()]  # (removed when a job starts)
         if failed:
             names = ", ".join(_shown(p / "failed.json") for p in failed)
-            print(f"{PROG}: error: {len(failed)} of {len(sweep_jobs(sweep))} sweep jobs failed ({names}; summary in "
+            n_jobs = len(_read_jobs(sweep / JOBS_FILE) or sweep_jobs(sweep))
+            print(f"{PROG}: error: {len(failed)} of {n_jobs} sweep jobs failed ({names}; summary in "
                   f"{_shown(sweep / 'summary.md')}); fix them and run the same command again (finished jobs are not "
                   "redone)", file=sys.stderr)
             raise SystemExit(2)
@@ -629,6 +631,19 @@ def _shown(path: Path) -> str:
         return p.relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
         return str(p)
+
+
+def _check_own_folder() -> None:
+    """A sweep job whose folder an earlier job of the sweep has (a fixed ``hydra.run.dir`` for jobs of other
+    settings) is refused, naming both: it would replace or resume the other's results."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    me, num = os.path.abspath(str(hc.runtime.output_dir)), int(hc.job.num)
+    for j in _read_jobs(Path(str(hc.sweep.dir)) / JOBS_FILE) or []:
+        if j.get("num", num) < num and os.path.abspath(j["dir"]) == me:
+            raise ConfigError(f"sweep jobs #{j['num']} and #{num} run in the same folder {me} (hydra.run.dir is the same for "
+                              "both); leave hydra.run.dir out (each job gets its settings' folder) or put ${hydra.job.num} in it")
 
 
 def record_sweep_job(sweep: Path, num: int, job: Path, overrides: list[str]) -> Path:

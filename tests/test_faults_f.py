@@ -358,3 +358,19 @@ def test_multirun_with_a_failed_job_exits_2_naming_it_and_a_fixed_rerun_clears_i
     # the good job alone again: done, exit 0
     p2 = run_cli([*args, "search.budgets=[14]"], cwd=tmp_path)
     assert p2.returncode == 0, p2.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_sweep_jobs_sharing_one_folder_are_refused_and_the_first_kept(tmp_path):
+    """A fixed hydra.run.dir for a sweep: job #1 replaced (overwrite) or 'resumed' job #0's results, and the
+    end said '1 of 1 sweep jobs failed' for two jobs."""
+    import json
+
+    run = tmp_path / "shared"
+    args = ["--multirun", *OFA_TOYS, *TINY, "search.plot=false", f"hydra.sweep.dir={tmp_path / 's'}",
+            f"hydra.run.dir={run}", "search.seed=3,4", "search.overwrite=true"]
+    p = run_cli(args, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert f"sweep jobs #0 and #1 run in the same folder {run}" in p.stdout + p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("hwnas-search: error: 1 of 2 sweep jobs failed")
+    assert json.loads((run / "pareto.json").read_text())["seed"] == 3  # job #0's results, not replaced
