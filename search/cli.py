@@ -85,7 +85,8 @@ def settings_key(cfg: Any) -> str:
     for name in ("space", "accuracy", "latency", "evaluator", "search"):
         v = node(name) if (hasattr(cfg, "get") and cfg.get(name) is not None) else None
         if isinstance(v, dict):
-            v = {k: x for k, x in v.items() if k != "mirror" and not (name == "search" and k in _COSMETIC)}
+            v = {k: x for k, x in v.items() if k != "mirror" and not (name == "search" and k in _COSMETIC)
+                 and not (name == "evaluator" and k in _CLUSTER)}
         parts[name] = v
     files = {**local_files({k: parts[k] for k in _FILE_NODES}), **plugin_files({k: parts[k] for k in _FILE_NODES})}
     if files:  # only then: the key of settings without local files is unchanged
@@ -93,6 +94,9 @@ def settings_key(cfg: Any) -> str:
     return fingerprint(parts)
 
 
+#: where an evaluator=dask search runs (not what it computes: the same values either way), so not part of
+#: the key -- a search resumes on another cluster, or on a restarted scheduler at a new address
+_CLUSTER = ("address", "n_workers", "threads_per_worker", "processes")
 #: the config nodes whose string values may name local files (search settings name none)
 _FILE_NODES = ("space", "accuracy", "latency", "evaluator")
 #: keys that never name an input of the results: class paths, asset mirrors, and files the run itself

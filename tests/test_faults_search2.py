@@ -391,3 +391,14 @@ def test_good_hv_ref_forms():
     assert parse_hv_ref({"accuracy": 0.7, "latency": None}) == (0.7, None)
     assert parse_hv_ref({"latency": 30}) == (None, 30.0)
     assert parse_hv_ref([0.5, 20]) == (0.5, 20.0)
+
+
+def test_settings_key_leaves_out_where_a_dask_search_runs(tmp_path, monkeypatch):
+    """evaluator=dask with another number of workers or another scheduler address was another search: a search
+    could not resume on a restarted cluster."""
+    monkeypatch.chdir(tmp_path)
+    base = key_of(["evaluator=dask"])
+    assert key_of(["evaluator=dask", "evaluator.n_workers=7", "evaluator.threads_per_worker=2",
+                   "evaluator.processes=false", "evaluator.address=tcp://10.0.0.5:8786"]) == base
+    assert key_of(["evaluator=dask", "evaluator.objectives=[accuracy,latency]"]) != base  # what runs where: kept
+    assert key_of([]) == DEFAULT_KEY
