@@ -503,13 +503,17 @@ class _Search:
         self._check_cost()
         _, _, lat = self.problem.archive()
         lo, hi = float(lat.min()), float(lat.max())
-        q = [float(f"{v:.3g}") for v in np.quantile(lat, [0.2, 0.4, 0.6, 0.8])]
+        cap = self.problem.max_latency
+        fit = lat[lat <= cap] if cap is not None and (lat <= cap).sum() >= 2 else lat  # search.max_latency: below it
+        q = [float(f"{v:.3g}") for v in np.quantile(fit, [0.2, 0.4, 0.6, 0.8])]
         unit = "in the latency predictor's unit"
         if not self.budgets:
             self.budgets = q
             self.refiner.budgets = q
+            below = f" (those {len(fit)} below search.max_latency={cap:g})" if len(fit) < len(lat) else ""
             self.log(f"search.budgets not given: reporting the best archs at {q}, the 20/40/60/80% quantiles of the "
-                     f"latency of {len(lat)} sampled archs ({lo:.4g}-{hi:.4g}, {unit}); set search.budgets=[...] to choose")
+                     f"latency of {len(lat)} sampled archs{below} ({lo:.4g}-{hi:.4g}, {unit}); set search.budgets=[...] "
+                     "to choose")
             return
         low = [b for b in self.budgets if b < lo]
         if low or min(self.budgets) > hi:

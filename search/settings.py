@@ -100,6 +100,9 @@ def parse_hv_ref(v: Any) -> tuple[float | None, float | None]:
             f = math.nan
         if not math.isfinite(f):
             raise ConfigError(f"{where}: {name}={x!r} is not a number; {_HV_FORMS}")
+        if "latency" in name and f <= 0:  # every latency is above it: the hypervolume is 0 whatever the front
+            raise ConfigError(f"{where}: {name}={x!r} must be a latency > 0 (the slowest latency that counts, e.g. the "
+                              "largest budget; or null)")
         out.append(f)
     return out[0], out[1]
 

@@ -369,6 +369,7 @@ def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_
     ({"acc": 0.7}, "search.hv_ref={'acc': 0.7} has unknown key(s) ['acc']"),
     ([0.7, 1, 2], "is not a reference point"),
     ([0.7, float("nan")], "search.hv_ref[1] (latency)=nan is not a number"),
+    ({"latency": -1}, "search.hv_ref.latency=-1 must be a latency > 0"),  # the hypervolume would be 0 whatever the front
 ])
 def test_bad_hv_ref_is_one_config_error(hv_ref, expect):
     from hwnas.predictors.build import ConfigError

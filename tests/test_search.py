@@ -643,3 +643,20 @@ def test_a_random_seed_is_recorded_and_repeats_the_search(tmp_path):
     assert [x.to_str() for x in a.archs] == [x.to_str() for x in b.archs] and b.seed_drawn is None
     write_results(a, tmp_path, plot=False)
     assert int(json.loads((tmp_path / "pareto.json").read_text())["seed_drawn"]) == a.seed_drawn
+
+
+def test_quantile_budgets_stay_below_max_latency():
+    """search.budgets=[] with search.max_latency: the reported 'budgets' were quantiles of every sampled arch,
+    all above max_latency (every one then showed the same arch)."""
+    from test_cli import ToyAccuracy, ToyLatency
+
+    from hwnas.search import run_search
+    from hwnas.spaces import create_space
+
+    space = create_space("ofa_mbv3_w12")
+    free = run_search(space, ToyAccuracy(space), ToyLatency(space), budgets=[], pop_size=24, n_gen=2, refine=0, seed=0,
+                      verbose=False)
+    cap = float(np.quantile(free.latency, 0.3))
+    capped = run_search(space, ToyAccuracy(space), ToyLatency(space), budgets=[], max_latency=cap, pop_size=24, n_gen=2,
+                        refine=0, seed=0, verbose=False)
+    assert capped.budgets and max(capped.budgets) <= cap
