@@ -134,6 +134,8 @@ def run_hydra(prog: str, app: Callable[[], Any]) -> Any:
         raise _interrupted(prog, exc) from None
     except PluginFailed as exc:
         raise plugin_failed(prog, exc) from None
+    except BrokenPipeError:
+        raise _broken_pipe() from None
     except Exception as exc:
         mod = type(exc).__module__
         if mod.startswith(("hydra", "omegaconf")):  # (hydra's MissingConfigException is an OSError too)
@@ -172,6 +174,18 @@ def _sigterm_raises() -> Iterator[None]:
             signal.signal(signal.SIGTERM, old)
 
 
+def _broken_pipe() -> SystemExit:
+    """The reader of our output went away (``hwnas-search --help | head``): end quietly, as a command killed by
+    SIGPIPE does (status 141), not with an error line about it; stdout goes to /dev/null so that flushing it
+    at exit raises nothing more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return SystemExit(141)
+
+
 def _interrupted(prog: str, exc: KeyboardInterrupt) -> SystemExit:
     """Say in one line that Ctrl-C (exit 130) or SIGTERM (:class:`Terminated`, 143) stopped ``prog``."""
     if isinstance(exc, Terminated):
@@ -192,6 +206,8 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
         raise _interrupted(prog, exc) from None
     except PluginFailed as exc:
         raise plugin_failed(prog, exc) from None
+    except BrokenPipeError:
+        raise _broken_pipe() from None
     except (UserError, OSError, *extra) as exc:
         print(error_line(prog, exc), file=sys.stderr)
         raise SystemExit(2) from None

@@ -156,3 +156,12 @@ def test_ctrl_c_while_a_command_imports_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 130, r.stderr
     assert r.stderr == "hwnas-search: interrupted\n"
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`hwnas-search --help | head` ended with 'hwnas-search: error: Broken pipe'."""
+    cmd = f"{sys.executable} -m hwnas.search --help | true"
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], env=cli_env(), capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert "error" not in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode in (0, 141)
