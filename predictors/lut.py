@@ -321,10 +321,17 @@ class LookupTableLatency(Predictor):
             more = f"; ... {len(self._bad) - 3} more" if len(self._bad) > 3 else ""
             problems.append(f"latency means must be finite and > 0: {shown}{more}")
         if problems:
+            fixed_missing = any(k == key for (r, key) in self._missing for part in self._fixed_keys for k, _ in part[0] + part[1])
+            if fixed_missing:  # the stem or the head is not in the tables: another network, not a choice too many
+                raise LatencyTableError(
+                    f"the lookup tables do not price space {self.space.name}: its fixed layers (stem, head) are not in "
+                    f"them ({problems[0][:200]}...), so they are tables of another network (another width or family; the "
+                    "Note10 tables are OFA-MobileNetV3 w1.2's). Choose the space they were made for (e.g. space=ofa_mbv3_w12), "
+                    "or measure this one's (hwnas-measure --build-lut)")
             raise LatencyTableError(
                 f"the lookup tables do not price space {self.space.name}: " + " | ".join(problems)
-                + ". Restrict the space (block_choices / depth_choices / resolutions) to what the tables price, "
-                "or measure the missing layers (hwnas-measure --build-lut)"
+                + ". Restrict the space (space.block_choices / space.depth_choices / space.resolutions) to what the tables "
+                "price, or measure the missing layers (hwnas-measure --build-lut)"
             )
 
     def _check_units(self) -> None:
@@ -404,7 +411,7 @@ class LookupTableLatency(Predictor):
             if missing:
                 raise LatencyTableError(
                     f"the lookup tables have no entry for resolutions {missing}; available resolutions: "
-                    f"{sorted(self._tables)}. Create the space with resolutions={sorted(set(wanted) & set(self._tables))}"
+                    f"{sorted(self._tables)}. Set space.resolutions={sorted(set(wanted) & set(self._tables))}"
                 )
             return
         spec = os.fspath(tables)
@@ -423,8 +430,8 @@ class LookupTableLatency(Predictor):
             if missing:
                 raise LatencyTableError(
                     f"no lookup table {spec!r} for resolutions {missing} of space {self.space.name}; "
-                    f"available resolutions: {available}. Create the space with "
-                    f"resolutions={[r for r in wanted if r in available] or available}"
+                    f"available resolutions: {available}. Set "
+                    f"space.resolutions={[r for r in wanted if r in available] or available}"
                 )
             failed = []
             for r in wanted:
@@ -461,7 +468,7 @@ class LookupTableLatency(Predictor):
         if missing:
             raise LatencyTableError(
                 f"lookup table {path} prices input resolutions {res} only; space {self.space.name} also has "
-                f"{missing}. Create the space with resolutions={res}"
+                f"{missing}. Set space.resolutions={res}"
             )
         for r in wanted:
             self._tables[r] = table

@@ -92,3 +92,16 @@ def test_linear_latency_never_predicts_below_a_hundredth_of_its_fastest_sample()
     raw = p.features([empty]) @ p.weights + p.bias
     assert p.predict([empty])[0] == max(raw[0], p.floor) > 0
     np.testing.assert_allclose(p.predict(archs), np.maximum(p.features(archs) @ p.weights + p.bias, p.floor))
+
+
+def test_tables_of_another_network_say_so(data_dir):
+    """space=ofa_mbv3_w10 with the Note10 tables (w1.2's) listed hundreds of entries and advised restricting the
+    space's choices, which cannot help: its stem and head are not in the tables."""
+    from hwnas.predictors.assets import set_default_mirror
+    from hwnas.predictors.lut import LatencyTableError, LookupTableLatency
+    from hwnas.spaces import create_space
+
+    set_default_mirror(str(data_dir))
+    with pytest.raises(LatencyTableError, match=r"its fixed layers \(stem, head\) are not in them .* Choose the space they "
+                                                r"were made for \(e\.g\. space=ofa_mbv3_w12\)"):
+        LookupTableLatency(create_space("ofa_mbv3_w10", resolutions=[160, 176, 192, 208, 224]))
