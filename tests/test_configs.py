@@ -103,3 +103,24 @@ def test_a_reduced_space_keeps_its_resolutions_under_a_latency_preset(tmp_path, 
     data = json.loads((run / "pareto.json").read_text())
     assert data["space"]["options"]["resolutions"] == [156, 224]
     assert {r["arch"]["r"] for r in data["front"]} <= {156, 224}
+
+
+def test_a_primary_config_of_your_own_builds_on_search_base(tmp_path, data_dir):
+    """A user's primary config with `defaults: [config, ...]` failed ('Overriding hydra.searchpath is only
+    supported from the primary config'); a copy of the defaults lost the run folder and assets.mirror."""
+    import json
+    import subprocess
+    import sys
+
+    from _pipeline_helpers import cli_env
+
+    (tmp_path / "myconf").mkdir()
+    (tmp_path / "myconf" / "myrun.yaml").write_text(
+        "defaults: [search_base, {override space: ofa_mbv3_w10}, {override latency: adapted}, _self_]\n"
+        "search: {pop_size: 16, n_gen: 2, refine: {passes: 1}, plot: false}\n")
+    p = subprocess.run([sys.executable, "-m", "hwnas.search", "--config-dir", str(tmp_path / "myconf"), "--config-name",
+                        "myrun", "latency.target_device=titan_xp_1", f"assets.mirror={data_dir}"], cwd=tmp_path,
+                       env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    (run,) = (tmp_path / "outputs" / "search").glob("ofa_mbv3_w10-*")
+    assert json.loads((run / "pareto.json").read_text())["space"]["space"] == "ofa_mbv3_w10"
