@@ -30,6 +30,7 @@ each arch; the JSON files are strict JSON (no NaN).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -672,7 +673,8 @@ def export_many(
         remove_stale_temps(out_dir)  # what killed exports left
         weights = weights or WeightsSource()
         if calib_data not in (None, ""):
-            weights = WeightsSource(weights.supernet, weights.checkpoint, _calibration(calib_data, calib_images))
+            weights = dataclasses.replace(weights, calibration=_calibration(calib_data, calib_images))  # (keeps the
+            # checkpoint's fingerprint: a retrained checkpoint at the same path is another export)
         out, index = [], []
         for i, it in enumerate(items):
             p, skipped = _export_one(space, it, out_dir, weights, formats, atol, timm_atol, opset, overwrite, None,

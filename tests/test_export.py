@@ -372,3 +372,23 @@ def test_arch_files_in_every_form_give_the_same_archs(tmp_path):
     (tmp_path / "bad.jsonl").write_text(archs[0].to_str() + "\nr999:k3e3\n")
     with pytest.raises(SpaceError, match=r"bad\.jsonl entry 1"):
         read_archs(tmp_path / "bad.jsonl", space)
+
+
+def test_bn_recalibration_keeps_the_checkpoints_fingerprint(tmp_path, monkeypatch):
+    """With --calib-data the weights were rebuilt without the checkpoint's fingerprint: a checkpoint retrained at the
+    same path was reported as 'already exported' (the old weights served)."""
+    import hwnas.supernet.export as ex
+
+    space = create_space("ofa_mbv3_w12", resolutions=[R])
+    seen = []
+
+    def fake_export_one(space, it, out_dir, weights, *args, **kwargs):
+        seen.append(weights)
+        raise KeyboardInterrupt  # stop here: only the weights handed on are looked at
+
+    monkeypatch.setattr(ex, "_calibration", lambda data, n: "calibration")
+    monkeypatch.setattr(ex, "_export_one", fake_export_one)
+    weights = WeightsSource(_Supernet(space, 5), "ck.pth", checkpoint_fingerprint="sha256:abc")
+    with pytest.raises(KeyboardInterrupt):
+        ex.export_many(space, [ExportItem(space.sample(1, 0)[0])], tmp_path / "out", weights=weights, calib_data="imgs")
+    assert seen[0].checkpoint_fingerprint == "sha256:abc" and seen[0].calibration == "calibration"
