@@ -55,7 +55,16 @@ def split_data_root(data: Any) -> tuple[Path, Path]:
     root = Path(data).expanduser()
     if (root / "train").is_dir() and (root / "val").is_dir():
         return root / "train", root / "val"
+    if (root / "train").is_dir() or (root / "val").is_dir():
+        have, lack = ("train", "val") if (root / "train").is_dir() else ("val", "train")
+        raise DataError(f"data folder {root} has {have}/ but no {lack}/: give a root with both (train/ for the BN "
+                        "re-calibration, val/ for top-1), or one ImageFolder for both (a smoke test)")
     if root.is_dir():
+        import logging
+
+        logging.getLogger("hwnas.supernet").warning(
+            "data %s is one ImageFolder: its images serve both the BN re-calibration and top-1 (fine for a smoke "
+            "test; give a root with train/ and val/ for real accuracy)", root)
         return root, root
     raise DataError(f"data folder {root} does not exist; expected an ImageFolder root with train/ and val/")
 

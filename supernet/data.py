@@ -94,6 +94,12 @@ class ImageFolderSource:
         self.classes: list[str] = list(base.classes)
         self.samples: list[tuple[str, int]] = list(base.samples)
         self.loader = base.loader
+        if {"train", "val"} <= set(self.classes):  # the dataset's root, not its train/ (or val/) folder
+            raise DataError(f"data folder {root} holds train/ and val/, which would be read as two classes; give "
+                            f"{root / 'train'} for training (or the root where a command asks for it, e.g. --data)")
+        if len(self.classes) < 2:
+            raise DataError(f"data folder {root} has {len(self.classes)} class folder(s) ({self.classes}); a classifier needs "
+                            "at least 2: root/<class>/<image> with one folder per class")
 
     @property
     def n_classes(self) -> int:

@@ -370,3 +370,24 @@ def test_a_missing_local_checkpoint_is_one_error_not_a_download(tmp_path, monkey
     (tmp_path / "runs").mkdir()
     with pytest.raises(CheckpointError, match="is a folder"):
         resolve_checkpoint("runs")
+
+
+def test_data_folders_laid_out_wrongly_are_refused_naming_the_fix(tiny_folder, tmp_path):
+    """The dataset root given as data.train trained a 2-class net on 'train' and 'val'; one class trained with loss 0;
+    a root with train/ but no val/ was read as one ImageFolder of one class."""
+    import shutil
+
+    from hwnas.supernet.accuracy import split_data_root
+    from hwnas.supernet.data import DataError
+
+    with pytest.raises(DataError, match=r"holds train/ and val/, which would be read as two classes; give .*train"):
+        ImageFolderSource(tiny_folder)
+    one = tmp_path / "one"
+    shutil.copytree(tiny_folder / "train" / sorted(COLOURS)[0], one / "only")
+    with pytest.raises(DataError, match=r"has 1 class folder\(s\) \(\['only'\]\); a classifier needs at least 2"):
+        ImageFolderSource(one)
+    half = tmp_path / "half"
+    shutil.copytree(tiny_folder / "train", half / "train")
+    with pytest.raises(DataError, match=r"has train/ but no val/"):
+        split_data_root(half)
+    assert split_data_root(tiny_folder) == (tiny_folder / "train", tiny_folder / "val")
