@@ -34,7 +34,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DataError(UserError, ValueError):
-    """A dataset folder is missing or malformed; the message says what to provide."""
+    """A dataset folder is missing or malformed; the message says what to provide.
+
+    Raised in a DataLoader worker process, torch re-raises it in this one as ``DataError(<"Caught DataError in
+    DataLoader worker process 0." and the worker's traceback>)``: the message is then the worker's own (its
+    last line), so the command still says it in one line."""
+
+    def __init__(self, message: object = "") -> None:
+        text = str(message)
+        if text.startswith("Caught DataError") and "Original Traceback" in text:
+            last = text.strip().splitlines()[-1]
+            text = last.split(": ", 1)[1] if last.startswith(("DataError", "hwnas.")) and ": " in last else last
+        super().__init__(text)
 
 
 def check_loader_settings(names: dict[str, str] | None = None, **values: object) -> None:
@@ -128,7 +139,12 @@ class FolderView(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.source.samples[self.indices[i]]
-        return self.transform(self.source.loader(path)), label
+        try:
+            image = self.source.loader(path)
+        except (OSError, ValueError, SyntaxError) as exc:  # (PIL: UnidentifiedImageError is an OSError)
+            raise DataError(f"image {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                            "remove it or replace it with a readable image") from None
+        return self.transform(image), label
 
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0, seed: int = 0, drop_last: bool = False) -> DataLoader:

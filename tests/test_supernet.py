@@ -391,3 +391,24 @@ def test_data_folders_laid_out_wrongly_are_refused_naming_the_fix(tiny_folder, t
     with pytest.raises(DataError, match=r"has train/ but no val/"):
         split_data_root(half)
     assert split_data_root(tiny_folder) == (tiny_folder / "train", tiny_folder / "val")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_image_is_named(tiny_folder, tmp_path, workers):
+    """A truncated JPEG was 'error: Truncated File Read' (no file), or with loader workers a 38-line traceback."""
+    import shutil
+
+    from hwnas.supernet.data import DataError, make_loader
+
+    root = tmp_path / "imgs"
+    shutil.copytree(tiny_folder / "train", root)
+    bad = sorted(root.rglob("*.*"))[0]
+    bad.write_bytes(bad.read_bytes()[:60])
+    src = ImageFolderSource(root)
+    loader = make_loader(src.view(eval_transform(32)), batch_size=4, num_workers=workers)
+    with pytest.raises(DataError) as e:
+        for _ in loader:
+            pass
+    msg = str(e.value)
+    assert msg.startswith(f"image {bad} cannot be read (") and msg.endswith("remove it or replace it with a readable image")
+    assert "\n" not in msg
