@@ -26,6 +26,7 @@ import math
 import random
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -456,55 +457,90 @@ def _train(cfg: dict) -> dict:
     bounds = np.cumsum([0] + [p.steps for p in phases])
     batches = batches_from(dataset, batch_size, seed, step, int(dcfg.get("num_workers", 0) or 0))
     t0 = time.perf_counter()
-    while step < total:
-        pi = int(np.searchsorted(bounds, step, side="right") - 1)
-        phase = phases[pi]
-        sp = step - int(bounds[pi])
-        if sp == 0 and phase.reorganize is not None:
-            net.re_organize_middle_weights(phase.reorganize)
-        lr = lr_at(phase, sp, warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        sampler = PhaseSampler(net, phase, rng)
-        x, y = next(batches)
-        r = sampler.resolution()
-        x = normalize(x.to(device, non_blocking=True))
-        if x.shape[-1] != r or x.shape[-2] != r:
-            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
-        y = y.to(device)
-        net.train()
-        opt.zero_grad(set_to_none=True)
-        archs = [sampler.largest(r)] + ([sampler.smallest(r)] if sandwich else []) + [sampler.random(r) for _ in range(n_random)]
-        archs = list(dict.fromkeys(archs))  # e.g. the full-network phase has one subnet only
-        teacher = None
-        step_loss = 0.0
-        for j, a in enumerate(archs):
-            net.set_active(a)
-            logits = net(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-            if j == 0:
-                teacher = logits.detach()
-            elif kd_w > 0:
-                loss = loss + kd_w * distill_loss(logits, teacher, kd_t)
-            loss.backward()
-            step_loss += float(loss.detach())
-        if grad_clip:
-            nn.utils.clip_grad_norm_(net.parameters(), float(grad_clip))
-        opt.step()
-        history.append(step_loss / len(archs))
-        step += 1
-        if step % int(tcfg.get("log_every", 20)) == 0 or step == total:
-            log.info("step %d/%d phase %s r=%d lr=%.4g loss=%.4f (%.2f s/step)", step, total, phase.name, r, lr,
-                     history[-1], (time.perf_counter() - t0) / max(1, step))
-        if every > 0 and step % every == 0:
-            save(last_path)
-        if cfg.get("stop_after") and step >= int(cfg["stop_after"]):
-            break  # for interrupted-run tests / time-boxed jobs
+    with _deferred_interrupts() as pending:  # Ctrl-C / SIGTERM: the step in progress ends, is saved, then the exit
+        while step < total:
+            pi = int(np.searchsorted(bounds, step, side="right") - 1)
+            phase = phases[pi]
+            sp = step - int(bounds[pi])
+            if sp == 0 and phase.reorganize is not None:
+                net.re_organize_middle_weights(phase.reorganize)
+            lr = lr_at(phase, sp, warmup)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            sampler = PhaseSampler(net, phase, rng)
+            x, y = next(batches)
+            r = sampler.resolution()
+            x = normalize(x.to(device, non_blocking=True))
+            if x.shape[-1] != r or x.shape[-2] != r:
+                x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
+            y = y.to(device)
+            net.train()
+            opt.zero_grad(set_to_none=True)
+            archs = [sampler.largest(r)] + ([sampler.smallest(r)] if sandwich else []) + [sampler.random(r) for _ in range(n_random)]
+            archs = list(dict.fromkeys(archs))  # e.g. the full-network phase has one subnet only
+            teacher = None
+            step_loss = 0.0
+            for j, a in enumerate(archs):
+                net.set_active(a)
+                logits = net(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+                if j == 0:
+                    teacher = logits.detach()
+                elif kd_w > 0:
+                    loss = loss + kd_w * distill_loss(logits, teacher, kd_t)
+                loss.backward()
+                step_loss += float(loss.detach())
+            if grad_clip:
+                nn.utils.clip_grad_norm_(net.parameters(), float(grad_clip))
+            opt.step()
+            history.append(step_loss / len(archs))
+            step += 1
+            if step % int(tcfg.get("log_every", 20)) == 0 or step == total:
+                log.info("step %d/%d phase %s r=%d lr=%.4g loss=%.4f (%.2f s/step)", step, total, phase.name, r, lr,
+                         history[-1], (time.perf_counter() - t0) / max(1, step))
+            if every > 0 and step % every == 0:
+                save(last_path)
+            if cfg.get("stop_after") and step >= int(cfg["stop_after"]):
+                break  # for interrupted-run tests / time-boxed jobs
+            if pending:  # an interrupt arrived during this step: keep it, then stop as the signal asked
+                save(last_path)
+                log.info("interrupted at step %d: saved %s; the same command resumes from there", step, last_path)
+                raise pending[0]
     save(last_path)
     if step >= total:
         net.set_max()
         save_checkpoint(out / "supernet.pth", {"state_dict": net.state_dict()})
     return {"step": step, "total": total, "history": history, "out": str(out), "supernet": net}
+
+
+@contextmanager
+def _deferred_interrupts() -> Iterator[list]:
+    """Inside the block, Ctrl-C and SIGTERM are noted (the yielded list gets the exception to raise) instead of
+    raised, so that the training step in progress finishes and is saved before the command stops: a Ctrl-C
+    used to lose every step since the last periodic checkpoint (up to ``checkpoint.every`` - 1). A second
+    signal raises at once (a step that hangs, e.g. on data)."""
+    import signal
+    import threading
+
+    from hwnas.spaces.errors import Terminated
+
+    pending: list[BaseException] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if pending:
+            raise exc
+        pending.append(exc)
+
+    old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield pending
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _rng_to_list(state: tuple) -> list:

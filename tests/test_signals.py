@@ -165,3 +165,32 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
                        cwd=tmp_path)
     assert "error" not in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr
     assert r.returncode in (0, 141)
+
+
+def test_ctrl_c_of_training_keeps_the_step_it_was_at(tmp_path):
+    """Ctrl-C of hwnas-train saved nothing: the rerun resumed from the last periodic checkpoint (up to
+    checkpoint.every - 1 steps lost). The step in progress now ends and is saved first."""
+    import re
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hwnas.supernet.train", "--config-name", "smoke", f"out={out}", "checkpoint.every=1000",
+           "train.log_every=1", f"hydra.run.dir={tmp_path / 'h'}"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    try:
+        for line in p.stdout:  # wait until a few steps are done
+            seen += line
+            if re.search(r"step ([3-9]|\d\d)/60", line):
+                p.send_signal(signal.SIGINT)
+                break
+        rest, _ = p.communicate(timeout=120)
+        seen += rest
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, seen[-2000:]
+    saved = int(re.search(r"interrupted at step (\d+): saved", seen).group(1))
+    assert saved >= 3 and seen.strip().splitlines()[-1] == "hwnas-train: interrupted"
+    again = subprocess.run([*cmd, "stop_after=1000"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"at step {saved}" in again.stdout + again.stderr
