@@ -149,6 +149,7 @@ class SupernetAccuracy(Predictor):
             "n_val": None if n_val is None else int(n_val),
             "seed": int(seed),
         }
+        proto["data_files"] = self.data.files_fingerprint()  # images replaced or classes renamed in place
         contents = local_file_fingerprint(checkpoint) if checkpoint is not None else None
         if contents is not None:  # a local file retrained into the same path must not be served the old
             proto["checkpoint_contents"] = contents  # cached accuracies (official names keep their keys)

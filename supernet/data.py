@@ -13,6 +13,7 @@ and centre-cropped to ``r``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -262,6 +263,23 @@ class TensorCache:
 
     def calib(self, r: int) -> TensorBatches:
         return self.calibration.batches(r)
+
+    def files_fingerprint(self) -> str:
+        """The images this cache reads (calibration and validation subsets): each one's path in its folder, class,
+        size and modification time, hashed. Caches of results computed from them (the supernet accuracy cache)
+        key on it: images replaced, or class folders renamed, under the same folder are other data."""
+        h = hashlib.sha256()
+        for src, idx in ((self.train, self.calib_idx), (self.val_src, self.val_idx)):
+            h.update(f"\0{len(idx)}".encode())
+            for i in idx:
+                path, label = src.samples[int(i)]
+                try:
+                    st = os.stat(path)
+                    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+                except OSError:
+                    stamp = "missing"
+                h.update(f"{os.path.relpath(path, src.root)}\t{label}\t{stamp}\n".encode(errors="replace"))
+        return "sha256:" + h.hexdigest()[:32]
 
     def val(self, r: int) -> TensorBatches:
         r = int(r)

@@ -412,3 +412,25 @@ def test_an_unreadable_image_is_named(tiny_folder, tmp_path, workers):
     msg = str(e.value)
     assert msg.startswith(f"image {bad} cannot be read (") and msg.endswith("remove it or replace it with a readable image")
     assert "\n" not in msg
+
+
+def test_supernet_accuracy_cache_key_follows_the_images(tiny_folder, tmp_path):
+    """The cache key held the data folder's path only: class folders renamed (or images replaced) under it were
+    served the old accuracies."""
+    import os
+    import shutil
+
+    from hwnas.supernet.accuracy import SupernetAccuracy
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_folder, data)
+    space = create_space("ofa_mbv3_w10", resolutions=[32])
+    kw = dict(checkpoint=None, data=data, n_calib=4, n_val=8, batch_size=4, device="cpu")
+    a = SupernetAccuracy(space, **kw).fingerprint
+    assert SupernetAccuracy(space, **kw).fingerprint == a
+    val = data / "val"
+    names = sorted(p.name for p in val.iterdir())
+    os.rename(val / names[0], val / "tmp")  # two classes swap their images
+    os.rename(val / names[1], val / names[0])
+    os.rename(val / "tmp", val / names[1])
+    assert SupernetAccuracy(space, **kw).fingerprint != a
