@@ -259,7 +259,9 @@ class MLPAccuracyPredictor(Predictor):
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
         }
         with atomic_path(path) as tmp:
-            torch.save(blob, tmp)
+            from hwnas.supernet.checkpoint import torch_save
+
+            torch_save(blob, tmp)
         return path
 
     @classmethod

@@ -117,10 +117,32 @@ def load_checkpoint(net: nn.Module, src: str | os.PathLike, mirror: str | os.Pat
     return path
 
 
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)``; a write that fails in torch's C++ writer (a full disk shows as
+    ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...``) is the ``OSError`` it is, so
+    that the commands say it in one line (no space left: free some, finished work is kept)."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as exc:
+        text = str(exc)
+        if "inline_container" not in text and "PytorchStreamWriter" not in text and "unexpected pos" not in text:
+            raise
+        import errno
+        import shutil
+
+        try:
+            full = shutil.disk_usage(Path(path).parent).free < 64 * 2**20
+        except OSError:
+            full = False
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, os.strerror(code) if full else f"writing failed ({text.splitlines()[0][:120]})",
+                      os.fspath(path)) from None
+
+
 def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save(obj)`` atomically: a temporary file beside ``path``, then ``os.replace``."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch_save(obj, tmp)
     return Path(path)
 
 

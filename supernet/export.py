@@ -52,6 +52,7 @@ from hwnas.spaces.base import SearchSpace, SpaceError, create_space
 from hwnas.spaces.errors import UserError, writable_dir
 from hwnas.spaces.io import arch_key, read_arch_file, space_from_spec, space_spec
 from hwnas.spaces.mbconv import MBConvSpace
+from .checkpoint import torch_save
 
 __all__ = [
     "CALIB_IMAGES",
@@ -573,7 +574,7 @@ def _write_export(tmp: Path, space, item: ExportItem, arch, weights: WeightsSour
     (tmp / "arch.json").write_text(_dumps({"space": spec, "arch": arch.to_dict(), "arch_str": arch.to_str(),
                                            "num_classes": n_classes, "weights": meta["weights"]}, f"{name}/arch.json"))
     if "torch" in formats:
-        torch.save(net.state_dict(), tmp / "model_state_dict.pth")
+        torch_save(net.state_dict(), tmp / "model_state_dict.pth")
         files["torch"] = "model_state_dict.pth"
     if "torchscript" in formats:
         with warnings.catch_warnings():
@@ -591,7 +592,7 @@ def _write_export(tmp: Path, space, item: ExportItem, arch, weights: WeightsSour
         cfg["timm_name"] = meta["timm_name"] = timm_model_name(name)
         cfg["weights"] = meta["weights"]
         checks["timm_max_abs_diff"] = diff
-        torch.save(tm.state_dict(), tmp / "timm_model.pth")
+        torch_save(tm.state_dict(), tmp / "timm_model.pth")
         (tmp / "timm_config.json").write_text(json.dumps(cfg, indent=1) + "\n")
         files["timm"] = "timm_model.pth"
         files["timm_config"] = "timm_config.json"

@@ -169,3 +169,26 @@ def test_resume_under_other_settings_is_refused_and_leaves_the_checkpoint(tmp_pa
     same = _cfg(out, stop_after=6)
     same["train"]["log_every"] = 1
     assert train(same)["step"] == 6
+
+
+def test_a_full_disk_while_saving_is_an_os_error_not_torchs_runtime_error(tmp_path, monkeypatch):
+    """torch's writer reports a full disk as 'RuntimeError: [enforce fail at inline_container.cc:672] . unexpected
+    pos ...' (a 68-line traceback from hwnas-train, 37 from hwnas-export); it is the OSError it is, one line."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import torch
+
+    from hwnas.spaces.errors import os_error_message
+    from hwnas.supernet.checkpoint import save_checkpoint
+
+    def full(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3122944 vs 3122832")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("U", "total used free")(10, 10, 0))
+    with pytest.raises(OSError) as e:
+        save_checkpoint(tmp_path / "last.pth", {"x": 1})
+    assert e.value.errno == errno.ENOSPC and "no space left on the device" in os_error_message(e.value)
+    assert not list(tmp_path.iterdir())  # the temporary file is gone, nothing half-written
