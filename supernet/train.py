@@ -41,7 +41,7 @@ from hwnas.predictors.assets import remove_stale_temps
 from hwnas.predictors.build import build_space, plain
 from hwnas.predictors.fingerprint import differences
 from hwnas.predictors.threads import torch_threads
-from hwnas.spaces.errors import UserError, check_section, cli_errors, one_line, run_hydra, writable_dir
+from hwnas.spaces.errors import UserError, check_section, cli_errors, run_hydra, writable_dir
 from hwnas.spaces.checks import check_bool, check_int, check_number, is_whole
 from hwnas.spaces.mbconv import MBConvArch, MBConvSpace
 
@@ -238,11 +238,12 @@ def _resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, space: MBCon
             settings: dict | None = None) -> dict:
     """The state of ``path`` loaded into ``net`` and ``opt``; a file that does not fit is one error."""
     fix = f"start in another folder (out=<new folder>) or set checkpoint.resume=false to overwrite {path}"
+    from hwnas.predictors.tensorfile import TensorFileError, torch_load_weights
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a torch file, pickled code
-        raise CheckpointError(f"cannot resume: {path} is not a readable training checkpoint "
-                              f"({type(exc).__name__}: {one_line(str(exc))[:120] or 'no message'}); {fix}") from None
+        state = torch_load_weights(path)  # (weights only; a pickle gets our reason, not torch's weights_only=False advice)
+    except TensorFileError as exc:  # truncated, not a torch file, pickled code
+        raise CheckpointError(f"cannot resume: {path} is not a readable training checkpoint ({exc.reason}); {fix}") from None
     keys = ("state_dict", "optimizer", "step", "py_rng", "torch_rng")
     missing = [k for k in keys if not isinstance(state, dict) or k not in state]
     if missing:

@@ -164,6 +164,15 @@ def test_truncated_and_other_network_training_checkpoints_are_one_line(tmp_path)
     with pytest.raises(CheckpointError, match="is not a readable training checkpoint"):
         train(_train_cfg(out, 0.25))
     assert (out / "last.pth").read_bytes() == saved[: len(saved) // 2]
+    # a pickle as last.pth: hwnas's own reason, never torch's advice to load it with weights_only=False
+    import pickle
+
+    marker = tmp_path / "RAN"
+    (out / "last.pth").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(CheckpointError, match=r"not a readable training checkpoint \(not a weights-only torch file") as ei:
+        train(_train_cfg(out, 0.25))
+    assert "weights_only=False" not in str(ei.value) and not marker.exists()
+    (out / "last.pth").write_bytes(saved[: len(saved) // 2])
     # through the command: one line, no traceback, no "size mismatch" listing
     line = _one_error_line(_cli(["-m", "hwnas.supernet.train", "--config-name", "smoke", f"out={out}",
                                  f"hydra.run.dir={tmp_path / 'h'}"], tmp_path), "hwnas-train")
