@@ -165,6 +165,10 @@ class SupernetAccuracy(Predictor):
             return
         p = Path(self.cache_path)
         p.parent.mkdir(parents=True, exist_ok=True)
+        if not p.exists():  # a folder it cannot be made in: the OS's reason (sqlite says "unable to open database file")
+            from hwnas.spaces.errors import writable_dir
+
+            writable_dir(p.parent, "accuracy cache folder")
         try:
             self._db = sqlite3.connect(str(p), check_same_thread=False, timeout=60)
             row = self._db.execute("PRAGMA quick_check").fetchone()

@@ -434,3 +434,23 @@ def test_supernet_accuracy_cache_key_follows_the_images(tiny_folder, tmp_path):
     os.rename(val / names[1], val / names[0])
     os.rename(val / "tmp", val / names[1])
     assert SupernetAccuracy(space, **kw).fingerprint != a
+
+
+def test_an_accuracy_cache_in_a_read_only_folder_says_so(tiny_folder, tmp_path, monkeypatch):
+    """A new cache file in a read-only folder was reported as 'corrupted or not an hwnas cache (unable to open
+    database file)', about a file that did not exist."""
+    import errno
+    import tempfile
+
+    from hwnas.spaces.errors import UserError
+    from hwnas.supernet.accuracy import SupernetAccuracy
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ro"))
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    space = create_space("ofa_mbv3_w10", resolutions=[32])
+    with pytest.raises(UserError, match=r"accuracy cache folder .*ro cannot be written: .*the file system is read-only"):
+        SupernetAccuracy(space, checkpoint=None, data=tiny_folder, n_calib=4, n_val=4, batch_size=4, device="cpu",
+                         cache=str(tmp_path / "ro" / "acc.sqlite"))
