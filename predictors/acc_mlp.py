@@ -245,6 +245,10 @@ class MLPAccuracyPredictor(Predictor):
         if self.model is None:
             raise RuntimeError("MLPAccuracyPredictor is not trained; nothing to save")
         path = Path(path)
+        if path.is_dir():
+            from hwnas.spaces.errors import UserError
+
+            raise UserError(f"{path} is a folder; give the predictor's file path, e.g. {path / 'acc_mlp.pt'}")
         path.parent.mkdir(parents=True, exist_ok=True)
         from hwnas.spaces.io import space_spec
 
@@ -286,6 +290,10 @@ class MLPAccuracyPredictor(Predictor):
         saved = _saved_space(blob, path)
         if space is None:
             space = saved
+        elif getattr(space, "width_mult", None) != getattr(saved, "width_mult", None) or type(space) is not type(saved):
+            # (the same encoding, other networks: a w1.2 predictor would price w1.0 archs without a word)
+            raise SpaceError(f"{path} was trained on space {saved.name} and cannot price space {space.name} (another "
+                             "network: other widths); train one on this space's evaluations")
         try:
             pred = cls(space, device=device, **blob["settings"])
         except SpaceError as exc:

@@ -50,6 +50,13 @@ def test_save_load_round_trip(trained, tmp_path):
     np.testing.assert_array_equal(back.predict(archs_te[:200]), pred.predict(archs_te[:200]))
     with pytest.raises(SpaceError, match="trained on"):
         MLPAccuracyPredictor.load(path, space=create_space("ofa_proxyless_w13"))
+    with pytest.raises(SpaceError, match=r"trained on space ofa_mbv3_w10 and cannot price space ofa_mbv3_w12 \(another network"):
+        MLPAccuracyPredictor.load(path, space=create_space("ofa_mbv3_w12"))  # the same encoding: it used to load
+    assert MLPAccuracyPredictor.load(path, space=create_space("ofa_mbv3_w10", resolutions=[160, 224])).space.resolutions == [160, 224]
+    from hwnas.spaces.errors import UserError
+
+    with pytest.raises(UserError, match=r"is a folder; give the predictor's file path, e\.g\. .*acc_mlp\.pt"):
+        pred.save(tmp_path)  # a folder (it was a raw IsADirectoryError about a temporary file)
 
 
 def test_deterministic_with_seed(imagenet_w10):
