@@ -150,7 +150,8 @@ class OFAAccuracyPredictor(Predictor):
         if space is not None and not isinstance(space, OFAMobileNetV3Space):
             raise SpaceError(
                 f"OFAAccuracyPredictor: space {getattr(space, 'name', space)!r} is not an OFA-MobileNetV3 space; "
-                "the official predictor only prices ofa_mbv3_w12 / ofa_mbv3_w10 archs; for this space use accuracy=supernet (a trained supernet), accuracy=mlp (a predictor you trained) or accuracy=custom"
+                "the official predictor only prices ofa_mbv3_w12 / ofa_mbv3_w10 archs; for this space use "
+                "accuracy=supernet (a trained supernet), accuracy=mlp (a predictor you trained) or accuracy=custom"
             )
         self.space = space
         self.path = find_file(path, mirror, "accuracy.path")
