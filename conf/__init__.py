@@ -60,12 +60,20 @@ def _space_preset_resolutions() -> list | None:
         f = root / "space" / f"{choice}.yaml"
         if f.is_file():
             try:
-                data = yaml.safe_load(f.read_text(encoding="utf-8"))
+                st = f.stat()
+                key = (str(f), st.st_mtime_ns, st.st_size)
+                if key not in _PRESET_RESOLUTIONS:  # (resolved at every access of the config: read once)
+                    data = yaml.safe_load(f.read_text(encoding="utf-8"))
+                    res = data.get("resolutions") if isinstance(data, dict) else None
+                    ok = isinstance(res, list) and all(isinstance(r, int) for r in res)
+                    _PRESET_RESOLUTIONS[key] = [int(r) for r in res] if ok else None
+                return _PRESET_RESOLUTIONS[key]
             except (OSError, yaml.YAMLError):
                 return None  # reported when the space is built
-            res = data.get("resolutions") if isinstance(data, dict) else None
-            return [int(r) for r in res] if isinstance(res, list) and all(isinstance(r, int) for r in res) else None
     return None
+
+
+_PRESET_RESOLUTIONS: dict[tuple, list | None] = {}
 
 
 def _priced_resolutions(priced: list) -> list:
