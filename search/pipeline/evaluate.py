@@ -205,9 +205,10 @@ class TargetLedger:
             for k, v in zip(keys, y):
                 if k in stored and stored[k].value != float(v):
                     raise PlanError(
-                        f"{csv_path}: the value of {arch_text(self.space.validate(k))} is now {float(v):g} ms; {stored[k].value:g} ms was taken from it before and the stages after "
-                        f"it used that. To use corrected numbers, run the pipeline again in a new folder "
-                        f"(hydra.run.dir=...) with target.plan= a plan holding them, or restore the value")
+                        f"{csv_path}: the value of {arch_text(self.space.validate(k))} is now {float(v):g} ms; "
+                        f"{stored[k].value:g} ms was taken from it before and the stages after it used that. To use "
+                        "corrected numbers, run the pipeline again in a new folder (hydra.run.dir=...) with target.plan= "
+                        "a plan holding them, or restore the value")
 
 
 def choose_budgets(predictor: Any, space: Any, quantiles: Sequence[float], n: int = 2000, seed: int = 0) -> list[float]:
