@@ -130,12 +130,8 @@ def run_hydra(prog: str, app: Callable[[], Any]) -> Any:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # hydra then raises instead of printing: the errors come here
     try:
         return app()
-    except KeyboardInterrupt as exc:
-        raise _interrupted(prog, exc) from None
-    except PluginFailed as exc:
-        raise plugin_failed(prog, exc) from None
-    except BrokenPipeError:
-        raise _broken_pipe() from None
+    except _ENDINGS as exc:
+        raise _ending(prog, exc) from None
     except Exception as exc:
         mod = type(exc).__module__
         if mod.startswith(("hydra", "omegaconf")):  # (hydra's MissingConfigException is an OSError too)
@@ -195,6 +191,19 @@ def _interrupted(prog: str, exc: KeyboardInterrupt) -> SystemExit:
     return SystemExit(130)
 
 
+#: what ends a command in its own way rather than as an error line: a signal, a plug-in's bug, a closed pipe
+_ENDINGS = (KeyboardInterrupt, PluginFailed, BrokenPipeError)
+
+
+def _ending(prog: str, exc: BaseException) -> SystemExit:
+    """The exit for one of :data:`_ENDINGS` (the same in every command, hydra's or not)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return _interrupted(prog, exc)
+    if isinstance(exc, PluginFailed):
+        return plugin_failed(prog, exc)
+    return _broken_pipe()
+
+
 @contextmanager
 def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Run a command's body; user errors become one line on stderr and exit status 2; Ctrl-C and
@@ -202,12 +211,8 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
     try:
         with _sigterm_raises():
             yield
-    except KeyboardInterrupt as exc:
-        raise _interrupted(prog, exc) from None
-    except PluginFailed as exc:
-        raise plugin_failed(prog, exc) from None
-    except BrokenPipeError:
-        raise _broken_pipe() from None
+    except _ENDINGS as exc:
+        raise _ending(prog, exc) from None
     except (UserError, OSError, *extra) as exc:
         print(error_line(prog, exc), file=sys.stderr)
         raise SystemExit(2) from None
