@@ -540,10 +540,11 @@ class _Search:
             return
         nsga = int(self.s["pop_size"]) * (int(self.s["n_gen"]) + 1) * int(self.s["restarts"])
         t = nsga / rate
+        took = f"{t:.1f} s" if t < 60 else _fmt_s(t)
         self.log(f"note: the predictors take {1e3 / rate:.3g} ms per arch ({rate:.0f} archs/s): NSGA-II's {nsga:,} "
-                 f"evaluations take about {f'{t:.1f} s' if t < 60 else _fmt_s(t)}, and the refinement after it often 10-20x as many (the README's "
-                 f"main search: 4k, then 80k). For an expensive objective set search.max_evals=<N> (a total), or "
-                 f"search.refine.passes=0, or spread it with evaluator=dask")
+                 f"evaluations take about {took}, and the refinement after it often 10-20x as many (the README's main "
+                 "search: 4k, then 80k). For an expensive objective set search.max_evals=<N> (a total), or "
+                 "search.refine.passes=0, or spread it with evaluator=dask")
 
     def _check_units(self) -> None:
         """A plug-in latency whose values imply a throughput no device has (seconds or microseconds read as

@@ -224,7 +224,7 @@ def test_a_plugin_latency_in_seconds_gets_a_warning(tmp_path):
     p = _run([*common, "latency._target_=plug.preds.Seconds"], tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert re.search(r"warning: latency \(Seconds\) gives latencies that imply [\d,]+ GMAC/s, faster than any device "
-                     r"\(3000\): are they in seconds\?", p.stdout + p.stderr), p.stdout[-2000:]
+                     r"\(3000 GMAC/s\); are they in seconds\? write milliseconds \(x1000\)", p.stdout + p.stderr), p.stdout[-2000:]
     p = _run([*common, "latency._target_=plug.preds.Lat"], tmp_path)
     assert p.returncode == 0 and "GMAC/s" not in p.stdout + p.stderr, p.stdout[-2000:]
 

@@ -309,7 +309,7 @@ def check_measured(ds: LatencyDataset, device: str, path: str | os.PathLike, fie
     check). The first problem is one :class:`DatasetError` naming the file, the line and the fix; an
     empty cell is an arch not measured and is skipped. ``check_units=False`` skips the unit check (a
     device beyond the bounds)."""
-    from hwnas.predictors.measure.plan import THROUGHPUT_GMACS, PlanError, _check_units, implied_gmacs
+    from hwnas.predictors.measure.plan import PlanError, _check_units, implied_gmacs, throughput_off
 
     y = ds.latency(device)
     first: dict[Any, int] = {}
@@ -333,11 +333,9 @@ def check_measured(ds: LatencyDataset, device: str, path: str | os.PathLike, fie
     archs = [ds.archs[i] for i in rows]
     macs = np.array([ds.space.macs(a) for a in archs], dtype=float)
     gmacs = implied_gmacs(macs, y[rows])
-    lo, hi = THROUGHPUT_GMACS
-    bound = (f"faster than any device ({hi:g} GMAC/s); are they in seconds? write milliseconds (x1000)" if gmacs > hi else
-             f"slower than any device ({lo:g} GMAC/s); are they in microseconds? write milliseconds (/1000)" if gmacs < lo else "")
+    bound = throughput_off(gmacs)
     if bound:
-        raise DatasetError(f"{field}: {path}: the {device} values imply {gmacs:.4g} GMAC/s, {bound}, or pass "
+        raise DatasetError(f"{field}: {path}: the {device} values {bound}, or pass "
                            "+latency.check_units=false for a device beyond that")
     try:
         _check_units(Path(path), ds.space, archs, y[rows], 1, [f"line {i + 2}" for i in rows],

@@ -351,6 +351,18 @@ def implied_gmacs(macs: np.ndarray, latency_ms: np.ndarray) -> float:
     return float(np.median(np.asarray(macs, float) / (np.asarray(latency_ms, float) * 1e-3) / 1e9))
 
 
+def throughput_off(gmacs: float) -> str | None:
+    """For a throughput outside :data:`THROUGHPUT_GMACS`, what it is and the fix ("imply 19,930 GMAC/s, faster
+    than any device (3000 GMAC/s); are they in seconds? write milliseconds (x1000)"); None for one some device has."""
+    lo, hi = THROUGHPUT_GMACS
+    figure = f"imply {gmacs:,.0f} GMAC/s" if gmacs >= 100 else f"imply {gmacs:.3g} GMAC/s"
+    if gmacs > hi:
+        return f"{figure}, faster than any device ({hi:g} GMAC/s); are they in seconds? write milliseconds (x1000)"
+    if gmacs < lo:
+        return f"{figure}, slower than any device ({lo:g} GMAC/s); are they in microseconds? write milliseconds (/1000)"
+    return None
+
+
 def unit_warning(space: Any, archs: Sequence[Any], latency_ms: np.ndarray, who: str) -> str | None:
     """A sentence if the latencies ``who`` gave for ``archs`` imply a throughput no device has (outside
     :data:`THROUGHPUT_GMACS`: seconds or microseconds taken for milliseconds); None if they are plausible or
@@ -366,14 +378,8 @@ def unit_warning(space: Any, archs: Sequence[Any], latency_ms: np.ndarray, who: 
     if not (np.isfinite(y).all() and (y > 0).all() and (macs > 0).all()):
         return None
     g = implied_gmacs(macs, y)
-    lo, hi = THROUGHPUT_GMACS
-    if g > hi:
-        return (f"{who} gives latencies that imply {g:,.0f} GMAC/s, faster than any device ({hi:g}): are they in seconds? "
-                "hwnas reads latencies as milliseconds (budgets, reports)")
-    if g < lo:
-        return (f"{who} gives latencies that imply {g:.3g} GMAC/s, slower than any device ({lo:g}): are they in "
-                "microseconds? hwnas reads latencies as milliseconds (budgets, reports)")
-    return None
+    off = throughput_off(g)
+    return f"{who} gives latencies that {off} (hwnas reads latencies as milliseconds: budgets, reports)" if off else None
 
 
 def _check_units(csv_path: Path, space: Any, archs: list, y: np.ndarray, batch: int, ids: list[str],
@@ -390,13 +396,9 @@ def _check_units(csv_path: Path, space: Any, archs: list, y: np.ndarray, batch: 
                         f"(a different unit?); write every value in milliseconds (if it is right -- e.g. a layer the "
                         f"device runs elsewhere -- set {switch_off})")
     gmacs = implied_gmacs(macs, y)
-    lo, hi = THROUGHPUT_GMACS
-    if gmacs > hi:
-        raise PlanError(f"{csv_path}: the values imply {gmacs:.0f} GMAC/s, faster than any device ({hi:g}); are they in "
-                        f"seconds? write milliseconds (x1000), or set \"check_units\": false in {META_NAME}")
-    if gmacs < lo:
-        raise PlanError(f"{csv_path}: the values imply {gmacs:.3f} GMAC/s, slower than any device ({lo:g}); are they in "
-                        f"microseconds? write milliseconds (/1000), or set \"check_units\": false in {META_NAME}")
+    off = throughput_off(gmacs)
+    if off:
+        raise PlanError(f"{csv_path}: the values {off}, or set {switch_off}")
 
 
 def plan_dataset(path: str | os.PathLike):
@@ -455,9 +457,10 @@ class PlanLatency:
                             f"set target.device={meta.get('device')} or use that device's plan")
         from hwnas.spaces import SpaceError
 
+        keys = []
         for a in archs:
             try:
-                self.space.validate(a)
+                keys.append(arch_key(self.space, a))  # (validates it in this run's space)
             except SpaceError as exc:  # e.g. a plan of hwnas-measure's default resolutions 128..224 step 4
                 res = getattr(self.space, "resolutions", None)
                 hint = f" --resolutions {' '.join(map(str, res))}" if res else ""
@@ -465,7 +468,7 @@ class PlanLatency:
                     f"{plan_paths(path)[0]}: arch {a.to_str() if hasattr(a, 'to_str') else a} is not in this run's space "
                     f"({exc}); make the plan in it (hwnas-measure --plan K --space {space.name}{hint} ...), or let the "
                     f"pipeline write its own plan (target=plan target.device={self.device}, no target.plan)") from None
-        self.values.update({arch_key(self.space, a): float(v) for a, v in zip(archs, y)})
+        self.values.update({k: float(v) for k, v in zip(keys, y)})
         if not partial:
             self.plans.append(str(plan_paths(path)[0]))
 
