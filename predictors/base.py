@@ -29,6 +29,10 @@ class Predictor:
     metric: str = "value"
     #: the space whose archs it takes (None = any)
     space: Any = None
+    #: what ``predict`` returns: "predicted" (a model's estimate) or "measured" (each arch timed or evaluated)
+    kind: str = "predicted"
+    #: the device whose latency the values are, where the predictor knows it (results and exports record it)
+    device_name: str | None = None
 
     def predict(self, archs: Sequence[Any]) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -38,6 +42,26 @@ class Predictor:
 
     def __call__(self, archs: Sequence[Any]) -> np.ndarray:
         return self.predict(archs)
+
+
+#: the kinds of value a predictor may declare (:attr:`Predictor.kind`)
+KINDS = ("predicted", "measured")
+
+
+def provenance(obj: Any) -> dict:
+    """What ``obj``'s values are, for the results files and exports: ``{"kind": "predicted" | "measured",
+    "by": <class name>}`` plus ``"device"`` where the predictor names one (:attr:`Predictor.kind`,
+    :attr:`Predictor.device_name`). Wrappers (``__wrapped__``) are looked through; a plug-in that declares
+    neither is "predicted"."""
+    seen = 0
+    while getattr(obj, "__wrapped__", None) is not None and seen < 8:
+        obj, seen = obj.__wrapped__, seen + 1
+    kind = getattr(obj, "kind", "predicted")
+    out = {"kind": kind if kind in KINDS else "predicted", "by": type(obj).__name__}
+    device = getattr(obj, "device_name", None)
+    if isinstance(device, str) and device:
+        out["device"] = device
+    return out
 
 
 class NotAPredictor(UserError, TypeError):

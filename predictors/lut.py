@@ -33,6 +33,7 @@ resolution and on whether it is the first layer of its unit), so predicting an
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import re
@@ -262,6 +263,27 @@ def _same_macro(a: Any, b: Any) -> bool:
     return all(getattr(a, x, None) == getattr(b, x, None) for x in attrs)
 
 
+def _tables_device(tables: Any) -> str | None:
+    """The device whose tables these are, for the results files: the official ones by their asset path
+    (``ofa/note10/...``: note10; ``proxylessnas/mobile...``: mobile), a ``--build-lut`` folder by the device
+    its ``lut.json`` records (read as JSON; only a short string is taken), else None."""
+    if isinstance(tables, Mapping):
+        return None
+    spec = os.fspath(tables).replace("\\", "/")
+    m = re.match(r"^ofa/([A-Za-z0-9_.-]+)/", spec)
+    if m:
+        return m.group(1)
+    if spec.startswith("proxylessnas/mobile"):
+        return "mobile"
+    folder = Path(spec.split("{r}")[0]).expanduser()
+    folder = folder if folder.is_dir() else folder.parent
+    try:
+        dev = json.loads((folder / "lut.json").read_text(encoding="utf-8")).get("device")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dev if isinstance(dev, str) and 0 < len(dev) <= 100 else None
+
+
 class LookupTableLatency(Predictor):
     """Latency (ms) of subnets of ``space`` as the sum of per-layer lookup-table means.
 
@@ -305,6 +327,7 @@ class LookupTableLatency(Predictor):
         self._build()
         self._validate()
         self._check_units()
+        self.device_name = _tables_device(tables)
 
     def _validate(self) -> None:
         """One error for every entry the space needs that is missing or not a finite positive mean."""

@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from hwnas.predictors.base import provenance
 from hwnas.predictors.threads import limit_threads
 from hwnas.spaces import SearchSpace
 from hwnas.spaces.errors import is_plugin
@@ -65,6 +66,9 @@ class SearchResult:
     timings: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     partial: bool = False
+    #: what the objectives' values are: ``{"accuracy": {"kind", "by"}, "latency": {"kind", "by", "device"}}``
+    #: (:func:`hwnas.predictors.base.provenance`)
+    values: dict[str, Any] = field(default_factory=dict)
 
     @property
     def archs(self) -> list:
@@ -409,6 +413,7 @@ class _Search:
     def __init__(self, space: SearchSpace, accuracy: Any, latency: Any, s: dict, log: Any, callback: Any,
                  checkpoint: Any) -> None:
         self.space, self.s = space, s
+        self.values = {"accuracy": provenance(accuracy), "latency": provenance(latency)}
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.callback, self.checkpoint = callback, checkpoint
         self.budgets = as_budgets(s["budgets"])
@@ -746,6 +751,7 @@ class _Search:
             settings={**{k: s[k] for k in _SETTINGS}, "budgets": list(self.budgets),
                       "max_latency": self.problem.max_latency},
             partial=partial,
+            values=self.values,
         )
 
 

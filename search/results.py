@@ -78,6 +78,7 @@ def front_json(result: SearchResult, key: str | None = None) -> dict:
         "settings_key": key,
         "budgets": list(result.budgets),
         "objectives": {"accuracy": "maximise", "latency": "minimise"},
+        **({"values": result.values} if getattr(result, "values", None) else {}),
         "hv_ref": {"accuracy": result.hv_ref[0], "latency": result.hv_ref[1]},
         "hypervolume": result.hypervolume,
         "n_evals": result.n_evals,

@@ -78,6 +78,7 @@ class SupernetAccuracy(Predictor):
     """
 
     metric = "top1"
+    kind = "measured"  # top-1 of each subnet on the validation images
 
     def __init__(
         self,

@@ -90,6 +90,8 @@ class ExportItem:
     latency: float | None = None
     accuracy_kind: str = "predicted"
     latency_kind: str = "predicted"
+    #: the device whose latency it is, where the source names it
+    latency_device: str | None = None
     name: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -136,6 +138,7 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
     if not p.exists():
         raise ExportError(f"{p} does not exist; give a search run folder, a pareto.json, an arch file or an arch string")
     header, rows = read_arch_file(p, "pareto.json" if p.name == "pareto.json" else "arch file")
+    acc_kind, lat_kind, device = _recorded_values(header)
     if space is None:
         if "space" not in header:
             raise ExportError(f"{p} does not name its space; pass the space name (--space NAME)")
@@ -152,7 +155,8 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
         measured = row.get("latency") is None and row.get("latency_measured") is not None  # a pipeline's archs.json
         latency = _number(row.get("latency_measured") if measured else row.get("latency"))
         items.append(ExportItem(arch, _number(row.get("accuracy")), latency, name=f"rank{i:03d}", extra=extra,
-                                latency_kind="measured" if measured else "predicted"))
+                                accuracy_kind=acc_kind, latency_kind="measured" if measured else lat_kind,
+                                latency_device=device))
     if isinstance(header.get("target"), dict):  # the device the latencies were measured on
         for it in items:
             it.extra.setdefault("target", header["target"])
@@ -179,10 +183,27 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
             chosen[key].extra["budgets"].append(b)
             continue
         chosen[key] = ExportItem(arch, _number(row.get("accuracy")), _number(row.get("latency")), name=_budget_label(b),
-                                 extra={"budgets": [b]})
+                                 extra={"budgets": [b]}, accuracy_kind=acc_kind, latency_kind=lat_kind,
+                                 latency_device=device)
     if not chosen:
         raise ExportError(f"{p}: no arch meets any budget of the run ({list(best)}); export the front with --all")
     return space, list(chosen.values()), notes
+
+
+def _recorded_values(header: dict) -> tuple[str, str, str | None]:
+    """(accuracy kind, latency kind, latency device) as the source records them: a search's ``values``
+    (:func:`hwnas.predictors.base.provenance`), a pipeline's ``target``; read as data, only known kinds and
+    short strings are taken."""
+    def field(d: Any, key: str) -> Any:
+        return d.get(key) if isinstance(d, dict) else None
+
+    values = header.get("values")
+    acc, lat = field(values, "accuracy"), field(values, "latency")
+    kinds = [k if k in ("predicted", "measured") else "predicted" for k in (field(acc, "kind"), field(lat, "kind"))]
+    target = header.get("target")
+    device = field(lat, "device") or field(target, "device") or field(target, "plan_device")
+    device = device if isinstance(device, str) and 0 < len(device) <= 100 else None
+    return kinds[0], kinds[1], device
 
 
 def _check_same_space(space: SearchSpace, spec: Any, p: Path) -> None:
@@ -347,13 +368,14 @@ def _arch_name(space: SearchSpace, arch: Any, prefix: str = "") -> str:
     return f"{prefix + '_' if prefix else ''}r{arch.r}_{h}"
 
 
-def _fmt(v: float | None, kind: str, unit: str = "") -> str:
+def _fmt(v: float | None, kind: str, unit: str = "", device: str | None = None) -> str:
     if v is None:
         return "unknown"
+    how = f"{kind}, on {device}" if device else kind
     if unit == "%" and abs(v) <= 1.0:
-        return f"{v * 100:.2f}% ({kind})"
+        return f"{v * 100:.2f}% ({how})"
     suffix = "%" if unit == "%" else (f" {unit}" if unit else "")
-    return f"{v:.4g}{suffix} ({kind})"
+    return f"{v:.4g}{suffix} ({how})"
 
 
 def _model_card(meta: dict, files: dict[str, str]) -> str:
@@ -373,7 +395,7 @@ def _model_card(meta: dict, files: dict[str, str]) -> str:
         "",
         f"- arch: `{meta['arch_str']}`",
         f"- top-1: {_fmt(meta['accuracy']['value'], meta['accuracy']['kind'], '%')}; "
-        f"latency: {_fmt(meta['latency']['value'], meta['latency']['kind'], meta['latency'].get('unit', ''))}",
+        f"latency: {_fmt(meta['latency']['value'], meta['latency']['kind'], meta['latency'].get('unit', ''), meta['latency'].get('device'))}",
         f"- MACs: {meta['macs'] / 1e6:.1f} M; parameters: {meta['params'] / 1e6:.2f} M",
         f"- weights: {w['source']}" + (f" (`{w['checkpoint']}`)" if w.get("checkpoint") else ""),
         "- BN statistics: " + (f"re-calibrated on {bn['n_images']} training images of `{bn['data']}`" if bn
@@ -454,7 +476,7 @@ def _request(space: SearchSpace, item: ExportItem, arch: Any, weights: WeightsSo
         "weights": {k: v for k, v in weights.describe().items()
                     if k in ("checkpoint", "checkpoint_fingerprint", "bn_calibration")},
         "accuracy": [item.accuracy, item.accuracy_kind],
-        "latency": [item.latency, item.latency_kind],
+        "latency": [item.latency, item.latency_kind] + ([item.latency_device] if item.latency_device else []),
     }
 
 
@@ -563,7 +585,8 @@ def _write_export(tmp: Path, space, item: ExportItem, arch, weights: WeightsSour
         "input_shape": [1, 3, arch.r, arch.r],
         "num_classes": n_classes,
         "accuracy": {"value": item.accuracy, "kind": item.accuracy_kind, "metric": "top1"},
-        "latency": {"value": item.latency, "kind": item.latency_kind, "unit": "ms"},
+        "latency": {"value": item.latency, "kind": item.latency_kind, "unit": "ms",
+                    **({"device": item.latency_device} if item.latency_device else {})},
         "macs": int(space.macs(arch)),
         "params": int(sum(p.numel() for p in net.parameters())),
         "weights": weights.describe(),

@@ -230,7 +230,7 @@ def test_adapted_latency_from_csv(tmp_path, data_dir):
     path = ds.subset(idx).select_devices(["titanx_32"]).to_csv(tmp_path / "target.csv")
     m = AdaptedLatency("nasbench201", proxy="nasbench201", proxy_device="pixel3", target_samples=str(path),
                        target_device="titanx_32", k=None)
-    assert len(m.sample_archs) == 10
+    assert len(m.sample_archs) == 10 and m.device_name == "titanx_32"  # (what pareto.json records)
     assert "26 devices" in m.model.info["library"]  # the target itself is left out of the library
     assert srcc(m.predict(ds.archs), ds["titanx_32"]) > 0.9
     rep = json.loads(json.dumps(m.report()))

@@ -235,6 +235,56 @@ def test_cli_exports_the_best_arch_per_budget_by_default(tmp_path, capsys):
     assert "--all (4 archs)" in capsys.readouterr().err
 
 
+def test_export_labels_what_the_search_recorded(tmp_path, capsys):
+    """A search on the supernet's measured top-1 and a device's measured latency records that in pareto.json
+    (``values``); the export labels them measured and names the device, and ignores what is not a known kind."""
+    space = create_space("ofa_proxyless_w13", resolutions=[R])
+    archs = space.sample(2, 4)
+    run = _pareto(tmp_path, space, archs, best={"10.5": 0, "12": 1})
+    data = json.loads((run / "pareto.json").read_text())
+    data["values"] = {"accuracy": {"kind": "measured", "by": "SupernetAccuracy"},
+                      "latency": {"kind": "measured", "by": "MeasuredLatency", "device": "pi4-ort"}}
+    (run / "pareto.json").write_text(json.dumps(data))
+    assert main([str(run), "--formats", "torch", "--no-progress"]) == 0
+    for e in json.loads((run / "export" / "index.json").read_text())["exports"]:
+        meta = json.loads((run / "export" / e["name"] / "metadata.json").read_text())
+        assert meta["accuracy"]["kind"] == "measured"
+        assert meta["latency"] == {"value": meta["latency"]["value"], "kind": "measured", "unit": "ms", "device": "pi4-ort"}
+        assert "(measured, on pi4-ort)" in (run / "export" / e["name"] / "README.md").read_text()
+    # a hostile or unknown record: the defaults, no device
+    data["values"] = {"accuracy": {"kind": "__import__('os')"}, "latency": {"kind": 3, "device": ["x"]}}
+    (run / "pareto.json").write_text(json.dumps(data))
+    _, items, _ = read_items(run, select="all")
+    assert {(it.accuracy_kind, it.latency_kind, it.latency_device) for it in items} == {("predicted", "predicted", None)}
+
+
+def test_search_records_what_its_values_are(tmp_path):
+    """pareto.json says what each objective is (provenance): a plug-in without ``kind`` is predicted; a
+    measured latency names its device; wrappers are looked through."""
+    from hwnas.predictors.base import Predictor, provenance
+    from hwnas.search import run_search
+    from hwnas.search.evaluators import DistributedPredictor
+    from hwnas.search.results import write_results
+
+    class Acc:
+        def predict(self, archs):
+            return np.array([0.5 + 0.01 * a.r / R for a in archs])
+
+    class Lat(Predictor):
+        kind, device_name = "measured", "board-7"
+
+        def predict(self, archs):
+            return np.array([float(space.macs(a)) / 1e6 for a in archs])
+
+    space = create_space("ofa_proxyless_w13", resolutions=[R])
+    assert provenance(DistributedPredictor(Lat(), None)) == {"kind": "measured", "by": "Lat", "device": "board-7"}
+    res = run_search(space, Acc(), Lat(), pop_size=8, n_gen=2, refine=0, seed=0, verbose=False)
+    write_results(res, tmp_path, plot=False)
+    values = json.loads((tmp_path / "pareto.json").read_text())["values"]
+    assert values == {"accuracy": {"kind": "predicted", "by": "Acc"},
+                      "latency": {"kind": "measured", "by": "Lat", "device": "board-7"}}
+
+
 def test_cli_single_arch_string(tmp_path):
     out = tmp_path / "o"
     arch = f"r{R}:k3e3.k3e3/k5e4.k5e4/k7e6.k7e6/k3e3.k3e3/k5e6.k5e6"

@@ -338,6 +338,7 @@ def test_lut_build_writes_a_table_lookuptable_reads(tmp_path):
     archs = space.sample(5, 0)
     want = [sum(table[k]["mean"] for k, _ in lut_keys(space.layers(a), "ofa")) for a in archs]
     assert np.allclose(lut.predict(archs), want)
+    assert lut.device_name == "here" and LookupTableLatency(space, tables=str(tmp_path / "lut")).device_name == "here"
     # a second build measures nothing (all layers are in the store) and writes the same table
     n = len(store)
     paths2 = build_lut(space, tmp_path / "lut2", config=cfg, store=store, device="here")

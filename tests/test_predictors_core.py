@@ -279,6 +279,14 @@ def test_proxyless_table_prices_the_whole_space(proxyless, data_dir):
     assert np.isfinite(y).all() and 30 < y.min() and y.max() < 200
 
 
+def test_tables_name_their_device(note10, proxyless):
+    """What a search run records of its latency (pareto.json ``values``): the official tables' device."""
+    assert (note10.device_name, proxyless.device_name) == ("note10", "mobile")
+    from hwnas.supernet.accuracy import SupernetAccuracy
+
+    assert SupernetAccuracy.kind == "measured" and note10.kind == "predicted"
+
+
 def test_note10_tables_price_the_whole_space(note10):
     assert note10.format == "ofa" and note10.resolutions() == NOTE10_RES
     small, big = note10.predict([SMALLEST, LARGEST])

@@ -102,7 +102,7 @@ class AdaptedLatency(Predictor):
             method_kwargs.setdefault("mirror", mirror)
             method_kwargs["exclude"] = list(method_kwargs.get("exclude") or []) + [target_device]
         self.model = adapt(self.proxy, self.sample_archs, self.sample_latencies, method=method, **method_kwargs)
-        self.target_device = target_device
+        self.target_device = self.device_name = target_device
         log.info("latency=adapted, target %s: %s", target_device, self.model.summary())
 
     def _work_space(self, proxy: Any, mirror: str | None) -> Any:

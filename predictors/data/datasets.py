@@ -409,4 +409,6 @@ def fit_linear(space: Any, dataset: Any = "nasbench201", device: str = "pixel3",
     ok = np.isfinite(y)
     if ok.sum() < 3:
         raise DatasetError(f"device {device!r} of dataset {ds.name!r} has {int(ok.sum())} values; a proxy needs at least 3")
-    return LinearLatencyPredictor(sp).fit([a for a, o in zip(ds.archs, ok) if o], y[ok])
+    pred = LinearLatencyPredictor(sp).fit([a for a, o in zip(ds.archs, ok) if o], y[ok])
+    pred.device_name = str(device)
+    return pred

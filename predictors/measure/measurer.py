@@ -168,6 +168,7 @@ class MeasuredLatency(Predictor):
     """
 
     metric = "latency_ms"
+    kind = "measured"
 
     def __init__(self, space: Any, device: str = "local", store: Any = None, progress: bool = False,
                  config: MeasureConfig | None = None, runner: GroupRunner | None = None, scheduler: str | None = None,
@@ -177,7 +178,7 @@ class MeasuredLatency(Predictor):
 
             space = create_space(space)
         self.space = space
-        self.device = str(device)
+        self.device = self.device_name = str(device)
         self.config = config or MeasureConfig(**protocol)  # backend, threads, processes, ...: MeasureConfig's fields
         self.store = store if isinstance(store, MeasurementStore) else MeasurementStore(store if store is not None else ":memory:")
         self.measurer = make_measurer(self.config, scheduler, resource, runner, wait_s=wait_s)

@@ -429,6 +429,7 @@ class PlanLatency:
 
     def __init__(self, space: Any, plan: str | os.PathLike | None = None, device: str = "my-device") -> None:
         self.space, self.device = space, str(device)
+        self.kind, self.device_name = "measured", self.device  # (hwnas.predictors.base.provenance)
         self.values: dict[str, float] = {}
         self.plans: list[str] = []
         self.given: list[dict] = []
