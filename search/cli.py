@@ -586,7 +586,15 @@ def main() -> None:
 JOBS_FILE = "jobs.json"
 
 
-class SweepSummary(Callback):
+class RunDirNote(Callback):
+    """Hydra callback: before a single run, note whether its folder is new (:func:`note_run_dir`), so that a
+    run refused on its settings removes it again (:func:`remove_bare_run_dir`)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        note_run_dir(config)
+
+
+class SweepSummary(RunDirNote):
     """Hydra callback. Before a single run it notes whether the run folder is new (:func:`note_run_dir`), so
     that a refused run removes it again. Under ``--multirun`` each job runs in the folder a single run of its
     settings uses (``outputs/search/<space>-<key>``; ``hydra.sweep.subdir`` in ``conf/config.yaml``), so the
@@ -595,9 +603,6 @@ class SweepSummary(Callback):
     start; after the sweep it gets ``summary.md`` + ``summary.csv`` (one row per job: its folder, overrides,
     status, evaluations, hypervolume, best accuracy at each budget) and ``fronts.png`` (every job's front on
     one plot). A sweep in which a job failed then exits with status 2, naming the jobs' ``failed.json``."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        note_run_dir(config)  # (a single run: a folder made for a refused run is removed again)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:

@@ -129,7 +129,14 @@ def test_pipeline_cli_unknown_key_is_one_line_exit_2(tmp_path, data_dir):
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
     err = [ln for ln in p.stderr.splitlines() if ln.startswith("hwnas-pipeline: error:")]
     assert len(err) == 1 and "samples has unknown key(s) ['kk']" in err[0], p.stderr[-2000:]
-    assert not (tmp_path / "run" / "01_proxy").exists()
+    assert not (tmp_path / "run").exists()  # the folder hydra made for the refused run is removed again
+    # a setting out of range: the example is the default; a folder that existed before is kept
+    (tmp_path / "mine").mkdir()
+    p = subprocess.run([sys.executable, "-m", "hwnas.search.pipeline.cli", "--config-name", "pipeline_nasbench201", *TINY,
+                        f"assets.mirror={data_dir}", "samples.k=1", f"hydra.run.dir={tmp_path / 'mine'}"],
+                       cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "samples.k=1 must be an integer >= 3" in p.stderr and "e.g. samples.k=10" in p.stderr
+    assert (tmp_path / "mine" / ".hydra").is_dir()
 
 
 # ============================================================================ 3 target=plan under a dataset preset

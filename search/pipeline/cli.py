@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from hwnas.spaces.errors import cli_errors, run_hydra
 
@@ -26,9 +27,16 @@ def _hydra_main_factory():
 
         from .runner import run_pipeline
 
+        from hwnas.search.cli import remove_bare_run_dir
+
         out = HydraConfig.get().runtime.output_dir
-        with cli_errors(PROG):
-            s = run_pipeline(cfg, out, log=logging.getLogger("hwnas.pipeline").info)
+        try:
+            with cli_errors(PROG):
+                s = run_pipeline(cfg, out, log=logging.getLogger("hwnas.pipeline").info)
+        except SystemExit as exc:
+            if exc.code == 2:  # refused: a run folder this command made for nothing is not left behind
+                remove_bare_run_dir(Path(out))
+            raise
         ev = s.get("evaluation") or {}
         best = ", ".join(f"@{b}: {'-' if r is None else format(r['accuracy'], '.4g')}" for b, r in s["best_at_budgets"].items())
         print(f"{PROG}: {out}: {s['target_measurements']} target measurements ({s['new_measurements_this_run']} new, "

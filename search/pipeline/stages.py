@@ -65,17 +65,45 @@ class ScaledProxy(Predictor):
 _DEFAULTS = "defaults in hwnas/conf/pipeline_base.yaml"
 
 
+_BASE_DEFAULTS: dict | None = None
+
+
+def base_default(path: str) -> Any:
+    """The default of the setting ``path`` in ``pipeline_base.yaml`` (a plain number or word), else None: the
+    example an error on that setting gives."""
+    global _BASE_DEFAULTS
+    if _BASE_DEFAULTS is None:
+        import yaml
+
+        try:
+            from importlib.resources import files
+
+            _BASE_DEFAULTS = yaml.safe_load(files("hwnas.conf").joinpath("pipeline_base.yaml").read_text()) or {}
+        except (OSError, ValueError, yaml.YAMLError):
+            _BASE_DEFAULTS = {}
+    node: Any = _BASE_DEFAULTS
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    ok = isinstance(node, (int, float, str)) and not isinstance(node, bool) and "$" not in str(node)
+    return node if ok else None
+
+
+def _checked(check: Any, ctx: Context, path: str, what: str, **kw: Any) -> Any:
+    example = base_default(path)
+    if example is None:  # no plain default to show: say where they are
+        return check(ctx.setting(path), path, what="; ".join(filter(None, (what, _DEFAULTS))), error=PipelineError, **kw)
+    return check(ctx.setting(path), path, what=what or None, example=example, error=PipelineError, **kw)
+
+
 def whole(ctx: Context, path: str, low: int, null: bool = False, what: str = "") -> int | None:
     """The setting ``path`` as an integer >= ``low`` (or None with ``null``); else one PipelineError."""
-    return check_int(ctx.setting(path), path, low, null=null, what="; ".join(filter(None, (what, _DEFAULTS))),
-                     error=PipelineError)
+    return _checked(check_int, ctx, path, what, lo=low, null=null)
 
 
 def number(ctx: Context, path: str, low: float | None = None, high: float | None = None, null: bool = False,
            what: str = "") -> float | None:
     """The setting ``path`` as a finite number in ``[low, high]`` (or None with ``null``); else one PipelineError."""
-    return check_number(ctx.setting(path), path, low, high, null=null, what="; ".join(filter(None, (what, _DEFAULTS))),
-                        error=PipelineError)
+    return _checked(check_number, ctx, path, what, lo=low, hi=high, null=null)
 
 
 def flag(ctx: Context, path: str) -> bool:
