@@ -86,12 +86,17 @@ def settings_key(cfg: Any) -> str:
         v = node(name) if (hasattr(cfg, "get") and cfg.get(name) is not None) else None
         if isinstance(v, dict):
             v = {k: x for k, x in v.items() if k != "mirror" and not (name == "search" and k in _COSMETIC)
-                 and not (name == "evaluator" and k in _CLUSTER)}
+                 and not (name == "evaluator" and k in _CLUSTER) and not ((name, k) in _ADDED_NULL and x is None)}
         parts[name] = v
     files = {**local_files({k: parts[k] for k in _FILE_NODES}), **plugin_files({k: parts[k] for k in _FILE_NODES})}
     if files:  # only then: the key of settings without local files is unchanged
         parts["files"] = files
     return fingerprint(parts)
+
+
+#: settings added to the configs later: at null (their default) they leave the key as it was before them,
+#: so that run folders made before keep resuming
+_ADDED_NULL = {("space", "width_mult")}
 
 
 #: where an evaluator=dask search runs (not what it computes: the same values either way), so not part of

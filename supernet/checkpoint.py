@@ -65,6 +65,52 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {canonical_key(k): v for k, v in obj.items()}
 
 
+def recorded_space(src: str | os.PathLike) -> dict | None:
+    """The space a local checkpoint file says it was trained for (``hwnas-train``'s ``supernet.pth``: its
+    ``"hwnas_space"``; a ``last.pth``: its settings' space), as :func:`hwnas.spaces.io.space_spec` data to
+    rebuild with ``space_from_spec``; None for an official name, another file or one that records none. The
+    file is read as weights only (memory-mapped: its tensors are not read)."""
+    import json
+    import warnings
+
+    p = Path(src).expanduser()
+    if not p.is_file():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not readable so: the loading itself reports it
+        return None
+    if not isinstance(obj, dict):
+        return None
+    try:
+        if isinstance(obj.get("hwnas_space"), str):
+            spec = json.loads(obj["hwnas_space"])
+        elif isinstance(obj.get("settings"), str):
+            spec = json.loads(obj["settings"]).get("space")
+        else:
+            return None
+    except (ValueError, AttributeError):
+        return None
+    return spec if isinstance(spec, dict) and isinstance(spec.get("space"), str) else None
+
+
+def describe_spec(spec: dict) -> str:
+    """``ofa_proxyless_w13 (width_mult=0.25, resolutions=[32, 40])``: what tells a trained space apart."""
+    opts = spec.get("options") or {}
+    shown = ", ".join(f"{k}={opts[k]}" for k in ("width_mult", "resolutions") if k in opts)
+    return f"{spec['space']} ({shown})" if shown else str(spec["space"])
+
+
+def spec_overrides(spec: dict) -> str:
+    """The command-line settings that select a recorded space in a hydra command."""
+    opts = spec.get("options") or {}
+    parts = [f"space={spec['space']}"] + [f"space.{k}={str(opts[k]).replace(' ', '')}" for k in ("width_mult", "resolutions")
+                                          if k in opts]
+    return " ".join(parts)
+
+
 def _listing(title: str, items: list[str]) -> str:
     head = ", ".join(items[:_MAX_LISTED])
     more = f" … (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
@@ -112,7 +158,14 @@ def load_checkpoint(net: nn.Module, src: str | os.PathLike, mirror: str | os.Pat
     """Load ``src`` (path, official name or asset path) into ``net``; returns the file used."""
     path = resolve_checkpoint(src, mirror)
     state = read_state_dict(path)
-    full = match_state_dict(net, state, source=f"checkpoint {path}")
+    try:
+        full = match_state_dict(net, state, source=f"checkpoint {path}")
+    except CheckpointError as exc:
+        spec = recorded_space(path)
+        if spec is None:
+            raise
+        raise CheckpointError(f"checkpoint {path} was trained for space {describe_spec(spec)}, which this network is "
+                              f"not; use that space (e.g. {spec_overrides(spec)}). {str(exc).split('. Use the')[0]}") from None
     net.load_state_dict(full, strict=True)
     return path
 

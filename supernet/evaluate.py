@@ -24,7 +24,7 @@ import numpy as np
 
 from hwnas.predictors.assets import atomic_write
 from hwnas.spaces import create_space
-from hwnas.spaces.base import SpaceError
+from hwnas.spaces.base import SearchSpace, SpaceError
 from hwnas.spaces.checks import check_int
 
 from hwnas.spaces.errors import UserError, cli_errors, os_error_message, writable_dir
@@ -38,7 +38,8 @@ PROG = "python -m hwnas.supernet.evaluate"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--space", default="ofa_mbv3_w12")
+    p.add_argument("--space", default=None,
+                   help="space name (default: the space an hwnas-train checkpoint records, else ofa_mbv3_w12)")
     p.add_argument("--checkpoint", default="auto")
     p.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
     p.add_argument("--arch", action="append", default=[], help="compact string or JSON; repeatable")
@@ -101,11 +102,29 @@ def _check_cache(p: Path) -> None:
         raise UserError(f"--cache {p} is not writable; give another file")
 
 
+def evaluated_space(name: str | None, checkpoint: str | None) -> SearchSpace:
+    """The space to evaluate: the one an ``hwnas-train`` checkpoint records (its width and resolutions, which
+    a space name alone cannot say), else ``name`` (default ``ofa_mbv3_w12``). A name given for a checkpoint
+    of another space is one error naming both."""
+    from hwnas.spaces.io import space_from_spec
+
+    from .checkpoint import describe_spec, recorded_space
+
+    spec = recorded_space(checkpoint) if checkpoint not in (None, "", "none", "auto") else None
+    if spec is None:
+        return create_space(name or "ofa_mbv3_w12")
+    recorded = space_from_spec(spec, f"checkpoint {checkpoint}")
+    if name is not None and name != spec["space"]:
+        raise UserError(f"--space {name}: checkpoint {checkpoint} was trained for space {describe_spec(spec)}; leave out "
+                        "--space to evaluate it in its own space")
+    return recorded
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     with cli_errors(PROG, extra=(sqlite3.DatabaseError,)):  # (a cache with an SQLite header but broken inside)
         check_args(args)
-        space = create_space(args.space)
+        space = evaluated_space(args.space, args.checkpoint)
         archs = [space.validate(a) for a in args.arch]
         if args.random:
             archs += space.sample(args.random, np.random.default_rng(args.seed))

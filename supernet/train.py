@@ -10,7 +10,8 @@ from the space's resolutions (images are loaded at the largest and resized on th
 Checkpoints (``<out>/last.pth``: weights, optimizer, step, RNG states) are written atomically every
 ``checkpoint.every`` steps; a run started in the same ``out`` directory resumes from the saved step
 (a checkpoint of another network, or a damaged one, is refused in one line and left untouched).
-The final weights are also written as ``<out>/supernet.pth`` (``{"state_dict": ...}``, OFA's format).
+The final weights are also written as ``<out>/supernet.pth`` (``{"state_dict": ...}``, OFA's format, with
+``"hwnas_space"``: the space as a JSON string, which ``python -m hwnas.supernet.evaluate`` reads).
 The space comes from the same ``space`` config group as ``hwnas-search`` and is built by
 :func:`hwnas.predictors.build.build_space`.
 
@@ -510,7 +511,9 @@ def _train(cfg: dict) -> dict:
     save(last_path)
     if step >= total:
         net.set_max()
-        save_checkpoint(out / "supernet.pth", {"state_dict": net.state_dict()})
+        # (OFA's format, and the space it was trained for as a JSON string: evaluate and export rebuild it)
+        save_checkpoint(out / "supernet.pth", {"state_dict": net.state_dict(),
+                                               "hwnas_space": json.dumps(settings["space"], sort_keys=True)})
     return {"step": step, "total": total, "history": history, "out": str(out), "supernet": net}
 
 

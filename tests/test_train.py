@@ -90,6 +90,22 @@ def test_progressive_shrinking_resumes_exactly(tmp_path):
     net = ElasticMBConvNet(create_space("ofa_proxyless_w13", width_mult=0.25, resolutions=[32]), n_classes=3)
     load_checkpoint(net, tmp_path / "a" / "supernet.pth")
 
+    # it records the space it was trained for: evaluate rebuilds it (a name alone cannot say its width), and a
+    # network of another width is refused naming the settings that select it
+    from hwnas.supernet.checkpoint import CheckpointError, recorded_space
+    from hwnas.supernet.evaluate import evaluated_space
+    from hwnas.spaces.errors import UserError
+
+    ckpt = tmp_path / "a" / "supernet.pth"
+    assert recorded_space(ckpt)["options"]["width_mult"] == 0.25 == recorded_space(tmp_path / "a" / "last.pth")["options"]["width_mult"]
+    sp = evaluated_space(None, str(ckpt))
+    assert (sp.name, sp.width_mult, list(sp.resolutions)) == (net.space.name, 0.25, [32])
+    assert evaluated_space(None, "ofa_mbv3_d234_e346_k357_w1.2").width_mult == 1.2  # an official name: the default space
+    with pytest.raises(UserError, match=r"--space ofa_mbv3_w12: .*trained for space ofa_proxyless_w13 \(width_mult=0.25"):
+        evaluated_space("ofa_mbv3_w12", str(ckpt))
+    with pytest.raises(CheckpointError, match=r"space=ofa_proxyless_w13 space.width_mult=0.25 space.resolutions=\[32\]"):
+        load_checkpoint(ElasticMBConvNet(create_space("ofa_proxyless_w13", resolutions=[32]), n_classes=3), ckpt)
+
 
 def test_bad_training_config_is_refused(tmp_path):
     cfg = _cfg(tmp_path)
