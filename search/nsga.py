@@ -602,7 +602,8 @@ class _Search:
         if self.callback is not None:
             self.callback(row)
         if self.s["verbose"]:
-            bits = [f"{phase} {self.step_no:3d}", f"evals {row['n_evals']:6d}", f"front {row['front_size']:3d}",
+            no = self.refiner.passes if phase == "refine" else self.step_no  # (refinement passes count from 1)
+            bits = [f"{phase} {no:3d}", f"evals {row['n_evals']:6d}", f"front {row['front_size']:3d}",
                     f"hv {row['hypervolume']:.4f}"]
             for b in self.budgets:
                 v = row[f"best_acc@{b:g}"]

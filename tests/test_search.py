@@ -460,6 +460,12 @@ def test_without_budgets_quantiles_of_the_sample_are_reported(space):
     assert any("search.budgets not given" in ln and "20/40/60/80% quantiles" in ln for ln in lines)
     assert res.settings["max_latency"] is None  # reported only: the search is not constrained by them
     assert all(res.best_under(b) is not None for b in res.budgets)
+    # the progress lines number generations and refinement passes each from 1
+    lines = []
+    run_search(space, ToyAccuracy(space), ToyLatency(space), pop_size=24, n_gen=3, refine=2, budgets=[20], seed=0,
+               log=lines.append, verbose=True)
+    steps = [ln.split(" |")[0].split() for ln in lines if ln.startswith(("gen ", "refine "))]
+    assert steps == [["gen", "1"], ["gen", "2"], ["gen", "3"], ["refine", "1"], ["refine", "2"]], lines
 
 
 @pytest.mark.parametrize("engine", ["numpy", "pymoo"])
