@@ -30,6 +30,25 @@ def _searchpath_entry() -> str:
     return f"file://{d}" if d.is_dir() else "pkg://hwnas.conf"
 
 
+def _user_presets() -> str:
+    """For ``--help``: the presets in the user config folder (``space=reduced_<device>`` from ``hwnas-profile``,
+    configs of your own), which hydra's own listing leaves out, one line per group."""
+    d = user_config_dir()
+    groups = {}
+    if d.is_dir():
+        for sub in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            names = sorted(f.stem for f in sub.glob("*.yaml"))
+            if names:
+                groups[sub.name] = names
+    if not groups:
+        text = (f"Your own presets (user config folder {d}): none yet; hwnas-profile writes space=reduced_<device> "
+                "there (HWNAS_CONFIG_DIR moves it).")
+    else:
+        text = f"Your own presets (user config folder {d}):\n" + "\n".join(
+            f"  {g}: {', '.join(n)}" for g, n in groups.items())
+    return text.replace("$", "$$") + "\n"  # (the help template is a string.Template)
+
+
 #: the reference target of ``latency=adapted`` (its preset's budgets are this device's)
 _ADAPTED_DEFAULT = {"target_device": "titan_rtx_1", "target_samples": "ofa_mbv3"}
 
@@ -95,6 +114,7 @@ def _register() -> None:
     except ImportError:  # pragma: no cover - hydra/omegaconf are dependencies
         return
     OmegaConf.register_new_resolver("hwnas_user_conf", _searchpath_entry, replace=True)
+    OmegaConf.register_new_resolver("hwnas_user_presets", _user_presets, replace=True)
     OmegaConf.register_new_resolver("hwnas_adapted_budgets", _adapted_budgets, replace=True)
     OmegaConf.register_new_resolver("hwnas_priced_resolutions", _priced_resolutions, replace=True)
 

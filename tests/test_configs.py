@@ -65,8 +65,10 @@ def test_every_command_config_finds_reduced_spaces_in_the_user_config_folder(pri
     init = (initialize_config_dir(config_dir=str(CONF / folder), version_base=None) if folder  # hwnas-train's config root
             else initialize_config_module(config_module="hwnas.conf", version_base=None))
     with init:
-        cfg = compose(name, overrides=["space=reduced_mydev"])
+        cfg = compose(name, overrides=["space=reduced_mydev"], return_hydra_config=True)
     assert cfg.space.name == "reduced_mydev"
+    # --help lists it (hydra's own listing of config groups leaves out the user folder)
+    assert f"user config folder {tmp_path}):\n  space: reduced_mydev\n" in cfg.hydra.help.header
 
 
 def test_adapted_presets_budgets_are_only_for_its_own_target():
