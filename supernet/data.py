@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -88,6 +88,18 @@ def normalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Seque
 
 
 # ============================================================================ datasets
+def _hash_samples(h: Any, root: Path, samples: Any) -> None:
+    """Feed ``h`` each image's path in ``root``, class, size and modification time (what tells images
+    replaced, added or moved between classes under the same folder apart)."""
+    for path, label in samples:
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{os.path.relpath(path, root)}\t{label}\t{stamp}\n".encode(errors="replace"))
+
+
 class ImageFolderSource:
     """An ImageFolder (``root/<class>/<image>``) scanned once; views with any transform / subset.
 
@@ -116,6 +128,13 @@ class ImageFolderSource:
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    def fingerprint(self) -> str:
+        """Every image of the folder (:func:`_hash_samples`), hashed: a training checkpoint records it, so
+        that a resume on images changed under the same path is refused."""
+        h = hashlib.sha256(f"{len(self.samples)}".encode())
+        _hash_samples(h, self.root, self.samples)
+        return "sha256:" + h.hexdigest()[:32]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -271,14 +290,7 @@ class TensorCache:
         h = hashlib.sha256()
         for src, idx in ((self.train, self.calib_idx), (self.val_src, self.val_idx)):
             h.update(f"\0{len(idx)}".encode())
-            for i in idx:
-                path, label = src.samples[int(i)]
-                try:
-                    st = os.stat(path)
-                    stamp = f"{st.st_size}:{st.st_mtime_ns}"
-                except OSError:
-                    stamp = "missing"
-                h.update(f"{os.path.relpath(path, src.root)}\t{label}\t{stamp}\n".encode(errors="replace"))
+            _hash_samples(h, src.root, (src.samples[int(i)] for i in idx))
         return "sha256:" + h.hexdigest()[:32]
 
     def val(self, r: int) -> TensorBatches:

@@ -80,17 +80,18 @@ class SyntheticColours(Dataset):
         return x, y
 
 
-def build_data(cfg: dict, r_max: int, seed: int) -> tuple[Dataset, int]:
-    """The training dataset (uint8 images at ``r_max``) and its number of classes."""
+def build_data(cfg: dict, r_max: int, seed: int) -> tuple[Dataset, int, str | None]:
+    """The training dataset (uint8 images at ``r_max``), its number of classes, and the fingerprint of its
+    images (an ImageFolder's: :meth:`ImageFolderSource.fingerprint`; None for synthetic data)."""
     kind = cfg.get("kind", "imagefolder")
     if kind == "synthetic":
         ds = SyntheticColours(n=int(cfg.get("n", 512)), n_classes=int(cfg.get("n_classes", 4)), size=r_max, seed=seed)
-        return ds, ds.n_classes
+        return ds, ds.n_classes, None
     if kind == "imagefolder":
         if cfg.get("train") in (None, "", "???"):
             raise TrainConfigError("data.train is not set; give an ImageFolder root (data.train=/path/to/imagenet/train) or data.kind=synthetic")
         src = ImageFolderSource(cfg["train"])
-        return src.view(train_transform(r_max)), src.n_classes
+        return src.view(train_transform(r_max)), src.n_classes, src.fingerprint()
     raise TrainConfigError(f"data.kind={kind!r} is not allowed; allowed values: ['imagefolder', 'synthetic']")
 
 
@@ -256,7 +257,14 @@ def _resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, space: MBCon
             saved = json.loads(state["settings"])
         except ValueError:
             raise CheckpointError(f"cannot resume: {path} records unreadable settings; {fix}") from None
+        if isinstance(saved.get("data"), dict) and "images" not in saved["data"]:  # a checkpoint made before it was recorded
+            settings = {**settings, "data": {k: v for k, v in settings.get("data", {}).items() if k != "images"}}
         diff = differences(saved, settings)
+        if "data.images" in diff:
+            raise CheckpointError(
+                f"cannot resume: the images under data.train={settings['data'].get('train')} changed since {path} was "
+                "written (images added, removed or replaced, or class folders renamed), so the run would go on with other "
+                f"data; restore them, or {fix}")
         if diff:
             shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
             raise CheckpointError(f"cannot resume: {path} was trained with other settings ({shown}); "
@@ -403,7 +411,7 @@ def _train(cfg: dict) -> dict:
     r_max = max(space.resolutions)
     batch_size = int(tcfg.get("batch_size", 64))
     dcfg = dict(cfg.get("data", {}))
-    dataset, n_classes_data = build_data(dcfg, r_max, seed)
+    dataset, n_classes_data, images = build_data(dcfg, r_max, seed)
     n_classes = int(cfg.get("n_classes") or n_classes_data)
     net = ElasticMBConvNet(space, n_classes=n_classes, dropout=float(tcfg.get("dropout", 0.1)))
     if cfg.get("init_from"):
@@ -433,6 +441,8 @@ def _train(cfg: dict) -> dict:
     rng = random.Random(seed)
     step, history = 0, []
     settings = training_settings(cfg, space)
+    if images is not None:  # the images themselves: a resume on other images under data.train is refused
+        settings["data"]["images"] = images
 
     if ck.get("resume", True) and last_path.is_file():
         state = _resume(last_path, net, opt, space, settings)

@@ -187,6 +187,31 @@ def test_resume_under_other_settings_is_refused_and_leaves_the_checkpoint(tmp_pa
     assert train(same)["step"] == 6
 
 
+def test_resume_on_changed_images_is_refused(tmp_path):
+    """A checkpoint records the images of data.train (paths, classes, sizes, times): a resume after images
+    were replaced or added under the same path is refused naming it; the same images resume."""
+    import numpy as np
+    from PIL import Image
+
+    from hwnas.supernet.checkpoint import CheckpointError
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (tmp_path / "img" / f"c{c}").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray((rng.random((36, 36, 3)) * 255).astype("uint8")).save(tmp_path / "img" / f"c{c}" / f"{i}.png")
+    out = tmp_path / "run"
+    cfg = _cfg(out, stop_after=2, data={"kind": "imagefolder", "train": str(tmp_path / "img"), "num_workers": 0})
+    cfg["train"]["batch_size"] = 4
+    assert train(cfg)["step"] == 2
+    assert train({**cfg, "stop_after": 3})["step"] == 3  # the same images: resumed
+    saved = (out / "last.pth").read_bytes()
+    Image.fromarray(np.zeros((36, 36, 3), "uint8")).save(tmp_path / "img" / "c1" / "4.png")  # one image more
+    with pytest.raises(CheckpointError, match=r"the images under data.train=.* changed since") as e:
+        train({**cfg, "stop_after": 4})
+    assert "out=<new folder>" in str(e.value) and (out / "last.pth").read_bytes() == saved
+
+
 def test_a_full_disk_while_saving_is_an_os_error_not_torchs_runtime_error(tmp_path, monkeypatch):
     """torch's writer reports a full disk as 'RuntimeError: [enforce fail at inline_container.cc:672] . unexpected
     pos ...' (a 68-line traceback from hwnas-train, 37 from hwnas-export); it is the OSError it is, one line."""
