@@ -491,9 +491,18 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
     cpu_end = time.process_time()
     if not kwargs["verbose"]:
         print(result.summary())
-    log.info(f"results: {out.resolve()} | cpu s: start-up {cpu_start:.2f}, search {cpu_search - cpu_start:.2f}, "
-             f"writing {cpu_end - cpu_search:.2f} | peak memory {_peak_mb():.0f} MB")
+    # a later job of a multirun in this process: its start-up counts from the previous job's end, and the
+    # peak memory is the process's (it cannot be told per job)
+    later = _JOBS_ENDED_CPU[-1] if _JOBS_ENDED_CPU else None
+    peak = f"peak memory {_peak_mb():.0f} MB" + (" (the process's, over its jobs so far)" if later is not None else "")
+    log.info(f"results: {out.resolve()} | cpu s: start-up {cpu_start - (later or 0.0):.2f}, search "
+             f"{cpu_search - cpu_start:.2f}, writing {cpu_end - cpu_search:.2f} | {peak}")
+    _JOBS_ENDED_CPU.append(cpu_end)
     return result
+
+
+#: the process CPU time at the end of each search this process ran (a multirun runs its jobs in one process)
+_JOBS_ENDED_CPU: list[float] = []
 
 
 def _peak_mb() -> float:
