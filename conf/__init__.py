@@ -62,9 +62,14 @@ def _adapted_budgets(budgets: list, *, _root_: object) -> list:
     return [] if own else list(budgets)
 
 
-def _space_preset_resolutions() -> list | None:
-    """The ``resolutions`` the chosen ``space`` preset file itself sets (a reduced space's), or None: no hydra
-    job (the compose API), no such file, or a preset that leaves them to the class (null)."""
+#: what a space preset file that takes no resolutions (nasbench201, fbnet: no ``resolutions`` key) is taken as
+_NO_RESOLUTIONS = "none"
+
+
+def _space_preset_resolutions() -> list | str | None:
+    """The ``resolutions`` the chosen ``space`` preset file itself sets (a reduced space's); :data:`_NO_RESOLUTIONS`
+    for a preset without the key (a space that has none); None: no hydra job (the compose API), no such file, or a
+    preset that leaves them to the class (null)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -85,23 +90,26 @@ def _space_preset_resolutions() -> list | None:
                     data = yaml.safe_load(f.read_text(encoding="utf-8"))
                     res = data.get("resolutions") if isinstance(data, dict) else None
                     ok = isinstance(res, list) and all(isinstance(r, int) for r in res)
-                    _PRESET_RESOLUTIONS[key] = [int(r) for r in res] if ok else None
+                    none = (isinstance(data, dict) and "resolutions" not in data and data.get("_target_") == "hwnas.spaces.create_space")
+                    _PRESET_RESOLUTIONS[key] = [int(r) for r in res] if ok else (_NO_RESOLUTIONS if none else None)
                 return _PRESET_RESOLUTIONS[key]
             except (OSError, yaml.YAMLError):
                 return None  # reported when the space is built
     return None
 
 
-_PRESET_RESOLUTIONS: dict[tuple, list | None] = {}
+_PRESET_RESOLUTIONS: dict[tuple, list | str | None] = {}
 
 
-def _priced_resolutions(priced: list) -> list:
+def _priced_resolutions(priced: list) -> list | None:
     """``space.resolutions`` set by a latency preset: the resolutions its data prices -- or, when the space
     preset chosen with it sets its own (a space reduced by ``hwnas-profile``), those of them the data
     prices. The latency preset comes later in the defaults and used to replace a reduced space's
     resolutions with all of its own, silently undoing the reduction. ``space.resolutions=[...]`` on the
     command line still decides."""
     own = _space_preset_resolutions()
+    if own == _NO_RESOLUTIONS:  # nasbench201, fbnet: a preset of OFA data sets none on them
+        return None
     if not own:
         return list(priced)
     both = [r for r in own if r in priced]

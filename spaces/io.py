@@ -217,9 +217,33 @@ def read_arch_file(path: str | os.PathLike, what: str = "arch file") -> tuple[di
     return header, rows
 
 
-def read_archs(path: str | os.PathLike, space: SearchSpace, what: str = "arch file") -> list:
-    """The archs of an arch list file (see :func:`read_arch_file`), validated by ``space``, in order."""
-    _, rows = read_arch_file(path, what)
+def check_recorded_space(space: SearchSpace, spec: Any, path: str | os.PathLike, what: str, fix: str) -> None:
+    """Refuse ``space`` for a file that records archs of another space (its name, or another ``width_mult``):
+    the same arch strings would build other networks. Other options of the same space (a reduced one, other
+    resolutions) are allowed. ``fix`` ends the message (how to give the right space)."""
+    if not isinstance(spec, dict):
+        return
+    recorded, options = spec.get("space"), spec.get("options")
+    try:
+        given = space_spec(space)
+    except SpaceError:  # an unregistered space object: the archs are validated against it
+        return
+    src = f"{what} {os.fspath(path)}"
+    if isinstance(recorded, str) and recorded != given["space"]:
+        raise SpaceError(f"{src} holds archs of space {recorded}, not {given['space']}; {fix.format(space=recorded)}")
+    w_file = options.get("width_mult") if isinstance(options, dict) else None
+    w_now = given["options"].get("width_mult")
+    if isinstance(w_file, (int, float)) and isinstance(w_now, (int, float)) and abs(w_file - w_now) > 1e-9:
+        raise SpaceError(f"{src} holds archs of space {recorded} at width_mult={w_file}, not {w_now}; these would be "
+                         "other networks")
+
+
+def read_archs(path: str | os.PathLike, space: SearchSpace, what: str = "arch file", fix: str = "") -> list:
+    """The archs of an arch list file (see :func:`read_arch_file`), validated by ``space``, in order; a file that
+    records another space is refused (:func:`check_recorded_space`; ``fix``: how to give its space, with
+    ``{space}`` for the recorded name)."""
+    header, rows = read_arch_file(path, what)
+    check_recorded_space(space, header.get("space"), path, what, fix or "give the space the file was written for")
     out = []
     for i, row in enumerate(rows):
         try:

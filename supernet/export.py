@@ -50,7 +50,7 @@ from torch import nn
 from hwnas.predictors.assets import atomic_write, remove_stale_temps, replace_folder, temp_prefix
 from hwnas.spaces.base import SearchSpace, SpaceError, create_space
 from hwnas.spaces.errors import UserError, writable_dir
-from hwnas.spaces.io import arch_key, read_arch_file, space_from_spec, space_spec
+from hwnas.spaces.io import arch_key, check_recorded_space, read_arch_file, space_from_spec, space_spec
 from hwnas.spaces.mbconv import MBConvSpace
 from .checkpoint import torch_save
 
@@ -209,14 +209,11 @@ def _recorded_values(header: dict) -> tuple[str, str, str | None]:
 def _check_same_space(space: SearchSpace, spec: Any, p: Path) -> None:
     """Refuse a space given for a file of another space (the same arch strings would build other networks,
     labelled with the file's accuracy and latency). Options of the same space (a reduced one) are allowed."""
-    recorded = spec.get("space") if isinstance(spec, dict) else None
     try:
-        given = space_spec(space)["space"]
-    except SpaceError:  # an unregistered space object: the archs are validated against it
-        return
-    if isinstance(recorded, str) and recorded != given:
-        raise ExportError(f"{p} holds archs of space {recorded}, not {given} (--space); leave out --space to export them "
-                          f"in their own space, or give a file of space {given}")
+        check_recorded_space(space, spec, p, "the file",
+                             "leave out --space to export them in their own space, or give a file of the space given")
+    except SpaceError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _number(v: Any) -> float | None:

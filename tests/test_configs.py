@@ -45,6 +45,33 @@ def test_measured_latency_config_builds_a_predictor(tmp_path):
     pred = instantiate(cfg.latency, space=space)
     assert type(pred).__name__ == "MeasuredLatency"
     assert (tmp_path / "m.sqlite").exists()
+    # a remote device is measured as slowly or slower: the same cap on new archs (it had none: 100 x 40 + refinement)
+    with initialize_config_module(config_module="hwnas.conf", version_base=None):
+        remote = compose("config", overrides=["latency=measured_remote"])
+    assert remote.search == cfg.search and remote.search.max_evals == 120
+
+
+def test_latency_adapted_on_a_space_without_resolutions(tmp_path, data_dir):
+    """latency=adapted on nasbench201 (your own device's numbers in a CSV): its OFA resolutions are not set on a space
+    that has none (it was refused as 'takes no options')."""
+    import subprocess
+    import sys
+
+    from hwnas.predictors.data import load_dataset
+
+    from _pipeline_helpers import cli_env
+
+    ds = load_dataset("nasbench201", mirror=data_dir)
+    ds.subset(list(range(0, 2000, 100))).select_devices(["titan_rtx_1"]).to_csv(tmp_path / "mine.csv")
+    p = subprocess.run([sys.executable, "-m", "hwnas.search", "space=nasbench201", "accuracy=capacity", "latency=adapted",
+                        "latency.proxy=nasbench201", "latency.proxy_device=pixel3", f"latency.target_samples={tmp_path / 'mine.csv'}",
+                        "latency.target_device=titan_rtx_1", "search.pop_size=16", "search.n_gen=2", "search.refine.passes=1",
+                        f"assets.mirror={data_dir}", f"hydra.run.dir={tmp_path / 'run'}"],
+                       cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    import json
+
+    assert json.loads((tmp_path / "run" / "pareto.json").read_text())["values"]["latency"]["device"] == "titan_rtx_1"
 
 
 PRIMARY = (["config", "profile/default"] + sorted(p.stem for p in CONF.glob("pipeline*.yaml") if p.stem != "pipeline_base")

@@ -321,7 +321,7 @@ def test_a_pipeline_run_folder_exports_its_front_with_the_measured_latency(tmp_p
     assert p.returncode == 0, p.stderr[-2000:]
     assert "a pipeline run folder: exporting its final front" in p.stderr
     (meta,) = [json.loads(f.read_text()) for f in (tmp_path / "ex").glob("*/metadata.json")]
-    assert meta["latency"] == {"value": 2.5, "kind": "measured", "unit": "ms"}
+    assert meta["latency"] == {"value": 2.5, "kind": "measured", "unit": "ms", "device": "npu"}
     assert meta["extra"]["target"] == {"plan_device": "npu"} and meta["accuracy"]["value"] == 0.75
     card = next((tmp_path / "ex").glob("*/README.md")).read_text()
-    assert "latency: 2.5 ms (measured)" in card
+    assert "latency: 2.5 ms (measured, on npu)" in card

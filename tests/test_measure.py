@@ -316,6 +316,23 @@ def test_cli_reads_arch_files_with_the_one_reader(tmp_path, tiny_space, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and len(err) == 1 and re.search(want, err[0]), err
     assert not store.exists()
+    # a file that records its space: another --space (another width, the same strings) is refused, naming the fix
+    from hwnas.spaces import SpaceError, create_space
+    from hwnas.spaces.io import space_spec
+
+    p.write_text(json.dumps({"space": space_spec(tiny_space), "front": [{"arch": a.to_dict()} for a in archs]}))
+    with pytest.raises(SpaceError, match=r"holds archs of space ofa_mbv3_w12, not ofa_mbv3_w10; give --space ofa_mbv3_w12"):
+        read_archs(p, create_space("ofa_mbv3_w10", resolutions=[64]), "--archs", fix="give --space {space}")
+    with pytest.raises(SpaceError, match=r"at width_mult=1.2, not 1.0"):
+        read_archs(p, create_space("ofa_mbv3_w12", resolutions=[64], width_mult=1.0), "--archs")
+    assert read_archs(p, create_space("ofa_mbv3_w12", resolutions=[64, 96]), "--archs") == archs  # other options: fine
+    # spaces it cannot build networks of: one line with the way for them (it was a traceback for --plan)
+    for name in ("nasbench201", "fbnet"):
+        with pytest.raises(SystemExit) as e:
+            main(["--space", name, "--plan", "3", "--out", str(tmp_path / "plan")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and f"latency.proxy={name}" in err[0], err
+    assert not (tmp_path / "plan").exists()
 
 
 # ============================================================================ lookup table

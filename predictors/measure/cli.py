@@ -177,6 +177,17 @@ def _run(args: argparse.Namespace) -> int:
         space = create_space(args.space, **({"resolutions": args.resolutions} if args.resolutions else {}))
     except (SpaceError, TypeError) as exc:
         raise UsageError(f"--space/--resolutions: {exc}") from None
+    from hwnas.spaces.mbconv import MBConvSpace
+
+    if not isinstance(space, MBConvSpace):  # the timed networks and the plan's models are built as MBConv networks
+        raise UsageError(
+            f"--space {args.space}: hwnas-measure times, and --plan writes, MBConv networks (OFA-MobileNetV3 / ProxylessNAS "
+            f"spaces such as ofa_mbv3_w12), not {type(space).__name__}; for {args.space} on your own device, time the archs "
+            "with your own tools into a CSV with columns arch,<device> (one compact arch string per row) and adapt a proxy "
+            f"to it: hwnas-search space={args.space}" + (
+                f" accuracy=capacity latency=adapted latency.proxy={args.space} latency.proxy_device=pixel3"
+                if args.space in ("nasbench201", "fbnet") else " latency=adapted")
+            + " latency.target_samples=<csv> latency.target_device=<device>")
     if args.plan is not None:
         from .plan import select_plan_archs, write_plan
 
@@ -188,12 +199,6 @@ def _run(args: argparse.Namespace) -> int:
               f"(see {path.parent / 'INSTRUCTIONS.md'})", file=sys.stderr)
         return 0
     layer_mode = args.build_lut is not None
-    from hwnas.spaces.mbconv import MBConvSpace
-
-    if not isinstance(space, MBConvSpace):  # the timed networks are built as MBConv networks
-        raise UsageError(f"--space {args.space}: hwnas-measure times MBConv networks (OFA-MobileNetV3 / ProxylessNAS spaces "
-                         f"such as ofa_mbv3_w12), not {type(space).__name__}; for another space write a plan (--plan K --out DIR) "
-                         "and time its models with your own tools")
     given = {"backend": args.backend, "threads": args.threads, "processes": args.processes, "batch_size": args.batch_size,
              "pin": args.pin, "clock": args.clock, "max_spread": args.max_spread, "repeats": args.repeats,
              "warmup": args.warmup, "chunk": args.chunk}
@@ -210,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--build-lut times layers on this machine; it cannot be combined with --scheduler")
     archs, earlier = None, None
     if not layer_mode:  # bad input is reported before anything is opened or measured
-        archs = read_archs(args.archs, space, "--archs") if args.archs else space.sample(args.n if args.n is not None else 20, args.seed)
+        archs = read_archs(args.archs, space, "--archs", fix="give --space {space}") if args.archs else space.sample(args.n if args.n is not None else 20, args.seed)
         if not archs:
             raise UsageError(f"--archs {args.archs} holds no archs; give a file with at least one")
         if args.out:
@@ -255,7 +260,9 @@ def _run(args: argparse.Namespace) -> int:
     unstable = sum(1 for k in keys if (got[k].spread or 0) > cfg.max_spread)
     vals = sorted(got[k].value for k in keys)
     if vals:
-        print(f"latency ms: min {vals[0]:.3f}  median {vals[len(vals) // 2]:.3f}  max {vals[-1]:.3f}; "
+        import statistics
+
+        print(f"latency ms: min {vals[0]:.3f}  median {statistics.median(vals):.3f}  max {vals[-1]:.3f}; "
               f"{unstable} arch(s) still above max_spread={cfg.max_spread}", file=sys.stderr)
     if args.out:
         print(f"wrote {write_output(store, args.out, space, device, uniq, earlier)}", file=sys.stderr)
