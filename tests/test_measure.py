@@ -238,6 +238,17 @@ def test_corrupted_store_is_reported_and_left_untouched(tmp_path):
     con.close()
     with pytest.raises(StoreCorruptedError, match="other tables"):
         MeasurementStore(other)
+    # ... with a table of the same name: refused before anything is written (no schema, no WAL journal mode)
+    same = tmp_path / "same.sqlite"
+    con = sqlite3.connect(same)
+    con.execute("CREATE TABLE measurements (id INTEGER PRIMARY KEY, sensor TEXT, temp REAL)")
+    con.execute("INSERT INTO measurements VALUES (1, 'a', 2.0)")
+    con.commit()
+    con.close()
+    before = same.read_bytes()
+    with pytest.raises(StoreCorruptedError, match="lacks columns"):
+        MeasurementStore(same)
+    assert same.read_bytes() == before and not (tmp_path / "same.sqlite-wal").exists()
 
 
 def test_measured_latency_caches_and_never_remeasures(tmp_path, tiny_space):

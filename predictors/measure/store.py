@@ -173,6 +173,11 @@ class MeasurementStore:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if tables and "measurements" not in tables:
                 raise sqlite3.DatabaseError(f"it is an SQLite file with other tables ({sorted(tables)[:5]})")
+            if tables:  # checked before anything is written: another program's file is left as it was
+                cols = {r[1] for r in con.execute("PRAGMA table_info(measurements)")}
+                need = set(_COLUMNS.replace(" ", "").split(",")) - {"platform"}  # (platform: added by schema 2)
+                if not need <= cols:
+                    raise sqlite3.DatabaseError(f"table 'measurements' lacks columns {sorted(need - cols)}")
         if self.read_only:
             cols = {r[1] for r in con.execute("PRAGMA table_info(measurements)")}
             if not cols:
