@@ -205,6 +205,13 @@ def test_store_round_trip_and_canonical_keys(tmp_path, tiny_space):
         with pytest.raises(StoreError, match="another machine.*its own device name"):
             st.register_device("dev", cfg, dict(plat, cpus=64))
         st.register_device("dev", cfg, dict(plat, host="renamed"))  # the host name may change
+        # a name that measured nothing yet (a run stopped before its first result) is not bound to its protocol
+        st.register_device("new", MeasureConfig(threads=2), dict(plat, cpus=64))
+        st.register_device("new", cfg, plat)
+        assert st.devices()["new"] == cfg.fingerprint()
+        st.put("new", tiny_space.name, ka, 1.0)
+        with pytest.raises(StoreError, match="device='new'.*another device name"):
+            st.register_device("new", MeasureConfig(threads=2))
         with pytest.raises(StoreError, match="positive and finite"):
             st.put("dev", tiny_space.name, ka, float("nan"))
 

@@ -243,13 +243,20 @@ class MeasurementStore:
     def register_device(self, device: str, config: Any, platform: dict | None = None) -> None:
         """Bind ``device`` to the protocol fingerprint of ``config`` (a MeasureConfig or dict), and to
         ``platform`` when given; raise :class:`StoreError` if it was measured with another protocol or
-        on another machine. Atomic: the first registration wins, every other one is checked against it."""
+        on another machine. Atomic: the first registration wins, every other one is checked against it -- until the
+        device has a measurement, a registration with another protocol replaces it (nothing was measured under it)."""
         fp = config.fingerprint() if hasattr(config, "fingerprint") else dict(config)
         fp_json = json.dumps(fp, sort_keys=True)
         if not self.read_only:
             self._write("INSERT OR IGNORE INTO devices(device, fingerprint, created) VALUES (?,?,?)", (device, fp_json, time.time()))
         with self._lock:
             row = self._con.execute("SELECT fingerprint FROM devices WHERE device=?", (device,)).fetchone()
+        if row is not None and json.loads(row[0]) != fp and not self.read_only:
+            # a name registered by a run that measured nothing (a typo, Ctrl-C before the first result): not bound
+            self._write("UPDATE devices SET fingerprint=?, platform=NULL, created=? WHERE device=? AND NOT EXISTS "
+                        "(SELECT 1 FROM measurements WHERE device=?)", (fp_json, time.time(), device, device))
+            with self._lock:
+                row = self._con.execute("SELECT fingerprint FROM devices WHERE device=?", (device,)).fetchone()
         if row is not None and json.loads(row[0]) != fp:
             raise StoreError(
                 f"device={device!r} in {self.path} was measured with {row[0]}; this run uses {fp_json}. "
