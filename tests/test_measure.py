@@ -436,6 +436,7 @@ def test_plan_picks_the_adaptations_samples_and_reads_back(plan_dir):
      r"different unit\?\); write every value in milliseconds \(if it is right .*set \"check_units\": false in plan.json\)"),
     (lambda rows: [r.update(latency_ms=str(float(r["latency_ms"]) / 1000)) for r in rows], r"GMAC/s.*seconds\? write milliseconds"),
     (lambda rows: [r.update(latency_ms=str(float(r["latency_ms"]) * 1000)) for r in rows], r"GMAC/s.*microseconds\?"),
+    (lambda rows: rows[1].update(latency_ms="1_2.1"), r"latency_ms='1_2.1' is not a number"),
 ])
 def test_bad_fills_get_one_clear_error_each(plan_dir, edit, message):
     import csv
@@ -454,6 +455,28 @@ def test_bad_fills_get_one_clear_error_each(plan_dir, edit, message):
     with pytest.raises(PlanError, match=message) as e:
         read_plan(d / "plan.csv")
     assert "\n" not in str(e.value)
+
+
+def test_a_decimal_slip_is_warned_and_check_units_must_be_a_boolean(plan_dir, caplog):
+    """One row 10x off (187 for 18.7) is within the 30x the unit check refuses: it is read, with a warning naming
+    the row; "check_units": "false" (quoted) used to count as true."""
+    from hwnas.predictors.measure.plan import PlanError, read_plan
+
+    d, space, archs = plan_dir
+    vals = [space.macs(a) / 1e9 / 30 * 1e3 for a in archs]
+    fill_plan(d / "plan.csv", [f"{v:.3f}" for v in vals])
+    with caplog.at_level("WARNING", logger="hwnas.measure"):
+        read_plan(d / "plan.csv")
+    assert not [r for r in caplog.records if "decimal slip" in r.getMessage()]
+    fill_plan(d / "plan.csv", [f"{v * (10 if i == 2 else 1):.3f}" for i, v in enumerate(vals)])
+    with caplog.at_level("WARNING", logger="hwnas.measure"):
+        assert read_plan(d / "plan.csv")[2][2] == pytest.approx(vals[2] * 10, rel=1e-3)
+    slips = [r.getMessage() for r in caplog.records if "decimal slip" in r.getMessage()]
+    assert len(slips) == 1 and "id a002" in slips[0] and "10x off" in slips[0]
+    meta = json.loads((d / "plan.json").read_text())
+    (d / "plan.json").write_text(json.dumps({**meta, "check_units": "false"}))
+    with pytest.raises(PlanError, match=r'"check_units" is \'false\'; write true or false without quotes'):
+        read_plan(d / "plan.csv")
 
 
 def test_spreadsheet_habits_get_a_message_naming_them(plan_dir):
@@ -486,6 +509,12 @@ def test_adapted_latency_takes_a_filled_plan(plan_dir, data_dir):
                          target_device="npu", k=None, mirror=str(data_dir))
     assert lat.sample_archs == archs and np.allclose(lat.sample_latencies, y)
     assert np.all(np.isfinite(lat.predict(space.sample(5, 1))))
+    # another device name: the plan's own (plan.json) and the fix, not "is not a column of plan.csv"
+    from hwnas.predictors.adapt import AdaptationError
+
+    with pytest.raises(AdaptationError, match=r"the plan .* was made for device 'npu' .*latency.target_device=npu"):
+        AdaptedLatency(space, proxy="ofa_mbv3", proxy_device="2080ti_1", target_samples=str(d / "plan.csv"),
+                       target_device="my-npu", k=None, mirror=str(data_dir))
 
 
 @pytest.mark.slow

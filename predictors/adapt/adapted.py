@@ -83,6 +83,13 @@ class AdaptedLatency(Predictor):
         tdata = self._check_space(load_dataset(os.fspath(target_samples), space=self.work, mirror=mirror,
                                                field="target_samples"), "target_samples")
         if target_device not in tdata.devices:
+            from hwnas.predictors.measure.plan import is_plan, plan_paths
+
+            if is_plan(target_samples):  # a plan's device is in its plan.json, not a column of plan.csv
+                raise AdaptationError(
+                    f"target_device={target_device!r}: the plan {target_samples} was made for device {tdata.devices[0]!r} "
+                    f"({plan_paths(target_samples)[1]}); set latency.target_device={tdata.devices[0]}, or make a plan for "
+                    f"{target_device!r} (hwnas-measure --plan K --device {target_device} --out DIR)")
             raise AdaptationError(f"target_device={target_device!r} is not a column of {target_samples}; columns: {tdata.devices}")
         if is_user_file(target_samples):  # builtins are reference data; filled plans are checked when read
             check_measured(tdata, target_device, os.fspath(target_samples), "target_samples", check_units=check_units)

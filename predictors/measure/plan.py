@@ -28,6 +28,7 @@ import csv
 import errno
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -49,6 +50,11 @@ PLAN_FILES = {CSV_NAME, META_NAME, README_NAME, "models"}
 THROUGHPUT_GMACS = (0.05, 3000.0)
 #: rows whose ms per MAC is this far from the median row's are taken for another unit
 MIXED_UNITS = 30.0
+#: a row this far off the others' trend of latency over MACs (log-log, robust fit) gets a warning: a decimal slip
+#: (187 for 18.7) is 10x; the archs of one space scatter within about 2x of it on the datasets' devices
+SLIP_WARN = 5.0
+
+log = logging.getLogger("hwnas.measure")
 
 
 class PlanError(UserError, ValueError):
@@ -329,6 +335,8 @@ def read_plan(path: str | os.PathLike, partial: bool = False) -> tuple[Any, list
             raise PlanError(f"{where}: {COLUMN} is empty; measure models/{pid}.onnx and write its median in ms "
                             f"(see {csv_path.parent / README_NAME})")
         try:
+            if "_" in text:  # (Python's float reads "1_2.1" as 121)
+                raise ValueError(text)
             v = float(text)
         except ValueError:
             raise PlanError(f"{where}: {COLUMN}={text!r} is not a number; write the median latency in milliseconds") from None
@@ -341,7 +349,11 @@ def read_plan(path: str | os.PathLike, partial: bool = False) -> tuple[Any, list
     if missing and not partial:
         raise PlanError(f"{csv_path}: ids {missing[:5]} of the plan have no row; restore them and fill their {COLUMN}")
     y = np.asarray(values, dtype=float)
-    if meta.get("check_units", True) and len(y):
+    check = meta.get("check_units", True)
+    if not isinstance(check, bool):
+        raise PlanError(f'{plan_paths(csv_path)[1]}: "check_units" is {check!r}; write true or false without quotes '
+                        '(e.g. "check_units": false)')
+    if check and len(y):
         _check_units(csv_path, space, archs, y, int(meta.get("batch_size", 1)), ids)
     return space, archs, y, meta
 
@@ -399,6 +411,23 @@ def _check_units(csv_path: Path, space: Any, archs: list, y: np.ndarray, batch: 
     off = throughput_off(gmacs)
     if off:
         raise PlanError(f"{csv_path}: the values {off}, or set {switch_off}")
+    for i, factor in slips(macs, y):
+        log.warning(f"{csv_path} id {ids[i]}: {COLUMN}={y[i]:g} is {factor:.0f}x off the other rows' trend of latency over "
+                    "MACs -- a decimal slip? (it is used as written; correct the row if it is one)")
+
+
+def slips(macs: np.ndarray, y: np.ndarray) -> list[tuple[int, float]]:
+    """``(row, factor)`` of the rows more than :data:`SLIP_WARN` times off a robust log-log fit of latency over MACs
+    (Theil-Sen; at least 5 rows, else nothing); factor > 1 either way."""
+    if len(y) < 5 or len(set(np.round(np.log(macs), 6))) < 2:
+        return []
+    from scipy.stats import theilslopes
+
+    lx, ly = np.log(macs), np.log(y)
+    slope, icpt, _, _ = theilslopes(ly, lx)
+    res = ly - (icpt + slope * lx)
+    res -= np.median(res)
+    return [(int(i), float(np.exp(abs(res[i])))) for i in np.flatnonzero(np.abs(res) > np.log(SLIP_WARN))]
 
 
 def plan_dataset(path: str | os.PathLike):
