@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hwnas.predictors.assets import pid_alive
 from hwnas.predictors.base import Predictor
 
 from . import worker
@@ -36,19 +35,11 @@ OnResult = Callable[[int, Measurement], None]
 
 
 def clean_stale_workdirs(root: str | os.PathLike | None = None) -> list[Path]:
-    """Remove ``hwnas-measure-<pid>-*`` folders of processes that no longer exist; returns them."""
-    root = Path(root or tempfile.gettempdir())
-    gone = []
-    for d in root.glob(f"{WORKDIR_PREFIX}*"):
-        try:
-            pid = int(d.name[len(WORKDIR_PREFIX):].split("-", 1)[0])
-        except ValueError:
-            continue
-        if pid == os.getpid() or not d.is_dir() or pid_alive(pid):
-            continue
-        shutil.rmtree(d, ignore_errors=True)
-        gone.append(d)
-    return gone
+    """Remove ``hwnas-measure-<pid>-*`` folders of processes that no longer exist; returns them
+    (:func:`~hwnas.predictors.measure.worker.remove_dead_workdirs`, which a remote device runs too)."""
+    from .worker import remove_dead_workdirs
+
+    return [Path(p) for p in remove_dead_workdirs(os.fspath(root) if root is not None else None, WORKDIR_PREFIX)]
 
 
 class workdir:

@@ -266,11 +266,58 @@ def platform_info() -> dict:
     return info
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (another user's counts; a zombie, killed but not reaped, does not). The same
+    rule as :func:`hwnas.predictors.assets.pid_alive`, kept here because this file runs on the device without hwnas."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (PermissionError: another user's)
+        return True
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):  # no /proc (macOS): os.kill said it exists
+        return True
+
+
+def remove_dead_workdirs(root: str | None = None, prefix: str = "hwnas-measure-") -> list[str]:
+    """Remove the ``<prefix><pid>-*`` temporary folders of processes that no longer run (a worker killed mid-task
+    leaves its models behind, megabytes each, on a device whose /tmp may be memory); returns them. Self-contained
+    (this file runs on the device): another user's process counts as alive."""
+    import shutil
+
+    root = root or tempfile.gettempdir()
+    gone = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return gone
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        try:
+            pid = int(name[len(prefix):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        if _alive(pid):
+            continue
+        path = os.path.join(root, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(path)
+    return gone
+
+
 def measure_on_device(models: Sequence[dict], settings: dict, script: str) -> dict:
     """A Dask task: time ONNX ``models`` (dicts with ``onnx`` bytes, ``shape`` and ``key``) with the
     whole protocol on the machine it runs on. ``script`` is the text of this file: the timing
     processes run it. Returns ``{"results": [summarise dicts], "platform": platform_info()}``; the
-    temporary folder is removed on every exit path."""
+    temporary folder is removed on every exit path, and those of killed workers before it is made."""
+    remove_dead_workdirs()
     with tempfile.TemporaryDirectory(prefix=f"hwnas-measure-{os.getpid()}-") as d:
         path = os.path.join(d, "worker.py")
         with open(path, "w") as f:
