@@ -101,15 +101,15 @@ def _space_preset_resolutions() -> list | str | None:
 _PRESET_RESOLUTIONS: dict[tuple, list | str | None] = {}
 
 
-def _priced_resolutions(priced: list) -> list | None:
+def _priced_resolutions(priced: list, without: str = "keep") -> list | None:
     """``space.resolutions`` set by a latency preset: the resolutions its data prices -- or, when the space
     preset chosen with it sets its own (a space reduced by ``hwnas-profile``), those of them the data
     prices. The latency preset comes later in the defaults and used to replace a reduced space's
     resolutions with all of its own, silently undoing the reduction. ``space.resolutions=[...]`` on the
     command line still decides."""
     own = _space_preset_resolutions()
-    if own == _NO_RESOLUTIONS:  # nasbench201, fbnet: a preset of OFA data sets none on them
-        return None
+    if own == _NO_RESOLUTIONS:  # nasbench201, fbnet: ``without="drop"`` (a preset that serves them too) sets none;
+        return None if without == "drop" else list(priced)  # else the space's check names the preset's mismatch
     if not own:
         return list(priced)
     both = [r for r in own if r in priced]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -177,8 +178,34 @@ def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
     except Exception as exc:  # noqa: BLE001 - re-raised with the key named
         inner = _cause(exc)
         if isinstance(inner, UserError):  # already one line with the fix
-            raise ConfigError(f"{key} ({target}): {inner}") from inner
+            raise ConfigError(f"{key} ({target}): {_dotted(str(inner), key, cfg)}") from inner
+        m = re.search(r"unexpected keyword argument '(\w+)'", str(inner)) if isinstance(inner, TypeError) else None
+        if m and m.group(1) in cfg:  # a setting the class does not take (a typo, or one of another preset)
+            raise ConfigError(f"{key}.{m.group(1)} is not a setting of {target}{_settings_of(fn)}; check its spelling, "
+                              f"or remove it (~{key}.{m.group(1)})") from None
         raise ConfigError(f"{key} ({target}): {type(inner).__name__}: {inner}") from inner
+
+
+def _dotted(message: str, key: str, cfg: dict) -> str:
+    """A constructor's message about one of its settings (``processes=0 must be ...; e.g. processes=3``) with the
+    setting named as the user writes it (``latency.processes=0 ...; e.g. latency.processes=3``)."""
+    m = re.match(r"(\w+)=", message)
+    if not m or m.group(1) not in cfg or m.group(1).startswith("_"):
+        return message
+    name = m.group(1)
+    return re.sub(rf"(?<![\w.]){re.escape(name)}=", f"{key}.{name}=", message)
+
+
+def _settings_of(fn: Any) -> str:
+    """``" (its settings: a, b, c)"`` for a callable with named parameters only, else empty."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return ""
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return ""
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", "space")]
+    return f" (its settings: {', '.join(names)})" if names else ""
 
 
 def build_space(cfg: Any, key: str = "space") -> Any:
