@@ -235,6 +235,21 @@ def test_cli_exports_the_best_arch_per_budget_by_default(tmp_path, capsys):
     assert "--all (4 archs)" in capsys.readouterr().err
 
 
+def test_output_checks_are_relative_to_the_outputs_scale():
+    """An untrained subnet's logits are ~1e-9: a tolerance of 1e-4 in absolute terms passed zeros or a permutation
+    of them, so the 'checked' exports were not checked. The tolerance is relative to the output's own scale."""
+    from hwnas.supernet.export import _check_close
+    from hwnas.supernet.onnx import output_diff
+
+    ref = torch.randn(2, 10, generator=torch.Generator().manual_seed(0)) * 1e-9
+    assert _check_close("x", ref, ref.numpy() * (1 + 1e-7), 1e-4) > 0  # float noise: passes
+    for wrong in (np.zeros((2, 10)), ref.numpy()[:, ::-1].copy(), ref.numpy()[:, :9]):
+        with pytest.raises(ExportError, match="x output differs"):
+            _check_close("x", ref, wrong, 1e-4)
+    assert output_diff(np.zeros(3), np.zeros(3), 1e-4)[0] and not output_diff(np.zeros(3), np.full(3, 1e-30), 1e-4)[0]
+    assert output_diff(np.full(3, 100.0), np.full(3, 100.001), 1e-4)[0]  # a trained net's logits: 1e-5 relative
+
+
 def test_export_labels_what_the_search_recorded(tmp_path, capsys):
     """A search on the supernet's measured top-1 and a device's measured latency records that in pareto.json
     (``values``); the export labels them measured and names the device, and ignores what is not a known kind."""
