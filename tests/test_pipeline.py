@@ -232,6 +232,21 @@ def test_changed_search_reruns_only_downstream(tmp_path, data_dir, small_pipelin
     assert out["target_measurements"] == len(_ledger(run))
 
 
+def test_adapt_method_proxy_is_fitted_when_the_check_does_not_reuse_the_proxy(tmp_path, data_dir, small_pipeline_run):
+    """adapt.method=proxy (the proxy scaled on the samples, a documented method) crashed with KeyError 'a' when the
+    monotonicity check chose to adapt: only a reused proxy had its scale stored."""
+    import shutil
+
+    d, _ = small_pipeline_run
+    run = tmp_path / "run"
+    shutil.copytree(d, run)
+    out = run_pipeline(compose_pipeline(SMALL + [f"assets.mirror={data_dir}", "adapt.method=proxy"]), run)
+    assert out["adapt"]["decision"] == "adapt (proxy)" and "a" not in out["adapt"]
+    assert out["stages_skipped"] == ["01_proxy", "02_samples"] and "03_adapt" in out["stages_ran"]
+    # and a rerun loads it from the run folder
+    assert run_pipeline(compose_pipeline(SMALL + [f"assets.mirror={data_dir}", "adapt.method=proxy"]), run)["stages_ran"] == []
+
+
 @pytest.mark.parametrize("override, field", [("target.device=2080ti_1", '"device": "titan_rtx_1"'),
                                              ("target.outside=fit", '"outside": "error"')])
 def test_a_run_folder_of_another_target_is_refused(tmp_path, data_dir, small_pipeline_run, override, field):

@@ -311,7 +311,7 @@ class AdaptStage(Stage):
         return out
 
     def _set_predictor(self, ctx: Context, info: dict) -> None:
-        if info["method"] == "proxy":
+        if info["method"] == "proxy" and "a" in info:  # the check reused the proxy (adapt.method=proxy is fitted below)
             ctx.put("adapted", ScaledProxy(ctx.proxy, info["a"], info["c"]))
             return
         kwargs = ctx.setting("adapt.kwargs") or {}
