@@ -153,9 +153,10 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
             raise SpaceError(f"{p} entry {i}: {exc}") from None
         extra = {k: v for k, v in row.items() if k not in ("arch", "arch_str", "accuracy", "latency")}
         measured = row.get("latency") is None and row.get("latency_measured") is not None  # a pipeline's archs.json
+        fitted = measured and row.get("latency_fitted") is True  # a dataset target's fit of an arch it does not hold
         latency = _number(row.get("latency_measured") if measured else row.get("latency"))
         items.append(ExportItem(arch, _number(row.get("accuracy")), latency, name=f"rank{i:03d}", extra=extra,
-                                accuracy_kind=acc_kind, latency_kind="measured" if measured else lat_kind,
+                                accuracy_kind=acc_kind, latency_kind="measured" if measured and not fitted else lat_kind,
                                 latency_device=device))
     if isinstance(header.get("target"), dict):  # the device the latencies were measured on
         for it in items:

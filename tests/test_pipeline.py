@@ -537,3 +537,15 @@ def test_derived_budgets_are_taken_over_the_reduced_space(tmp_path, data_dir):
                       tmp_path / "run")
     assert s2["budgets"] == given and s2["budgets_from"] == "search.budgets"
     assert s2["stages_skipped"][:4] == ["01_proxy", "02_samples", "03_adapt", "04_reduce"] and "05_search" in s2["stages_ran"]
+    # FBNet's dataset holds 5,000 of its archs (target.outside=fit): the others' target latencies are the fit's, and
+    # archs.json, the summary and the export labels say so (they were all called measured)
+    from hwnas.predictors.data.datasets import DatasetLatency
+    from hwnas.supernet.export import read_items
+
+    target = DatasetLatency("fbnet", "fbnet", "raspi4", outside="fit", mirror=str(data_dir))
+    rows = json.loads((tmp_path / "run" / "07_export" / "archs.json").read_text())["archs"]
+    space, items, _ = read_items(tmp_path / "run", select="all")
+    held = target.holds([it.arch for it in items])
+    assert [bool(r.get("latency_fitted")) for r in rows] == [not h for h in held] and not held.all()
+    assert [it.latency_kind for it in items] == ["measured" if h else "predicted" for h in held]
+    assert s2["fitted_in_final"] == int((~held).sum())

@@ -378,6 +378,14 @@ class DatasetLatency(Predictor):
         pick = np.sort(np.random.default_rng(rng).choice(ok, min(int(n), len(ok)), replace=False))
         return [self.data.archs[i] for i in pick]
 
+    def holds(self, archs: Sequence[Any]) -> np.ndarray:
+        """Which of ``archs`` are rows of the dataset with a value: the others' latencies (``outside="fit"``) are the
+        linear fit's, not the device's (the pipeline labels them so)."""
+        if self.data._pos is None:
+            self.data._pos = {a: i for i, a in enumerate(self.data.archs)}
+        pos = [self.data._pos.get(a) for a in archs]
+        return np.array([i is not None and bool(np.isfinite(self.y[i])) for i in pos], dtype=bool)
+
     def predict(self, archs: Sequence[Any]) -> np.ndarray:
         if self.data._pos is None:
             self.data._pos = {a: i for i, a in enumerate(self.data.archs)}

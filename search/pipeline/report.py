@@ -162,7 +162,11 @@ def write_report(run_dir: str | Path, summary: dict) -> Path:
           f"| hypervolume on measured latency | {_f(summary.get('hv_measured'), 4)} (ref {_ref(summary.get('hv_ref'))}) |"]
     for b, r in (summary.get("best_at_budgets") or {}).items():
         best = "-" if r is None else f"{_f(r['accuracy'], 4)} at {_f(r['measured'])} ms"
-        L.append(f"| best under {b} ms (measured) | {best} |")
+        how = "fitted: not a row of the target's dataset" if r is not None and r.get("fitted") else "measured"
+        L.append(f"| best under {b} ms ({how}) | {best} |")
+    if summary.get("fitted_in_final"):
+        L.append(f"| final front archs whose target latency is fitted (target.outside=fit: not rows of the dataset) | "
+                 f"{summary['fitted_in_final']} of {summary.get('final_size')} |")
     if ev:
         L.append(f"| hypervolume: final front (true latency) / true front of full data | {_f(ev['hv_final'], 4)} / {_f(ev['hv_true_front'], 4)} = **{_f(ev['hv_ratio'], 4)}** (ref {_ref(ev['hv_ref'])}) |")
     L += [f"| stages run / skipped | {', '.join(summary.get('stages_ran') or []) or '-'} / {', '.join(summary.get('stages_skipped') or []) or '-'} |", ""]

@@ -606,8 +606,9 @@ class ExportStage(Stage):
         ex = ctx.setting("export")
         d = ctx.run_dir / self.name
         final = ctx.get("final")
+        fitted = fitted_on_target(ctx, [r["arch"] for r in final])
         items = [{"arch": r["arch"].to_dict(), "arch_str": str(r["arch"]), "accuracy": r["accuracy"], "latency_measured": r["measured"],
-                  "latency_predicted": r["predicted"]} for r in final]
+                  "latency_predicted": r["predicted"], **({"latency_fitted": True} if f else {})} for r, f in zip(final, fitted)]
         atomic_write(d / "archs.json", json.dumps({"space": space_spec(ctx.space), "target": ctx.identity, "archs": items},
                                                   indent=1) + "\n")
         info: dict[str, Any] = {"n": len(items)}
@@ -632,8 +633,10 @@ class ExportStage(Stage):
         if ex["max_archs"] is not None:
             chosen = chosen[: int(ex["max_archs"])]
         weights = load_weights_source(ctx.space, ex["checkpoint"])
-        todo = [ExportItem(r["arch"], accuracy=r["accuracy"], latency=r["measured"], latency_kind="measured",
-                           extra={"target": ctx.identity}) for r in chosen]
+        fitted = fitted_on_target(ctx, [r["arch"] for r in chosen])
+        todo = [ExportItem(r["arch"], accuracy=r["accuracy"], latency=r["measured"], latency_kind="predicted" if f else "measured",
+                           extra={"target": ctx.identity, **({"latency_fitted": True} if f else {})})
+                for r, f in zip(chosen, fitted)]
         # A rerun after a kill keeps the networks already exported (export_many skips a folder that holds
         # the same export); networks of other settings (this stage's key changed) are not this run's: the
         # folder goes first, in one rename, and a key file says which settings the folder is for.
@@ -676,6 +679,18 @@ class ExportStage(Stage):
 STAGES = (ProxyStage(), SamplesStage(), AdaptStage(), ReduceStage(), SearchStage(), RemeasureStage(), ExportStage())
 
 
+def fitted_on_target(ctx: Context, archs: list) -> list[bool]:
+    """Per arch, whether the target's value for it is a fit rather than a measurement: a dataset target
+    (``target.outside=fit``) prices the archs it does not hold with a linear model of the device column."""
+    node = ctx.setting("target")
+    if not archs or not isinstance(node, dict) or node.get("outside") != "fit":  # (a measuring target is not built for this)
+        return [False] * len(archs)
+    holds = getattr(ctx.target, "holds", None)
+    if not callable(holds):
+        return [False] * len(archs)
+    return [not bool(h) for h in holds(archs)]
+
+
 def summarise_run(ctx: Context) -> dict:
     """The run's numbers (``summary.json``; the report is built from them)."""
     final = ctx.get("final")
@@ -701,8 +716,10 @@ def summarise_run(ctx: Context) -> dict:
         "unfriendly": ctx.get("unfriendly"),
         "front_size": len(ctx.get("remeasured")),
         "final_size": len(final),
-        "best_at_budgets": {b: (None if r is None else {"arch": str(r["arch"]), "accuracy": r["accuracy"], "measured": r["measured"]})
+        "best_at_budgets": {b: (None if r is None else {"arch": str(r["arch"]), "accuracy": r["accuracy"], "measured": r["measured"],
+                                                        **({"fitted": True} if fitted_on_target(ctx, [r["arch"]])[0] else {})})
                             for b, r in best_under_budgets(final, budgets).items()},
+        "fitted_in_final": sum(fitted_on_target(ctx, [r["arch"] for r in final])),
         "hv_measured": front_hv(acc, meas, ref),
         "hv_ref": list(ref),
         "stages_ran": list(ctx.ran),
