@@ -139,6 +139,10 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
         raise ExportError(f"{p} does not exist; give a search run folder, a pareto.json, an arch file or an arch string")
     header, rows = read_arch_file(p, "pareto.json" if p.name == "pareto.json" else "arch file")
     acc_kind, lat_kind, device = _recorded_values(header)
+    partial = header.get("partial") is True
+    if partial:
+        notes.append(f"{p} is the front of an unfinished search (interrupted): rerun the search command to finish it; "
+                     "this export is of the front so far (marked partial_search in its files)")
     if space is None:
         if "space" not in header:
             raise ExportError(f"{p} does not name its space; pass the space name (--space NAME)")
@@ -161,6 +165,9 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
     if isinstance(header.get("target"), dict):  # the device the latencies were measured on
         for it in items:
             it.extra.setdefault("target", header["target"])
+    if partial:
+        for it in items:
+            it.extra["partial_search"] = True
     if select == "all" or "budgets" not in header:
         return space, items, notes
     best = header.get("best") or {}
@@ -184,7 +191,7 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
             chosen[key].extra["budgets"].append(b)
             continue
         chosen[key] = ExportItem(arch, _number(row.get("accuracy")), _number(row.get("latency")), name=_budget_label(b),
-                                 extra={"budgets": [b]}, accuracy_kind=acc_kind, latency_kind=lat_kind,
+                                 extra={"budgets": [b], **({"partial_search": True} if partial else {})}, accuracy_kind=acc_kind, latency_kind=lat_kind,
                                  latency_device=device)
     if not chosen:
         raise ExportError(f"{p}: no arch meets any budget of the run ({list(best)}); export the front with --all")
@@ -385,6 +392,9 @@ def _model_card(meta: dict, files: dict[str, str]) -> str:
                     "Fine-tune before use, or export again with a supernet checkpoint (`--checkpoint`).")
     elif not w["bn_calibrated"]:
         warn.append(f"> **Warning: {w['warning']}.**")
+    if (meta.get("extra") or {}).get("partial_search"):
+        warn.append("> **Note: this arch is from the front of an unfinished search** (it was interrupted); the finished "
+                    "search may find better ones.")
     r = meta["resolution"]
     bn = w["bn_calibration"]
     lines = [
@@ -476,6 +486,7 @@ def _request(space: SearchSpace, item: ExportItem, arch: Any, weights: WeightsSo
                     if k in ("checkpoint", "checkpoint_fingerprint", "bn_calibration")},
         "accuracy": [item.accuracy, item.accuracy_kind],
         "latency": [item.latency, item.latency_kind] + ([item.latency_device] if item.latency_device else []),
+        **({"partial_search": True} if item.extra.get("partial_search") else {}),
     }
 
 

@@ -300,6 +300,22 @@ def test_search_records_what_its_values_are(tmp_path):
                       "latency": {"kind": "measured", "by": "Lat", "device": "board-7"}}
 
 
+def test_the_front_of_an_unfinished_search_is_exported_with_a_note(tmp_path, capsys):
+    space = create_space("ofa_proxyless_w13", resolutions=[R])
+    run = _pareto(tmp_path, space, space.sample(2, 4))
+    data = json.loads((run / "pareto.json").read_text())
+    (run / "pareto.json").write_text(json.dumps({**data, "partial": True}))
+    assert main([str(run), "--formats", "torch", "--no-progress"]) == 0
+    assert "unfinished search" in capsys.readouterr().err
+    (name,) = [e["name"] for e in json.loads((run / "export" / "index.json").read_text())["exports"]]
+    assert json.loads((run / "export" / name / "metadata.json").read_text())["extra"]["partial_search"] is True
+    assert "unfinished search" in (run / "export" / name / "README.md").read_text()
+    # the finished search's export of the same arch is another export, not "already exported"
+    (run / "pareto.json").write_text(json.dumps(data))
+    assert main([str(run), "--formats", "torch", "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
 def test_cli_single_arch_string(tmp_path):
     out = tmp_path / "o"
     arch = f"r{R}:k3e3.k3e3/k5e4.k5e4/k7e6.k7e6/k3e3.k3e3/k5e6.k5e6"
