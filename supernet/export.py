@@ -686,7 +686,7 @@ def export_many(
     opset: int = 17,
 ) -> list[Path]:
     """Export every item into ``out_dir`` (one folder each) and write ``out_dir/index.json`` (name,
-    arch_str, accuracy, latency, checks per export; rewritten after every arch).
+    arch_str, accuracy, latency, checks of every export in the folder, earlier calls' too; rewritten after every arch).
 
     ``calib_data``: an ImageFolder (or a root with ``train/``) whose first ``calib_images`` images (a
     fixed random subset) re-calibrate every subnet's BN statistics before export. Trained weights
@@ -709,14 +709,13 @@ def export_many(
         if calib_data not in (None, ""):
             weights = dataclasses.replace(weights, calibration=_calibration(calib_data, calib_images))  # (keeps the
             # checkpoint's fingerprint: a retrained checkpoint at the same path is another export)
-        out, index = [], []
+        _check_index(out_dir / "index.json")
+        out = []
         for i, it in enumerate(items):
             p, skipped = _export_one(space, it, out_dir, weights, formats, atol, timm_atol, opset, overwrite, None,
                                      allow_uncalibrated)
             out.append(p)
-            meta = json.loads((p / "metadata.json").read_text())
-            index.append({k: meta[k] for k in ("name", "arch_str", "resolution", "accuracy", "latency", "checks")})
-            atomic_write(out_dir / "index.json", _dumps({"space": space_spec(space), "exports": index}, "index.json"))
+            _write_index(out_dir, space)
             if progress is not None:
                 progress(i + 1, len(items), p, skipped)
     except BaseException:
@@ -724,6 +723,38 @@ def export_many(
             out_dir.rmdir()  # this call made it and nothing was written into it
         raise
     return out
+
+
+def _check_index(path: Path) -> None:
+    """An ``index.json`` already in the output folder must be an export index (it is rewritten): a file of
+    the user's own is refused, not replaced."""
+    if not path.exists():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        ok = isinstance(data, dict) and isinstance(data.get("exports"), list) and "space" in data
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise ExportError(f"{path} exists and is not an hwnas-export index (which an export rewrites); give another "
+                          "output folder (--out), or move the file")
+
+
+def _write_index(out_dir: Path, space: SearchSpace) -> None:
+    """``index.json``: every complete export in ``out_dir`` (earlier calls' too), by latency then name."""
+    rows = []
+    for d in sorted(p for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            meta = json.loads((d / "metadata.json").read_text())
+            rows.append({k: meta[k] for k in ("name", "arch_str", "resolution", "accuracy", "latency", "checks")})
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not an export folder (or one being written): not listed
+    def order(r: dict) -> tuple:
+        lat = (r.get("latency") or {}).get("value") if isinstance(r.get("latency"), dict) else None
+        return (lat is None, lat if isinstance(lat, (int, float)) else 0.0, str(r.get("name")))
+
+    rows.sort(key=order)
+    atomic_write(out_dir / "index.json", _dumps({"space": space_spec(space), "exports": rows}, "index.json"))
 
 
 def load_timm(folder: str | os.PathLike, num_classes: int | None = None) -> nn.Module:

@@ -212,6 +212,15 @@ def test_cli_exports_pareto_front(tmp_path, capsys):
         assert not (run / "export" / e["name"] / "timm_model.pth").exists()
     space2, items, _ = read_items(run, select="all")
     assert space2.resolutions == [R] and [it.arch for it in items] == archs
+    # a second call into the folder: the index lists every export in it (it listed only the last call's)
+    assert main([str(run), "--formats", "torch,onnx", "--no-progress"]) == 0  # the budget's best, a folder of its own
+    assert len(json.loads((run / "export" / "index.json").read_text())["exports"]) == 3
+    # an index.json of the user's own in the output folder is not replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "index.json").write_text('{"my": "notes"}')
+    assert main([str(run), "--formats", "torch", "--out", str(tmp_path / "mine"), "--no-progress"]) == 2
+    assert "is not an hwnas-export index" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "index.json").read_text() == '{"my": "notes"}'
 
 
 def test_cli_exports_the_best_arch_per_budget_by_default(tmp_path, capsys):
