@@ -151,15 +151,13 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
         _check_same_space(space, header.get("space"), p)
     items = []
     for i, row in enumerate(rows):
-        try:
-            arch = space.validate(row["arch"])
-        except SpaceError as exc:
-            raise SpaceError(f"{p} entry {i}: {exc}") from None
+        where = f"{p} entry {i}"
+        arch = _row_arch(space, row, where)
         extra = {k: v for k, v in row.items() if k not in ("arch", "arch_str", "accuracy", "latency")}
         measured = row.get("latency") is None and row.get("latency_measured") is not None  # a pipeline's archs.json
         fitted = measured and row.get("latency_fitted") is True  # a dataset target's fit of an arch it does not hold
-        latency = _number(row.get("latency_measured") if measured else row.get("latency"))
-        items.append(ExportItem(arch, _number(row.get("accuracy")), latency, name=f"rank{i:03d}", extra=extra,
+        latency = _number(row.get("latency_measured") if measured else row.get("latency"), f"{where} latency")
+        items.append(ExportItem(arch, _number(row.get("accuracy"), f"{where} accuracy"), latency, name=f"rank{i:03d}", extra=extra,
                                 accuracy_kind=acc_kind, latency_kind="measured" if measured and not fitted else lat_kind,
                                 latency_device=device))
     if isinstance(header.get("target"), dict):  # the device the latencies were measured on
@@ -182,15 +180,19 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
         if row is None:
             notes.append(f"budget {b}: no arch of the front meets it; nothing to export for it")
             continue
-        try:
-            arch = space.validate(row["arch"] if isinstance(row, dict) else row)
-        except (SpaceError, KeyError) as exc:
-            raise SpaceError(f"{p} best[{b!r}]: {exc}") from None
+        where = f"{p} best[{b!r}]"
+        if not isinstance(row, dict):
+            raise ExportError(f"{where} is {type(row).__name__}, not an entry with arch, accuracy and latency")
+        arch = _row_arch(space, row, where)
+        lat, budget = _number(row.get("latency"), f"{where} latency"), _number(b, f"{where}: the budget")
+        if lat is not None and budget is not None and lat > budget * (1 + 1e-9):
+            raise ExportError(f"{where}: its latency {lat:g} is above the budget {b}; the file was edited, or is not a "
+                              "search's results -- search again (search.overwrite=true) or export the front with --all")
         key = arch_key(space, arch)
         if key in chosen:
             chosen[key].extra["budgets"].append(b)
             continue
-        chosen[key] = ExportItem(arch, _number(row.get("accuracy")), _number(row.get("latency")), name=_budget_label(b),
+        chosen[key] = ExportItem(arch, _number(row.get("accuracy"), f"{where} accuracy"), lat, name=_budget_label(b),
                                  extra={"budgets": [b], **({"partial_search": True} if partial else {})}, accuracy_kind=acc_kind, latency_kind=lat_kind,
                                  latency_device=device)
     if not chosen:
@@ -224,11 +226,30 @@ def _check_same_space(space: SearchSpace, spec: Any, p: Path) -> None:
         raise ExportError(str(exc)) from None
 
 
-def _number(v: Any) -> float | None:
-    try:
-        return None if v in (None, "") else float(v)
-    except (TypeError, ValueError):
+def _number(v: Any, what: str = "value") -> float | None:
+    """A number of a results file (None when absent); a value that is not one is one error naming ``what``."""
+    if v is None or v == "":
         return None
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ExportError(f"{what} is {v!r}, not a number")
+    try:
+        return float(v)
+    except ValueError:
+        raise ExportError(f"{what} is {v!r}, not a number") from None
+
+
+def _row_arch(space: SearchSpace, row: dict, where: str) -> Any:
+    """The arch of a results row, checked against its ``arch_str`` when it has one (an edit of one of the two
+    would export one network under the other's name)."""
+    try:
+        arch = space.validate(row["arch"])
+        text = row.get("arch_str")
+        if text not in (None, "") and arch_key(space, space.validate(text)) != arch_key(space, arch):
+            raise ExportError(f"{where}: arch and arch_str are two different archs; the file was edited -- restore it, "
+                              "or search again")
+    except (SpaceError, KeyError) as exc:
+        raise SpaceError(f"{where}: {exc}") from None
+    return arch
 
 
 # ============================================================================ weights

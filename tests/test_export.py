@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -307,6 +308,24 @@ def test_search_records_what_its_values_are(tmp_path):
     values = json.loads((tmp_path / "pareto.json").read_text())["values"]
     assert values == {"accuracy": {"kind": "predicted", "by": "Acc"},
                       "latency": {"kind": "measured", "by": "Lat", "device": "board-7"}}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["best"]["12"].update(arch_str=d["front"][1]["arch_str"]), r"best\['12'\]: arch and arch_str are two different"),
+    (lambda d: d["best"]["12"].update(latency=30.0), r"best\['12'\]: its latency 30 is above the budget 12"),
+    (lambda d: d["front"][0].update(accuracy="hello"), r"entry 0 accuracy is 'hello', not a number"),
+    (lambda d: d["best"].update({"12": "x"}), r"best\['12'\] is str, not an entry"),
+])
+def test_an_edited_pareto_json_is_refused_not_exported_mislabelled(tmp_path, capsys, edit, message):
+    space = create_space("ofa_proxyless_w13", resolutions=[R])
+    run = _pareto(tmp_path, space, space.sample(2, 4))
+    data = json.loads((run / "pareto.json").read_text())
+    edit(data)
+    (run / "pareto.json").write_text(json.dumps(data))
+    assert main([str(run), "--formats", "torch", "--no-progress"] + (["--all"] if "entry 0" in message else [])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not (run / "export").exists()
 
 
 def test_the_front_of_an_unfinished_search_is_exported_with_a_note(tmp_path, capsys):
