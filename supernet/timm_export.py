@@ -198,7 +198,13 @@ def register_timm(folder: str | os.PathLike) -> str:
     except (OSError, ValueError) as exc:
         raise TimmExportError(f"{cfg_path} is not readable JSON ({exc}); export the folder again") from None
     name = cfg.get("timm_name") or timm_model_name(folder.name)
+    if not isinstance(name, str) or not re.fullmatch(r"hwnas_[0-9A-Za-z_]+", name):
+        raise TimmExportError(f"{cfg_path}: timm_name={name!r} is not an hwnas model name (hwnas_<letters, digits, _>); "
+                              "the file was edited -- export the folder again")
     timm = import_timm()
+    if timm.is_model(name) and getattr(timm.models.model_entrypoint(name), "__module__", None) != __name__:
+        raise TimmExportError(f"{cfg_path}: timm_name={name!r} is a model timm already has, not one hwnas registered; "
+                              "registering it would replace that model in this process")
     default = {**_pretrained_cfg(cfg, int(cfg["num_classes"])), "file": str(folder / "timm_model.pth")}
 
     def entrypoint(pretrained: bool = False, pretrained_cfg: Any = None, pretrained_cfg_overlay: Any = None,

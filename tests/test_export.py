@@ -460,6 +460,26 @@ def test_model_card_timm_code_runs(exported, monkeypatch):
         torch.testing.assert_close(feats, model.forward_head(model.forward_features(x), pre_logits=True))
 
 
+def test_register_timm_refuses_a_name_timm_already_has(exported, tmp_path):
+    """An edited timm_config.json naming one of timm's own models (resnet18) would replace it in the process."""
+    import shutil
+
+    import timm
+
+    from hwnas.supernet.timm_export import register_timm
+
+    _, _, _, path = exported
+    for name, message in (("resnet18", "not an hwnas model name"), ("hwnas_x/../y", "not an hwnas model name")):
+        folder = tmp_path / name.replace("/", "_")
+        shutil.copytree(path, folder)
+        cfg = json.loads((folder / "timm_config.json").read_text())
+        (folder / "timm_config.json").write_text(json.dumps({**cfg, "timm_name": name}))
+        with pytest.raises(TimmExportError, match=message):
+            register_timm(folder)
+    assert timm.create_model("resnet18").__class__.__name__ == "ResNet"
+    assert register_timm(path) == register_timm(path)  # its own name again: replaced, no error
+
+
 def test_arch_files_in_every_form_give_the_same_archs(tmp_path):
     """hwnas.spaces.io.read_archs (the one arch-list reader): a JSON list, a pareto.json, JSON lines mixing
     dicts, rows and compact strings, a CSV 'arch' column; a bad entry is named with its file and index."""
