@@ -23,9 +23,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from hwnas.spaces.errors import UserError, error_line
+from hwnas.spaces.errors import UserError, cli_errors
 
-from .assets import atomic_path, atomic_write
+from .assets import atomic_path, atomic_write, remove_stale_temps
 from .metrics import srcc  # noqa: F401  (re-exported: the pipeline and lut_build use it from here)
 
 
@@ -166,6 +166,8 @@ def monotonicity(dataset: str, out: str | os.PathLike, devices: Sequence[str] | 
     S = srcc_matrix(ds.table, devs)
     name = ds.name or Path(str(dataset)).stem
     out = Path(out)
+    if out.is_dir():
+        remove_stale_temps(out)  # what a killed run left half-written
     csv_path = out / f"{name}_srcc.csv"
     atomic_write(csv_path, S.to_csv(float_format="%.4f"))
     png = plot_heatmap(S, out / f"{name}_srcc.png", f"{name}: latency SRCC between devices ({len(ds)} archs)")
@@ -181,6 +183,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mirror", default=None, help="assets mirror directory holding latency/*.csv")
     args = ap.parse_args(argv)
     try:
+        with cli_errors(PROG):  # (user errors: one line, exit 2; Ctrl-C / SIGTERM: one line, 130 / 143)
+            S, csv_path, png = _run(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    off = S.values[~np.eye(len(S), dtype=bool)]
+    print(f"{len(S)} devices; off-diagonal SRCC min {np.nanmin(off):.3f} median {np.nanmedian(off):.3f}")
+    print(f"wrote {csv_path}\nwrote {png}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> tuple:
+    try:
         if args.mirror is not None:
             from .build import ConfigError, apply_assets
 
@@ -194,14 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not all(devs):
                 raise MonotonicityError(f"--devices {args.devices!r} has an empty name; give comma-separated device "
                                         "columns such as --devices pixel3,raspi4 (or leave it out for all)")
-        S, csv_path, png = monotonicity(args.dataset, args.out, devs, args.space)
-    except (UserError, ValueError, OSError) as exc:
-        print(error_line(PROG, exc), file=sys.stderr)
-        return 2
-    off = S.values[~np.eye(len(S), dtype=bool)]
-    print(f"{len(S)} devices; off-diagonal SRCC min {np.nanmin(off):.3f} median {np.nanmedian(off):.3f}")
-    print(f"wrote {csv_path}\nwrote {png}")
-    return 0
+        return monotonicity(args.dataset, args.out, devs, args.space)
+    except ValueError as exc:  # (a plain ValueError of the data: one line as a user error)
+        if isinstance(exc, UserError):
+            raise
+        raise MonotonicityError(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -271,6 +271,29 @@ def _csv(path: Path, header: str, values: list[str], archs: list[str] | None = N
     return path
 
 
+def test_monotonicity_interrupted_is_one_line_and_a_killed_runs_temp_file_goes(tmp_path, capsys, monkeypatch):
+    """Ctrl-C was a 48-line traceback; SIGTERM left a half-written heatmap that later runs kept."""
+    import subprocess
+
+    import hwnas.predictors.monotonicity as mono
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mono, "monotonicity", stop)
+    code, err = _in_process(mono.main, ["--dataset", "nasbench201", "--out", str(tmp_path / "m")], capsys)
+    assert code == 130 and err.strip() == "hwnas-monotonicity: interrupted", err
+    monkeypatch.undo()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "m").mkdir()
+    stale = tmp_path / "m" / f".nasbench201_srcc.png.{dead}.abc.tmp.png"
+    stale.write_bytes(b"half")
+    csv = _csv(tmp_path / "d.csv", "arch,p,q", ["1,2", "2,3", "3,1"])
+    monkeypatch.chdir(tmp_path)
+    code, err = _in_process(mono.main, ["--dataset", str(csv), "--out", str(tmp_path / "m")], capsys)
+    assert code == 0 and not stale.exists(), err
+
+
 def test_monotonicity_refuses_what_gives_no_srcc(tmp_path, capsys, monkeypatch):
     from hwnas.predictors.monotonicity import main
 
