@@ -39,7 +39,7 @@ import numpy as np
 from hwnas.predictors.base import provenance
 from hwnas.predictors.threads import limit_threads
 from hwnas.spaces import SearchSpace
-from hwnas.spaces.errors import is_plugin
+from hwnas.spaces.errors import Terminated, is_plugin
 
 from .operators import ArchCrossover, ArchMutation, ArchSampling, row_keys
 from .problem import ArchProblem, as_budgets, best_under, hypervolume
@@ -714,7 +714,8 @@ class _Search:
             self._rollback()
             if ck is not None:
                 ck.save(self, self.problem, self.step_no, self.history, (self.ref_acc, self.ref_lat), force=True)
-            signal = exc.signal if isinstance(exc, SearchInterrupted) else "SIGINT"
+            signal = (exc.signal if isinstance(exc, SearchInterrupted) else "SIGTERM" if isinstance(exc, Terminated)
+                      else "SIGINT")
             raise SearchInterrupted(self.result(partial=True), signal) from None
         res = self.result()
         if self.s["verbose"]:

@@ -184,7 +184,7 @@ def _broken_pipe() -> SystemExit:
 
 def _interrupted(prog: str, exc: KeyboardInterrupt) -> SystemExit:
     """Say in one line that Ctrl-C (exit 130) or SIGTERM (:class:`Terminated`, 143) stopped ``prog``."""
-    if isinstance(exc, Terminated):
+    if isinstance(exc, Terminated) or getattr(exc, "signal", None) == "SIGTERM":  # (a search stopped by it: SearchInterrupted)
         print(f"{prog}: terminated (SIGTERM); run the same command again to go on", file=sys.stderr)
         return SystemExit(143)
     print(f"{prog}: interrupted", file=sys.stderr)

@@ -68,6 +68,37 @@ def test_a_command_with_its_own_sigterm_handler_keeps_it():
     assert issubclass(Terminated, KeyboardInterrupt)
 
 
+def test_sigterm_inside_a_search_is_reported_as_sigterm(capsys):
+    """The pipeline's search stage turned SIGTERM (cli_errors' Terminated) into a Ctrl-C: 'interrupted', 130."""
+    from test_cli import ToyAccuracy, ToyLatency
+
+    from hwnas.search.nsga import SearchInterrupted, run_search
+    from hwnas.spaces import create_space
+    from hwnas.spaces.errors import Terminated, cli_errors
+
+    space = create_space("ofa_mbv3_w12")
+
+    class Killed(ToyLatency):
+        calls = 0
+
+        def predict(self, archs):
+            Killed.calls += 1
+            if Killed.calls == 3:
+                raise Terminated("SIGTERM")
+            return super().predict(archs)
+
+    with pytest.raises(SystemExit) as e:
+        with cli_errors("hwnas-pipeline"):
+            try:
+                run_search(space, ToyAccuracy(space), Killed(space), pop_size=16, n_gen=20, refine=0, budgets=[12], seed=1,
+                           verbose=False)
+            except SearchInterrupted as exc:
+                assert exc.signal == "SIGTERM"
+                raise
+    assert e.value.code == 143
+    assert capsys.readouterr().err.strip() == "hwnas-pipeline: terminated (SIGTERM); run the same command again to go on"
+
+
 def test_a_swallowed_interrupt_still_stops_the_search_at_the_next_step(tmp_path):
     """A signal whose exception lands in a callback that ignores exceptions (a Dask client's GC
     callback) used to be lost: the search ran to the end. The handlers also record it, and the search
