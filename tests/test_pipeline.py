@@ -223,7 +223,10 @@ def test_changed_search_reruns_only_downstream(tmp_path, data_dir, small_pipelin
     run = tmp_path / "run"
     shutil.copytree(d, run)
     cfg = compose_pipeline(SMALL + [f"assets.mirror={data_dir}", "search.seed=7", "adapt.threshold=-1.0"])
-    out = run_pipeline(cfg, run)
+    lines: list = []
+    out = run_pipeline(cfg, run, log=lines.append)
+    # the stages that ran again say that their earlier results in the folder are replaced (it was silent)
+    assert [ln.split("]")[0][1:] for ln in lines if "changed since it last ran" in ln] == STAGES[2:]
     # threshold -1 (any lower bound clears it): the proxy is reused (scaled); samples are not measured again
     assert out["stages_skipped"] == ["01_proxy", "02_samples"]
     assert out["stages_ran"] == STAGES[2:]

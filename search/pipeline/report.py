@@ -151,7 +151,7 @@ def write_report(run_dir: str | Path, summary: dict) -> Path:
     L = [f"# hwnas pipeline: {_proxy_name(summary)} -> {_target_name(summary)} ({summary.get('space')})", ""]
     L += ["| | |", "|---|---|",
           f"| target | `{json.dumps(summary.get('target'), sort_keys=True)}` |",
-          f"| target measurements (total) | {summary.get('target_measurements')} (K = {summary.get('k')} samples + re-measured front) |",
+          f"| target measurements (total in this folder, earlier runs' included) | {summary.get('target_measurements')} (K = {summary.get('k')} samples + re-measured fronts) |",
           f"| new measurements this run | {summary.get('new_measurements_this_run')} ({_f(summary.get('target_measure_s'), 1)} s) |",
           f"| SRCC proxy vs target, K samples | {_f(a.get('srcc_proxy_on_samples'))} (lower {a.get('confidence')} bound {_f(a.get('srcc_lower_bound'))}; threshold {a.get('threshold')}) |",
           f"| decision | {a.get('decision')} |"]

@@ -171,6 +171,13 @@ class Stage:
             return None
         return meta
 
+    def ran_before(self, ctx: Context) -> bool:
+        """Whether this folder holds a finished run of the stage (of whatever settings)."""
+        try:
+            return isinstance(json.loads((ctx.run_dir / self.name / "stage.json").read_text()).get("key"), str)
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def output_files(self, ctx: Context) -> dict:
         """Size and checksum of each output, recorded in ``stage.json`` (:meth:`changed_output` compares them)."""
         d = ctx.run_dir / self.name
@@ -223,6 +230,9 @@ def run_stages(ctx: Context, stages: Sequence[Stage], log: Callable[[str], None]
         k = st.key(ctx)
         ctx.keys[st.name] = k
         meta = st.done(ctx, k)
+        if meta is None and st.ran_before(ctx):
+            log(f"[{st.name}] its settings (or an upstream stage's) changed since it last ran in this folder; running it "
+                "again (its earlier results here are replaced)")
         if meta is not None:
             ctx.info[st.name] = meta
             again = [u for u in st.upstream if u in ctx.ran]  # ran with the same key: its outputs were unreadable
