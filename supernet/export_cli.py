@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="search run folder, pareto.json, arch file (JSON, JSON lines, CSV), arch JSON or compact arch string")
     p.add_argument("--space", default=None, help="space name (default: the one recorded in pareto.json)")
     p.add_argument("--all", action="store_true", help="export the whole front of pareto.json (default: the best arch per budget)")
-    p.add_argument("--top", type=int, default=None, help="export the first K archs of the front (pareto.json order: by latency)")
+    p.add_argument("--top", type=int, default=None,
+                   help="export the first K archs of the front (pareto.json order: fastest first); --select i,j picks others")
     p.add_argument("--select", default=None, help="comma-separated indices of the front to export (e.g. 0,3,7)")
     p.add_argument("--checkpoint", default=None,
                    help="supernet checkpoint: a file, an official OFA name (ofa_mbv3_d234_e346_k357_w1.2) or an asset path; "
@@ -117,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ExportError(f"--select {out_of} out of range; the front has {len(items)} archs (0..{len(items) - 1})")
         items = [items[i] for i in idx]
     if args.top is not None:
-        check_int(args.top, "--top", 1, what="the best archs by accuracy", example=3, error=ExportError)
+        check_int(args.top, "--top", 1, what="the first K archs of the front, fastest first", example=3, error=ExportError)
         items = items[: args.top]
     for it in items:
         if args.accuracy is not None:
