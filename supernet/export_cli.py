@@ -120,9 +120,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.top is not None:
         check_int(args.top, "--top", 1, what="the first K archs of the front, fastest first", example=3, error=ExportError)
         items = items[: args.top]
+    accuracy = args.accuracy
+    if accuracy is not None and 1.0 < accuracy <= 100.0:  # a percentage: stored as the fraction searches store
+        accuracy = accuracy / 100.0
     for it in items:
-        if args.accuracy is not None:
-            it.accuracy = args.accuracy
+        if accuracy is not None:
+            it.accuracy = accuracy
         if args.latency is not None:
             it.latency = args.latency
         it.accuracy_kind = args.accuracy_kind or it.accuracy_kind

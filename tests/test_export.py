@@ -359,6 +359,11 @@ def test_cli_single_arch_string(tmp_path):
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["accuracy"] == {"value": 0.75, "kind": "measured", "metric": "top1"}
     assert space.validate(meta["arch"]).r == 128
+    # a percentage is stored as the fraction every other export holds (74.5 stayed 74.5)
+    rc = main([arch.replace(f"r{R}", "r128"), "--space", "ofa_mbv3_w10", "--out", str(tmp_path / "p"), "--formats", "torch",
+               "--accuracy", "74.5"])
+    (folder,) = [p for p in (tmp_path / "p").iterdir() if p.is_dir()]
+    assert rc == 0 and json.loads((folder / "metadata.json").read_text())["accuracy"]["value"] == pytest.approx(0.745)
 
 
 def test_bad_inputs(tmp_path, capsys):
