@@ -113,6 +113,7 @@ def test_a_missing_network_file_makes_the_export_stage_unfinished(tmp_path):
     ("+remeasure.maxarchs=3", ["remeasure", "'maxarchs'", "'max_archs'"]),
     ("+seeed=1", ["'seeed'", "'seed'"]),
     ("export.formats=[foo]", ["export.formats", "'foo'", "'onnx'", "'timm'"]),
+    ("export.formats=[onnx]", ["export.formats", "MBConv spaces only", "nasbench201", "export.formats=[]"]),
 ])
 def test_unknown_settings_and_formats_are_refused_before_any_stage(tmp_path, data_dir, override, named):
     with pytest.raises(PipelineError) as e:

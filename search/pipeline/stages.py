@@ -591,6 +591,11 @@ class ExportStage(Stage):
             if bad:
                 raise PipelineError(f"export.formats={formats!r}: unknown {bad}; the allowed formats: {list(FORMATS)} "
                                     "([] for archs.json only)")
+            from hwnas.spaces.mbconv import MBConvSpace
+
+            if not isinstance(ctx.space, MBConvSpace):  # (no network to write: it was skipped without a word)
+                raise PipelineError(f"export.formats={formats!r}: hwnas writes networks of MBConv spaces only, not of "
+                                    f"{ctx.space.name}; set export.formats=[] (the final front goes to archs.json)")
         whole(ctx, "export.max_archs", 1, null=True, what="networks exported with weights")
         whole(ctx, "export.calib_images", 1, what="images for the BN re-calibration")
         flag(ctx, "export.no_calib")
