@@ -207,7 +207,7 @@ def test_export_metadata_is_strict_json(tmp_path, capsys, space):
     for f in tmp_path.glob("e/**/*.json"):
         json.loads(f.read_text(), parse_constant=no_constants)
     meta = json.loads(next(tmp_path.glob("e/*/metadata.json")).read_text())
-    assert meta["accuracy"]["value"] == 76.5 and meta["latency"]["value"] == 12.0
+    assert meta["accuracy"]["value"] == pytest.approx(0.765) and meta["latency"]["value"] == 12.0
 
 
 def test_export_many_refuses_a_nan_item_before_writing(tmp_path, space):
