@@ -202,7 +202,11 @@ def read_arch_file(path: str | os.PathLike, what: str = "arch file") -> tuple[di
         return {}, [dict(r) for r in rows]
     try:
         header, rows = _rows_of(json.loads(text), src)
-    except json.JSONDecodeError:  # JSON lines or compact arch strings, one per line
+    except json.JSONDecodeError as exc:  # JSON lines or compact arch strings, one per line
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        if first.startswith(("{", "[")) and not _parses(first):  # a JSON document, not JSON lines: a broken one
+            raise SpaceError(f"{src} is not valid JSON ({exc.msg}, line {exc.lineno}): cut short or edited? A results file "
+                             "is rewritten whole by its command: run that again (a search resumes from its checkpoint)") from None
         header, rows = {}, []
         for i, line in enumerate(text.splitlines()):
             line = line.strip()
@@ -215,6 +219,14 @@ def read_arch_file(path: str | os.PathLike, what: str = "arch file") -> tuple[di
     if not rows:
         raise SpaceError(f"{src} holds no archs (expected a list, a pareto.json 'front', JSON lines or a CSV 'arch' column)")
     return header, rows
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except json.JSONDecodeError:
+        return False
 
 
 def check_recorded_space(space: SearchSpace, spec: Any, path: str | os.PathLike, what: str, fix: str) -> None:

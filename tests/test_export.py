@@ -342,6 +342,17 @@ def test_an_edited_pareto_json_is_refused_not_exported_mislabelled(tmp_path, cap
     assert not (run / "export").exists()
 
 
+def test_a_truncated_pareto_json_says_so(tmp_path, capsys):
+    """A pareto.json cut short was read as JSON lines: 'line 9 is a int; an entry is an arch ...'."""
+    space = create_space("ofa_proxyless_w13", resolutions=[R])
+    run = _pareto(tmp_path, space, space.sample(2, 4))
+    text = json.dumps(json.loads((run / "pareto.json").read_text()), indent=1)
+    (run / "pareto.json").write_text(text[: len(text) // 2])
+    assert main([str(run), "--formats", "torch"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not valid JSON" in err[0] and "cut short" in err[0], err
+
+
 def test_the_front_of_an_unfinished_search_is_exported_with_a_note(tmp_path, capsys):
     space = create_space("ofa_proxyless_w13", resolutions=[R])
     run = _pareto(tmp_path, space, space.sample(2, 4))
