@@ -185,6 +185,10 @@ def test_stages_outputs_and_counts(small_pipeline_run):
     report = (d / "report.md").read_text()
     assert "hypervolume" in report and f"{s['target_measurements']}" in report and "capacity proxy" in report
     assert re.search(r"\(ref \(\d\.\d{1,4}, [\d.]+ ms\)\)", report), report  # not a raw float list
+    # the final front's table: a NAS-Bench-201 cell's '|' escaped (it split the row into extra cells); the proxy named
+    rows = [ln for ln in report.splitlines() if ln.startswith("| `")]
+    assert rows and all(len(re.split(r"(?<!\\)\|", ln)) == 6 for ln in rows), rows[:2]
+    assert "pixel3 -> titan_rtx_1" in report or "pixel3" in report.splitlines()[0], report.splitlines()[0]
     # the reduced space is data: a registered name and plain options
     space = json.loads((d / "04_reduce" / "space.json").read_text())
     assert space["space"] == "restricted" and space["options"]["base"] == "nasbench201"

@@ -28,7 +28,8 @@ def _target_name(summary: dict) -> str:
 
 
 def _proxy_name(summary: dict) -> str:
-    return str(summary.get("proxy") or "proxy").rsplit(".", 1)[-1]
+    """The proxy as the report names it: its device where the config names one (pixel3), else its class."""
+    return str(summary.get("proxy_device") or str(summary.get("proxy") or "proxy").rsplit(".", 1)[-1])
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -158,7 +159,7 @@ def write_report(run_dir: str | Path, summary: dict) -> Path:
     if "eval_srcc_proxy_full" in a:
         L.append(f"| SRCC over all target data (evaluation only): proxy -> adapted | {_f(a.get('eval_srcc_proxy_full'))} -> {_f(a.get('eval_srcc_adapted_full'))} |")
     L += [f"| budgets (ms) | {summary.get('budgets')} ({summary.get('budgets_from') or a.get('budgets_from')}) |",
-          f"| searched front / kept after re-measuring | {summary.get('front_size')} / {summary.get('final_size')} |",
+          f"| searched front: members re-measured / kept (Pareto-optimal on the target) | {summary.get('front_size')} / {summary.get('final_size')} |",
           f"| hypervolume on measured latency | {_f(summary.get('hv_measured'), 4)} (ref {_ref(summary.get('hv_ref'))}) |"]
     for b, r in (summary.get("best_at_budgets") or {}).items():
         best = "-" if r is None else f"{_f(r['accuracy'], 4)} at {_f(r['measured'])} ms"
@@ -190,6 +191,7 @@ def write_report(run_dir: str | Path, summary: dict) -> Path:
     L += ["", "## Final front (measured on the target)", "", "| arch | accuracy | predicted ms | measured ms |", "|---|---|---|---|"]
     for r in _rows(run_dir / "06_remeasure" / "front.csv"):
         if int(r["pareto_on_target"]):
-            L.append(f"| `{r['arch']}` | {_f(r['accuracy'], 4)} | {_f(r['predicted_latency'])} | {_f(r['measured_latency'])} |")
+            arch = str(r["arch"]).replace("|", "\\|")  # (NAS-Bench-201's cells hold '|': a table cell separator)
+            L.append(f"| `{arch}` | {_f(r['accuracy'], 4)} | {_f(r['predicted_latency'])} | {_f(r['measured_latency'])} |")
     L += [""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     return atomic_write(run_dir / "report.md", "\n".join(L))

@@ -591,11 +591,6 @@ class ExportStage(Stage):
             if bad:
                 raise PipelineError(f"export.formats={formats!r}: unknown {bad}; the allowed formats: {list(FORMATS)} "
                                     "([] for archs.json only)")
-            from hwnas.spaces.mbconv import MBConvSpace
-
-            if not isinstance(ctx.space, MBConvSpace):  # (no network to write: it was skipped without a word)
-                raise PipelineError(f"export.formats={formats!r}: hwnas writes networks of MBConv spaces only, not of "
-                                    f"{ctx.space.name}; set export.formats=[] (the final front goes to archs.json)")
         whole(ctx, "export.max_archs", 1, null=True, what="networks exported with weights")
         whole(ctx, "export.calib_images", 1, what="images for the BN re-calibration")
         flag(ctx, "export.no_calib")
@@ -604,6 +599,11 @@ class ExportStage(Stage):
                 f"export.checkpoint={ex['checkpoint']!r} without export.calib_data: subnets extracted from a supernet need "
                 "their BN statistics re-calibrated on training images, or their accuracy collapses. Set "
                 "export.calib_data=<ImageFolder>, or export.no_calib=true to export the supernet's statistics, flagged in every file")
+        from hwnas.spaces.mbconv import MBConvSpace
+
+        if formats and not isinstance(ctx.space, MBConvSpace):  # (no network to write: it was skipped without a word)
+            raise PipelineError(f"export.formats={formats!r}: hwnas writes networks of MBConv spaces only, not of "
+                                f"{ctx.space.name}; set export.formats=[] (the final front goes to archs.json)")
 
     def run(self, ctx: Context) -> dict:
         from hwnas.spaces.mbconv import MBConvSpace
@@ -684,6 +684,19 @@ class ExportStage(Stage):
 STAGES = (ProxyStage(), SamplesStage(), AdaptStage(), ReduceStage(), SearchStage(), RemeasureStage(), ExportStage())
 
 
+def _proxy_device(ctx: Context) -> str | None:
+    """The proxy's device as the latency config names it (``latency.device``, ``latency.proxy_device``), or the
+    device the built proxy knows (the Note10 tables: note10); None when neither says."""
+    node = ctx.setting("latency")
+    for k in ("device", "proxy_device"):
+        v = node.get(k) if isinstance(node, dict) else None
+        if isinstance(v, str) and v:
+            return v
+    built = ctx.__dict__.get("proxy")
+    name = getattr(built, "device_name", None)
+    return name if isinstance(name, str) and name else None
+
+
 def fitted_on_target(ctx: Context, archs: list) -> list[bool]:
     """Per arch, whether the target's value for it is a fit rather than a measurement: a dataset target
     (``target.outside=fit``) prices the archs it does not hold with a linear model of the device column."""
@@ -708,6 +721,7 @@ def summarise_run(ctx: Context) -> dict:
     return {
         "space": ctx.space.name,
         "proxy": ctx.setting("latency._target_"),
+        "proxy_device": _proxy_device(ctx),
         "target": ctx.identity,
         "k": ctx.info["02_samples"].get("k"),
         "target_measurements": ctx.ledger.count,
