@@ -190,7 +190,9 @@ def _measure(argv: list[str], capsys) -> tuple[int, str]:
 
 @pytest.mark.parametrize("argv,field", [
     (["-n", "-3"], "-n"),
-    (["-n", "0"], "-n"),
+    (["-n", "0"], "-n 0: give an integer >= 1 (e.g. -n 20)"),
+    (["-n", "1", "--backend", "foo"], "--backend 'foo' is unknown"),
+    (["-n", "1", "--clock", "cpu", "--threads", "2"], "needs --threads 1 (got --threads 2); use --clock 'wall'"),
     (["-n", "1", "--wait", "-5"], "--wait"),
     (["-n", "1", "--seed", "-1"], "--seed"),
     (["-n", "1", "--chunk", "0"], "--chunk"),

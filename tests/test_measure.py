@@ -570,3 +570,10 @@ def test_the_plans_json_given_as_samples_names_the_csv(plan_dir):
     d, space, archs = plan_dir
     with pytest.raises(DatasetError, match=r"is the plan's settings file; give the filled table, .*plan\.csv"):
         load_dataset(d / "plan.json", space=space, field="latency.target_samples")
+
+
+def test_the_scheduler_advice_names_the_port_given():
+    from hwnas.predictors.measure.remote import scheduler_command
+
+    assert scheduler_command("tcp://host:8786") == "dask scheduler"
+    assert scheduler_command("tcp://127.0.0.1:18799") == "dask scheduler --port 18799"

@@ -84,11 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """The numbers given on the command line checked before anything is read, opened or measured."""
-    for flag, v, lo in (("-n", args.n, 1), ("--plan", args.plan, 1), ("--pool", args.pool, 1), ("--seed", args.seed, 0),
-                        ("--threads", args.threads, 1), ("--processes", args.processes, 1), ("--repeats", args.repeats, 1),
-                        ("--warmup", args.warmup, 0), ("--batch-size", args.batch_size, 1), ("--chunk", args.chunk, 1)):
+    for flag, v, lo, ex in (("-n", args.n, 1, 20), ("--plan", args.plan, 1, 20), ("--pool", args.pool, 1, 2000),
+                            ("--seed", args.seed, 0, 0), ("--threads", args.threads, 1, 1), ("--processes", args.processes, 1, 3),
+                            ("--repeats", args.repeats, 1, 10), ("--warmup", args.warmup, 0, 5),
+                            ("--batch-size", args.batch_size, 1, 1), ("--chunk", args.chunk, 1, 4)):
         if v is not None and v < lo:
-            raise UsageError(f"{flag} {v}: give an integer >= {lo}")
+            raise UsageError(f"{flag} {v}: give an integer >= {lo} (e.g. {flag} {ex})")
     if not (math.isfinite(args.wait) and args.wait > 0):
         raise UsageError(f"--wait {args.wait}: give the seconds to wait for a device's worker, a number > 0 (e.g. --wait 60)")
     if args.max_spread is not None and not (math.isfinite(args.max_spread) and args.max_spread > 0):
@@ -96,6 +97,15 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, v in (("--device", args.device), ("--store", args.store), ("--out", args.out), ("--build-lut", args.build_lut)):
         if v is not None and not str(v).strip():
             raise UsageError(f"{flag} is empty; give a {'name' if flag == '--device' else 'path'}")
+
+
+def as_options(message: str) -> str:
+    """A protocol message naming its fields (``pin=[9] names CPU(s) ...``) with the options of this command instead
+    (``--pin [9] names ...``)."""
+    import re
+
+    fields = ("backend", "threads", "processes", "repeats", "warmup", "batch_size", "pin", "clock", "max_spread", "chunk")
+    return re.sub(rf"(?<![\w.-])({'|'.join(fields)})=", lambda m: f"--{m.group(1).replace('_', '-')} ", message)
 
 
 def earlier_output(path: str, space: Any, device: str) -> Any:
@@ -169,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
     from hwnas.spaces.io import arch_key, read_archs
 
     from .measurer import make_measurer, measure_into_store
-    from .protocol import MeasureConfig
+    from .protocol import MeasureConfig, MeasureConfigError
     from .store import MeasurementStore
 
     check_args(args)
@@ -207,7 +217,10 @@ def _run(args: argparse.Namespace) -> int:
         from .lut_build import LAYER_DEFAULTS
 
         proto = {**LAYER_DEFAULTS, **proto}
-    cfg = MeasureConfig(seed=args.seed, **proto)
+    try:
+        cfg = MeasureConfig(seed=args.seed, **proto)
+    except MeasureConfigError as exc:  # its fields named as this command's options (backend='foo' -> --backend 'foo')
+        raise UsageError(as_options(str(exc))) from None
     device = args.device or f"local-{'ort' if cfg.backend == 'onnxruntime' else 'torch'}-t{cfg.threads}"
     if args.scheduler and not args.device:
         raise UsageError("--scheduler needs --device NAME: the name the remote device's measurements are stored under")

@@ -81,6 +81,14 @@ def queue_window(worker_addresses: Sequence[str], config: MeasureConfig) -> int:
     return WINDOW
 
 
+def scheduler_command(scheduler: str) -> str:
+    """``dask scheduler``, with ``--port`` when the address names another port than Dask's 8786."""
+    import re
+
+    m = re.search(r":(\d+)/?$", str(scheduler))
+    return "dask scheduler" + (f" --port {m.group(1)}" if m and m.group(1) != "8786" else "")
+
+
 def worker_command(scheduler: str, resource: str) -> str:
     return f'dask worker {scheduler} --nthreads 1 --resources "{resource}=1"'
 
@@ -117,7 +125,8 @@ class DaskMeasurer:
             except Exception as exc:  # noqa: BLE001 - OSError / TimeoutError from the comm layer
                 raise MeasureError(
                     f"scheduler={self.scheduler!r}: cannot connect to the Dask scheduler ({type(exc).__name__}: {exc}); "
-                    f"start one with `dask scheduler` and the device's worker with `{worker_command(self.scheduler, self.resource)}`"
+                    f"start one with `{scheduler_command(self.scheduler)}` and the device's worker with "
+                    f"`{worker_command(self.scheduler, self.resource)}`"
                 ) from None
         return self._client
 
