@@ -356,3 +356,19 @@ def test_adapted_latency_on_a_reduced_space_is_fitted_in_the_full_one(data_dir):
     as_full = [full.validate(a.to_dict()) for a in batch]
     np.testing.assert_allclose(lat.predict(batch), lat.predict(as_full), rtol=1e-12)
     assert lat.report()["samples"][0]["arch"]  # the samples are named in the fitted space
+
+
+def test_a_k_above_the_samples_given_is_said(tmp_path, caplog):
+    """latency.k=20 on a CSV of 10 measured archs used the 10 without a word."""
+    from hwnas.predictors.adapt import AdaptedLatency
+    from hwnas.predictors.data import load_dataset
+
+    ds = load_dataset("nasbench201")
+    path = ds.subset(list(range(0, 1000, 100))).select_devices(["titanx_32"]).to_csv(tmp_path / "target.csv")
+    with caplog.at_level("INFO", logger="hwnas.adapt"):
+        m = AdaptedLatency("nasbench201", proxy="nasbench201", proxy_device="pixel3", target_samples=str(path),
+                           target_device="titanx_32", k=20)
+    assert len(m.sample_archs) == 10
+    said = [r.getMessage() for r in caplog.records if "latency.k=20" in r.getMessage()]
+    assert len(said) == 1 and "holds 10 measured archs" in said[0]
+    assert not [r for r in caplog.records if r.getMessage().startswith("adapt[")]  # the fit is said once, by the command

@@ -95,6 +95,9 @@ class AdaptedLatency(Predictor):
             check_measured(tdata, target_device, os.fspath(target_samples), "target_samples", check_units=check_units)
         yt = tdata[target_device]
         rows = np.flatnonzero(np.isfinite(yt))
+        if k is not None and len(rows) < int(k):
+            log.info(f"latency.k={k}, but {target_samples} holds {len(rows)} measured archs of {target_device}: all "
+                        f"{len(rows)} are used (measure more, or set latency.k={len(rows)} to say so)")
         if k is not None and len(rows) > int(k):
             pick = select_samples(self.work, [tdata.archs[i] for i in rows], int(k), selection, seed, proxy=self.proxy)
             rows = rows[pick]
@@ -109,8 +112,7 @@ class AdaptedLatency(Predictor):
             method_kwargs.setdefault("mirror", mirror)
             method_kwargs["exclude"] = list(method_kwargs.get("exclude") or []) + [target_device]
         self.model = adapt(self.proxy, self.sample_archs, self.sample_latencies, method=method, **method_kwargs)
-        self.target_device = self.device_name = target_device
-        log.info("latency=adapted, target %s: %s", target_device, self.model.summary())
+        self.target_device = self.device_name = target_device  # (the search logs report()'s summary: not here too)
 
     def _work_space(self, proxy: Any, mirror: str | None) -> Any:
         """The space the adaptation is fitted in: the builtin proxy dataset's own space when the search

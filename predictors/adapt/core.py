@@ -182,5 +182,5 @@ def adapt(proxy: Any, target_archs: Sequence[Any], target_latencies: Sequence[fl
     if macs is not None:
         model.info["srcc_samples_macs"] = srcc(macs, y)
     model.info["srcc_samples_fit"] = srcc(model.predict(list(target_archs)), y)
-    log.info(model.summary())
+    log.debug(model.summary())  # (the commands say it once: the search's predictor report, the pipeline's stage)
     return model

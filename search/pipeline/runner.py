@@ -254,6 +254,8 @@ def run_stages(ctx: Context, stages: Sequence[Stage], log: Callable[[str], None]
         atomic_write(ctx.run_dir / st.name / "stage.json", json.dumps(meta, indent=1, default=json_default) + "\n")
         ctx.ran.append(st.name)
         ctx.info[st.name] = meta
+        if isinstance(info.get("summary"), str):
+            log(f"[{st.name}] {info['summary']}")
         st.load(ctx, meta)
 
 

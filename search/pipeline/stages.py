@@ -301,6 +301,8 @@ class AdaptStage(Stage):
         self._set_predictor(ctx, out)
         model = ctx.get("adapted")
         out["srcc_on_samples_after"] = srcc(np.asarray(model.predict(archs), dtype=float), y)
+        if callable(getattr(model, "summary", None)):
+            out["summary"] = str(model.summary())  # (the run's log says it)
         target = ctx.target
         if hasattr(target, "data") and hasattr(target, "y"):  # a study: the target's whole column, evaluation only
             m = np.isfinite(target.y)
