@@ -38,7 +38,9 @@ def _hydra_main_factory():
                 remove_bare_run_dir(Path(out))
             raise
         ev = s.get("evaluation") or {}
-        best = ", ".join(f"@{b}: {'-' if r is None else format(r['accuracy'], '.4g')}" for b, r in s["best_at_budgets"].items())
+        from hwnas.search.nsga import _fmt_acc
+
+        best = ", ".join(f"@{b}: {'-' if r is None else _fmt_acc(r['accuracy'])}" for b, r in s["best_at_budgets"].items())
         print(f"{PROG}: {out}: {s['target_measurements']} target measurements ({s['new_measurements_this_run']} new, "
               f"{s['target_measure_s']:.1f} s), final front {s['final_size']}; best {best}"
               + (f"; HV ratio vs true front {ev['hv_ratio']:.4f}" if ev else "")
