@@ -205,13 +205,19 @@ def test_store_round_trip_and_canonical_keys(tmp_path, tiny_space):
         with pytest.raises(StoreError, match="another machine.*its own device name"):
             st.register_device("dev", cfg, dict(plat, cpus=64))
         st.register_device("dev", cfg, dict(plat, host="renamed"))  # the host name may change
-        # a name that measured nothing yet (a run stopped before its first result) is not bound to its protocol
+        # a run that stopped before its first result gives its registration back (first-wins stays atomic)
         st.register_device("new", MeasureConfig(threads=2), dict(plat, cpus=64))
+        with pytest.raises(StoreError, match="device='new'"):
+            st.register_device("new", cfg, plat)
+        assert not st.forget_if_empty("new", cfg)  # not its protocol: kept
+        assert st.forget_if_empty("new", MeasureConfig(threads=2)) and "new" not in st.devices()
         st.register_device("new", cfg, plat)
-        assert st.devices()["new"] == cfg.fingerprint()
-        st.put("new", tiny_space.name, ka, 1.0)
+        st.put("new", tiny_space.name, ka, Measurement(1.0, 0.0, 3, [1.0], True), cfg)
+        assert not st.forget_if_empty("new", cfg)  # it has a measurement
         with pytest.raises(StoreError, match="device='new'.*another device name"):
             st.register_device("new", MeasureConfig(threads=2))
+        with pytest.raises(StoreError, match="device='new'"):  # a row is never stored under another protocol
+            st.put("new", tiny_space.name, kb, Measurement(1.0, 0.0, 3, [1.0], True), MeasureConfig(threads=2))
         with pytest.raises(StoreError, match="positive and finite"):
             st.put("dev", tiny_space.name, ka, float("nan"))
 
@@ -577,3 +583,14 @@ def test_the_scheduler_advice_names_the_port_given():
 
     assert scheduler_command("tcp://host:8786") == "dask scheduler"
     assert scheduler_command("tcp://127.0.0.1:18799") == "dask scheduler --port 18799"
+
+
+def test_a_run_that_stores_nothing_gives_the_device_name_back(tmp_path, capsys):
+    """A typo in --scheduler used to bind the device name to that run's protocol for good."""
+    from hwnas.predictors.measure.cli import main
+
+    store = tmp_path / "m.sqlite"
+    with pytest.raises(SystemExit) as e:
+        main(["-n", "2", "--device", "x", "--scheduler", "tcp://127.0.0.1:1", "--wait", "1", "--store", str(store), "--no-progress"])
+    assert e.value.code == 2 and "cannot connect" in capsys.readouterr().err
+    assert "x" not in MeasurementStore(store).devices()

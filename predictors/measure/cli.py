@@ -173,12 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
 
     from hwnas.spaces import SpaceError, create_space
-    from hwnas.spaces.io import arch_key, read_archs
+    from hwnas.spaces.io import read_archs
 
-    from .measurer import make_measurer, measure_into_store
+    from .measurer import make_measurer
     from .protocol import MeasureConfig, MeasureConfigError
     from .store import MeasurementStore
 
@@ -242,8 +241,22 @@ def _run(args: argparse.Namespace) -> int:
     store = MeasurementStore(args.store)
     measurer = make_measurer(cfg, args.scheduler, args.resource, wait_s=args.wait)
     store.register_device(device, cfg, getattr(measurer, "platform", None) if not args.scheduler else None)
+    try:
+        return _measure(args, space, cfg, device, store, measurer, archs, earlier)
+    except BaseException:
+        store.forget_if_empty(device, cfg)  # a run that stored nothing (a typo in --scheduler, Ctrl-C) does not bind the name
+        raise
 
-    if layer_mode:
+
+def _measure(args: argparse.Namespace, space: Any, cfg: Any, device: str, store: Any, measurer: Any, archs: Any,
+             earlier: Any) -> int:
+    from tqdm.auto import tqdm
+
+    from hwnas.spaces.io import arch_key
+
+    from .measurer import measure_into_store
+
+    if args.build_lut is not None:
         from .lut_build import build_lut
 
         paths = build_lut(space, args.build_lut, config=cfg, store=store, device=device, progress=not args.no_progress)

@@ -243,20 +243,14 @@ class MeasurementStore:
     def register_device(self, device: str, config: Any, platform: dict | None = None) -> None:
         """Bind ``device`` to the protocol fingerprint of ``config`` (a MeasureConfig or dict), and to
         ``platform`` when given; raise :class:`StoreError` if it was measured with another protocol or
-        on another machine. Atomic: the first registration wins, every other one is checked against it -- until the
-        device has a measurement, a registration with another protocol replaces it (nothing was measured under it)."""
+        on another machine. Atomic: the first registration wins, every other one is checked against it (a run that
+        fails before its first result gives its registration back: :meth:`forget_if_empty`)."""
         fp = config.fingerprint() if hasattr(config, "fingerprint") else dict(config)
         fp_json = json.dumps(fp, sort_keys=True)
         if not self.read_only:
             self._write("INSERT OR IGNORE INTO devices(device, fingerprint, created) VALUES (?,?,?)", (device, fp_json, time.time()))
         with self._lock:
             row = self._con.execute("SELECT fingerprint FROM devices WHERE device=?", (device,)).fetchone()
-        if row is not None and json.loads(row[0]) != fp and not self.read_only:
-            # a name registered by a run that measured nothing (a typo, Ctrl-C before the first result): not bound
-            self._write("UPDATE devices SET fingerprint=?, platform=NULL, created=? WHERE device=? AND NOT EXISTS "
-                        "(SELECT 1 FROM measurements WHERE device=?)", (fp_json, time.time(), device, device))
-            with self._lock:
-                row = self._con.execute("SELECT fingerprint FROM devices WHERE device=?", (device,)).fetchone()
         if row is not None and json.loads(row[0]) != fp:
             raise StoreError(
                 f"device={device!r} in {self.path} was measured with {row[0]}; this run uses {fp_json}. "
@@ -264,6 +258,18 @@ class MeasurementStore:
             )
         if platform is not None:
             self.check_platform(device, platform)
+
+    def forget_if_empty(self, device: str, config: Any) -> bool:
+        """Give back the registration of ``device`` with ``config``'s protocol when no measurement is stored under
+        it (a run that failed or was stopped before its first result: a typo in --scheduler used to bind the name
+        to that run's protocol for good). Atomic; returns whether it was removed."""
+        if self.read_only:
+            return False
+        fp = json.dumps(config.fingerprint() if hasattr(config, "fingerprint") else dict(config), sort_keys=True)
+        before = len(self.devices())
+        self._write("DELETE FROM devices WHERE device=? AND fingerprint=? AND NOT EXISTS "
+                    "(SELECT 1 FROM measurements WHERE device=?)", (device, fp, device))
+        return len(self.devices()) < before
 
     def check_platform(self, device: str, platform: dict) -> None:
         """Record the machine ``device`` is measured on (first time) or check it is the same one."""
@@ -301,6 +307,8 @@ class MeasurementStore:
         if not (value > 0 and value < float("inf")):
             raise StoreError(f"refusing to store latency {value!r} ms for {device}/{space}: it must be positive and finite")
         proto = config.settings() if hasattr(config, "settings") else config
+        if hasattr(config, "fingerprint"):  # (re-)bound to its protocol, atomically, before the row goes in
+            self.register_device(device, config)
         self._write(
             f"INSERT OR REPLACE INTO measurements({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (device, space, key, value, spread, n, time.time(), json.dumps(proto, sort_keys=True) if proto is not None else None,
