@@ -272,7 +272,7 @@ def test_export_keeps_finished_networks_of_the_same_settings(tmp_path, ofa, monk
     out = tmp_path / "07_export" / "models"
 
     def export(key):
-        ctx = SimpleNamespace(keys={"07_export": key}, identity={}, space=ofa, get=lambda name: [11.0])
+        ctx = SimpleNamespace(keys={"07_export": key}, identity={}, space=ofa, get=lambda name: [11.0], setting=lambda path: {})
         return ExportStage()._models(ctx, final, out, ["onnx"], ex)
 
     assert export("K1") == ["models/n0", "models/n1"] and calls == [False]

@@ -309,7 +309,9 @@ class AdaptStage(Stage):
             every = [a for a, ok in zip(target.data.archs, m) if ok]
             out["eval_srcc_proxy_full"] = srcc(np.asarray(ctx.proxy.predict(every), dtype=float), target.y[m])
             out["eval_srcc_adapted_full"] = srcc(np.asarray(model.predict(every), dtype=float), target.y[m])
-        atomic_write(ctx.run_dir / self.name / "adapt.json", json.dumps(out, indent=1) + "\n")
+        # (the summary, with its fit time, goes to the log and stage.json: adapt.json holds what a rerun reproduces)
+        atomic_write(ctx.run_dir / self.name / "adapt.json",
+                     json.dumps({k: v for k, v in out.items() if k != "summary"}, indent=1) + "\n")
         return out
 
     def _set_predictor(self, ctx: Context, info: dict) -> None:
