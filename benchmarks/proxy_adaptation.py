@@ -222,7 +222,7 @@ def main(argv=None) -> int:
             for sel in selections:
                 cols = [f"{m} K={K}" for m in methods for K in ks]
                 print(f"\n{fold} fold" + (f", selection={sel}" if args.selections else "") +
-                      f" (* = mean below the proxy predictor)\n| target | fold | raw | pred | macs | ceil | " + " | ".join(cols) + " |")
+                      " (* = mean below the proxy predictor)\n| target | fold | raw | pred | macs | ceil | " + " | ".join(cols) + " |")
                 print("|" + "---|" * (6 + len(cols)))
                 res = table(st, targets, methods, ks, seeds, sel)
                 summarise(res, methods, ks, f"[{ds_name}:{proxy} {fold}{' ' + sel if args.selections else ''}]")

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|" + "---|" * (len(BUDGETS) + 4))
     print("| best known (issue 15) | " + " | ".join(f"{ISSUE_BEST[b]:.2f}" for b in BUDGETS) + " | | | | |")
     print("| best known front (HV reference) | " + " | ".join(
-        f"{100 * bA[bL <= b].max():.2f}" if (bL <= b).any() else "-" for b in BUDGETS) + f" | 1 | | | |")
+        f"{100 * bA[bL <= b].max():.2f}" if (bL <= b).any() else "-" for b in BUDGETS) + " | 1 | | | |")
     print("| OFA finder (anchor) | " + " | ".join(f"{OFA_FINDER[b]:.2f}" for b in BUDGETS)
           + f" | | 4 x 50,000 | {OFA_FINDER_S:.0f} s wall | |")
     print(f"| hwnas, mean over {len(rows)} seeds | " + " | ".join(f"{v:.2f}" for v in B.mean(0))

@@ -56,7 +56,6 @@ def _trace(module: Any, example: Any, opset: int, output_name: str, axes: dict) 
 
 def _runs_at(model: bytes, module: Any, shape: Sequence[int], atol: float) -> bool:
     """Whether the serialised ONNX ``model`` gives torch's output for an input of ``shape``."""
-    import numpy as np
     import onnxruntime as ort
     import torch
 

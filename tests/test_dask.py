@@ -87,7 +87,6 @@ def test_evaluator_config_errors():
 
 
 # ============================================================================ a remote device on loopback
-import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402

@@ -211,7 +211,6 @@ def test_checkpoint_roundtrip_legacy_names_and_refusals(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- data, BN calibration, accuracy
 from hwnas.supernet.data import (  # noqa: E402
     ImageFolderSource,
-    TensorCache,
     calibrate_and_evaluate,
     eval_transform,
     evaluate,
