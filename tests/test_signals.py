@@ -68,6 +68,20 @@ def test_a_command_with_its_own_sigterm_handler_keeps_it():
     assert issubclass(Terminated, KeyboardInterrupt)
 
 
+def _latency_that_at_call(base, n, action):
+    """A subclass of the toy latency ``base`` that runs ``action()`` at its ``n``-th predict call."""
+    class Acting(base):
+        calls = 0
+
+        def predict(self, archs):
+            Acting.calls += 1
+            if Acting.calls == n:
+                action()
+            return super().predict(archs)
+
+    return Acting
+
+
 def test_sigterm_inside_a_search_is_reported_as_sigterm(capsys):
     """The pipeline's search stage turned SIGTERM (cli_errors' Terminated) into a Ctrl-C: 'interrupted', 130."""
     from test_cli import ToyAccuracy, ToyLatency
@@ -78,15 +92,10 @@ def test_sigterm_inside_a_search_is_reported_as_sigterm(capsys):
 
     space = create_space("ofa_mbv3_w12")
 
-    class Killed(ToyLatency):
-        calls = 0
+    def sigterm():
+        raise Terminated("SIGTERM")
 
-        def predict(self, archs):
-            Killed.calls += 1
-            if Killed.calls == 3:
-                raise Terminated("SIGTERM")
-            return super().predict(archs)
-
+    Killed = _latency_that_at_call(ToyLatency, 3, sigterm)
     with pytest.raises(SystemExit) as e:
         with cli_errors("hwnas-pipeline"):
             try:
@@ -111,14 +120,8 @@ def test_a_swallowed_interrupt_still_stops_the_search_at_the_next_step(tmp_path)
 
     space = create_space("ofa_mbv3_w12")
 
-    class Swallowing(ToyLatency):
-        calls = 0
-
-        def predict(self, archs):
-            Swallowing.calls += 1
-            if Swallowing.calls == 3:
-                request_stop("SIGTERM")  # what the handler records; its exception went nowhere
-            return super().predict(archs)
+    # what the handler records; its exception went nowhere
+    Swallowing = _latency_that_at_call(ToyLatency, 3, lambda: request_stop("SIGTERM"))
 
     ck = SearchCheckpoint(tmp_path / "ck.npz")
     with pytest.raises(SearchInterrupted) as e:
