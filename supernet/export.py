@@ -132,6 +132,9 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
         elif (p / "07_export" / "archs.json").is_file():  # a pipeline run: its final front, measured on the target
             p = p / "07_export" / "archs.json"
             notes.append(f"a pipeline run folder: exporting its final front, {p} (latencies measured on its target)")
+        elif (p / "checkpoint.npz").is_file():  # a search stopped before it wrote its first front
+            raise ExportError(f"{p} holds a search that has not written its front yet (checkpoint.npz, no pareto.json): "
+                              "run the same search command again to resume it, then export")
         else:
             raise ExportError(f"{p} is a folder without pareto.json; give a search run folder, a pipeline run folder, "
                               "a pareto.json or an arch file")

@@ -351,6 +351,11 @@ def test_a_truncated_pareto_json_says_so(tmp_path, capsys):
     assert main([str(run), "--formats", "torch"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not valid JSON" in err[0] and "cut short" in err[0], err
+    # a search stopped before its first front: its checkpoint only
+    (run / "pareto.json").unlink()
+    (run / "checkpoint.npz").write_bytes(b"x")
+    assert main([str(run), "--formats", "torch"]) == 2
+    assert "has not written its front yet" in capsys.readouterr().err
 
 
 def test_the_front_of_an_unfinished_search_is_exported_with_a_note(tmp_path, capsys):
