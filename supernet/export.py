@@ -378,13 +378,17 @@ def _dumps(obj: Any, what: str) -> str:
         raise ExportError(f"{what}: {exc} (NaN or infinity); fix the value in the input") from None
 
 
-def check_opset(opset: Any) -> int:
+def check_opset(opset: Any, field: str = "opset=") -> int:
+    """``opset`` as an int torch can write; else one error naming ``field`` as written (``opset=`` in Python,
+    ``--opset `` on the command line)."""
     try:
         v = int(opset)
     except (TypeError, ValueError):
         v = -1
     if not OPSETS[0] <= v <= OPSETS[1] or str(v) != str(opset).strip():
-        raise ExportError(f"opset={opset!r} is not an ONNX opset torch can write; give one in {OPSETS[0]}..{OPSETS[1]} (default 17)")
+        shown = repr(opset) if field.endswith("=") else str(opset)
+        raise ExportError(f"{field}{shown} is not an ONNX opset torch can write; give one in {OPSETS[0]}..{OPSETS[1]} "
+                          f"(e.g. {field}17)")
     return v
 
 

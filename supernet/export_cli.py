@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ExportError(f"--formats {args.formats!r}: unknown {bad}; allowed: {','.join(FORMATS)}")
-    opset = check_opset(args.opset)
+    opset = check_opset(args.opset, "--opset ")
     check_values(args.accuracy, None, "--accuracy")
     check_values(None, args.latency, "--latency")
     check_int(args.calib_images, "--calib-images", 1, what="a number of images", example=CALIB_IMAGES, error=ExportError)

@@ -271,8 +271,8 @@ def test_malformed_export_inputs_are_one_line(tmp_path):
     cases = [
         ([str(binary), "--space", "ofa_mbv3_w12"], "is not a text file"),
         ([str(front5)], "'front' must be a list of archs (got int)"),
-        ([arch, "--space", "ofa_mbv3_w12", "--opset", "5", "--out", str(tmp_path / "o1")], "opset='5'"),
-        ([arch, "--space", "ofa_mbv3_w12", "--opset", "x", "--out", str(tmp_path / "o1")], "opset='x'"),
+        ([arch, "--space", "ofa_mbv3_w12", "--opset", "5", "--out", str(tmp_path / "o1")], "--opset 5 is not"),
+        ([arch, "--space", "ofa_mbv3_w12", "--opset", "x", "--out", str(tmp_path / "o1")], "--opset x is not"),
         ([arch, "--space", "ofa_mbv3_w12", "--out", str(tmp_path / "a_file")], "is a file; give a folder"),
         ([arch, "--space", "ofa_mbv3_w12", "--out", str(tmp_path / "a_file" / "sub")], "a part of the path is a file"),
         ([arch, "--space", "ofa_mbv3_w12", "--checkpoint", str(tmp_path / "a_file")], "--calib-data"),
