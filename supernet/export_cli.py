@@ -92,7 +92,8 @@ def _run(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ExportError(f"--formats {args.formats!r}: unknown {bad}; allowed: {','.join(FORMATS)}")
+        raise ExportError(f"--formats {args.formats} names unknown format(s) {bad}; allowed: {','.join(FORMATS)} "
+                          "(e.g. --formats onnx,timm)")
     opset = check_opset(args.opset, "--opset ")
     check_values(args.accuracy, None, "--accuracy")
     check_values(None, args.latency, "--latency")
@@ -115,7 +116,8 @@ def _run(args: argparse.Namespace) -> int:
             raise ExportError(f"--select {args.select!r} must be comma-separated integers such as 0,3,7") from None
         out_of = [i for i in idx if not 0 <= i < len(items)]
         if out_of:
-            raise ExportError(f"--select {out_of} out of range; the front has {len(items)} archs (0..{len(items) - 1})")
+            raise ExportError(f"--select {args.select}: {out_of} out of range; the front has {len(items)} archs "
+                              f"(0..{len(items) - 1}; e.g. --select 0,{len(items) - 1})")
         items = [items[i] for i in idx]
     if args.top is not None:
         check_int(args.top, "--top", 1, what="the first K archs of the front, fastest first", example=3, error=ExportError)
