@@ -59,12 +59,17 @@ def block_name(k: int, e: int) -> str:
     return f"k{k}e{e}"
 
 
+class ProfileSpaceError(UserError, TypeError):
+    """The space has no blocks and depths to profile (a cell space, a space of your own)."""
+
+
 def _check_space(space: Any) -> None:
     for attr in ("block_choices", "depth_choices", "all_block_choices", "slot_unit", "slot_pos", "n_slots"):
         if not hasattr(space, attr):
-            raise TypeError(
-                f"space: {type(space).__name__} has no {attr!r}; profiling needs an elastic MBConv space "
-                "(e.g. create_space('ofa_mbv3_w12'))"
+            raise ProfileSpaceError(
+                f"space={getattr(space, 'name', type(space).__name__)}: hwnas-profile profiles the blocks and depths of "
+                "MBConv spaces (OFA-MobileNetV3, ProxylessNAS); this one has none to profile "
+                f"({type(space).__name__} has no {attr!r}); e.g. space=ofa_mbv3_w12"
             )
 
 

@@ -219,6 +219,13 @@ def test_clear_errors(prof, space):
         profile_space(space, latency={"syn": object()})
     with pytest.raises(ValueError, match="nothing to profile"):
         profile_space(space)
+    # a space without blocks to profile: a user error (one line in hwnas-profile; it was a 51-line TypeError traceback)
+    from hwnas.spaces import create_space
+    from hwnas.spaces.errors import UserError
+
+    nb = create_space("nasbench201")
+    with pytest.raises(UserError, match=r"space=nasbench201: hwnas-profile profiles the blocks .*e.g. space=ofa_mbv3_w12"):
+        profile_space(nb, latency={"syn": SynLatency(space)})
 
 
 def test_cli_run_profile_writes_everything_and_search_loads_it(tmp_path, monkeypatch):
