@@ -116,6 +116,15 @@ def _priced_resolutions(priced: list, without: str = "keep") -> list | None:
     return both or list(priced)  # none priced: the space's own check names the mismatch
 
 
+def _own_resolutions(default: list) -> list | None:
+    """``space.resolutions`` of ``hwnas-train``: the chosen space preset's own (a reduced space's, which training
+    must keep: any resolution can be trained), else ``default``."""
+    own = _space_preset_resolutions()
+    if own == _NO_RESOLUTIONS:
+        return None
+    return list(own) if own else list(default)
+
+
 def _register() -> None:
     try:
         from omegaconf import OmegaConf
@@ -125,6 +134,7 @@ def _register() -> None:
     OmegaConf.register_new_resolver("hwnas_user_presets", _user_presets, replace=True)
     OmegaConf.register_new_resolver("hwnas_adapted_budgets", _adapted_budgets, replace=True)
     OmegaConf.register_new_resolver("hwnas_priced_resolutions", _priced_resolutions, replace=True)
+    OmegaConf.register_new_resolver("hwnas_own_resolutions", _own_resolutions, replace=True)
 
 
 _register()

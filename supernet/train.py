@@ -176,22 +176,38 @@ class PhaseSampler:
             self.depths.append(allowed or [min(max(phase.depth), max(ch))])
         self.n = sum(net.layout)
         self.resolutions = list(space.resolutions)
+        # per slot, the blocks of the phase its unit allows (a space reduced by hwnas-profile drops blocks per unit);
+        # where it allows none of them, the largest it allows that is not above the phase's
+        product = [(k, e) for k in phase.kernel for e in phase.expand]
+        self.blocks = []
+        for s in range(self.n):
+            allowed = [tuple(b) for b in space.block_choices[int(space.slot_unit[s])]]
+            fit = [b for b in product if b in allowed]
+            if not fit:
+                below = [b for b in allowed if b[0] <= max(phase.kernel) and b[1] <= max(phase.expand)]
+                fit = [max(below or allowed)]
+            self.blocks.append(fit)
+        self.every_block = all(fit == product for fit in self.blocks)  # (a full space: the sampling it always had)
 
     def _arch(self, ks, es, ds, r) -> MBConvArch:
         return self.net.arch_type(ks=tuple(ks), e=tuple(es), d=tuple(ds), r=int(r))
 
+    def _blocks(self, pick: Any) -> tuple[list, list]:
+        chosen = [pick(fit) for fit in self.blocks]
+        return [k for k, _ in chosen], [e for _, e in chosen]
+
     def largest(self, r: int) -> MBConvArch:
-        p = self.phase
-        return self._arch([max(p.kernel)] * self.n, [max(p.expand)] * self.n, [max(d) for d in self.depths], r)
+        return self._arch(*self._blocks(max), [max(d) for d in self.depths], r)
 
     def smallest(self, r: int) -> MBConvArch:
-        p = self.phase
-        return self._arch([min(p.kernel)] * self.n, [min(p.expand)] * self.n, [min(d) for d in self.depths], r)
+        return self._arch(*self._blocks(min), [min(d) for d in self.depths], r)
 
     def random(self, r: int) -> MBConvArch:
         p, c = self.phase, self.rng.choice
-        return self._arch([c(p.kernel) for _ in range(self.n)], [c(p.expand) for _ in range(self.n)],
-                          [c(d) for d in self.depths], r)
+        if self.every_block:
+            return self._arch([c(p.kernel) for _ in range(self.n)], [c(p.expand) for _ in range(self.n)],
+                              [c(d) for d in self.depths], r)
+        return self._arch(*self._blocks(c), [c(d) for d in self.depths], r)
 
     def resolution(self) -> int:
         return self.rng.choice(self.resolutions)

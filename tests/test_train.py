@@ -233,3 +233,37 @@ def test_a_full_disk_while_saving_is_an_os_error_not_torchs_runtime_error(tmp_pa
         save_checkpoint(tmp_path / "last.pth", {"x": 1})
     assert e.value.errno == errno.ENOSPC and "no space left on the device" in os_error_message(e.value)
     assert not list(tmp_path.iterdir())  # the temporary file is gone, nothing half-written
+
+
+def test_a_reduced_space_is_trained_as_reduced(tmp_path):
+    """hwnas-train space=reduced_<device>: the preset's resolutions were replaced by the training default, and the
+    sampler drew blocks the reduction had dropped (21 of 22 subnets outside the space)."""
+    import json
+    import random
+    import subprocess
+    import sys
+
+    from hwnas.spaces import create_space
+    from hwnas.supernet.elastic import ElasticMBConvNet
+    from hwnas.supernet.train import PhaseSampler, parse_phases
+
+    blocks = [["k3e3", "k5e4"], ["k5e4", "k7e6"], ["k3e3"], ["k5e6", "k7e6"], ["k3e4"], ["k3e3", "k5e6"]]
+    sp = create_space("ofa_proxyless_w13", width_mult=0.25, resolutions=[32, 40], block_choices=blocks)
+    net = ElasticMBConvNet(sp, n_classes=3)
+    phases = parse_phases(_cfg(tmp_path)["train"]["phases"], net)
+    for ph in phases:
+        smp = PhaseSampler(net, ph, random.Random(0))
+        for arch in [smp.largest(32), smp.smallest(40)] + [smp.random(32) for _ in range(20)]:
+            sp.validate(arch)  # every subnet trained is one of the space's
+    assert PhaseSampler(net, phases[0], random.Random(0)).largest(32).ks[0] == 5  # k7 dropped in unit 0: its largest is k5
+    # the preset's own resolutions through the command
+    (tmp_path / "conf" / "space").mkdir(parents=True)
+    (tmp_path / "conf" / "space" / "reduced_t.yaml").write_text(
+        "_target_: hwnas.spaces.create_space\nname: ofa_proxyless_w13\nwidth_mult: 0.25\nresolutions: [36, 44]\n")
+    env = {**__import__("os").environ, "HWNAS_CONFIG_DIR": str(tmp_path / "conf")}
+    p = subprocess.run([sys.executable, "-m", "hwnas.supernet.train", "space=reduced_t", "stop_after=1", "data.kind=synthetic",
+                        "data.n=8", "data.num_workers=0", "threads=1", "train.batch_size=4", f"out={tmp_path / 'run'}"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    state = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert json.loads(state["settings"])["space"]["options"]["resolutions"] == [36, 44]
