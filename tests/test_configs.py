@@ -153,3 +153,23 @@ def test_a_primary_config_of_your_own_builds_on_search_base(tmp_path, data_dir):
     assert p.returncode == 0, p.stderr[-2000:]
     (run,) = (tmp_path / "outputs" / "search").glob("ofa_mbv3_w10-*")
     assert json.loads((run / "pareto.json").read_text())["space"]["space"] == "ofa_mbv3_w10"
+
+
+def test_a_dataset_latency_of_a_reduced_space_is_fitted_on_the_whole_column(data_dir):
+    """latency=dataset_linear on space=reduced_<device>: it was fitted on the 3 of 5,000 rows inside the reduced
+    space (one arch came out best at every budget); it is fitted in the dataset's own space now."""
+    import numpy as np
+
+    from hwnas.predictors.data import load_dataset
+    from hwnas.predictors.data.datasets import DatasetLatency, fit_linear
+    from hwnas.spaces import create_space
+
+    full = load_dataset("ofa_mbv3", mirror=str(data_dir)).space
+    reduced = create_space(full.name, resolutions=[192, 224], depth_choices=[[3, 4]] * 5,
+                           block_choices=[["k3e4", "k3e6", "k5e6"]] * 5)
+    archs = reduced.sample(50, 0)
+    want = fit_linear(full, "ofa_mbv3", "titan_xp_1", mirror=str(data_dir)).predict(archs)
+    np.testing.assert_allclose(fit_linear(reduced, "ofa_mbv3", "titan_xp_1", mirror=str(data_dir)).predict(archs), want)
+    target = DatasetLatency(reduced, "ofa_mbv3", "titan_xp_1", outside="fit", mirror=str(data_dir))
+    held = target.holds(archs)
+    np.testing.assert_allclose(target.predict(archs)[~held], want[~held])

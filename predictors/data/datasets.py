@@ -360,23 +360,35 @@ class DatasetLatency(Predictor):
         if outside not in ("error", "fit"):
             raise DatasetError(f"outside={outside!r} is unknown; allowed values: ['error', 'fit']")
         self.space = _space(space)
-        base = getattr(self.space, "base", self.space)
+        base = fit_space(self.space, dataset, mirror)  # (a reduced space: the dataset's own, whose rows it holds)
         self.data = load_dataset(dataset, space=base, mirror=mirror)
         self.y = self.data.latency(device)
         self.dataset, self.device, self.outside = str(dataset), str(device), outside
         self._fit = None
-        if outside == "fit":
-            ok = np.isfinite(self.y)
-            self._fit = fit_linear(base, self.data.subset(ok), device)
+        if outside == "fit":  # fitted on every row of the column (a reduced space holds only a few of them)
+            self._fit = fit_linear(base, dataset, device, mirror=mirror)
 
     @property
     def identity(self) -> dict:
         return {"dataset": self.dataset, "device": self.device, "outside": self.outside}
 
     def candidates(self, n: int, rng: Any = None) -> list:
-        ok = np.flatnonzero(np.isfinite(self.y))
+        ok = np.flatnonzero(np.isfinite(self.y) & self._in_space())
         pick = np.sort(np.random.default_rng(rng).choice(ok, min(int(n), len(ok)), replace=False))
         return [self.data.archs[i] for i in pick]
+
+    def _in_space(self) -> np.ndarray:
+        """Which rows are archs of the space (all of them, unless the space is a reduced one of the dataset's)."""
+        if self.data.space is self.space or getattr(self.space, "base", None) is self.data.space:
+            return np.ones(len(self.data), dtype=bool)
+        ok = np.zeros(len(self.data), dtype=bool)
+        for i, a in enumerate(self.data.archs):
+            try:
+                self.space.validate(a)
+                ok[i] = True
+            except Exception:  # noqa: BLE001 - SpaceError: a choice the reduced space dropped
+                pass
+        return ok
 
     def holds(self, archs: Sequence[Any]) -> np.ndarray:
         """Which of ``archs`` are rows of the dataset with a value: the others' latencies (``outside="fit"``) are the
@@ -406,12 +418,30 @@ class DatasetLatency(Predictor):
         return out
 
 
+def fit_space(space: Any, dataset: Any, mirror: str | None = None) -> Any:
+    """The space a predictor of ``space`` is fitted in on ``dataset``: the builtin dataset's own space when
+    ``space`` is a restriction of it (a space reduced by ``hwnas-profile``), so that the rows with the dropped
+    choices still inform the fit (only a handful of the dataset's archs lie inside a reduced space); a
+    restricted categorical space's base; else ``space``. Its predictions take archs of ``space``."""
+    sp = _space(space)
+    base = getattr(sp, "base", None)
+    if base is not None:
+        return base
+    if isinstance(dataset, str) and dataset in BUILTIN and hasattr(sp, "is_restriction_of"):
+        full = load_dataset(dataset, mirror=mirror).space
+        if sp.to_config() != full.to_config() and sp.is_restriction_of(full):
+            log.info("%s: fitted in space %s (the search space %s is a restriction of it)", dataset, full.name, sp.name)
+            return full
+    return sp
+
+
 def fit_linear(space: Any, dataset: Any = "nasbench201", device: str = "pixel3", mirror: str | None = None):
     """A :class:`~hwnas.predictors.linear.LinearLatencyPredictor` fitted on every measured row of one
-    device column of a dataset (name, path or :class:`LatencyDataset`): a proxy device's predictor."""
+    device column of a dataset (name, path or :class:`LatencyDataset`): a proxy device's predictor (fitted in
+    :func:`fit_space`)."""
     from hwnas.predictors.linear import LinearLatencyPredictor
 
-    sp = getattr(_space(space), "base", _space(space))
+    sp = fit_space(space, dataset, mirror)
     ds = dataset if isinstance(dataset, LatencyDataset) else load_dataset(dataset, space=sp, mirror=mirror)
     y = ds.latency(device)
     ok = np.isfinite(y)
