@@ -372,3 +372,24 @@ def test_a_k_above_the_samples_given_is_said(tmp_path, caplog):
     said = [r.getMessage() for r in caplog.records if "latency.k=20" in r.getMessage()]
     assert len(said) == 1 and "holds 10 measured archs" in said[0]
     assert not [r for r in caplog.records if r.getMessage().startswith("adapt[")]  # the fit is said once, by the command
+
+
+def test_a_reduced_space_keeps_the_device_library(data_dir):
+    """The pipeline on space=reduced_<device> adapted with the one-proxy prior: the library was looked up by the
+    space's name. It is the builtin dataset's library, refitted in the reduced space's features."""
+    from hwnas.predictors.adapt.library import resolve_library
+    from hwnas.predictors.data import load_dataset
+    from hwnas.predictors.linear import latency_features
+    from hwnas.spaces import create_space
+
+    full = load_dataset("ofa_mbv3", mirror=str(data_dir)).space
+    reduced = create_space(full.name, resolutions=[192, 224], depth_choices=[[3, 4]] * 5,
+                           block_choices=[["k3e4", "k3e6", "k5e6"]] * 5)
+    whole = resolve_library("auto", full, mirror=str(data_dir))
+    lib = resolve_library("auto", reduced, exclude=["titan_rtx_1"], mirror=str(data_dir))
+    assert lib is not None and set(lib.devices) == set(whole.devices) - {"titan_rtx_1"} and len(lib) >= 5
+    archs = reduced.sample(200, 1)
+    Xf, Xr = latency_features(full, archs), latency_features(reduced, archs)
+    for d in lib.devices:
+        (wf, bf), (wr, br) = whole.models[d], lib.models[d]
+        np.testing.assert_allclose(Xr @ wr + br, Xf @ wf + bf, rtol=1e-3, atol=1e-3 * float(np.mean(Xf @ wf + bf)))

@@ -88,6 +88,18 @@ class DeviceLibrary:
             models[str(name)] = (np.asarray(p.weights, dtype=float), float(p.bias))
         return cls(space, models, "predictors")
 
+    def projected(self, space: Any, n: int = 2000, seed: int = 0) -> "DeviceLibrary":
+        """The library in the features of ``space``, a restriction of its own (a space reduced by ``hwnas-profile``):
+        each device's model refitted on what it predicts for ``n`` random archs of ``space`` (exact where the
+        restricted features can express it). Fitted on the reduced space's own rows instead, a library keeps a
+        handful of rows per device, below ``min_rows``: none."""
+        from ..linear import latency_features
+
+        archs = space.sample(n, np.random.default_rng(seed))
+        Xf, Xr = latency_features(self.space, archs), latency_features(space, archs)
+        models = {d: ridge_fit(Xr, Xf @ w + b) for d, (w, b) in self.models.items()}
+        return DeviceLibrary(space, {d: (w, float(b)) for d, (w, b) in models.items()}, self.source)
+
     def without(self, names: Sequence[str]) -> "DeviceLibrary":
         drop = set(names)
         return DeviceLibrary(self.space, {k: v for k, v in self.models.items() if k not in drop}, self.source)
@@ -114,6 +126,33 @@ class DeviceLibrary:
 
 
 _CACHE: dict[tuple, DeviceLibrary] = {}
+
+
+def _builtin_space(name: str, mirror: str | None) -> Any:
+    from ..data import load_dataset
+
+    return load_dataset(name, mirror=mirror, field="library").space
+
+
+def _builtin_restricted_by(space: Any, mirror: str | None) -> str | None:
+    """The builtin dataset whose space ``space`` is a restriction of (a space reduced by ``hwnas-profile``), if
+    it can be read."""
+    from ..data import BUILTIN
+
+    if not hasattr(space, "is_restriction_of"):
+        return None
+    from hwnas.spaces import create_space
+
+    for key, (_, name) in BUILTIN.items():
+        if type(create_space(name)) is not type(space):  # (cheap: the dataset is read only for its own family)
+            continue
+        try:
+            full = _builtin_space(key, mirror)
+        except Exception:  # noqa: BLE001 - not readable here: not this one
+            continue
+        if space.is_restriction_of(full):
+            return key
+    return None
 
 
 def _builtin_for(space: Any) -> str | None:
@@ -148,9 +187,11 @@ def resolve_library(library: Any, space: Any, exclude: Sequence[str] = (), mirro
         if auto:
             library = _builtin_for(space)
             if library is None:
-                log.info("device library: none for space %r (no builtin dataset); the one-proxy prior is used",
-                         getattr(space, "name", space))
-                return None
+                projected = _projected(space, exclude, mirror)  # a space reduced by hwnas-profile, of another name
+                if projected is None:
+                    log.info("device library: none for space %r (no builtin dataset); the one-proxy prior is used",
+                             getattr(space, "name", space))
+                return projected
         key = (os.fspath(library) if not hasattr(library, "archs") else id(library), _space_key(space), mirror)
         lib = _CACHE.get(key) if not hasattr(library, "archs") else None
         if lib is None:
@@ -164,11 +205,32 @@ def resolve_library(library: Any, space: Any, exclude: Sequence[str] = (), mirro
             except Exception as exc:  # noqa: BLE001 - no data, no library
                 if not auto:
                     raise
+                projected = _projected(space, exclude, mirror)  # no row in a space reduced by hwnas-profile
+                if projected is not None:
+                    return projected
                 log.info("device library: %s unavailable (%s); the one-proxy prior is used", library,
                          str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 return None
             lib = DeviceLibrary.from_dataset(ds, space=space)
             if not hasattr(library, "archs"):
                 _CACHE[key] = lib
+        if auto and not len(lib):  # a reduced space holds too few of the dataset's rows for any device
+            return _projected(space, exclude, mirror)
     lib = lib.without(exclude)
+    return lib if len(lib) else None
+
+
+def _projected(space: Any, exclude: Sequence[str], mirror: str | None) -> DeviceLibrary | None:
+    """The library of the builtin dataset whose space ``space`` restricts, in ``space``'s features
+    (:meth:`DeviceLibrary.projected`); None when there is none."""
+    full = _builtin_restricted_by(space, mirror)
+    if full is None:
+        return None
+    key = ("projected", full, _space_key(space), mirror)
+    if key not in _CACHE:
+        whole = resolve_library(full, _builtin_space(full, mirror), mirror=mirror)
+        if whole is None:
+            return None
+        _CACHE[key] = whole.projected(space)
+    lib = _CACHE[key].without(exclude)
     return lib if len(lib) else None
