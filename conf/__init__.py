@@ -99,6 +99,7 @@ def _space_preset_resolutions() -> list | str | None:
 
 
 _PRESET_RESOLUTIONS: dict[tuple, list | str | None] = {}
+_SAID: set = set()
 
 
 def _priced_resolutions(priced: list, without: str = "keep") -> list | None:
@@ -113,7 +114,17 @@ def _priced_resolutions(priced: list, without: str = "keep") -> list | None:
     if not own:
         return list(priced)
     both = [r for r in own if r in priced]
-    return both or list(priced)  # none priced: the space's own check names the mismatch
+    if not both:  # none priced: the preset's own, which the latency's tables refuse in one line naming them
+        return list(own)
+    dropped = [r for r in own if r not in priced]
+    if dropped and (tuple(own), tuple(priced)) not in _SAID:
+        _SAID.add((tuple(own), tuple(priced)))  # (resolvers run at every access of the config: said once)
+        import logging
+
+        logging.getLogger("hwnas.conf").warning(
+            f"space.resolutions: the space preset's {list(own)} searched at {both}: the latency preset's data prices "
+            f"no {dropped}")
+    return both
 
 
 def _own_resolutions(default: list) -> list | None:

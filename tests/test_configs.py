@@ -132,6 +132,21 @@ def test_a_reduced_space_keeps_its_resolutions_under_a_latency_preset(tmp_path, 
     data = json.loads((run / "pareto.json").read_text())
     assert data["space"]["options"]["resolutions"] == [156, 224]
     assert {r["arch"]["r"] for r in data["front"]} <= {156, 224}
+    # a preset none of whose resolutions the latency prices: one line (the search ran at the latency's own), and
+    # one priced of three: searched there, with a warning naming what was dropped
+    conf = tmp_path / "conf" / "space"
+    conf.mkdir(parents=True)
+    for name, res in (("handres", "[128, 144]"), ("part", "[128, 144, 224]")):
+        (conf / f"{name}.yaml").write_text(f"_target_: hwnas.spaces.create_space\nname: ofa_mbv3_w12\nresolutions: {res}\n")
+    env = cli_env({"HWNAS_CONFIG_DIR": str(tmp_path / "conf")})
+    base = [sys.executable, "-m", "hwnas.search", "search.pop_size=16", "search.n_gen=2", "search.refine.passes=1",
+            "search.plot=false", "search.budgets=[]", f"assets.mirror={data_dir}"]
+    p = subprocess.run(base + ["space=handres", f"hydra.run.dir={tmp_path / 'h'}"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 2 and "for resolutions [128, 144]" in p.stderr, p.stderr[-2000:]
+    p = subprocess.run(base + ["space=part", f"hydra.run.dir={tmp_path / 'p'}"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0 and "searched at [224]: the latency preset's data prices no [128, 144]" in p.stdout + p.stderr
 
 
 def test_a_primary_config_of_your_own_builds_on_search_base(tmp_path, data_dir):
