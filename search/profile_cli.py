@@ -231,6 +231,12 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
                               f"({[d for d, n in names.items() if n == taken[0]]}); put {{device}} in it")
         writable_dir(conf_dir / "space", "reduce.conf_dir")  # before the profiling, not after it
         remove_stale_temps(conf_dir / "space")  # the half-written space configs of killed runs
+        preset = _space_choice()
+        if preset is not None and preset in names.values():
+            raise ConfigError(
+                f"space={preset} is the preset this profile would write ({conf_dir / 'space' / (preset + '.yaml')}): profiling "
+                f"it again would reduce it further and replace the record of the first reduction; write the new one under "
+                f"another name, e.g. reduce.name={preset}_2")
     settings = profile_settings(cfg, device, accuracy_name)
     check_output_dir(out, settings, bool(cfg.get("overwrite", False)))
     pc = cfg.get("profile") or {}
@@ -259,6 +265,10 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
                     f"{prof.n_evaluations} evaluations per metric")
             text = space_yaml(red, note)
             atomic_write(out / f"{name}.yaml", text)
+            before = conf_dir / "space" / f"{name}.yaml"
+            if before.is_file() and _body(before.read_text()) != _body(text):
+                log(f"note: {before} held another reduction (of other settings, or of another device named {dev!r}); "
+                    f"it is replaced (reduce.name=<another name> keeps both)")
             path = write_space_config(red, conf_dir, extra_comment=note)
             entry.update(dropped=red.dropped, dropped_all_units=red.dropped_global, max_depths=red.max_depths,
                          exchange_rate=red.exchange_rate, config=str(path), space=name,
@@ -285,6 +295,17 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
     summary["settings"] = settings
     atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _space_choice() -> str | None:
+    """The ``space`` preset of this hydra run (None outside one)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get("space")
+    except Exception:  # noqa: BLE001 - not inside a hydra run
+        return None
+    return str(choice) if choice else None
 
 
 def _body(yaml_text: str) -> str:

@@ -291,6 +291,30 @@ def test_cli_run_profile_writes_everything_and_search_loads_it(tmp_path, monkeyp
     assert space.name == "reduced_syn"
 
 
+def test_profiling_a_preset_into_itself_is_refused_and_a_replaced_preset_is_said(tmp_path, data_dir):
+    """hwnas-profile space=reduced_note10 wrote reduced_note10 again: each rerun reduced it further and lost the record
+    of the first reduction. A preset replaced by another reduction was replaced without a word."""
+    import subprocess
+    import sys
+
+    from _pipeline_helpers import cli_env
+
+    env = cli_env({"HWNAS_CONFIG_DIR": str(tmp_path / "conf")})
+    base = [sys.executable, "-m", "hwnas.search.profile_cli", "profile.n_samples=16", "plots=false", f"assets.mirror={data_dir}"]
+    p = subprocess.run(base + [f"output_dir={tmp_path / 'a'}"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    preset = tmp_path / "conf" / "space" / "reduced_note10.yaml"
+    first = preset.read_text()
+    p = subprocess.run(base + ["space=reduced_note10", f"output_dir={tmp_path / 'b'}"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "is the preset this profile would write" in p.stderr and "reduce.name=reduced_note10_2" in p.stderr
+    assert preset.read_text() == first
+    p = subprocess.run(base + ["reduce.rules.front_tol=0.2", f"output_dir={tmp_path / 'c'}"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and preset.read_text() != first
+    assert "held another reduction" in p.stdout + p.stderr
+
+
 class SlotLatency:
     """GPU-like: block costs differ by position. k3e3 costs 0.5 at even slots and 1.5 at odd ones (1.0 on
     average, like k3e6), every other choice costs 1.0 + 0.1 x rank; resolution costs nothing."""
