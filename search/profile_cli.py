@@ -195,7 +195,7 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
     ``space``, ``accuracy``, ``latency`` predictor configs, optional extra ``devices``).
     Returns the summary dict (also written to ``summary.json``)."""
     from hwnas.conf import user_config_dir
-    from hwnas.predictors.base import as_predictor
+    from hwnas.predictors.base import as_predictor, provenance
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     cfg = plain(cfg)
@@ -240,6 +240,11 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
     settings = profile_settings(cfg, device, accuracy_name)
     check_output_dir(out, settings, bool(cfg.get("overwrite", False)))
     pc = cfg.get("profile") or {}
+    measured = [d for d, p in latency.items() if provenance(p)["kind"] == "measured"]
+    if measured:  # each evaluation times a network (seconds): the profile's tens of thousands take days
+        log(f"note: the latency of {measured[0]!r} is measured arch by arch (seconds each); a profile evaluates profile.n_samples="
+            f"{int(pc.get('n_samples', 256))} archs for each of hundreds of cells -- days on a device. Profile a "
+            "predictor of it instead: latency=adapted with a few measurements as latency.target_samples")
     t0 = time.perf_counter()
     prof = profile_space(
         space, latency=latency, accuracy=accuracy, n_samples=int(pc.get("n_samples", 256)),
