@@ -364,7 +364,12 @@ class LookupTableLatency(Predictor):
         seconds or microseconds among tables in ms, or another device's) is one error naming its file."""
         if len(self._res) < 2:
             return
-        slots = np.nanmedian(self._cost.reshape(len(self._res), self.space.n_slots, -1), axis=2).sum(axis=1)
+        import warnings
+
+        with warnings.catch_warnings():  # a slot no arch of a reduced space uses (a capped depth) is all NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_slot = np.nanmedian(self._cost.reshape(len(self._res), self.space.n_slots, -1), axis=2)
+        slots = np.nan_to_num(per_slot, nan=0.0).sum(axis=1)  # (such slots cost nothing: the check still runs)
         per_px = (self.fixed_costs + slots) / self._res.astype(float) ** 2
         if not np.all(np.isfinite(per_px) & (per_px > 0)):
             return

@@ -292,7 +292,10 @@ class AdditiveFront:
 
     def __init__(self, profile: SpaceProfile, device: str, accuracy: str, n_prices: int = 61,
                  resolution: bool = True) -> None:
-        with np.errstate(all="ignore"):
+        import warnings
+
+        with np.errstate(all="ignore"), warnings.catch_warnings():  # (cells no sample reached: NaN, said nowhere else)
+            warnings.simplefilter("ignore", RuntimeWarning)
             self.ML = np.nanmean(profile.paired_deltas(device), axis=3)  # (nu, ml, P)
             self.MA = np.nanmean(profile.paired_deltas(accuracy), axis=3)
         space = profile.space

@@ -279,6 +279,18 @@ def test_proxyless_table_prices_the_whole_space(proxyless, data_dir):
     assert np.isfinite(y).all() and 30 < y.min() and y.max() < 200
 
 
+def test_a_reduced_space_loads_its_tables_without_numpy_warnings(data_dir):
+    """A capped depth leaves slots no arch uses: 'All-NaN slice' reached the user on every search of
+    reduced_note10, and the mixed-unit check was skipped for such spaces."""
+    import warnings
+
+    sp = create_space("ofa_mbv3_w12", resolutions=[160, 224], depth_choices=[[2, 3]] + [[2, 3, 4]] * 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lut = LookupTableLatency(sp, "ofa/note10/{r}_lookup_table.yaml", mirror=data_dir)
+    assert (lut.predict(sp.sample(3, 0)) > 0).all()
+
+
 def test_tables_name_their_device(note10, proxyless):
     """What a search run records of its latency (pareto.json ``values``): the official tables' device."""
     assert (note10.device_name, proxyless.device_name) == ("note10", "mobile")
