@@ -39,7 +39,7 @@ import numpy as np
 from hwnas.predictors.base import provenance
 from hwnas.predictors.threads import limit_threads
 from hwnas.spaces import SearchSpace
-from hwnas.spaces.errors import Terminated, is_plugin
+from hwnas.spaces.errors import Terminated, UserError, is_plugin
 
 from .operators import ArchCrossover, ArchMutation, ArchSampling, row_keys
 from .problem import ArchProblem, as_budgets, best_under, hypervolume
@@ -384,6 +384,24 @@ def run_search(
         return _Search(space, accuracy, latency, s, log, callback, checkpoint).run()
 
 
+class SpaceDecodeError(UserError, ValueError):
+    """A space of your own decodes genomes into archs its own ``validate`` refuses."""
+
+
+def check_decode(space: SearchSpace, n: int = 8) -> None:
+    """A space of your own: ``decode`` of a few random genomes gives archs its ``validate`` takes (an arch of
+    another shape went through the search into the results, silently)."""
+    genomes = space.sample_genomes(n, np.random.default_rng(0))
+    for g, arch in zip(genomes, space.decode(genomes)):
+        try:
+            space.validate(arch)
+        except Exception as exc:  # noqa: BLE001 - whatever validate raises: the plug-in's two methods disagree
+            raise SpaceDecodeError(
+                f"space ({type(space).__module__}.{type(space).__name__}): decode() of genome {g.tolist()} gives {arch!r}, "
+                f"which its validate() refuses ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "decode must give archs of the space") from None
+
+
 def _parse_ref(hv_ref: Any) -> tuple[float | None, float | None]:
     """``hv_ref`` -> (accuracy, latency); a wrong form is one ConfigError (a ValueError) naming
     search.hv_ref and the accepted forms (:func:`hwnas.search.settings.parse_hv_ref`)."""
@@ -413,6 +431,8 @@ class _Search:
     def __init__(self, space: SearchSpace, accuracy: Any, latency: Any, s: dict, log: Any, callback: Any,
                  checkpoint: Any) -> None:
         self.space, self.s = space, s
+        if is_plugin(space):
+            check_decode(space)
         self.values = {"accuracy": provenance(accuracy), "latency": provenance(latency)}
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.callback, self.checkpoint = callback, checkpoint

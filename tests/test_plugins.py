@@ -129,6 +129,20 @@ def _search(tmp_path: Path, acc: str, *extra: str) -> subprocess.CompletedProces
                  "latency._target_=plug.preds.Lat", *SMALL, *extra], tmp_path)
 
 
+def test_a_space_whose_decode_its_validate_refuses_is_one_line(tmp_path):
+    """A space of one's own whose decode() gave 3-layer archs in a 4-layer space: the search ran, and pareto.json
+    held archs of another shape."""
+    code = re.search(r"```python\n(# myspace\.py\n.*?)```", README.read_text(), re.S).group(1)
+    (tmp_path / "myspace.py").write_text(code + "\n\nclass BadDecode(WidthSpace):\n    def decode(self, genomes):\n"
+                                          "        return [WidthArch(w[:-1]) for w in super().decode(genomes)]\n")
+    p = _run(["-m", "hwnas.search", "space=custom", "space._target_=myspace.BadDecode", "accuracy=custom",
+              "accuracy._target_=myspace.WidthAccuracy", "latency=custom", "latency._target_=myspace.WidthLatency",
+              "search.budgets=[4,5]", "search.pop_size=16", "search.n_gen=3"], tmp_path)
+    err = [ln for ln in p.stderr.splitlines() if ln.startswith("hwnas-search: error:")]
+    assert p.returncode == 2 and len(err) == 1 and "decode() of genome" in err[0] and "validate() refuses" in err[0], p.stderr[-2000:]
+    assert not list((tmp_path / "outputs").glob("search/*/pareto.json"))
+
+
 def test_editing_a_plugin_is_another_search(tmp_path):
     """The run folder's key follows the plug-in's source file: an edited predictor is searched again in its own
     folder; it used to be told that the old results were 'finished, nothing to do'."""
