@@ -60,7 +60,19 @@ def space_block(space: Any) -> dict:
     try:
         return space_spec(space)
     except SpaceError:
-        return {"space": None, "name": getattr(space, "name", type(space).__name__)}
+        name = getattr(space, "name", type(space).__name__)
+        if name not in _SAID_UNREGISTERED:
+            _SAID_UNREGISTERED.add(name)
+            import logging
+
+            logging.getLogger("hwnas.search").warning(
+                f"space {name!r} ({type(space).__name__}) is not registered, so the results cannot name it: hwnas-export "
+                "and load_front will need the space given (--space) once it is; decorate its class with "
+                "@hwnas.spaces.register_space(\"<name>\") (README: A search space of your own)")
+        return {"space": None, "name": name}
+
+
+_SAID_UNREGISTERED: set = set()
 
 
 def front_json(result: SearchResult, key: str | None = None) -> dict:

@@ -103,6 +103,9 @@ def space_from_spec(spec: Any, source: str | os.PathLike = "space") -> SearchSpa
             )
         options = {k: v for k, v in spec.items() if k != "_target_"}
         spec = {"space": _CLASS_KEYS[target], "options": options}
+    if spec.get("space") is None and isinstance(spec.get("name"), str) and set(spec) == {"space", "name"}:
+        raise SpaceError(f"{src}: its space {spec['name']!r} was not registered when the file was written, so the file "
+                         "cannot name it; register the space (@hwnas.spaces.register_space) and give it by name (--space)")
     extra = sorted(set(spec) - {"space", "options"})
     if extra:
         raise SpaceError(f"{src}: unknown space keys {extra}; a space is {{\"space\": name, \"options\": {{...}}}}")

@@ -73,3 +73,23 @@ def test_a_space_built_from_a_config_target_is_saved_under_its_family(tmp_path):
     assert spec["space"] == "ofa_mbv3_w12" and spec["options"]["name"] == "reduced_note10"
     back = space_from_spec(spec)
     assert back.name == "reduced_note10" and back.to_config() == space.to_config()
+
+
+def test_a_results_file_of_an_unregistered_space_says_so(caplog):
+    """A space of one's own that was not registered: its pareto.json holds {"space": null, "name": ...}; reading it
+    said 'unknown space keys ['name']', blaming a format hwnas itself wrote. The search now warns when it writes."""
+    from hwnas.search.results import space_block
+    from hwnas.spaces import SpaceError
+    from hwnas.spaces.io import space_from_spec
+
+    class Unregistered:
+        name = "mine"
+
+        def to_config(self):
+            return {}
+
+    with caplog.at_level("WARNING", logger="hwnas.search"):
+        block = space_block(Unregistered())
+    assert block == {"space": None, "name": "mine"} and any("is not registered" in r.getMessage() for r in caplog.records)
+    with pytest.raises(SpaceError, match=r"its space 'mine' was not registered when the file was written.*--space"):
+        space_from_spec(block, "pareto.json")
