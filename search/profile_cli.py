@@ -93,15 +93,15 @@ def space_config_name(pattern: Any, device: str, field: str = "reduce.name") -> 
     """``reduce.name`` for one device (``{device}`` -> its slug), checked: a file name of letters, digits,
     ``_``, ``.`` and ``-`` not starting with ``.`` (no folder, nothing outside the config folder)."""
     if not isinstance(pattern, str) or not pattern.strip():
-        raise ConfigError(f"{field}={pattern!r} is not a name; give e.g. {field}=reduced_{{device}}")
+        raise ConfigError(f"{field}={pattern!r} is not a name; give e.g. '{field}=\"reduced_{{device}}\"' (quoted: hydra reads braces otherwise)")
     try:
         name = pattern.format(device=_slug(device))
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(f"{field}={pattern!r} cannot be filled in ({type(exc).__name__}: {exc}); the only "
-                          f"placeholder is {{device}}, e.g. {field}=reduced_{{device}}") from None
+                          f"placeholder is {{device}}, e.g. '{field}=\"reduced_{{device}}\"'") from None
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{field}={pattern!r} gives the name {name!r}; a space name is letters, digits, '_', '.' "
-                          f"and '-', not starting with '.' (no folders); e.g. {field}=reduced_{{device}}")
+                          f"and '-', not starting with '.' (no folders); e.g. '{field}=\"reduced_{{device}}\"'")
     return name
 
 
