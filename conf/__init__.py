@@ -136,6 +136,11 @@ def _own_resolutions(default: list) -> list | None:
     return list(own) if own else list(default)
 
 
+def _first(*values: object) -> object:
+    """The first of ``values`` that is set (not null or empty)."""
+    return next((v for v in values if v not in (None, "")), None)
+
+
 def _register() -> None:
     try:
         from omegaconf import OmegaConf
@@ -146,6 +151,7 @@ def _register() -> None:
     OmegaConf.register_new_resolver("hwnas_adapted_budgets", _adapted_budgets, replace=True)
     OmegaConf.register_new_resolver("hwnas_priced_resolutions", _priced_resolutions, replace=True)
     OmegaConf.register_new_resolver("hwnas_own_resolutions", _own_resolutions, replace=True)
+    OmegaConf.register_new_resolver("hwnas_first", _first, replace=True)
 
 
 _register()

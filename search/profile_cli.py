@@ -331,14 +331,24 @@ def main(argv: list[str] | None = None) -> None:
         hc = HydraConfig.get()
         out = cfg.get("output_dir") or hc.runtime.output_dir
         choices = hc.runtime.choices
-        with cli_errors("hwnas-profile"):
-            lat = cfg.get("latency")
-            own = lat.get("target_device") if hasattr(lat, "get") else None  # latency=adapted: the device adapted to
-            device = str(own) if isinstance(own, str) and own else device_name_from_choice(choices.get("/latency") or
-                                                                                            choices.get("latency"))
-            run_profile(cfg, output_dir=out, device=device,
-                        accuracy_name=choices.get("/accuracy") or choices.get("accuracy") or "accuracy",
-                        search_overrides=list(hc.overrides.task))
+        from .cli import remove_bare_run_dir
+
+        try:
+            with cli_errors("hwnas-profile"):
+                _run_app(cfg, out, choices, hc)
+        except SystemExit as exc:
+            if exc.code == 2:  # refused: a run folder this command made for nothing is not left behind
+                remove_bare_run_dir(Path(hc.runtime.output_dir))
+            raise
+
+    def _run_app(cfg, out, choices, hc) -> None:
+        lat = cfg.get("latency")
+        own = lat.get("target_device") if hasattr(lat, "get") else None  # latency=adapted: the device adapted to
+        device = str(own) if isinstance(own, str) and own else device_name_from_choice(choices.get("/latency") or
+                                                                                        choices.get("latency"))
+        run_profile(cfg, output_dir=out, device=device,
+                    accuracy_name=choices.get("/accuracy") or choices.get("accuracy") or "accuracy",
+                    search_overrides=list(hc.overrides.task))
 
     run_hydra("hwnas-profile", _app)
 

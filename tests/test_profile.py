@@ -309,6 +309,9 @@ def test_profiling_a_preset_into_itself_is_refused_and_a_replaced_preset_is_said
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "is the preset this profile would write" in p.stderr and "reduce.name=reduced_note10_2" in p.stderr
     assert preset.read_text() == first
+    # the log and .hydra go to output_dir (a dated folder with only them was left for every run given one), and a
+    # refused run leaves no folder of its own
+    assert (tmp_path / "a" / "hwnas-profile.log").is_file() and not (tmp_path / "outputs").exists()
     p = subprocess.run(base + ["reduce.rules.front_tol=0.2", f"output_dir={tmp_path / 'c'}"], env=env, cwd=tmp_path,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and preset.read_text() != first
