@@ -60,7 +60,13 @@ class MLPLatencyPredictor(Predictor):
             raise ValueError("fit: latencies must be positive finite milliseconds")
         X = torch.as_tensor(latency_features(self.space, archs), dtype=torch.float32)
         ly = np.log(y)
-        torch.manual_seed(self.seed)
+        from .threads import torch_seeded
+
+        with torch_seeded(self.seed):  # (the caller's random stream is not reset)
+            self._train(X, ly, init, epochs)
+        return self
+
+    def _train(self, X: Any, ly: np.ndarray, init: Any, epochs: int | None) -> None:
         if init is not None and init.net is not None:
             import copy
 
@@ -86,7 +92,6 @@ class MLPLatencyPredictor(Predictor):
                 opt.step()
             sched.step()
         self.net.eval()
-        return self
 
     @torch.no_grad()
     def predict(self, archs: Sequence[Any]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""How many CPU threads torch uses inside a block of code.
+"""How many CPU threads torch uses inside a block of code, and torch's random state inside one.
 
 Small networks built, traced or trained on a small or shared machine run many times slower with torch's
 default thread count, because the threads wait for each other; hwnas's measuring, MLP training and
@@ -53,3 +53,14 @@ def limit_threads(n: int | None = 1) -> Iterator[None]:
     finally:
         if torch is not None and restore is not None:
             torch.set_num_threads(restore)
+
+
+@contextmanager
+def torch_seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's global random generator seeded with ``seed``, and the caller's generator state
+    put back afterwards (a library call that seeds torch must not reset the caller's random stream)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield

@@ -594,3 +594,28 @@ def test_a_run_that_stores_nothing_gives_the_device_name_back(tmp_path, capsys):
         main(["-n", "2", "--device", "x", "--scheduler", "tcp://127.0.0.1:1", "--wait", "1", "--store", str(store), "--no-progress"])
     assert e.value.code == 2 and "cannot connect" in capsys.readouterr().err
     assert "x" not in MeasurementStore(store).devices()
+
+
+def test_building_models_leaves_the_callers_random_stream_alone(tiny_space):
+    """measure_archs, the plan writer and MLPLatencyPredictor.fit seeded torch's global generator: after them the
+    caller's stream was the same whatever seed the caller had set."""
+    import torch
+
+    from hwnas.predictors.measure.models import arch_model, layer_model, tiny_cnn
+    from hwnas.predictors.mlp import MLPLatencyPredictor
+    from hwnas.spaces.io import space_spec
+
+    a = tiny_space.sample(3, 0)
+    layer = tiny_space.layers(a[0])[1]
+    calls = [lambda: tiny_cnn(seed=3), lambda: arch_model(space_spec(tiny_space), a[0].to_dict(), seed=3),
+             lambda: layer_model({k: getattr(layer, k) for k in layer.__dataclass_fields__}, seed=3),
+             lambda: MLPLatencyPredictor(tiny_space, seed=3).fit(a, [1.0, 2.0, 3.0], epochs=1)]
+    for call in calls:
+        torch.manual_seed(99)
+        want = torch.rand(3)
+        torch.manual_seed(99)
+        call()
+        assert torch.equal(torch.rand(3), want)
+    # and what they build is still fixed by their own seed
+    w1, w2 = tiny_cnn(seed=3)[0].state_dict(), tiny_cnn(seed=3)[0].state_dict()
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)

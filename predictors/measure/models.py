@@ -56,29 +56,33 @@ def _import_callable(path: str) -> Callable:
 # ============================================================================ factories
 def tiny_cnn(width: int = 8, depth: int = 2, resolution: int = 32, batch_size: int = 1, seed: int = 0):
     """A small conv net (tests, smoke runs): ``depth`` conv-BN-ReLU layers of ``width`` channels."""
-    import torch
     from torch import nn
 
-    torch.manual_seed(seed)
-    layers: list = [nn.Conv2d(3, width, 3, padding=1)]
-    for _ in range(depth):
-        layers += [nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)]
-    return nn.Sequential(*layers).eval(), (batch_size, 3, resolution, resolution)
+    from hwnas.predictors.threads import torch_seeded
+
+    with torch_seeded(seed):
+        layers: list = [nn.Conv2d(3, width, 3, padding=1)]
+        for _ in range(depth):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)]
+        net = nn.Sequential(*layers).eval()
+    return net, (batch_size, 3, resolution, resolution)
 
 
 def arch_model(space: dict, arch: dict | str, batch_size: int = 1, seed: int = 0):
     """Factory of a subnet: the static network of ``arch`` in ``space`` (a
     :func:`~hwnas.spaces.io.space_spec`) with random weights, input ``(batch_size, 3, r, r)``."""
-    import torch
 
     from hwnas.spaces.io import space_from_spec
     from hwnas.supernet.static import build_static
 
+    from hwnas.predictors.threads import torch_seeded
+
     sp = space_from_spec(space, "a measurement request")
     a = sp.validate(arch)
-    torch.manual_seed(seed)
-    return build_static(sp, a).eval(), (int(batch_size), 3, int(a.r), int(a.r))
+    with torch_seeded(seed):
+        net = build_static(sp, a).eval()
+    return net, (int(batch_size), 3, int(a.r), int(a.r))
 
 
 def arch_spec(space: Any, arch: Any, batch_size: int = 1) -> ModelSpec:
@@ -93,17 +97,25 @@ def arch_spec(space: Any, arch: Any, batch_size: int = 1) -> ModelSpec:
 def layer_model(layer: dict, pool_first: bool = False, pool_in: Sequence[int] | None = None, batch_size: int = 1, seed: int = 0):
     """Factory of a one-layer network for a :class:`~hwnas.spaces.mbconv.LayerSpec` (as a dict),
     built exactly as :func:`hwnas.supernet.static.build_static` builds that layer."""
+
+    from hwnas.spaces.mbconv import LayerSpec
+
+    from hwnas.predictors.threads import torch_seeded
+
+    L = LayerSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in layer.items()})
+    with torch_seeded(seed):
+        return _layer_net(L, pool_first, pool_in, int(batch_size))
+
+
+def _layer_net(L: Any, pool_first: bool, pool_in: Sequence[int] | None, b: int):
+    """The network of :func:`layer_model` (built under its seed)."""
     import torch
     from torch import nn
 
-    from hwnas.spaces.mbconv import LayerSpec
     from hwnas.supernet.layers import LinearLayer
     from hwnas.supernet.static import _conv_from_spec, _mbconv_from_spec
 
-    L = LayerSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in layer.items()})
-    torch.manual_seed(seed)
     h, w, c = L.in_shape
-    b = int(batch_size)
 
     class Pool(nn.Module):
         def forward(self, x):

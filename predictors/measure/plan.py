@@ -168,7 +168,7 @@ def write_plan(space: Any, archs: Sequence[Any], out_dir: str | os.PathLike, dev
     from hwnas.supernet.onnx import export_onnx
     from hwnas.supernet.static import build_static
 
-    from hwnas.predictors.threads import torch_threads
+    from hwnas.predictors.threads import torch_seeded, torch_threads
 
     out = Path(out_dir)
     csv_path = out / CSV_NAME
@@ -200,8 +200,8 @@ def write_plan(space: Any, archs: Sequence[Any], out_dir: str | os.PathLike, dev
             for i, a in enumerate(archs):
                 pid = f"a{i:03d}"
                 shape = [int(batch_size), 3, int(a.r), int(a.r)]
-                torch.manual_seed(i)
-                net = build_static(space, a).eval()
+                with torch_seeded(i):
+                    net = build_static(space, a).eval()
                 onnx_rel = ts_rel = ""
                 if "onnx" in formats:
                     onnx_rel = f"models/{pid}.onnx"
