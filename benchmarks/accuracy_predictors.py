@@ -34,6 +34,7 @@ from hwnas.predictors.acc_mlp import MLPAccuracyPredictor
 from hwnas.predictors.assets import fetch, set_default_mirror
 from hwnas.spaces import create_space
 from hwnas.spaces.mbconv import ofa_predictor_features
+from _cli import at_least  # noqa: E402  (this folder is the script's first import path)
 
 DATA = "accuracy/ofa_mbv3_w1.0_imagenet.csv"
 
@@ -84,8 +85,8 @@ def ridge_loo_fit(X: np.ndarray, y: np.ndarray, alphas: np.ndarray):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 250, 500, 1000])
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--sizes", type=at_least(2), nargs="+", default=[100, 250, 500, 1000])
+    ap.add_argument("--seeds", type=at_least(1), default=3)
     ap.add_argument("--mirror", default=os.environ.get("HWNAS_ASSETS_MIRROR") or str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--models", nargs="+", default=["mlp", "mlp+ofa", "ridge", "ofa-w1.2"])
     args = ap.parse_args(argv)
@@ -154,4 +155,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from _cli import run
+
+    run(main)

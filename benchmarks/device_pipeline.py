@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _cli import at_least  # noqa: E402  (this folder is the script's first import path)
 
 
 
@@ -202,8 +203,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mirror", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--out", default="outputs/device_pipeline")
-    ap.add_argument("--ks", nargs="+", type=int, default=[10, 20])
-    ap.add_argument("--front-cap", type=int, default=40, help="re-measure at most this many members of each front")
+    ap.add_argument("--ks", nargs="+", type=at_least(3), default=[10, 20])
+    ap.add_argument("--front-cap", type=at_least(1), default=40, help="re-measure at most this many members of each front")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", nargs="+", type=int, default=None,
                     help="run (b) once per seed (its samples and search); the table adds the mean over seeds. "
@@ -221,12 +222,16 @@ def main() -> int:
     device = f"bench-cpu-ort-t{args.threads}"  # the target's name in the store
     logging.disable(logging.INFO)
     os.environ.setdefault("HWNAS_ASSETS_MIRROR", args.mirror)
+    from hwnas.predictors.build import apply_assets
+
+    apply_assets({"assets": {"mirror": args.mirror}})  # a wrong mirror is one line before the CPU's table is measured
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     res = [160, 176, 192, 208, 224]
     small: list[str] = []
-    if args.quick:
+    if args.quick:  # (the smoke run's own sizes: said, as they replace what was given)
         res, args.ks, args.front_cap = [160, 224], [5], 8
+        print("--quick: resolutions 160/224, K=5, front cap 8, small searches", flush=True)
         small = ["search.pop_size=24", "search.n_gen=6", "search.refine.passes=1"]
     res_o = f"space.resolutions=[{','.join(map(str, res))}]"
     mirror_o = f"assets.mirror={args.mirror}"
@@ -424,4 +429,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _cli import run
+
+    run(main)

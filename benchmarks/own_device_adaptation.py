@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import sys
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _cli import at_least  # noqa: E402  (this folder is the script's first import path)
 
 
 def measure(n: int, seed: int, out: Path) -> Path:
     csv_path = out / "local.csv"
-    cmd = ["hwnas-measure", "--space", "ofa_mbv3_w12", "-n", str(n), "--seed", str(seed), "--resolutions", "160", "176", "192",
+    cmd = [sys.executable, "-m", "hwnas.predictors.measure.cli", "--space", "ofa_mbv3_w12", "-n", str(n), "--seed", str(seed), "--resolutions", "160", "176", "192",
            "208", "224", "--processes", "1", "--repeats", "7", "--warmup", "3", "--clock", "cpu",
            "--store", str(out / "m.sqlite"), "--out", str(csv_path)]
     print("measuring:", " ".join(cmd), flush=True)
@@ -41,9 +41,9 @@ def measure(n: int, seed: int, out: Path) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--csv", default=None, help="measured archs: a CSV with an 'arch' column and one latency column (ms)")
-    ap.add_argument("-n", type=int, default=100, help="archs to measure when no --csv is given")
+    ap.add_argument("-n", type=at_least(3), default=100, help="archs to measure when no --csv is given")
     ap.add_argument("--ks", default="5,10,20")
-    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--seeds", type=at_least(1), default=10)
     ap.add_argument("--proxy", default="2080ti_1")
     ap.add_argument("--mirror", default=None)
     args = ap.parse_args(argv)
@@ -55,13 +55,21 @@ def main(argv=None) -> int:
     from hwnas.predictors.linear import LinearLatencyPredictor
     from hwnas.predictors.metrics import srcc
 
-    path = Path(args.csv) if args.csv else measure(args.n, 0, Path(tempfile.mkdtemp(prefix="hwnas-own-")))
-    ds = load_dataset("ofa_mbv3")
+    from hwnas.predictors.build import apply_assets
+
+    apply_assets({"assets": {"mirror": mirror}})  # a wrong mirror is one line before anything is measured
+    ds = load_dataset("ofa_mbv3")  # (read before measuring: its absence must not waste the measurements)
     space = ds.space
+    if args.csv and not Path(args.csv).is_file():
+        raise OSError(f"--csv {args.csv} does not exist; give a CSV with an 'arch' column and one latency column (ms)")
+    if not args.csv:
+        out = Path(tempfile.mkdtemp(prefix="hwnas-own-"))
+        print(f"measuring into {out} (the CSV and the store stay there)", flush=True)
+    path = Path(args.csv) if args.csv else measure(args.n, 0, out)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     col = [c for c in rows[0] if c != "arch"][0]
-    archs = [space.validate(json.loads(r["arch"])) for r in rows]
+    archs = [space.validate(r["arch"]) for r in rows]  # (compact strings or JSON: validate reads both)
     y = np.array([float(r[col]) for r in rows])
     proxy = LinearLatencyPredictor(space).fit(ds.archs, ds[args.proxy])
     lib = DeviceLibrary.from_dataset(ds)
@@ -96,4 +104,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _cli import run
+
+    run(main)

@@ -19,13 +19,14 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from _cli import at_least  # noqa: E402  (this folder is the script's first import path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mirror", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--targets", nargs="+", default=["titan_rtx_1", "2080ti_1", "titanxp_1", "samsung_s7", "eyeriss"])
-    ap.add_argument("--k", nargs="+", type=int, default=[10, 20])
+    ap.add_argument("--k", nargs="+", type=at_least(3), default=[10, 20])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -58,4 +59,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from _cli import run
+
+    run(main)

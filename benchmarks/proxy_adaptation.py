@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _cli import at_least  # noqa: E402  (this folder is the script's first import path)
 
 ANCHORS = {
     "nasbench201": "AdaProxy (paper) 60+10 samples: 0.87-0.99",
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma list of dataset:proxy")
     ap.add_argument("--ks", default="5,10,20,50")
-    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--seeds", type=at_least(1), default=10)
     ap.add_argument("--methods", default="bayes,bayes-nolib,adaproxy")
     ap.add_argument("--selection", default="random", help="random | kmeans | stratified (how the K samples are drawn)")
     ap.add_argument("--selections", default=None, help="compare selections (comma list) for the first method instead")
@@ -206,12 +207,23 @@ def main(argv=None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     folds = [f for f in args.folds.split(",") if f]
     seeds = args.seeds
-    if args.quick:
-        settings, ks, seeds, methods, folds = [["nasbench201", "pixel3"]], [5, 10, 20], 3, ["bayes"], ["eval"]
+    if args.quick:  # its sizes for what was not given (an option given keeps its value)
+        given = {a for a in vars(args) if getattr(args, a) != ap.get_default(a)}
+        settings = settings if "settings" in given else [["nasbench201", "pixel3"]]
+        ks = ks if "ks" in given else [5, 10, 20]
+        seeds = seeds if "seeds" in given else 3
+        methods = methods if "methods" in given else ["bayes"]
+        folds = folds if "folds" in given else ["eval"]
     only = args.targets.split(",") if args.targets else None
     t0 = time.time()
     for ds_name, proxy in settings:
         st = Setting(ds_name, proxy)
+        unknown = [t for t in (only or []) if t not in st.ds.devices]
+        if unknown:
+            from hwnas.spaces.errors import UserError
+
+            raise UserError(f"--targets {args.targets}: {unknown} are not devices of dataset {ds_name}; its devices: "
+                             f"{st.ds.devices}")
         print(f"\n### {ds_name}: proxy {proxy}   (anchor: {ANCHORS.get(ds_name, '')}; {len(st.pool)} archs, {seeds} seeds, "
               f"samples: {args.selection})")
         selections = args.selections.split(",") if args.selections else [args.selection]
@@ -231,4 +243,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _cli import run
+
+    run(main)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _cli import at_least  # noqa: E402  (this folder is the script's first import path)
 
 HERE = Path(__file__).resolve().parent
 BUDGETS = [15.0, 20.0, 25.0, 30.0]
@@ -102,7 +103,7 @@ def run_command(mirror: str, seed: int, out: Path, overrides: list[str] = ()) ->
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mirror", default=os.environ.get("HWNAS_ASSETS_MIRROR") or str(HERE.parents[1] / "shared" / "data"))
-    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--seeds", type=at_least(1), default=10)
     ap.add_argument("--best-known", type=Path, default=HERE / "search_best_known.json")
     ap.add_argument("--update-best", action="store_true", help="merge this run's fronts into --best-known")
     ap.add_argument("--add-arch", action="append", default=[], metavar="ARCH_STR",
@@ -177,4 +178,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from _cli import run
+
+    run(main)

@@ -19,6 +19,7 @@ import torch
 from hwnas.spaces import create_space
 from hwnas.supernet.data import TensorBatches, evaluate, set_running_statistics
 from hwnas.supernet.elastic import ElasticMBConvNet
+from _cli import at_least  # noqa: E402  (this folder is the script's first import path)
 
 
 def timeit(fn, repeats: int, warmup: int = 2) -> float:
@@ -51,9 +52,9 @@ def main() -> None:
     ap.add_argument("--spaces", nargs="+", default=["ofa_mbv3_w12", "ofa_proxyless_w13"])
     ap.add_argument("--resolutions", nargs="+", type=int, default=[224, 160])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=at_least(1), default=10)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--eval-images", type=int, default=256)
+    ap.add_argument("--eval-images", type=at_least(1), default=256)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}")
@@ -103,4 +104,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     np.set_printoptions(precision=3)
-    main()
+    from _cli import run
+
+    run(main)

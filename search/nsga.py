@@ -380,6 +380,10 @@ def run_search(
     if seed is None:  # a random seed
         given["seed"] = None
     s = {**search_kwargs(defaults()), **check_kwargs(given)}
+    if isinstance(space, str):  # a registered name, as the predictors take it
+        from hwnas.spaces import create_space
+
+        space = create_space(space)
     with limit_threads(s["threads"]):
         return _Search(space, accuracy, latency, s, log, callback, checkpoint).run()
 
@@ -536,6 +540,8 @@ class _Search:
             self.budgets = q
             self.refiner.budgets = q
             below = f" (those {len(fit)} below search.max_latency={cap:g})" if len(fit) < len(lat) else ""
+            if not self.s["verbose"]:  # (information, not a warning: verbose=False is quiet)
+                return
             self.log(f"search.budgets not given: reporting the best archs at {q}, the 20/40/60/80% quantiles of the "
                      f"latency of {len(lat)} sampled archs{below} ({lo:.4g}-{hi:.4g}, {unit}); set search.budgets=[...] "
                      "to choose")

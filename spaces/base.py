@@ -163,15 +163,25 @@ _REGISTRY: dict[str, Callable[..., SearchSpace]] = {}
 
 
 def register_space(name: str) -> Callable:
-    """Decorator: register a space factory (a class or a function) under ``name``."""
+    """Decorator: register a space factory (a class or a function) under ``name``. The same factory registered again
+    (its module reloaded, a notebook cell run twice) replaces its entry; another factory under a taken name is an
+    error."""
+    if not isinstance(name, str) or not name.strip():
+        raise SpaceError(f"register_space({name!r}): the name must be a non-empty string, e.g. register_space(\"widths\")")
 
     def deco(fn: Callable[..., SearchSpace]) -> Callable[..., SearchSpace]:
-        if name in _REGISTRY:
-            raise ValueError(f"space {name!r} is registered twice")
+        old = _REGISTRY.get(name)
+        if old is not None and _qualified(old) != _qualified(fn):
+            raise SpaceError(f"space {name!r} is registered twice: by {_qualified(old)} and by {_qualified(fn)}; give "
+                             "one of them another name")
         _REGISTRY[name] = fn
         return fn
 
     return deco
+
+
+def _qualified(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def list_spaces() -> list[str]:

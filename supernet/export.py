@@ -360,14 +360,22 @@ def check_values(accuracy: Any, latency: Any, where: str) -> None:
         raise ExportError(f"{where}: latency {latency!r} is not a latency; give a positive number of ms, or leave it out")
 
 
-def check_exportable(space: Any, formats: Sequence[str]) -> None:
+def check_exportable(space: Any, formats: Sequence[str] | str) -> None:
     """Refuse a space export cannot build networks of, or unknown formats (before anything is written)."""
+    formats = as_formats(formats)
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ExportError(f"formats {list(formats)}: unknown {bad}; allowed formats: {list(FORMATS)}")
     if not isinstance(space, MBConvSpace):
         raise ExportError(f"space {getattr(space, 'name', space)!r}: export supports MBConv spaces (OFA-MobileNetV3, ProxylessNAS); "
                           "NAS-Bench-201 and FBNet archs are exported as arch files only")
+
+
+def as_formats(formats: Sequence[str] | str) -> list[str]:
+    """``formats`` as a list: a string is one format or a comma list (``"torch"`` was read letter by letter)."""
+    if isinstance(formats, str):
+        return [f.strip() for f in formats.split(",") if f.strip()]
+    return list(formats)
 
 
 def _dumps(obj: Any, what: str) -> str:
@@ -577,6 +585,7 @@ def _export_one(space, item, out_dir, weights, formats, atol, timm_atol, opset, 
                 allow_uncalibrated) -> tuple[Path, bool]:
     if not isinstance(item, ExportItem):
         item = ExportItem(arch=item)
+    formats = as_formats(formats)
     check_exportable(space, formats)
     check_values(item.accuracy, item.latency, f"arch {item.name or item.arch}")
     opset = check_opset(opset)
@@ -729,6 +738,7 @@ def export_many(
 
     The space, the formats and every item's accuracy and latency are checked before ``out_dir`` is
     created; a failed call leaves no empty ``out_dir`` it created."""
+    formats = as_formats(formats)
     check_exportable(space, formats)
     for i, it in enumerate(items):
         if isinstance(it, ExportItem):

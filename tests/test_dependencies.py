@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = ("spaces", "predictors", "supernet", "search", "conf")
 #: the package itself and the tests' own modules (a test may take a helper from another test file)
-LOCAL = {"hwnas", "conftest"} | {p.stem for p in (ROOT / "tests").glob("*.py")}
+LOCAL = {"hwnas", "conftest"} | {p.stem for p in (ROOT / "tests").glob("*.py")} | {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
 
 
 def _norm(name: str) -> str:

@@ -259,6 +259,13 @@ def test_untrained_weights_are_the_same_for_the_same_arch():
     assert torch.equal(torch.rand(1), before)  # the caller's random stream is not moved by building a subnet
 
 
+def test_formats_given_as_a_string(tmp_path):
+    """export_arch(formats="torch") was read letter by letter: "formats ['t', 'o', 'r', 'c', 'h']: unknown"."""
+    space = create_space("ofa_mbv3_w12", resolutions=[R])
+    path = export_arch(space, ExportItem(space.sample(1, 0)[0]), tmp_path, formats="torch")
+    assert json.loads((path / "metadata.json").read_text())["files"] == {"torch": "model_state_dict.pth"}
+
+
 def test_output_checks_are_relative_to_the_outputs_scale():
     """An untrained subnet's logits are ~1e-9: a tolerance of 1e-4 in absolute terms passed zeros or a permutation
     of them, so the 'checked' exports were not checked. The tolerance is relative to the output's own scale."""

@@ -453,11 +453,23 @@ def test_budgets_checked_against_the_initial_population_before_searching(space):
         small_search(space, budgets=[1e6])
 
 
+def test_run_search_takes_a_space_name():
+    space = create_space("ofa_mbv3_w12")
+    res = run_search("ofa_mbv3_w12", ToyAccuracy(space), ToyLatency(space), pop_size=16, n_gen=2, refine=0, seed=0,
+                     verbose=False, budgets=[20])
+    ref = run_search(space, ToyAccuracy(space), ToyLatency(space), pop_size=16, n_gen=2, refine=0, seed=0, verbose=False,
+                     budgets=[20])
+    assert res.space.name == space.name and np.array_equal(res.genomes, ref.genomes)
+
+
 def test_without_budgets_quantiles_of_the_sample_are_reported(space):
     lines = []
     res = run_search(space, ToyAccuracy(space), ToyLatency(space), pop_size=24, n_gen=3, refine=0, log=lines.append)
     assert len(res.budgets) == 4 and res.budgets == sorted(res.budgets)
     assert any("search.budgets not given" in ln and "20/40/60/80% quantiles" in ln for ln in lines)
+    quiet: list = []
+    run_search(space, ToyAccuracy(space), ToyLatency(space), pop_size=24, n_gen=3, refine=0, log=quiet.append, verbose=False)
+    assert quiet == []  # verbose=False: the note is information, not a warning
     assert res.settings["max_latency"] is None  # reported only: the search is not constrained by them
     assert all(res.best_under(b) is not None for b in res.budgets)
     # the progress lines number generations and refinement passes each from 1

@@ -93,3 +93,28 @@ def test_a_results_file_of_an_unregistered_space_says_so(caplog):
     assert block == {"space": None, "name": "mine"} and any("is not registered" in r.getMessage() for r in caplog.records)
     with pytest.raises(SpaceError, match=r"its space 'mine' was not registered when the file was written.*--space"):
         space_from_spec(block, "pareto.json")
+
+
+def test_register_space_takes_a_name_and_a_rerun_of_the_same_module():
+    """register_space(5) poisoned the registry (every 'unknown space' error then raised a TypeError), and reloading
+    the module of a space of one's own (a notebook cell run twice) was 'registered twice'."""
+    from hwnas.spaces import SpaceError, list_spaces, register_space
+    from hwnas.spaces.base import _REGISTRY
+
+    with pytest.raises(SpaceError, match="the name must be a non-empty string"):
+        register_space(5)
+    try:
+        def factory(**kw):
+            return None
+
+        register_space("tmp_twice")(factory)
+        register_space("tmp_twice")(factory)  # the same factory again: fine
+
+        def other(**kw):
+            return None
+
+        with pytest.raises(SpaceError, match="registered twice: by .*factory and by .*other"):
+            register_space("tmp_twice")(other)
+        assert "tmp_twice" in list_spaces()
+    finally:
+        _REGISTRY.pop("tmp_twice", None)

@@ -249,10 +249,19 @@ class LatencyDataset:
 _CACHE: dict[tuple[str, str], LatencyDataset] = {}
 
 
+def _read_only(ds: LatencyDataset) -> LatencyDataset:
+    """A cached builtin dataset, shared by every caller: its latency columns cannot be changed in place (``y *= 1000``
+    on one caller's column changed every later caller's data, the adaptation's device library included)."""
+    for y in ds.table.values():
+        y.flags.writeable = False
+    return ds
+
+
 def load_dataset(name_or_path: str | os.PathLike, space: Any = None, mirror: str | None = None,
                  field: str = "dataset") -> LatencyDataset:
     """A builtin dataset by name (``nasbench201``, ``fbnet``, ``ofa_mbv3``; fetched through the assets
-    mirror/cache) or any dataset file by path. Builtins are cached in memory (treat them as read-only).
+    mirror/cache) or any dataset file by path. Builtins are cached in memory, their columns read-only (copy one to
+    change it: ``ds.latency(d).copy()``).
     ``field``: the setting that named it, for the error when it is neither."""
     key = str(name_or_path)
     if key in BUILTIN:
@@ -260,7 +269,7 @@ def load_dataset(name_or_path: str | os.PathLike, space: Any = None, mirror: str
         path = fetch(rel, mirror=mirror)
         ck = (key, str(path))
         if ck not in _CACHE:
-            _CACHE[ck] = LatencyDataset.from_csv(path, sp, name=key)  # in the space the file was measured in
+            _CACHE[ck] = _read_only(LatencyDataset.from_csv(path, sp, name=key))  # in the space the file was measured in
         full = _CACHE[ck]
         if space is None:
             return full
@@ -269,7 +278,7 @@ def load_dataset(name_or_path: str | os.PathLike, space: Any = None, mirror: str
 
         sk = (ck, space_cache_key(want))
         if sk not in _CACHE:
-            _CACHE[sk] = full.within(want, field)
+            _CACHE[sk] = _read_only(full.within(want, field))
         return _CACHE[sk]
     p = Path(key).expanduser()
     if not p.is_file():
