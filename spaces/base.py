@@ -198,7 +198,32 @@ def space_factory(name: str) -> Callable[..., SearchSpace]:
 def create_space(name: str, **overrides: Any) -> SearchSpace:
     """Build a registered space by name; ``overrides`` replace its default settings
     (e.g. ``resolutions=[160, 176]``, ``depth_choices=[[2,3],...]``)."""
-    space = space_factory(name)(**overrides)
+    factory = space_factory(name)
+    try:
+        space = factory(**overrides)
+    except TypeError as exc:  # a misspelt option: named, with the options the space takes
+        import inspect
+        import re
+
+        m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if m is None or m.group(1) not in overrides:
+            raise
+        known: list[str] = []
+        try:
+            cls = factory if inspect.isclass(factory) else type(factory())
+            for klass in cls.__mro__:  # the options of every __init__ that passes **kwargs on
+                init = klass.__dict__.get("__init__")
+                if init is None:
+                    continue
+                params = inspect.signature(init).parameters.values()
+                known += [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                          and p.name not in known]
+                if not any(p.kind == p.VAR_KEYWORD for p in params):
+                    break
+        except Exception:  # noqa: BLE001 - no list to give: the name alone
+            known = []
+        raise SpaceError(f"{m.group(1)}={overrides[m.group(1)]!r} is not an option of space {name}"
+                         + (f"; its options: {known}" if known else "")) from None
     try:
         space.registry_name = name  # how files name it (hwnas.spaces.io.space_spec)
     except AttributeError:  # a factory returning an object with __slots__

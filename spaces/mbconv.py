@@ -306,9 +306,12 @@ class MBConvSpace(SearchSpace):
         )
         layout = self.arch_type.LAYOUT
         n_units = len(layout)
-        self.kernel_choices = self._int_list("kernel_choices", kernel_choices or self.default_kernels, allowed=(3, 5, 7))
-        self.expand_choices = self._int_list("expand_choices", expand_choices or self.default_expands)
-        self.resolutions = self._int_list("resolutions", resolutions or self.default_resolutions)
+        def given(v: Any, default: Any) -> Any:  # (None: the default; an empty list is refused, not replaced)
+            return default if v is None else v
+
+        self.kernel_choices = self._int_list("kernel_choices", given(kernel_choices, self.default_kernels), allowed=(3, 5, 7))
+        self.expand_choices = self._int_list("expand_choices", given(expand_choices, self.default_expands))
+        self.resolutions = self._int_list("resolutions", given(resolutions, self.default_resolutions))
         for r in self.resolutions:
             if not 32 <= r <= 1024:
                 raise SpaceError(f"resolutions contains {r}; resolutions must lie in 32..1024")
@@ -360,6 +363,8 @@ class MBConvSpace(SearchSpace):
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _int_list(field: str, values: Sequence[Any], allowed: Sequence[int] | None = None) -> list[int]:
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise SpaceError(f"{field}={values!r} must be a list of integers, e.g. {field}=[160, 224]")
         try:
             out = sorted({int(v) for v in values})
         except (TypeError, ValueError):

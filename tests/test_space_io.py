@@ -118,3 +118,16 @@ def test_register_space_takes_a_name_and_a_rerun_of_the_same_module():
         assert "tmp_twice" in list_spaces()
     finally:
         _REGISTRY.pop("tmp_twice", None)
+
+
+def test_space_options_are_checked_not_replaced():
+    """resolutions=[] silently became the defaults, resolutions="160" said 'contains 0', and a misspelt option was a
+    raw TypeError."""
+    from hwnas.spaces import SpaceError, create_space
+
+    with pytest.raises(SpaceError, match="resolutions is empty"):
+        create_space("ofa_mbv3_w12", resolutions=[])
+    with pytest.raises(SpaceError, match=r"resolutions='160' must be a list of integers, e.g. resolutions=\[160, 224\]"):
+        create_space("ofa_mbv3_w12", resolutions="160")
+    with pytest.raises(SpaceError, match=r"resolution=\[160\] is not an option of space ofa_mbv3_w12; its options: .*'resolutions'"):
+        create_space("ofa_mbv3_w12", resolution=[160])
