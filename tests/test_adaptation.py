@@ -393,3 +393,16 @@ def test_a_reduced_space_keeps_the_device_library(data_dir):
     for d in lib.devices:
         (wf, bf), (wr, br) = whole.models[d], lib.models[d]
         np.testing.assert_allclose(Xr @ wr + br, Xf @ wf + bf, rtol=1e-3, atol=1e-3 * float(np.mean(Xf @ wf + bf)))
+
+
+def test_select_samples_takes_a_whole_k():
+    from hwnas.predictors.adapt import select_samples
+    from hwnas.predictors.adapt.selection import SelectionError
+    from hwnas.spaces import create_space
+
+    sp = create_space("nasbench201")
+    archs = sp.sample(20, 0)
+    for k in (2.5, "5", 0, 21):
+        with pytest.raises(SelectionError, match="need an integer 1 <= k <= 20"):
+            select_samples(sp, archs, k)
+    assert len(select_samples(sp, archs, np.int64(5))) == 5

@@ -188,3 +188,20 @@ def test_a_dataset_latency_of_a_reduced_space_is_fitted_on_the_whole_column(data
     target = DatasetLatency(reduced, "ofa_mbv3", "titan_xp_1", outside="fit", mirror=str(data_dir))
     held = target.holds(archs)
     np.testing.assert_allclose(target.predict(archs)[~held], want[~held])
+
+
+def test_an_empty_preset_of_your_own_is_named(tmp_path):
+    """An empty or cut user preset gave 'space._target_ is not set', naming no file."""
+    import subprocess
+    import sys
+
+    from _pipeline_helpers import cli_env
+
+    (tmp_path / "conf" / "space").mkdir(parents=True)
+    (tmp_path / "conf" / "space" / "empty.yaml").write_text("")
+    p = subprocess.run([sys.executable, "-m", "hwnas.search", "space=empty", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path,
+                       env=cli_env({"HWNAS_CONFIG_DIR": str(tmp_path / "conf")}), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "space=empty (" in p.stderr and "empty.yaml) sets no _target_" in p.stderr, p.stderr[-1500:]
+    p = subprocess.run([sys.executable, "-m", "hwnas.search", "accuracy=custom", f"hydra.run.dir={tmp_path / 'r2'}"],
+                       cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "accuracy._target_ is not set" in p.stderr  # a preset asking for it: as before

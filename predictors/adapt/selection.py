@@ -55,9 +55,11 @@ def select_samples(space: Any, archs: Sequence[Any], k: int, method: str = "auto
     """Sorted indices of ``k`` distinct archs of ``archs`` to measure on the target.
 
     ``proxy``: a latency predictor whose predictions define the strata of ``stratified`` (optional)."""
+    from hwnas.spaces.checks import is_whole
+
     n = len(archs)
-    if not 1 <= k <= n:
-        raise SelectionError(f"k={k} target samples requested from {n} candidate archs; need 1 <= k <= {n}")
+    if not is_whole(k) or not 1 <= k <= n:  # (2.5 was taken as 2, "5" was a TypeError)
+        raise SelectionError(f"k={k!r} target samples requested from {n} candidate archs; need an integer 1 <= k <= {n}")
     if method == "auto":
         method = auto_selection(space)
     if method not in SELECTIONS:
