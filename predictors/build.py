@@ -15,8 +15,9 @@ import inspect
 import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hwnas.spaces.errors import UserError
 
@@ -72,6 +73,24 @@ def apply_assets(cfg: Any, key: str = "assets") -> None:
     cache = assets.get("cache")
     if cache not in (None, ""):
         os.environ["HWNAS_CACHE"] = abs_path(str(cache))
+
+
+@contextmanager
+def assets_applied(cfg: Any, key: str = "assets") -> Iterator[None]:
+    """:func:`apply_assets` for the block only: the default mirror and ``$HWNAS_CACHE`` are put back afterwards
+    (a Python caller of the pipeline kept them changed for everything after it)."""
+    from hwnas.predictors import assets
+
+    mirror, cache = assets._DEFAULT_MIRROR, os.environ.get("HWNAS_CACHE")
+    try:
+        apply_assets(cfg, key)
+        yield
+    finally:
+        assets.set_default_mirror(mirror)
+        if cache is None:
+            os.environ.pop("HWNAS_CACHE", None)
+        else:
+            os.environ["HWNAS_CACHE"] = cache
 
 
 def _cause(exc: BaseException) -> BaseException:

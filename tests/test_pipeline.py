@@ -247,7 +247,11 @@ def test_adapt_method_proxy_is_fitted_when_the_check_does_not_reuse_the_proxy(tm
     d, _ = small_pipeline_run
     run = tmp_path / "run"
     shutil.copytree(d, run)
+    from hwnas.predictors import assets
+
+    before = assets._DEFAULT_MIRROR
     out = run_pipeline(compose_pipeline(SMALL + [f"assets.mirror={data_dir}", "adapt.method=proxy"]), run)
+    assert assets._DEFAULT_MIRROR == before  # the call's assets.mirror is the call's (it stayed set after it)
     assert out["adapt"]["decision"] == "adapt (proxy)" and "a" not in out["adapt"]
     assert out["stages_skipped"] == ["01_proxy", "02_samples"] and "03_adapt" in out["stages_ran"]
     # and a rerun loads it from the run folder

@@ -324,10 +324,17 @@ def json_default(o: Any) -> Any:
 
 def run_pipeline(cfg: Any, run_dir: str | Path, log: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) the pipeline of ``cfg`` in ``run_dir``; returns the summary (also ``summary.json``,
-    and ``report.md`` unless ``report=false``)."""
+    and ``report.md`` unless ``report=false``). The assets settings apply during the call only."""
+    from hwnas.predictors.build import assets_applied
+
+    with assets_applied(cfg):
+        return _run_pipeline(cfg, run_dir, log)
+
+
+def _run_pipeline(cfg: Any, run_dir: str | Path, log: Callable[[str], None] | None = None) -> dict:
     import logging
 
-    from hwnas.predictors.build import apply_assets, plain
+    from hwnas.predictors.build import plain
     from hwnas.spaces.io import space_spec
 
     from .evaluate import evaluate_against_full
@@ -335,7 +342,6 @@ def run_pipeline(cfg: Any, run_dir: str | Path, log: Callable[[str], None] | Non
 
     log = log or logging.getLogger("hwnas.pipeline").info
     c = plain(cfg, "config")
-    apply_assets(cfg)
     ctx = Context(cfg, Path(run_dir), c)
     t0 = time.perf_counter()
     try:
