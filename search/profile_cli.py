@@ -133,11 +133,17 @@ def check_settings(cfg: dict) -> None:
             raise ConfigError(f"{k}={v!r} must be a name (or null)")
 
 
-def use_line(name: str, red: Any, main_device: bool, overrides: Sequence[str]) -> str:
+def use_line(name: str, red: Any, main_device: bool, overrides: Sequence[str], conf_dir: Path | None = None) -> str:
     """The hwnas-search command for a reduced space: with the profile's own latency and accuracy settings
     for the device of ``latency`` (a preset of those may set ``space.resolutions``, which would undo a
-    reduction of the resolutions: they are given explicitly then)."""
-    parts = [f"hwnas-search space={name}"]
+    reduction of the resolutions: they are given explicitly then); with ``HWNAS_CONFIG_DIR=`` when the preset
+    went to another folder than the user config folder (``reduce.conf_dir``)."""
+    from hwnas.conf import user_config_dir
+
+    env = ""
+    if conf_dir is not None and Path(conf_dir).resolve() != user_config_dir():
+        env = f"HWNAS_CONFIG_DIR={Path(conf_dir).resolve()} "
+    parts = [f"{env}hwnas-search space={name}"]
     if main_device:
         parts += [o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] in ("latency", "accuracy", "assets")]
     if getattr(red, "dropped_resolutions", None):
@@ -285,7 +291,7 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
                 log(f"note: hwnas ships a space config named {name} ({shipped}), which hwnas-search takes before yours; "
                     f"to search this reduction, profile again with reduce.name=<another name>")
             else:
-                log(f"{red.describe()} -> {path}  (use: {use_line(name, red, dev in latency_from_cfg, search_overrides)})")
+                log(f"{red.describe()} -> {path}  (use: {use_line(name, red, dev in latency_from_cfg, search_overrides, conf_dir)})")
         elif acc_name is None:
             log(f"{dev}: no accuracy source, so no reduction (profile and heatmap only)")
         if cfg.get("plots", True):

@@ -469,3 +469,15 @@ def test_profile_of_an_adapted_latency_is_named_after_its_target_device(tmp_path
         assert f"(use: hwnas-search space=reduced_{dev} latency=adapted latency.target_device={dev} assets.mirror=" \
             in p.stdout + p.stderr, (p.stdout + p.stderr)[-2000:]
     assert sorted(f.name for f in (tmp_path / "conf" / "space").glob("*.yaml")) == ["reduced_2080ti_1.yaml", "reduced_titan_xp_1.yaml"]
+
+
+def test_the_use_line_names_a_config_folder_of_its_own(tmp_path, monkeypatch):
+    """With reduce.conf_dir=<dir> the printed `hwnas-search space=<name>` could not find the preset."""
+    from types import SimpleNamespace
+
+    from hwnas.search.profile_cli import use_line
+
+    monkeypatch.setenv("HWNAS_CONFIG_DIR", str(tmp_path / "user"))
+    red = SimpleNamespace(dropped_resolutions=[])
+    assert use_line("x", red, True, [], tmp_path / "user") == "hwnas-search space=x"
+    assert use_line("x", red, True, [], tmp_path / "other") == f"HWNAS_CONFIG_DIR={(tmp_path / 'other').resolve()} hwnas-search space=x"
