@@ -62,6 +62,30 @@ def _adapted_budgets(budgets: list, *, _root_: object) -> list:
     return [] if own else list(budgets)
 
 
+def hydra_choice(group: str) -> str | None:
+    """The preset chosen for config group ``group`` in this hydra run (None outside one, or none chosen)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get(group)
+    except Exception:  # noqa: BLE001 - not inside a hydra job (the compose API)
+        return None
+    return str(choice) if choice else None
+
+
+def preset_file(group: str, choice: str | None = None) -> Path | None:
+    """The file of preset ``choice`` (default: this run's :func:`hydra_choice`) of config group ``group``:
+    hwnas's own first, then the user config folder's, as hydra's search path has them; None if neither."""
+    choice = choice or hydra_choice(group)
+    if not choice:
+        return None
+    for root in (Path(__file__).resolve().parent, user_config_dir()):
+        f = root / group / f"{choice}.yaml"
+        if f.is_file():
+            return f
+    return None
+
+
 #: what a space preset file that takes no resolutions (nasbench201, fbnet: no ``resolutions`` key) is taken as
 _NO_RESOLUTIONS = "none"
 
@@ -70,32 +94,23 @@ def _space_preset_resolutions() -> list | str | None:
     """The ``resolutions`` the chosen ``space`` preset file itself sets (a reduced space's); :data:`_NO_RESOLUTIONS`
     for a preset without the key (a space that has none); None: no hydra job (the compose API), no such file, or a
     preset that leaves them to the class (null)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choice = HydraConfig.get().runtime.choices.get("space")
-    except Exception:  # noqa: BLE001 - not inside a hydra job
-        return None
-    if not choice:
+    f = preset_file("space")
+    if f is None:
         return None
     import yaml
 
-    for root in (Path(__file__).resolve().parent, user_config_dir()):
-        f = root / "space" / f"{choice}.yaml"
-        if f.is_file():
-            try:
-                st = f.stat()
-                key = (str(f), st.st_mtime_ns, st.st_size)
-                if key not in _PRESET_RESOLUTIONS:  # (resolved at every access of the config: read once)
-                    data = yaml.safe_load(f.read_text(encoding="utf-8"))
-                    res = data.get("resolutions") if isinstance(data, dict) else None
-                    ok = isinstance(res, list) and all(isinstance(r, int) for r in res)
-                    none = (isinstance(data, dict) and "resolutions" not in data and data.get("_target_") == "hwnas.spaces.create_space")
-                    _PRESET_RESOLUTIONS[key] = [int(r) for r in res] if ok else (_NO_RESOLUTIONS if none else None)
-                return _PRESET_RESOLUTIONS[key]
-            except (OSError, yaml.YAMLError):
-                return None  # reported when the space is built
-    return None
+    try:
+        st = f.stat()
+        key = (str(f), st.st_mtime_ns, st.st_size)
+        if key not in _PRESET_RESOLUTIONS:  # (resolved at every access of the config: read once)
+            data = yaml.safe_load(f.read_text(encoding="utf-8"))
+            res = data.get("resolutions") if isinstance(data, dict) else None
+            ok = isinstance(res, list) and all(isinstance(r, int) for r in res)
+            none = (isinstance(data, dict) and "resolutions" not in data and data.get("_target_") == "hwnas.spaces.create_space")
+            _PRESET_RESOLUTIONS[key] = [int(r) for r in res] if ok else (_NO_RESOLUTIONS if none else None)
+        return _PRESET_RESOLUTIONS[key]
+    except (OSError, yaml.YAMLError):
+        return None  # reported when the space is built
 
 
 _PRESET_RESOLUTIONS: dict[tuple, list | str | None] = {}

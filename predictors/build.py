@@ -188,7 +188,9 @@ def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
         node = None  # "???" in a preset such as accuracy=custom: the user is to give it
     cfg = plain(node, key)
     if not isinstance(cfg, dict) or cfg.get("_target_") in (None, "", "???"):
-        preset = _preset_file(key)
+        from hwnas.conf import preset_file
+
+        preset = preset_file(key)
         if preset is not None and not asked and "_target_" not in (cfg if isinstance(cfg, dict) else {}):
             raise ConfigError(f"{key}={preset.stem} ({preset}) sets no _target_: the file is empty, cut short or not "
                               f"a {key} config; write it again (a reduced space: run hwnas-profile again) or choose another")
@@ -230,26 +232,6 @@ def _settings_of(fn: Any) -> str:
         return ""
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", "space")]
     return f" (its settings: {', '.join(names)})" if names else ""
-
-
-def _preset_file(key: str) -> Path | None:
-    """The file of the preset chosen for config group ``key`` in this hydra run (the user config folder's or
-    hwnas's), or None."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choice = HydraConfig.get().runtime.choices.get(key)
-    except Exception:  # noqa: BLE001 - not inside a hydra run
-        return None
-    if not choice:
-        return None
-    from hwnas.conf import user_config_dir
-
-    for root in (Path(__file__).resolve().parents[1] / "conf", user_config_dir()):
-        f = root / key / f"{choice}.yaml"
-        if f.is_file():
-            return f
-    return None
 
 
 def build_space(cfg: Any, key: str = "space") -> Any:

@@ -237,7 +237,9 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
                               f"({[d for d, n in names.items() if n == taken[0]]}); put {{device}} in it")
         writable_dir(conf_dir / "space", "reduce.conf_dir")  # before the profiling, not after it
         remove_stale_temps(conf_dir / "space")  # the half-written space configs of killed runs
-        preset = _space_choice()
+        from hwnas.conf import hydra_choice
+
+        preset = hydra_choice("space")
         if preset is not None and preset in names.values():
             raise ConfigError(
                 f"space={preset} is the preset this profile would write ({conf_dir / 'space' / (preset + '.yaml')}): profiling "
@@ -306,17 +308,6 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
     summary["settings"] = settings
     atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
-
-
-def _space_choice() -> str | None:
-    """The ``space`` preset of this hydra run (None outside one)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choice = HydraConfig.get().runtime.choices.get("space")
-    except Exception:  # noqa: BLE001 - not inside a hydra run
-        return None
-    return str(choice) if choice else None
 
 
 def _body(yaml_text: str) -> str:
