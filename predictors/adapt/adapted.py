@@ -119,16 +119,11 @@ class AdaptedLatency(Predictor):
         space is a restriction of it (a space reduced by ``hwnas-profile``: fewer blocks, depths or
         resolutions), so that the dataset's rows with the dropped choices still inform the fit; the
         search's archs are archs of it too. Otherwise the search space."""
-        from ..data import BUILTIN, load_dataset
+        from ..data.datasets import fit_space
 
-        if hasattr(proxy, "predict") or str(proxy) not in BUILTIN or not hasattr(self.space, "is_restriction_of"):
+        if hasattr(proxy, "predict") or not hasattr(self.space, "is_restriction_of"):
             return self.space
-        full = load_dataset(str(proxy), mirror=mirror, field="proxy").space
-        if self.space.to_config() != full.to_config() and self.space.is_restriction_of(full):
-            log.info("latency=adapted: fitted in space %s (the search space %s is a restriction of it)", full.name,
-                     self.space.name)
-            return full
-        return self.space
+        return fit_space(self.space, str(proxy), mirror, field="proxy")
 
     def _check_space(self, ds: Any, field: str) -> Any:
         """``ds`` as data of the work space (a filled plan of a reduced space: its archs are archs of it)."""

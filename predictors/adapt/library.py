@@ -137,21 +137,21 @@ def _builtin_space(name: str, mirror: str | None) -> Any:
 def _builtin_restricted_by(space: Any, mirror: str | None) -> str | None:
     """The builtin dataset whose space ``space`` is a restriction of (a space reduced by ``hwnas-profile``), if
     it can be read."""
+    from hwnas.spaces import create_space
+
     from ..data import BUILTIN
+    from ..data.datasets import fit_space
 
     if not hasattr(space, "is_restriction_of"):
         return None
-    from hwnas.spaces import create_space
-
     for key, (_, name) in BUILTIN.items():
         if type(create_space(name)) is not type(space):  # (cheap: the dataset is read only for its own family)
             continue
         try:
-            full = _builtin_space(key, mirror)
+            if fit_space(space, key, mirror) is not space:
+                return key
         except Exception:  # noqa: BLE001 - not readable here: not this one
             continue
-        if space.is_restriction_of(full):
-            return key
     return None
 
 

@@ -427,7 +427,7 @@ class DatasetLatency(Predictor):
         return out
 
 
-def fit_space(space: Any, dataset: Any, mirror: str | None = None) -> Any:
+def fit_space(space: Any, dataset: Any, mirror: str | None = None, field: str = "dataset") -> Any:
     """The space a predictor of ``space`` is fitted in on ``dataset``: the builtin dataset's own space when
     ``space`` is a restriction of it (a space reduced by ``hwnas-profile``), so that the rows with the dropped
     choices still inform the fit (only a handful of the dataset's archs lie inside a reduced space); a
@@ -437,7 +437,7 @@ def fit_space(space: Any, dataset: Any, mirror: str | None = None) -> Any:
     if base is not None:
         return base
     if isinstance(dataset, str) and dataset in BUILTIN and hasattr(sp, "is_restriction_of"):
-        full = load_dataset(dataset, mirror=mirror).space
+        full = load_dataset(dataset, mirror=mirror, field=field).space
         if sp.to_config() != full.to_config() and sp.is_restriction_of(full):
             log.info("%s: fitted in space %s (the search space %s is a restriction of it)", dataset, full.name, sp.name)
             return full
