@@ -539,14 +539,22 @@ def _hydra_main(cfg: DictConfig) -> float:
             atomic_write(failed, json.dumps({"error": line, "type": type(exc).__name__}) + "\n")
             return float("nan")
         return float("nan") if result is None else float(result.hypervolume)
-    try:
-        with cli_errors(PROG):
-            result = run_from_config(cfg)
-    except SystemExit as exc:
-        if exc.code == 2:  # refused: a run folder this command made for nothing is not left behind
-            remove_bare_run_dir(_output_dir())
-        raise
+    with run_errors(PROG, _output_dir()):
+        result = run_from_config(cfg)
     return float("nan") if result is None else float(result.hypervolume)  # sweepers (e.g. optuna) maximise it
+
+
+@contextmanager
+def run_errors(prog: str, run_dir: str | os.PathLike) -> Iterator[None]:
+    """:func:`~hwnas.spaces.errors.cli_errors` of a hydra command's run: a run refused on its settings (exit 2)
+    also removes the run folder hydra made for it, when nothing but hydra's own files is in it."""
+    try:
+        with cli_errors(prog):
+            yield
+    except SystemExit as exc:
+        if exc.code == 2:
+            remove_bare_run_dir(Path(run_dir))
+        raise
 
 
 #: run folder (absolute) -> the folders of its path that did not exist before hydra made them (deepest first)

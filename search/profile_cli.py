@@ -29,7 +29,7 @@ from hwnas.predictors.assets import atomic_write, remove_stale_temps
 from hwnas.predictors.build import ConfigError, apply_assets, build_predictor, build_space, instantiate_node, plain
 from hwnas.predictors.fingerprint import differences
 from hwnas.spaces.checks import check_bool
-from hwnas.spaces.errors import check_section, cli_errors, run_hydra, writable_dir
+from hwnas.spaces.errors import check_section, run_hydra, writable_dir
 
 from .profile import ProfileError, check_profile_args, profile_space
 from .reduce import ReductionRules, RulesError, _slug, reduce_space, space_yaml, write_space_config
@@ -328,15 +328,10 @@ def main(argv: list[str] | None = None) -> None:
         hc = HydraConfig.get()
         out = cfg.get("output_dir") or hc.runtime.output_dir
         choices = hc.runtime.choices
-        from .cli import remove_bare_run_dir
+        from .cli import run_errors
 
-        try:
-            with cli_errors("hwnas-profile"):
-                _run_app(cfg, out, choices, hc)
-        except SystemExit as exc:
-            if exc.code == 2:  # refused: a run folder this command made for nothing is not left behind
-                remove_bare_run_dir(Path(hc.runtime.output_dir))
-            raise
+        with run_errors("hwnas-profile", hc.runtime.output_dir):
+            _run_app(cfg, out, choices, hc)
 
     def _run_app(cfg, out, choices, hc) -> None:
         lat = cfg.get("latency")

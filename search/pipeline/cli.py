@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-from hwnas.spaces.errors import cli_errors, run_hydra
+from hwnas.spaces.errors import run_hydra
 
 PROG = "hwnas-pipeline"
 
@@ -27,16 +26,11 @@ def _hydra_main_factory():
 
         from .runner import run_pipeline
 
-        from hwnas.search.cli import remove_bare_run_dir
+        from hwnas.search.cli import run_errors
 
         out = HydraConfig.get().runtime.output_dir
-        try:
-            with cli_errors(PROG):
-                s = run_pipeline(cfg, out, log=logging.getLogger("hwnas.pipeline").info)
-        except SystemExit as exc:
-            if exc.code == 2:  # refused: a run folder this command made for nothing is not left behind
-                remove_bare_run_dir(Path(out))
-            raise
+        with run_errors(PROG, out):
+            s = run_pipeline(cfg, out, log=logging.getLogger("hwnas.pipeline").info)
         ev = s.get("evaluation") or {}
         from hwnas.search.nsga import _fmt_acc
 
