@@ -116,6 +116,7 @@ class MeasurementStore:
         self._timeout = float(timeout)
         self._lock = threading.Lock()
         self.read_only: str | None = None  # why the store cannot be written
+        self._bound: set = set()  # (device, config) pairs whose registration put() has checked
         if self.path != ":memory:":
             parent = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(parent):
@@ -307,8 +308,11 @@ class MeasurementStore:
         if not (value > 0 and value < float("inf")):
             raise StoreError(f"refusing to store latency {value!r} ms for {device}/{space}: it must be positive and finite")
         proto = config.settings() if hasattr(config, "settings") else config
-        if hasattr(config, "fingerprint"):  # (re-)bound to its protocol, atomically, before the row goes in
+        bound = (device, json.dumps(config.fingerprint(), sort_keys=True)) if hasattr(config, "fingerprint") else None
+        if bound is not None and bound not in self._bound:
+            # bound to its protocol, atomically, before its first row goes in (after that row, nothing unbinds it)
             self.register_device(device, config)
+            self._bound.add(bound)
         self._write(
             f"INSERT OR REPLACE INTO measurements({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (device, space, key, value, spread, n, time.time(), json.dumps(proto, sort_keys=True) if proto is not None else None,
