@@ -40,7 +40,7 @@ from hwnas.spaces.mbconv import OFAMobileNetV3Space, ofa_predictor_features, ofa
 from .assets import atomic_path
 from .base import Predictor
 from .ofa_accuracy import PredictorLoadError
-from .threads import torch_threads
+from .threads import torch_seeded, torch_threads
 
 __all__ = ["MLPAccuracyPredictor", "build_mlp", "evaluations_from_cache"]
 
@@ -173,8 +173,7 @@ class MLPAccuracyPredictor(Predictor):
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> "MLPAccuracyPredictor":
         gen = torch.Generator().manual_seed(self.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with torch_seeded(self.seed):
             model = self._init_model()
         if self.init is not None:
             # the official MLP outputs a fraction: keep its scale, learn in its units

@@ -191,15 +191,13 @@ class TensorBatches:
 
 def materialize(ds: Dataset, batch_size: int, num_workers: int = 0, seed: int = 0) -> TensorBatches:
     """Decode a dataset once (random transforms drawn with ``seed``) into :class:`TensorBatches`."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        xs, ys = [], []
+    from hwnas.predictors.threads import torch_seeded
+
+    xs, ys = [], []
+    with torch_seeded(seed):
         for x, y in make_loader(ds, batch_size=max(batch_size, 32), num_workers=num_workers, seed=seed):
             xs.append(x)
             ys.append(y)
-    finally:
-        torch.random.set_rng_state(state)
     if not xs:
         raise DataError("the dataset subset is empty; give at least one image")
     return TensorBatches(torch.cat(xs), torch.cat(ys), batch_size)

@@ -285,8 +285,9 @@ class WeightsSource:
             # untrained: the random initialisation is seeded by the arch, so an arch exported twice has the same
             # weights (and files); the caller's random state is left as it was
             seed = int(hashlib.sha1(arch_key(space, arch).encode()).hexdigest()[:8], 16)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            from hwnas.predictors.threads import torch_seeded
+
+            with torch_seeded(seed):
                 net = build_static(space, arch).eval()
         if self.calibration is not None:  # on the GPU when there is one, then back for the export
             from .data import default_device
