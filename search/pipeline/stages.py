@@ -722,6 +722,7 @@ def summarise_run(ctx: Context) -> dict:
     acc = np.array([r["accuracy"] for r in final])
     meas = np.array([r["measured"] for r in final])
     ref = (float(hv_acc) if hv_acc is not None else (float(acc.min()) if len(acc) else 0.0), max(budgets) if budgets else float(meas.max()))
+    fitted = {id(r) for r, f in zip(final, fitted_on_target(ctx, [r["arch"] for r in final])) if f}
     return {
         "space": ctx.space.name,
         "proxy": ctx.setting("latency._target_"),
@@ -740,9 +741,9 @@ def summarise_run(ctx: Context) -> dict:
         "front_size": len(ctx.get("remeasured")),
         "final_size": len(final),
         "best_at_budgets": {b: (None if r is None else {"arch": str(r["arch"]), "accuracy": r["accuracy"], "measured": r["measured"],
-                                                        **({"fitted": True} if fitted_on_target(ctx, [r["arch"]])[0] else {})})
+                                                        **({"fitted": True} if id(r) in fitted else {})})
                             for b, r in best_under_budgets(final, budgets).items()},
-        "fitted_in_final": sum(fitted_on_target(ctx, [r["arch"] for r in final])),
+        "fitted_in_final": len(fitted),
         "hv_measured": front_hv(acc, meas, ref),
         "hv_ref": list(ref),
         "stages_ran": list(ctx.ran),
