@@ -29,6 +29,15 @@ from .errors import UserError
 COST_NAMES = ("pointwise_macs", "spatial_macs", "activations", "operators", "params")
 
 
+def sample_genomes(sizes: Any, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """``n`` genomes, gene ``i`` uniform over ``range(sizes[i])`` (one draw of ``rng`` per gene)."""
+    from .checks import check_int
+
+    n = check_int(n, "n", 0, example=10, what="how many archs to sample", error=SpaceError)
+    sizes = np.asarray(sizes)
+    return (np.random.default_rng(rng).random((n, len(sizes))) * sizes).astype(int)
+
+
 class SpaceError(UserError, ValueError):
     """An architecture or a space configuration is invalid; the message names the field and the fix."""
 
@@ -110,9 +119,7 @@ class SearchSpace(ABC):
 
     # ----------------------------------------------------------------- random operators
     def sample_genomes(self, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
-        rng = np.random.default_rng(rng)
-        sizes = np.asarray(self.genome_sizes)
-        return (rng.random((n, len(sizes))) * sizes).astype(int)
+        return sample_genomes(self.genome_sizes, n, rng)
 
     def sample(self, n: int, rng: np.random.Generator | int | None = None) -> list:
         """``n`` archs, every gene uniform over its allowed choices."""

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import SpaceError, create_space, register_space
+from .base import SpaceError, create_space, register_space, sample_genomes
 
 
 @register_space("restricted")
@@ -88,8 +88,7 @@ class RestrictedSpace:
         return self.base.features(archs)
 
     def sample_genomes(self, n: int, rng: Any = None) -> np.ndarray:
-        rng = np.random.default_rng(rng)
-        return (rng.random((n, self.n_var)) * self.genome_sizes).astype(int)
+        return sample_genomes(self.genome_sizes, n, rng)
 
     def sample(self, n: int, rng: Any = None) -> list:
         return self.decode(self.sample_genomes(n, rng))

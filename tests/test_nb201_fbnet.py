@@ -85,3 +85,13 @@ def test_dataset_csv_roundtrip(tmp_path, data_dir):
     (tmp_path / "bad.csv").write_text("arch,dev\n1 2 3,4\n")
     with pytest.raises(DatasetError, match="line 2"):
         LatencyDataset.from_csv(tmp_path / "bad.csv", "fbnet")
+    arch = back.to_csv(tmp_path / "ok.csv").read_text().splitlines()[1].split(",")[0]
+    for cell in ("-3", "0", "inf"):  # a latency is a finite positive number; an empty cell or "nan" is not measured
+        (tmp_path / "neg.csv").write_text(f"arch,dev\n{arch},1.5\n{arch},{cell}\n")
+        with pytest.raises(DatasetError, match=f"line 3: column 'dev' value '{cell}' is not a latency"):
+            LatencyDataset.from_csv(tmp_path / "neg.csv", "fbnet")
+    (tmp_path / "nan.csv").write_text(f"arch,dev\n{arch},nan\n")
+    assert np.isnan(LatencyDataset.from_csv(tmp_path / "nan.csv", "fbnet")["dev"][0])
+    (tmp_path / "idx.csv").write_text(f"index,arch,dev\n7,{arch},1\nx,{arch},2\n")
+    with pytest.raises(DatasetError, match="line 3: column 'index' value 'x' is not a whole number"):
+        LatencyDataset.from_csv(tmp_path / "idx.csv", "fbnet")

@@ -233,6 +233,13 @@ def test_sampling_is_uniform_and_seeded(w12):
     assert np.array_equal(G1, G2)
     counts = np.bincount(G1[:, 0], minlength=9)
     assert counts.min() > 4000 / 9 * 0.8 and counts.max() < 4000 / 9 * 1.2
+    assert w12.sample(0) == []
+    from hwnas.spaces import create_space
+
+    for sp in (w12, create_space("restricted")):
+        for n in (-1, 2.5, "3"):  # was numpy's "negative dimensions are not allowed" (or a float count taken)
+            with pytest.raises(SpaceError, match=rf"n={n!r} must be an integer >= 0 \(how many archs to sample\)"):
+                sp.sample(n)
 
 
 # ---------------------------------------------------------------------------- encoders

@@ -15,6 +15,7 @@ columns such as NAS-Bench-201's ``index`` are kept in ``dataset.meta``. Missing 
 from __future__ import annotations
 
 import csv
+import math
 import logging
 import os
 from dataclasses import dataclass, field
@@ -237,11 +238,20 @@ class LatencyDataset:
                 t = row[j].strip()
                 if t:
                     try:
-                        vals[r, c] = float(t)
+                        v = float(t)
                     except ValueError:
                         raise DatasetError(f"{path} line {r + 2}: column {h!r} value {t!r} is not a number") from None
+                    if not v > 0 and not math.isnan(v) or math.isinf(v):  # "nan" (a pandas export) is a cell not measured
+                        raise DatasetError(f"{path} line {r + 2}: column {h!r} value {t!r} is not a latency; give a finite "
+                                           "positive number of milliseconds, or leave the cell empty for an arch not measured")
+                    vals[r, c] = v
         for j, h in meta_cols:
-            metas[h] = np.array([int(row[j]) for row in rows[1:]])
+            try:
+                metas[h] = np.array([int(row[j]) for row in rows[1:]])
+            except ValueError:
+                bad = next(r for r, row in enumerate(rows[1:]) if not row[j].strip().lstrip("-").isdigit())
+                raise DatasetError(f"{path} line {bad + 2}: column {h!r} value {rows[bad + 1][j]!r} is not a whole number; "
+                                   f"give the arch's {h} in the reference benchmark, or drop the column") from None
         devs = {h: vals[:, c] for c, (j, h) in enumerate(dev_cols)}
         return cls(space, archs, devs, metas, name=name or path.stem)
 
@@ -325,11 +335,8 @@ def check_measured(ds: LatencyDataset, device: str, path: str | os.PathLike, fie
     rows = []
     for i, (a, v) in enumerate(zip(ds.archs, y)):
         where = f"{field}: {path} line {i + 2}"
-        if np.isnan(v):
+        if np.isnan(v):  # (from_csv has refused values that are not finite positive numbers)
             continue
-        if not (np.isfinite(v) and v > 0):
-            raise DatasetError(f"{where}: {device}={v:g} is not a positive number of milliseconds; write the measured "
-                               "median latency in ms, or leave the cell empty for an arch that was not measured")
         if a in first:
             j = first[a]
             same = "with the same value" if y[j] == v else f"with another value ({y[j]:g} there, {v:g} here)"
