@@ -164,9 +164,19 @@ def main(argv=None) -> None:
                     help="devices to run the search comparison on ('gpu' = --gpu)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
-    if a.quick:  # smoke run: one GPU device
+    gpu_cols = ["2080ti_1", "2080ti_64", "titan_rtx_1", "titan_rtx_64", "titan_xp_1", "titan_xp_64"]
+    if a.gpu not in gpu_cols:
+        gpu_cols.append(a.gpu)
+    names = [a.gpu if x.strip() == "gpu" else x.strip() for x in a.search.split(",") if x.strip()]
+    unknown = [x for x in names if x not in ["note10"] + gpu_cols]
+    if unknown or not names:  # checked before minutes of profiling (and not dropped by --quick)
+        ap.error(f"--search {a.search!r}: {'unknown device ' + repr(unknown[0]) if unknown else 'no device'}; "
+                 f"give a comma-separated list of note10, gpu (= --gpu) and {', '.join(gpu_cols)}")
+    if a.quick:  # smoke run: one GPU device (or the ones --search names)
         a.seeds, a.pop, a.gens, a.n_samples = 2, 30, 10, 32
-        a.search = ",".join(x for x in a.search.split(",") if x.strip() in ("note10", "gpu", a.gpu))
+        if a.search == ap.get_default("search"):
+            names = [x for x in names if x in ("note10", a.gpu)]
+        gpu_cols = list(dict.fromkeys([a.gpu] + [x for x in names if x != "note10"]))
     from hwnas.predictors.assets import set_default_mirror
     from hwnas.predictors.lut import LookupTableLatency
 
@@ -180,11 +190,6 @@ def main(argv=None) -> None:
     gpu_space = create_space("ofa_mbv3_w12")
     note_lut = LookupTableLatency(note_space)
     devices = {"note10": (note_space, note_lut, "official Note10 lookup tables")}
-    gpu_cols = ["2080ti_1", "2080ti_64", "titan_rtx_1", "titan_rtx_64", "titan_xp_1", "titan_xp_64"]
-    if a.gpu not in gpu_cols:
-        gpu_cols.append(a.gpu)
-    if a.quick:
-        gpu_cols = [a.gpu]
     for col in gpu_cols:
         p, srcc, src = gpu_predictor(gpu_space, col)
         devices[col] = (gpu_space, p, f"{src}, held-out SRCC {srcc:.3f}")
@@ -233,9 +238,7 @@ def main(argv=None) -> None:
     pop, gens = a.pop, a.gens
     total = pop * gens
     eval_budgets = sorted({total // 8, total // 4, total // 2, total})
-    for name in [a.gpu if x.strip() == "gpu" else x.strip() for x in a.search.split(",") if x.strip()]:
-        if name not in devices:
-            raise SystemExit(f"--search: unknown device {name!r}; profiled devices: {list(devices)}")
+    for name in names:
         sp, lat, _ = devices[name]
         red = reductions[name]
         rsp = red.space

@@ -263,3 +263,15 @@ def test_failed_export_leaves_no_empty_output_folder(tmp_path, capsys, monkeypat
     with pytest.raises(ExportError):
         export_many(create_space("nasbench201"), [arch], tmp_path / "e2", formats=["torch"])
     assert not (tmp_path / "e2").exists()
+
+
+def test_space_reduction_benchmark_refuses_an_unknown_search_device_before_profiling():
+    """``--search nope`` was dropped by --quick without a word (and found only after minutes of profiling
+    without it): now argparse's one line, exit 2, before any work."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "space_reduction.py"
+    for args in (["--search", "note10,nope", "--quick"], ["--search", ","]):
+        r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stdout == ""
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("space_reduction.py: error: --search") and "note10, gpu (= --gpu) and 2080ti_1" in last
+        assert ("unknown device 'nope'" if "nope" in args[1] else "no device") in last
