@@ -314,6 +314,15 @@ def test_cli_end_to_end_three_tiny_archs(tmp_path, tiny_space, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("hwnas-measure: error: device='here'")
+    # the other width writes its archs alike: its run may not extend this space's file (it was mixed in)
+    before = out.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        main(["ofa_mbv3_w10" if a == "ofa_mbv3_w12" else a for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and out.read_bytes() == before
+    assert err[0] == (f"hwnas-measure: error: --out {out} holds 3 arch(s) measured for space 'ofa_mbv3_w12' on 'here' (in {store}), "
+                      "not 'ofa_mbv3_w10'; give another --out file for ofa_mbv3_w10")
+    assert MeasurementStore(store).spaces("here") == ["ofa_mbv3_w12"]
 
 
 def test_cli_reads_arch_files_with_the_one_reader(tmp_path, tiny_space, capsys):

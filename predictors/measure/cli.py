@@ -21,7 +21,8 @@ Examples::
 A rerun with the same ``--store`` and ``--device`` measures only what is missing (every arch is stored
 as soon as it is measured); the CSV (``arch`` + one column per device) is what
 :class:`hwnas.predictors.data.LatencyDataset` reads. An existing ``--out`` file is extended only when it
-is an earlier ``hwnas-measure`` CSV of the same device and space (its rows are kept, this run's added);
+is an earlier ``hwnas-measure`` CSV of the same device and space (its rows are kept, this run's added; the
+store says which space its rows were measured for);
 any other file is refused, as is a folder, or a folder that does not exist (like ``--store``: create it
 first). A ``--build-lut`` folder records its device and protocol (``lut.json``) and takes no tables of
 another.
@@ -139,6 +140,23 @@ def earlier_output(path: str, space: Any, device: str) -> Any:
         raise UsageError(f"--out {path} already exists and is not an hwnas-measure CSV of space {space.name!r} ({exc}); {fix}") from None
 
 
+def check_earlier_space(store: Any, path: str, earlier: Any, space: Any, device: str) -> None:
+    """An earlier ``--out`` file is extended only with archs of its own space: OFA w1.0 and w1.2 archs are
+    written alike, so a file of the other width would be read as this one's and the two mixed. The CSV does
+    not say its space; the store does, for the rows it holds (rows measured into another store cannot be
+    told apart and are kept)."""
+    from hwnas.spaces.io import arch_key
+
+    keys = [arch_key(space, a) for a in earlier.archs]
+    mine = store.get_many(device, space.name, keys)
+    rest = [k for k in keys if k not in mine]
+    for other in store.spaces(device) if rest else []:
+        hits = store.get_many(device, other, rest) if other != space.name else {}
+        if hits:
+            raise UsageError(f"--out {path} holds {len(hits)} arch(s) measured for space {other!r} on {device!r} (in {store.path}), "
+                             f"not {space.name!r}; give another --out file for {space.name}")
+
+
 def write_output(store: Any, path: str, space: Any, device: str, archs: list, earlier: Any) -> str:
     """This run's archs (with an earlier CSV of the same device: its rows first, kept, then the new
     ones) and their values from the store, written atomically; returns what was written."""
@@ -239,6 +257,8 @@ def _run(args: argparse.Namespace) -> int:
         check_lut_dir(args.build_lut, lut_info(space, device, cfg))
         remove_stale_temps(Path(args.build_lut).expanduser())  # killed runs' half-written tables
     store = MeasurementStore(args.store)
+    if earlier is not None:
+        check_earlier_space(store, args.out, earlier, space, device)
     measurer = make_measurer(cfg, args.scheduler, args.resource, wait_s=args.wait)
     store.register_device(device, cfg, getattr(measurer, "platform", None) if not args.scheduler else None)
     try:

@@ -294,6 +294,12 @@ class MeasurementStore:
             rows = self._con.execute("SELECT device, fingerprint FROM devices ORDER BY device").fetchall()
         return {d: json.loads(f) for d, f in rows}
 
+    def spaces(self, device: str) -> list[str]:
+        """The spaces that ``device`` has measurements of."""
+        with self._lock:
+            rows = self._con.execute("SELECT DISTINCT space FROM measurements WHERE device=? ORDER BY space", (device,)).fetchall()
+        return [r[0] for r in rows]
+
     # ------------------------------------------------------------------ rows
     def put(self, device: str, space: str, key: str, measurement: Any, config: Any = None, platform: dict | None = None) -> None:
         """Insert or replace one measurement and commit at once. ``key``: the arch key (or a table
