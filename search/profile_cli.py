@@ -170,12 +170,12 @@ def _recorded_settings(path: Path) -> dict | None:
     return saved if isinstance(saved, dict) else None
 
 
-def check_output_dir(out: Path, settings: dict, overwrite: bool) -> None:
+def check_output_dir(out: Path, settings: dict, overwrite: bool, conf_space: Path | None = None) -> None:
     """Refuse a folder that holds a profile of other settings (or of unrecorded ones): its profile.csv and
     summary.json would be silently replaced. The same settings profile again (the same files, the same
     numbers) -- also after a run killed before it wrote summary.json (its settings are in
     profile_settings.json, written before any output); ``overwrite=true`` removes the earlier profile's
-    files first."""
+    files first, its reduced space configs in the folder included (not those of ``conf_space``)."""
     summary, csv = out / "summary.json", out / "profile.csv"
     if not summary.exists() and not csv.exists():
         return  # nothing profiled here (a profile_settings.json alone: a run that failed before its outputs)
@@ -193,6 +193,36 @@ def check_output_dir(out: Path, settings: dict, overwrite: bool) -> None:
     for pattern in _OUTPUTS:
         for f in out.glob(pattern):
             f.unlink(missing_ok=True)
+    if conf_space is None or out.resolve() != conf_space.resolve():  # (there, they are the user's space configs)
+        for name in _earlier_space_names(saved, out / "summary.json"):
+            f = out / f"{name}.yaml"
+            if f.is_file() and _MARK in f.read_text(encoding="utf-8", errors="replace")[:400]:
+                f.unlink(missing_ok=True)  # the earlier profile's reduced space, of another reduce.name than this one's
+
+
+#: the provenance line of the reduced space configs a profile writes (hwnas.search.reduce.space_yaml)
+_MARK = "derived by hwnas-profile"
+
+
+def _earlier_space_names(saved: list[dict], summary: Path) -> set[str]:
+    """The reduced space configs (``<name>.yaml``) an earlier profile wrote into its folder: from its summary.json,
+    and from its recorded settings (a run killed before its summary wrote some of them)."""
+    names: set[str] = set()
+    try:
+        devices = json.loads(summary.read_text(encoding="utf-8")).get("devices") or {}
+        names |= {str(e["space"]) for e in devices.values() if isinstance(e, dict) and "space" in e}
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    for st in saved:
+        devs = [str(k) for k in st.get("devices") or {}]
+        if st.get("latency"):
+            devs.append(str(st.get("device") or (st.get("names") or {}).get("device") or "device"))
+        for d in devs:
+            try:
+                names.add(space_config_name((st.get("reduce") or {}).get("name", "reduced_{device}"), d))
+            except ConfigError:
+                pass
+    return {n for n in names if n and "/" not in n and not n.startswith(".")}
 
 
 def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | None = None,
@@ -246,7 +276,7 @@ def run_profile(cfg: Any, output_dir: str | Path | None = None, device: str | No
                 f"it again would reduce it further and replace the record of the first reduction; write the new one under "
                 f"another name, e.g. reduce.name={preset}_2")
     settings = profile_settings(cfg, device, accuracy_name)
-    check_output_dir(out, settings, bool(cfg.get("overwrite", False)))
+    check_output_dir(out, settings, bool(cfg.get("overwrite", False)), conf_dir / "space")
     pc = cfg.get("profile") or {}
     measured = [d for d, p in latency.items() if provenance(p)["kind"] == "measured"]
     if measured:  # each evaluation times a network (seconds): the profile's tens of thousands take days

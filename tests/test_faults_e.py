@@ -196,6 +196,21 @@ def test_profile_interrupted_after_profile_csv_is_run_again_by_the_same_command(
     assert _comparable(out) == _comparable(ref)
 
 
+def test_profile_overwrite_removes_the_earlier_reduced_space_of_another_name(profile_main, tmp_path, capsys):
+    """overwrite=true replaced profile.csv and summary.json but left the earlier profile's ``<reduce.name>.yaml``
+    in the folder, beside the new profile that did not write it. The user's config folder keeps both."""
+    out = tmp_path / "prof"
+    code, err = _in_process(profile_main, _profile_argv(tmp_path, out, "reduce.name=first_syn"), capsys)
+    assert code == 0, err[-2000:]
+    assert (out / "first_syn.yaml").is_file()
+    (out / "notes.yaml").write_text("# derived by hwnas-profile, says my own file\n")  # not a name it wrote: kept
+    code, err = _in_process(profile_main, _profile_argv(tmp_path, out, "reduce.name=second_syn", "profile.seed=1",
+                                                         "overwrite=true"), capsys)
+    assert code == 0, err[-2000:]
+    assert not (out / "first_syn.yaml").exists() and (out / "second_syn.yaml").is_file() and (out / "notes.yaml").is_file()
+    assert {p.name for p in (tmp_path / "uc" / "space").glob("*.yaml")} == {"first_syn.yaml", "second_syn.yaml"}
+
+
 def test_profile_settings_alone_do_not_hold_the_folder(profile_main, tmp_path, capsys):
     """A run that failed before its first output leaves at most profile_settings.json: another command
     may use the folder (nothing of a profile is in it)."""
