@@ -21,7 +21,8 @@ export (Once-for-All's protocol), and trained weights without calibration are re
 ``allow_uncalibrated=True`` — then every file says so (``weights.bn_calibrated = false``).
 
 A rerun into the same folder skips the archs already exported with the same settings -- when every file
-``metadata.json`` lists is there with its size; an incomplete folder is exported again, atomically --,
+``metadata.json`` lists is there with its size and content, and ``metadata.json`` is as written; an
+incomplete or edited folder is exported again, atomically --,
 removes the temporary folders of killed runs, and refuses (naming the difference) a folder exported with
 other settings unless ``overwrite=True``. Everything is checked before the output folder is created:
 the space, the formats, and the accuracy (a fraction in [0, 1] or a percentage) and latency (ms, > 0) of
@@ -550,17 +551,19 @@ def _is_done(final: Path, request: dict) -> bool:
 
 def missing_files(folder: Path, meta: dict) -> list[str]:
     """The files of export ``folder`` (``metadata.json`` read as ``meta``) that are missing, or of another size
-    than when written (``file_bytes``; exports of an older hwnas record no sizes)."""
+    or content than when written (``file_bytes``, ``file_sha256``; exports of an older hwnas record neither),
+    and ``metadata.json`` itself when its content was changed (``metadata_sha256``)."""
     files = meta.get("files") if isinstance(meta.get("files"), dict) else {}
     sizes = meta.get("file_bytes") if isinstance(meta.get("file_bytes"), dict) else {}
-    out = []
+    digests = meta.get("file_sha256") if isinstance(meta.get("file_sha256"), dict) else {}
+    out = [] if meta.get("metadata_sha256", _meta_digest(meta)) == _meta_digest(meta) else ["metadata.json"]
     for f in dict.fromkeys(["arch.json", "README.md", *files.values()]):
         try:
             n = (folder / f).stat().st_size
         except OSError:
             out.append(f)
             continue
-        if f in sizes and sizes[f] != n:
+        if (f in sizes and sizes[f] != n) or (f in digests and digests[f] != _sha256(folder / f)):
             out.append(f)
     return out
 
@@ -683,8 +686,26 @@ def _write_export(tmp: Path, space, item: ExportItem, arch, weights: WeightsSour
     card = _model_card(meta, files)
     (tmp / "README.md").write_text(card)
     # the sizes of what metadata.json lists: a rerun re-exports a folder whose file went missing or was cut
-    meta["file_bytes"] = {f: (tmp / f).stat().st_size for f in ["arch.json", "README.md", *files.values()]}
+    listed = ["arch.json", "README.md", *files.values()]
+    meta["file_bytes"] = {f: (tmp / f).stat().st_size for f in listed}
+    # and their contents, and metadata.json's own (an edited accuracy there was "already exported")
+    meta["file_sha256"] = {f: _sha256(tmp / f) for f in listed}
+    meta["metadata_sha256"] = _meta_digest(meta)
     (tmp / "metadata.json").write_text(_dumps(meta, f"{name}/metadata.json"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _meta_digest(meta: dict) -> str:
+    """The digest of ``metadata.json``'s content (its JSON, keys sorted, without this field)."""
+    body = {k: v for k, v in meta.items() if k != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _export_onnx(net: nn.Module, x: torch.Tensor, ref: torch.Tensor, path: Path, meta: dict, opset: int, atol: float) -> float:

@@ -216,6 +216,30 @@ def test_export_killed_mid_way_resumes_without_overwrite(tmp_path):
     assert len(index) == 3 and all((out / e["name"] / "model_state_dict.pth").is_file() for e in index)
 
 
+def test_an_edited_export_is_exported_again_not_skipped(tmp_path):
+    """metadata.json whose accuracy was edited by hand (or a listed file changed at the same size) was taken as
+    "already exported": the folder went on claiming the edited numbers. Now it is exported again, as written."""
+    from hwnas.supernet.export import ExportItem, export_many
+
+    space = create_space("ofa_proxyless_w13", resolutions=[R])
+    item = ExportItem(arch=space.sample(1, 3)[0], accuracy=0.7, latency=12.0)
+    (d,) = export_many(space, [item], tmp_path / "out", formats=["torch"])
+    meta_text, arch_text = (d / "metadata.json").read_text(), (d / "arch.json").read_bytes()
+    calls = []
+    export_many(space, [item], tmp_path / "out", formats=["torch"], progress=lambda i, n, p, skipped: calls.append(skipped))
+    assert calls == [True]  # untouched: skipped
+    meta = json.loads(meta_text)
+    meta["accuracy"]["value"] = 0.99
+    (d / "metadata.json").write_text(json.dumps(meta, indent=1))
+    export_many(space, [item], tmp_path / "out", formats=["torch"], progress=lambda i, n, p, skipped: calls.append(skipped))
+    assert calls == [True, False] and json.loads((d / "metadata.json").read_text())["accuracy"]["value"] == 0.7
+    edited = arch_text.replace(b'"arch_str"', b'"arch_sTr"')  # the same size, another content
+    assert len(edited) == len(arch_text) and edited != arch_text
+    (d / "arch.json").write_bytes(edited)
+    export_many(space, [item], tmp_path / "out", formats=["torch"], progress=lambda i, n, p, skipped: calls.append(skipped))
+    assert calls == [True, False, False] and (d / "arch.json").read_bytes() == arch_text
+
+
 # ============================================================================ read-only output folders
 def _readonly(cmd: list[str], folder: Path, cwd: Path) -> subprocess.CompletedProcess:
     """Run ``cmd`` with ``folder`` read-only: chmod for a normal user; as root (whom chmod does not stop)

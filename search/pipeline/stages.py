@@ -678,11 +678,12 @@ class ExportStage(Stage):
         data = json.loads((d / "archs.json").read_text())
         if not isinstance(data, dict) or not isinstance(data.get("archs"), list) or len(data["archs"]) != meta.get("n"):
             raise ValueError(f"{d / 'archs.json'} does not hold the {meta.get('n')} archs this stage wrote")
+        from hwnas.supernet.export import missing_files
+
         for m in meta.get("models") or []:
-            files = json.loads((d / m / "metadata.json").read_text()).get("files") or {}
-            for f in ["arch.json", *files.values()]:
-                if not (d / m / f).is_file():
-                    raise FileNotFoundError(2, "a file of the exported network is missing", str(d / m / f))
+            bad = missing_files(d / m, json.loads((d / m / "metadata.json").read_text()))
+            if bad:  # missing, cut or edited
+                raise FileNotFoundError(2, "a file of the exported network is missing or changed", str(d / m / bad[0]))
 
 
 STAGES = (ProxyStage(), SamplesStage(), AdaptStage(), ReduceStage(), SearchStage(), RemeasureStage(), ExportStage())
