@@ -156,6 +156,36 @@ def _first(*values: object) -> object:
     return next((v for v in values if v not in (None, "")), None)
 
 
+def _plugin_label(name: object, target: object = None, device: object = None) -> str:
+    """What names a run folder after a space or target device: ``name`` (``space.name``, ``target.device``) when
+    set; for a plug-in given only by its class path (``space=custom space._target_=mypkg.WidthSpace``), the name
+    it is registered under (``@register_space``), else its ``device`` or ``name`` setting, else the class's name;
+    ``custom`` when none can be told (a class path that does not import: the build reports it). Every run of
+    one plug-in used to share ``.../custom/...``."""
+    import re
+
+    ok = re.compile(r"[A-Za-z0-9_.-]+")
+    for v in (name, device):
+        if isinstance(v, str) and v:
+            return v
+    if not isinstance(target, str) or not target:
+        return "custom"
+    try:
+        from hydra.utils import get_object
+
+        obj = get_object(target)
+    except Exception:  # noqa: BLE001 - any failure to import: the build names it
+        obj = None
+    if obj is not None:
+        from hwnas.spaces.base import _REGISTRY
+
+        reg = [n for n, f in _REGISTRY.items() if f is obj]
+        if reg and ok.fullmatch(reg[0]):
+            return reg[0]
+    last = target.rsplit(".", 1)[-1]
+    return last if ok.fullmatch(last) else "custom"
+
+
 def _register() -> None:
     try:
         from omegaconf import OmegaConf
@@ -167,6 +197,7 @@ def _register() -> None:
     OmegaConf.register_new_resolver("hwnas_priced_resolutions", _priced_resolutions, replace=True)
     OmegaConf.register_new_resolver("hwnas_own_resolutions", _own_resolutions, replace=True)
     OmegaConf.register_new_resolver("hwnas_first", _first, replace=True)
+    OmegaConf.register_new_resolver("hwnas_plugin_label", _plugin_label, replace=True)
 
 
 _register()

@@ -205,3 +205,24 @@ def test_an_empty_preset_of_your_own_is_named(tmp_path):
     p = subprocess.run([sys.executable, "-m", "hwnas.search", "accuracy=custom", f"hydra.run.dir={tmp_path / 'r2'}"],
                        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "accuracy._target_ is not set" in p.stderr  # a preset asking for it: as before
+
+
+def test_plugin_run_folders_are_named_after_the_plugin():
+    """space=custom / target=custom: every plug-in's runs shared outputs/.../custom/...; now the registered
+    space name, else the class's name (a class path that does not import: still custom, the build says why)."""
+    from omegaconf import OmegaConf
+
+    import hwnas.search.cli  # noqa: F401 - registers the run folder's key resolver
+    from hwnas.conf import _plugin_label
+
+    space = ["space=custom", "space._target_=hwnas.spaces.restricted.RestrictedSpace"]
+    with initialize_config_module(config_module="hwnas.conf", version_base=None):
+        run = compose("config", overrides=space, return_hydra_config=True).hydra.run.dir
+        pipe = compose("pipeline", overrides=[*space, "target=custom", "target._target_=hwnas.predictors.lut.LookupTableLatency"],
+                       return_hydra_config=True)
+        pipe_dir = OmegaConf.select(pipe, "hydra.run.dir")
+    assert run.startswith("outputs/search/restricted-")
+    assert pipe_dir.startswith("outputs/pipeline/restricted/LookupTableLatency/k")
+    assert _plugin_label(None, "nope.Missing") == "Missing" and _plugin_label(None, None) == "custom"
+    assert _plugin_label(None, "x.Bad name") == "custom" and _plugin_label("mine", "a.B") == "mine"
+    assert _plugin_label(None, "a.B", "pi4") == "pi4"
