@@ -49,6 +49,20 @@ def _user_presets() -> str:
     return text.replace("$", "$$") + "\n"  # (the help template is a string.Template)
 
 
+def _help(app: str, groups: list, presets: list | None = None) -> str:
+    """``--help`` of a command: its own config groups only, with their options (hydra's listing gave every group
+    of hwnas's tree, ``train`` and ``target`` under ``hwnas-search`` too), the primary configs it takes by
+    ``--config-name``, and the user's presets (:func:`_user_presets`). ``$CONFIG`` is left for hydra."""
+    root = Path(__file__).resolve().parent
+    lines = [f"{g}: {', '.join(sorted(f.stem for f in (root / str(g)).glob('*.yaml')))}" for g in groups]
+    text = f"{app} is powered by Hydra.\n{_user_presets()}\n== Configuration groups ==\n"
+    text += "Compose your configuration from those groups (group=option)\n\n" + "\n".join(lines).replace("$", "$$") + "\n"
+    if presets:
+        text += f"\nWhole presets (--config-name <name>): {', '.join(map(str, presets))}\n"
+    return (text + "\n== Config ==\nOverride anything in the config (foo.bar=value)\n\n$CONFIG\n\n"
+            "Powered by Hydra (https://hydra.cc)\nUse --hydra-help to view Hydra specific help\n")
+
+
 #: the reference target of ``latency=adapted`` (its preset's budgets are this device's)
 _ADAPTED_DEFAULT = {"target_device": "titan_rtx_1", "target_samples": "ofa_mbv3"}
 
@@ -192,12 +206,12 @@ def _register() -> None:
     except ImportError:  # pragma: no cover - hydra/omegaconf are dependencies
         return
     OmegaConf.register_new_resolver("hwnas_user_conf", _searchpath_entry, replace=True)
-    OmegaConf.register_new_resolver("hwnas_user_presets", _user_presets, replace=True)
     OmegaConf.register_new_resolver("hwnas_adapted_budgets", _adapted_budgets, replace=True)
     OmegaConf.register_new_resolver("hwnas_priced_resolutions", _priced_resolutions, replace=True)
     OmegaConf.register_new_resolver("hwnas_own_resolutions", _own_resolutions, replace=True)
     OmegaConf.register_new_resolver("hwnas_first", _first, replace=True)
     OmegaConf.register_new_resolver("hwnas_plugin_label", _plugin_label, replace=True)
+    OmegaConf.register_new_resolver("hwnas_help", _help, replace=True)
 
 
 _register()

@@ -95,7 +95,13 @@ def test_every_command_config_finds_reduced_spaces_in_the_user_config_folder(pri
         cfg = compose(name, overrides=["space=reduced_mydev"], return_hydra_config=True)
     assert cfg.space.name == "reduced_mydev"
     # --help lists it (hydra's own listing of config groups leaves out the user folder)
-    assert f"user config folder {tmp_path}):\n  space: reduced_mydev\n" in cfg.hydra.help.header
+    text = cfg.hydra.help.template
+    assert f"user config folder {tmp_path}):\n  space: reduced_mydev\n" in text
+    # and only the config groups this command takes (hydra listed every group of hwnas's tree under each command)
+    groups = ("space" if primary.startswith("train/") else "space accuracy latency" if primary == "profile/default"
+              else "space accuracy latency search evaluator" if primary == "config" else "space accuracy latency target search evaluator")
+    listed = text.split("(group=option)\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split(":")[0] for line in listed] == groups.split() and "$CONFIG" in text
 
 
 def test_adapted_presets_budgets_are_only_for_its_own_target():
