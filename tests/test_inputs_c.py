@@ -109,8 +109,8 @@ def _variants(rows):
         "dupconflict": (rows + [(a0, 99.0)], rf"line {len(rows) + 2}: the same arch as line 2 with another value"),
         "onesec": (rows[:-1] + [(rows[-1][0], rows[-1][1] * 1000)], rf"line {last}: .*x the other rows' time per MAC"),
         "seconds": ([(a, v / 1000) for a, v in rows], r"GMAC/s.*seconds\? write milliseconds \(x1000\)"),
-        "inf": (rows[:-1] + [(rows[-1][0], "inf")], rf"line {last}: mydev=inf is not a positive number"),
-        "neg": (rows[:-1] + [(rows[-1][0], "-3")], rf"line {last}: mydev=-3 is not a positive number"),
+        "inf": (rows[:-1] + [(rows[-1][0], "inf")], rf"target_samples: .* line {last}: column 'mydev' value 'inf' is not a latency; give a finite positive"),
+        "neg": (rows[:-1] + [(rows[-1][0], "-3")], rf"target_samples: .* line {last}: column 'mydev' value '-3' is not a latency; give a finite positive"),
     }
 
 

@@ -307,7 +307,10 @@ def load_dataset(name_or_path: str | os.PathLike, space: Any = None, mirror: str
                 return ds.within(want, field)  # a plan of a reduced space: its archs are archs of the full one
             raise DatasetError(f"{p} is a plan for space {ds.space.name!r}, not {want.name!r}")
         return ds
-    return LatencyDataset.from_csv(p, space)
+    try:
+        return LatencyDataset.from_csv(p, space)
+    except DatasetError as exc:  # the setting that named the file, as the checks of a filled plan say it
+        raise DatasetError(f"{field}: {exc}") from None
 
 
 def is_user_file(name_or_path: str | os.PathLike) -> bool:
