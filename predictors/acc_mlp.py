@@ -23,6 +23,7 @@ Back into a search (``conf/accuracy/mlp.yaml``)::
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -335,7 +336,8 @@ def evaluations_from_cache(
         fps = [r[0] for r in con.execute("SELECT DISTINCT fingerprint FROM supernet_accuracy")]
         if fingerprint is None:
             if len(fps) > 1:
-                raise ValueError(f"{path} holds evaluations of {len(fps)} protocols {fps}; pass fingerprint=")
+                raise ValueError(f"{path} holds evaluations of {len(fps)} protocols; pass fingerprint= one of: "
+                                 + "; ".join(f"{fp!r} ({_protocol_text(con, fp)})" for fp in fps))
             fingerprint = fps[0] if fps else ""
         rows = con.execute(f"SELECT arch, {metric} FROM supernet_accuracy WHERE fingerprint=? ORDER BY rowid", (fingerprint,)).fetchall()
     except sqlite3.DatabaseError as exc:
@@ -346,6 +348,21 @@ def evaluations_from_cache(
         raise ValueError(f"{path} has no evaluations for fingerprint {fingerprint!r}")
     archs = [space.validate(a) for a, _ in rows]
     return archs, np.array([v for _, v in rows], dtype=float)
+
+
+def _protocol_text(con: Any, fp: str) -> str:
+    """What fingerprint ``fp`` of an accuracy cache stands for, in a few words (caches of older versions: unknown)."""
+    import sqlite3
+
+    try:
+        row = con.execute("SELECT protocol FROM supernet_protocols WHERE fingerprint=?", (fp,)).fetchone()
+        proto = json.loads(row[0]) if row else None
+    except (sqlite3.DatabaseError, ValueError, TypeError):
+        proto = None
+    if not isinstance(proto, dict):
+        return "protocol not recorded"
+    return (f"checkpoint {proto.get('checkpoint_path') or 'random-init'}, val {proto.get('val')}, "
+            f"n_calib {proto.get('n_calib')}, n_val {proto.get('n_val')}, seed {proto.get('seed')}")
 
 
 def _saved_space(blob: dict, path: Path) -> SearchSpace:

@@ -61,6 +61,9 @@ def provenance(obj: Any) -> dict:
     device = getattr(obj, "device_name", None)
     if isinstance(device, str) and device:
         out["device"] = device
+    weights = getattr(obj, "weights_source", None)  # measured accuracies: the weights they are of (supernet)
+    if isinstance(weights, dict):
+        out["weights"] = weights
     return out
 
 

@@ -86,12 +86,35 @@ def settings_key(cfg: Any) -> str:
         v = node(name) if (hasattr(cfg, "get") and cfg.get(name) is not None) else None
         if isinstance(v, dict):
             v = {k: x for k, x in v.items() if k != "mirror" and not (name == "search" and k in _COSMETIC)
-                 and not (name == "evaluator" and k in _CLUSTER) and not ((name, k) in _ADDED_NULL and x is None)}
+                 and not (name == "evaluator" and k in _CLUSTER)
+                 and not (name == "accuracy" and v.get("_target_") == _SUPERNET and k in _HOW_IT_RUNS)
+                 and not ((name, k) in _ADDED_NULL and x is None)}
         parts[name] = v
-    files = {**local_files({k: parts[k] for k in _FILE_NODES}), **plugin_files({k: parts[k] for k in _FILE_NODES})}
+    local = local_files({k: parts[k] for k in _FILE_NODES})
+    for where in local:  # a local file counts by its contents, not by how its path was written
+        _set_path(parts, where, "<local file>")  # (accuracy.checkpoint=ck.pth and =/abs/ck.pth: one search)
+    files = {**local, **plugin_files({k: parts[k] for k in _FILE_NODES})}
     if files:  # only then: the key of settings without local files is unchanged
         parts["files"] = files
     return fingerprint(parts)
+
+
+def _set_path(tree: Any, where: str, value: Any) -> None:
+    """Set ``tree``'s value at ``where`` (as :func:`local_files` names it: ``accuracy.paths[0]``)."""
+    steps: list[Any] = []
+    for part in where.split("."):
+        steps.append(part.split("[", 1)[0])
+        steps += [int(i) for i in re.findall(r"\[(\d+)\]", part)]
+    node = tree
+    for st in steps[:-1]:
+        node = node[st]
+    node[steps[-1]] = value
+
+
+#: how the supernet's accuracies are computed, not what they are: loader processes, the progress bar, the
+#: torch device, the cache file (a search resumed with fewer workers was another search, started over)
+_HOW_IT_RUNS = ("num_workers", "progress", "device", "cache")
+_SUPERNET = "hwnas.supernet.accuracy.SupernetAccuracy"
 
 
 #: settings added to the configs later: at null (their default) they leave the key as it was before them,

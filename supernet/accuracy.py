@@ -3,8 +3,9 @@
 Each arch is extracted from the supernet, its BN statistics are re-calibrated on ``n_calib`` training
 images and it is evaluated on ``n_val`` validation images (see :mod:`hwnas.supernet.data`). Results are
 cached by canonical arch — in memory and, with ``cache=<file.sqlite>``, on disk across runs — under a
-fingerprint of the protocol (space, checkpoint, data, subset sizes, seed), so a changed protocol never
-reuses stale numbers. A population is de-duplicated, the cached archs are skipped, and the rest is
+fingerprint of the protocol (the network's shape, the checkpoint's contents, data, subset sizes, seed), so
+a changed protocol never reuses stale numbers, and the same file given by another path (or another
+resolution list of the same space) finds its numbers again. A population is de-duplicated, the cached archs are skipped, and the rest is
 evaluated grouped by resolution (decoded images are reused for every arch of one resolution).
 
 Hydra::
@@ -32,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hwnas.predictors.base import Predictor
-from hwnas.predictors.fingerprint import local_file_fingerprint
+from hwnas.predictors.fingerprint import file_fingerprint
 from hwnas.spaces import create_space
 from hwnas.spaces.io import arch_key
 from hwnas.spaces.mbconv import MBConvSpace
@@ -67,6 +68,36 @@ def split_data_root(data: Any) -> tuple[Path, Path]:
             "test; give a root with train/ and val/ for real accuracy)", root)
         return root, root
     raise DataError(f"data folder {root} does not exist; expected an ImageFolder root with train/ and val/")
+
+
+def _check_trained_resolutions(space: MBConvSpace, path: Any) -> None:
+    """A supernet that records its training resolutions (hwnas-train) is not evaluated outside their range: its
+    subnets' accuracy there is not what it learned. Resolutions inside the range that it was not trained at
+    (176 between 160 and 192) are said once: an elastic supernet's accuracy there is interpolated."""
+    from .checkpoint import recorded_space
+
+    spec = recorded_space(path)
+    trained = (spec.get("options") or {}).get("resolutions") if isinstance(spec, dict) else None
+    if not isinstance(trained, list) or not trained or not all(isinstance(r, int) for r in trained):
+        return
+    mine = list(getattr(space, "resolutions", []))
+    outside = [r for r in mine if not min(trained) <= r <= max(trained)]
+    if outside:
+        inside = [r for r in mine if min(trained) <= r <= max(trained)]
+        fix = f"space.resolutions=[{','.join(map(str, inside or trained))}]"
+        raise DataError(f"accuracy.checkpoint {path} was trained at resolutions {trained}; space.resolutions {mine} also "
+                        f"holds {outside}, outside them, where its accuracies mean nothing: give {fix}")
+    between = [r for r in mine if r not in trained]
+    if between:
+        import logging
+
+        logging.getLogger("hwnas.supernet").warning(
+            f"accuracy.checkpoint {path} was trained at resolutions {trained}; the search evaluates it at {between} too "
+            f"(between them: interpolated by the elastic supernet; space.resolutions=[{','.join(map(str, trained))}] keeps to them)")
+
+
+#: the tables of an accuracy cache (a file with others is another program's, and is not written to)
+CACHE_TABLES = ("supernet_accuracy", "supernet_protocols")
 
 
 class SupernetAccuracy(Predictor):
@@ -118,6 +149,7 @@ class SupernetAccuracy(Predictor):
             n_calib=n_calib, n_val=n_val, batch_size=batch_size, seed=seed, num_workers=num_workers,
         )
         n_classes = self.data.train.n_classes if checkpoint is None and supernet is None else None
+        path = None
         if supernet is None:
             if checkpoint is not None:  # the classifier's size comes from the file: a supernet trained
                 # with hwnas-train on one's own classes is evaluated on that data
@@ -128,6 +160,7 @@ class SupernetAccuracy(Predictor):
                 n_classes = int(head.shape[0]) if head is not None and head.dim() == 2 else None
                 supernet = ElasticMBConvNet(self.space, n_classes=n_classes)
                 load_checkpoint(supernet, path)
+                _check_trained_resolutions(self.space, path)
             else:
                 supernet = ElasticMBConvNet(self.space, n_classes=n_classes)
         head, n_data = int(supernet.n_classes), self.data.train.n_classes
@@ -140,10 +173,17 @@ class SupernetAccuracy(Predictor):
         self.supernet = supernet.to(self.device).eval()
         self.progress = progress
         self.n_evaluated = 0  # archs actually measured (cache misses)
+        # what decides an arch's accuracy: the network (its tensors' names and shapes: the space's family and
+        # width, not its resolutions or other choices, which an arch carries), its weights (a local file by its
+        # contents, however its path is written; an official one by name), the images and the protocol
+        shapes = sorted((k, list(v.shape)) for k, v in self.supernet.state_dict().items())
+        contents = file_fingerprint(Path(path)) if path is not None else None
+        #: the weights these accuracies are of (recorded in pareto.json: hwnas-export checks its own against them)
+        self.weights_source = {"checkpoint": str(Path(path).resolve()) if path is not None else None, "checkpoint_fingerprint": contents,
+                               "calibration": self.data.calibration.identity()}
         proto = {
-            "space": self.space.name,
-            "space_cfg": self.space.to_config(),
-            "checkpoint": str(checkpoint) if checkpoint is not None else "random-init",
+            "network": hashlib.sha1(json.dumps(shapes).encode()).hexdigest(),
+            "checkpoint": contents or (str(checkpoint) if checkpoint is not None else "random-init"),
             "train": str(train_dir.resolve()),
             "val": str(val_dir.resolve()),
             "n_calib": int(n_calib),
@@ -151,9 +191,7 @@ class SupernetAccuracy(Predictor):
             "seed": int(seed),
         }
         proto["data_files"] = self.data.files_fingerprint()  # images replaced or classes renamed in place
-        contents = local_file_fingerprint(checkpoint) if checkpoint is not None else None
-        if contents is not None:  # a local file retrained into the same path must not be served the old
-            proto["checkpoint_contents"] = contents  # cached accuracies (official names keep their keys)
+        self.protocol = {**proto, "checkpoint_path": self.weights_source["checkpoint"] or (str(checkpoint) if checkpoint is not None else None)}
         self.fingerprint = hashlib.sha1(json.dumps(proto, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self._mem: dict[str, dict] = {}
         self._lock = threading.Lock()
@@ -165,6 +203,8 @@ class SupernetAccuracy(Predictor):
         if self.cache_path is None:
             return
         p = Path(self.cache_path)
+        if p.is_dir():
+            raise DataError(f"accuracy.cache={self.cache_path!r} is a folder; give a file path in it, e.g. {p / 'accuracy.sqlite'}")
         p.parent.mkdir(parents=True, exist_ok=True)
         if not p.exists():  # a folder it cannot be made in: the OS's reason (sqlite says "unable to open database file")
             from hwnas.spaces.errors import writable_dir
@@ -175,10 +215,17 @@ class SupernetAccuracy(Predictor):
             row = self._db.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else 'no answer'}")
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables - set(CACHE_TABLES):  # checked before anything is written: another program's file stays as it was
+                raise sqlite3.DatabaseError(f"it is an SQLite file with other tables ({sorted(tables - set(CACHE_TABLES))[:5]})")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS supernet_accuracy (fingerprint TEXT, arch TEXT, top1 REAL, top5 REAL, "
                 "loss REAL, n INTEGER, PRIMARY KEY (fingerprint, arch))"
             )
+            # what each fingerprint stands for (checkpoint, data, calibration ...), for evaluations_from_cache and people
+            self._db.execute("CREATE TABLE IF NOT EXISTS supernet_protocols (fingerprint TEXT PRIMARY KEY, protocol TEXT)")
+            self._db.execute("INSERT OR IGNORE INTO supernet_protocols VALUES (?, ?)",
+                             (self.fingerprint, json.dumps(self.protocol, sort_keys=True, default=str)))
             self._db.commit()
         except sqlite3.DatabaseError as exc:
             if self._db is not None:

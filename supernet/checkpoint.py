@@ -157,17 +157,21 @@ def match_state_dict(net: nn.Module, state: dict[str, torch.Tensor], source: str
 def load_checkpoint(net: nn.Module, src: str | os.PathLike, mirror: str | os.PathLike | None = None) -> Path:
     """Load ``src`` (path, official name or asset path) into ``net``; returns the file used."""
     path = resolve_checkpoint(src, mirror)
-    state = read_state_dict(path)
+    net.load_state_dict(match_checkpoint(net, read_state_dict(path), path), strict=True)
+    return path
+
+
+def match_checkpoint(net: nn.Module, state: dict, path: str | os.PathLike) -> dict:
+    """:func:`match_state_dict` of the checkpoint file ``path``; one that does not fit ``net`` but records the space it
+    was trained for is refused naming that space and the settings that select it."""
     try:
-        full = match_state_dict(net, state, source=f"checkpoint {path}")
+        return match_state_dict(net, state, source=f"checkpoint {path}")
     except CheckpointError as exc:
         spec = recorded_space(path)
         if spec is None:
             raise
         raise CheckpointError(f"checkpoint {path} was trained for space {describe_spec(spec)}, which this network is "
                               f"not; use that space (e.g. {spec_overrides(spec)}). {str(exc).split('. Use the')[0]}") from None
-    net.load_state_dict(full, strict=True)
-    return path
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -244,6 +244,12 @@ class CalibrationSet:
         """Re-compute ``net``'s BN statistics on these images at resolution ``r``; returns the image count."""
         return set_running_statistics(net, self.batches(r), device)
 
+    def identity(self) -> dict:
+        """What decides the statistics this set gives a subnet (compared, as data, between a search's accuracies
+        and an export's calibration): the images' folder, which of them, and the batches."""
+        return {"data": str(Path(self.source.root).resolve()), "n_images": len(self.indices), "n_requested": self.n_images,
+                "seed": self.seed, "batch_size": self.batch_size}
+
     def describe(self) -> dict:
         return {"data": str(self.source.root), "n_images": len(self.indices), "seed": self.seed,
                 "protocol": "BN statistics re-computed on training images (random-resized-crop + flip at the subnet's resolution)"}
@@ -307,6 +313,24 @@ def _progress(it, total: int | None, desc: str, progress: bool):
     return tqdm(it, total=total, desc=desc, leave=False)
 
 
+def _no_single_image(batches: Iterable) -> Iterable[torch.Tensor]:
+    """The images of ``(x, y)`` batches, a batch of one image joined to the one before it: BN in training mode
+    cannot take one image where the map is 1x1 (the SE layers), so 2001 calibration images in batches of 100 failed
+    at the last one."""
+    prev = None
+    for x, _ in batches:
+        if prev is not None and len(x) == 1:
+            prev = torch.cat([prev, x])
+            continue
+        if prev is not None:
+            yield prev
+        prev = x
+    if prev is not None:
+        if len(prev) < 2:
+            raise DataError("BN calibration needs at least 2 images (one image has no batch statistics); give n_calib >= 2")
+        yield prev
+
+
 @torch.no_grad()
 def set_running_statistics(
     net: nn.Module, batches: Iterable, device: str | torch.device = "cpu", progress: bool = False
@@ -323,7 +347,7 @@ def set_running_statistics(
     n = 0
     try:
         total = len(batches) if hasattr(batches, "__len__") else None
-        for x, _ in _progress(batches, total, "BN calibration", progress):
+        for x in _no_single_image(_progress(batches, total, "BN calibration", progress)):
             net(normalize(x.to(device, non_blocking=True)))
             n += len(x)
     finally:

@@ -95,6 +95,8 @@ class ExportItem:
     latency_device: str | None = None
     name: str = ""
     extra: dict = field(default_factory=dict)
+    #: the weights a measured accuracy is of, as the source records them (data; see :func:`accuracy_mismatch`)
+    accuracy_weights: Any = None
 
 
 # ============================================================================ inputs
@@ -143,6 +145,8 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
         raise ExportError(f"{p} does not exist; give a search run folder, a pareto.json, an arch file or an arch string")
     header, rows = read_arch_file(p, "pareto.json" if p.name == "pareto.json" else "arch file")
     acc_kind, lat_kind, device = _recorded_values(header)
+    values = header.get("values") if isinstance(header.get("values"), dict) else {}
+    acc_weights = (values.get("accuracy") or {}).get("weights") if isinstance(values.get("accuracy"), dict) else None
     partial = header.get("partial") is True
     if partial:
         notes.append(f"{p} is the front of an unfinished search (interrupted): rerun the search command to finish it; "
@@ -170,6 +174,8 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
     if partial:
         for it in items:
             it.extra["partial_search"] = True
+    for it in items:
+        it.accuracy_weights = acc_weights
     if select == "all" or "budgets" not in header:
         return space, items, notes
     best = header.get("best") or {}
@@ -198,7 +204,7 @@ def read_items(source: str | os.PathLike | Any, space: SearchSpace | str | None 
             continue
         chosen[key] = ExportItem(arch, _number(row.get("accuracy"), f"{where} accuracy"), lat, name=_budget_label(b),
                                  extra={"budgets": [b], **({"partial_search": True} if partial else {})}, accuracy_kind=acc_kind, latency_kind=lat_kind,
-                                 latency_device=device)
+                                 latency_device=device, accuracy_weights=acc_weights)
     if not chosen:
         raise ExportError(f"{p}: no arch meets any budget of the run ({list(best)}); export the front with --all")
     return space, list(chosen.values()), notes
@@ -320,26 +326,67 @@ def load_weights_source(space: MBConvSpace, checkpoint: str | os.PathLike | None
     (flagged untrained)."""
     if checkpoint in (None, ""):
         return WeightsSource()
-    from .checkpoint import match_state_dict, read_state_dict, resolve_checkpoint
+    from .checkpoint import match_checkpoint, read_state_dict, resolve_checkpoint
     from .elastic import ElasticMBConvNet
 
     path = resolve_checkpoint(checkpoint, mirror)
     state = read_state_dict(path)
     head = state.get("classifier.linear.weight")
     net = ElasticMBConvNet(space, n_classes=int(head.shape[0]) if head is not None and head.dim() == 2 else None)
-    net.load_state_dict(match_state_dict(net, state, source=f"checkpoint {path}"), strict=True)
+    net.load_state_dict(match_checkpoint(net, state, path), strict=True)
     net.eval()
     from hwnas.predictors.fingerprint import file_fingerprint
 
     return WeightsSource(net, str(path), checkpoint_fingerprint=file_fingerprint(path))
 
 
-def _calibration(calib_data: Any, calib_images: int, seed: int = 0) -> Any:
+def recorded_calibration(recorded: Any) -> dict:
+    """The calibration settings (``n_images``, ``seed``, ``batch_size``) a search's measured accuracies were
+    computed with, from its ``pareto.json`` (data: only whole numbers in range are taken), for an export to
+    calibrate as the search did."""
+    from hwnas.spaces.checks import is_whole
+
+    cal = recorded.get("calibration") if isinstance(recorded, dict) else None
+    if not isinstance(cal, dict):
+        return {}
+    out = {"n_images": cal.get("n_requested"), "seed": cal.get("seed"), "batch_size": cal.get("batch_size")}
+    return {k: int(v) for k, v in out.items() if is_whole(v) and 0 <= v <= 10**9 and (k == "seed" or v >= 1)}
+
+
+def accuracy_mismatch(recorded: Any, weights: WeightsSource) -> str | None:
+    """Why the accuracies a search measured are not those of ``weights`` (another checkpoint, untrained
+    weights, BN statistics re-calibrated otherwise or not at all), or None when they are, or when the
+    search recorded nothing to compare with (older results, predicted accuracies)."""
+    if not isinstance(recorded, dict):
+        return None
+    ck = recorded.get("checkpoint") if isinstance(recorded.get("checkpoint"), str) else None
+    fp = recorded.get("checkpoint_fingerprint")
+    what = f"checkpoint {ck}" if ck else "a randomly initialised supernet"
+    if not weights.trained:
+        return f"the search measured them with {what}; these weights are untrained (no --checkpoint)"
+    if fp != weights.checkpoint_fingerprint:
+        return f"the search measured them with {what}; --checkpoint {weights.checkpoint} has other contents"
+    cal = recorded.get("calibration")
+    if weights.calibration is None:
+        return "the search re-calibrated BN statistics; these weights are not re-calibrated (--no-calib)"
+    mine = weights.calibration.identity() if hasattr(weights.calibration, "identity") else None
+    if isinstance(cal, dict) and mine is not None:
+        diff = [k for k in ("data", "n_images", "seed", "batch_size") if cal.get(k) != mine.get(k)]
+        if diff:
+            return (f"the search re-calibrated BN statistics otherwise ({', '.join(f'{k} {cal.get(k)!r} there, {mine.get(k)!r} here' for k in diff)})")
+    return None
+
+
+def _calibration(calib_data: Any, calib_images: int | None, recorded: Any = None) -> Any:
+    """The calibration images: ``calib_images`` of them (None: as many as the search whose accuracies are
+    exported used, with its seed and batches -- :func:`recorded_calibration` -- else :data:`CALIB_IMAGES`)."""
     from .data import CalibrationSet, train_folder
 
     if isinstance(calib_data, CalibrationSet):
         return calib_data
-    return CalibrationSet(train_folder(calib_data), n_images=calib_images, seed=seed)
+    rec = recorded_calibration(recorded)
+    n = calib_images if calib_images is not None else rec.get("n_images", CALIB_IMAGES)
+    return CalibrationSet(train_folder(calib_data), n_images=n, seed=rec.get("seed", 0), batch_size=rec.get("batch_size", 100))
 
 
 # ============================================================================ export of one arch
@@ -743,18 +790,22 @@ def export_many(
     overwrite: bool = False,
     progress: Callable[[int, int, Path, bool], None] | None = None,
     calib_data: Any = None,
-    calib_images: int = CALIB_IMAGES,
+    calib_images: int | None = None,
     allow_uncalibrated: bool = False,
     atol: float = 1e-4,
     timm_atol: float = 1e-5,
     opset: int = 17,
+    note: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Export every item into ``out_dir`` (one folder each) and write ``out_dir/index.json`` (name,
     arch_str, accuracy, latency, checks of every export in the folder, earlier calls' too; rewritten after every arch).
 
     ``calib_data``: an ImageFolder (or a root with ``train/``) whose first ``calib_images`` images (a
-    fixed random subset) re-calibrate every subnet's BN statistics before export. Trained weights
-    without it are refused unless ``allow_uncalibrated``. Archs already exported into ``out_dir`` with
+    fixed random subset) re-calibrate every subnet's BN statistics before export (``calib_images`` None: as
+    many, with the seed and batches, as the search that measured the items' accuracies, else
+    :data:`CALIB_IMAGES`). Trained weights without it are refused unless ``allow_uncalibrated``. Measured
+    accuracies of other weights than these (:func:`accuracy_mismatch`) are not written as the exports' top-1:
+    each records the value as ``search_accuracy`` and ``note`` is told why. Archs already exported into ``out_dir`` with
     the same settings are skipped (so a killed export resumes); temporary folders of killed runs are
     removed. ``progress(i, n, folder, skipped)`` is called after each arch.
 
@@ -771,9 +822,20 @@ def export_many(
     try:
         remove_stale_temps(out_dir)  # what killed exports left
         weights = weights or WeightsSource()
+        recorded = next((it.accuracy_weights for it in items if isinstance(it, ExportItem) and it.accuracy_kind == "measured"
+                         and it.accuracy is not None and it.accuracy_weights is not None), None)
         if calib_data not in (None, ""):
-            weights = dataclasses.replace(weights, calibration=_calibration(calib_data, calib_images))  # (keeps the
-            # checkpoint's fingerprint: a retrained checkpoint at the same path is another export)
+            weights = dataclasses.replace(weights, calibration=_calibration(calib_data, calib_images, recorded))  # (keeps
+            # the checkpoint's fingerprint: a retrained checkpoint at the same path is another export)
+        why = accuracy_mismatch(recorded, weights)
+        if why is not None:
+            items = [dataclasses.replace(it, accuracy=None, extra={**it.extra, "search_accuracy": it.accuracy})
+                     if isinstance(it, ExportItem) and it.accuracy_kind == "measured" and it.accuracy is not None else it
+                     for it in items]
+            if note is not None:
+                note(f"the top-1 accuracies of the search are not those of the exported weights: {why}; each export records "
+                     "the search's value as search_accuracy and its top-1 as unknown (export the weights the search measured, "
+                     "or give --accuracy)")
         _check_index(out_dir / "index.json")
         out = []
         for i, it in enumerate(items):

@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                         "default: untrained static weights (flagged)")
     p.add_argument("--calib-data", default=None,
                    help="ImageFolder (or a root with train/) whose images re-calibrate each subnet's BN statistics")
-    p.add_argument("--calib-images", type=int, default=CALIB_IMAGES, help=f"images for BN re-calibration (default {CALIB_IMAGES})")
+    p.add_argument("--calib-images", type=int, default=None,
+                   help=f"images for BN re-calibration (default: as many as the search whose accuracies are exported used, else {CALIB_IMAGES})")
     p.add_argument("--no-calib", action="store_true",
                    help="export checkpoint weights with the supernet's BN statistics (flagged in every file)")
     p.add_argument("--mirror", default=None, help="assets mirror folder (for official checkpoints)")
@@ -97,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     opset = check_opset(args.opset, "--opset ")
     check_values(args.accuracy, None, "--accuracy")
     check_values(None, args.latency, "--latency")
-    check_int(args.calib_images, "--calib-images", 1, what="a number of images", example=CALIB_IMAGES, error=ExportError)
+    check_int(args.calib_images, "--calib-images", 1, what="a number of images", example=CALIB_IMAGES, error=ExportError, null=True)
     if args.checkpoint and not args.calib_data and not args.no_calib:
         raise ExportError(
             "--checkpoint without --calib-data: subnets extracted from a supernet need their BN statistics "
@@ -126,8 +127,8 @@ def _run(args: argparse.Namespace) -> int:
     if accuracy is not None and 1.0 < accuracy <= 100.0:  # a percentage: stored as the fraction searches store
         accuracy = accuracy / 100.0
     for it in items:
-        if accuracy is not None:
-            it.accuracy = accuracy
+        if accuracy is not None:  # the user's value: not the search's, nothing to check it against
+            it.accuracy, it.accuracy_weights = accuracy, None
         if args.latency is not None:
             it.latency = args.latency
         it.accuracy_kind = args.accuracy_kind or it.accuracy_kind
@@ -170,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         export_many(space, items, out, weights=weights, formats=formats, overwrite=args.overwrite, opset=opset,
                     progress=progress, calib_data=args.calib_data, calib_images=args.calib_images,
-                    allow_uncalibrated=args.no_calib)
+                    allow_uncalibrated=args.no_calib, note=lambda line: print(f"hwnas-export: note: {line}", file=sys.stderr))
     finally:
         if bar is not None:
             bar.close()

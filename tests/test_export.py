@@ -557,7 +557,7 @@ def test_bn_recalibration_keeps_the_checkpoints_fingerprint(tmp_path, monkeypatc
         seen.append(weights)
         raise KeyboardInterrupt  # stop here: only the weights handed on are looked at
 
-    monkeypatch.setattr(ex, "_calibration", lambda data, n: "calibration")
+    monkeypatch.setattr(ex, "_calibration", lambda data, n, recorded=None: "calibration")
     monkeypatch.setattr(ex, "_export_one", fake_export_one)
     weights = WeightsSource(_Supernet(space, 5), "ck.pth", checkpoint_fingerprint="sha256:abc")
     with pytest.raises(KeyboardInterrupt):

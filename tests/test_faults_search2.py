@@ -403,3 +403,18 @@ def test_settings_key_leaves_out_where_a_dask_search_runs(tmp_path, monkeypatch)
                    "evaluator.processes=false", "evaluator.address=tcp://10.0.0.5:8786"]) == base
     assert key_of(["evaluator=dask", "evaluator.objectives=[accuracy,latency]"]) != base  # what runs where: kept
     assert key_of([]) == DEFAULT_KEY
+
+
+def test_settings_key_leaves_out_how_supernet_accuracies_are_computed(tmp_path, monkeypatch):
+    """accuracy=supernet with fewer loader workers, the progress bar, another torch device or cache file -- or the
+    same checkpoint given by another path -- was another search: an interrupted search rerun so started over."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck.pth").write_bytes(b"weights")
+    sup = ["accuracy=supernet", "accuracy.data=/datasets/imagenet", "accuracy.checkpoint=ck.pth"]
+    base = key_of(sup)
+    assert key_of([*sup, "accuracy.num_workers=0", "accuracy.progress=true", "accuracy.device=cpu",
+                   "accuracy.cache=elsewhere.sqlite"]) == base
+    assert key_of([*sup[:2], f"accuracy.checkpoint={tmp_path / 'ck.pth'}"]) == base
+    assert key_of([*sup, "accuracy.n_calib=500"]) != base  # what the accuracies are: kept
+    (tmp_path / "ck.pth").write_bytes(b"retrained")
+    assert key_of(sup) != base

@@ -99,6 +99,7 @@ def test_a_missing_network_file_makes_the_export_stage_unfinished(tmp_path):
     (d / "archs.json").write_text(json.dumps({"archs": [{}]}))
     (d / "models" / "n0" / "metadata.json").write_text(json.dumps({"files": {"torch": "model_state_dict.pth"}}))
     (d / "models" / "n0" / "arch.json").write_text("{}")
+    (d / "models" / "n0" / "README.md").write_text("# n0\n")
     ctx = Context(None, tmp_path, {})
     meta = {"n": 1, "models": ["models/n0"]}
     why = ExportStage().read_back(ctx, meta)

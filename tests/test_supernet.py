@@ -453,3 +453,116 @@ def test_an_accuracy_cache_in_a_read_only_folder_says_so(tiny_folder, tmp_path, 
     with pytest.raises(UserError, match=r"accuracy cache folder .*ro cannot be written: .*the file system is read-only"):
         SupernetAccuracy(space, checkpoint=None, data=tiny_folder, n_calib=4, n_val=4, batch_size=4, device="cpu",
                          cache=str(tmp_path / "ro" / "acc.sqlite"))
+
+
+def test_supernet_accuracy_cache_key_is_the_file_not_how_its_path_is_written(tiny_folder, tmp_path, monkeypatch):
+    """The same checkpoint given by a relative and an absolute path (or with another resolution list of the same
+    space) got three fingerprints: every arch evaluated again. A folder as the cache, another program's SQLite
+    file, and the cache's record of what each fingerprint stands for."""
+    import hashlib
+    import sqlite3
+
+    from hwnas.predictors.acc_mlp import evaluations_from_cache
+    from hwnas.supernet.accuracy import SupernetAccuracy
+    from hwnas.supernet.checkpoint import save_checkpoint
+    from hwnas.supernet.data import DataError
+
+    space = create_space("ofa_mbv3_w10", resolutions=[32])
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "supernet.pth", {"state_dict": ElasticMBConvNet(space, n_classes=4).state_dict()})
+    kw = dict(data=tiny_folder, n_calib=4, n_val=4, batch_size=4, device="cpu")
+    monkeypatch.chdir(tmp_path)
+    a = SupernetAccuracy(space, checkpoint="supernet.pth", **kw)
+    assert SupernetAccuracy(space, checkpoint=str(tmp_path / "supernet.pth"), **kw).fingerprint == a.fingerprint
+    wider = create_space("ofa_mbv3_w10", resolutions=[32, 40])
+    assert SupernetAccuracy(wider, checkpoint="supernet.pth", **kw).fingerprint == a.fingerprint
+    assert SupernetAccuracy(space, checkpoint="supernet.pth", **{**kw, "n_calib": 8}).fingerprint != a.fingerprint
+    assert a.weights_source == {"checkpoint": str(tmp_path / "supernet.pth"), "checkpoint_fingerprint": a.weights_source["checkpoint_fingerprint"],
+                                "calibration": {"data": str((tiny_folder / "train").resolve()), "n_images": 4, "n_requested": 4,
+                                                "seed": 0, "batch_size": 4}}
+
+    (tmp_path / "cachedir").mkdir()
+    with pytest.raises(DataError, match=r"accuracy.cache='cachedir' is a folder; give a file path in it, e.g. cachedir/accuracy.sqlite"):
+        SupernetAccuracy(space, checkpoint="supernet.pth", cache="cachedir", **kw)
+    con = sqlite3.connect(tmp_path / "theirs.sqlite")
+    con.execute("CREATE TABLE mydata (x)")
+    con.commit()
+    con.close()
+    before = hashlib.sha256((tmp_path / "theirs.sqlite").read_bytes()).hexdigest()
+    with pytest.raises(sqlite3.DatabaseError, match=r"theirs.sqlite is corrupted or not an hwnas cache \(it is an SQLite file with other tables \(\['mydata'\]\)\); it was left untouched"):
+        SupernetAccuracy(space, checkpoint="supernet.pth", cache="theirs.sqlite", **kw)
+    assert hashlib.sha256((tmp_path / "theirs.sqlite").read_bytes()).hexdigest() == before
+
+    for n in (4, 8):  # two protocols in one cache: the error says what each fingerprint is
+        SupernetAccuracy(space, checkpoint="supernet.pth", cache="acc.sqlite", **{**kw, "n_calib": n}).predict(space.sample(1, 0))
+    with pytest.raises(ValueError) as e:
+        evaluations_from_cache(tmp_path / "acc.sqlite", space)
+    assert "holds evaluations of 2 protocols; pass fingerprint= one of: " in str(e.value)
+    assert f"(checkpoint {tmp_path / 'supernet.pth'}, val {(tiny_folder / 'val').resolve()}, n_calib 4, n_val 4, seed 0)" in str(e.value)
+    assert "n_calib 8" in str(e.value)
+
+
+def test_supernet_accuracy_keeps_to_the_resolutions_a_checkpoint_was_trained_at(tiny_folder, tmp_path, caplog):
+    """accuracy=supernet evaluated a supernet hwnas-train made at [32, 40] at any resolution of the search space
+    (python -m hwnas.supernet.evaluate refused them): outside the trained range is refused, between is said."""
+    import json
+    import logging
+
+    from hwnas.spaces.io import space_spec
+    from hwnas.supernet.accuracy import SupernetAccuracy
+    from hwnas.supernet.checkpoint import save_checkpoint
+    from hwnas.supernet.data import DataError
+
+    trained = create_space("ofa_mbv3_w10", resolutions=[32, 48])
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "supernet.pth", {"state_dict": ElasticMBConvNet(trained, n_classes=4).state_dict(),
+                                                "hwnas_space": json.dumps(space_spec(trained))})
+    kw = dict(checkpoint=str(tmp_path / "supernet.pth"), data=tiny_folder, n_calib=4, n_val=4, batch_size=4, device="cpu")
+    with pytest.raises(DataError, match=r"was trained at resolutions \[32, 48\]; space.resolutions \[32, 48, 64\] also holds "
+                                        r"\[64\], outside them, where its accuracies mean nothing: give space.resolutions=\[32,48\]"):
+        SupernetAccuracy(create_space("ofa_mbv3_w10", resolutions=[32, 48, 64]), **kw)
+    with caplog.at_level(logging.WARNING, logger="hwnas.supernet"):
+        SupernetAccuracy(create_space("ofa_mbv3_w10", resolutions=[32, 40]), **kw)
+    assert "the search evaluates it at [40] too (between them" in caplog.text
+
+
+def test_export_writes_a_searched_accuracy_only_for_the_weights_it_was_measured_on(tiny_folder, tmp_path):
+    """hwnas-export attached accuracy=supernet's "measured" top-1 to weights that do not give it: another
+    checkpoint, untrained weights, or BN re-calibrated on another number of images (2000 by default, whatever the
+    search used). Now the export calibrates as the search did, and other weights get the value as search_accuracy."""
+    import json
+
+    from hwnas.predictors.base import provenance
+    from hwnas.supernet.accuracy import SupernetAccuracy
+    from hwnas.supernet.checkpoint import save_checkpoint
+    from hwnas.supernet.export import ExportItem, export_many, load_weights_source
+
+    space = create_space("ofa_mbv3_w10", resolutions=[32])
+    for seed, name in ((0, "a.pth"), (1, "b.pth")):
+        torch.manual_seed(seed)
+        save_checkpoint(tmp_path / name, {"state_dict": ElasticMBConvNet(space, n_classes=4).state_dict()})
+    acc = SupernetAccuracy(space, checkpoint=str(tmp_path / "a.pth"), data=tiny_folder, n_calib=5, n_val=4, batch_size=4,
+                           device="cpu")
+    assert provenance(acc)["weights"] == acc.weights_source
+    arch = space.sample(1, 2)[0]
+    item = ExportItem(arch, accuracy=0.5, accuracy_kind="measured", accuracy_weights=json.loads(json.dumps(acc.weights_source)))
+    notes = []
+    (d,) = export_many(space, [item], tmp_path / "same", weights=load_weights_source(space, str(tmp_path / "a.pth")),
+                       formats=["torch"], calib_data=tiny_folder / "train", note=notes.append)
+    meta = json.loads((d / "metadata.json").read_text())
+    assert notes == [] and meta["accuracy"]["value"] == 0.5 and meta["weights"]["bn_calibration"]["n_images"] == 5
+    net = acc.supernet.get_active_subnet(arch).eval()  # the subnet the search measured, calibrated as it was
+    acc.data.calibration.calibrate(net, arch.r)
+    saved = torch.load(d / "model_state_dict.pth", weights_only=True)
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(saved[k], v)
+    for name, kw, why in (("other", {"weights": load_weights_source(space, str(tmp_path / "b.pth"))}, "has other contents"),
+                          ("untrained", {}, "these weights are untrained"),
+                          ("more", {"weights": load_weights_source(space, str(tmp_path / "a.pth")), "calib_images": 8},
+                           "n_images 5 there, 8 here")):
+        notes.clear()
+        (d,) = export_many(space, [item], tmp_path / name, formats=["torch"], calib_data=tiny_folder / "train",
+                           note=notes.append, **kw)
+        meta = json.loads((d / "metadata.json").read_text())
+        assert meta["accuracy"]["value"] is None and meta["extra"]["search_accuracy"] == 0.5
+        assert len(notes) == 1 and why in notes[0] and "recorded as search_accuracy" not in notes[0]
