@@ -184,10 +184,10 @@ def _plugin_label(name: object, target: object = None, device: object = None) ->
             return v
     if not isinstance(target, str) or not target:
         return "custom"
-    try:
-        from hydra.utils import get_object
+    try:  # imported as the build will import it (the working folder on the path; hydra's get_object logs an ERROR)
+        from hwnas.predictors.build import import_target
 
-        obj = get_object(target)
+        obj = import_target(target, "space._target_")
     except Exception:  # noqa: BLE001 - any failure to import: the build names it
         obj = None
     if obj is not None:

@@ -34,6 +34,7 @@ def test_readme_custom_space_searches_end_to_end(tmp_path):
               "latency._target_=myspace.WidthLatency", "search.budgets=[10,14]", "search.pop_size=16", "search.n_gen=5",
               "search.plot=false"], tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
+    assert "Error getting object" not in p.stderr  # (the run folder's name imports the space quietly)
     runs = list((tmp_path / "outputs" / "search").glob("widths-*/pareto.json"))  # the default run folder: the registered name (was custom-*)
     assert len(runs) == 1, runs
     data = json.loads(runs[0].read_text())
