@@ -112,9 +112,16 @@ def check_values(values: Any, archs: Sequence[Any], field: str = "predictor", *,
     many values and an example arch -- raised before the caller stores or uses any of them."""
     n = len(archs)
     of = f"{n} arch" if n == 1 else f"{n} archs"
+    if callable(getattr(values, "detach", None)) and callable(getattr(values, "cpu", None)):
+        values = values.detach().cpu().numpy()  # a torch tensor, also one that requires grad (predict outside no_grad)
+    kind = np.asarray(values).dtype.kind if isinstance(values, (np.ndarray, list, tuple, bool, str, bytes)) else None
+    if kind in ("b", "U", "S"):  # True/False or text: numpy would read them as numbers (1.0 ms, or "3" as 3)
+        what = "booleans" if kind == "b" else "text"
+        raise PredictionError(f"{field}: predict() returned {what}, not numbers; it must return one float per arch "
+                              f"(an array of shape ({n},))")
     try:
         out = np.asarray(values, dtype=float)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
         what = type(values).__name__ if not isinstance(values, np.ndarray) else f"an array of {values.dtype}"
         raise PredictionError(f"{field}: predict() returned {what}, not numbers ({str(exc).splitlines()[0]}); it must "
                               f"return one float per arch (an array of shape ({n},))") from None

@@ -139,10 +139,18 @@ def test_check_values_messages_and_what_passes():
     np.testing.assert_array_equal(check_values([[1.0], [2.0], [3.0]], archs, "latency (X)", positive=True), [1, 2, 3])
     np.testing.assert_array_equal(check_values([-1.0, 0.0, 2.0], archs, "accuracy (Y)", finite=True), [-1, 0, 2])
     for values, what in ((None, "returned None for 3 archs"), (5.0, "returned a scalar for 3 archs"),
-                         (["x", "y", "z"], "returned list, not numbers"), ([1.0, -2.0, 3.0], "latency <= 0 (-2) for 1 of 3 archs, e.g. b"),
+                         (["x", "y", "z"], "returned text, not numbers"), (["1", "2", "3"], "returned text, not numbers"),
+                         (np.ones(3, bool), "returned booleans, not numbers"), ([{}, {}, {}], "returned list, not numbers"),
+                         ([1.0, -2.0, 3.0], "latency <= 0 (-2) for 1 of 3 archs, e.g. b"),
                          ([1.0, np.inf, 3.0], "non-finite value (inf) for 1 of 3 archs, e.g. b")):
         with pytest.raises(PredictionError, match=re.escape(what)):
             check_values(values, archs, "latency (X)", positive=True)
+    # a torch predictor's output, grad and all (its predict() not under no_grad: "Can't call numpy() on Tensor that
+    # requires grad" was a 71-line traceback)
+    import torch
+
+    t = torch.tensor([[1.0], [2.0], [3.0]], requires_grad=True) * 2
+    np.testing.assert_array_equal(check_values(t, archs, "latency (X)", positive=True), [2, 4, 6])
 
 
 @pytest.mark.parametrize("bad, value", [("neg", r"-\d[\d.]*"), ("zero", "0")])
