@@ -743,6 +743,9 @@ class _Search:
             signal = (exc.signal if isinstance(exc, SearchInterrupted) else "SIGTERM" if isinstance(exc, Terminated)
                       else "SIGINT")
             raise SearchInterrupted(self.result(partial=True), signal) from None
+        if not self.history:  # search.max_evals spent inside the initial population: still one recorded step,
+            self.step_no += 1  # with the run's own reference (the largest budget), not the worst sampled latency
+            self._record("initial")
         res = self.result()
         if self.s["verbose"]:
             self.log(res.summary())
@@ -758,7 +761,8 @@ class _Search:
         if ref_acc is None:
             ref_acc = float(np.nanmin(acc)) if np.isfinite(acc).any() else 0.0
         if ref_lat is None:
-            ref_lat = float(lat.max()) if len(lat) else 1.0
+            m = self.problem.max_latency
+            ref_lat = float(m if m is not None else (lat.max() if len(lat) else 1.0))
         t_total = time.perf_counter() - self.t0
         s = self.s
         return SearchResult(

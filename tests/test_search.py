@@ -678,3 +678,14 @@ def test_quantile_budgets_stay_below_max_latency():
     capped = run_search(space, ToyAccuracy(space), ToyLatency(space), budgets=[], max_latency=cap, pop_size=24, n_gen=2,
                         refine=0, seed=0, verbose=False)
     assert capped.budgets and max(capped.budgets) <= cap
+
+
+def test_max_evals_inside_the_initial_population_keeps_the_runs_reference(space):
+    """search.max_evals <= pop_size ended before any step: no history row, and the hypervolume against the worst
+    sampled latency (6.85 where a full run had 0.86), not the largest budget as every other run."""
+    small = run_search(space, ToyAccuracy(space), ToyLatency(space), pop_size=24, n_gen=5, budgets=[14, 20], refine=0,
+                       max_evals=20, verbose=False)
+    more = run_search(space, ToyAccuracy(space), ToyLatency(space), pop_size=24, n_gen=5, budgets=[14, 20], refine=0,
+                      max_evals=60, verbose=False)
+    assert small.hv_ref[1] == more.hv_ref[1] == 20.0 and small.n_evals <= 20
+    assert len(small.history) == 1 and small.history[0]["hypervolume"] <= more.history[-1]["hypervolume"]
