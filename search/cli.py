@@ -51,6 +51,7 @@ from omegaconf import DictConfig, OmegaConf
 from hwnas.predictors.assets import remove_stale_temps
 from hwnas.predictors.build import ConfigError, apply_assets, build, plain  # noqa: F401  (ConfigError re-exported)
 from hwnas.spaces.errors import UserError, cli_errors, error_line, run_hydra
+from hwnas.spaces.io import json_digest
 
 from .settings import cli_settings, search_kwargs  # noqa: F401  (search_kwargs re-exported for the pipeline)
 
@@ -365,6 +366,8 @@ def _finished_best(path: Path) -> str:
     them (edited, or not written by hwnas) is one error naming it and the fix."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "digest" in data and data["digest"] != json_digest(data):
+            raise ValueError("edited after the search wrote it: its content no longer matches its digest")
         best = data["best"]
         if not isinstance(best, dict):
             raise TypeError(f"'best' is {type(best).__name__}, not a mapping budget -> best arch")

@@ -31,6 +31,7 @@ from typing import Any
 
 from hwnas.predictors.assets import atomic_path, atomic_write  # noqa: F401  (atomic_write re-exported)
 from hwnas.spaces.errors import UserError
+from hwnas.spaces.io import json_digest
 
 from .nsga import SearchResult
 
@@ -143,7 +144,9 @@ def write_results(result: SearchResult, out_dir: str | os.PathLike, config: Any 
     else:
         (out / "pareto.svg").unlink(missing_ok=True)  # a plot of older results would be stale
     # pareto.json last: its "partial" flag and key describe the whole set
-    paths["pareto.json"] = atomic_write(out / "pareto.json", json.dumps(front_json(result, key), indent=1) + "\n")
+    data = front_json(result, key)
+    data["digest"] = json_digest(data)  # a pareto.json edited by hand is not taken for these results
+    paths["pareto.json"] = atomic_write(out / "pareto.json", json.dumps(data, indent=1) + "\n")
     return paths
 
 
@@ -158,7 +161,7 @@ def read_front(path: str | os.PathLike, space: Any = None) -> tuple[Any, list[di
     """``(space, rows, data)`` of a ``pareto.json`` (the file or its run folder): rows with ``arch``
     validated; the space is rebuilt from the file's data through the space registry unless given."""
     from hwnas.spaces.base import SpaceError
-    from hwnas.spaces.io import space_from_spec
+    from hwnas.spaces.io import check_digest, space_from_spec
 
     p = Path(path)
     if p.is_dir():
@@ -169,6 +172,10 @@ def read_front(path: str | os.PathLike, space: Any = None) -> tuple[Any, list[di
         raise ResultsError(f"{p} does not exist; give a search run folder or its pareto.json") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResultsError(f"{p} is not a pareto.json ({type(exc).__name__}: {exc}); give a search run folder") from None
+    try:
+        check_digest(data, str(p))
+    except SpaceError as exc:
+        raise ResultsError(str(exc)) from None
     if not isinstance(data, dict) or not isinstance(data.get("front"), list):
         got = type(data.get("front")).__name__ if isinstance(data, dict) and "front" in data else "no 'front'"
         raise ResultsError(f"{p}: 'front' must be a list of {{'arch': ..., 'accuracy': .., 'latency': ..}} rows (got {got})")

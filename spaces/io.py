@@ -186,6 +186,23 @@ def _rows_of(doc: Any, src: str) -> tuple[dict, list[dict]]:
     return header, [_row(x, f"{src} {key}[{i}]") for i, x in enumerate(doc[key])]
 
 
+def json_digest(data: dict) -> str:
+    """The digest a results file of hwnas records of its own content (``"digest"``: of every other key, JSON
+    with sorted keys): a file edited by hand is told from the one its command wrote."""
+    import hashlib
+
+    body = {k: v for k, v in data.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def check_digest(data: Any, src: str) -> None:
+    """Refuse a JSON results file whose recorded ``digest`` does not match its content (edited by hand)."""
+    if isinstance(data, dict) and "digest" in data and data["digest"] != json_digest(data):
+        raise SpaceError(f"{src} was edited after hwnas wrote it (its content no longer matches its digest); run its command "
+                         "again (a search: search.overwrite=true), or remove the \"digest\" line to use the file as an arch list "
+                         "of your own")
+
+
 def read_arch_file(path: str | os.PathLike, what: str = "arch file") -> tuple[dict, list[dict]]:
     """``(header, rows)`` of an arch list file, read as data (nothing in it is imported or run).
 
@@ -204,7 +221,9 @@ def read_arch_file(path: str | os.PathLike, what: str = "arch file") -> tuple[di
             raise SpaceError(f"{src}: a CSV needs an 'arch' column (one arch per row)")
         return {}, [dict(r) for r in rows]
     try:
-        header, rows = _rows_of(json.loads(text), src)
+        doc = json.loads(text)
+        check_digest(doc, src)
+        header, rows = _rows_of(doc, src)
     except json.JSONDecodeError as exc:  # JSON lines or compact arch strings, one per line
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
         if first.startswith(("{", "[")) and not _parses(first):  # a JSON document, not JSON lines: a broken one

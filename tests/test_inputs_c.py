@@ -244,21 +244,32 @@ def test_files_hwnas_did_not_write_are_not_overwritten(tmp_path):
     assert (run / "pareto.json").is_file() and (run / "pareto.csv").read_text() != "data\n"
 
 
-@pytest.mark.parametrize("edit", ["no best", "best x", "accuracy abc"])
+@pytest.mark.parametrize("edit", ["no best", "best x", "accuracy abc", "plausible"])
 def test_an_edited_finished_pareto_json_is_one_line(tmp_path, edit):
     r = search([*SMALL, "hydra.run.dir=r3"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     pj = tmp_path / "r3" / "pareto.json"
     data = json.loads(pj.read_text())
+    assert isinstance(data.pop("digest"), str)  # (the malformed edits below: without the digest they are found by shape)
     if edit == "no best":
         del data["best"]
     elif edit == "best x":
         data["best"] = "x"
+    elif edit == "plausible":  # a believable value, the digest kept: it was reported (and exported) as the result
+        data = json.loads(pj.read_text())
+        first = next(b for b, r in data["best"].items() if r is not None)
+        data["best"][first]["accuracy"] = 0.99
     else:
         data["best"] = {"15": {"accuracy": "abc", "latency": 3}}
     pj.write_text(json.dumps(data))
     line = one_error(search([*SMALL, "hydra.run.dir=r3"], tmp_path))
     assert str(pj) in line and "search.overwrite=true" in line
+    if edit == "plausible":
+        assert "edited after the search wrote it" in line
+        from hwnas.supernet.export import ExportError, read_items
+
+        with pytest.raises((ExportError, ValueError), match="was edited after hwnas wrote it"):
+            read_items(tmp_path / "r3")
     assert json.loads(pj.read_text()) == data  # untouched
 
 
