@@ -554,7 +554,13 @@ def _hydra_main(cfg: DictConfig) -> float:
     if _in_multirun():  # a failing job is recorded, the sweep goes on (and exits 2 at its end)
         failed = _output_dir() / "failed.json"
         try:
-            _check_own_folder()
+            same = _check_own_folder(cfg)
+            if same is not None:
+                from hydra.core.hydra_config import HydraConfig
+
+                log.info(f"sweep job #{int(HydraConfig.get().job.num)} has the same settings as job #{same}: the same search, "
+                         f"in {_output_dir()}; nothing more to do (random repeats need seeds: search.seed=0,1,2)")
+                return float("nan")
             failed.unlink(missing_ok=True)  # an earlier sweep's failure of this job: this run decides again
             result = run_from_config(cfg)
         except Exception as exc:  # noqa: BLE001 - every failure of one job, recorded in its folder
@@ -690,17 +696,22 @@ def _shown(path: Path) -> str:
         return str(p)
 
 
-def _check_own_folder() -> None:
-    """A sweep job whose folder an earlier job of the sweep has (a fixed ``hydra.run.dir`` for jobs of other
-    settings) is refused, naming both: it would replace or resume the other's results."""
+def _check_own_folder(cfg: Any) -> int | None:
+    """The earlier job of the sweep whose folder this job's is, when it is the same search (the same settings
+    key: ``search.seed=null,null``, or overrides that change no result): that job's number. A job of other
+    settings in an earlier job's folder (a fixed ``hydra.run.dir``) is refused, naming both: it would replace or
+    resume the other's results."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
     me, num = os.path.abspath(str(hc.runtime.output_dir)), int(hc.job.num)
     for j in _read_jobs(Path(str(hc.sweep.dir)) / JOBS_FILE) or []:
         if j.get("num", num) < num and os.path.abspath(j["dir"]) == me:
+            if Path(me).name.endswith("-" + settings_key(cfg)[:10]):  # the settings' own folder: the same settings
+                return int(j["num"])
             raise ConfigError(f"sweep jobs #{j['num']} and #{num} run in the same folder {me} (hydra.run.dir is the same for "
                               "both); leave hydra.run.dir out (each job gets its settings' folder) or put ${hydra.job.num} in it")
+    return None
 
 
 def record_sweep_job(sweep: Path, num: int, job: Path, overrides: list[str]) -> Path:
@@ -749,12 +760,17 @@ def write_sweep_summary(sweep: str | os.PathLike) -> dict[str, Path]:
     from .results import _csv, atomic_write
 
     sweep = Path(sweep)
-    listed = {os.path.abspath(j["dir"]): j.get("overrides") for j in (_read_jobs(sweep / JOBS_FILE) or [])}
+    listed: dict[str, list[dict]] = {}
+    for j in _read_jobs(sweep / JOBS_FILE) or []:  # jobs of the same settings share a folder: one row, every job named
+        listed.setdefault(os.path.abspath(j["dir"]), []).append(j)
     rows, fronts, budgets = [], [], []
     for job in sweep_jobs(sweep):
-        overrides = listed.get(os.path.abspath(job))
+        jobs = listed.get(os.path.abspath(job)) or []
+        overrides = jobs[0].get("overrides") if jobs else None
         if isinstance(overrides, list):
             overrides = " ".join(str(o) for o in overrides)
+            if len(jobs) > 1:
+                overrides += f" (jobs {', '.join('#' + str(j.get('num')) for j in jobs)}: the same settings, one search)"
         else:
             ov_file = job / ".hydra" / "overrides.yaml"
             try:

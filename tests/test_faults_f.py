@@ -382,3 +382,20 @@ def test_sweep_jobs_sharing_one_folder_are_refused_and_the_first_kept(tmp_path):
     assert f"sweep jobs #0 and #1 run in the same folder {run}" in p.stdout + p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("hwnas-search: error: 1 of 2 sweep jobs failed")
     assert json.loads((run / "pareto.json").read_text())["seed"] == 3  # job #0's results, not replaced
+
+
+@pytest.mark.slow
+def test_sweep_jobs_of_the_same_settings_are_one_search_not_failures(tmp_path):
+    """search.seed=0,0 (or null,null, or overrides that change no result) was refused as 'jobs #0 and #1 run in the
+    same folder (hydra.run.dir is the same)' -- which the user never set --, counted '1 of 2 failed' and left
+    failed.json in job #0's finished folder."""
+    args = ["--multirun", *OFA_TOYS, *TINY, "search.budgets=[14]", f"hydra.sweep.dir={tmp_path / 's'}"]
+    p = run_cli([*args, "search.seed=0,0", "search.plot=true,false"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = p.stdout + p.stderr
+    assert "sweep job #1 has the same settings as job #0: the same search" in log
+    assert "sweep job #3 has the same settings as job #0" in log
+    (folder,) = {Path(j["dir"]) for j in _jobs(tmp_path / "s")}
+    assert (folder / "pareto.json").is_file() and not (folder / "failed.json").exists()
+    rows = (tmp_path / "s" / "summary.csv").read_text().splitlines()
+    assert len(rows) == 2 and ",ok," in rows[1] and "(jobs #0, #1, #2, #3: the same settings, one search)" in rows[1]
