@@ -85,21 +85,27 @@ def _dask_logs(level: int) -> Iterator[None]:
 
 
 @contextmanager
-def _workers_ignore_ctrl_c() -> Iterator[None]:
-    """SIGINT ignored while the block starts worker processes, which inherit that (an ignored signal stays
-    ignored across exec, and Python then installs no KeyboardInterrupt handler). A Ctrl-C in a terminal
-    goes to the whole process group: without this each worker printed its own KeyboardInterrupt
-    traceback, while this process stops the search and closes the cluster in order. (A Ctrl-C during
-    the second the cluster takes to start is ignored too.)"""
+def _workers_ignore_ctrl_c() -> Iterator[dict]:
+    """While the block starts a cluster: a Ctrl-C is noted, not raised inside Dask's start (the yielded state's
+    ``"interrupted"`` turns true; the caller closes what it started and stops). It used to be ignored for the
+    second the start takes, so that the workers started with it ignored, and was lost: the search ran on to its
+    end. The workers ignore SIGINT from their first task instead (:func:`hwnas.search._dask_worker.dask_setup`,
+    their preload): a Ctrl-C in a terminal goes to the whole process group, and each worker printed its own
+    KeyboardInterrupt traceback, while this process stops the search and closes the cluster in order."""
     import signal
     import threading
 
+    state = {"interrupted": False}
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield state
         return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def note(signum: int, frame: Any) -> None:
+        state["interrupted"] = True
+
+    old = signal.signal(signal.SIGINT, note)
     try:
-        yield
+        yield state
     finally:
         signal.signal(signal.SIGINT, old)
 
@@ -158,10 +164,23 @@ class DaskRunner:
                 self._log_level = log.level  # restored by close()
                 if log.getEffectiveLevel() < logging.WARNING:
                     log.setLevel(logging.WARNING)
-                with _workers_ignore_ctrl_c():
-                    self.cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=int(threads_per_worker),
-                                                processes=bool(processes), dashboard_address=":0",  # a free port (None still takes 8787)
-                                                **{"silence_logs": logging.CRITICAL, **cluster_kwargs})
+                with _workers_ignore_ctrl_c() as started:
+                    try:
+                        self.cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=int(threads_per_worker),
+                                                    processes=bool(processes), dashboard_address=":0",  # a free port (None still takes 8787)
+                                                    **{"silence_logs": logging.CRITICAL,
+                                                       **({"preload": ["hwnas.search._dask_worker"]} if processes else {}),
+                                                       **cluster_kwargs})
+                    except Exception:
+                        if not started["interrupted"]:
+                            raise
+                        log.setLevel(self._log_level)  # a worker the same Ctrl-C stopped while it started: "Nanny failed"
+                        raise KeyboardInterrupt from None
+                if started["interrupted"]:  # Ctrl-C while the cluster started: it is closed, and the search stops
+                    with _dask_logs(logging.CRITICAL + 1):
+                        self.cluster.close()
+                    log.setLevel(self._log_level)
+                    raise KeyboardInterrupt
                 client = Client(self.cluster)
         self.client = client
         logging.getLogger("tornado.application").addFilter(_SYNC_CANCEL_BUG)  # (adding it again is a no-op)

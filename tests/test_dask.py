@@ -290,3 +290,44 @@ def test_cli_measures_through_the_scheduler(scheduler, tmp_path, capsys):
         assert "0 to measure" in capsys.readouterr().err
     finally:
         stop(dev)
+
+
+def test_a_ctrl_c_while_the_local_cluster_starts_stops_the_search(monkeypatch):
+    """The cluster's start ignored SIGINT (so that its workers would not print tracebacks): a Ctrl-C in that second
+    was lost and the search ran to its end. It is now noted and raised after the start: the cluster is closed and
+    KeyboardInterrupt raised; the workers ignore SIGINT through their preload."""
+    import signal
+    import threading
+
+    import distributed
+
+    from hwnas.search.evaluators import DaskRunner
+
+    closed = []
+
+    class Starting:
+        def __init__(self, **kw):
+            assert kw["preload"] == ["hwnas.search._dask_worker"]
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # the user's Ctrl-C, while the workers start
+            # (to this thread: earlier tests of this process left Dask threads that would take a process-wide one)
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(distributed, "LocalCluster", Starting)
+    with pytest.raises(KeyboardInterrupt):
+        DaskRunner(n_workers=1)
+    assert closed == [True] and signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back
+
+
+def test_the_workers_preload_makes_them_ignore_ctrl_c():
+    import signal
+
+    from hwnas.search._dask_worker import dask_setup
+
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        dask_setup(None)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
