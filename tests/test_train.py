@@ -267,3 +267,34 @@ def test_a_reduced_space_is_trained_as_reduced(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     state = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
     assert json.loads(state["settings"])["space"]["options"]["resolutions"] == [36, 44]
+
+
+def test_a_truncated_checkpoint_is_named_in_whole_sentences(tmp_path, monkeypatch):
+    """torch's message for a truncated file is three sentences; it was cut at 200 characters, mid-sentence
+    ("... your checkpoint file is; is the file complete and written by torch.save?"). Its first sentence is kept."""
+    from hwnas.predictors.tensorfile import TensorFileError, torch_load_weights
+    from hwnas.supernet.checkpoint import CheckpointError
+
+    out = tmp_path / "run"
+    train(_cfg(out, stop_after=2))
+    data = (out / "last.pth").read_bytes()
+    (out / "last.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as e:
+        train(_cfg(out))
+    msg = str(e.value)
+    assert "\n" not in msg and "file is;" not in msg
+    assert "failed finding central directory; is the file complete and written by torch.save?); start in another" in msg
+
+    torch_msg = ("PytorchStreamReader failed reading zip archive: failed finding central directory. This is an internal "
+                 "miniz error. If you are seeing this error, there is a high likelihood that your checkpoint file is "
+                 "corrupted. This can happen if the checkpoint was not saved properly, was transferred incorrectly, or "
+                 "the file was modified after saving.")
+
+    def load(*a, **kw):
+        raise RuntimeError(torch_msg)
+
+    monkeypatch.setattr(torch, "load", load)
+    with pytest.raises(TensorFileError) as e:
+        torch_load_weights(out / "last.pth")
+    assert e.value.reason == ("RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central "
+                              "directory; is the file complete and written by torch.save?")
