@@ -46,7 +46,8 @@ from hwnas.spaces.errors import UserError, check_section, cli_errors, run_hydra,
 from hwnas.spaces.checks import check_bool, check_int, check_number, is_whole
 from hwnas.spaces.mbconv import MBConvArch, MBConvSpace
 
-from .checkpoint import CheckpointError, load_checkpoint, match_state_dict, save_checkpoint
+from .checkpoint import (CheckpointError, load_state, match_state_dict, other_classifier, read_state_dict,
+                         resolve_checkpoint, save_checkpoint)
 from .data import ImageFolderSource, default_device, normalize, train_transform
 from .elastic import ElasticMBConvNet
 
@@ -252,6 +253,23 @@ def training_settings(cfg: dict, space: MBConvSpace) -> dict:
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
+def init_from(net: ElasticMBConvNet, src: str) -> Path:
+    """``init_from``: the weights of ``src`` (a file, an official OFA name or an asset path) loaded into ``net``.
+    A classifier for another number of classes (an ImageNet supernet fine-tuned on your own classes) keeps
+    ``net``'s fresh one, said in one log line; any other tensor that does not fit is one :class:`CheckpointError`.
+    (Resuming from ``last.pth`` stays strict: :func:`_resume`.)"""
+    path = resolve_checkpoint(src)
+    state = read_state_dict(path)
+    classes = other_classifier(net, state)
+    if classes is not None:
+        own = net.state_dict()
+        state.update({k: own[k] for k in own if k.startswith("classifier.")})
+        log.info("init_from=%s: its classifier has %d classes, this run %d: every other tensor loaded, the classifier "
+                 "re-initialised", src, classes[0], classes[1])
+    load_state(net, state, path)
+    return path
+
+
 def _resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, space: MBConvSpace,
             settings: dict | None = None) -> dict:
     """The state of ``path`` loaded into ``net`` and ``opt``; a file that does not fit is one error."""
@@ -431,7 +449,7 @@ def _train(cfg: dict) -> dict:
     n_classes = int(cfg.get("n_classes") or n_classes_data)
     net = ElasticMBConvNet(space, n_classes=n_classes, dropout=float(tcfg.get("dropout", 0.1)))
     if cfg.get("init_from"):
-        load_checkpoint(net, cfg["init_from"])
+        init_from(net, cfg["init_from"])
     net.to(device)
 
     phases = parse_phases(tcfg.get("phases") or [], net)

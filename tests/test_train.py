@@ -298,3 +298,52 @@ def test_a_truncated_checkpoint_is_named_in_whole_sentences(tmp_path, monkeypatc
         torch_load_weights(out / "last.pth")
     assert e.value.reason == ("RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central "
                               "directory; is the file complete and written by torch.save?")
+
+
+def test_init_from_a_checkpoint_of_other_classes_fine_tunes_with_a_new_classifier(tmp_path, caplog):
+    """init_from an ImageNet supernet (1000 classes) onto your own classes was refused ("2 tensors with wrong shapes ...
+    classifier.linear.weight (1000, 1536) vs (3, 1536)"): every other tensor is loaded, the classifier re-initialised,
+    said in one line. Another network is still the one-line error; resuming from last.pth stays strict."""
+    import logging
+
+    from hwnas.spaces import create_space
+    from hwnas.supernet.checkpoint import CheckpointError, save_checkpoint
+    from hwnas.supernet.elastic import ElasticMBConvNet
+    from hwnas.supernet.train import init_from
+
+    space = create_space("ofa_proxyless_w13", width_mult=0.25, resolutions=[32])
+    torch.manual_seed(5)
+    src = ElasticMBConvNet(space, n_classes=7).state_dict()
+    save_checkpoint(tmp_path / "ck7.pth", {"state_dict": src})
+    torch.manual_seed(6)
+    net = ElasticMBConvNet(space, n_classes=3)
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="hwnas.train"):
+        init_from(net, str(tmp_path / "ck7.pth"))
+    got = net.state_dict()
+    assert [k for k in got if k.startswith("classifier.")] == ["classifier.linear.weight", "classifier.linear.bias"]
+    for k in got:
+        assert torch.equal(got[k], fresh[k] if k.startswith("classifier.") else src[k].to(got[k].dtype)), k
+    lines = [r.getMessage() for r in caplog.records if r.name == "hwnas.train"]
+    assert lines == [f"init_from={tmp_path / 'ck7.pth'}: its classifier has 7 classes, this run 3: every other tensor "
+                     "loaded, the classifier re-initialised"]
+    # through a training run (3 synthetic classes)
+    assert train(_cfg(tmp_path / "ft", init_from=str(tmp_path / "ck7.pth"), stop_after=1))["step"] == 1
+
+    # a network of another width (its classifier too): refused in one line
+    save_checkpoint(tmp_path / "wide.pth", {"state_dict": ElasticMBConvNet(
+        create_space("ofa_proxyless_w13", width_mult=0.5, resolutions=[32]), n_classes=7).state_dict()})
+    with pytest.raises(CheckpointError, match=r"does not match ElasticMBConvNet of space ofa_proxyless_w0\.25: \d+ tensors "
+                                              r"with wrong shapes") as e:
+        init_from(ElasticMBConvNet(space, n_classes=3), str(tmp_path / "wide.pth"))
+    assert "\n" not in str(e.value)
+
+    # resume stays strict: a last.pth whose classifier has other classes is refused, not re-initialised
+    out = tmp_path / "run"
+    train(_cfg(out, stop_after=1))
+    state = torch.load(out / "last.pth", weights_only=True)
+    state["state_dict"]["classifier.linear.weight"] = torch.zeros(7, state["state_dict"]["classifier.linear.weight"].shape[1])
+    state["state_dict"]["classifier.linear.bias"] = torch.zeros(7)
+    save_checkpoint(out / "last.pth", state)
+    with pytest.raises(CheckpointError, match=r"cannot resume: .*classifier\.linear\.weight \(7, \d+\) vs \(3, \d+\)"):
+        train(_cfg(out, stop_after=2))
