@@ -485,6 +485,7 @@ def _train(cfg: dict) -> dict:
         rng.setstate(_rng_from_list(state["py_rng"]))
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed from %s at step %d", last_path, step)
+    start = step  # (steps trained by this process: step - start)
 
     def save(path: Path) -> None:
         save_checkpoint(path, {
@@ -543,7 +544,7 @@ def _train(cfg: dict) -> dict:
             step += 1
             if step % int(tcfg.get("log_every", 20)) == 0 or step == total:
                 log.info("step %d/%d phase %s r=%d lr=%.4g loss=%.4f (%.2f s/step)", step, total, phase.name, r, lr,
-                         history[-1], (time.perf_counter() - t0) / max(1, step))
+                         history[-1], (time.perf_counter() - t0) / (step - start))
             if every > 0 and step % every == 0:
                 save(last_path)
             if cfg.get("stop_after") and step >= int(cfg["stop_after"]):

@@ -347,3 +347,33 @@ def test_init_from_a_checkpoint_of_other_classes_fine_tunes_with_a_new_classifie
     save_checkpoint(out / "last.pth", state)
     with pytest.raises(CheckpointError, match=r"cannot resume: .*classifier\.linear\.weight \(7, \d+\) vs \(3, \d+\)"):
         train(_cfg(out, stop_after=2))
+
+
+def _train_lines(caplog) -> list[str]:
+    lines = [r.getMessage() for r in caplog.records if r.name == "hwnas.train"]
+    caplog.clear()
+    return lines
+
+
+def test_seconds_per_step_after_a_resume_count_the_steps_of_this_run(tmp_path, caplog, monkeypatch):
+    """After a resume at step 6 of 12, the time of this process was divided by all 12 steps (half the real figure)."""
+    import logging
+
+    import hwnas.supernet.train as tr
+
+    class Clock:  # each reading one second later: t0, then the log line at step 12
+        n = -1.0
+
+        @classmethod
+        def perf_counter(cls):
+            cls.n += 1.0
+            return cls.n
+
+    caplog.set_level(logging.INFO, logger="hwnas.train")
+    out = tmp_path / "run"
+    train(_cfg(out, stop_after=6))
+    monkeypatch.setattr(tr, "time", Clock)
+    train(_cfg(out))
+    step_lines = [m for m in _train_lines(caplog) if m.startswith("step ")]
+    assert step_lines == [step_lines[0]] and step_lines[0].startswith("step 12/12 ")
+    assert step_lines[0].endswith("(0.17 s/step)")  # 1 s / 6 steps, not 1 s / 12
