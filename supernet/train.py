@@ -486,6 +486,7 @@ def _train(cfg: dict) -> dict:
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed from %s at step %d", last_path, step)
     start = step  # (steps trained by this process: step - start)
+    stop = min(total, int(cfg.get("stop_after") or total))
 
     def save(path: Path) -> None:
         save_checkpoint(path, {
@@ -505,7 +506,7 @@ def _train(cfg: dict) -> dict:
     batches = batches_from(dataset, batch_size, seed, step, int(dcfg.get("num_workers", 0) or 0))
     t0 = time.perf_counter()
     with _deferred_interrupts() as pending:  # Ctrl-C / SIGTERM: the step in progress ends, is saved, then the exit
-        while step < total:
+        while step < stop:
             pi = int(np.searchsorted(bounds, step, side="right") - 1)
             phase = phases[pi]
             sp = step - int(bounds[pi])
@@ -547,14 +548,16 @@ def _train(cfg: dict) -> dict:
                          history[-1], (time.perf_counter() - t0) / (step - start))
             if every > 0 and step % every == 0:
                 save(last_path)
-            if cfg.get("stop_after") and step >= int(cfg["stop_after"]):
-                break  # for interrupted-run tests / time-boxed jobs
             if pending:  # an interrupt arrived during this step: keep it, then stop as the signal asked
                 save(last_path)
                 log.info("interrupted at step %d: saved %s; the same command resumes from there", step, last_path)
                 raise pending[0]
-    save(last_path)
-    if step >= total:
+    if step > start and not (every > 0 and step % every == 0):  # (a run with nothing to train leaves it as it is)
+        save(last_path)
+    if step < total:  # stop_after (time-boxed jobs)
+        log.info("stopped at step %d of %d (stop_after=%d): checkpoint %s; the same command without stop_after (or with "
+                 "a larger one) continues from there", step, total, stop, last_path)
+    else:
         net.set_max()
         # (OFA's format, and the space it was trained for as a JSON string: evaluate and export rebuild it)
         save_checkpoint(out / "supernet.pth", {"state_dict": net.state_dict(),

@@ -355,6 +355,35 @@ def _train_lines(caplog) -> list[str]:
     return lines
 
 
+def test_stop_after_says_where_it_stopped_and_the_same_command_trains_no_more(tmp_path, caplog):
+    """stop_after stopped silently (no line, no supernet.pth), and the same command again trained one step more
+    each time."""
+    import logging
+    import os
+
+    caplog.set_level(logging.INFO, logger="hwnas.train")
+    out = tmp_path / "run"
+    last = out / "last.pth"
+    assert train(_cfg(out, stop_after=6))["step"] == 6
+    stopped = (f"stopped at step 6 of 12 (stop_after=6): checkpoint {last}; the same command without stop_after "
+               "(or with a larger one) continues from there")
+    assert _train_lines(caplog)[-1] == stopped and not (out / "supernet.pth").exists()
+    # last.pth is already a supernet checkpoint (as the README says: evaluate and accuracy=supernet take it)
+    from hwnas.supernet.checkpoint import load_checkpoint
+    from hwnas.supernet.elastic import ElasticMBConvNet
+    from hwnas.supernet.evaluate import evaluated_space
+
+    net = ElasticMBConvNet(evaluated_space(None, str(last)), n_classes=3)
+    load_checkpoint(net, last)
+    assert torch.equal(net.state_dict()["classifier.linear.weight"],
+                       torch.load(last, weights_only=True)["state_dict"]["classifier.linear.weight"])
+    ino = os.stat(last).st_ino
+    res = train(_cfg(out, stop_after=6))  # the same command: nothing more, last.pth left as it is
+    assert res["step"] == 6 and len(res["history"]) == 6 and os.stat(last).st_ino == ino
+    assert _train_lines(caplog) == ["resumed from %s at step 6" % last, stopped]
+    assert train(_cfg(out, stop_after=8))["step"] == 8
+
+
 def test_seconds_per_step_after_a_resume_count_the_steps_of_this_run(tmp_path, caplog, monkeypatch):
     """After a resume at step 6 of 12, the time of this process was divided by all 12 steps (half the real figure)."""
     import logging
