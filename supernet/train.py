@@ -11,7 +11,9 @@ Checkpoints (``<out>/last.pth``: weights, optimizer, step, RNG states) are writt
 ``checkpoint.every`` steps; a run started in the same ``out`` directory resumes from the saved step
 (a checkpoint of another network, or a damaged one, is refused in one line and left untouched).
 The final weights are also written as ``<out>/supernet.pth`` (``{"state_dict": ...}``, OFA's format, with
-``"hwnas_space"``: the space as a JSON string, which ``python -m hwnas.supernet.evaluate`` reads).
+``"hwnas_space"``: the space as a JSON string, which ``python -m hwnas.supernet.evaluate`` reads); a finished
+run started again says so, trains nothing and leaves both files as they are (``supernet.pth`` is written again
+only when it is missing or differs).
 The space comes from the same ``space`` config group as ``hwnas-search`` and is built by
 :func:`hwnas.predictors.build.build_space`.
 
@@ -484,7 +486,8 @@ def _train(cfg: dict) -> dict:
         history = [float(v) for v in state.get("history", [])]
         rng.setstate(_rng_from_list(state["py_rng"]))
         torch.set_rng_state(state["torch_rng"])
-        log.info("resumed from %s at step %d", last_path, step)
+        if step < total:
+            log.info("resumed from %s at step %d", last_path, step)
     start = step  # (steps trained by this process: step - start)
     stop = min(total, int(cfg.get("stop_after") or total))
 
@@ -560,9 +563,35 @@ def _train(cfg: dict) -> dict:
     else:
         net.set_max()
         # (OFA's format, and the space it was trained for as a JSON string: evaluate and export rebuild it)
-        save_checkpoint(out / "supernet.pth", {"state_dict": net.state_dict(),
-                                               "hwnas_space": json.dumps(settings["space"], sort_keys=True)})
+        final = out / "supernet.pth"
+        wrote = _write_if_changed(final, {"state_dict": net.state_dict(),
+                                          "hwnas_space": json.dumps(settings["space"], sort_keys=True)})
+        if step > start:
+            log.info("finished at step %d: wrote %s", step, final)
+        else:
+            log.info("nothing to train: %s is at step %d of %d (finished); %s %s (checkpoint.resume=false or another "
+                     "out= trains again)", last_path, step, total, final,
+                     "was missing or differed: written again" if wrote else "is up to date, left as it is")
     return {"step": step, "total": total, "history": history, "out": str(out), "supernet": net}
+
+
+def _write_if_changed(path: Path, obj: dict) -> bool:
+    """``save_checkpoint(path, obj)`` unless ``path`` already holds the same tensors and strings (a finished run
+    started again used to rewrite an identical ``supernet.pth``); True when written."""
+    from hwnas.predictors.tensorfile import TensorFileError, torch_load_weights
+
+    if path.is_file():
+        try:
+            old = torch_load_weights(path)
+        except (TensorFileError, OSError):
+            old = None
+        if isinstance(old, dict) and old.keys() == obj.keys() and old["hwnas_space"] == obj["hwnas_space"] \
+                and isinstance(old["state_dict"], dict) and old["state_dict"].keys() == obj["state_dict"].keys() \
+                and all(isinstance(v, torch.Tensor) and v.dtype == obj["state_dict"][k].dtype
+                        and torch.equal(v, obj["state_dict"][k].cpu()) for k, v in old["state_dict"].items()):
+            return False
+    save_checkpoint(path, obj)
+    return True
 
 
 @contextmanager

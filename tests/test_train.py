@@ -384,6 +384,32 @@ def test_stop_after_says_where_it_stopped_and_the_same_command_trains_no_more(tm
     assert train(_cfg(out, stop_after=8))["step"] == 8
 
 
+def test_a_finished_run_started_again_trains_nothing_and_rewrites_nothing(tmp_path, caplog):
+    """A finished run started again only said "resumed ... at step 12" and rewrote an identical supernet.pth (and
+    last.pth); it says it is finished, and writes supernet.pth only when it is missing or differs."""
+    import logging
+    import os
+
+    caplog.set_level(logging.INFO, logger="hwnas.train")
+    out = tmp_path / "run"
+    last = out / "last.pth"
+    assert train(_cfg(out))["step"] == 12
+    assert _train_lines(caplog)[-1] == f"finished at step 12: wrote {out / 'supernet.pth'}"
+    before = {p: (os.stat(p).st_ino, p.read_bytes()) for p in (last, out / "supernet.pth")}
+    first = torch.load(out / "supernet.pth", weights_only=True)["state_dict"]
+    assert train(_cfg(out))["step"] == 12
+    assert _train_lines(caplog) == [
+        f"nothing to train: {last} is at step 12 of 12 (finished); {out / 'supernet.pth'} is up to date, left as it is "
+        "(checkpoint.resume=false or another out= trains again)"]
+    assert {p: (os.stat(p).st_ino, p.read_bytes()) for p in before} == before  # neither file rewritten
+    (out / "supernet.pth").unlink()
+    train(_cfg(out))
+    assert _train_lines(caplog)[-1].endswith("supernet.pth was missing or differed: written again (checkpoint.resume=false "
+                                             "or another out= trains again)")
+    again = torch.load(out / "supernet.pth", weights_only=True)["state_dict"]
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
+
+
 def test_seconds_per_step_after_a_resume_count_the_steps_of_this_run(tmp_path, caplog, monkeypatch):
     """After a resume at step 6 of 12, the time of this process was divided by all 12 steps (half the real figure)."""
     import logging
