@@ -107,6 +107,9 @@ class ImageFolderSource:
 
     def __init__(self, root: str | os.PathLike) -> None:
         root = Path(root).expanduser()
+        if root.is_file():
+            raise DataError(f"data folder {root} is a file, not a folder; give the ImageFolder root (class sub-folders: "
+                            "root/<class>/<image>)")
         if not root.is_dir():
             raise DataError(f"data folder {root} does not exist; expected an ImageFolder root/<class>/<image>")
         tv = ensure_torchvision()

@@ -383,6 +383,9 @@ def check_settings(cfg: dict) -> None:
     _check_int(d.get("num_workers"), "data.num_workers", 0, 0, null=True)
     if kind == "imagefolder" and d.get("train") in (None, "", "???"):
         raise TrainConfigError("data.train is not set; give an ImageFolder root (data.train=/path/to/imagenet/train) or data.kind=synthetic")
+    if kind == "imagefolder" and isinstance(d.get("train"), str) and Path(d["train"]).expanduser().is_file():
+        raise TrainConfigError(f"data.train={d['train']} is a file, not a folder; give the ImageFolder root (class "
+                               "sub-folders: data.train=/path/to/imagenet/train)")
     if kind == "synthetic":
         _check_int(d.get("n", 512), "data.n", 1, 512)
         _check_int(d.get("n_classes", 4), "data.n_classes", 2, 4)

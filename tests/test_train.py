@@ -432,3 +432,23 @@ def test_seconds_per_step_after_a_resume_count_the_steps_of_this_run(tmp_path, c
     step_lines = [m for m in _train_lines(caplog) if m.startswith("step ")]
     assert step_lines == [step_lines[0]] and step_lines[0].startswith("step 12/12 ")
     assert step_lines[0].endswith("(0.17 s/step)")  # 1 s / 6 steps, not 1 s / 12
+
+
+def test_an_image_file_given_as_the_data_folder_is_named_a_file(tmp_path):
+    """data.train=<an image> said "data folder ... does not exist"; it is a file, not a folder."""
+    from PIL import Image
+
+    from hwnas.supernet.data import DataError, ImageFolderSource
+
+    img = tmp_path / "cat.png"
+    Image.new("RGB", (8, 8)).save(img)
+    out = tmp_path / "run"
+    with pytest.raises(TrainConfigError) as e:
+        train(_cfg(out, data={"kind": "imagefolder", "train": str(img), "num_workers": 0}))
+    assert str(e.value) == (f"data.train={img} is a file, not a folder; give the ImageFolder root (class sub-folders: "
+                            "data.train=/path/to/imagenet/train)")
+    assert not out.exists()  # before any work
+    with pytest.raises(DataError) as e:
+        ImageFolderSource(img)
+    assert str(e.value) == (f"data folder {img} is a file, not a folder; give the ImageFolder root (class sub-folders: "
+                            "root/<class>/<image>)")
