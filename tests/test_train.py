@@ -452,3 +452,33 @@ def test_an_image_file_given_as_the_data_folder_is_named_a_file(tmp_path):
         ImageFolderSource(img)
     assert str(e.value) == (f"data folder {img} is a file, not a folder; give the ImageFolder root (class sub-folders: "
                             "root/<class>/<image>)")
+
+
+def test_smoke_width_is_for_its_own_space_only(tmp_path, monkeypatch):
+    """--config-name smoke space=ofa_mbv3_w10 kept the smoke config's width_mult 0.25, which OFA-MobileNetV3 refuses
+    ("allowed values: [1.0, 1.2]"): the quarter width is the smoke space's (ofa_proxyless_w13) only; another space
+    keeps its own, and space.width_mult= on the command line still decides."""
+    import json
+    import sys
+
+    from hydra import compose, initialize_config_dir
+
+    import hwnas.conf  # noqa: F401
+    from hwnas.supernet.train import main
+
+    def run(*overrides):
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        monkeypatch.setattr(sys, "argv", ["hwnas-train", "--config-name", "smoke", f"out={out}", "stop_after=1",
+                                          "train.batch_size=4", "data.n=8", "space.resolutions=[32]",
+                                          f"hydra.run.dir={tmp_path / 'hydra'}", *overrides])
+        main()
+        return json.loads(torch.load(out / "last.pth", weights_only=True)["settings"])["space"]
+
+    assert run()["options"]["width_mult"] == 0.25
+    w10 = run("space=ofa_mbv3_w10")
+    assert (w10["space"], w10["options"]["width_mult"]) == ("ofa_mbv3_w10", 1.0)
+    assert run("space=ofa_proxyless_w13", "space.width_mult=0.5")["options"]["width_mult"] == 0.5
+    assert "width_mult" not in run("space=proxyless_mobile")["options"]
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):  # the compose API: the same
+        assert compose("smoke").space.width_mult == 0.25
+        assert compose("smoke", overrides=["space=ofa_mbv3_w12"]).space.width_mult is None
