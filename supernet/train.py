@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import re
 import time
@@ -96,6 +97,18 @@ def build_data(cfg: dict, r_max: int, seed: int) -> tuple[Dataset, int, str | No
         src = ImageFolderSource(cfg["train"])
         return src.view(train_transform(r_max)), src.n_classes, src.fingerprint()
     raise TrainConfigError(f"data.kind={kind!r} is not allowed; allowed values: ['imagefolder', 'synthetic']")
+
+
+def loader_workers(n: int | None, most: int = 8) -> int:
+    """``data.num_workers``: ``n`` as given, or for null ``most`` or fewer: one per CPU this process may use (a
+    default of 8 on a 2-CPU machine made torch warn "8 worker processes ... suggested max is 2", at every epoch)."""
+    if n is not None:
+        return int(n)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (macOS, Windows)
+        cpus = os.cpu_count() or 1
+    return max(1, min(most, cpus))
 
 
 def batches_from(ds: Dataset, batch_size: int, seed: int, start_step: int, num_workers: int = 0) -> Iterator:
@@ -509,7 +522,7 @@ def _train(cfg: dict) -> dict:
     # the channel ordering of finished phases is part of the saved weights; the phase-start hook below
     # runs only when a phase starts, so a resumed run does not repeat it
     bounds = np.cumsum([0] + [p.steps for p in phases])
-    batches = batches_from(dataset, batch_size, seed, step, int(dcfg.get("num_workers", 0) or 0))
+    batches = batches_from(dataset, batch_size, seed, step, loader_workers(dcfg.get("num_workers")))
     t0 = time.perf_counter()
     with _deferred_interrupts() as pending:  # Ctrl-C / SIGTERM: the step in progress ends, is saved, then the exit
         while step < stop:

@@ -482,3 +482,33 @@ def test_smoke_width_is_for_its_own_space_only(tmp_path, monkeypatch):
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):  # the compose API: the same
         assert compose("smoke").space.width_mult == 0.25
         assert compose("smoke", overrides=["space=ofa_mbv3_w12"]).space.width_mult is None
+
+
+def test_loader_workers_default_to_the_cpus_at_most_8(tmp_path, monkeypatch):
+    """data.num_workers was 8 by default: on a 2-CPU machine torch warned "8 worker processes ... suggested max is 2"
+    (at every epoch). Null (the default now) is one worker per CPU this process may use, at most 8."""
+    import os
+
+    from hydra import compose, initialize_config_dir
+
+    import hwnas.conf  # noqa: F401
+    import hwnas.supernet.train as tr
+
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        assert compose("default", overrides=["data.train=/data/imagenet/train"]).data.num_workers is None
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert (tr.loader_workers(None), tr.loader_workers(0), tr.loader_workers(5)) == (2, 0, 5)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert tr.loader_workers(None) == 8
+
+    made = []
+    real = tr.DataLoader
+
+    def loader(*a, **kw):
+        made.append(kw["num_workers"])
+        return real(*a, **{**kw, "num_workers": 0})  # (no processes started in the test)
+
+    monkeypatch.setattr(tr, "DataLoader", loader)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    train(_cfg(tmp_path / "run", stop_after=1, data={"kind": "synthetic", "n": 16, "n_classes": 3, "num_workers": None}))
+    assert made == [2]
