@@ -170,6 +170,19 @@ class FolderView(Dataset):
         return self.transform(image), label
 
 
+def loader_workers(n: int | None, most: int = 8) -> int:
+    """A number of loader worker processes: ``n`` as given, or for None one per CPU this process may use, at most
+    ``most`` (hwnas-train's default of 8 on a 2-CPU machine made torch warn "8 worker processes ... suggested
+    max is 2", at every epoch)."""
+    if n is not None:
+        return int(n)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (macOS, Windows)
+        cpus = os.cpu_count() or 1
+    return max(1, min(most, cpus))
+
+
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0, seed: int = 0, drop_last: bool = False) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=g,

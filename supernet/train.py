@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
 import time
@@ -51,7 +50,7 @@ from hwnas.spaces.mbconv import MBConvArch, MBConvSpace
 
 from .checkpoint import (CheckpointError, load_state, match_state_dict, other_classifier, read_state_dict,
                          resolve_checkpoint, save_checkpoint)
-from .data import ImageFolderSource, default_device, normalize, train_transform
+from .data import ImageFolderSource, default_device, loader_workers, normalize, train_transform
 from .elastic import ElasticMBConvNet
 
 log = logging.getLogger("hwnas.train")
@@ -97,18 +96,6 @@ def build_data(cfg: dict, r_max: int, seed: int) -> tuple[Dataset, int, str | No
         src = ImageFolderSource(cfg["train"])
         return src.view(train_transform(r_max)), src.n_classes, src.fingerprint()
     raise TrainConfigError(f"data.kind={kind!r} is not allowed; allowed values: ['imagefolder', 'synthetic']")
-
-
-def loader_workers(n: int | None, most: int = 8) -> int:
-    """``data.num_workers``: ``n`` as given, or for null ``most`` or fewer: one per CPU this process may use (a
-    default of 8 on a 2-CPU machine made torch warn "8 worker processes ... suggested max is 2", at every epoch)."""
-    if n is not None:
-        return int(n)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # (macOS, Windows)
-        cpus = os.cpu_count() or 1
-    return max(1, min(most, cpus))
 
 
 def batches_from(ds: Dataset, batch_size: int, seed: int, start_step: int, num_workers: int = 0) -> Iterator:
