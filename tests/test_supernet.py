@@ -453,3 +453,20 @@ def test_an_accuracy_cache_in_a_read_only_folder_says_so(tiny_folder, tmp_path, 
     with pytest.raises(UserError, match=r"accuracy cache folder .*ro cannot be written: .*the file system is read-only"):
         SupernetAccuracy(space, checkpoint=None, data=tiny_folder, n_calib=4, n_val=4, batch_size=4, device="cpu",
                          cache=str(tmp_path / "ro" / "acc.sqlite"))
+
+
+def test_evaluate_workers_default_to_the_cpus_at_most_4(monkeypatch):
+    """--workers defaulted to 4: on a 2-CPU machine torch warned "4 worker processes ... suggested max is 2"."""
+    import os
+
+    from hwnas.supernet.evaluate import _parser, check_args
+
+    def workers(*argv):
+        args = _parser().parse_args(["--data", "d", *argv])
+        check_args(args)
+        return args.workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert (workers(), workers("--workers", "3")) == (2, 3)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert workers() == 4
