@@ -316,11 +316,15 @@ class TensorCache:
 
 # ============================================================================ BN calibration / evaluation
 def _progress(it, total: int | None, desc: str, progress: bool):
-    if not progress:
+    """``it`` with a progress bar on stderr when ``progress`` is set and stderr is a terminal (bars written into a
+    pipe or a log file, ``... | tail``, are only noise)."""
+    import sys
+
+    if not progress or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
         return it
     from tqdm.auto import tqdm
 
-    return tqdm(it, total=total, desc=desc, leave=False)
+    return tqdm(it, total=total, desc=desc, leave=False, file=sys.stderr)
 
 
 @torch.no_grad()

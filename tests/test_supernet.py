@@ -470,3 +470,27 @@ def test_evaluate_workers_default_to_the_cpus_at_most_4(monkeypatch):
     assert (workers(), workers("--workers", "3")) == (2, 3)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert workers() == 4
+
+
+def test_progress_bars_only_on_a_terminal(tiny_folder, monkeypatch, capsys):
+    """`python -m hwnas.supernet.evaluate ... 2>&1 | tail` showed tqdm bars ("BN calibration:   0%|") in the pipe."""
+    import io
+    import sys
+
+    from hwnas.supernet.evaluate import main as eval_main
+
+    argv = ["--space", "ofa_mbv3_w10", "--checkpoint", "none", "--data", str(tiny_folder), "--n-calib", "8",
+            "--batch-size", "8", "--workers", "0", "--device", "cpu", "--arch",
+            "r128:k3e3.k3e3/k3e3.k3e3/k3e3.k3e3/k3e3.k3e3/k3e3.k3e3"]
+    assert eval_main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "top1=" in out and "%|" not in err and "BN calibration" not in err
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert eval_main(argv) == 0
+    assert "BN calibration" in term.getvalue() and "evaluate" in term.getvalue()
