@@ -165,6 +165,30 @@ def _own_resolutions(default: list) -> list | None:
     return list(own) if own else list(default)
 
 
+def _width_for(space: str, width: float, *, _parent_: object = None) -> object:
+    """``space.width_mult`` of a config that trains a narrower ``space`` of its own (the smoke config: 0.25 for
+    ``ofa_proxyless_w13``): ``width`` while that is the chosen space preset, else the chosen preset's own
+    ``width_mult`` (null for most). ``--config-name smoke space=ofa_mbv3_w10`` kept the smoke width and was refused
+    (OFA-MobileNetV3 has the widths 1.0 and 1.2 only). Outside a hydra job (the compose API) the space's name
+    decides."""
+    choice = hydra_choice("space")
+    if choice is None:
+        name = _parent_.get("name") if hasattr(_parent_, "get") else None
+        return width if name in (None, space) else None
+    if choice == space:
+        return width
+    f = preset_file("space")
+    if f is None:
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(f.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None  # reported when the space is built
+    return data.get("width_mult") if isinstance(data, dict) else None
+
+
 def _first(*values: object) -> object:
     """The first of ``values`` that is set (not null or empty)."""
     return next((v for v in values if v not in (None, "")), None)
@@ -210,6 +234,7 @@ def _register() -> None:
     OmegaConf.register_new_resolver("hwnas_priced_resolutions", _priced_resolutions, replace=True)
     OmegaConf.register_new_resolver("hwnas_own_resolutions", _own_resolutions, replace=True)
     OmegaConf.register_new_resolver("hwnas_first", _first, replace=True)
+    OmegaConf.register_new_resolver("hwnas_width_for", _width_for, replace=True)
     OmegaConf.register_new_resolver("hwnas_plugin_label", _plugin_label, replace=True)
     OmegaConf.register_new_resolver("hwnas_help", _help, replace=True)
 

@@ -81,9 +81,23 @@ def torch_load_weights(path: str | os.PathLike) -> Any:
             raise TensorFileError(str(path), NOT_WEIGHTS) from None
         if isinstance(exc, OSError) and exc.filename is not None:  # missing, unreadable: an OS error's one line
             raise
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise TensorFileError(str(path), f"{type(exc).__name__}: {first}; is the file complete and written by "
-                                         "torch.save?") from None
+        raise TensorFileError(str(path), f"{type(exc).__name__}: {_first_sentence(str(exc))}; is the file complete "
+                                         "and written by torch.save?") from None
+
+
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """The first sentence of an error message (its first line up to the first ``". "``), without its full stop;
+    one still longer than ``limit`` characters is cut at a word and ends with ``...``. (torch's message for a
+    truncated file goes on for three sentences; a cut at a fixed length ended mid-sentence: "... your
+    checkpoint file is; is the file complete ...".)"""
+    import re
+
+    line = (text.strip().splitlines() or [""])[0].strip()
+    m = re.match(r"(.*?[.!?])(?:\s|$)", line)
+    sentence = (m.group(1) if m else line).rstrip(".")
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+    return sentence
 
 
 class _Storage:

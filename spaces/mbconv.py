@@ -635,7 +635,8 @@ class OFAMobileNetV3Space(MBConvSpace):
 
     def __init__(self, width_mult: float = 1.2, **kwargs: Any) -> None:
         if width_mult not in (1.0, 1.2):
-            raise choice_error("width_mult", width_mult, [1.0, 1.2], "widths of the official OFA-MobileNetV3 supernets")
+            raise choice_error("width_mult", width_mult, [1.0, 1.2], "widths of the official OFA-MobileNetV3 supernets; "
+                               "ofa_proxyless_w13 takes any, e.g. space=ofa_proxyless_w13 space.width_mult=0.25")
         self.width_mult = float(width_mult)
         kwargs.setdefault("name", f"ofa_mbv3_w{'12' if width_mult == 1.2 else '10'}")
         b = self.BASE

@@ -157,8 +157,28 @@ def match_state_dict(net: nn.Module, state: dict[str, torch.Tensor], source: str
 def load_checkpoint(net: nn.Module, src: str | os.PathLike, mirror: str | os.PathLike | None = None) -> Path:
     """Load ``src`` (path, official name or asset path) into ``net``; returns the file used."""
     path = resolve_checkpoint(src, mirror)
-    net.load_state_dict(match_checkpoint(net, read_state_dict(path), path), strict=True)
+    load_state(net, read_state_dict(path), path)
     return path
+
+
+def other_classifier(net: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, int] | None:
+    """``(classes of the file, classes of net)`` when the tensors of ``state`` differ from ``net``'s in the
+    classifier's number of classes only (each ``classifier.*`` tensor: the same shape but its first size);
+    None otherwise (the same classifier, or one that differs in its input width too: another network)."""
+    own = net.state_dict()
+    head = [k for k in own if k.startswith("classifier.")]
+    if not head or not all(k in state for k in head):
+        return None
+    shapes = [(tuple(state[k].shape), tuple(own[k].shape)) for k in head]
+    if not all(len(a) == len(b) and a and a[0] != b[0] and a[1:] == b[1:] for a, b in shapes):
+        return None
+    return shapes[0][0][0], shapes[0][1][0]
+
+
+def load_state(net: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Load the tensors ``state`` read from ``path`` into ``net``; any missing, unexpected or mis-shaped tensor is
+    one :class:`CheckpointError` (naming the space the file was trained for, when it records one)."""
+    net.load_state_dict(match_checkpoint(net, state, path), strict=True)
 
 
 def match_checkpoint(net: nn.Module, state: dict, path: str | os.PathLike) -> dict:
@@ -203,4 +223,4 @@ def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
     return Path(path)
 
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "read_state_dict", "match_state_dict", "resolve_checkpoint"]
+__all__ = ["CheckpointError", "load_checkpoint", "load_state", "other_classifier", "save_checkpoint", "read_state_dict", "match_state_dict", "resolve_checkpoint"]

@@ -107,6 +107,9 @@ class ImageFolderSource:
 
     def __init__(self, root: str | os.PathLike) -> None:
         root = Path(root).expanduser()
+        if root.is_file():
+            raise DataError(f"data folder {root} is a file, not a folder; give the ImageFolder root (class sub-folders: "
+                            "root/<class>/<image>)")
         if not root.is_dir():
             raise DataError(f"data folder {root} does not exist; expected an ImageFolder root/<class>/<image>")
         tv = ensure_torchvision()
@@ -165,6 +168,19 @@ class FolderView(Dataset):
             raise DataError(f"image {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                             "remove it or replace it with a readable image") from None
         return self.transform(image), label
+
+
+def loader_workers(n: int | None, most: int = 8) -> int:
+    """A number of loader worker processes: ``n`` as given, or for None one per CPU this process may use, at most
+    ``most`` (hwnas-train's default of 8 on a 2-CPU machine made torch warn "8 worker processes ... suggested
+    max is 2", at every epoch)."""
+    if n is not None:
+        return int(n)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (macOS, Windows)
+        cpus = os.cpu_count() or 1
+    return max(1, min(most, cpus))
 
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0, seed: int = 0, drop_last: bool = False) -> DataLoader:
@@ -306,11 +322,15 @@ class TensorCache:
 
 # ============================================================================ BN calibration / evaluation
 def _progress(it, total: int | None, desc: str, progress: bool):
-    if not progress:
+    """``it`` with a progress bar on stderr when ``progress`` is set and stderr is a terminal (bars written into a
+    pipe or a log file, ``... | tail``, are only noise)."""
+    import sys
+
+    if not progress or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
         return it
     from tqdm.auto import tqdm
 
-    return tqdm(it, total=total, desc=desc, leave=False)
+    return tqdm(it, total=total, desc=desc, leave=False, file=sys.stderr)
 
 
 def _no_single_image(batches: Iterable) -> Iterable[torch.Tensor]:

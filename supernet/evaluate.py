@@ -30,7 +30,7 @@ from hwnas.spaces.checks import check_int
 from hwnas.spaces.errors import UserError, cli_errors, os_error_message, writable_dir
 
 from .accuracy import SupernetAccuracy
-from .data import check_loader_settings
+from .data import check_loader_settings, loader_workers
 
 PROG = "python -m hwnas.supernet.evaluate"
 
@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-calib", type=int, default=2000)
     p.add_argument("--n-val", type=int, default=None, help="validation images (default: all)")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, default=None,
+                   help="loader worker processes (default: one per CPU this process may use, at most 4)")
     p.add_argument("--device", default=None)
     p.add_argument("--cache", default=None, help="SQLite cache of results")
     p.add_argument("--mirror", default=None, help="assets mirror folder")
@@ -63,6 +64,7 @@ def check_args(args: argparse.Namespace) -> None:
     only after the whole evaluation)."""
     from .train import check_device
 
+    args.workers = loader_workers(args.workers, most=4)  # (4 on a 2-CPU machine made torch warn at every loader)
     check_int(args.random, "--random", 0, what="a number of random subnets", example=100)
     check_loader_settings({"n_calib": "--n-calib", "n_val": "--n-val", "batch_size": "--batch-size", "seed": "--seed",
                            "num_workers": "--workers"}, n_calib=args.n_calib, n_val=args.n_val,

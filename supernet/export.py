@@ -326,14 +326,14 @@ def load_weights_source(space: MBConvSpace, checkpoint: str | os.PathLike | None
     (flagged untrained)."""
     if checkpoint in (None, ""):
         return WeightsSource()
-    from .checkpoint import match_checkpoint, read_state_dict, resolve_checkpoint
+    from .checkpoint import load_state, read_state_dict, resolve_checkpoint
     from .elastic import ElasticMBConvNet
 
     path = resolve_checkpoint(checkpoint, mirror)
     state = read_state_dict(path)
     head = state.get("classifier.linear.weight")
     net = ElasticMBConvNet(space, n_classes=int(head.shape[0]) if head is not None and head.dim() == 2 else None)
-    net.load_state_dict(match_checkpoint(net, state, path), strict=True)
+    load_state(net, state, path)
     net.eval()
     from hwnas.predictors.fingerprint import file_fingerprint
 

@@ -11,7 +11,9 @@ Checkpoints (``<out>/last.pth``: weights, optimizer, step, RNG states) are writt
 ``checkpoint.every`` steps; a run started in the same ``out`` directory resumes from the saved step
 (a checkpoint of another network, or a damaged one, is refused in one line and left untouched).
 The final weights are also written as ``<out>/supernet.pth`` (``{"state_dict": ...}``, OFA's format, with
-``"hwnas_space"``: the space as a JSON string, which ``python -m hwnas.supernet.evaluate`` reads).
+``"hwnas_space"``: the space as a JSON string, which ``python -m hwnas.supernet.evaluate`` reads); a finished
+run started again says so, trains nothing and leaves both files as they are (``supernet.pth`` is written again
+only when it is missing or differs).
 The space comes from the same ``space`` config group as ``hwnas-search`` and is built by
 :func:`hwnas.predictors.build.build_space`.
 
@@ -46,8 +48,9 @@ from hwnas.spaces.errors import UserError, check_section, cli_errors, run_hydra,
 from hwnas.spaces.checks import check_bool, check_int, check_number, is_whole
 from hwnas.spaces.mbconv import MBConvArch, MBConvSpace
 
-from .checkpoint import CheckpointError, load_checkpoint, match_state_dict, save_checkpoint
-from .data import ImageFolderSource, default_device, normalize, train_transform
+from .checkpoint import (CheckpointError, load_state, match_state_dict, other_classifier, read_state_dict,
+                         resolve_checkpoint, save_checkpoint)
+from .data import ImageFolderSource, default_device, loader_workers, normalize, train_transform
 from .elastic import ElasticMBConvNet
 
 log = logging.getLogger("hwnas.train")
@@ -252,6 +255,23 @@ def training_settings(cfg: dict, space: MBConvSpace) -> dict:
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
+def init_from(net: ElasticMBConvNet, src: str) -> Path:
+    """``init_from``: the weights of ``src`` (a file, an official OFA name or an asset path) loaded into ``net``.
+    A classifier for another number of classes (an ImageNet supernet fine-tuned on your own classes) keeps
+    ``net``'s fresh one, said in one log line; any other tensor that does not fit is one :class:`CheckpointError`.
+    (Resuming from ``last.pth`` stays strict: :func:`_resume`.)"""
+    path = resolve_checkpoint(src)
+    state = read_state_dict(path)
+    classes = other_classifier(net, state)
+    if classes is not None:
+        own = net.state_dict()
+        state.update({k: own[k] for k in own if k.startswith("classifier.")})
+        log.info("init_from=%s: its classifier has %d classes, this run %d: every other tensor loaded, the classifier "
+                 "re-initialised", src, classes[0], classes[1])
+    load_state(net, state, path)
+    return path
+
+
 def _resume(path: Path, net: nn.Module, opt: torch.optim.Optimizer, space: MBConvSpace,
             settings: dict | None = None) -> dict:
     """The state of ``path`` loaded into ``net`` and ``opt``; a file that does not fit is one error."""
@@ -363,6 +383,9 @@ def check_settings(cfg: dict) -> None:
     _check_int(d.get("num_workers"), "data.num_workers", 0, 0, null=True)
     if kind == "imagefolder" and d.get("train") in (None, "", "???"):
         raise TrainConfigError("data.train is not set; give an ImageFolder root (data.train=/path/to/imagenet/train) or data.kind=synthetic")
+    if kind == "imagefolder" and isinstance(d.get("train"), str) and Path(d["train"]).expanduser().is_file():
+        raise TrainConfigError(f"data.train={d['train']} is a file, not a folder; give the ImageFolder root (class "
+                               "sub-folders: data.train=/path/to/imagenet/train)")
     if kind == "synthetic":
         _check_int(d.get("n", 512), "data.n", 1, 512)
         _check_int(d.get("n_classes", 4), "data.n_classes", 2, 4)
@@ -431,7 +454,7 @@ def _train(cfg: dict) -> dict:
     n_classes = int(cfg.get("n_classes") or n_classes_data)
     net = ElasticMBConvNet(space, n_classes=n_classes, dropout=float(tcfg.get("dropout", 0.1)))
     if cfg.get("init_from"):
-        load_checkpoint(net, cfg["init_from"])
+        init_from(net, cfg["init_from"])
     net.to(device)
 
     phases = parse_phases(tcfg.get("phases") or [], net)
@@ -466,7 +489,10 @@ def _train(cfg: dict) -> dict:
         history = [float(v) for v in state.get("history", [])]
         rng.setstate(_rng_from_list(state["py_rng"]))
         torch.set_rng_state(state["torch_rng"])
-        log.info("resumed from %s at step %d", last_path, step)
+        if step < total:
+            log.info("resumed from %s at step %d", last_path, step)
+    start = step  # (steps trained by this process: step - start)
+    stop = min(total, int(cfg.get("stop_after") or total))
 
     def save(path: Path) -> None:
         save_checkpoint(path, {
@@ -483,10 +509,10 @@ def _train(cfg: dict) -> dict:
     # the channel ordering of finished phases is part of the saved weights; the phase-start hook below
     # runs only when a phase starts, so a resumed run does not repeat it
     bounds = np.cumsum([0] + [p.steps for p in phases])
-    batches = batches_from(dataset, batch_size, seed, step, int(dcfg.get("num_workers", 0) or 0))
+    batches = batches_from(dataset, batch_size, seed, step, loader_workers(dcfg.get("num_workers")))
     t0 = time.perf_counter()
     with _deferred_interrupts() as pending:  # Ctrl-C / SIGTERM: the step in progress ends, is saved, then the exit
-        while step < total:
+        while step < stop:
             pi = int(np.searchsorted(bounds, step, side="right") - 1)
             phase = phases[pi]
             sp = step - int(bounds[pi])
@@ -525,22 +551,50 @@ def _train(cfg: dict) -> dict:
             step += 1
             if step % int(tcfg.get("log_every", 20)) == 0 or step == total:
                 log.info("step %d/%d phase %s r=%d lr=%.4g loss=%.4f (%.2f s/step)", step, total, phase.name, r, lr,
-                         history[-1], (time.perf_counter() - t0) / max(1, step))
+                         history[-1], (time.perf_counter() - t0) / (step - start))
             if every > 0 and step % every == 0:
                 save(last_path)
-            if cfg.get("stop_after") and step >= int(cfg["stop_after"]):
-                break  # for interrupted-run tests / time-boxed jobs
             if pending:  # an interrupt arrived during this step: keep it, then stop as the signal asked
                 save(last_path)
                 log.info("interrupted at step %d: saved %s; the same command resumes from there", step, last_path)
                 raise pending[0]
-    save(last_path)
-    if step >= total:
+    if step > start and not (every > 0 and step % every == 0):  # (a run with nothing to train leaves it as it is)
+        save(last_path)
+    if step < total:  # stop_after (time-boxed jobs)
+        log.info("stopped at step %d of %d (stop_after=%d): checkpoint %s; the same command without stop_after (or with "
+                 "a larger one) continues from there", step, total, stop, last_path)
+    else:
         net.set_max()
         # (OFA's format, and the space it was trained for as a JSON string: evaluate and export rebuild it)
-        save_checkpoint(out / "supernet.pth", {"state_dict": net.state_dict(),
-                                               "hwnas_space": json.dumps(settings["space"], sort_keys=True)})
+        final = out / "supernet.pth"
+        wrote = _write_if_changed(final, {"state_dict": net.state_dict(),
+                                          "hwnas_space": json.dumps(settings["space"], sort_keys=True)})
+        if step > start:
+            log.info("finished at step %d: wrote %s", step, final)
+        else:
+            log.info("nothing to train: %s is at step %d of %d (finished); %s %s (checkpoint.resume=false or another "
+                     "out= trains again)", last_path, step, total, final,
+                     "was missing or differed: written again" if wrote else "is up to date, left as it is")
     return {"step": step, "total": total, "history": history, "out": str(out), "supernet": net}
+
+
+def _write_if_changed(path: Path, obj: dict) -> bool:
+    """``save_checkpoint(path, obj)`` unless ``path`` already holds the same tensors and strings (a finished run
+    started again used to rewrite an identical ``supernet.pth``); True when written."""
+    from hwnas.predictors.tensorfile import TensorFileError, torch_load_weights
+
+    if path.is_file():
+        try:
+            old = torch_load_weights(path)
+        except (TensorFileError, OSError):
+            old = None
+        if isinstance(old, dict) and old.keys() == obj.keys() and old["hwnas_space"] == obj["hwnas_space"] \
+                and isinstance(old["state_dict"], dict) and old["state_dict"].keys() == obj["state_dict"].keys() \
+                and all(isinstance(v, torch.Tensor) and v.dtype == obj["state_dict"][k].dtype
+                        and torch.equal(v, obj["state_dict"][k].cpu()) for k, v in old["state_dict"].items()):
+            return False
+    save_checkpoint(path, obj)
+    return True
 
 
 @contextmanager

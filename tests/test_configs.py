@@ -232,3 +232,33 @@ def test_plugin_run_folders_are_named_after_the_plugin():
     assert _plugin_label(None, "nope.Missing") == "Missing" and _plugin_label(None, None) == "custom"
     assert _plugin_label(None, "x.Bad name") == "custom" and _plugin_label("mine", "a.B") == "mine"
     assert _plugin_label(None, "a.B", "pi4") == "pi4"
+
+
+@pytest.mark.parametrize("choice", GROUPS["space"])
+def test_a_space_presets_width_mult_example_is_a_width_it_takes(choice):
+    """ofa_mbv3_w10/w12.yaml said "e.g. 0.25 for a supernet hwnas-train made narrower", which those spaces refuse
+    (OFA-MobileNetV3 has the widths 1.0 and 1.2): every example a preset's width_mult comment gives is built."""
+    import re
+
+    from hwnas.spaces import create_space
+
+    text = (CONF / "space" / f"{choice}.yaml").read_text()
+    line = next((ln for ln in text.splitlines() if ln.startswith("width_mult:") and "#" in ln), None)
+    if line is None:  # (no width_mult, or a reduced preset's plain value)
+        return
+    name = OmegaConf.create(text).name
+    examples = [float(v) for v in re.findall(r"\b\d+\.\d+\b", line.split("#", 1)[1])]  # every width the comment names
+    assert examples, line
+    for w in examples:
+        assert create_space(name, width_mult=w).width_mult == w
+
+
+def test_ofa_mobilenet_widths_name_the_space_that_takes_any():
+    from hwnas.spaces import create_space
+    from hwnas.spaces.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        create_space("ofa_mbv3_w10", width_mult=0.25)
+    assert str(e.value) == ("width_mult=0.25 is not allowed (widths of the official OFA-MobileNetV3 supernets; "
+                            "ofa_proxyless_w13 takes any, e.g. space=ofa_proxyless_w13 space.width_mult=0.25); "
+                            "allowed values: [1.0, 1.2]")

@@ -566,3 +566,44 @@ def test_export_writes_a_searched_accuracy_only_for_the_weights_it_was_measured_
         meta = json.loads((d / "metadata.json").read_text())
         assert meta["accuracy"]["value"] is None and meta["extra"]["search_accuracy"] == 0.5
         assert len(notes) == 1 and why in notes[0] and "recorded as search_accuracy" not in notes[0]
+
+
+def test_evaluate_workers_default_to_the_cpus_at_most_4(monkeypatch):
+    """--workers defaulted to 4: on a 2-CPU machine torch warned "4 worker processes ... suggested max is 2"."""
+    import os
+
+    from hwnas.supernet.evaluate import _parser, check_args
+
+    def workers(*argv):
+        args = _parser().parse_args(["--data", "d", *argv])
+        check_args(args)
+        return args.workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert (workers(), workers("--workers", "3")) == (2, 3)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert workers() == 4
+
+
+def test_progress_bars_only_on_a_terminal(tiny_folder, monkeypatch, capsys):
+    """`python -m hwnas.supernet.evaluate ... 2>&1 | tail` showed tqdm bars ("BN calibration:   0%|") in the pipe."""
+    import io
+    import sys
+
+    from hwnas.supernet.evaluate import main as eval_main
+
+    argv = ["--space", "ofa_mbv3_w10", "--checkpoint", "none", "--data", str(tiny_folder), "--n-calib", "8",
+            "--batch-size", "8", "--workers", "0", "--device", "cpu", "--arch",
+            "r128:k3e3.k3e3/k3e3.k3e3/k3e3.k3e3/k3e3.k3e3/k3e3.k3e3"]
+    assert eval_main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "top1=" in out and "%|" not in err and "BN calibration" not in err
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert eval_main(argv) == 0
+    assert "BN calibration" in term.getvalue() and "evaluate" in term.getvalue()

@@ -267,3 +267,248 @@ def test_a_reduced_space_is_trained_as_reduced(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     state = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
     assert json.loads(state["settings"])["space"]["options"]["resolutions"] == [36, 44]
+
+
+def test_a_truncated_checkpoint_is_named_in_whole_sentences(tmp_path, monkeypatch):
+    """torch's message for a truncated file is three sentences; it was cut at 200 characters, mid-sentence
+    ("... your checkpoint file is; is the file complete and written by torch.save?"). Its first sentence is kept."""
+    from hwnas.predictors.tensorfile import TensorFileError, torch_load_weights
+    from hwnas.supernet.checkpoint import CheckpointError
+
+    out = tmp_path / "run"
+    train(_cfg(out, stop_after=2))
+    data = (out / "last.pth").read_bytes()
+    (out / "last.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as e:
+        train(_cfg(out))
+    msg = str(e.value)
+    assert "\n" not in msg and "file is;" not in msg
+    assert "failed finding central directory; is the file complete and written by torch.save?); start in another" in msg
+
+    torch_msg = ("PytorchStreamReader failed reading zip archive: failed finding central directory. This is an internal "
+                 "miniz error. If you are seeing this error, there is a high likelihood that your checkpoint file is "
+                 "corrupted. This can happen if the checkpoint was not saved properly, was transferred incorrectly, or "
+                 "the file was modified after saving.")
+
+    def load(*a, **kw):
+        raise RuntimeError(torch_msg)
+
+    monkeypatch.setattr(torch, "load", load)
+    with pytest.raises(TensorFileError) as e:
+        torch_load_weights(out / "last.pth")
+    assert e.value.reason == ("RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central "
+                              "directory; is the file complete and written by torch.save?")
+
+
+def test_init_from_a_checkpoint_of_other_classes_fine_tunes_with_a_new_classifier(tmp_path, caplog):
+    """init_from an ImageNet supernet (1000 classes) onto your own classes was refused ("2 tensors with wrong shapes ...
+    classifier.linear.weight (1000, 1536) vs (3, 1536)"): every other tensor is loaded, the classifier re-initialised,
+    said in one line. Another network is still the one-line error; resuming from last.pth stays strict."""
+    import logging
+
+    from hwnas.spaces import create_space
+    from hwnas.supernet.checkpoint import CheckpointError, save_checkpoint
+    from hwnas.supernet.elastic import ElasticMBConvNet
+    from hwnas.supernet.train import init_from
+
+    space = create_space("ofa_proxyless_w13", width_mult=0.25, resolutions=[32])
+    torch.manual_seed(5)
+    src = ElasticMBConvNet(space, n_classes=7).state_dict()
+    save_checkpoint(tmp_path / "ck7.pth", {"state_dict": src})
+    torch.manual_seed(6)
+    net = ElasticMBConvNet(space, n_classes=3)
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="hwnas.train"):
+        init_from(net, str(tmp_path / "ck7.pth"))
+    got = net.state_dict()
+    assert [k for k in got if k.startswith("classifier.")] == ["classifier.linear.weight", "classifier.linear.bias"]
+    for k in got:
+        assert torch.equal(got[k], fresh[k] if k.startswith("classifier.") else src[k].to(got[k].dtype)), k
+    lines = [r.getMessage() for r in caplog.records if r.name == "hwnas.train"]
+    assert lines == [f"init_from={tmp_path / 'ck7.pth'}: its classifier has 7 classes, this run 3: every other tensor "
+                     "loaded, the classifier re-initialised"]
+    # through a training run (3 synthetic classes)
+    assert train(_cfg(tmp_path / "ft", init_from=str(tmp_path / "ck7.pth"), stop_after=1))["step"] == 1
+
+    # a network of another width (its classifier too): refused in one line
+    save_checkpoint(tmp_path / "wide.pth", {"state_dict": ElasticMBConvNet(
+        create_space("ofa_proxyless_w13", width_mult=0.5, resolutions=[32]), n_classes=7).state_dict()})
+    with pytest.raises(CheckpointError, match=r"does not match ElasticMBConvNet of space ofa_proxyless_w0\.25: \d+ tensors "
+                                              r"with wrong shapes") as e:
+        init_from(ElasticMBConvNet(space, n_classes=3), str(tmp_path / "wide.pth"))
+    assert "\n" not in str(e.value)
+
+    # resume stays strict: a last.pth whose classifier has other classes is refused, not re-initialised
+    out = tmp_path / "run"
+    train(_cfg(out, stop_after=1))
+    state = torch.load(out / "last.pth", weights_only=True)
+    state["state_dict"]["classifier.linear.weight"] = torch.zeros(7, state["state_dict"]["classifier.linear.weight"].shape[1])
+    state["state_dict"]["classifier.linear.bias"] = torch.zeros(7)
+    save_checkpoint(out / "last.pth", state)
+    with pytest.raises(CheckpointError, match=r"cannot resume: .*classifier\.linear\.weight \(7, \d+\) vs \(3, \d+\)"):
+        train(_cfg(out, stop_after=2))
+
+
+def _train_lines(caplog) -> list[str]:
+    lines = [r.getMessage() for r in caplog.records if r.name == "hwnas.train"]
+    caplog.clear()
+    return lines
+
+
+def test_stop_after_says_where_it_stopped_and_the_same_command_trains_no_more(tmp_path, caplog):
+    """stop_after stopped silently (no line, no supernet.pth), and the same command again trained one step more
+    each time."""
+    import logging
+    import os
+
+    caplog.set_level(logging.INFO, logger="hwnas.train")
+    out = tmp_path / "run"
+    last = out / "last.pth"
+    assert train(_cfg(out, stop_after=6))["step"] == 6
+    stopped = (f"stopped at step 6 of 12 (stop_after=6): checkpoint {last}; the same command without stop_after "
+               "(or with a larger one) continues from there")
+    assert _train_lines(caplog)[-1] == stopped and not (out / "supernet.pth").exists()
+    # last.pth is already a supernet checkpoint (as the README says: evaluate and accuracy=supernet take it)
+    from hwnas.supernet.checkpoint import load_checkpoint
+    from hwnas.supernet.elastic import ElasticMBConvNet
+    from hwnas.supernet.evaluate import evaluated_space
+
+    net = ElasticMBConvNet(evaluated_space(None, str(last)), n_classes=3)
+    load_checkpoint(net, last)
+    assert torch.equal(net.state_dict()["classifier.linear.weight"],
+                       torch.load(last, weights_only=True)["state_dict"]["classifier.linear.weight"])
+    ino = os.stat(last).st_ino
+    res = train(_cfg(out, stop_after=6))  # the same command: nothing more, last.pth left as it is
+    assert res["step"] == 6 and len(res["history"]) == 6 and os.stat(last).st_ino == ino
+    assert _train_lines(caplog) == ["resumed from %s at step 6" % last, stopped]
+    assert train(_cfg(out, stop_after=8))["step"] == 8
+
+
+def test_a_finished_run_started_again_trains_nothing_and_rewrites_nothing(tmp_path, caplog):
+    """A finished run started again only said "resumed ... at step 12" and rewrote an identical supernet.pth (and
+    last.pth); it says it is finished, and writes supernet.pth only when it is missing or differs."""
+    import logging
+    import os
+
+    caplog.set_level(logging.INFO, logger="hwnas.train")
+    out = tmp_path / "run"
+    last = out / "last.pth"
+    assert train(_cfg(out))["step"] == 12
+    assert _train_lines(caplog)[-1] == f"finished at step 12: wrote {out / 'supernet.pth'}"
+    before = {p: (os.stat(p).st_ino, p.read_bytes()) for p in (last, out / "supernet.pth")}
+    first = torch.load(out / "supernet.pth", weights_only=True)["state_dict"]
+    assert train(_cfg(out))["step"] == 12
+    assert _train_lines(caplog) == [
+        f"nothing to train: {last} is at step 12 of 12 (finished); {out / 'supernet.pth'} is up to date, left as it is "
+        "(checkpoint.resume=false or another out= trains again)"]
+    assert {p: (os.stat(p).st_ino, p.read_bytes()) for p in before} == before  # neither file rewritten
+    (out / "supernet.pth").unlink()
+    train(_cfg(out))
+    assert _train_lines(caplog)[-1].endswith("supernet.pth was missing or differed: written again (checkpoint.resume=false "
+                                             "or another out= trains again)")
+    again = torch.load(out / "supernet.pth", weights_only=True)["state_dict"]
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
+
+
+def test_seconds_per_step_after_a_resume_count_the_steps_of_this_run(tmp_path, caplog, monkeypatch):
+    """After a resume at step 6 of 12, the time of this process was divided by all 12 steps (half the real figure)."""
+    import logging
+
+    import hwnas.supernet.train as tr
+
+    class Clock:  # each reading one second later: t0, then the log line at step 12
+        n = -1.0
+
+        @classmethod
+        def perf_counter(cls):
+            cls.n += 1.0
+            return cls.n
+
+    caplog.set_level(logging.INFO, logger="hwnas.train")
+    out = tmp_path / "run"
+    train(_cfg(out, stop_after=6))
+    monkeypatch.setattr(tr, "time", Clock)
+    train(_cfg(out))
+    step_lines = [m for m in _train_lines(caplog) if m.startswith("step ")]
+    assert step_lines == [step_lines[0]] and step_lines[0].startswith("step 12/12 ")
+    assert step_lines[0].endswith("(0.17 s/step)")  # 1 s / 6 steps, not 1 s / 12
+
+
+def test_an_image_file_given_as_the_data_folder_is_named_a_file(tmp_path):
+    """data.train=<an image> said "data folder ... does not exist"; it is a file, not a folder."""
+    from PIL import Image
+
+    from hwnas.supernet.data import DataError, ImageFolderSource
+
+    img = tmp_path / "cat.png"
+    Image.new("RGB", (8, 8)).save(img)
+    out = tmp_path / "run"
+    with pytest.raises(TrainConfigError) as e:
+        train(_cfg(out, data={"kind": "imagefolder", "train": str(img), "num_workers": 0}))
+    assert str(e.value) == (f"data.train={img} is a file, not a folder; give the ImageFolder root (class sub-folders: "
+                            "data.train=/path/to/imagenet/train)")
+    assert not out.exists()  # before any work
+    with pytest.raises(DataError) as e:
+        ImageFolderSource(img)
+    assert str(e.value) == (f"data folder {img} is a file, not a folder; give the ImageFolder root (class sub-folders: "
+                            "root/<class>/<image>)")
+
+
+def test_smoke_width_is_for_its_own_space_only(tmp_path, monkeypatch):
+    """--config-name smoke space=ofa_mbv3_w10 kept the smoke config's width_mult 0.25, which OFA-MobileNetV3 refuses
+    ("allowed values: [1.0, 1.2]"): the quarter width is the smoke space's (ofa_proxyless_w13) only; another space
+    keeps its own, and space.width_mult= on the command line still decides."""
+    import json
+    import sys
+
+    from hydra import compose, initialize_config_dir
+
+    import hwnas.conf  # noqa: F401
+    from hwnas.supernet.train import main
+
+    def run(*overrides):
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        monkeypatch.setattr(sys, "argv", ["hwnas-train", "--config-name", "smoke", f"out={out}", "stop_after=1",
+                                          "train.batch_size=4", "data.n=8", "space.resolutions=[32]",
+                                          f"hydra.run.dir={tmp_path / 'hydra'}", *overrides])
+        main()
+        return json.loads(torch.load(out / "last.pth", weights_only=True)["settings"])["space"]
+
+    assert run()["options"]["width_mult"] == 0.25
+    w10 = run("space=ofa_mbv3_w10")
+    assert (w10["space"], w10["options"]["width_mult"]) == ("ofa_mbv3_w10", 1.0)
+    assert run("space=ofa_proxyless_w13", "space.width_mult=0.5")["options"]["width_mult"] == 0.5
+    assert "width_mult" not in run("space=proxyless_mobile")["options"]
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):  # the compose API: the same
+        assert compose("smoke").space.width_mult == 0.25
+        assert compose("smoke", overrides=["space=ofa_mbv3_w12"]).space.width_mult is None
+
+
+def test_loader_workers_default_to_the_cpus_at_most_8(tmp_path, monkeypatch):
+    """data.num_workers was 8 by default: on a 2-CPU machine torch warned "8 worker processes ... suggested max is 2"
+    (at every epoch). Null (the default now) is one worker per CPU this process may use, at most 8."""
+    import os
+
+    from hydra import compose, initialize_config_dir
+
+    import hwnas.conf  # noqa: F401
+    import hwnas.supernet.train as tr
+
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        assert compose("default", overrides=["data.train=/data/imagenet/train"]).data.num_workers is None
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert (tr.loader_workers(None), tr.loader_workers(0), tr.loader_workers(5)) == (2, 0, 5)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert tr.loader_workers(None) == 8
+
+    made = []
+    real = tr.DataLoader
+
+    def loader(*a, **kw):
+        made.append(kw["num_workers"])
+        return real(*a, **{**kw, "num_workers": 0})  # (no processes started in the test)
+
+    monkeypatch.setattr(tr, "DataLoader", loader)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    train(_cfg(tmp_path / "run", stop_after=1, data={"kind": "synthetic", "n": 16, "n_classes": 3, "num_workers": None}))
+    assert made == [2]
