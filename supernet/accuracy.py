@@ -39,7 +39,7 @@ from hwnas.spaces.io import arch_key
 from hwnas.spaces.mbconv import MBConvSpace
 
 from .checkpoint import load_checkpoint
-from .data import DataError, ImageFolderSource, TensorCache, calibrate_and_evaluate, default_device
+from .data import DataError, ImageFolderSource, TensorCache, calibrate_and_evaluate, default_device, loader_workers
 from .elastic import OFA_CHECKPOINTS, ElasticMBConvNet
 
 
@@ -67,6 +67,9 @@ def split_data_root(data: Any) -> tuple[Path, Path]:
             "data %s is one ImageFolder: its images serve both the BN re-calibration and top-1 (fine for a smoke "
             "test; give a root with train/ and val/ for real accuracy)", root)
         return root, root
+    if root.exists():
+        raise DataError(f"data {root} is a file, not a folder; give the ImageFolder root with train/ and val/ (class sub-folders "
+                        "in each: data=/path/to/imagenet)")
     raise DataError(f"data folder {root} does not exist; expected an ImageFolder root with train/ and val/")
 
 
@@ -122,7 +125,7 @@ class SupernetAccuracy(Predictor):
         device: str | None = None,
         cache: str | os.PathLike | None = None,
         seed: int = 0,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         progress: bool = False,
         supernet: ElasticMBConvNet | None = None,
         mirror: str | os.PathLike | None = None,
@@ -146,7 +149,8 @@ class SupernetAccuracy(Predictor):
         self.data = TensorCache(
             train_src,
             val_src,
-            n_calib=n_calib, n_val=n_val, batch_size=batch_size, seed=seed, num_workers=num_workers,
+            n_calib=n_calib, n_val=n_val, batch_size=batch_size, seed=seed,
+            num_workers=loader_workers(None, 4) if num_workers is None else num_workers,  # None: one per CPU, at most 4
         )
         n_classes = self.data.train.n_classes if checkpoint is None and supernet is None else None
         path = None

@@ -390,6 +390,9 @@ def test_data_folders_laid_out_wrongly_are_refused_naming_the_fix(tiny_folder, t
     with pytest.raises(DataError, match=r"has train/ but no val/"):
         split_data_root(half)
     assert split_data_root(tiny_folder) == (tiny_folder / "train", tiny_folder / "val")
+    png = next((tiny_folder / "train").rglob("*.png"))
+    with pytest.raises(DataError, match=r"is a file, not a folder; give the ImageFolder root with train/ and val/"):
+        split_data_root(png)  # (it said "does not exist")
 
 
 @pytest.mark.parametrize("workers", [0, 2])
