@@ -73,6 +73,25 @@ def split_data_root(data: Any) -> tuple[Path, Path]:
     raise DataError(f"data folder {root} does not exist; expected an ImageFolder root with train/ and val/")
 
 
+def _check_trained_classes(path: Any, classes: list[str], folder: Path) -> None:
+    """A supernet that records its classes (hwnas-train on an ImageFolder) is evaluated on data of the same classes
+    in the same label order: the same number of other (or re-ordered) class folders gave top-1 of unrelated labels."""
+    from .checkpoint import recorded_classes
+
+    trained = recorded_classes(path)
+    if trained is None or list(trained) == list(classes):
+        return
+    diff = next((i for i, (a, b) in enumerate(zip(trained, classes)) if a != b), min(len(trained), len(classes)))
+    raise DataError(f"accuracy.checkpoint {path} was trained on the classes {_few(trained)}; data {folder} has "
+                    f"{_few(classes)} (label {diff}: {trained[diff] if diff < len(trained) else '-'!r} there, "
+                    f"{classes[diff] if diff < len(classes) else '-'!r} here), so its top-1 would compare other labels: "
+                    "give the data it was trained on, or a supernet trained on this data")
+
+
+def _few(names: Sequence[str]) -> str:
+    return f"{list(names[:4])}{f' ... ({len(names)})' if len(names) > 4 else ''}"
+
+
 def _check_trained_resolutions(space: MBConvSpace, path: Any) -> None:
     """A supernet that records its training resolutions (hwnas-train) is not evaluated outside their range: its
     subnets' accuracy there is not what it learned. Resolutions inside the range that it was not trained at
@@ -165,6 +184,7 @@ class SupernetAccuracy(Predictor):
                 supernet = ElasticMBConvNet(self.space, n_classes=n_classes)
                 load_checkpoint(supernet, path)
                 _check_trained_resolutions(self.space, path)
+                _check_trained_classes(path, self.data.train.classes, train_dir)
             else:
                 supernet = ElasticMBConvNet(self.space, n_classes=n_classes)
         head, n_data = int(supernet.n_classes), self.data.train.n_classes

@@ -96,6 +96,25 @@ def recorded_space(src: str | os.PathLike) -> dict | None:
     return spec if isinstance(spec, dict) and isinstance(spec.get("space"), str) else None
 
 
+def recorded_classes(src: str | os.PathLike) -> list[str] | None:
+    """The class folder names a local ``supernet.pth`` of ``hwnas-train`` was trained on (``"hwnas_classes"``, in
+    label order); None for another file or one that records none (official checkpoints, synthetic data)."""
+    import json
+    import warnings
+
+    p = Path(src).expanduser()
+    if not p.is_file():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        names = json.loads(obj["hwnas_classes"]) if isinstance(obj, dict) and isinstance(obj.get("hwnas_classes"), str) else None
+    except Exception:  # noqa: BLE001 - not readable so: the loading itself reports it
+        return None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
+
+
 def describe_spec(spec: dict) -> str:
     """``ofa_proxyless_w13 (width_mult=0.25, resolutions=[32, 40])``: what tells a trained space apart."""
     opts = spec.get("options") or {}

@@ -567,8 +567,10 @@ def _train(cfg: dict) -> dict:
         net.set_max()
         # (OFA's format, and the space it was trained for as a JSON string: evaluate and export rebuild it)
         final = out / "supernet.pth"
-        wrote = _write_if_changed(final, {"state_dict": net.state_dict(),
-                                          "hwnas_space": json.dumps(settings["space"], sort_keys=True)})
+        classes = getattr(getattr(dataset, "source", None), "classes", None)  # an ImageFolder's, in label order:
+        wrote = _write_if_changed(final, {"state_dict": net.state_dict(),  # accuracy=supernet checks its data's against them
+                                          "hwnas_space": json.dumps(settings["space"], sort_keys=True),
+                                          **({"hwnas_classes": json.dumps(list(classes))} if classes else {})})
         if step > start:
             log.info("finished at step %d: wrote %s", step, final)
         else:
@@ -588,7 +590,7 @@ def _write_if_changed(path: Path, obj: dict) -> bool:
             old = torch_load_weights(path)
         except (TensorFileError, OSError):
             old = None
-        if isinstance(old, dict) and old.keys() == obj.keys() and old["hwnas_space"] == obj["hwnas_space"] \
+        if isinstance(old, dict) and old.keys() == obj.keys() and all(old[k] == obj[k] for k in obj if k != "state_dict") \
                 and isinstance(old["state_dict"], dict) and old["state_dict"].keys() == obj["state_dict"].keys() \
                 and all(isinstance(v, torch.Tensor) and v.dtype == obj["state_dict"][k].dtype
                         and torch.equal(v, obj["state_dict"][k].cpu()) for k, v in old["state_dict"].items()):

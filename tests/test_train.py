@@ -512,3 +512,39 @@ def test_loader_workers_default_to_the_cpus_at_most_8(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     train(_cfg(tmp_path / "run", stop_after=1, data={"kind": "synthetic", "n": 16, "n_classes": 3, "num_workers": None}))
     assert made == [2]
+
+
+def test_a_supernet_records_its_classes_and_is_not_evaluated_on_others(tmp_path):
+    """supernet.pth recorded its space only: the same number of other (or re-ordered) class folders was evaluated
+    as if they were its classes (top-1 of unrelated labels, silently)."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from hwnas.spaces import create_space
+    from hwnas.supernet.accuracy import SupernetAccuracy
+    from hwnas.supernet.checkpoint import recorded_classes
+    from hwnas.supernet.data import DataError
+
+    rng = np.random.default_rng(0)
+    for part in ("train", "val"):
+        for c in ("cat", "dog"):
+            (tmp_path / "img" / part / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray((rng.random((36, 36, 3)) * 255).astype("uint8")).save(tmp_path / "img" / part / c / f"{i}.png")
+    cfg = _cfg(tmp_path / "run", data={"kind": "imagefolder", "train": str(tmp_path / "img" / "train"), "num_workers": 0})
+    cfg["train"]["batch_size"] = 4
+    train(cfg)
+    ck = tmp_path / "run" / "supernet.pth"
+    assert recorded_classes(ck) == ["cat", "dog"]
+    space = create_space("ofa_proxyless_w13", width_mult=0.25, resolutions=[32])
+    kw = dict(checkpoint=str(ck), n_calib=4, n_val=4, batch_size=4, device="cpu")
+    SupernetAccuracy(space, data=tmp_path / "img", **kw)  # its own classes: taken
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "img", other)
+    for part in ("train", "val"):
+        (other / part / "dog").rename(other / part / "wolf")
+    with pytest.raises(DataError, match=r"was trained on the classes \['cat', 'dog'\]; data .*other/train has \['cat', 'wolf'\] "
+                                        r"\(label 1: 'dog' there, 'wolf' here\)"):
+        SupernetAccuracy(space, data=other, **kw)
