@@ -117,6 +117,16 @@ def hydra_error_message(exc: BaseException) -> str:
         first = one_line(str(cause).split("full_key:")[0])
         if first and first not in parts:
             parts.append(f"({first})")
+    import re
+
+    missing = re.search(r"Could not find '([\w.-]+)/([\w.-]+)'", text)
+    if missing:  # a preset of the user's folder, which a primary config of the user's own does not put on the search path
+        from hwnas.conf import user_config_dir
+
+        mine = user_config_dir() / missing.group(1) / f"{missing.group(2)}.yaml"
+        if mine.is_file():
+            parts.append(f"({mine} is in your user config folder: a primary config of your own needs it on hydra's search "
+                         "path, with `hydra: {searchpath: ['${hwnas_user_conf:}']}` in it)")
     return " ".join(parts) or type(exc).__name__
 
 
@@ -136,6 +146,8 @@ def run_hydra(prog: str, app: Callable[[], Any]) -> Any:
         mod = type(exc).__module__
         if mod.startswith(("hydra", "omegaconf")):  # (hydra's MissingConfigException is an OSError too)
             print(f"{prog}: error: {hydra_error_message(exc)}", file=sys.stderr)
+        elif mod.startswith("yaml"):  # a config file (a preset of the user's) that is not YAML: its file, line and problem
+            print(f"{prog}: error: a config file is not valid YAML: {one_line(str(exc))}", file=sys.stderr)
         elif isinstance(exc, (UserError, OSError)):  # e.g. hydra.run.dir names a file
             print(error_line(prog, exc), file=sys.stderr)
         else:

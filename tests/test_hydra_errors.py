@@ -48,3 +48,24 @@ def test_message_helpers():
     exc = ConfigCompositionException("In 'config': Could not find 'space/x'\n\nAvailable options in 'space':\n\tfbnet\n\tnb\n"
                                      "Config search path:\n\tprovider=hydra")
     assert hydra_error_message(exc) == "In 'config': Could not find 'space/x' Available options in 'space': fbnet, nb"
+
+
+def test_a_broken_user_preset_and_a_user_primary_config_without_the_user_folder_are_one_line(tmp_path):
+    """A YAML syntax error in a preset of the user's was a 122-line traceback; a primary config of the user's own
+    (defaults: [search_base]) did not find the user's presets, and the error did not say why."""
+    uc = tmp_path / "uc"
+    (uc / "latency").mkdir(parents=True)
+    (uc / "latency" / "bad.yaml").write_text("latency:\n  _target_: [unclosed\n")
+    (uc / "latency" / "mine.yaml").write_text("# @package latency\n_target_: x.Y\n")
+    (tmp_path / "myconf").mkdir()
+    (tmp_path / "myconf" / "myrun.yaml").write_text("defaults:\n  - search_base\n  - _self_\n")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["HWNAS_CONFIG_DIR"] = str(uc)
+    for args, part in ((["latency=bad"], f"a config file is not valid YAML: while parsing a flow sequence in \"{uc / 'latency' / 'bad.yaml'}\", line 2"),
+                       (["--config-dir", "myconf", "--config-name", "myrun", "latency=mine"],
+                        f"Could not find 'latency/mine'")):
+        p = subprocess.run([sys.executable, "-m", "hwnas.search", *args], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and part in lines[0], p.stderr
+    assert f"({uc / 'latency' / 'mine.yaml'} is in your user config folder: a primary config of your own needs it on hydra's search path" in lines[0]
