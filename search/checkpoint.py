@@ -39,7 +39,7 @@ import os
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -81,6 +81,9 @@ def read_state(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, zipfile.BadZipFile) and exc.errno is not None:
             raise
+        if "allow_pickle" in str(exc):  # (numpy's words advise loading it unsafely)
+            raise CheckpointError(f"checkpoint {path} is unreadable (not arrays: numpy would read it as pickled Python objects, "
+                                  "which hwnas never loads); it was not overwritten. Delete it to start the search from scratch.") from None
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
             "it was not overwritten. Delete it to start the search from scratch."
@@ -127,7 +130,7 @@ class SearchCheckpoint:
         _check(self.path, arrays, meta, problem)
         try:
             engine.load(arrays, meta["state"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, ArithmeticError, AttributeError) as exc:
             raise CheckpointError(f"checkpoint {self.path} holds an inconsistent state ({exc}); delete it") from None
         self.resumed_from = int(meta["state"]["step"])
         self._last = time.monotonic()
@@ -196,6 +199,34 @@ def checkpoint_key(path: str | os.PathLike) -> str | None:
     return key if isinstance(key, str) else None
 
 
+def _check_meta(state: dict, bad: Callable[[str], CheckpointError]) -> None:
+    """The counters and lists of a checkpoint's JSON state, as data (an edited file: one line, not a traceback
+    from deep inside the search)."""
+    import math as _m
+
+    def whole(k: str) -> bool:
+        v = state.get(k, 0)
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    def number(v: Any, none: bool = False) -> bool:
+        return (v is None and none) or (isinstance(v, (int, float)) and not isinstance(v, bool) and _m.isfinite(v))
+
+    for k in ("step", "restart", "gen"):
+        if not whole(k):
+            raise bad(f"state {k}={state.get(k)!r} is not a count")
+    if not number(state.get("elapsed_s", 0.0)) or state.get("elapsed_s", 0.0) < 0:
+        raise bad(f"state elapsed_s={state.get('elapsed_s')!r} is not a number of seconds")
+    ref = state.get("hv_ref")
+    if not (isinstance(ref, list) and len(ref) == 2 and all(number(v, none=True) for v in ref)):
+        raise bad(f"state hv_ref={ref!r} is not a reference point [accuracy, latency]")
+    hist = state.get("history")
+    if not (isinstance(hist, list) and all(isinstance(h, dict) for h in hist)):
+        raise bad("state history is not a list of steps")
+    budgets = state.get("budgets")
+    if not (isinstance(budgets, list) and all(number(b) for b in budgets)):
+        raise bad(f"state budgets={budgets!r} are not numbers")
+
+
 def _check(path: Path, arrays: dict, meta: dict, problem: Any) -> None:
     """Every array and counter of a checkpoint against the space (a crafted file is refused)."""
     def bad(what: str) -> CheckpointError:
@@ -219,6 +250,8 @@ def _check(path: Path, arrays: dict, meta: dict, problem: Any) -> None:
     skipped = np.isnan(acc)  # accuracy is skipped for archs over the latency limit only
     if not np.isfinite(lat).all() or np.isinf(acc).any() or (skipped.any() and (limit is None or (lat[skipped] <= limit).any())):
         raise bad("the archive holds non-finite objectives")
+    if (lat <= 0).any():
+        raise bad("the archive holds latencies <= 0")
     for k in ("archive_X", "refine_expanded", "refine_walkers", "pop_X"):
         G = arrays.get(k)
         if G is None or not len(G):
@@ -229,3 +262,4 @@ def _check(path: Path, arrays: dict, meta: dict, problem: Any) -> None:
         raise bad(f"unknown phase {state.get('phase')!r}")
     if state["phase"] == "nsga" and "pop_X" not in arrays:
         raise bad("the population is missing")
+    _check_meta(state, bad)

@@ -91,9 +91,10 @@ def search_front(out_dir, ckpt, seed=1, n_gen=8):
 
 
 def comparable(pareto_json_path):
-    """pareto.json without its wall time."""
+    """pareto.json without its wall time (and the digest, which covers it)."""
     d = json.loads(open(pareto_json_path).read())
     d.pop("wall_time_s", None)
+    d.pop("digest", None)
     return d
 
 

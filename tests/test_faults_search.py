@@ -228,7 +228,7 @@ def test_crafted_checkpoint_runs_nothing(tmp_path):
     obj[0] = Marker(marker)
     np.savez(ck, meta=np.frombuffer(b"{}", dtype=np.uint8), archive_X=obj)
     space = create_space("ofa_mbv3_w12")
-    with pytest.raises(CheckpointError, match="checkpoint.npz is unreadable"):
+    with pytest.raises(CheckpointError, match=r"checkpoint.npz is unreadable \(not arrays: numpy would read it as pickled Python objects, which hwnas never loads\)"):
         run_search(space, ToyAccuracy(space), ToyLatency(space), pop_size=8, n_gen=1, verbose=False,
                    checkpoint=SearchCheckpoint(ck))
     assert not marker.exists()

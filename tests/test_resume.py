@@ -110,3 +110,31 @@ def test_pipeline_resumes_search_after_crash_without_new_measurements(tmp_path, 
     assert s["target_measurements"] == ref["target_measurements"]
     assert comparable(tmp_path / "run" / "05_search" / "pareto.json") == comparable(ref_dir / "05_search" / "pareto.json")
     assert s["evaluation"]["hv_ratio"] == ref["evaluation"]["hv_ratio"]
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda st, a: st.update(history={"a": 1}), "state history is not a list of steps"),
+    (lambda st, a: st.update(history=[1, 2, 3]), "state history is not a list of steps"),
+    (lambda st, a: st.update(hv_ref=["x", None]), "state hv_ref=['x', None] is not a reference point [accuracy, latency]"),
+    (lambda st, a: st.update(elapsed_s=float("nan")), "state elapsed_s=nan is not a number of seconds"),
+    (lambda st, a: st.update(step=-2), "state step=-2 is not a count"),
+    (lambda st, a: a["archive_lat"].__setitem__(0, -1.0), "the archive holds latencies <= 0"),
+])
+def test_an_edited_checkpoint_state_is_one_line(tmp_path, edit, said):
+    """A checkpoint whose JSON state was edited (history a dict, hv_ref of text, elapsed_s NaN ...) ended in a
+    TypeError traceback, numpy's ufunc error or 'cannot convert float NaN to integer' naming no file."""
+    from _pipeline_helpers import search_front
+
+    from hwnas.search.checkpoint import read_state, write_state
+
+    ck = tmp_path / "c.npz"
+    search_front(tmp_path / "o", ck, n_gen=2)
+    arrays, meta = read_state(ck)
+    arrays = {k: v.copy() for k, v in arrays.items()}
+    edit(meta["state"], arrays)
+    write_state(ck, arrays, meta)
+    before = ck.read_bytes()
+    with pytest.raises(CheckpointError) as e:
+        search_front(tmp_path / "o", ck, n_gen=2)
+    assert str(e.value) == f"checkpoint {ck}: {said}; the file is corrupt or not from this search — delete it"
+    assert ck.read_bytes() == before
