@@ -264,4 +264,13 @@ def find_file(name: str | os.PathLike, mirror: str | os.PathLike | None = None, 
     if p.is_absolute() or text.startswith(("~", "./", "../", ".\\", "..\\")):
         what = "is a folder, not a file" if p.is_dir() else "does not exist"
         raise AssetError(f"{field}={text!r}: {p} {what}; give an existing file or an asset name such as {example or next(iter(CHECKSUMS))}")
-    return fetch(text, mirror=mirror)
+    try:
+        return fetch(text, mirror=mirror)
+    except AssetError:
+        if text.lstrip("/") in CHECKSUMS:  # a known asset that could not be had: fetch's own words (where to put it)
+            raise
+        # a relative path that is not here (luts/local, a typo of acc_mlp.pt): it was "could not download
+        # <asset site>/luts/local ...; put the file at <mirror>/luts/local", as if it were an asset
+        what = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise AssetError(f"{field}={text!r}: {p.absolute()} {what}, and it is no asset name hwnas knows (nor in the mirror); "
+                         f"give an existing file or an asset name such as {example or next(iter(CHECKSUMS))}") from None

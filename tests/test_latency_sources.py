@@ -148,3 +148,24 @@ def test_reference_files_match_the_conversion_checksums(data_dir):
     for rel in sources.catalogue()["datasets"]:
         assert hashlib.sha256((data_dir / rel).read_bytes()).hexdigest() == CHECKSUMS[rel]
     assert json.loads((sources.Path(sources.__file__).with_name("help_sources.json")).read_text())["commit"]
+
+
+def test_a_relative_path_that_is_not_here_is_not_sent_to_the_asset_mirror(tmp_path, monkeypatch):
+    """latency.tables=luts/local (the README's form) before the tables were built said "could not download
+    <asset site>/luts/local; put the file at <mirror>/luts/local", as if it were an asset to copy into the mirror."""
+    import hwnas.predictors.assets as assets
+    from hwnas.predictors.assets import AssetError, find_file
+
+    def offline(url, dest, sha256, hint):
+        raise AssetError(f"could not download {url} (offline); {hint}")
+
+    monkeypatch.setattr(assets, "download", offline)
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(assets, "_DEFAULT_MIRROR", None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AssetError) as e:
+        find_file("luts/local", mirror=str(tmp_path / "mirror"), field="latency.tables")
+    assert str(e.value) == (f"latency.tables='luts/local': {tmp_path / 'luts' / 'local'} does not exist, and it is no asset name "
+                            "hwnas knows (nor in the mirror); give an existing file or an asset name such as ofa/acc_predictor.pth")
+    with pytest.raises(AssetError, match="could not download .*ofa/acc_predictor.pth"):  # a known asset: fetch's own words
+        find_file("ofa/acc_predictor.pth", mirror=str(tmp_path / "mirror"), field="accuracy.path")
