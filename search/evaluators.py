@@ -278,7 +278,8 @@ def make_runner(cfg: Any) -> Any:
 def wrap_predictors(cfg: Any, runner: Any, **predictors: Any) -> dict:
     """Wrap the predictors named in ``evaluator.objectives`` with :class:`DistributedPredictor`."""
     cfg = dict(cfg or {})
-    names = list(cfg.get("objectives") or [])
+    objectives = cfg.get("objectives") or []
+    names = [objectives] if isinstance(objectives, str) else list(objectives)  # (a string was split into its letters)
     bad = [n for n in names if n not in predictors]
     if bad:
         raise EvaluatorError(f"evaluator.objectives={names}: unknown {bad}; allowed values: {sorted(predictors)}")

@@ -84,6 +84,14 @@ def test_evaluator_config_errors():
         make_runner({"kind": "dask", "workers": 3})
     with pytest.raises(EvaluatorError, match="evaluator.objectives"):
         wrap_predictors({"objectives": ["acc"]}, LocalRunner(), accuracy=1, latency=2)
+    with pytest.raises(EvaluatorError, match=r"evaluator.objectives=\['lat'\]: unknown \['lat'\]"):  # not ['l', 'a', 't']
+        wrap_predictors({"objectives": "lat"}, LocalRunner(), accuracy=1, latency=2)
+
+    class Fake:  # a runner that is not local: the named predictor is wrapped
+        pass
+
+    out = wrap_predictors({"objectives": "latency"}, Fake(), accuracy=1, latency=2)
+    assert out["accuracy"] == 1 and type(out["latency"]).__name__ == "DistributedPredictor"
 
 
 # ============================================================================ a remote device on loopback
