@@ -100,6 +100,21 @@ def preset_file(group: str, choice: str | None = None) -> Path | None:
     return None
 
 
+def shadowed_presets(groups: tuple[str, ...] = ("space", "accuracy", "latency", "target", "search", "evaluator")) -> list[str]:
+    """One line per preset chosen in this hydra run that the user config folder holds too, under the name of one
+    of hwnas's own: hydra takes hwnas's, and the user's file was ignored without a word."""
+    out = []
+    for group in groups:
+        choice = hydra_choice(group)
+        if not choice:
+            continue
+        mine, ours = user_config_dir() / group / f"{choice}.yaml", Path(__file__).resolve().parent / group / f"{choice}.yaml"
+        if mine.is_file() and ours.is_file():
+            out.append(f"note: {group}={choice} is hwnas's own preset ({ours}); your {mine} of the same name is not used: "
+                       f"rename it (e.g. {group}=my_{choice})")
+    return out
+
+
 #: what a space preset file that takes no resolutions (nasbench201, fbnet: no ``resolutions`` key) is taken as
 _NO_RESOLUTIONS = "none"
 

@@ -456,6 +456,10 @@ def run_from_config(cfg: Any, out_dir: str | os.PathLike | None = None) -> Any:
 
     check_space_name(cfg)
     check_space_options(cfg)
+    from hwnas.conf import shadowed_presets
+
+    for line in shadowed_presets():
+        log.warning(line)
     apply_assets(cfg)
     kwargs = search_kwargs(cfg.get("search"))
     opts = cli_settings(cfg.get("search"))

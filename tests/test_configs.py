@@ -262,3 +262,21 @@ def test_ofa_mobilenet_widths_name_the_space_that_takes_any():
     assert str(e.value) == ("width_mult=0.25 is not allowed (widths of the official OFA-MobileNetV3 supernets; "
                             "ofa_proxyless_w13 takes any, e.g. space=ofa_proxyless_w13 space.width_mult=0.25); "
                             "allowed values: [1.0, 1.2]")
+
+
+def test_a_user_preset_named_like_a_shipped_one_is_said(tmp_path, monkeypatch):
+    """userconf/latency/note10_lut.yaml was listed by --help but silently not used (hydra takes hwnas's own first)."""
+    from unittest import mock
+
+    import hwnas.conf as conf
+
+    (tmp_path / "latency").mkdir()
+    (tmp_path / "latency" / "note10_lut.yaml").write_text("budgets: [99]\n")
+    (tmp_path / "latency" / "mine.yaml").write_text("budgets: [99]\n")
+    monkeypatch.setenv("HWNAS_CONFIG_DIR", str(tmp_path))
+    with mock.patch.object(conf, "hydra_choice", lambda g: {"latency": "note10_lut", "space": "ofa_mbv3_w12"}.get(g)):
+        lines = conf.shadowed_presets()
+    assert lines == [f"note: latency=note10_lut is hwnas's own preset ({CONF / 'latency' / 'note10_lut.yaml'}); your "
+                     f"{tmp_path / 'latency' / 'note10_lut.yaml'} of the same name is not used: rename it (e.g. latency=my_note10_lut)"]
+    with mock.patch.object(conf, "hydra_choice", lambda g: {"latency": "mine"}.get(g)):
+        assert conf.shadowed_presets() == []

@@ -28,7 +28,11 @@ def _hydra_main_factory():
 
         from hwnas.search.cli import run_errors
 
+        from hwnas.conf import shadowed_presets
+
         out = HydraConfig.get().runtime.output_dir
+        for line in shadowed_presets():
+            logging.getLogger("hwnas.pipeline").warning(line)
         with run_errors(PROG, out):
             s = run_pipeline(cfg, out, log=logging.getLogger("hwnas.pipeline").info)
         ev = s.get("evaluation") or {}
