@@ -682,6 +682,8 @@ class SweepSummary(RunDirNote):
         (sweep / ".jobs.lock").unlink(missing_ok=True)
         write_sweep_summary(sweep)
         failed = [p for p in sweep_jobs(sweep) if (p / "failed.json").is_file()]  # (removed when a job starts)
+        if not failed:
+            print(f"{PROG}: sweep summary: {_shown(sweep / 'summary.md')} (and summary.csv, fronts.png beside it)", file=sys.stderr)
         if failed:
             names = ", ".join(_shown(p / "failed.json") for p in failed)
             n_jobs = len(_read_jobs(sweep / JOBS_FILE) or sweep_jobs(sweep))

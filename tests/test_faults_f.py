@@ -395,6 +395,7 @@ def test_sweep_jobs_of_the_same_settings_are_one_search_not_failures(tmp_path):
     log = p.stdout + p.stderr
     assert "sweep job #1 has the same settings as job #0: the same search" in log
     assert "sweep job #3 has the same settings as job #0" in log
+    assert p.stderr.strip().splitlines()[-1].startswith("hwnas-search: sweep summary: s/summary.md")  # (it never said where)
     (folder,) = {Path(j["dir"]) for j in _jobs(tmp_path / "s")}
     assert (folder / "pareto.json").is_file() and not (folder / "failed.json").exists()
     rows = (tmp_path / "s" / "summary.csv").read_text().splitlines()
