@@ -141,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for a in archs:
             res = acc.evaluate(a)
             rows.append((a.to_json(), a.to_str(), res["top1"], res["top5"], res["loss"], res["n"]))
-            print(f"{a.to_str()}  top1={res['top1'] * 100:.2f}%  top5={res['top5'] * 100:.2f}%  (n={res['n']})", flush=True)
+            top5 = f"{res['top5'] * 100:.2f}%" if acc.data.train.n_classes > 5 else f"n/a ({acc.data.train.n_classes} classes)"
+            print(f"{a.to_str()}  top1={res['top1'] * 100:.2f}%  top5={top5}  (n={res['n']})", flush=True)
         if args.out:
             buf = io.StringIO()
             w = csv.writer(buf)

@@ -325,6 +325,7 @@ def test_evaluate_cli_writes_csv_and_refuses_bad_arch(tiny_folder, tmp_path, cap
     common = ["--space", "ofa_mbv3_w10", "--checkpoint", "none", "--data", str(tiny_folder), "--n-calib", "8",
               "--batch-size", "8", "--workers", "0", "--device", "cpu"]
     assert eval_main(common + ["--arch", arch, "--out", str(out)]) == 0
+    assert "top5=n/a (4 classes)" in capsys.readouterr().out  # (always 100% with fewer than 6 classes)
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 1 and rows[0]["arch_str"] == arch and rows[0]["n"] == "12"
     assert 0.0 <= float(rows[0]["top1"]) <= 1.0
