@@ -65,12 +65,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {canonical_key(k): v for k, v in obj.items()}
 
 
-def recorded_space(src: str | os.PathLike) -> dict | None:
-    """The space a local checkpoint file says it was trained for (``hwnas-train``'s ``supernet.pth``: its
-    ``"hwnas_space"``; a ``last.pth``: its settings' space), as :func:`hwnas.spaces.io.space_spec` data to
-    rebuild with ``space_from_spec``; None for an official name, another file or one that records none. The
-    file is read as weights only (memory-mapped: its tensors are not read)."""
-    import json
+def _saved_dict(src: str | os.PathLike) -> dict | None:
+    """The top-level dict of a local checkpoint file, read as weights only (memory-mapped: its tensors are not
+    read); None for an official name, a missing or unreadable file (the loading itself reports that) or another
+    kind of object."""
     import warnings
 
     p = Path(src).expanduser()
@@ -82,7 +80,18 @@ def recorded_space(src: str | os.PathLike) -> dict | None:
             obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - not readable so: the loading itself reports it
         return None
-    if not isinstance(obj, dict):
+    return obj if isinstance(obj, dict) else None
+
+
+def recorded_space(src: str | os.PathLike) -> dict | None:
+    """The space a local checkpoint file says it was trained for (``hwnas-train``'s ``supernet.pth``: its
+    ``"hwnas_space"``; a ``last.pth``: its settings' space), as :func:`hwnas.spaces.io.space_spec` data to
+    rebuild with ``space_from_spec``; None for an official name, another file or one that records none. The
+    file is read as weights only (memory-mapped: its tensors are not read)."""
+    import json
+
+    obj = _saved_dict(src)
+    if obj is None:
         return None
     try:
         if isinstance(obj.get("hwnas_space"), str):
@@ -100,17 +109,11 @@ def recorded_classes(src: str | os.PathLike) -> list[str] | None:
     """The class folder names a local ``supernet.pth`` of ``hwnas-train`` was trained on (``"hwnas_classes"``, in
     label order); None for another file or one that records none (official checkpoints, synthetic data)."""
     import json
-    import warnings
 
-    p = Path(src).expanduser()
-    if not p.is_file():
-        return None
+    obj = _saved_dict(src)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-        names = json.loads(obj["hwnas_classes"]) if isinstance(obj, dict) and isinstance(obj.get("hwnas_classes"), str) else None
-    except Exception:  # noqa: BLE001 - not readable so: the loading itself reports it
+        names = json.loads(obj["hwnas_classes"]) if obj is not None and isinstance(obj.get("hwnas_classes"), str) else None
+    except ValueError:
         return None
     return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
 

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.predictors.assets import atomic_write, remove_stale_temps, replace_folder, temp_prefix
+from hwnas.predictors.assets import atomic_write, file_sha256, remove_stale_temps, replace_folder, temp_prefix
 from hwnas.spaces.base import SearchSpace, SpaceError, create_space
 from hwnas.spaces.errors import UserError, writable_dir
 from hwnas.spaces.io import arch_key, check_recorded_space, read_arch_file, space_from_spec, space_spec
@@ -610,7 +610,7 @@ def missing_files(folder: Path, meta: dict) -> list[str]:
         except OSError:
             out.append(f)
             continue
-        if (f in sizes and sizes[f] != n) or (f in digests and digests[f] != _sha256(folder / f)):
+        if (f in sizes and sizes[f] != n) or (f in digests and digests[f] != file_sha256(folder / f)):
             out.append(f)
     return out
 
@@ -736,17 +736,9 @@ def _write_export(tmp: Path, space, item: ExportItem, arch, weights: WeightsSour
     listed = ["arch.json", "README.md", *files.values()]
     meta["file_bytes"] = {f: (tmp / f).stat().st_size for f in listed}
     # and their contents, and metadata.json's own (an edited accuracy there was "already exported")
-    meta["file_sha256"] = {f: _sha256(tmp / f) for f in listed}
+    meta["file_sha256"] = {f: file_sha256(tmp / f) for f in listed}
     meta["metadata_sha256"] = _meta_digest(meta)
     (tmp / "metadata.json").write_text(_dumps(meta, f"{name}/metadata.json"))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _meta_digest(meta: dict) -> str:

@@ -63,7 +63,7 @@ def test_a_broken_user_preset_and_a_user_primary_config_without_the_user_folder_
     env["HWNAS_CONFIG_DIR"] = str(uc)
     for args, part in ((["latency=bad"], f"a config file is not valid YAML: while parsing a flow sequence in \"{uc / 'latency' / 'bad.yaml'}\", line 2"),
                        (["--config-dir", "myconf", "--config-name", "myrun", "latency=mine"],
-                        f"Could not find 'latency/mine'")):
+                        "Could not find 'latency/mine'")):
         p = subprocess.run([sys.executable, "-m", "hwnas.search", *args], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=120)
         lines = p.stderr.strip().splitlines()
